@@ -1,0 +1,1 @@
+"""Benchmarks: load runs against Redis and the proxy, micro-benchmarks. See bench/RESULTS.md."""

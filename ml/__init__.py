@@ -1,0 +1,1 @@
+"""Workloads, features, models and training (later issues)."""

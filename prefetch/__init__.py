@@ -1,0 +1,1 @@
+"""Hot tier, eviction policies and prefetchers (later issues)."""

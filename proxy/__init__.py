@@ -1,0 +1,1 @@
+"""Predis proxy: RESP front end that forwards to a real Redis."""

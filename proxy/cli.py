@@ -1,0 +1,159 @@
+"""The `predis` command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+
+from proxy.config import load_settings
+from proxy.errors import PredisError
+
+log = structlog.get_logger("predis.cli")
+
+# Subcommands added by other packages: name -> (module, help). Imported only when run, so that
+# `predis serve` never pays for numpy or torch.
+EXTERNAL: dict[str, tuple[str, str]] = {}
+
+
+def _add_serve(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("serve", help="run the proxy")
+    p.add_argument("--config", help="TOML settings file ([predis] table)")
+    p.add_argument("--host", help="listen address (default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="listen port (default 6380; 0 picks a free one)")
+    p.add_argument("--upstream", help="redis://[user:pass@]HOST:PORT[/db]; default: embedded redis-server")
+    p.add_argument(
+        "--redis-server", dest="redis_server", help="redis-server binary for the embedded upstream"
+    )
+    p.add_argument("--connect-timeout", dest="connect_timeout", type=float)
+    p.add_argument("--command-timeout", dest="command_timeout", type=float)
+    p.add_argument("--max-clients", dest="max_clients", type=int)
+    p.add_argument("--output-buffer-limit", dest="output_buffer_limit", type=int)
+    p.add_argument("--log-level", dest="log_level")
+    p.add_argument("--log-format", dest="log_format", choices=["console", "json"])
+    p.set_defaults(func=cmd_serve)
+
+
+def _add_stats(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("stats", help="print a running proxy's figures (PREDIS STATS)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=6380)
+    p.add_argument("--json", action="store_true", help="one JSON object")
+    p.set_defaults(func=cmd_stats)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from proxy.embedded import EmbeddedRedis
+    from proxy.log import configure_logging
+    from proxy.server import ProxyServer, new_event_loop
+
+    overrides = {
+        k: getattr(args, k)
+        for k in (
+            "host",
+            "port",
+            "upstream",
+            "redis_server",
+            "connect_timeout",
+            "command_timeout",
+            "max_clients",
+            "output_buffer_limit",
+            "log_level",
+            "log_format",
+        )
+    }
+    settings = load_settings(args.config, overrides=overrides)
+    configure_logging(settings.log_level, settings.log_format)
+    embedded = None
+    if not settings.upstream:
+        embedded = EmbeddedRedis(settings.redis_server).start()
+        settings.upstream = embedded.url
+        log.info("started embedded redis-server", port=embedded.port, pid=embedded.process.pid)  # type: ignore[union-attr]
+    loop = new_event_loop()
+    asyncio.set_event_loop(loop)
+    server = ProxyServer(settings)
+    stop = asyncio.Event()
+
+    async def main() -> None:
+        await server.start()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        log.info("shutting down")
+        await server.close()
+
+    try:
+        loop.run_until_complete(main())
+    except OSError as exc:
+        raise PredisError(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror}") from None
+    finally:
+        loop.close()
+        if embedded is not None:
+            embedded.close()
+    return 0
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    import redis
+
+    client = redis.Redis(host=args.host, port=args.port, socket_timeout=5)
+    try:
+        if args.json:
+            raw = client.execute_command("PREDIS", "STATS", "JSON")  # type: ignore[no-untyped-call]
+            print(json.dumps(json.loads(raw), indent=2, sort_keys=True))
+        else:
+            text = client.execute_command("PREDIS", "STATS")  # type: ignore[no-untyped-call]
+            print(text.decode().replace("\r\n", "\n"), end="")
+    except redis.ConnectionError as exc:
+        raise PredisError(f"cannot reach a proxy at {args.host}:{args.port}: {exc}") from None
+    except redis.ResponseError as exc:
+        raise PredisError(
+            f"{args.host}:{args.port} did not answer PREDIS STATS ({exc}): is it a Predis proxy?"
+        ) from None
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="predis", description="Redis-compatible cache proxy with an ML prefetcher"
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_serve(sub)
+    _add_stats(sub)
+    for name, (module, help_text) in EXTERNAL.items():
+        p = sub.add_parser(name, help=help_text, add_help=False)
+        p.add_argument("rest", nargs=argparse.REMAINDER)
+        p.set_defaults(func=_external(module))
+    return parser
+
+
+def _external(module: str) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        import importlib
+
+        entry: Any = importlib.import_module(module)
+        return int(entry.main(args.rest))
+
+    return run
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except PredisError as exc:
+        print(f"predis: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,195 @@
+"""Typed settings: defaults, then a TOML file, then PREDIS_* environment variables, then flags."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from proxy.errors import ConfigError
+from proxy.resp import MAX_BULK_LEN, MAX_INLINE_LEN, MAX_MULTIBULK_LEN, MAX_QUERY_BUFFER
+
+ENV_PREFIX = "PREDIS_"
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+LOG_FORMATS = ("console", "json")
+
+
+@dataclass
+class Settings:
+    # Where clients connect. Loopback unless told otherwise: the proxy has no auth of its own.
+    host: str = "127.0.0.1"
+    port: int = 6380
+    # redis://[user:password@]host:port[/db] or unix:///path; empty starts an embedded redis-server.
+    upstream: str = ""
+    # Binary for the embedded upstream.
+    redis_server: str = "redis-server"
+    # Seconds to open an upstream connection before the client gets -ERR.
+    connect_timeout: float = 2.0
+    # Seconds a non-blocking command may wait for its reply; past it the client gets -ERR and the
+    # upstream connection is replaced (BLPOP, XREAD BLOCK, WAIT... are exempt).
+    command_timeout: float = 10.0
+    max_clients: int = 10000
+    # Request limits, Redis's defaults (see proxy/resp.py).
+    max_bulk_len: int = MAX_BULK_LEN
+    max_multibulk_len: int = MAX_MULTIBULK_LEN
+    max_inline_len: int = MAX_INLINE_LEN
+    query_buffer_limit: int = MAX_QUERY_BUFFER
+    # A client whose unsent replies exceed this is disconnected (Redis: client-output-buffer-limit).
+    # Below it, a slow reader only pauses its own upstream connection (backpressure).
+    output_buffer_limit: int = 256 * 1024 * 1024
+    # Write-buffer high-water mark at which reading is paused on the other side of the pair.
+    backpressure_bytes: int = 1024 * 1024
+    log_level: str = "info"
+    log_format: str = "console"
+    # Seconds between health checks of the upstream (the PREDIS STATS upstream_status figure).
+    health_interval: float = 1.0
+    # Names of the settings that came from somewhere other than the defaults, for the startup log.
+    sources: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
+
+    def validate(self) -> Settings:
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"port must be 0-65535, got {self.port}")
+        if self.log_level not in LOG_LEVELS:
+            raise ConfigError(f"log_level must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}")
+        if self.log_format not in LOG_FORMATS:
+            raise ConfigError(f"log_format must be console or json, got {self.log_format!r}")
+        for name in ("connect_timeout", "command_timeout", "health_interval"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        for name in (
+            "max_clients",
+            "max_bulk_len",
+            "max_multibulk_len",
+            "max_inline_len",
+            "query_buffer_limit",
+            "output_buffer_limit",
+            "backpressure_bytes",
+        ):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.upstream:
+            parse_upstream(self.upstream)
+        return self
+
+
+_FIELDS = {f.name: f for f in fields(Settings) if f.name != "sources"}
+
+
+def _coerce(name: str, value: Any, origin: str) -> Any:
+    kind = _FIELDS[name].type
+    try:
+        if kind == "int":
+            if isinstance(value, bool):
+                raise ValueError
+            return int(value)
+        if kind == "float":
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if kind == "str":
+            if not isinstance(value, str):
+                raise ValueError
+            return value
+    except (TypeError, ValueError):
+        raise ConfigError(f"{origin}: {name} must be {kind}, got {value!r}") from None
+    raise ConfigError(f"{origin}: unsupported setting type for {name}")
+
+
+def load_settings(
+    path: str | Path | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Build settings from defaults < TOML file < environment < explicit overrides (flags)."""
+    settings = Settings()
+    if path is not None:
+        try:
+            with open(path, "rb") as fh:
+                data = tomllib.load(fh)
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+        section = data.get("predis", data)
+        if not isinstance(section, dict):
+            raise ConfigError(f"config file {path}: [predis] must be a table")
+        for key, value in section.items():
+            name = key.replace("-", "_")
+            if name not in _FIELDS:
+                raise ConfigError(f"config file {path}: unknown setting {key!r}")
+            setattr(settings, name, _coerce(name, value, f"config file {path}"))
+            settings.sources[name] = str(path)
+    env = os.environ if env is None else env
+    for name in _FIELDS:
+        var = ENV_PREFIX + name.upper()
+        if var in env:
+            setattr(settings, name, _coerce(name, env[var], f"environment {var}"))
+            settings.sources[name] = var
+    for name, value in (overrides or {}).items():
+        if value is None:
+            continue
+        if name not in _FIELDS:
+            raise ConfigError(f"unknown setting {name!r}")
+        setattr(settings, name, _coerce(name, value, f"--{name.replace('_', '-')}"))
+        settings.sources[name] = "flag"
+    return settings.validate()
+
+
+@dataclass(frozen=True)
+class UpstreamAddress:
+    host: str = "127.0.0.1"
+    port: int = 6379
+    db: int = 0
+    username: str | None = None
+    password: str | None = None
+    unix_path: str | None = None
+
+    def display(self) -> str:
+        where = f"unix://{self.unix_path}" if self.unix_path else f"redis://{self.host}:{self.port}"
+        return where + (f"/{self.db}" if self.db else "")
+
+
+def parse_upstream(url: str) -> UpstreamAddress:
+    """Parse redis://[user:pass@]host[:port][/db] or unix:///path[?db=N]."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise ConfigError(f"upstream URL {url!r} is invalid: {exc}") from None
+    user = unquote(parts.username) if parts.username else None
+    password = unquote(parts.password) if parts.password else None
+    if parts.scheme == "unix":
+        if not parts.path:
+            raise ConfigError(f"upstream URL {url!r} has no socket path")
+        db = 0
+        for item in parts.query.split("&"):
+            if item.startswith("db="):
+                db = _parse_db(item[3:], url)
+        return UpstreamAddress(db=db, username=user, password=password, unix_path=parts.path)
+    if parts.scheme != "redis":
+        raise ConfigError(f"upstream URL {url!r} must start with redis:// or unix://")
+    if not parts.hostname:
+        raise ConfigError(f"upstream URL {url!r} has no host")
+    db = _parse_db(parts.path.lstrip("/"), url) if parts.path.strip("/") else 0
+    return UpstreamAddress(parts.hostname, port or 6379, db, user, password)
+
+
+def _parse_db(text: str, url: str) -> int:
+    if not text.isdigit():
+        raise ConfigError(f"upstream URL {url!r}: database must be a number, got {text!r}")
+    return int(text)
+
+
+def settings_table() -> list[tuple[str, str, str]]:
+    """(name, type, default) for every setting: the README's configuration reference."""
+    defaults = Settings()
+    return [(f.name, str(f.type), repr(getattr(defaults, f.name))) for f in _FIELDS.values()]
+
+
+def replace(settings: Settings, **changes: Any) -> Settings:
+    return dataclasses.replace(settings, **changes).validate()

@@ -1,0 +1,365 @@
+"""RESP framing without I/O.
+
+Two incremental parsers, fed bytes as they arrive:
+
+* ``RequestParser`` splits a client's byte stream into commands (RESP multibulk or inline), enforcing
+  Redis's own request limits, and reports each command's byte span so the transport can forward the
+  client's exact bytes instead of re-encoding them.
+* ``ReplyScanner`` finds where each top-level reply from Redis ends, without decoding it and without
+  buffering bulk payloads (a 512 MB value passes through in chunks). It tells replies from RESP3 push
+  frames, which answer no request.
+
+Decoding a reply that the proxy needs to read (INFO, HELLO, later the hot tier's GET fills) is done by
+``decode_reply`` with ``hiredis.Reader``; hiredis cannot report byte offsets, which is why framing is
+done here. Nothing in this module touches a socket or an event loop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import hiredis
+
+from proxy.errors import ClientProtocolError
+
+# Limits, with Redis's defaults (redis.conf): proto-max-bulk-len is 512 MB; a multibulk may hold at
+# most 1024*1024 arguments (server.h, "invalid multibulk length" above that); inline requests and
+# unfinished header lines are capped at PROTO_INLINE_MAX_SIZE = 64 KiB; client-query-buffer-limit
+# is 1 GB.
+MAX_BULK_LEN = 512 * 1024 * 1024
+MAX_MULTIBULK_LEN = 1024 * 1024
+MAX_INLINE_LEN = 64 * 1024
+MAX_QUERY_BUFFER = 1024 * 1024 * 1024
+
+_CRLF = b"\r\n"
+_STAR = 42  # '*'
+_DOLLAR = 36  # '$'
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_bulk_len: int = MAX_BULK_LEN
+    max_multibulk_len: int = MAX_MULTIBULK_LEN
+    max_inline_len: int = MAX_INLINE_LEN
+    max_query_buffer: int = MAX_QUERY_BUFFER
+
+
+# A parsed command: its arguments, and the span [start, end) of its bytes in the parser's buffer,
+# or start == -1 for an inline command (whose bytes must be re-encoded before forwarding).
+Command = tuple[list[bytes], int, int]
+
+
+class RequestParser:
+    """Incremental parser of client requests.
+
+    ``feed(data)`` appends bytes; ``parse()`` returns the complete commands now buffered, with their
+    spans into ``buffer``. The caller forwards ``buffer[start:end]`` slices, then calls ``consume()``.
+    A protocol violation raises ``ClientProtocolError`` with Redis's wording; commands completed
+    before the bad bytes are handed out first (Redis executes those too).
+    """
+
+    __slots__ = ("buffer", "_pos", "_limits", "_args", "_want", "_cmd_start", "_error")
+
+    def __init__(self, limits: Limits | None = None) -> None:
+        self.buffer = bytearray()
+        self._pos = 0  # first byte not yet parsed
+        self._limits = limits or Limits()
+        self._args: list[bytes] = []  # arguments of the command being parsed
+        self._want = 0  # arguments still expected; 0 means "at a command boundary"
+        self._cmd_start = 0
+        self._error: ClientProtocolError | None = None
+
+    def feed(self, data: bytes) -> None:
+        self.buffer += data
+
+    def pending_bytes(self) -> int:
+        """Bytes of an unfinished command held in the buffer (the query buffer, in Redis terms)."""
+        return len(self.buffer) - (self._cmd_start if self._want else self._pos)
+
+    def consume(self) -> None:
+        """Drop the bytes of every command already returned. O(1) on CPython's bytearray."""
+        keep_from = self._cmd_start if self._want else self._pos
+        if keep_from:
+            del self.buffer[:keep_from]
+            self._pos -= keep_from
+            self._cmd_start -= keep_from
+
+    def parse(self) -> list[Command]:
+        if self._error is not None:
+            raise self._error
+        out: list[Command] = []
+        try:
+            self._parse_into(out)
+        except ClientProtocolError as exc:
+            if not out:
+                raise
+            self._error = exc  # raised on the next call, after the good commands are served
+        if self.pending_bytes() > self._limits.max_query_buffer:
+            if not out:
+                raise ClientProtocolError("Protocol error: query buffer limit exceeded")
+            self._error = ClientProtocolError("Protocol error: query buffer limit exceeded")
+        return out
+
+    def _parse_into(self, out: list[Command]) -> None:
+        buf = self.buffer
+        n = len(buf)
+        pos = self._pos
+        lim = self._limits
+        try:
+            while pos < n:
+                if not self._want:
+                    # At a command boundary.
+                    if buf[pos] != _STAR:
+                        nl = buf.find(b"\n", pos)
+                        if nl < 0:
+                            if n - pos > lim.max_inline_len:
+                                raise ClientProtocolError("Protocol error: too big inline request")
+                            return
+                        line = bytes(buf[pos:nl]).rstrip(b"\r")
+                        if nl - pos > lim.max_inline_len:
+                            raise ClientProtocolError("Protocol error: too big inline request")
+                        pos = nl + 1
+                        args = split_inline(line)
+                        if args:
+                            out.append((args, -1, -1))
+                        continue
+                    nl = buf.find(_CRLF, pos)
+                    if nl < 0:
+                        if n - pos > lim.max_inline_len:
+                            raise ClientProtocolError("Protocol error: too big mbulk count string")
+                        return
+                    count = _parse_int(buf, pos + 1, nl)
+                    if count is None or count > lim.max_multibulk_len:
+                        raise ClientProtocolError("Protocol error: invalid multibulk length")
+                    if count <= 0:  # Redis ignores *0 and *-1
+                        pos = nl + 2
+                        continue
+                    self._cmd_start = pos
+                    self._want = count
+                    self._args = []
+                    pos = nl + 2
+                # Inside a multibulk: read bulk arguments.
+                args = self._args
+                while self._want:
+                    if pos >= n:
+                        return
+                    if buf[pos] != _DOLLAR:
+                        got = chr(buf[pos])
+                        raise ClientProtocolError(f"Protocol error: expected '$', got '{got}'")
+                    nl = buf.find(_CRLF, pos)
+                    if nl < 0:
+                        if n - pos > lim.max_inline_len:
+                            raise ClientProtocolError("Protocol error: too big bulk count string")
+                        return
+                    size = _parse_int(buf, pos + 1, nl)
+                    if size is None or size < 0 or size > lim.max_bulk_len:
+                        raise ClientProtocolError("Protocol error: invalid bulk length")
+                    end = nl + 2 + size
+                    if end + 2 > n:
+                        return  # the header is re-read on the next feed: a few bytes, not the payload
+                    if buf[end : end + 2] != _CRLF:
+                        raise ClientProtocolError("Protocol error: bulk string not terminated by CRLF")
+                    args.append(bytes(buf[nl + 2 : end]))
+                    pos = end + 2
+                    self._want -= 1
+                out.append((args, self._cmd_start, pos))
+        finally:
+            self._pos = pos
+
+
+def _parse_int(buf: bytearray, start: int, end: int) -> int | None:
+    if end - start > 20:
+        return None
+    try:
+        return int(buf[start:end])
+    except ValueError:
+        return None
+
+
+_ESCAPES = {ord("n"): b"\n", ord("r"): b"\r", ord("t"): b"\t", ord("b"): b"\b", ord("a"): b"\a"}
+
+
+def split_inline(line: bytes) -> list[bytes]:
+    """Split an inline command like Redis's sdssplitargs: spaces separate, quotes group.
+
+    Double quotes understand \\xHH and the usual backslash escapes; single quotes only \\'.
+    A closing quote must be followed by a space or the end of the line.
+    """
+    args: list[bytes] = []
+    i, n = 0, len(line)
+    while True:
+        while i < n and line[i] in b" \t\r\n\v\f":
+            i += 1
+        if i >= n:
+            return args
+        cur = bytearray()
+        quote = 0
+        while i < n:
+            c = line[i]
+            if quote == 0:
+                if c in b" \t\r\n\v\f":
+                    break
+                if c in b"\"'":
+                    quote = c
+                else:
+                    cur.append(c)
+                i += 1
+                continue
+            if quote == 34 and c == 92 and i + 3 < n and line[i + 1] == ord("x"):
+                hexpart = line[i + 2 : i + 4]
+                try:
+                    cur.append(int(hexpart, 16))
+                    i += 4
+                    continue
+                except ValueError:
+                    pass
+            if c == 92 and i + 1 < n and (quote == 34 or line[i + 1] == 39):
+                nxt = line[i + 1]
+                cur += _ESCAPES.get(nxt, bytes([nxt])) if quote == 34 else b"'"
+                i += 2
+                continue
+            if c == quote:
+                i += 1
+                if i < n and line[i] not in b" \t\r\n\v\f":
+                    raise ClientProtocolError("Protocol error: unbalanced quotes in request")
+                quote = 0
+                break
+            cur.append(c)
+            i += 1
+        if quote:
+            raise ClientProtocolError("Protocol error: unbalanced quotes in request")
+        args.append(bytes(cur))
+
+
+# Reply frame kinds reported by ReplyScanner.
+REPLY = 0
+PUSH = 1
+
+_LEN_PREFIXED = frozenset(b"$!=")  # bulk string, blob error, verbatim string
+_AGGREGATES = frozenset(b"*%~>|")  # array, map, set, push, attribute
+_SIMPLE = frozenset(b"+-:_,#(")
+
+
+class ReplyScanner:
+    """Finds the ends of top-level reply frames in a stream of RESP2/RESP3 bytes.
+
+    ``feed(chunk)`` returns ``[(end, kind), ...]``: offsets in ``chunk`` where a top-level frame ends
+    and whether it was a reply or a push. Bulk payloads are skipped by length, so a large value costs
+    one arithmetic step per chunk. Only an unfinished header line (a few bytes) is ever carried over.
+    ``in_push`` tells whether the unfinished frame at the end of the last chunk is a push.
+    """
+
+    __slots__ = ("_partial", "_skip", "_stack", "_kind", "_max_line")
+
+    def __init__(self, max_line: int = MAX_INLINE_LEN) -> None:
+        self._partial = b""
+        self._skip = 0  # payload bytes (+CRLF) of a bulk still to pass over
+        # Open aggregates: [remaining elements, is_attribute]
+        self._stack: list[list[int]] = []
+        self._kind = REPLY
+        self._max_line = max_line
+
+    @property
+    def in_push(self) -> bool:
+        return self._kind == PUSH and (bool(self._stack) or self._skip > 0 or bool(self._partial))
+
+    @property
+    def at_boundary(self) -> bool:
+        return not self._stack and not self._skip and not self._partial
+
+    def feed(self, data: bytes) -> list[tuple[int, int]]:
+        ends: list[tuple[int, int]] = []
+        shift = 0
+        if self._partial:
+            shift = len(self._partial)
+            data = self._partial + data
+            self._partial = b""
+        n = len(data)
+        pos = 0
+        stack = self._stack
+        if self._skip:
+            if self._skip > n:
+                self._skip -= n
+                return ends
+            pos = self._skip
+            self._skip = 0
+            if self._element_done(stack):
+                ends.append((pos - shift, self._kind))
+        while pos < n:
+            t = data[pos]
+            if not stack:
+                self._kind = PUSH if t == 62 else REPLY
+            nl = data.find(_CRLF, pos)
+            if nl < 0:
+                if n - pos > self._max_line:
+                    raise ValueError("reply header line too long")
+                self._partial = data[pos:]
+                break
+            if t in _LEN_PREFIXED:
+                size = int(data[pos + 1 : nl])
+                if size < 0:
+                    pos = nl + 2
+                else:
+                    end = nl + 4 + size
+                    if end > n:
+                        self._skip = end - n
+                        break
+                    pos = end
+            elif t in _AGGREGATES:
+                count = int(data[pos + 1 : nl])
+                pos = nl + 2
+                if t == 37 or t == 124:  # map, attribute: key/value pairs
+                    count *= 2
+                if count > 0:
+                    stack.append([count, t == 124])
+                    continue
+            elif t in _SIMPLE:
+                pos = nl + 2
+            else:
+                raise ValueError(f"unknown RESP type byte {t!r}")
+            if not stack or self._element_done(stack):
+                ends.append((pos - shift, self._kind))
+        return ends
+
+    @staticmethod
+    def _element_done(stack: list[list[int]]) -> bool:
+        """Count one finished element; True if that finished a top-level frame."""
+        while stack:
+            top = stack[-1]
+            top[0] -= 1
+            if top[0]:
+                return False
+            stack.pop()
+            if top[1]:
+                # An attribute is metadata for the element that follows; it completes nothing.
+                return False
+        return True
+
+
+def decode_reply(frame: bytes) -> Any:
+    """Decode one complete reply frame (RESP2 or RESP3) with hiredis.
+
+    Error replies come back as ``hiredis.ReplyError`` values, never raised.
+    """
+    reader = hiredis.Reader()
+    reader.feed(frame)
+    return reader.gets()
+
+
+def encode_command(args: list[bytes] | tuple[bytes, ...]) -> bytes:
+    packed: bytes = hiredis.pack_command(tuple(args))  # type: ignore[arg-type]
+    return packed
+
+
+def encode_error(message: str) -> bytes:
+    return b"-" + message.replace("\r", " ").replace("\n", " ").encode() + _CRLF
+
+
+def encode_bulk(data: bytes) -> bytes:
+    return b"$%d\r\n%s\r\n" % (len(data), data)
+
+
+def encode_verbatim(data: bytes, fmt: bytes = b"txt") -> bytes:
+    body = fmt + b":" + data
+    return b"=%d\r\n%s\r\n" % (len(body), body)

@@ -1,0 +1,109 @@
+"""Counters and latency percentiles for the `# Predis` INFO section and PREDIS STATS."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+
+class LatencyHistogram:
+    """Log-bucketed latency histogram: constant memory, O(1) record, ~9% bucket resolution.
+
+    Bucket i holds latencies in [2**(i/8), 2**((i+1)/8)) microseconds; percentiles report a
+    bucket's upper edge, so they never understate.
+    """
+
+    __slots__ = ("counts", "total")
+    SUB = 8  # buckets per power of two
+    SIZE = SUB * 40  # up to 2**40 us, about 12 days
+
+    def __init__(self) -> None:
+        self.counts = [0] * self.SIZE
+        self.total = 0
+
+    def record(self, seconds: float) -> None:
+        us = seconds * 1e6
+        i = int(math.log2(us) * self.SUB) if us > 1.0 else 0
+        self.counts[i if i < self.SIZE else self.SIZE - 1] += 1
+        self.total += 1
+
+    def percentile(self, p: float) -> float:
+        """Latency in microseconds at percentile p (0-100); 0.0 with no samples."""
+        if not self.total:
+            return 0.0
+        rank = max(1, math.ceil(self.total * p / 100.0))
+        seen = 0
+        for i, c in enumerate(self.counts):
+            seen += c
+            if seen >= rank:
+                return round(2 ** ((i + 1) / self.SUB), 1)
+        return round(2 ** (self.SIZE / self.SUB), 1)
+
+
+class Stats:
+    """Proxy-wide figures. Plain attributes so the request path pays one add per event."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self.started = clock()
+        self.connected_clients = 0
+        self.total_connections = 0
+        self.rejected_connections = 0
+        self.commands_forwarded = 0
+        self.commands_local = 0
+        self.protocol_errors = 0
+        self.upstream_errors = 0
+        self.timeouts = 0
+        self.output_limit_disconnects = 0
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.upstream_connects = 0
+        self.upstream_status = "unknown"
+        self.upstream_address = ""
+        self.forward_latency = LatencyHistogram()
+        # Later subsystems (hot tier, prefetch, A/B arms) register a callable returning their figures.
+        self.sections: dict[str, Callable[[], dict[str, Any]]] = {}
+
+    def snapshot(self) -> dict[str, Any]:
+        lat = self.forward_latency
+        figures: dict[str, Any] = {
+            "uptime_in_seconds": int(self._clock() - self.started),
+            "connected_clients": self.connected_clients,
+            "total_connections_received": self.total_connections,
+            "rejected_connections": self.rejected_connections,
+            "commands_forwarded": self.commands_forwarded,
+            "commands_local": self.commands_local,
+            "protocol_errors": self.protocol_errors,
+            "upstream_errors": self.upstream_errors,
+            "upstream_timeouts": self.timeouts,
+            "output_limit_disconnects": self.output_limit_disconnects,
+            "bytes_in": self.bytes_in,
+            "bytes_out": self.bytes_out,
+            "upstream_status": self.upstream_status,
+            "upstream_address": self.upstream_address,
+            "upstream_connects": self.upstream_connects,
+            "forward_latency_samples": lat.total,
+            "forward_latency_p50_us": lat.percentile(50),
+            "forward_latency_p90_us": lat.percentile(90),
+            "forward_latency_p99_us": lat.percentile(99),
+            "forward_latency_p999_us": lat.percentile(99.9),
+        }
+        for name, section in self.sections.items():
+            for key, value in section().items():
+                figures[f"{name}_{key}"] = value
+        return figures
+
+    def info_text(self) -> bytes:
+        """The `# Predis` section, formatted like Redis's INFO (CRLF lines, key:value)."""
+        lines = ["# Predis"]
+        for key, value in self.snapshot().items():
+            if isinstance(value, float):
+                value = f"{value:.1f}"
+            lines.append(f"{key}:{value}")
+        return ("\r\n".join(lines) + "\r\n").encode()
+
+    def json_text(self) -> bytes:
+        return json.dumps(self.snapshot(), sort_keys=True).encode()

@@ -1,0 +1,86 @@
+"""Fixtures: real redis-server processes on free ports, and the proxy on its own event loop thread."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+
+from proxy.config import Settings
+from proxy.embedded import EmbeddedRedis
+from proxy.log import configure_logging
+from proxy.server import ProxyServer, new_event_loop
+
+
+configure_logging("warning")
+
+
+class RunningProxy:
+    """A ProxyServer on a background thread's event loop (uvloop where installed)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.loop = new_event_loop()
+        self.server = ProxyServer(settings)
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self._thread.start()
+        host, port = self.call(self.server.start())
+        self.host, self.port = host, port
+
+    def call(self, coro: Any, timeout: float = 30) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    @property
+    def stats(self) -> Any:
+        return self.server.stats
+
+    def client(self, **kwargs: Any) -> redis.Redis:
+        kwargs.setdefault("socket_timeout", 20)
+        return redis.Redis(host=self.host, port=self.port, **kwargs)
+
+    def close(self) -> None:
+        self.call(self.server.close())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
+        self.loop.close()
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[EmbeddedRedis]:
+    with EmbeddedRedis() as server:
+        yield server
+
+
+@pytest.fixture
+def direct(redis_server: EmbeddedRedis) -> Iterator[redis.Redis]:
+    """A client straight to Redis; the server is flushed before each test."""
+    client = redis.Redis(port=redis_server.port, socket_timeout=20)
+    client.flushall()
+    for user in client.acl_users():
+        if user != b"default" and user != "default":
+            client.acl_deluser(user)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def make_proxy() -> Iterator[Any]:
+    proxies: list[RunningProxy] = []
+
+    def make(upstream: str, **overrides: Any) -> RunningProxy:
+        settings = Settings(upstream=upstream, port=0, **overrides).validate()
+        proxy = RunningProxy(settings)
+        proxies.append(proxy)
+        return proxy
+
+    yield make
+    for proxy in proxies:
+        proxy.close()
+
+
+@pytest.fixture
+def proxy(make_proxy: Any, redis_server: EmbeddedRedis, direct: redis.Redis) -> RunningProxy:
+    return make_proxy(redis_server.url)  # type: ignore[no-any-return]

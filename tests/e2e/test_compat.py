@@ -1,0 +1,380 @@
+"""Real clients through the proxy against a real Redis: it must not be able to tell the difference."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from typing import Any
+
+import pytest
+import redis
+import redis.asyncio as aioredis
+
+from proxy.resp import ReplyScanner, encode_command
+
+PROTOCOLS = [2, 3]
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_strings_keyspace_and_expiry(proxy: Any, direct: redis.Redis, protocol: int) -> None:
+    r = proxy.client(protocol=protocol)
+    assert r.set("s", "v") is True
+    assert r.get("s") == b"v"
+    assert r.append("s", "w") == 2
+    assert r.incrby("n", 5) == 5
+    assert r.mset({"a": 1, "b": 2}) and r.mget("a", "b", "zz") == [b"1", b"2", None]
+    assert r.exists("a", "b", "zz") == 2
+    assert sorted(r.keys("*")) == [b"a", b"b", b"n", b"s"]
+    assert r.set("ttl", "x", px=150) and 0 < r.pttl("ttl") <= 150
+    assert r.expire("s", 100) and r.ttl("s") == 100
+    assert r.persist("s") and r.ttl("s") == -1
+    time.sleep(0.2)
+    assert r.get("ttl") is None and direct.get("ttl") is None
+    assert r.type("a") == b"string" and r.rename("a", "a2") and r.get("a2") == b"1"
+    assert r.delete("a2", "b") == 2
+    with pytest.raises(redis.ResponseError, match="not an integer"):
+        r.incr("s")
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_hashes_and_lists(proxy: Any, protocol: int) -> None:
+    r = proxy.client(protocol=protocol)
+    assert r.hset("h", mapping={"f1": "a", "f2": "b"}) == 2
+    assert r.hgetall("h") == {b"f1": b"a", b"f2": b"b"}
+    assert r.hincrby("h", "n", 3) == 3 and r.hlen("h") == 3
+    assert r.rpush("l", *range(10)) == 10
+    assert r.lrange("l", 0, 2) == [b"0", b"1", b"2"]
+    assert r.lpop("l") == b"0" and r.llen("l") == 9
+    assert r.zadd("z", {"a": 1.5, "b": 2}) == 2
+    assert [tuple(x) for x in r.zrange("z", 0, -1, withscores=True)] == [(b"a", 1.5), (b"b", 2.0)]
+    assert r.sadd("set", "x", "y") == 2 and r.smembers("set") == {b"x", b"y"}
+
+
+def test_binary_safe_keys_and_values(proxy: Any, direct: redis.Redis) -> None:
+    r = proxy.client()
+    key, value = b"k\x00\r\n\xff", bytes(range(256)) * 4
+    r.set(key, value)
+    assert r.get(key) == value and direct.get(key) == value
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_multi_exec_watch(proxy: Any, direct: redis.Redis, protocol: int) -> None:
+    r = proxy.client(protocol=protocol)
+    with r.pipeline(transaction=True) as pipe:
+        pipe.set("a", 1).incr("a").get("a")
+        assert pipe.execute() == [True, 2, b"2"]
+    # A WATCHed key changed by another client aborts the transaction.
+    with r.pipeline(transaction=True) as pipe:
+        pipe.watch("a")
+        direct.set("a", 100)
+        pipe.multi()
+        pipe.set("a", 5)
+        with pytest.raises(redis.WatchError):
+            pipe.execute()
+    assert direct.get("a") == b"100"
+    with r.pipeline(transaction=True) as pipe:
+        pipe.watch("a")
+        pipe.multi()
+        pipe.set("a", 6)
+        assert pipe.execute() == [True]
+    assert direct.get("a") == b"6"
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_pubsub(proxy: Any, direct: redis.Redis, protocol: int) -> None:
+    r = proxy.client(protocol=protocol)
+    p = r.pubsub()
+    p.subscribe("news")
+    p.psubscribe("ev.*")
+    confirmations = [p.get_message(timeout=2) for _ in range(2)]
+    assert [m["type"] for m in confirmations] == ["subscribe", "psubscribe"]
+    assert direct.publish("news", "hello") == 1
+    assert direct.publish("ev.x", "world") == 1
+    got = [p.get_message(timeout=2) for _ in range(2)]
+    assert [(m["type"], m["data"]) for m in got] == [("message", b"hello"), ("pmessage", b"world")]
+    p.unsubscribe("news")
+    p.punsubscribe("ev.*")
+    p.close()
+
+
+def test_ssubscribe(proxy: Any, direct: redis.Redis) -> None:
+    r = proxy.client(protocol=3)
+    p = r.pubsub()
+    p.ssubscribe("shard")
+    assert p.get_sharded_message(timeout=2)["type"] == "ssubscribe"
+    assert direct.spublish("shard", "s1") == 1
+    assert p.get_sharded_message(timeout=2)["data"] == b"s1"
+    p.close()
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_resp3_client_keeps_working_while_subscribed(proxy: Any, direct: redis.Redis, protocol: int) -> None:
+    """Raw RESP3: pushes interleave with ordinary replies on one connection."""
+    with socket.create_connection((proxy.host, proxy.port)) as s:
+        s.settimeout(5)
+        s.sendall(encode_command([b"HELLO", b"3"]) + encode_command([b"SUBSCRIBE", b"c"]))
+        frames = read_frames(s, 2)
+        assert frames[0].startswith(b"%") and frames[1].startswith(b">3\r\n$9\r\nsubscribe")
+        direct.publish("c", "m1")
+        s.sendall(encode_command([b"PING", b"x"]) + encode_command([b"PREDIS", b"STATS"]))
+        frames = read_frames(s, 3)
+        assert frames[0].startswith(b">3\r\n$7\r\nmessage")
+        assert frames[1] == b"$1\r\nx\r\n" and b"# Predis" in frames[2]
+
+
+def read_frames(sock: socket.socket, count: int) -> list[bytes]:
+    scanner, buf, frames, start = ReplyScanner(), b"", [], 0
+    while len(frames) < count:
+        data = sock.recv(65536)
+        if not data:
+            raise ConnectionError("closed")
+        base = len(buf)
+        buf += data
+        for end, _ in scanner.feed(data):
+            frames.append(buf[start : base + end])
+            start = base + end
+    return frames
+
+
+def test_blocking_command_does_not_stall_other_clients(proxy: Any, direct: redis.Redis) -> None:
+    blocked = proxy.client()
+    result: dict[str, Any] = {}
+
+    def waiter() -> None:
+        result["blpop"] = blocked.blpop(["q"], timeout=10)
+        result["at"] = time.monotonic()
+
+    thread = threading.Thread(target=waiter)
+    thread.start()
+    time.sleep(0.2)
+    other = proxy.client()
+    t0 = time.monotonic()
+    for i in range(200):
+        other.set(f"k{i}", i)
+        assert other.get(f"k{i}") == str(i).encode()
+    assert time.monotonic() - t0 < 5 and thread.is_alive()
+    pushed = time.monotonic()
+    other.rpush("q", "job")
+    thread.join(5)
+    assert result["blpop"] == (b"q", b"job") and result["at"] >= pushed
+
+
+def test_blocking_commands_exempt_from_command_timeout(
+    make_proxy: Any, redis_server: Any, direct: redis.Redis
+) -> None:
+    proxy = make_proxy(redis_server.url, command_timeout=0.3)
+    r = proxy.client()
+    t0 = time.monotonic()
+    assert r.blpop(["nothing"], timeout=1) is None
+    assert r.xread({"stream": "$"}, block=800) in ([], {})
+    assert time.monotonic() - t0 >= 1.7
+    assert r.wait(0, 500) == 0
+    assert proxy.stats.timeouts == 0
+
+
+def test_auth_with_acl_user(proxy: Any, direct: redis.Redis) -> None:
+    direct.acl_setuser("app", enabled=True, passwords=["+secret"], keys=["app:*"], commands=["+@all"])
+    direct.acl_setuser("default", enabled=True, nopass=False, passwords=["+adminpw"])
+    try:
+        anon = proxy.client()
+        with pytest.raises(redis.AuthenticationError):
+            anon.get("app:x")
+        app = proxy.client(username="app", password="secret")
+        assert app.set("app:x", 1) and app.get("app:x") == b"1"
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            app.get("other")
+        assert app.acl_whoami() == "app"
+        with pytest.raises(redis.AuthenticationError):
+            proxy.client(username="app", password="wrong").ping()
+        r3 = proxy.client(username="app", password="secret", protocol=3)
+        assert r3.get("app:x") == b"1"
+    finally:
+        direct.acl_setuser("default", enabled=True, nopass=True, reset_passwords=True)
+
+
+def test_select(proxy: Any, direct: redis.Redis, redis_server: Any) -> None:
+    r = proxy.client(db=3)
+    r.set("in3", "yes")
+    assert direct.get("in3") is None
+    assert redis.Redis(port=redis_server.port, db=3).get("in3") == b"yes"
+
+
+def test_pipeline_of_1000_commands(proxy: Any) -> None:
+    r = proxy.client()
+    with r.pipeline(transaction=False) as pipe:
+        for i in range(1000):
+            pipe.set(f"p{i}", i)
+            pipe.get(f"p{i}")
+        out = pipe.execute()
+    assert out[0::2] == [True] * 1000 and out[1::2] == [str(i).encode() for i in range(1000)]
+
+
+def test_local_replies_keep_pipeline_order(proxy: Any) -> None:
+    with socket.create_connection((proxy.host, proxy.port)) as s:
+        s.settimeout(5)
+        req = b""
+        for i in range(300):
+            req += encode_command([b"SET", b"o%d" % i, b"%d" % i])
+            if i % 7 == 0:
+                req += encode_command([b"PREDIS", b"STATS", b"JSON"])
+            req += encode_command([b"GET", b"o%d" % i])
+        s.sendall(req)
+        frames = read_frames(s, 300 * 2 + 43)
+    expected_kinds = []
+    for i in range(300):
+        expected_kinds.append(b"+OK\r\n")
+        if i % 7 == 0:
+            expected_kinds.append("json")
+        expected_kinds.append(b"$%d\r\n%d\r\n" % (len(str(i)), i))
+    for frame, want in zip(frames, expected_kinds, strict=True):
+        if want == "json":
+            assert json.loads(frame.split(b"\r\n", 1)[1][:-2])["commands_forwarded"] >= 0
+        else:
+            assert frame == want
+
+
+@pytest.mark.slow
+def test_64mb_value(proxy: Any, direct: redis.Redis) -> None:
+    r = proxy.client()
+    value = bytes(range(256)) * (64 * 1024 * 1024 // 256)
+    assert r.set("big", value)
+    assert direct.strlen("big") == len(value)
+    assert r.get("big") == value
+
+
+async def test_asyncio_client(proxy: Any) -> None:
+    for protocol in PROTOCOLS:
+        r = aioredis.Redis(host=proxy.host, port=proxy.port, protocol=protocol)
+        await r.set("a", "1")
+        results = await asyncio.gather(*(r.incr("a") for _ in range(50)))
+        assert sorted(results) == list(range(2, 52))
+        async with r.pipeline(transaction=True) as pipe:
+            assert await pipe.get("a").set("b", 2).execute() == [b"51", True]
+        await r.aclose()
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_info_has_predis_section(proxy: Any, protocol: int) -> None:
+    r = proxy.client(protocol=protocol)
+    info = r.info()
+    assert "redis_version" in info and "commands_forwarded" in info
+    assert "forward_latency_p99_us" in r.info("predis")
+    assert "commands_forwarded" not in r.info("server")
+    stats = json.loads(r.execute_command("PREDIS", "STATS", "JSON"))
+    assert stats["upstream_status"] in ("up", "unknown") and stats["connected_clients"] >= 1
+    with pytest.raises(redis.ResponseError, match="PREDIS HELP"):
+        r.execute_command("PREDIS", "NOPE")
+
+
+def test_client_reply_off_and_skip(proxy: Any, direct: redis.Redis) -> None:
+    with socket.create_connection((proxy.host, proxy.port)) as s:
+        s.settimeout(5)
+        s.sendall(
+            encode_command([b"CLIENT", b"REPLY", b"OFF"])
+            + encode_command([b"SET", b"x", b"1"])
+            + encode_command([b"PREDIS", b"STATS"])
+            + encode_command([b"CLIENT", b"REPLY", b"SKIP"])  # ignored while OFF, as in Redis
+            + encode_command([b"CLIENT", b"REPLY", b"ON"])
+            + encode_command([b"CLIENT", b"REPLY", b"SKIP"])
+            + encode_command([b"GET", b"x"])
+            + encode_command([b"ECHO", b"seen"])
+        )
+        assert read_frames(s, 2) == [b"+OK\r\n", b"$4\r\nseen\r\n"]
+    assert direct.get("x") == b"1"
+
+
+def test_reset_and_quit(proxy: Any) -> None:
+    with socket.create_connection((proxy.host, proxy.port)) as s:
+        s.settimeout(5)
+        s.sendall(
+            encode_command([b"SELECT", b"2"])
+            + encode_command([b"SUBSCRIBE", b"c"])
+            + encode_command([b"RESET"])
+            + encode_command([b"CLIENT", b"INFO"])
+            + encode_command([b"QUIT"])
+        )
+        frames = read_frames(s, 5)
+        assert frames[0] == b"+OK\r\n" and frames[2] == b"+RESET\r\n"
+        assert b" db=0 " in frames[3] and frames[4] == b"+OK\r\n"
+        assert s.recv(10) == b""
+
+
+def test_redis_cli(proxy: Any) -> None:
+    cli = shutil.which("redis-cli")
+    assert cli, "redis-cli is part of the test set-up"
+
+    def run(*a: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([cli, "-p", str(proxy.port), *a], capture_output=True, timeout=10, text=True)
+
+    assert run("SET", "cli", "hello world").stdout.strip() == "OK"
+    assert run("GET", "cli").stdout.strip() == "hello world"
+    assert "# Predis" in run("INFO").stdout
+    piped = subprocess.run(
+        [cli, "-p", str(proxy.port)],
+        input="INCR c\nINCR c\nGET c\n",
+        capture_output=True,
+        timeout=10,
+        text=True,
+    )
+    assert piped.stdout.split() == ["1", "2", "2"]
+    assert run("-r", "3", "INCR", "rep").stdout.split() == ["1", "2", "3"]
+
+
+# Raw bytes in, raw bytes out: these must be identical directly and through the proxy.
+DIFFERENTIAL = [
+    [b"SET", b"a", b"1"],
+    [b"GET", b"a"],
+    [b"GET", b"missing"],
+    [b"INCR", b"a"],
+    [b"INCR", b"a", b"b"],
+    [b"NOSUCHCOMMAND", b"x"],
+    [b"LPUSH", b"a", b"x"],
+    [b"HSET", b"h", b"f", b"v"],
+    [b"HGETALL", b"h"],
+    [b"MGET", b"a", b"h", b"n"],
+    [b"ECHO", b"\x00\r\n"],
+    [b"TYPE", b"h"],
+    [b"OBJECT", b"ENCODING", b"a"],
+    [b"HELLO", b"3"],
+    [b"HGETALL", b"h"],
+    [b"ZADD", b"z", b"1.5", b"m"],
+    [b"ZSCORE", b"z", b"m"],
+    [b"SMEMBERS", b"nope"],
+    [b"EXISTS", b"a"],
+    [b"DEL", b"a"],
+    [b"HELLO", b"2"],
+    [b"HGETALL", b"h"],
+    [b"MULTI"],
+    [b"SET", b"t", b"1"],
+    [b"BADCMD"],
+    [b"EXEC"],
+    [b"MULTI"],
+    [b"INCR", b"t"],
+    [b"EXEC"],
+    [b"SELECT", b"99"],
+    [b"PING"],
+]
+
+
+def roundtrip(port: int, payload: bytes, frames: int) -> list[bytes]:
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        s.settimeout(5)
+        s.sendall(payload)
+        return read_frames(s, frames)
+
+
+def test_differential_replies_are_byte_identical(proxy: Any, direct: redis.Redis, redis_server: Any) -> None:
+    payload = b"".join(encode_command(c) for c in DIFFERENTIAL) + b'PING inline\r\nECHO "a b"\r\n'
+    count = len(DIFFERENTIAL) + 2
+    want = roundtrip(redis_server.port, payload, count)
+    direct.flushall()
+    got = roundtrip(proxy.port, payload, count)
+    # HELLO reports the connection id, which differs between any two connections.
+    client_id = re.compile(rb"\$2\r\nid\r\n:\d+")
+    assert [client_id.sub(b"ID", f) for f in got] == [client_id.sub(b"ID", f) for f in want]

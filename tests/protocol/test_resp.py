@@ -1,0 +1,240 @@
+"""The sans-I/O RESP core: fed whole, a byte at a time, with garbage; fuzzed."""
+
+from __future__ import annotations
+
+import re
+
+import hiredis
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from proxy.errors import ClientProtocolError
+from proxy.resp import (
+    PUSH,
+    REPLY,
+    Limits,
+    ReplyScanner,
+    RequestParser,
+    decode_reply,
+    encode_command,
+    split_inline,
+)
+
+
+def parse_all(chunks: list[bytes], limits: Limits | None = None) -> list[tuple[list[bytes], bytes]]:
+    """Feed chunks; return each command with the exact bytes its span covers."""
+    parser = RequestParser(limits)
+    out = []
+    for chunk in chunks:
+        parser.feed(chunk)
+        for args, start, end in parser.parse():
+            raw = bytes(parser.buffer[start:end]) if start >= 0 else b""
+            out.append((args, raw))
+        parser.consume()
+    return out
+
+
+def byte_chunks(data: bytes) -> list[bytes]:
+    return [data[i : i + 1] for i in range(len(data))]
+
+
+PIPELINE = (
+    encode_command([b"SET", b"k", b"v\r\n\x00"]) + encode_command([b"GET", b"k"]) + encode_command([b"PING"])
+)
+
+
+@pytest.mark.parametrize("split", ["whole", "bytes", "halves"])
+def test_pipeline_parsed_with_exact_spans(split: str) -> None:
+    chunks = {
+        "whole": [PIPELINE],
+        "bytes": byte_chunks(PIPELINE),
+        "halves": [PIPELINE[:17], PIPELINE[17:]],
+    }[split]
+    got = parse_all(chunks)
+    assert [args for args, _ in got] == [[b"SET", b"k", b"v\r\n\x00"], [b"GET", b"k"], [b"PING"]]
+    assert b"".join(raw for _, raw in got) == PIPELINE
+
+
+def test_inline_commands_and_quotes() -> None:
+    got = parse_all([b'PING\r\nSET "a b" \'c d\'\nGET "\\x41\\n"\r\n\r\n'])
+    assert [args for args, _ in got] == [[b"PING"], [b"SET", b"a b", b"c d"], [b"GET", b"A\n"]]
+    assert all(raw == b"" for _, raw in got)  # inline commands have no span: they are re-encoded
+
+
+def test_empty_multibulk_is_ignored_like_redis() -> None:
+    assert [a for a, _ in parse_all([b"*0\r\n*-1\r\n*1\r\n$4\r\nPING\r\n"])] == [[b"PING"]]
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        (b"*abc\r\n", "invalid multibulk length"),
+        (b"*2000000\r\n", "invalid multibulk length"),
+        (b"*1\r\n$-5\r\n", "invalid bulk length"),
+        (b"*1\r\n$999999999999\r\n", "invalid bulk length"),
+        (b"*1\r\n:12\r\n", "expected '$', got ':'"),
+        (b"*1\r\n$3\r\nGETxx", "not terminated by CRLF"),
+        (b'SET "abc\r\n', "unbalanced quotes"),
+        (b"A" * 70000, "too big inline request"),
+        (b"*1\r\n$" + b"1" * 70000, "too big bulk count string"),
+    ],
+)
+def test_protocol_errors_use_redis_wording(data: bytes, message: str) -> None:
+    parser = RequestParser()
+    parser.feed(data)
+    with pytest.raises(ClientProtocolError, match=re.escape(message)):
+        parser.parse()
+
+
+def test_good_commands_before_garbage_are_served_first() -> None:
+    parser = RequestParser()
+    parser.feed(encode_command([b"PING"]) + b"*x\r\n")
+    assert [a for a, _, _ in parser.parse()] == [[b"PING"]]
+    with pytest.raises(ClientProtocolError):
+        parser.parse()
+
+
+def test_limits_are_settable() -> None:
+    limits = Limits(max_bulk_len=10, max_multibulk_len=3)
+    parser = RequestParser(limits)
+    parser.feed(encode_command([b"SET", b"k", b"0123456789"]))
+    assert len(parser.parse()) == 1
+    parser.feed(encode_command([b"SET", b"k", b"01234567890"]))
+    with pytest.raises(ClientProtocolError, match="invalid bulk length"):
+        parser.parse()
+    parser = RequestParser(limits)
+    parser.feed(encode_command([b"MSET", b"a", b"b", b"c"]))
+    with pytest.raises(ClientProtocolError, match="invalid multibulk length"):
+        parser.parse()
+
+
+def test_query_buffer_limit() -> None:
+    parser = RequestParser(Limits(max_query_buffer=1000))
+    parser.feed(b"*2\r\n$3\r\nSET\r\n$5000\r\n" + b"x" * 900)
+    assert parser.parse() == []
+    parser.feed(b"x" * 200)
+    with pytest.raises(ClientProtocolError, match="query buffer limit"):
+        parser.parse()
+
+
+def test_large_argument_is_parsed_without_rescanning() -> None:
+    value = b"v" * (5 * 1024 * 1024)
+    data = encode_command([b"SET", b"big", value])
+    chunks = [data[i : i + 65536] for i in range(0, len(data), 65536)]
+    got = parse_all(chunks)
+    assert got[0][0][2] == value and got[0][1] == data
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=200), st.integers(min_value=1, max_value=50))
+def test_fuzz_parses_or_raises_protocol_error(data: bytes, step: int) -> None:
+    parser = RequestParser(Limits(max_bulk_len=1000, max_multibulk_len=100, max_inline_len=100))
+    try:
+        for i in range(0, len(data), step):
+            parser.feed(data[i : i + step])
+            for args, _start, _end in parser.parse():
+                assert args and all(isinstance(a, bytes) for a in args)
+            parser.consume()
+    except ClientProtocolError:
+        pass
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.lists(st.binary(max_size=30), min_size=1, max_size=6), min_size=1, max_size=10),
+    st.integers(min_value=1, max_value=40),
+)
+def test_fuzz_roundtrip_any_split(cmds: list[list[bytes]], step: int) -> None:
+    data = b"".join(encode_command(c) for c in cmds)
+    chunks = [data[i : i + step] for i in range(0, len(data), step)]
+    got = parse_all(chunks)
+    assert [a for a, _ in got] == cmds
+    assert b"".join(r for _, r in got) == data
+
+
+def test_split_inline_matches_redis_rules() -> None:
+    assert split_inline(b"  set  \"a\\tb\"  'it\\'s' ") == [b"set", b"a\tb", b"it's"]
+    with pytest.raises(ClientProtocolError):
+        split_inline(b'"abc"def')
+
+
+# ---------------------------------------------------------------- replies
+
+REPLIES = [
+    b"+OK\r\n",
+    b"-ERR wrong\r\n",
+    b":42\r\n",
+    b"$3\r\nfoo\r\n",
+    b"$-1\r\n",
+    b"*-1\r\n",
+    b"*0\r\n",
+    b"*3\r\n$1\r\na\r\n*2\r\n:1\r\n$0\r\n\r\n+x\r\n",
+    b"%2\r\n+a\r\n:1\r\n+b\r\n*1\r\n_\r\n",
+    b"~2\r\n,1.5\r\n#t\r\n",
+    b"=8\r\ntxt:abcd\r\n",
+    b"!5\r\nERR x\r\n",
+    b"(12345678901234567890\r\n",
+    b"|1\r\n+ttl\r\n:3\r\n$2\r\nhi\r\n",  # an attribute, then the reply it annotates
+    b"$12\r\nline\r\nbreaks\r\n",
+]
+PUSH_FRAME = b">3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$5\r\nhello\r\n"
+
+
+def scan(chunks: list[bytes]) -> list[tuple[int, int]]:
+    scanner = ReplyScanner()
+    ends, offset = [], 0
+    for chunk in chunks:
+        for end, kind in scanner.feed(chunk):
+            ends.append((offset + end, kind))
+        offset += len(chunk)
+    assert scanner.at_boundary
+    return ends
+
+
+@pytest.mark.parametrize("split", ["whole", "bytes", "sevens"])
+def test_scanner_finds_every_frame(split: str) -> None:
+    stream = b"".join(REPLIES[:7]) + PUSH_FRAME + b"".join(REPLIES[7:])
+    chunks = {
+        "whole": [stream],
+        "bytes": byte_chunks(stream),
+        "sevens": [stream[i : i + 7] for i in range(0, len(stream), 7)],
+    }[split]
+    ends = scan(chunks)
+    expected, pos = [], 0
+    for frame in REPLIES[:7]:
+        pos += len(frame)
+        expected.append((pos, REPLY))
+    pos += len(PUSH_FRAME)
+    expected.append((pos, PUSH))
+    for frame in REPLIES[7:]:
+        pos += len(frame)
+        expected.append((pos, REPLY))
+    assert ends == expected
+
+
+def test_scanner_skips_large_bulk_without_buffering() -> None:
+    payload = b"x" * (3 * 1024 * 1024)
+    frame = b"$%d\r\n%s\r\n" % (len(payload), payload)
+    scanner = ReplyScanner()
+    chunks = [frame[i : i + 65536] for i in range(0, len(frame), 65536)]
+    ends = [scanner.feed(c) for c in chunks]
+    assert all(e == [] for e in ends[:-1]) and ends[-1] == [(len(chunks[-1]), REPLY)]
+    assert len(scanner._partial) == 0  # only header fragments are ever carried
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.sampled_from(REPLIES + [PUSH_FRAME]), min_size=1, max_size=12), st.integers(1, 30))
+def test_scanner_fuzz_any_split(frames: list[bytes], step: int) -> None:
+    stream = b"".join(frames)
+    ends = scan([stream[i : i + step] for i in range(0, len(stream), step)])
+    assert len(ends) == len(frames)
+    pos = 0
+    for (end, kind), frame in zip(ends, frames, strict=True):
+        pos += len(frame)
+        assert end == pos and kind == (PUSH if frame is PUSH_FRAME else REPLY)
+
+
+def test_decode_reply_returns_errors_as_values() -> None:
+    assert isinstance(decode_reply(b"-ERR nope\r\n"), hiredis.ReplyError)
+    assert decode_reply(b"=8\r\ntxt:abcd\r\n") == b"abcd"
