@@ -285,6 +285,8 @@ class ClientConnection(asyncio.Protocol):
         if pieces:
             self.stats.commands_forwarded += forwarded
             self._send_upstream(pieces[0] if len(pieces) == 1 else b"".join(pieces))
+        if parser.error is not None and not self.closing:
+            self._protocol_error(parser.error)
 
     def _protocol_error(self, exc: ClientProtocolError) -> None:
         self.stats.protocol_errors += 1

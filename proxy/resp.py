@@ -73,6 +73,11 @@ class RequestParser:
     def feed(self, data: bytes) -> None:
         self.buffer += data
 
+    @property
+    def error(self) -> ClientProtocolError | None:
+        """A protocol error found after the commands last returned; ``parse()`` raises it next."""
+        return self._error
+
     def pending_bytes(self) -> int:
         """Bytes of an unfinished command held in the buffer (the query buffer, in Redis terms)."""
         return len(self.buffer) - (self._cmd_start if self._want else self._pos)

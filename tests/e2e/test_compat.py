@@ -129,16 +129,19 @@ def test_resp3_client_keeps_working_while_subscribed(proxy: Any, direct: redis.R
 
 
 def read_frames(sock: socket.socket, count: int) -> list[bytes]:
-    scanner, buf, frames, start = ReplyScanner(), b"", [], 0
+    """Read exactly ``count`` reply frames (pushes included) from a raw socket."""
+    scanner, buf, frames = ReplyScanner(), bytearray(), []
     while len(frames) < count:
-        data = sock.recv(65536)
+        data = sock.recv(1 << 20)
         if not data:
             raise ConnectionError("closed")
         base = len(buf)
         buf += data
+        consumed = 0
         for end, _ in scanner.feed(data):
-            frames.append(buf[start : base + end])
-            start = base + end
+            frames.append(bytes(buf[consumed : base + end]))
+            consumed = base + end
+        del buf[:consumed]
     return frames
 
 

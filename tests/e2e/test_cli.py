@@ -1,0 +1,101 @@
+"""The `predis` command: serve with an embedded Redis, stats, and bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import redis
+
+from proxy.embedded import free_port
+
+PREDIS = [sys.executable, "-m", "proxy.cli"]
+
+
+def test_serve_embedded_then_stats_and_clean_exit(tmp_path: Path) -> None:
+    port = free_port()
+    proc = subprocess.Popen(
+        [*PREDIS, "serve", "--port", str(port), "--log-format", "json"], stderr=subprocess.PIPE, text=True
+    )
+    try:
+        r = redis.Redis(port=port, protocol=2)
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                r.ping()
+                break
+            except redis.ConnectionError:
+                assert time.monotonic() < deadline and proc.poll() is None
+                time.sleep(0.1)
+        assert r.set("x", "1") and r.get("x") == b"1"
+        out = subprocess.run(
+            [*PREDIS, "stats", "--port", str(port), "--json"], capture_output=True, text=True, timeout=20
+        )
+        figures = json.loads(out.stdout)
+        assert figures["commands_forwarded"] >= 2 and figures["upstream_address"].startswith(
+            "redis://127.0.0.1:"
+        )
+        text = subprocess.run(
+            [*PREDIS, "stats", "--port", str(port)], capture_output=True, text=True, timeout=20
+        )
+        assert text.stdout.startswith("# Predis\n")
+        embedded_port = int(figures["upstream_address"].rsplit(":", 1)[1])
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0
+    lines = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+    assert any(line["event"] == "predis listening" for line in lines)
+    # The embedded redis-server went with it.
+    try:
+        redis.Redis(port=embedded_port, socket_connect_timeout=0.5).ping()
+        raise AssertionError("embedded redis-server still running")
+    except redis.ConnectionError:
+        pass
+
+
+def run_predis(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*PREDIS, *args], capture_output=True, text=True, timeout=20, env={**os.environ, **(env or {})}
+    )
+
+
+def test_bad_input_exits_with_one_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("port = 'x'\n")
+    for args, env, needle in [
+        (("serve", "--config", str(bad)), None, "port must be int"),
+        (("serve", "--upstream", "http://nope"), None, "must start with redis://"),
+        (("serve", "--log-level", "loud"), None, "log_level must be one of"),
+        (("serve",), {"PREDIS_REDIS_SERVER": "no-such-redis-binary"}, "no-such-redis-binary not found"),
+        (("stats", "--port", str(free_port())), None, "cannot reach a proxy"),
+    ]:
+        out = run_predis(*args, env=env)
+        assert out.returncode == 2, (args, out.stderr)
+        lines = out.stderr.strip().splitlines()
+        assert len(lines) == 1 and needle in lines[0], (args, out.stderr)
+
+
+def test_port_in_use_is_one_line(tmp_path: Path) -> None:
+    with socket_listening() as port:
+        out = run_predis("serve", "--port", str(port), "--upstream", "redis://127.0.0.1:1")
+    assert out.returncode == 2 and out.stderr.strip().splitlines() == [out.stderr.strip()]
+    assert "cannot listen on 127.0.0.1" in out.stderr
+
+
+class socket_listening:
+    def __enter__(self) -> int:
+        import socket
+
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen()
+        return int(self.sock.getsockname()[1])
+
+    def __exit__(self, *exc: object) -> None:
+        self.sock.close()

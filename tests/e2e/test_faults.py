@@ -1,0 +1,211 @@
+"""Upstream failures, bad clients and slow clients: errors, recovery, isolation, no lost writes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import threading
+import time
+from typing import Any
+
+import pytest
+import redis
+
+from proxy.embedded import EmbeddedRedis, free_port
+from proxy.resp import encode_command
+from tests.e2e.test_compat import read_frames
+
+
+def busy_client_ok(proxy: Any, n: int = 100) -> None:
+    r = proxy.client()
+    for i in range(n):
+        r.set(f"other{i}", i)
+        assert r.get(f"other{i}") == str(i).encode()
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        b"*1\r\n$3\r\nGETxx\r\n",
+        b"*abc\r\n",
+        b"*99999999\r\n",
+        b"*1\r\n$99999999999\r\n",
+        b'SET "unterminated\r\n',
+        b"*2\r\n$3\r\nGET\r\n:1\r\n",
+    ],
+)
+def test_malformed_request_closes_only_that_client(proxy: Any, garbage: bytes) -> None:
+    keeper = proxy.client()
+    keeper.set("k", "v")
+    with socket.create_connection((proxy.host, proxy.port)) as s:
+        s.settimeout(5)
+        s.sendall(encode_command([b"PING"]) + garbage)
+        frames = read_frames(s, 2)
+        assert frames[0] == b"+PONG\r\n"
+        assert frames[1].startswith(b"-ERR Protocol error")
+        assert s.recv(100) == b""  # closed by the proxy
+    assert keeper.get("k") == b"v"
+    busy_client_ok(proxy)
+    assert proxy.stats.protocol_errors >= 1
+
+
+def test_oversized_inline_and_query_buffer(make_proxy: Any, redis_server: Any, direct: redis.Redis) -> None:
+    proxy = make_proxy(redis_server.url, query_buffer_limit=100_000, max_multibulk_len=10)
+    with socket.create_connection((proxy.host, proxy.port)) as s:
+        s.sendall(b"*2\r\n$3\r\nSET\r\n$1000000\r\n" + b"x" * 200_000)
+        s.settimeout(5)
+        assert b"query buffer limit" in s.recv(1000)
+    with socket.create_connection((proxy.host, proxy.port)) as s:
+        s.sendall(encode_command([b"DEL"] + [b"k"] * 11))
+        s.settimeout(5)
+        assert b"invalid multibulk length" in s.recv(1000)
+    busy_client_ok(proxy, 10)
+
+
+def test_client_disconnects_mid_pipeline_and_mid_reply(proxy: Any, direct: redis.Redis) -> None:
+    direct.set("big", b"x" * (8 * 1024 * 1024))
+    for _ in range(20):
+        s = socket.create_connection((proxy.host, proxy.port))
+        s.sendall(b"".join(encode_command([b"INCR", b"cnt"]) for _ in range(500))[:-7])
+        s.close()
+        s = socket.create_connection((proxy.host, proxy.port))
+        s.sendall(encode_command([b"GET", b"big"]) * 3)
+        s.recv(1000)
+        s.close()
+    busy_client_ok(proxy)
+    deadline = time.monotonic() + 5
+    while proxy.stats.connected_clients > 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert proxy.stats.connected_clients == 0  # no leaked connections
+
+
+def test_upstream_down_gives_errors_not_hangs(make_proxy: Any) -> None:
+    proxy = make_proxy(f"redis://127.0.0.1:{free_port()}", connect_timeout=1.0)
+    r = proxy.client(socket_timeout=5, protocol=2)
+    t0 = time.monotonic()
+    with pytest.raises(redis.ResponseError, match="upstream Redis unavailable"):
+        r.get("x")
+    assert time.monotonic() - t0 < 1.5
+    assert b"upstream_status" in r.execute_command("PREDIS", "STATS")  # the proxy still answers
+
+
+def test_hung_upstream_times_out(make_proxy: Any) -> None:
+    server = EmbeddedRedis().start()
+    try:
+        proxy = make_proxy(server.url, command_timeout=0.5)
+        r = proxy.client(socket_timeout=5)
+        assert r.set("a", 1)
+        os.kill(server.process.pid, signal.SIGSTOP)
+        t0 = time.monotonic()
+        with pytest.raises(redis.ResponseError, match="did not reply within"):
+            r.get("a")
+        assert time.monotonic() - t0 < 1.5
+        os.kill(server.process.pid, signal.SIGCONT)
+        assert r.get("a") == b"1"  # a fresh upstream connection
+        assert proxy.stats.timeouts >= 1
+    finally:
+        os.kill(server.process.pid, signal.SIGCONT)
+        server.close()
+
+
+@pytest.mark.slow
+def test_kill_and_restart_upstream_under_traffic(make_proxy: Any, tmp_path: Any) -> None:
+    """No acknowledged write is lost; clients see -ERR while Redis is away and recover by themselves."""
+    port = free_port()
+    durable = ["--appendonly", "yes", "--appendfsync", "always"]
+    server = EmbeddedRedis(port=port, extra_args=durable, workdir=tmp_path).start()
+    proxy = make_proxy(server.url, connect_timeout=0.5, command_timeout=2.0)
+    acked: dict[str, int] = {}
+    errors: list[str] = []
+    stop = threading.Event()
+    lock = threading.Lock()
+
+    def writer(wid: int) -> None:
+        r = proxy.client(socket_timeout=5, db=1)
+        i = 0
+        while not stop.is_set():
+            key = f"w{wid}:{i}"
+            try:
+                if r.set(key, i):
+                    with lock:
+                        acked[key] = i
+            except redis.ResponseError as exc:
+                errors.append(str(exc))
+                time.sleep(0.01)
+            except redis.ConnectionError as exc:
+                errors.append(f"connection: {exc}")
+                time.sleep(0.01)
+            i += 1
+
+    threads = [threading.Thread(target=writer, args=(w,)) for w in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(0.5)
+        server.kill()  # SIGKILL: a crash, not a clean shutdown
+        time.sleep(0.5)
+        before_restart = len(acked)
+        server = EmbeddedRedis(port=port, extra_args=durable, workdir=tmp_path).start()
+        time.sleep(1.0)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(10)
+    try:
+        assert errors, "the outage should have been visible as errors"
+        assert all("upstream" in e for e in errors), errors[:3]  # -ERR replies, not dropped sockets
+        assert len(acked) > before_restart, "writes did not resume after Redis came back"
+        check = redis.Redis(port=port, db=1)
+        keys = list(acked)
+        values = check.mget(keys)
+        lost = [k for k, v in zip(keys, values, strict=True) if v is None or int(v) != acked[k]]
+        assert not lost, f"{len(lost)} acknowledged writes lost, e.g. {lost[:5]}"
+    finally:
+        server.close()
+
+
+def test_slow_reader_is_bounded_and_others_unaffected(
+    make_proxy: Any, redis_server: Any, direct: redis.Redis
+) -> None:
+    proxy = make_proxy(redis_server.url, backpressure_bytes=256 * 1024, output_buffer_limit=8 * 1024 * 1024)
+    value = b"v" * (1024 * 1024)
+    direct.set("blob", value)
+    s = socket.create_connection((proxy.host, proxy.port))
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+    s.sendall(encode_command([b"GET", b"blob"]) * 200)  # 200 MB of replies, and we do not read
+    time.sleep(1.0)
+    busy_client_ok(proxy)
+    buffered = sum(c.transport.get_write_buffer_size() for c in list(proxy.server.clients) if c.transport)
+    assert buffered < 8 * 1024 * 1024  # backpressure held the proxy's buffer down
+    # Now read everything: every reply arrives intact and in order.
+    s.settimeout(20)
+    frames = read_frames(s, 200)
+    assert all(f == b"$%d\r\n%s\r\n" % (len(value), value) for f in frames)
+    s.close()
+
+
+def test_output_buffer_limit_disconnects(make_proxy: Any, redis_server: Any, direct: redis.Redis) -> None:
+    """A reply the proxy makes itself cannot be held back upstream: past the limit the client goes."""
+    proxy = make_proxy(redis_server.url, backpressure_bytes=64 * 1024, output_buffer_limit=256 * 1024)
+    s = socket.create_connection((proxy.host, proxy.port))
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024)
+    try:
+        s.sendall(encode_command([b"PREDIS", b"STATS"]) * 20000)
+    except OSError:
+        pass
+    deadline = time.monotonic() + 10
+    while proxy.stats.output_limit_disconnects == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert proxy.stats.output_limit_disconnects == 1
+    s.close()
+    busy_client_ok(proxy, 10)
+
+
+def test_max_clients(make_proxy: Any, redis_server: Any, direct: redis.Redis) -> None:
+    proxy = make_proxy(redis_server.url, max_clients=2)
+    a, b = proxy.client(), proxy.client()
+    a.ping(), b.ping()
+    with socket.create_connection((proxy.host, proxy.port)) as s:
+        s.settimeout(5)
+        assert s.recv(100) == b"-ERR max number of clients reached\r\n"

@@ -1,0 +1,78 @@
+"""Settings: defaults < TOML < environment < flags, and one-line errors for bad input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from proxy.config import Settings, load_settings, parse_upstream
+from proxy.errors import ConfigError
+from proxy.stats import LatencyHistogram, Stats
+
+
+def test_precedence(tmp_path: Path) -> None:
+    cfg = tmp_path / "predis.toml"
+    cfg.write_text('[predis]\nport = 7000\nlog-level = "debug"\ncommand_timeout = 3\n')
+    s = load_settings(cfg, env={"PREDIS_PORT": "7001", "PREDIS_HOST": "0.0.0.0"}, overrides={"port": 7002})
+    assert (s.port, s.host, s.log_level, s.command_timeout) == (7002, "0.0.0.0", "debug", 3.0)
+    assert s.sources["port"] == "flag" and s.sources["host"] == "PREDIS_HOST"
+    assert load_settings(env={}) == Settings()
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("port = 'abc'", "port must be int"),
+        ("nope = 1", "unknown setting 'nope'"),
+        ("port = 99999", "port must be 0-65535"),
+        ("log_level = 'loud'", "log_level must be one of"),
+        ("upstream = 'http://x'", "must start with redis://"),
+        ("upstream = 'redis://h/abc'", "database must be a number"),
+        ("port = [", "not valid TOML"),
+        ("command_timeout = -1", "command_timeout must be positive"),
+    ],
+)
+def test_bad_settings_are_one_line_errors(tmp_path: Path, text: str, message: str) -> None:
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text(text + "\n")
+    with pytest.raises(ConfigError, match=message) as info:
+        load_settings(cfg, env={})
+    assert "\n" not in str(info.value)
+
+
+def test_env_type_error() -> None:
+    with pytest.raises(ConfigError, match="PREDIS_MAX_CLIENTS: max_clients must be int"):
+        load_settings(env={"PREDIS_MAX_CLIENTS": "many"})
+
+
+def test_missing_file() -> None:
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        load_settings("/nonexistent/predis.toml", env={})
+
+
+def test_parse_upstream() -> None:
+    a = parse_upstream("redis://app:p%40ss@example:7000/4")
+    assert (a.host, a.port, a.db, a.username, a.password) == ("example", 7000, 4, "app", "p@ss")
+    assert parse_upstream("redis://h").port == 6379
+    u = parse_upstream("unix:///tmp/r.sock?db=2")
+    assert (u.unix_path, u.db) == ("/tmp/r.sock", 2)
+
+
+def test_latency_histogram_percentiles() -> None:
+    h = LatencyHistogram()
+    assert h.percentile(50) == 0.0
+    for us in range(1, 1001):
+        h.record(us / 1e6)
+    # Upper bucket edges: within one bucket (2**(1/8), ~9%) above the true value, never below.
+    for p, true in ((50, 500), (90, 900), (99, 990)):
+        assert true <= h.percentile(p) <= true * 2 ** (1 / 8) * 1.001
+
+
+def test_stats_sections_and_info_format() -> None:
+    t = [100.0]
+    stats = Stats(clock=lambda: t[0])
+    t[0] = 142.0
+    stats.sections["tier"] = lambda: {"hits": 3}
+    text = stats.info_text().decode()
+    assert text.startswith("# Predis\r\n") and "uptime_in_seconds:42\r\n" in text and "tier_hits:3" in text
