@@ -1,41 +1,46 @@
-"""One client connection and its dedicated upstream connection.
+"""One client connection and its dedicated upstream connection (the thin transport layer).
 
 Each client gets its own upstream connection (1:1), so every piece of Redis connection state (AUTH,
 SELECT, HELLO 3, MULTI/WATCH, subscriptions, CLIENT settings, blocking commands) behaves exactly as it
-would against Redis directly. Requests are forwarded as the client's own bytes; replies are streamed
-back as Redis's own bytes. The proxy keeps a queue of "reply slots", one per request in flight, so
-that replies it produces itself (PREDIS, INFO's extra section, later the hot tier) go out in order.
+would against Redis directly. The proxy keeps a queue of reply slots (see ``proxy.session``) so that
+replies it makes itself go out in order.
 
-A slot is one of:
-  float      a forwarded request awaiting one reply (send time; 0.0 = blocking, no timeout)
-  bytes      a reply made by the proxy, written when it reaches the head
-  Capture    a forwarded request whose reply the proxy must read or rewrite
-  _CLOSE / _PASSTHROUGH   markers acted upon when they reach the head
+Both directions have a fast path where the proxy's per-command work happens in C:
+
+* Requests are parsed by ``hiredis.Reader``. A read that holds whole commands, none of them special,
+  is forwarded as the client's own bytes; otherwise commands are re-encoded with ``pack_command``.
+  Inline commands (telnet style) go through ``proxy.resp.RequestParser``.
+* Replies: while every slot in flight is a plain forward, hiredis only counts reply frames and the
+  bytes go straight through ("fast" mode). When a reply must be read, rewritten or interleaved with
+  a local one, the proxy switches to ``ReplyScanner``, which finds frame offsets ("slow" mode). It
+  switches at a known frame boundary: at once if nothing is in flight, otherwise after the reply to
+  an ``ECHO <random token>`` it sends ahead of the special command (a ``Sync`` slot).
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections import deque
-from collections.abc import Callable
-from functools import partial
+from itertools import chain
 from typing import TYPE_CHECKING, Any, cast
 
+import hiredis
 import structlog
 
-from proxy import commands
 from proxy.errors import ClientProtocolError
-from proxy.resp import (
-    PUSH,
-    Limits,
-    ReplyScanner,
-    RequestParser,
-    decode_reply,
-    encode_bulk,
-    encode_command,
-    encode_error,
-    encode_verbatim,
+from proxy.resp import PUSH, Limits, ReplyScanner, RequestParser, encode_command, encode_error
+from proxy.session import (
+    CLOSE,
+    NO_SLOT,
+    PASSTHROUGH,
+    RESET_FRAME,
+    SPECIAL,
+    Capture,
+    SessionState,
+    Sync,
+    swallow,
 )
 
 if TYPE_CHECKING:
@@ -44,56 +49,14 @@ if TYPE_CHECKING:
 log = structlog.get_logger("predis.connection")
 
 _now = time.perf_counter
+_pack = hiredis.pack_command
+_Push = hiredis.PushNotification
+_STAR = b"*"
 
-
-class Capture:
-    __slots__ = ("t", "fn")
-
-    def __init__(self, t: float, fn: Callable[[bytes], bytes | None]) -> None:
-        self.t = t
-        self.fn = fn  # receives the reply frame, returns what the client gets (None: nothing)
-
-
-class _Marker:
-    __slots__ = ("name",)
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-    def __repr__(self) -> str:
-        return self.name
-
-
-_CLOSE = _Marker("CLOSE")
-_PASSTHROUGH = _Marker("PASSTHROUGH")
-_RESET_FRAME = b"+RESET\r\n"
+_PLAIN = object()
 
 # Upstream connection states.
 DOWN, CONNECTING, UP = 0, 1, 2
-
-# Commands that need the slow path (state tracking, local answers, special reply counts).
-_SPECIAL = frozenset(
-    {
-        b"INFO",
-        b"PREDIS",
-        b"HELLO",
-        b"AUTH",
-        b"SELECT",
-        b"CLIENT",
-        b"MULTI",
-        b"EXEC",
-        b"DISCARD",
-        b"WATCH",
-        b"UNWATCH",
-        b"MONITOR",
-        b"RESET",
-        b"QUIT",
-    }
-    | commands.BLOCKING
-    | commands.MAYBE_BLOCKING
-    | commands.SUBSCRIBE
-    | commands.UNSUBSCRIBE
-)
 
 
 class UpstreamProtocol(asyncio.Protocol):
@@ -104,7 +67,7 @@ class UpstreamProtocol(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         self.client.upstream_data(self, data)
@@ -119,50 +82,41 @@ class UpstreamProtocol(asyncio.Protocol):
         self.client.set_paused("upstream_full", False)
 
 
-class ClientConnection(asyncio.Protocol):
+class ClientConnection(asyncio.Protocol, SessionState):
     def __init__(self, server: ProxyServer) -> None:
         self.server = server
         self.stats = server.stats
         settings = server.settings
-        self.parser = RequestParser(
-            Limits(
-                settings.max_bulk_len,
-                settings.max_multibulk_len,
-                settings.max_inline_len,
-                settings.query_buffer_limit,
-            )
+        self.limits = Limits(
+            settings.max_bulk_len,
+            settings.max_multibulk_len,
+            settings.max_inline_len,
+            settings.query_buffer_limit,
         )
-        self.scanner = ReplyScanner()
         self.pending: deque[Any] = deque()
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self.closing = False  # no more requests are read; the connection closes once replies drain
-        # Upstream connection.
+        # Request side.
+        self.req_reader = hiredis.Reader()
+        self.req_tail: list[bytes] = []  # bytes of the unfinished command at the end of the stream
+        self.req_parser: RequestParser | None = None  # in use while inline commands are being read
+        # Upstream connection and reply side.
         self.up: UpstreamProtocol | None = None
         self.up_state = DOWN
         self.outbox: list[bytes] = []  # requests written while the upstream connection opens
+        self.fast = False  # reply mode: True = hiredis counts frames; False = scanner finds offsets
+        self.rep_reader = hiredis.Reader()
+        self.scanner = ReplyScanner()
+        self.sync_token: bytes | None = None  # the ECHO payload that ends fast mode
+        self.sync_frame = b""
+        self.holdback = b""  # tail bytes kept while a sync reply may be split across reads
         self.capture_parts: list[bytes] = []  # start of a captured reply frame split across reads
-        # Connection state that a reconnect replays. Updated only when Redis acknowledged the
-        # command that set it, so the prelude never repeats a command still in flight.
-        self.auth: tuple[str | bytes, str | bytes] | None = None
-        self.db = 0
-        self.client_name: bytes | None = None
-        self.replay_resp3 = False
-        self._default_state()
-        # The protocol the client asked for, as seen on the request side (before Redis answers),
-        # which decides how RESP3 SUBSCRIBE confirmations are counted.
-        self.resp3 = False
-        # State that cannot be replayed: losing the upstream connection closes the client.
-        self.in_multi = False
-        self.watching = False
-        self.tracking = False
-        self.passthrough_req = False  # RESP2 pub/sub or MONITOR: requests are no longer inspected
-        self.passthrough_rep = False  # ...and replies are no longer matched to requests
-        self.reply_mode = b"ON"  # CLIENT REPLY ON | OFF | SKIP
         self.paused: set[str] = set()
         self.peer = ""
+        self.init_state(server.upstream)
 
-    # ------------------------------------------------------------------ client side
+    # ------------------------------------------------------------------ client transport
 
     def connection_made(self, base: asyncio.BaseTransport) -> None:
         transport = self.transport = cast(asyncio.Transport, base)
@@ -186,7 +140,7 @@ class ClientConnection(asyncio.Protocol):
         self.closed = True
         self.server.clients.discard(self)
         self.stats.connected_clients = len(self.server.clients)
-        self._close_upstream()
+        self.close_upstream()
 
     def pause_writing(self) -> None:
         self.set_paused("client_full", True)
@@ -196,22 +150,28 @@ class ClientConnection(asyncio.Protocol):
         self.set_paused("client_full", False)
 
     def set_paused(self, reason: str, on: bool) -> None:
-        """Backpressure: while either side's write buffer is full, read from neither."""
-        was = bool(self.paused)
+        """Backpressure, one direction at a time, as Redis itself behaves.
+
+        A client that does not read its replies stops the proxy reading from its upstream
+        connection, so the replies wait in Redis's output buffer as they would for a direct client;
+        its requests are still read (a client that writes a whole pipeline before reading would
+        deadlock otherwise). Redis not reading our requests stops the proxy reading the client.
+        """
+        if on == (reason in self.paused) or self.closed:
+            return
         if on:
             self.paused.add(reason)
         else:
             self.paused.discard(reason)
-        now = bool(self.paused)
-        if was == now or self.closed:
-            return
-        up_transport = self.up.transport if self.up else None
-        for t in (self.transport, up_transport):
-            if t is not None and not t.is_closing():
-                if now:
-                    t.pause_reading()
-                elif not (t is self.transport and self.closing):
-                    t.resume_reading()
+        if reason == "client_full":
+            t = self.up.transport if self.up else None
+        else:
+            t = None if self.closing else self.transport
+        if t is not None and not t.is_closing():
+            if on:
+                t.pause_reading()
+            else:
+                t.resume_reading()
 
     def _check_output_limit(self) -> None:
         transport = self.transport
@@ -224,82 +184,225 @@ class ClientConnection(asyncio.Protocol):
             transport.abort()
 
     def _write(self, data: bytes) -> None:
-        if self.closed or self.transport is None:
+        if self.closed or self.transport is None or not data:
             return
         self.stats.bytes_out += len(data)
         self.transport.write(data)
         if self.paused:
             self._check_output_limit()
 
+    # ------------------------------------------------------------------ requests
+
     def data_received(self, data: bytes) -> None:
         if self.closing or self.closed:
             return
         self.stats.bytes_in += len(data)
-        parser = self.parser
+        if self.req_parser is not None or (not self.req_tail and data[:1] != _STAR):
+            self._inline_data(data)
+            return
+        reader = self.req_reader
+        reader.feed(data)
+        cmds: list[Any] = []
+        try:
+            while (cmd := reader.gets()) is not False:
+                cmds.append(cmd)
+        except hiredis.ProtocolError:
+            # Not a multibulk where one should start: an inline command, or garbage. Serve the
+            # complete commands, then our own parser takes over from that boundary; it reads
+            # inline commands and words a real error as Redis does.
+            self.req_reader = hiredis.Reader()
+            stream = b"".join(self.req_tail) + data
+            self.req_tail = []
+            try:
+                cmds, size = _drop_empty(cmds)
+                size += self._checked_size(cmds)
+                if cmds:
+                    self._dispatch(cmds, stream[:size])
+            except ClientProtocolError as exc:
+                self._protocol_error(exc)
+                return
+            self._inline_data(stream[size:])
+            return
+        try:
+            self._frame_requests(cmds, data)
+        except ClientProtocolError as exc:
+            self._protocol_error(exc)
+
+    def _frame_requests(self, cmds: list[Any], data: bytes) -> None:
+        """Find the client's bytes for the commands hiredis returned, check them, dispatch them.
+
+        hiredis gives no offsets, but clients encode canonically, so a command's length follows
+        from its arguments; ``canonical_size`` computes it for a whole read at C speed. The bytes
+        of an unfinished command (``req_tail``) are held back until it completes: it may turn out
+        to be one the proxy answers itself, which must not reach Redis.
+        """
+        tail = self.req_tail
+        held = sum(map(len, tail))
+        if cmds:
+            cmds, size = _drop_empty(cmds)
+            try:
+                size += self._checked_size(cmds)
+            except ClientProtocolError:
+                # Serve the commands before the bad one, as Redis does, then fail.
+                good = cmds[: next(i for i, c in enumerate(cmds) if not self._acceptable(c))]
+                if good:
+                    self.req_tail = []
+                    self._dispatch(good, (b"".join(tail) + data)[: self._checked_size(good)])
+                raise
+            tail_len = held + len(data) - size
+            if tail_len < 0 or tail_len > len(data):
+                raise ClientProtocolError("Protocol error: non-canonical request encoding")
+            cut = len(data) - tail_len
+            raw = b"".join(tail) + data[:cut] if tail else (data if tail_len == 0 else data[:cut])
+            self.req_tail = [data[cut:]] if tail_len else []
+            if cmds:
+                self._dispatch(cmds, raw)
+            tail_len_check = tail_len
+        else:
+            tail.append(data)
+            tail_len_check = held + len(data)
+        if tail_len_check:
+            self._check_tail(tail_len_check)
+
+    def _checked_size(self, cmds: list[Any]) -> int:
+        """Canonical byte size of these commands; raises for anything Redis would refuse."""
+        limits = self.limits
+        if not cmds:
+            return 0
+        try:
+            args = list(chain.from_iterable(cmds))
+            sizes = list(map(len, args))  # TypeError: an argument that is not a string
+            if max(map(len, cmds)) > limits.max_multibulk_len:
+                raise ClientProtocolError("Protocol error: invalid multibulk length")
+            if max(sizes) > limits.max_bulk_len:
+                raise ClientProtocolError("Protocol error: invalid bulk length")
+            if sum(sizes) < 1 << 20:
+                b"".join(args)  # TypeError unless every argument is a byte string
+            elif any(type(a) is not bytes for a in args):
+                raise TypeError
+            return canonical_size(cmds, args, sizes)
+        except TypeError:
+            # A nested array or a non-string element: Redis accepts only bulk strings.
+            raise ClientProtocolError("Protocol error: expected '$', got something else") from None
+
+    def _acceptable(self, cmd: Any) -> bool:
+        limits = self.limits
+        return (
+            type(cmd) is list
+            and 0 < len(cmd) <= limits.max_multibulk_len
+            and all(type(a) is bytes and len(a) <= limits.max_bulk_len for a in cmd)
+        )
+
+    def _check_tail(self, tail_len: int) -> None:
+        """Check the headers of an unfinished command now, as Redis would (absurd lengths fail at
+        once), and hold it to the query-buffer limit."""
+        if tail_len > self.limits.max_query_buffer:
+            raise ClientProtocolError("Protocol error: query buffer limit exceeded")
+        if tail_len > self.limits.max_inline_len + 4096 and len(self.req_tail) > 1:
+            return  # a large argument in flight: its headers were checked when they arrived
+        probe = RequestParser(self.limits)
+        probe.feed(b"".join(self.req_tail)[: self.limits.max_inline_len + 4096])
+        if probe.parse():  # cannot happen for a canonical client: hiredis found it incomplete
+            raise ClientProtocolError("Protocol error: non-canonical request encoding")
+
+    def _dispatch(self, cmds: list[Any], raw: bytes) -> None:
+        """Forward ``raw`` (the bytes of exactly ``cmds``) or, if any command is special, take the
+        general path."""
+        if self.passthrough_req or self.reply_mode != b"ON":
+            self._forward(cmds, _split(cmds, raw))
+            return
+        for args in cmds:
+            if args[0].upper() in SPECIAL:
+                self._forward(cmds, _split(cmds, raw))
+                return
+        # Every command is a plain forward: one slot run for the lot, the client's own bytes.
+        self.pending.append([len(cmds), _now()])
+        self.stats.commands_forwarded += len(cmds)
+        self._send_upstream(raw)
+
+    def _forward(self, cmds: list[Any], encoded: list[bytes | None]) -> None:
+        """The general path: one command at a time, specials handled. ``encoded``: bytes per command."""
+        now = _now()
+        pending = self.pending
+        pieces: list[bytes] = []
+        run: list[Any] | None = None  # the slot run that consecutive plain commands join
+        forwarded = 0
+        for i, args in enumerate(cmds):
+            name = args[0].upper()
+            if name in SPECIAL or self.passthrough_req or self.reply_mode != b"ON":
+                if pieces:  # what came before goes first: a sync ECHO may be sent next
+                    self._send_upstream(b"".join(pieces))
+                    pieces = []
+                slot = self.special(name, args, now)
+                if slot is None:  # answered locally, not forwarded
+                    run = None
+                    if self.closing:
+                        break
+                    continue
+            else:
+                slot = _PLAIN
+            if slot is _PLAIN or (type(slot) is list and slot[1]):
+                if run is None:
+                    run = [0, now]
+                    pending.append(run)
+                run[0] += 1
+            elif slot is NO_SLOT:
+                run = None
+            elif type(slot) is list:  # a blocking command: its own run, exempt from timeouts
+                pending.append(slot)
+                run = None
+            else:  # a reply to read, or markers: the reply side must find frame offsets
+                sync = self._leave_fast_mode()
+                if sync is not None:
+                    pieces.append(sync)
+                if type(slot) is tuple:
+                    pending.extend(slot)
+                else:
+                    pending.append(slot)
+                run = None
+            raw = encoded[i]
+            pieces.append(raw if raw is not None else _pack(tuple(args)))
+            forwarded += 1
+            if self.closing:
+                break
+        self.stats.commands_forwarded += forwarded
+        if pieces:
+            self._send_upstream(b"".join(pieces))
+
+    def _inline_data(self, data: bytes) -> None:
+        """Requests through our own parser: inline commands, until the stream is at a boundary."""
+        parser = self.req_parser
+        if parser is None:
+            parser = self.req_parser = RequestParser(self.limits)
         parser.feed(data)
         try:
             cmds = parser.parse()
         except ClientProtocolError as exc:
             self._protocol_error(exc)
             return
-        if not cmds:
-            return
-        now = _now()
-        pending = self.pending
-        buf = parser.buffer
-        pieces: list[bytes] = []
-        run_start = run_end = -1  # a run of consecutive forwarded commands, sent as one slice
-        forwarded = 0
-        fast = not self.passthrough_req and self.reply_mode == b"ON"
-        for args, start, end in cmds:
-            name = args[0].upper()
-            if fast and name not in _SPECIAL:
-                slot: Any = now
-            else:
-                slot = self._special(name, args, now)
-                fast = not self.passthrough_req and self.reply_mode == b"ON"
-                if slot is None:  # answered locally (or swallowed): not forwarded
-                    continue
-            if start < 0:  # inline command: re-encode as RESP
-                if run_start >= 0:
-                    pieces.append(bytes(buf[run_start:run_end]))
-                    run_start = -1
-                pieces.append(encode_command(args))
-            elif run_start < 0:
-                run_start, run_end = start, end
-            elif start == run_end:
-                run_end = end
-            else:
-                pieces.append(bytes(buf[run_start:run_end]))
-                run_start, run_end = start, end
-            if type(slot) is tuple:
-                pending.extend(slot)
-            elif slot is not _NO_SLOT:
-                pending.append(slot)
-            forwarded += 1
-            if self.closing:
-                break
-        if run_start >= 0:
-            pieces.append(bytes(buf[run_start:run_end]))
+        if cmds:
+            buf = parser.buffer
+            raw = [bytes(buf[s:e]) if s >= 0 else None for _, s, e in cmds]
+            self._forward([c for c, _, _ in cmds], raw)
         parser.consume()
-        if pieces:
-            self.stats.commands_forwarded += forwarded
-            self._send_upstream(pieces[0] if len(pieces) == 1 else b"".join(pieces))
         if parser.error is not None and not self.closing:
             self._protocol_error(parser.error)
+        elif parser.pending_bytes() == 0:
+            self.req_parser = None  # at a boundary: back to hiredis
 
     def _protocol_error(self, exc: ClientProtocolError) -> None:
         self.stats.protocol_errors += 1
         log.info("protocol error, closing client", peer=self.peer, error=str(exc))
-        self._reply_local(encode_error("ERR " + str(exc)), force=True)
-        self._close_after_replies()
+        self.reply_local(encode_error("ERR " + str(exc)), force=True)
+        self.close_after_replies()
 
-    def _close_after_replies(self) -> None:
+    def close_after_replies(self) -> None:
         self.closing = True
         if self.transport is not None and not self.transport.is_closing():
             self.transport.pause_reading()
         if self.pending:
-            self.pending.append(_CLOSE)
+            self._leave_fast_mode_now()
+            self.pending.append(CLOSE)
         else:
             self._close_now()
 
@@ -307,9 +410,9 @@ class ClientConnection(asyncio.Protocol):
         self.closed = True
         if self.transport is not None:
             self.transport.close()  # flushes what is buffered, then closes
-        self._close_upstream()
+        self.close_upstream()
 
-    def _reply_local(self, reply: bytes, force: bool = False) -> None:
+    def reply_local(self, reply: bytes, force: bool = False) -> None:
         """Queue a reply the proxy made itself, honouring CLIENT REPLY OFF/SKIP."""
         self.stats.commands_local += 1
         if not force and self.reply_mode != b"ON":
@@ -317,189 +420,49 @@ class ClientConnection(asyncio.Protocol):
                 self.reply_mode = b"ON"
             return
         if self.pending:
+            self._leave_fast_mode_now()
             self.pending.append(reply)
         else:
             self._write(reply)
 
-    # ------------------------------------------------------------------ the slow path
+    # ------------------------------------------------------------------ reply modes
 
-    def _special(self, name: bytes, args: list[bytes], now: float) -> Any:
-        """Decide what to do with a command that is not a plain forward.
+    def _leave_fast_mode(self) -> bytes | None:
+        """Make the reply side find frame offsets from the next boundary on.
 
-        Returns the reply slot for a forwarded command, _NO_SLOT for a forwarded command that gets no
-        reply, or None if the command is not forwarded.
+        Returns an ECHO to send upstream before the command that needs it, or None if no sync is
+        needed (already slow, a sync already queued, or nothing in flight).
         """
-        if self.passthrough_req:
-            if name == b"RESET":
-                self._reset_state()
-                return Capture(now, self._on_reset_reply)
-            if name == b"QUIT":
-                self._close_after_replies()
-                return None
-            return _NO_SLOT
-        if self.reply_mode != b"ON":
-            # CLIENT REPLY OFF/SKIP: Redis sends no reply, so no slot is queued.
-            if name == b"CLIENT" and len(args) == 3 and args[1].upper() == b"REPLY":
-                mode = args[2].upper()
-                if mode in (b"ON", b"OFF", b"SKIP"):
-                    self.reply_mode = mode
-                    return now if mode == b"ON" else _NO_SLOT
-            if self.reply_mode == b"SKIP":
-                self.reply_mode = b"ON"
-            if name == b"PREDIS":
-                return None
-            if name == b"QUIT":
-                self._close_after_replies()
-                return None
-            self._track_state(name, args)
-            return _NO_SLOT
-        if name == b"PREDIS":
-            self._reply_local(self._predis_command(args))
+        if not self.fast or self.sync_token is not None:
             return None
-        if name == b"QUIT":
-            self._reply_local(b"+OK\r\n")
-            self._close_after_replies()
+        if not self.pending and not self.rep_reader.has_data():
+            self.fast = False
+            self.scanner = ReplyScanner()
             return None
-        if name == b"INFO":
-            if self.in_multi or not commands.info_wants_predis(args):
-                return now
-            return Capture(now, self._append_info_section)
-        if name == b"CLIENT" and len(args) >= 3 and args[1].upper() == b"REPLY":
-            mode = args[2].upper()
-            if mode in (b"ON", b"OFF", b"SKIP") and len(args) == 3:
-                self.reply_mode = mode
-                return now if mode == b"ON" else _NO_SLOT
-            return now
-        if commands.is_blocking(name, args):
-            return 0.0
-        if name in commands.SUBSCRIBE:
-            if len(args) < 2:
-                return now  # arity error: an ordinary error reply
-            if self.resp3:
-                return _NO_SLOT  # RESP3: confirmations arrive as push frames
-            # RESP2: one confirmation per channel, then the connection is a message stream.
-            self.passthrough_req = True
-            return (now,) * (len(args) - 1) + (_PASSTHROUGH,)
-        if name in commands.UNSUBSCRIBE and self.resp3:
-            return _NO_SLOT
-        if name == b"MONITOR":
-            self.passthrough_req = True
-            return (now, _PASSTHROUGH)
-        return self._track_state(name, args, now)
+        token = b"predis-sync-" + os.urandom(12).hex().encode()
+        self.sync_token = token
+        self.sync_frame = b"$%d\r\n%s\r\n" % (len(token), token)
+        self.pending.append(Sync(0.0, swallow))
+        return encode_command([b"ECHO", token])
 
-    def _track_state(self, name: bytes, args: list[bytes], now: float = 0.0) -> Any:
-        """Remember connection state that a reconnect must replay or must not silently drop."""
-        if name == b"SELECT" and len(args) == 2:
-            return Capture(now, partial(self._on_select, db=args[1]))
-        if name == b"AUTH" and len(args) in (2, 3):
-            cred = (b"default", args[1]) if len(args) == 2 else (args[1], args[2])
-            return Capture(now, partial(self._on_auth, cred=cred))
-        if name == b"HELLO":
-            before = self.resp3
-            if len(args) > 1 and args[1] in (b"2", b"3"):
-                self.resp3 = args[1] == b"3"  # now, so pipelined SUBSCRIBEs are counted right
-            return Capture(now, partial(self._on_hello, args=args, resp3_before=before))
-        if name == b"RESET":
-            self._reset_state()
-            return Capture(now, self._on_reset_reply)
-        if name == b"MULTI":
-            self.in_multi = True
-        elif name in (b"EXEC", b"DISCARD"):
-            self.in_multi = False
-            self.watching = False
-        elif name == b"WATCH":
-            self.watching = True
-        elif name == b"UNWATCH":
-            self.watching = False
-        elif name == b"CLIENT" and len(args) >= 3:
-            sub = args[1].upper()
-            if sub == b"SETNAME" and len(args) == 3:
-                return Capture(now, partial(self._on_setname, name=args[2]))
-            if sub == b"TRACKING":
-                self.tracking = args[2].upper() == b"ON"
-        return now if now else _NO_SLOT
+    def _leave_fast_mode_now(self) -> bytes | None:
+        sync = self._leave_fast_mode()
+        if sync is not None:
+            self._send_upstream(sync)
+        return sync
 
-    def _on_select(self, frame: bytes, db: bytes) -> bytes:
-        if frame.startswith(b"+"):
-            self.db = int(db)
-        return frame
+    def _maybe_enter_fast_mode(self) -> None:
+        if (
+            self.scanner.at_boundary
+            and not self.capture_parts
+            and not self.passthrough_rep
+            and not self.closing
+            and all(type(slot) is list for slot in self.pending)
+        ):
+            self.fast = True
+            self.rep_reader = hiredis.Reader()
 
-    def _on_setname(self, frame: bytes, name: bytes) -> bytes:
-        if frame.startswith(b"+"):
-            self.client_name = name or None
-        return frame
-
-    def _on_auth(self, frame: bytes, cred: tuple[bytes, bytes]) -> bytes:
-        if frame.startswith(b"+"):
-            self.auth = cred
-        return frame
-
-    def _on_hello(self, frame: bytes, args: list[bytes], resp3_before: bool) -> bytes:
-        if frame[:1] not in (b"%", b"*"):
-            self.resp3 = resp3_before  # HELLO failed: the protocol did not change
-            return frame
-        self.resp3 = self.replay_resp3 = frame.startswith(b"%")
-        i = 2
-        while i < len(args):
-            word = args[i].upper()
-            if word == b"AUTH" and i + 2 < len(args):
-                self.auth = (args[i + 1], args[i + 2])
-                i += 3
-            elif word == b"SETNAME" and i + 1 < len(args):
-                self.client_name = args[i + 1] or None
-                i += 2
-            else:
-                i += 1
-        return frame
-
-    def _default_state(self) -> None:
-        """The state a new upstream connection starts from: the upstream URL's user and db."""
-        address = self.server.upstream
-        self.auth = (address.username or "default", address.password) if address.password else None
-        self.db = address.db
-        self.client_name = None
-        self.replay_resp3 = False
-
-    def _reset_state(self) -> None:
-        self.resp3 = False
-        self.in_multi = self.watching = self.tracking = False
-        self.passthrough_req = False
-        self.reply_mode = b"ON"
-
-    def _on_reset_reply(self, frame: bytes) -> bytes:
-        self.passthrough_rep = False
-        if frame == _RESET_FRAME:
-            self._default_state()
-        return frame
-
-    def _append_info_section(self, frame: bytes) -> bytes:
-        reply = decode_reply(frame)
-        if not isinstance(reply, bytes):
-            return frame  # an error or something unexpected: pass it on untouched
-        # hiredis strips the "txt:" format prefix of a RESP3 verbatim string.
-        section = self.stats.info_text()
-        text = reply + b"\r\n" + section if reply.strip() else section
-        return encode_verbatim(text) if frame.startswith(b"=") else encode_bulk(text)
-
-    def _predis_command(self, args: list[bytes]) -> bytes:
-        if self.in_multi:
-            return encode_error("ERR PREDIS is not allowed inside MULTI")
-        sub = args[1].upper() if len(args) > 1 else b""
-        if sub == b"STATS" and len(args) == 2:
-            return encode_bulk(self.stats.info_text())
-        if sub == b"STATS" and len(args) == 3 and args[2].upper() == b"JSON":
-            return encode_bulk(self.stats.json_text())
-        if sub == b"HELP":
-            lines = [
-                b"PREDIS STATS: the # Predis section of INFO, as text",
-                b"PREDIS STATS JSON: the same figures as a JSON object",
-            ]
-            return b"*%d\r\n" % len(lines) + b"".join(b"+%s\r\n" % line for line in lines)
-        return encode_error(
-            f"ERR unknown subcommand or wrong number of arguments for 'PREDIS {sub.decode(errors='replace')}'. Try PREDIS HELP."
-        )
-
-    # ------------------------------------------------------------------ upstream side
+    # ------------------------------------------------------------------ upstream
 
     def _send_upstream(self, data: bytes) -> None:
         if self.up_state == UP and self.up is not None and self.up.transport is not None:
@@ -531,13 +494,17 @@ class ClientConnection(asyncio.Protocol):
         self.stats.upstream_connects += 1
         self.up = proto
         self.up_state = UP
+        # A new connection starts at a frame boundary, in slow mode (the prelude is captured).
+        self.fast = False
         self.scanner = ReplyScanner()
+        self.sync_token = None
+        self.holdback = b""
         prelude = self._prelude()
         for _ in prelude:
-            self.pending.appendleft(Capture(_now(), _swallow))
+            self.pending.appendleft(Capture(_now(), swallow))
         data = b"".join(prelude) + b"".join(self.outbox)
         self.outbox.clear()
-        if self.paused and proto.transport is not None:
+        if "client_full" in self.paused and proto.transport is not None:
             proto.transport.pause_reading()
         if data and proto.transport is not None:
             proto.transport.write(data)
@@ -564,11 +531,92 @@ class ClientConnection(asyncio.Protocol):
     def upstream_data(self, proto: UpstreamProtocol, data: bytes) -> None:
         if proto is not self.up or self.closed:
             return
+        if self.fast:
+            self._fast_replies(data)
+        else:
+            self._slow_replies(data)
+
+    def _fast_replies(self, data: bytes) -> None:
+        """Count reply frames in C and pass the bytes through."""
+        reader = self.rep_reader
+        try:
+            reader.feed(data)
+            count = 0
+            token = self.sync_token
+            if token is None and not self.resp3:
+                gets = reader.gets
+                while gets() is not False:
+                    count += 1
+            else:
+                while (frame := reader.gets()) is not False:
+                    if type(frame) is _Push:
+                        continue
+                    if token is not None and frame == token:
+                        self._consume_runs(count)
+                        self._sync_reached(data)
+                        return
+                    count += 1
+        except hiredis.ProtocolError as exc:
+            self._bad_upstream_reply(str(exc))
+            return
+        if count:
+            self._consume_runs(count)
+        if token is None:
+            self._write(data)
+        else:
+            # Keep back a sync frame's length of tail: the sync reply may straddle two reads.
+            buf = self.holdback + data
+            keep = len(self.sync_frame) - 1
+            self._write(buf[:-keep])
+            self.holdback = buf[-keep:]
+
+    def _consume_runs(self, count: int) -> None:
+        pending = self.pending
+        now = _now()
+        record = self.stats.forward_latency.record
+        while count and pending:
+            head = pending[0]
+            if type(head) is not list:
+                log.error("reply count ran past the plain requests in flight", peer=self.peer)
+                return
+            n = head[0]
+            if n <= count:
+                count -= n
+                pending.popleft()
+                if head[1]:
+                    record(now - head[1])  # one sample per run (per client read)
+            else:
+                head[0] = n - count
+                return
+        if count:
+            log.error("reply with no request pending", peer=self.peer, count=count)
+
+    def _sync_reached(self, data: bytes) -> None:
+        buf = self.holdback + data
+        at = buf.find(self.sync_frame)
+        if at < 0:  # cannot happen: hiredis just returned this frame
+            self._bad_upstream_reply("sync reply not found")
+            return
+        head = self.pending.popleft()
+        assert isinstance(head, Sync), head
+        self._write(buf[:at])
+        rest = buf[at + len(self.sync_frame) :]
+        self.fast = False
+        self.sync_token = None
+        self.holdback = b""
+        self.scanner = ReplyScanner()
+        self._drain_markers()
+        if rest:
+            self._slow_replies(rest)
+        elif not self.closed:
+            self._maybe_enter_fast_mode()
+
+    def _slow_replies(self, data: bytes) -> None:
+        """Find each frame's end and give every slot its reply."""
         try:
             ends = self.scanner.feed(data)
         except ValueError as exc:
-            log.error("unparseable reply from upstream", peer=self.peer, error=str(exc))
-            self._drop_upstream("ERR Predis: unparseable reply from upstream")
+            self._bad_upstream_reply(str(exc))
             return
         pending = self.pending
         if not ends:
@@ -583,11 +631,10 @@ class ClientConnection(asyncio.Protocol):
                 start = end
                 continue
             if self.passthrough_rep:
-                if pending and isinstance(pending[0], Capture) and data[start:end] == _RESET_FRAME:
-                    if run < start:
-                        self._write(data[run:start])
+                if pending and isinstance(pending[0], Capture) and data[start:end] == RESET_FRAME:
+                    self._write(data[run:start])
                     head = pending.popleft()
-                    self._write(head.fn(_RESET_FRAME))
+                    self._write(head.fn(RESET_FRAME) or b"")
                     run = end
                     self._drain_markers()
                 start = end
@@ -596,19 +643,22 @@ class ClientConnection(asyncio.Protocol):
                 log.error("reply with no request pending", peer=self.peer)
                 start = end
                 continue
-            head = pending.popleft()
-            if type(head) is float:
-                if head:
-                    record(now - head)
+            head = pending[0]
+            if type(head) is list:
+                head[0] -= 1
+                if head[0] == 0:
+                    pending.popleft()
+                    if head[1]:
+                        record(now - head[1])
+                    if pending and type(pending[0]) is not list:
+                        self._write(data[run:end])
+                        run = end
+                        self._drain_markers()
                 start = end
-                if pending and type(pending[0]) is not float:
-                    self._write(data[run:end])
-                    run = end
-                    self._drain_markers()
                 continue
             # A captured reply: hand it to its handler, write what it returns.
-            if run < start:
-                self._write(data[run:start])
+            pending.popleft()
+            self._write(data[run:start])
             frame = data[start:end]
             if self.capture_parts:
                 self.capture_parts.append(frame)
@@ -624,14 +674,12 @@ class ClientConnection(asyncio.Protocol):
         # Bytes after the last complete frame begin a frame that continues in the next read.
         if start < len(data) and not self.passthrough_rep:
             if pending and isinstance(pending[0], Capture) and not self.scanner.in_push:
-                if run < start:
-                    self._write(data[run:start])
+                self._write(data[run:start])
                 self.capture_parts.append(data[start:])
                 return
-        if run == 0:
-            self._write(data)
-        elif run < len(data):
-            self._write(data[run:])
+        self._write(data if run == 0 else data[run:])
+        if start == len(data) and not self.closed:
+            self._maybe_enter_fast_mode()
 
     def _partial_frame(self, data: bytes) -> None:
         pending = self.pending
@@ -653,11 +701,11 @@ class ClientConnection(asyncio.Protocol):
             if type(head) is bytes:
                 pending.popleft()
                 self._write(head)
-            elif head is _CLOSE:
+            elif head is CLOSE:
                 pending.clear()
                 self._close_now()
                 return
-            elif head is _PASSTHROUGH:
+            elif head is PASSTHROUGH:
                 pending.popleft()
                 self.passthrough_rep = True
             else:
@@ -670,17 +718,21 @@ class ClientConnection(asyncio.Protocol):
         self.capture_parts = []
         while pending:
             head = pending.popleft()
-            if type(head) is float:
-                self._write(error)
+            if type(head) is list:
+                self._write(error * head[0])
+            elif isinstance(head, Sync):
+                continue
             elif isinstance(head, Capture):
-                out = head.fn(error)
-                if out:
-                    self._write(out)
+                self._write(head.fn(error) or b"")
             else:
                 pending.appendleft(head)
                 self._drain_markers()
-                if pending and pending[0] is _CLOSE:
+                if pending and pending[0] is CLOSE:
                     return
+
+    def _bad_upstream_reply(self, reason: str) -> None:
+        log.error("unparseable reply from upstream", peer=self.peer, error=reason)
+        self._drop_upstream("ERR Predis: unparseable reply from upstream")
 
     def upstream_lost(self, proto: UpstreamProtocol, exc: Exception | None) -> None:
         if proto is not self.up:
@@ -702,40 +754,85 @@ class ClientConnection(asyncio.Protocol):
         self._after_upstream_loss(message)
 
     def _after_upstream_loss(self, message: str) -> None:
+        # A reply cut in the middle cannot be finished with an error: the client's stream is broken.
+        mid_frame = self.rep_reader.has_data() if self.fast else not self.scanner.at_boundary
+        if self.fast and self.holdback and self.sync_token is not None:
+            self._write(_strip_prefix_of(self.holdback, self.sync_frame))
+        self.holdback = b""
+        self.sync_token = None
         # State that a new connection cannot restore: close the client rather than lie to it.
-        stateful = self.in_multi or self.watching or self.tracking or self.passthrough_req
-        stateful = stateful or self.passthrough_rep
+        stateful = (
+            self.in_multi or self.watching or self.tracking or self.passthrough_req or self.passthrough_rep
+        )
         self.passthrough_rep = False
+        if mid_frame:
+            log.info("upstream lost in the middle of a reply, closing client", peer=self.peer)
+            self.pending.clear()
+            self._close_now()
+            return
         self._fail_pending(message)
         if stateful and not self.closed:
             log.info("closing client whose connection state was lost", peer=self.peer)
-            self._close_after_replies()
+            self.close_after_replies()
 
     def check_timeout(self, now: float, timeout: float) -> None:
         pending = self.pending
         if not pending or self.passthrough_rep:
             return
         head = pending[0]
-        t = head if type(head) is float else getattr(head, "t", 0.0)
+        t = head[1] if type(head) is list else getattr(head, "t", 0.0)
         if t and now - t > timeout:
             self.stats.timeouts += 1
             log.warning("upstream reply timed out", peer=self.peer, seconds=round(now - t, 3))
             self._drop_upstream(f"ERR Predis: upstream Redis did not reply within {timeout:g}s")
 
-    def _close_upstream(self) -> None:
+    def close_upstream(self) -> None:
         proto, self.up = self.up, None
         self.up_state = DOWN
         if proto is not None and proto.transport is not None:
             proto.transport.close()
 
 
-_NO_SLOT = _Marker("NO_SLOT")
+# Decimal digits of every length below 65536: canonical_size's lookup table.
+_DIGITS = bytes(len(str(i)) for i in range(1 << 16))
 
 
-def _swallow(frame: bytes) -> None:
-    if frame.startswith(b"-"):
-        log.warning("reconnect prelude command failed", reply=frame[:200])
-    return None
+def canonical_size(cmds: list[list[bytes]], args: list[bytes], sizes: list[int]) -> int:
+    """Bytes of ``cmds`` as RESP multibulks (what every client sends), counted in C loops:
+    ``*<n>\r\n`` per command and ``$<len>\r\n<arg>\r\n`` per argument."""
+    digit = _DIGITS.__getitem__
+    try:
+        digits = sum(map(digit, map(len, cmds))) + sum(map(digit, sizes))
+    except IndexError:  # an argument of 64 KiB or more
+        digits = sum(len(str(len(c))) for c in cmds) + sum(len(str(n)) for n in sizes)
+    return 3 * len(cmds) + 5 * len(args) + digits + sum(sizes)
+
+
+def _drop_empty(cmds: list[Any]) -> tuple[list[Any], int]:
+    """Remove ``*-1`` and ``*0`` (Redis ignores them); return the rest and the bytes removed."""
+    if None not in cmds and [] not in cmds:
+        return cmds, 0
+    size = 5 * cmds.count(None) + 4 * cmds.count([])
+    return [c for c in cmds if c], size
+
+
+def _split(cmds: list[list[bytes]], raw: bytes) -> list[bytes | None]:
+    """Each command's own bytes within ``raw``."""
+    out: list[bytes | None] = []
+    pos = 0
+    for c in cmds:
+        size = canonical_size([c], c, list(map(len, c)))
+        out.append(raw[pos : pos + size])
+        pos += size
+    return out
+
+
+def _strip_prefix_of(tail: bytes, frame: bytes) -> bytes:
+    """Drop the end of ``tail`` that could be the start of ``frame`` (a sync reply never finished)."""
+    for k in range(min(len(tail), len(frame)), 0, -1):
+        if tail.endswith(frame[:k]):
+            return tail[:-k]
+    return tail
 
 
 def _b(x: str | bytes) -> bytes:

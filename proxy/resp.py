@@ -163,8 +163,7 @@ class RequestParser:
                     end = nl + 2 + size
                     if end + 2 > n:
                         return  # the header is re-read on the next feed: a few bytes, not the payload
-                    if buf[end : end + 2] != _CRLF:
-                        raise ClientProtocolError("Protocol error: bulk string not terminated by CRLF")
+                    # Like Redis, skip the two bytes after the payload without checking them.
                     args.append(bytes(buf[nl + 2 : end]))
                     pos = end + 2
                     self._want -= 1

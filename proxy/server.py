@@ -68,7 +68,7 @@ class ProxyServer:
         for client in list(self.clients):
             if client.transport is not None:
                 client.transport.close()
-            client._close_upstream()
+            client.close_upstream()
         if self._server is not None:
             await self._server.wait_closed()
 

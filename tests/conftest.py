@@ -15,7 +15,6 @@ from proxy.embedded import EmbeddedRedis
 from proxy.log import configure_logging
 from proxy.server import ProxyServer, new_event_loop
 
-
 configure_logging("warning")
 
 

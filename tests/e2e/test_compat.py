@@ -381,3 +381,20 @@ def test_differential_replies_are_byte_identical(proxy: Any, direct: redis.Redis
     # HELLO reports the connection id, which differs between any two connections.
     client_id = re.compile(rb"\$2\r\nid\r\n:\d+")
     assert [client_id.sub(b"ID", f) for f in got] == [client_id.sub(b"ID", f) for f in want]
+
+
+def test_empty_multibulks_ignored_and_split_reads(proxy: Any, direct: redis.Redis) -> None:
+    """Commands split at every byte, with *0 / *-1 between them, arrive whole and in order."""
+    payload = (
+        b"*0\r\n"
+        + encode_command([b"SET", b"split", b"v" * 100])
+        + b"*-1\r\n"
+        + encode_command([b"GET", b"split"])
+    )
+    with socket.create_connection((proxy.host, proxy.port)) as s:
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        s.settimeout(5)
+        for i in range(len(payload)):
+            s.sendall(payload[i : i + 1])
+            time.sleep(0.0005)
+        assert read_frames(s, 2) == [b"+OK\r\n", b"$100\r\n" + b"v" * 100 + b"\r\n"]

@@ -1,0 +1,284 @@
+"""Per-connection Redis state the proxy must follow: what each special command does to the reply
+stream, and what a reconnect must replay. No I/O here: ``ClientConnection`` mixes this in.
+
+Slots (entries of the reply queue):
+  [n, t]     a run of n forwarded requests sent at time t, one reply each (t == 0.0: blocking, no timeout)
+  bytes      a reply made by the proxy, written when it reaches the head
+  Capture    a forwarded request whose reply the proxy reads or rewrites
+  Sync       the proxy's own ECHO, sent to find a reply boundary; its reply is swallowed
+  _CLOSE / _PASSTHROUGH   markers acted upon when they reach the head
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+import structlog
+
+from proxy import commands
+from proxy.config import UpstreamAddress
+from proxy.resp import decode_reply, encode_bulk, encode_error, encode_verbatim
+from proxy.stats import Stats
+
+log = structlog.get_logger("predis.session")
+
+
+class Capture:
+    __slots__ = ("t", "fn")
+
+    def __init__(self, t: float, fn: Callable[[bytes], bytes | None]) -> None:
+        self.t = t
+        self.fn = fn  # receives the reply frame, returns what the client gets (None: nothing)
+
+
+class Sync(Capture):
+    __slots__ = ()
+
+
+class _Marker:
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+CLOSE = _Marker("CLOSE")
+PASSTHROUGH = _Marker("PASSTHROUGH")
+NO_SLOT = _Marker("NO_SLOT")
+RESET_FRAME = b"+RESET\r\n"
+
+# Commands that leave the fast path: state tracking, local answers, special reply counts.
+SPECIAL = frozenset(
+    {
+        b"INFO", b"PREDIS", b"HELLO", b"AUTH", b"SELECT", b"CLIENT", b"MULTI", b"EXEC",
+        b"DISCARD", b"WATCH", b"UNWATCH", b"MONITOR", b"RESET", b"QUIT",
+    }
+    | commands.BLOCKING
+    | commands.MAYBE_BLOCKING
+    | commands.SUBSCRIBE
+    | commands.UNSUBSCRIBE
+)  # fmt: skip
+
+
+def swallow(frame: bytes) -> None:
+    if frame.startswith(b"-"):
+        log.warning("proxy-issued command failed", reply=frame[:200])
+    return None
+
+
+class SessionState:
+    """Connection state (AUTH, SELECT, HELLO, MULTI, subscriptions, CLIENT REPLY) and its effects."""
+
+    stats: Stats
+    pending: deque[Any]
+    upstream_address: UpstreamAddress
+
+    def init_state(self, address: UpstreamAddress) -> None:
+        self.upstream_address = address
+        # Replayed on reconnect; updated only once Redis acknowledged the command that set it, so
+        # the prelude never repeats a command still in flight.
+        self.auth: tuple[str | bytes, str | bytes] | None = None
+        self.db = 0
+        self.client_name: bytes | None = None
+        self.replay_resp3 = False
+        self.default_state()
+        # The protocol as seen on the request side (before Redis answers): it decides how RESP3
+        # SUBSCRIBE confirmations are counted.
+        self.resp3 = False
+        # State that cannot be replayed: losing the upstream connection closes the client.
+        self.in_multi = False
+        self.watching = False
+        self.tracking = False
+        self.passthrough_req = False  # RESP2 pub/sub or MONITOR: requests are no longer inspected
+        self.passthrough_rep = False  # ...and replies are no longer matched to requests
+        self.reply_mode = b"ON"  # CLIENT REPLY ON | OFF | SKIP
+
+    # Provided by ClientConnection.
+    def reply_local(self, reply: bytes, force: bool = False) -> None:
+        raise NotImplementedError
+
+    def close_after_replies(self) -> None:
+        raise NotImplementedError
+
+    def default_state(self) -> None:
+        """The state a new upstream connection starts from: the upstream URL's user and db."""
+        address = self.upstream_address
+        self.auth = (address.username or "default", address.password) if address.password else None
+        self.db = address.db
+        self.client_name = None
+        self.replay_resp3 = False
+
+    def special(self, name: bytes, args: list[bytes], now: float) -> Any:
+        """Decide what to do with a command that is not a plain forward.
+
+        Returns the slot(s) for a forwarded command (one slot, or a tuple of slots), NO_SLOT for a
+        forwarded command that gets no reply, or None if the command is not forwarded.
+        """
+        if self.passthrough_req:
+            if name == b"RESET":
+                self.reset_request_state()
+                return Capture(now, self.on_reset_reply)
+            if name == b"QUIT":
+                self.close_after_replies()
+                return None
+            return NO_SLOT
+        if self.reply_mode != b"ON":
+            # CLIENT REPLY OFF/SKIP: Redis sends no reply, so no slot is queued.
+            if name == b"CLIENT" and len(args) == 3 and args[1].upper() == b"REPLY":
+                mode = args[2].upper()
+                if mode in (b"ON", b"OFF", b"SKIP"):
+                    self.reply_mode = mode
+                    return [1, now] if mode == b"ON" else NO_SLOT
+            if self.reply_mode == b"SKIP":
+                self.reply_mode = b"ON"
+            if name == b"PREDIS":
+                return None
+            if name == b"QUIT":
+                self.close_after_replies()
+                return None
+            self.track_state(name, args, now)
+            return NO_SLOT
+        if name == b"PREDIS":
+            self.reply_local(self.predis_command(args))
+            return None
+        if name == b"QUIT":
+            self.reply_local(b"+OK\r\n")
+            self.close_after_replies()
+            return None
+        if name == b"INFO":
+            if self.in_multi or not commands.info_wants_predis(args):
+                return [1, now]
+            return Capture(now, self.append_info_section)
+        if name == b"CLIENT" and len(args) >= 3 and args[1].upper() == b"REPLY":
+            mode = args[2].upper()
+            if mode in (b"ON", b"OFF", b"SKIP") and len(args) == 3:
+                self.reply_mode = mode
+                return [1, now] if mode == b"ON" else NO_SLOT
+            return [1, now]
+        if name in commands.BLOCKING or name in commands.MAYBE_BLOCKING:
+            return [1, 0.0] if commands.is_blocking(name, args) else [1, now]
+        if name in commands.SUBSCRIBE:
+            if len(args) < 2:
+                return [1, now]  # arity error: an ordinary error reply
+            if self.resp3:
+                return NO_SLOT  # RESP3: confirmations arrive as push frames
+            # RESP2: one confirmation per channel, then the connection is a message stream.
+            self.passthrough_req = True
+            return ([len(args) - 1, now], PASSTHROUGH)
+        if name in commands.UNSUBSCRIBE and self.resp3:
+            return NO_SLOT
+        if name == b"MONITOR":
+            self.passthrough_req = True
+            return ([1, now], PASSTHROUGH)
+        return self.track_state(name, args, now)
+
+    def track_state(self, name: bytes, args: list[bytes], now: float) -> Any:
+        """Remember connection state that a reconnect must replay or must not silently drop."""
+        if name == b"SELECT" and len(args) == 2:
+            return Capture(now, partial(self.on_select, db=args[1]))
+        if name == b"AUTH" and len(args) in (2, 3):
+            cred = (b"default", args[1]) if len(args) == 2 else (args[1], args[2])
+            return Capture(now, partial(self.on_auth, cred=cred))
+        if name == b"HELLO":
+            before = self.resp3
+            if len(args) > 1 and args[1] in (b"2", b"3"):
+                self.resp3 = args[1] == b"3"  # now, so pipelined SUBSCRIBEs are counted right
+            return Capture(now, partial(self.on_hello, args=args, resp3_before=before))
+        if name == b"RESET":
+            self.reset_request_state()
+            return Capture(now, self.on_reset_reply)
+        if name == b"MULTI":
+            self.in_multi = True
+        elif name in (b"EXEC", b"DISCARD"):
+            self.in_multi = False
+            self.watching = False
+        elif name == b"WATCH":
+            self.watching = True
+        elif name == b"UNWATCH":
+            self.watching = False
+        elif name == b"CLIENT" and len(args) >= 3:
+            sub = args[1].upper()
+            if sub == b"SETNAME" and len(args) == 3:
+                return Capture(now, partial(self.on_setname, name=args[2]))
+            if sub == b"TRACKING":
+                self.tracking = args[2].upper() == b"ON"
+        return [1, now]
+
+    def on_select(self, frame: bytes, db: bytes) -> bytes:
+        if frame.startswith(b"+"):
+            self.db = int(db)
+        return frame
+
+    def on_setname(self, frame: bytes, name: bytes) -> bytes:
+        if frame.startswith(b"+"):
+            self.client_name = name or None
+        return frame
+
+    def on_auth(self, frame: bytes, cred: tuple[bytes, bytes]) -> bytes:
+        if frame.startswith(b"+"):
+            self.auth = cred
+        return frame
+
+    def on_hello(self, frame: bytes, args: list[bytes], resp3_before: bool) -> bytes:
+        if frame[:1] not in (b"%", b"*"):
+            self.resp3 = resp3_before  # HELLO failed: the protocol did not change
+            return frame
+        self.resp3 = self.replay_resp3 = frame.startswith(b"%")
+        i = 2
+        while i < len(args):
+            word = args[i].upper()
+            if word == b"AUTH" and i + 2 < len(args):
+                self.auth = (args[i + 1], args[i + 2])
+                i += 3
+            elif word == b"SETNAME" and i + 1 < len(args):
+                self.client_name = args[i + 1] or None
+                i += 2
+            else:
+                i += 1
+        return frame
+
+    def reset_request_state(self) -> None:
+        self.resp3 = False
+        self.in_multi = self.watching = self.tracking = False
+        self.passthrough_req = False
+        self.reply_mode = b"ON"
+
+    def on_reset_reply(self, frame: bytes) -> bytes:
+        self.passthrough_rep = False
+        if frame == RESET_FRAME:
+            self.default_state()
+        return frame
+
+    def append_info_section(self, frame: bytes) -> bytes:
+        reply = decode_reply(frame)
+        if not isinstance(reply, bytes):
+            return frame  # an error or something unexpected: pass it on untouched
+        # hiredis strips the "txt:" format prefix of a RESP3 verbatim string.
+        section = self.stats.info_text()
+        text = reply + b"\r\n" + section if reply.strip() else section
+        return encode_verbatim(text) if frame.startswith(b"=") else encode_bulk(text)
+
+    def predis_command(self, args: list[bytes]) -> bytes:
+        if self.in_multi:
+            return encode_error("ERR PREDIS is not allowed inside MULTI")
+        sub = args[1].upper() if len(args) > 1 else b""
+        if sub == b"STATS" and len(args) == 2:
+            return encode_bulk(self.stats.info_text())
+        if sub == b"STATS" and len(args) == 3 and args[2].upper() == b"JSON":
+            return encode_bulk(self.stats.json_text())
+        if sub == b"HELP":
+            lines = [
+                b"PREDIS STATS: the # Predis section of INFO, as text",
+                b"PREDIS STATS JSON: the same figures as a JSON object",
+            ]
+            return b"*%d\r\n" % len(lines) + b"".join(b"+%s\r\n" % line for line in lines)
+        text = sub.decode(errors="replace")
+        return encode_error(
+            f"ERR unknown subcommand or wrong number of arguments for 'PREDIS {text}'. Try PREDIS HELP."
+        )
