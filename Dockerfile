@@ -1,0 +1,10 @@
+FROM python:3.11-slim
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY proxy proxy
+COPY prefetch prefetch
+COPY ml ml
+COPY bench bench
+RUN pip install --no-cache-dir .
+EXPOSE 6380
+ENTRYPOINT ["predis", "serve", "--host", "0.0.0.0", "--port", "6380"]

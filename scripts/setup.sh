@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Shared set-up for scripts/demo and scripts/test: redis-server and redis-tools from Debian's
+# packages when missing, a virtual environment in .venv, and this project installed into it.
+# Safe to run again; it only does what is missing.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+PY="${PYTHON:-python3}"
+if ! "$PY" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+    echo "setup: Python 3.11 or newer is needed as '$PY' (set PYTHON=/path/to/python3.11)" >&2
+    exit 2
+fi
+
+packages=()
+command -v redis-server >/dev/null 2>&1 || packages+=(redis-server)
+command -v redis-benchmark >/dev/null 2>&1 || packages+=(redis-tools)
+"$PY" -c 'import ensurepip, venv' >/dev/null 2>&1 || packages+=(python3-venv)
+if [ ${#packages[@]} -gt 0 ]; then
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    echo "setup: installing ${packages[*]} with apt-get" >&2
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${packages[@]}" >/dev/null
+fi
+
+if [ ! -x .venv/bin/python ]; then
+    echo "setup: creating .venv" >&2
+    "$PY" -m venv .venv
+fi
+# Reinstall only when pyproject.toml changed since the last install.
+stamp=.venv/.predis-installed
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+    echo "setup: installing predis and its dependencies into .venv" >&2
+    .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[dev]'
+    touch "$stamp"
+fi
