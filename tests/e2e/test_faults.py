@@ -211,3 +211,52 @@ def test_max_clients(make_proxy: Any, redis_server: Any, direct: redis.Redis) ->
     with socket.create_connection((proxy.host, proxy.port)) as s:
         s.settimeout(5)
         assert s.recv(100) == b"-ERR max number of clients reached\r\n"
+
+
+def test_reconnect_replays_auth_select_and_protocol(make_proxy: Any, tmp_path: Any) -> None:
+    """After Redis restarts, a client's next command runs on a new upstream connection that was
+    given the client's ACL user, database, RESP3 and name again."""
+    port = free_port()
+    server = EmbeddedRedis(port=port, workdir=tmp_path).start()
+
+    def add_user() -> None:
+        redis.Redis(port=port).acl_setuser(
+            "app", enabled=True, passwords=["+pw"], keys=["*"], commands=["+@all"]
+        )
+
+    add_user()
+    proxy = make_proxy(server.url, connect_timeout=0.5)
+    r = proxy.client(
+        username="app", password="pw", protocol=3, db=2, client_name="worker-7", socket_timeout=5
+    )
+    assert r.set("before", 1)
+    server.kill()
+    with pytest.raises(redis.ResponseError, match="upstream"):
+        r.get("before")
+    server = EmbeddedRedis(port=port, workdir=tmp_path).start()
+    try:
+        add_user()
+        assert r.set("after", 2)  # the same client connection, a new upstream one
+        assert r.acl_whoami() in ("app", b"app")
+        assert r.client_getname() in ("worker-7", b"worker-7")
+        assert r.execute_command("HELLO")[b"proto"] == 3
+        assert redis.Redis(port=port, db=2).get("after") == b"2"
+        assert proxy.stats.upstream_connects >= 2
+    finally:
+        server.close()
+
+
+def test_stateful_client_is_closed_not_silently_reset(make_proxy: Any, tmp_path: Any) -> None:
+    port = free_port()
+    server = EmbeddedRedis(port=port, workdir=tmp_path).start()
+    proxy = make_proxy(server.url, connect_timeout=0.5)
+    with socket.create_connection((proxy.host, proxy.port)) as s:
+        s.settimeout(5)
+        s.sendall(encode_command([b"WATCH", b"k"]) + encode_command([b"MULTI"]))
+        assert read_frames(s, 2) == [b"+OK\r\n", b"+OK\r\n"]
+        server.kill()
+        time.sleep(0.3)
+        # The in-flight state is gone: the proxy closes the connection rather than let EXEC run
+        # later on a connection that never saw WATCH.
+        assert s.recv(1000) in (b"", b"-ERR Predis: upstream connection lost\r\n")
+    server.close()
