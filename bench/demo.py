@@ -36,8 +36,15 @@ def main() -> int:
         finally:
             proxy.close()
     print("\nPREDIS STATS after the run:")
-    for key in ("commands_forwarded", "bytes_in", "bytes_out", "upstream_errors", "protocol_errors",
-                "forward_latency_p50_us", "forward_latency_p99_us"):
+    for key in (
+        "commands_forwarded",
+        "bytes_in",
+        "bytes_out",
+        "upstream_errors",
+        "protocol_errors",
+        "forward_latency_p50_us",
+        "forward_latency_p99_us",
+    ):
         print(f"  {key}: {stats[key]}")
     return 0
 

@@ -35,6 +35,16 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.add_argument("--command-timeout", dest="command_timeout", type=float)
     p.add_argument("--max-clients", dest="max_clients", type=int)
     p.add_argument("--output-buffer-limit", dest="output_buffer_limit", type=int)
+    p.add_argument(
+        "--hot-tier",
+        dest="hot_tier",
+        choices=["off", "cpu", "gpu"],
+        help="where cached values live (default cpu)",
+    )
+    p.add_argument("--hot-tier-bytes", dest="hot_tier_bytes", type=int, help="hot tier size in bytes")
+    p.add_argument("--hot-tier-policy", dest="hot_tier_policy", choices=["lru", "s3fifo"])
+    p.add_argument("--hot-tier-max-entry", dest="hot_tier_max_entry", type=int)
+    p.add_argument("--hot-tier-max-staleness", dest="hot_tier_max_staleness", type=float)
     p.add_argument("--log-level", dest="log_level")
     p.add_argument("--log-format", dest="log_format", choices=["console", "json"])
     p.set_defaults(func=cmd_serve)
@@ -66,6 +76,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
             "output_buffer_limit",
             "log_level",
             "log_format",
+            "hot_tier",
+            "hot_tier_bytes",
+            "hot_tier_policy",
+            "hot_tier_max_entry",
+            "hot_tier_max_staleness",
         )
     }
     settings = load_settings(args.config, overrides=overrides)

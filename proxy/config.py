@@ -44,6 +44,14 @@ class Settings:
     output_buffer_limit: int = 256 * 1024 * 1024
     # Write-buffer high-water mark at which reading is paused on the other side of the pair.
     backpressure_bytes: int = 1024 * 1024
+    # The hot tier: "cpu" (values in this process), "gpu" (values in GPU memory through CuPy) or
+    # "off". Bounded by bytes (keys + values + per-entry overhead).
+    hot_tier: str = "cpu"
+    hot_tier_bytes: int = 64 * 1024 * 1024
+    hot_tier_max_entry: int = 1024 * 1024  # larger entries are not cached
+    hot_tier_policy: str = "lru"  # lru or s3fifo
+    # No entry is served longer than this after it was read from Redis, whatever its TTL.
+    hot_tier_max_staleness: float = 10.0
     log_level: str = "info"
     log_format: str = "console"
     # Seconds between health checks of the upstream (the PREDIS STATS upstream_status figure).
@@ -70,6 +78,13 @@ class Settings:
             "output_buffer_limit",
             "backpressure_bytes",
         ):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.hot_tier not in ("off", "cpu", "gpu"):
+            raise ConfigError(f"hot_tier must be off, cpu or gpu, got {self.hot_tier!r}")
+        if self.hot_tier_policy not in ("lru", "s3fifo"):
+            raise ConfigError(f"hot_tier_policy must be lru or s3fifo, got {self.hot_tier_policy!r}")
+        for name in ("hot_tier_bytes", "hot_tier_max_entry", "hot_tier_max_staleness"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
         if self.upstream:

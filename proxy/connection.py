@@ -23,6 +23,8 @@ import asyncio
 import os
 import time
 from collections import deque
+from collections.abc import Callable
+from functools import partial
 from itertools import chain
 from typing import TYPE_CHECKING, Any, cast
 
@@ -30,6 +32,7 @@ import hiredis
 import structlog
 
 from proxy.errors import ClientProtocolError
+from proxy.keyspace import FLUSH_DB, KEYS
 from proxy.resp import PUSH, Limits, ReplyScanner, RequestParser, encode_command, encode_error
 from proxy.session import (
     CLOSE,
@@ -114,6 +117,8 @@ class ClientConnection(asyncio.Protocol, SessionState):
         self.capture_parts: list[bytes] = []  # start of a captured reply frame split across reads
         self.paused: set[str] = set()
         self.peer = ""
+        self.tier = server.tier
+        self.multi_effects: list[Any] = []  # keys written by commands queued in MULTI
         self.init_state(server.upstream)
 
     # ------------------------------------------------------------------ client transport
@@ -308,7 +313,7 @@ class ClientConnection(asyncio.Protocol, SessionState):
     def _dispatch(self, cmds: list[Any], raw: bytes) -> None:
         """Forward ``raw`` (the bytes of exactly ``cmds``) or, if any command is special, take the
         general path."""
-        if self.passthrough_req or self.reply_mode != b"ON":
+        if self.passthrough_req or self.reply_mode != b"ON" or self.tier is not None:
             self._forward(cmds, _split(cmds, raw))
             return
         for args in cmds:
@@ -321,14 +326,38 @@ class ClientConnection(asyncio.Protocol, SessionState):
         self._send_upstream(raw)
 
     def _forward(self, cmds: list[Any], encoded: list[bytes | None]) -> None:
-        """The general path: one command at a time, specials handled. ``encoded``: bytes per command."""
+        """The general path: one command at a time, specials and the hot tier handled.
+        ``encoded``: each command's bytes (None: encode it)."""
         now = _now()
         pending = self.pending
-        pieces: list[bytes] = []
+        pieces: list[bytes] = []  # requests to send upstream, in order
+        served: list[bytes] = []  # tier replies not yet written (nothing is in flight before them)
         run: list[Any] | None = None  # the slot run that consecutive plain commands join
         forwarded = 0
+        tier = self.tier
+        table = self.server.command_table
         for i, args in enumerate(cmds):
             name = args[0].upper()
+            action = None
+            if tier is not None and self.reply_mode == b"ON" and not self.passthrough_req:
+                if name == b"GET" or name == b"MGET":
+                    reply = self._tier_read(name, args, now)
+                    if reply is not None:
+                        if pending or pieces:
+                            if pieces:
+                                self._send_upstream(b"".join(pieces))
+                                pieces = []
+                            self.reply_local(reply)
+                        else:
+                            self.stats.commands_local += 1
+                            served.append(reply)
+                        run = None
+                        continue
+                elif table is not None:
+                    action = self._tier_write(name, args, table)
+            if served and (pieces or name in SPECIAL):
+                self._write(b"".join(served))
+                served = []
             if name in SPECIAL or self.passthrough_req or self.reply_mode != b"ON":
                 if pieces:  # what came before goes first: a sync ECHO may be sent next
                     self._send_upstream(b"".join(pieces))
@@ -339,9 +368,22 @@ class ClientConnection(asyncio.Protocol, SessionState):
                     if self.closing:
                         break
                     continue
+                if name == b"EXEC" and self.multi_effects:
+                    action = self._effects_action(self.multi_effects)
+                    self.multi_effects = []
+                elif name == b"DISCARD":
+                    self.multi_effects = []
             else:
                 slot = _PLAIN
-            if slot is _PLAIN or (type(slot) is list and slot[1]):
+            if served:
+                self._write(b"".join(served))
+                served = []
+            if action is not None and (slot is _PLAIN or type(slot) is list):
+                # A write: its own run, so its reply can drop the keys again before the client
+                # sees it (a fill that read the old value meanwhile must not survive the ack).
+                pending.append([1, slot[1] if type(slot) is list else now, action])
+                run = None
+            elif slot is _PLAIN or (type(slot) is list and slot[1]):
                 if run is None:
                     run = [0, now]
                     pending.append(run)
@@ -365,9 +407,88 @@ class ClientConnection(asyncio.Protocol, SessionState):
             forwarded += 1
             if self.closing:
                 break
+        if served:
+            self._write(b"".join(served))
         self.stats.commands_forwarded += forwarded
         if pieces:
             self._send_upstream(b"".join(pieces))
+
+    # ------------------------------------------------------------------ the hot tier
+
+    def _tier_user(self) -> str | None:
+        """The ACL user this connection reads as, or None if the tier must not serve it."""
+        if self.state_pending or self.in_multi:
+            return None
+        if self.auth is not None:
+            user = self.auth[0]
+            return user.decode(errors="replace") if isinstance(user, bytes) else user
+        channel = self.server.channel
+        return "default" if channel is not None and channel.default_open else None
+
+    def _tier_read(self, name: bytes, args: list[bytes], now: float) -> bytes | None:
+        """Serve GET/MGET from the tier (the reply), or schedule fills for what is missing."""
+        tier = self.tier
+        assert tier is not None
+        user = self._tier_user()
+        if user is None or not tier.active or len(args) < 2 or (name == b"GET" and len(args) != 2):
+            return None
+        db = self.db
+        if name == b"GET":
+            value = tier.get(db, args[1], user)
+            if value is None:
+                self._request_fill(db, [args[1]], user)
+                return None
+            tier.served_latency.record(_now() - now)
+            return b"$%d\r\n%s\r\n" % (len(value), value)
+        values = []
+        missing = []
+        for key in args[1:]:
+            value = tier.get(db, key, user)
+            if value is None:
+                missing.append(key)
+            values.append(value)
+        if missing:
+            self._request_fill(db, missing, user)
+            return None
+        tier.served_latency.record(_now() - now)
+        return b"*%d\r\n" % len(values) + b"".join(
+            b"$%d\r\n%s\r\n" % (len(v), v) for v in values if v is not None
+        )
+
+    def _request_fill(self, db: int, keys: list[bytes], user: str) -> None:
+        filler = self.server.filler
+        if filler is None:
+            return
+        identity = None
+        if self.auth is not None:
+            identity = (_str(self.auth[0]), _str(self.auth[1]))
+        filler.request(db, keys, identity, user)
+
+    def _tier_write(self, name: bytes, args: list[bytes], table: Any) -> Any:
+        """Drop what a write may change now; return the action that drops it again on its reply."""
+        effect = table.effect(name, args)
+        if effect is None:
+            return None
+        effects = [(effect, self.db)]
+        self._apply_effects(effects)
+        if self.in_multi and name != b"EXEC":
+            self.multi_effects.extend(effects)  # queued: it runs at EXEC
+        return self._effects_action(effects)
+
+    def _effects_action(self, effects: list[tuple[tuple[str, Any], int]]) -> Callable[[], None]:
+        return partial(self._apply_effects, effects)
+
+    def _apply_effects(self, effects: list[tuple[tuple[str, Any], int]]) -> None:
+        tier = self.tier
+        if tier is None:
+            return
+        for (kind, keys), db in effects:
+            if kind == KEYS:
+                tier.invalidate(keys)
+            elif kind == FLUSH_DB:
+                tier.flush(db)
+            else:
+                tier.flush()
 
     def _inline_data(self, data: bytes) -> None:
         """Requests through our own parser: inline commands, until the stream is at a boundary."""
@@ -476,9 +597,8 @@ class ClientConnection(asyncio.Protocol, SessionState):
     async def _connect(self) -> None:
         settings = self.server.settings
         try:
-            _, proto = await asyncio.wait_for(
-                self.server.open_upstream(lambda: UpstreamProtocol(self)), settings.connect_timeout
-            )
+            async with asyncio.timeout(settings.connect_timeout):  # not wait_for (3.11 cancellation bug)
+                _, proto = await self.server.open_upstream(lambda: UpstreamProtocol(self))
         except (TimeoutError, OSError) as exc:
             self.up_state = DOWN
             self.outbox.clear()
@@ -585,6 +705,8 @@ class ClientConnection(asyncio.Protocol, SessionState):
                 pending.popleft()
                 if head[1]:
                     record(now - head[1])  # one sample per run (per client read)
+                if len(head) > 2:
+                    head[2]()  # a write's reply: drop its keys from the tier again
             else:
                 head[0] = n - count
                 return
@@ -650,6 +772,8 @@ class ClientConnection(asyncio.Protocol, SessionState):
                     pending.popleft()
                     if head[1]:
                         record(now - head[1])
+                    if len(head) > 2:
+                        head[2]()
                     if pending and type(pending[0]) is not list:
                         self._write(data[run:end])
                         run = end
@@ -719,6 +843,8 @@ class ClientConnection(asyncio.Protocol, SessionState):
         while pending:
             head = pending.popleft()
             if type(head) is list:
+                if len(head) > 2:
+                    head[2]()  # the write may have run: drop its keys anyway
                 self._write(error * head[0])
             elif isinstance(head, Sync):
                 continue
@@ -833,6 +959,10 @@ def _strip_prefix_of(tail: bytes, frame: bytes) -> bytes:
         if tail.endswith(frame[:k]):
             return tail[:-k]
     return tail
+
+
+def _str(x: str | bytes) -> str:
+    return x.decode(errors="replace") if isinstance(x, bytes) else x
 
 
 def _b(x: str | bytes) -> bytes:

@@ -9,8 +9,13 @@ from typing import Any
 
 import structlog
 
+from prefetch.store import make_store
+from prefetch.tier import HotTier
+from proxy.backchannel import Filler, InvalidationChannel, open_raw
 from proxy.config import Settings, UpstreamAddress, parse_upstream
 from proxy.connection import ClientConnection
+from proxy.errors import UpstreamError
+from proxy.keyspace import CommandTable
 from proxy.stats import Stats
 
 log = structlog.get_logger("predis.server")
@@ -25,6 +30,22 @@ class ProxyServer:
         self.stats = stats or Stats()
         self.stats.upstream_address = self.upstream.display()
         self.clients: set[ClientConnection] = set()
+        self.tier: HotTier | None = None
+        self.filler: Filler | None = None
+        self.channel: InvalidationChannel | None = None
+        self.command_table: CommandTable | None = None
+        if settings.hot_tier != "off":
+            store = make_store(settings.hot_tier, settings.hot_tier_bytes)
+            self.tier = HotTier(
+                settings.hot_tier_bytes,
+                max_entry_bytes=settings.hot_tier_max_entry,
+                max_staleness=settings.hot_tier_max_staleness,
+                policy=settings.hot_tier_policy,
+                store=store,
+            )
+            self.filler = Filler(self, self.tier)
+            self.channel = InvalidationChannel(self, self.tier)
+            self.stats.sections["hot_tier"] = self._tier_figures
         self._server: asyncio.AbstractServer | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.address: tuple[str, int] | None = None
@@ -47,6 +68,8 @@ class ProxyServer:
             loop.create_task(self._timeout_loop()),
             loop.create_task(self._health_loop()),
         ]
+        if self.channel is not None:
+            self._tasks.append(loop.create_task(self._tier_loop()))
         log.info(
             "predis listening",
             host=self.address[0],
@@ -58,19 +81,54 @@ class ProxyServer:
     async def close(self) -> None:
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            try:
-                await task
-            except asyncio.CancelledError:
-                pass
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.channel is not None:
+            self.channel.close()
+        if self.filler is not None:
+            self.filler.close()
         if self._server is not None:
             self._server.close()
         for client in list(self.clients):
             if client.transport is not None:
-                client.transport.close()
+                client.transport.abort()  # shutting down: do not wait for slow readers
             client.close_upstream()
         if self._server is not None:
-            await self._server.wait_closed()
+            try:
+                await asyncio.wait_for(self._server.wait_closed(), 5)
+            except TimeoutError:
+                log.warning("connections still open at shutdown")
+
+    async def _tier_loop(self) -> None:
+        """Load Redis's command table (which writes touch which keys), then keep tracking up."""
+        assert self.channel is not None
+        while self.command_table is None:
+            try:
+                conn = await open_raw(self, self._identity(), resp3=True)
+                try:
+                    self.command_table = CommandTable.from_reply(await conn.call("COMMAND"))
+                finally:
+                    conn.close()
+            except (TimeoutError, OSError, UpstreamError, ValueError) as exc:
+                log.warning("cannot read Redis's command table; hot tier inactive", error=str(exc))
+                await asyncio.sleep(self.settings.health_interval)
+        await self.channel.run()
+
+    def _identity(self) -> tuple[str, str] | None:
+        up = self.upstream
+        return ((up.username or "default"), up.password) if up.password else None
+
+    def _tier_figures(self) -> dict[str, Any]:
+        assert self.tier is not None and self.channel is not None
+        figures = self.tier.snapshot()
+        figures["tracking_drops"] = self.channel.drops
+        figures["fill_errors"] = self.filler.errors if self.filler else 0
+        return figures
+
+    async def prefetch(self, keys: list[bytes], db: int = 0) -> int:
+        """Read keys into the hot tier ahead of demand; returns how many were inserted."""
+        if self.filler is None:
+            return 0
+        return await self.filler.prefetch(keys, db)
 
     async def _timeout_loop(self) -> None:
         """Fail requests whose reply is overdue. One sweep every 100 ms, not a timer per request."""
@@ -94,11 +152,12 @@ class ProxyServer:
                     conn = asyncio.open_unix_connection(up.unix_path)
                 else:
                     conn = asyncio.open_connection(up.host, up.port)
-                reader, writer = await asyncio.wait_for(conn, self.settings.connect_timeout)
-                writer.write(prelude + b"PING\r\n")
-                if prelude:
-                    await asyncio.wait_for(reader.readline(), self.settings.connect_timeout)
-                line = await asyncio.wait_for(reader.readline(), self.settings.connect_timeout)
+                async with asyncio.timeout(self.settings.connect_timeout):
+                    reader, writer = await conn
+                    writer.write(prelude + b"PING\r\n")
+                    if prelude:
+                        await reader.readline()
+                    line = await reader.readline()
                 status = "up" if line.startswith(b"+PONG") else "error"
             except (TimeoutError, OSError):
                 status = "down"

@@ -98,6 +98,9 @@ class SessionState:
         self.passthrough_req = False  # RESP2 pub/sub or MONITOR: requests are no longer inspected
         self.passthrough_rep = False  # ...and replies are no longer matched to requests
         self.reply_mode = b"ON"  # CLIENT REPLY ON | OFF | SKIP
+        # SELECT/AUTH/HELLO/RESET requests whose replies have not come back: until they do, the
+        # request side does not know the connection's db or user, and the hot tier stays out.
+        self.state_pending = 0
 
     # Provided by ClientConnection.
     def reply_local(self, reply: bytes, force: bool = False) -> None:
@@ -123,7 +126,7 @@ class SessionState:
         if self.passthrough_req:
             if name == b"RESET":
                 self.reset_request_state()
-                return Capture(now, self.on_reset_reply)
+                return self._state_capture(now, self.on_reset_reply)
             if name == b"QUIT":
                 self.close_after_replies()
                 return None
@@ -181,18 +184,18 @@ class SessionState:
     def track_state(self, name: bytes, args: list[bytes], now: float) -> Any:
         """Remember connection state that a reconnect must replay or must not silently drop."""
         if name == b"SELECT" and len(args) == 2:
-            return Capture(now, partial(self.on_select, db=args[1]))
+            return self._state_capture(now, partial(self.on_select, db=args[1]))
         if name == b"AUTH" and len(args) in (2, 3):
             cred = (b"default", args[1]) if len(args) == 2 else (args[1], args[2])
-            return Capture(now, partial(self.on_auth, cred=cred))
+            return self._state_capture(now, partial(self.on_auth, cred=cred))
         if name == b"HELLO":
             before = self.resp3
             if len(args) > 1 and args[1] in (b"2", b"3"):
                 self.resp3 = args[1] == b"3"  # now, so pipelined SUBSCRIBEs are counted right
-            return Capture(now, partial(self.on_hello, args=args, resp3_before=before))
+            return self._state_capture(now, partial(self.on_hello, args=args, resp3_before=before))
         if name == b"RESET":
             self.reset_request_state()
-            return Capture(now, self.on_reset_reply)
+            return self._state_capture(now, self.on_reset_reply)
         if name == b"MULTI":
             self.in_multi = True
         elif name in (b"EXEC", b"DISCARD"):
@@ -209,6 +212,15 @@ class SessionState:
             if sub == b"TRACKING":
                 self.tracking = args[2].upper() == b"ON"
         return [1, now]
+
+    def _state_capture(self, now: float, fn: Callable[[bytes], bytes]) -> Capture:
+        self.state_pending += 1
+
+        def done(frame: bytes) -> bytes:
+            self.state_pending -= 1
+            return fn(frame)
+
+        return Capture(now, done)
 
     def on_select(self, frame: bytes, db: bytes) -> bytes:
         if frame.startswith(b"+"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import faulthandler
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -30,7 +31,13 @@ class RunningProxy:
         self.host, self.port = host, port
 
     def call(self, coro: Any, timeout: float = 30) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+        try:
+            return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+        except TimeoutError:
+            faulthandler.dump_traceback()  # where the proxy's loop thread is stuck
+            for task in asyncio.all_tasks(self.loop):
+                task.print_stack()
+            raise
 
     @property
     def stats(self) -> Any:

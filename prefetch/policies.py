@@ -1,0 +1,130 @@
+"""Eviction policies for the hot tier, behind one small interface.
+
+A policy only orders keys; the tier owns the values and the byte count. ``insert`` and ``touch``
+record an admission and a hit, ``remove`` forgets a key the tier dropped for another reason
+(invalidation, expiry), and ``victim`` picks the next key to evict and forgets it.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Hashable
+from typing import Protocol
+
+
+class EvictionPolicy(Protocol):
+    name: str
+
+    def insert(self, key: Hashable, size: int) -> None: ...
+
+    def touch(self, key: Hashable) -> None: ...
+
+    def remove(self, key: Hashable) -> None: ...
+
+    def victim(self) -> Hashable: ...
+
+    def __len__(self) -> int: ...
+
+
+class LRU:
+    """Least recently used: evict the key whose last access is oldest."""
+
+    name = "lru"
+
+    def __init__(self, capacity_bytes: int) -> None:
+        self._order: OrderedDict[Hashable, None] = OrderedDict()
+
+    def insert(self, key: Hashable, size: int) -> None:
+        self._order[key] = None
+        self._order.move_to_end(key)
+
+    def touch(self, key: Hashable) -> None:
+        self._order.move_to_end(key)
+
+    def remove(self, key: Hashable) -> None:
+        self._order.pop(key, None)
+
+    def victim(self) -> Hashable:
+        key, _ = self._order.popitem(last=False)
+        return key
+
+    def __len__(self) -> int:
+        return len(self._order)
+
+
+class S3FIFO:
+    """S3-FIFO (Yang et al., SOSP 2023): a small FIFO for new keys, a main FIFO, a ghost FIFO.
+
+    New keys enter the small queue (a tenth of the bytes). Evicting from it, a key hit while there
+    moves to the main queue; one never hit leaves, remembered in the ghost queue so that its
+    return goes straight to main. The main queue evicts like CLOCK with a 2-bit frequency: a key
+    with hits left is reinserted with one fewer. One-hit wonders thus never reach main.
+    """
+
+    name = "s3fifo"
+    SMALL_SHARE = 0.10
+    MAX_FREQ = 3
+
+    def __init__(self, capacity_bytes: int) -> None:
+        self.capacity = capacity_bytes
+        self.small: OrderedDict[Hashable, int] = OrderedDict()  # key -> size, oldest first
+        self.main: OrderedDict[Hashable, int] = OrderedDict()
+        self.ghost: OrderedDict[Hashable, None] = OrderedDict()
+        self.freq: dict[Hashable, int] = {}
+        self.small_bytes = 0
+
+    def insert(self, key: Hashable, size: int) -> None:
+        self.remove(key)
+        self.freq[key] = 0
+        if key in self.ghost:
+            del self.ghost[key]
+            self.main[key] = size
+        else:
+            self.small[key] = size
+            self.small_bytes += size
+
+    def touch(self, key: Hashable) -> None:
+        if key in self.freq:
+            self.freq[key] = min(self.freq[key] + 1, self.MAX_FREQ)
+
+    def remove(self, key: Hashable) -> None:
+        if key in self.small:
+            self.small_bytes -= self.small.pop(key)
+        else:
+            self.main.pop(key, None)
+        self.freq.pop(key, None)
+
+    def victim(self) -> Hashable:
+        while True:
+            if self.small and (self.small_bytes >= self.SMALL_SHARE * self.capacity or not self.main):
+                key, size = self.small.popitem(last=False)
+                self.small_bytes -= size
+                if self.freq[key] > 0:
+                    self.freq[key] = 0
+                    self.main[key] = size
+                    continue
+                del self.freq[key]
+                self.ghost[key] = None
+                while len(self.ghost) > max(len(self.main), 1):
+                    self.ghost.popitem(last=False)
+                return key
+            key, size = self.main.popitem(last=False)
+            if self.freq[key] > 0:
+                self.freq[key] -= 1
+                self.main[key] = size
+                continue
+            del self.freq[key]
+            return key
+
+    def __len__(self) -> int:
+        return len(self.small) + len(self.main)
+
+
+POLICIES: dict[str, type[LRU] | type[S3FIFO]] = {"lru": LRU, "s3fifo": S3FIFO}
+
+
+def make_policy(name: str, capacity_bytes: int) -> EvictionPolicy:
+    try:
+        return POLICIES[name](capacity_bytes)
+    except KeyError:
+        raise ValueError(f"unknown eviction policy {name!r} (choose from {', '.join(POLICIES)})") from None

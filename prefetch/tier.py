@@ -1,0 +1,235 @@
+"""The hot tier: a byte-bounded map of (db, key) -> value that the proxy serves GETs from.
+
+Coherence rules live here, I/O does not (the proxy's connections and the filler call in):
+
+* A value enters only through a *fill*: ``begin_fill`` leaves a placeholder before the upstream
+  read is sent, ``complete_fill`` inserts only if the placeholder survived. Any invalidation of the
+  key, or a flush, in between removes it, so a value read while an invalidation was in flight is
+  never cached.
+* An entry is never served past its Redis expiry (the PTTL read with the value, counted from
+  before the read was sent) nor older than ``max_staleness`` seconds.
+* Entries carry the ACL user of the connection that filled them; only that user is served them.
+* While ``active`` is false (the invalidation channel is down) nothing is served or filled.
+
+Invalidations name keys without a database (as Redis's tracking messages do), so a key is dropped
+from every database: conservative, and it covers MOVE, COPY ... DB and SWAPDB.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable
+from typing import Any, cast
+
+from prefetch.policies import EvictionPolicy, make_policy
+from prefetch.store import HostStore, ValueStore
+from proxy.stats import LatencyHistogram
+
+# Estimated per-entry memory beyond key and value: the index entry, the policy's bookkeeping and
+# the tuple key, as measured with sys.getsizeof on CPython 3.11 (rounded up).
+ENTRY_OVERHEAD = 200
+
+Key = tuple[int, bytes]
+
+
+class Entry:
+    __slots__ = ("handle", "size", "expires", "filled", "user", "prefetched")
+
+    def __init__(
+        self, handle: Any, size: int, expires: float, filled: float, user: str, prefetched: bool
+    ) -> None:
+        self.handle = handle
+        self.size = size
+        self.expires = expires
+        self.filled = filled
+        self.user = user
+        self.prefetched = prefetched
+
+
+class HotTier:
+    def __init__(
+        self,
+        capacity_bytes: int,
+        max_entry_bytes: int = 1024 * 1024,
+        max_staleness: float = 10.0,
+        policy: str = "lru",
+        store: ValueStore | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if capacity_bytes <= 0:
+            raise ValueError("hot tier capacity must be positive")
+        self.capacity = capacity_bytes
+        self.max_entry_bytes = max_entry_bytes
+        self.max_staleness = max_staleness
+        self.policy: EvictionPolicy = make_policy(policy, capacity_bytes)
+        self.store: ValueStore = store or HostStore()
+        self.clock = clock
+        self.entries: dict[Key, Entry] = {}
+        self.dbs: set[int] = set()  # databases with entries or fills, for key-only invalidation
+        self.inflight: dict[Key, int] = {}  # placeholders: key -> fill token
+        self._token = 0
+        self.used = 0
+        self.active = False
+        # Statistics.
+        self.hits = 0
+        self.misses = 0
+        self.demand_fills = 0
+        self.prefetch_fills = 0
+        self.prefetched_hits = 0
+        self.fills_dropped = 0
+        self.evictions = 0
+        self.invalidations_local = 0
+        self.invalidations_tracking = 0
+        self.invalidations_flush = 0
+        self.served_latency = LatencyHistogram()
+
+    # ------------------------------------------------------------------ reads
+
+    def get(self, db: int, key: bytes, user: str) -> bytes | None:
+        """The value to serve, or None (a miss). Counts the hit or miss."""
+        entry = self.entries.get((db, key))
+        if entry is None or not self.active or entry.user != user:
+            self.misses += 1
+            return None
+        now = self.clock()
+        if now >= entry.expires or now - entry.filled > self.max_staleness:
+            self._drop((db, key), entry)
+            self.misses += 1
+            return None
+        self.hits += 1
+        if entry.prefetched:
+            self.prefetched_hits += 1
+            entry.prefetched = False  # count a prefetch's first hit only
+        self.policy.touch((db, key))
+        return self.store.get(entry.handle)
+
+    def __contains__(self, item: Key) -> bool:
+        return item in self.entries
+
+    # ------------------------------------------------------------------ fills
+
+    def begin_fill(self, db: int, key: bytes) -> int | None:
+        """Leave a placeholder before reading the key upstream; None if a fill is already in flight."""
+        if not self.active or (db, key) in self.inflight:
+            return None
+        self._token += 1
+        self.inflight[(db, key)] = self._token
+        self.dbs.add(db)
+        return self._token
+
+    def complete_fill(
+        self,
+        db: int,
+        key: bytes,
+        token: int,
+        value: bytes | None,
+        pttl_ms: int,
+        sent_at: float,
+        user: str,
+        prefetched: bool = False,
+    ) -> bool:
+        """Insert a value read upstream, if no invalidation touched the key since ``begin_fill``.
+
+        ``sent_at`` is when the read left the proxy (the tier's clock): an expiry counted from then
+        is never later than Redis's own.
+        """
+        if self.inflight.get((db, key)) != token:
+            self.fills_dropped += 1
+            return False
+        del self.inflight[(db, key)]
+        if value is None or pttl_ms == -2 or not self.active:
+            return False  # no such key (or it expired between the two reads)
+        expires = math.inf if pttl_ms < 0 else sent_at + pttl_ms / 1000.0
+        size = len(key) + len(value) + ENTRY_OVERHEAD
+        if size > self.max_entry_bytes or size > self.capacity:
+            return False
+        old = self.entries.get((db, key))
+        if old is not None:
+            self._drop((db, key), old)
+        while self.used + size > self.capacity and self.entries:
+            victim = cast(Key, self.policy.victim())
+            self._drop(victim, self.entries[victim], evicted=True)
+        try:
+            handle = self.store.put(value)
+        except MemoryError:
+            return False
+        self.entries[(db, key)] = Entry(handle, size, expires, self.clock(), user, prefetched)
+        self.used += size
+        self.policy.insert((db, key), size)
+        if prefetched:
+            self.prefetch_fills += 1
+        else:
+            self.demand_fills += 1
+        return True
+
+    def abandon_fill(self, db: int, key: bytes, token: int) -> None:
+        if self.inflight.get((db, key)) == token:
+            del self.inflight[(db, key)]
+
+    # ------------------------------------------------------------------ invalidation
+
+    def invalidate(self, keys: Iterable[bytes], source: str = "local") -> None:
+        """Drop these keys from every database, and any fill of them in flight."""
+        count = 0
+        for key in keys:
+            for db in self.dbs:
+                self.inflight.pop((db, key), None)
+                entry = self.entries.get((db, key))
+                if entry is not None:
+                    self._drop((db, key), entry)
+                    count += 1
+        if source == "tracking":
+            self.invalidations_tracking += count
+        else:
+            self.invalidations_local += count
+
+    def flush(self, db: int | None = None) -> None:
+        """Drop everything (or one database), fills in flight included."""
+        if db is None:
+            doomed = list(self.entries.items())
+            self.inflight.clear()
+        else:
+            doomed = [(k, e) for k, e in self.entries.items() if k[0] == db]
+            for k in [k for k in self.inflight if k[0] == db]:
+                del self.inflight[k]
+        for k, e in doomed:
+            self._drop(k, e)
+        self.invalidations_flush += 1
+
+    def _drop(self, key: Key, entry: Entry, evicted: bool = False) -> None:
+        del self.entries[key]
+        self.used -= entry.size
+        self.store.free(entry.handle)
+        if evicted:
+            self.evictions += 1
+        else:
+            self.policy.remove(key)
+
+    # ------------------------------------------------------------------ figures
+
+    def snapshot(self) -> dict[str, Any]:
+        lookups = self.hits + self.misses
+        lat = self.served_latency
+        return {
+            "active": int(self.active),
+            "policy": self.policy.name,
+            "store": self.store.name,
+            "hits": self.hits,
+            "misses": self.misses,
+            "hit_ratio": round(self.hits / lookups, 4) if lookups else 0.0,
+            "demand_fills": self.demand_fills,
+            "prefetch_fills": self.prefetch_fills,
+            "prefetched_hits": self.prefetched_hits,
+            "fills_dropped": self.fills_dropped,
+            "evictions": self.evictions,
+            "invalidations_local": self.invalidations_local,
+            "invalidations_tracking": self.invalidations_tracking,
+            "invalidations_flush": self.invalidations_flush,
+            "bytes_used": self.used,
+            "bytes_capacity": self.capacity,
+            "entries": len(self.entries),
+            "fills_in_flight": len(self.inflight),
+            "served_latency_p50_us": lat.percentile(50),
+            "served_latency_p99_us": lat.percentile(99),
+        }

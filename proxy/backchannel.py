@@ -1,0 +1,276 @@
+"""The proxy's own connections to Redis, apart from its clients': the invalidation channel that keeps
+the hot tier coherent, and the filler that reads values into it (demand fills and prefetches).
+
+Invalidation: one RESP3 connection with ``CLIENT TRACKING ON BCAST``, so Redis reports every key
+that changes, whoever changed it (other clients, other proxies, expiry, eviction); a ``null``
+message (FLUSHALL, FLUSHDB) flushes the tier. Until that connection is up the tier is inactive;
+when it drops the tier is flushed and stays inactive until tracking is back.
+
+Filling: one connection per ACL identity (the upstream URL's user, or a user a client
+authenticated as), so an entry carries the rights of the user whose reads filled it. Keys are
+batched per event-loop turn into ``MGET`` plus one ``PTTL`` each; the tier's placeholders make any
+invalidation that lands in between win.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, cast
+
+import hiredis
+import structlog
+
+from proxy.errors import UpstreamError
+from proxy.resp import encode_command
+
+if TYPE_CHECKING:
+    from prefetch.tier import HotTier
+    from proxy.server import ProxyServer
+
+log = structlog.get_logger("predis.backchannel")
+
+Identity = tuple[str, str] | None  # (user, password), or None: no AUTH
+
+
+class RawConnection(asyncio.Protocol):
+    """A minimal pipelined RESP client: replies resolve futures in order, pushes go to a callback."""
+
+    def __init__(self, on_push: Callable[[Any], None] | None = None) -> None:
+        self.reader = hiredis.Reader()
+        self.waiters: deque[asyncio.Future[Any]] = deque()
+        self.transport: asyncio.Transport | None = None
+        self.on_push = on_push
+        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        self.reader.feed(data)
+        try:
+            while (reply := self.reader.gets()) is not False:
+                if isinstance(reply, hiredis.PushNotification):
+                    if self.on_push is not None:
+                        self.on_push(list(reply))
+                elif self.waiters:
+                    waiter = self.waiters.popleft()
+                    if not waiter.done():
+                        waiter.set_result(reply)
+        except hiredis.ProtocolError:
+            if self.transport is not None:
+                self.transport.abort()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        for waiter in self.waiters:
+            if not waiter.done():
+                waiter.set_exception(UpstreamError("connection lost"))
+        self.waiters.clear()
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    def send(self, *commands: list[bytes | str]) -> list[asyncio.Future[Any]]:
+        if self.transport is None or self.transport.is_closing():
+            raise UpstreamError("connection closed")
+        loop = asyncio.get_running_loop()
+        futures = [loop.create_future() for _ in commands]
+        self.waiters.extend(futures)
+        self.transport.write(b"".join(encode_command([_b(a) for a in c]) for c in commands))
+        return futures
+
+    async def call(self, *command: bytes | str, timeout: float = 5.0) -> Any:
+        (future,) = self.send(list(command))
+        async with asyncio.timeout(timeout):  # not wait_for: on 3.11 it can swallow a cancellation
+            reply = await future
+        if isinstance(reply, hiredis.ReplyError):
+            raise UpstreamError(f"{_s(command[0])} failed: {reply}")
+        return reply
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+
+async def open_raw(
+    server: ProxyServer, identity: Identity, on_push: Callable[[Any], None] | None = None, resp3: bool = False
+) -> RawConnection:
+    settings = server.settings
+    async with asyncio.timeout(settings.connect_timeout):
+        _, conn = await server.open_upstream(lambda: RawConnection(on_push))
+    conn = cast(RawConnection, conn)
+    try:
+        if resp3 or identity:
+            hello: list[bytes | str] = ["HELLO", "3" if resp3 else "2"]
+            if identity:
+                hello += ["AUTH", identity[0], identity[1]]
+            await conn.call(*hello, timeout=settings.connect_timeout)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+class InvalidationChannel:
+    """Keeps a BCAST tracking connection up and the tier's ``active`` flag true only while it is."""
+
+    def __init__(self, server: ProxyServer, tier: HotTier) -> None:
+        self.server = server
+        self.tier = tier
+        self.conn: RawConnection | None = None
+        self.connected_at = 0.0
+        self.drops = 0
+        self.default_open = False  # Redis serves unauthenticated connections (default user, no password)
+
+    async def run(self) -> None:
+        address = self.server.upstream
+        identity: Identity = ((address.username or "default"), address.password) if address.password else None
+        while True:
+            try:
+                self.default_open = await self.probe_default_user()
+                conn = await open_raw(self.server, identity, on_push=self.on_push, resp3=True)
+                await conn.call("CLIENT", "TRACKING", "ON", "BCAST")
+            except (TimeoutError, OSError, UpstreamError) as exc:
+                log.warning("invalidation channel unavailable; hot tier inactive", error=str(exc))
+                await asyncio.sleep(self.server.settings.health_interval)
+                continue
+            self.conn = conn
+            self.connected_at = time.monotonic()
+            self.tier.flush()  # anything cached before tracking started cannot be trusted
+            self.tier.active = True
+            log.info("invalidation channel up; hot tier active")
+            try:
+                await conn.closed
+            finally:
+                self.tier.active = False
+                self.tier.flush()
+                self.conn = None
+                self.drops += 1
+            log.warning("invalidation channel lost; hot tier flushed and inactive until it is back")
+            await asyncio.sleep(min(0.1, self.server.settings.health_interval))
+
+    async def probe_default_user(self) -> bool:
+        """Whether a connection that never AUTHenticates may read (then it is the 'default' user)."""
+        conn = await open_raw(self.server, None)
+        try:
+            reply = await conn.send(["PING"])[0]
+            return not isinstance(reply, hiredis.ReplyError)
+        finally:
+            conn.close()
+
+    def on_push(self, push: list[Any]) -> None:
+        if not push or push[0] != b"invalidate":
+            return
+        keys = push[1] if len(push) > 1 else None
+        if keys is None:
+            self.tier.flush()
+        else:
+            self.tier.invalidate(keys, source="tracking")
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+
+
+class Filler:
+    """Reads keys into the tier on the proxy's own connections, one per ACL identity."""
+
+    def __init__(self, server: ProxyServer, tier: HotTier) -> None:
+        self.server = server
+        self.tier = tier
+        self.conns: dict[Identity, RawConnection] = {}
+        self.connecting: dict[Identity, asyncio.Task[RawConnection]] = {}
+        # (identity, user, db, prefetched) -> keys waiting for this event-loop turn
+        self.batches: dict[tuple[Identity, str, int, bool], list[bytes]] = {}
+        self.scheduled = False
+        self.tasks: set[asyncio.Task[int]] = set()
+        self.errors = 0
+
+    def request(
+        self, db: int, keys: list[bytes], identity: Identity, user: str, prefetched: bool = False
+    ) -> None:
+        """Queue keys for reading into the tier (no-op for keys already being read)."""
+        self.batches.setdefault((identity, user, db, prefetched), []).extend(keys)
+        if not self.scheduled:
+            self.scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self.scheduled = False
+        batches, self.batches = self.batches, {}
+        for (identity, user, db, prefetched), keys in batches.items():
+            task = asyncio.get_running_loop().create_task(self._fill(identity, user, db, keys, prefetched))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+
+    async def prefetch(self, keys: list[bytes], db: int = 0) -> int:
+        """Read keys into the tier as the upstream URL's user; returns how many were inserted."""
+        address = self.server.upstream
+        identity: Identity = ((address.username or "default"), address.password) if address.password else None
+        return await self._fill(identity, address.username or "default", db, list(dict.fromkeys(keys)), True)
+
+    async def _connection(self, identity: Identity) -> RawConnection:
+        conn = self.conns.get(identity)
+        if conn is not None and not conn.closed.done():
+            return conn
+        task = self.connecting.get(identity)
+        if task is None:
+            task = asyncio.get_running_loop().create_task(open_raw(self.server, identity))
+            self.connecting[identity] = task
+        try:
+            conn = await task
+        finally:
+            self.connecting.pop(identity, None)
+        self.conns[identity] = conn
+        return conn
+
+    async def _fill(self, identity: Identity, user: str, db: int, keys: list[bytes], prefetched: bool) -> int:
+        tier = self.tier
+        tokens = {}
+        for key in dict.fromkeys(keys):
+            token = tier.begin_fill(db, key)
+            if token is not None:
+                tokens[key] = token
+        if not tokens:
+            return 0
+        wanted = list(tokens)
+        sent_at = tier.clock()
+        try:
+            conn = await self._connection(identity)
+            commands: list[list[bytes | str]] = [["SELECT", str(db)], ["MGET", *wanted]]
+            commands += [["PTTL", k] for k in wanted]
+            sent_at = tier.clock()
+            futures = conn.send(*commands)
+            async with asyncio.timeout(self.server.settings.command_timeout):
+                replies = await asyncio.gather(*futures)
+        except (TimeoutError, OSError, UpstreamError) as exc:
+            self.errors += 1
+            log.warning("tier fill failed", error=str(exc), keys=len(wanted))
+            for key, token in tokens.items():
+                tier.abandon_fill(db, key, token)
+            return 0
+        values, ttls = replies[1], replies[2:]
+        if isinstance(values, hiredis.ReplyError) or isinstance(replies[0], hiredis.ReplyError):
+            for key, token in tokens.items():
+                tier.abandon_fill(db, key, token)
+            return 0
+        inserted = 0
+        for key, value, ttl in zip(wanted, values, ttls, strict=True):
+            if isinstance(ttl, hiredis.ReplyError) or not isinstance(value, bytes):
+                tier.abandon_fill(db, key, tokens[key])
+                continue
+            inserted += tier.complete_fill(db, key, tokens[key], value, int(ttl), sent_at, user, prefetched)
+        return inserted
+
+    def close(self) -> None:
+        for conn in self.conns.values():
+            conn.close()
+
+
+def _b(x: bytes | str) -> bytes:
+    return x if isinstance(x, bytes) else x.encode()
+
+
+def _s(x: bytes | str) -> str:
+    return x.decode(errors="replace") if isinstance(x, bytes) else x
