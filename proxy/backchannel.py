@@ -94,17 +94,23 @@ class RawConnection(asyncio.Protocol):
 
 
 async def open_raw(
-    server: ProxyServer, identity: Identity, on_push: Callable[[Any], None] | None = None, resp3: bool = False
+    server: ProxyServer,
+    identity: Identity,
+    on_push: Callable[[Any], None] | None = None,
+    resp3: bool = False,
+    name: str = "",
 ) -> RawConnection:
     settings = server.settings
     async with asyncio.timeout(settings.connect_timeout):
         _, conn = await server.open_upstream(lambda: RawConnection(on_push))
     conn = cast(RawConnection, conn)
     try:
-        if resp3 or identity:
+        if resp3 or identity or name:
             hello: list[bytes | str] = ["HELLO", "3" if resp3 else "2"]
             if identity:
                 hello += ["AUTH", identity[0], identity[1]]
+            if name:
+                hello += ["SETNAME", name]  # so operators (and tests) can find it in CLIENT LIST
             await conn.call(*hello, timeout=settings.connect_timeout)
     except BaseException:
         conn.close()
@@ -121,15 +127,15 @@ class InvalidationChannel:
         self.conn: RawConnection | None = None
         self.connected_at = 0.0
         self.drops = 0
-        self.default_open = False  # Redis serves unauthenticated connections (default user, no password)
 
     async def run(self) -> None:
         address = self.server.upstream
         identity: Identity = ((address.username or "default"), address.password) if address.password else None
         while True:
             try:
-                self.default_open = await self.probe_default_user()
-                conn = await open_raw(self.server, identity, on_push=self.on_push, resp3=True)
+                conn = await open_raw(
+                    self.server, identity, on_push=self.on_push, resp3=True, name="predis-tracking"
+                )
                 await conn.call("CLIENT", "TRACKING", "ON", "BCAST")
             except (TimeoutError, OSError, UpstreamError) as exc:
                 log.warning("invalidation channel unavailable; hot tier inactive", error=str(exc))
@@ -149,15 +155,6 @@ class InvalidationChannel:
                 self.drops += 1
             log.warning("invalidation channel lost; hot tier flushed and inactive until it is back")
             await asyncio.sleep(min(0.1, self.server.settings.health_interval))
-
-    async def probe_default_user(self) -> bool:
-        """Whether a connection that never AUTHenticates may read (then it is the 'default' user)."""
-        conn = await open_raw(self.server, None)
-        try:
-            reply = await conn.send(["PING"])[0]
-            return not isinstance(reply, hiredis.ReplyError)
-        finally:
-            conn.close()
 
     def on_push(self, push: list[Any]) -> None:
         if not push or push[0] != b"invalidate":
@@ -216,7 +213,9 @@ class Filler:
             return conn
         task = self.connecting.get(identity)
         if task is None:
-            task = asyncio.get_running_loop().create_task(open_raw(self.server, identity))
+            task = asyncio.get_running_loop().create_task(
+                open_raw(self.server, identity, name="predis-filler")
+            )
             self.connecting[identity] = task
         try:
             conn = await task

@@ -368,6 +368,12 @@ class ClientConnection(asyncio.Protocol, SessionState):
                     if self.closing:
                         break
                     continue
+                if self.fast and (self.in_multi or self.reply_mode != b"ON"):
+                    # Inside MULTI a sync ECHO would be queued, under CLIENT REPLY OFF unanswered:
+                    # find frame offsets from before this command on.
+                    sync = self._leave_fast_mode()
+                    if sync is not None:
+                        pieces.append(sync)
                 if name == b"EXEC" and self.multi_effects:
                     action = self._effects_action(self.multi_effects)
                     self.multi_effects = []
@@ -382,6 +388,14 @@ class ClientConnection(asyncio.Protocol, SessionState):
                 # A write: its own run, so its reply can drop the keys again before the client
                 # sees it (a fill that read the old value meanwhile must not survive the ack).
                 pending.append([1, slot[1] if type(slot) is list else now, action])
+                run = None
+            elif slot is _PLAIN and tier is not None and not self.verified and not self.verify_pending:
+                # The first reply tells whether Redis takes this connection as it is (not NOAUTH).
+                self.verify_pending = True
+                sync = self._leave_fast_mode()
+                if sync is not None:
+                    pieces.append(sync)
+                pending.append(Capture(now, self.on_verify))
                 run = None
             elif slot is _PLAIN or (type(slot) is list and slot[1]):
                 if run is None:
@@ -415,34 +429,36 @@ class ClientConnection(asyncio.Protocol, SessionState):
 
     # ------------------------------------------------------------------ the hot tier
 
-    def _tier_user(self) -> str | None:
-        """The ACL user this connection reads as, or None if the tier must not serve it."""
-        if self.state_pending or self.in_multi:
-            return None
-        if self.auth is not None:
-            user = self.auth[0]
-            return user.decode(errors="replace") if isinstance(user, bytes) else user
-        channel = self.server.channel
-        return "default" if channel is not None and channel.default_open else None
-
     def _tier_read(self, name: bytes, args: list[bytes], now: float) -> bytes | None:
-        """Serve GET/MGET from the tier (the reply), or schedule fills for what is missing."""
+        """Serve GET/MGET from the tier (the reply), or schedule fills for what is missing.
+
+        Fills are always safe to ask for: the filler reads with this connection's credentials on
+        its own connection. Serving needs more: the db and user known on the request side (no
+        SELECT/AUTH/HELLO in flight), not inside MULTI, and Redis having accepted this connection
+        as it is (``verified``), so a connection that must AUTH first gets NOAUTH from Redis.
+        """
         tier = self.tier
         assert tier is not None
-        user = self._tier_user()
-        if user is None or not tier.active or len(args) < 2 or (name == b"GET" and len(args) != 2):
+        if self.state_pending or self.in_multi or not tier.active or len(args) < 2:
+            return None
+        if name == b"GET" and len(args) != 2:
             return None
         db = self.db
+        user = _str(self.auth[0]) if self.auth is not None else "default"
+        keys = args[1:]
+        if not self.verified:
+            self._request_fill(db, keys, user)
+            return None
         if name == b"GET":
-            value = tier.get(db, args[1], user)
+            value = tier.get(db, keys[0], user)
             if value is None:
-                self._request_fill(db, [args[1]], user)
+                self._request_fill(db, keys, user)
                 return None
             tier.served_latency.record(_now() - now)
             return b"$%d\r\n%s\r\n" % (len(value), value)
         values = []
         missing = []
-        for key in args[1:]:
+        for key in keys:
             value = tier.get(db, key, user)
             if value is None:
                 missing.append(key)
@@ -577,6 +593,9 @@ class ClientConnection(asyncio.Protocol, SessionState):
             self.scanner.at_boundary
             and not self.capture_parts
             and not self.passthrough_rep
+            and not self.passthrough_req
+            and not self.in_multi
+            and self.reply_mode == b"ON"
             and not self.closing
             and all(type(slot) is list for slot in self.pending)
         ):

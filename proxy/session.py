@@ -101,6 +101,11 @@ class SessionState:
         # SELECT/AUTH/HELLO/RESET requests whose replies have not come back: until they do, the
         # request side does not know the connection's db or user, and the hot tier stays out.
         self.state_pending = 0
+        # Whether Redis has accepted this connection's commands as its current user: set by a
+        # successful AUTH or HELLO, or by a reply that is not NOAUTH. Until then the hot tier never
+        # serves it, so a connection that must AUTH first gets Redis's NOAUTH, not a cached value.
+        self.verified = False
+        self.verify_pending = False
 
     # Provided by ClientConnection.
     def reply_local(self, reply: bytes, force: bool = False) -> None:
@@ -235,6 +240,13 @@ class SessionState:
     def on_auth(self, frame: bytes, cred: tuple[bytes, bytes]) -> bytes:
         if frame.startswith(b"+"):
             self.auth = cred
+            self.verified = True
+        return frame
+
+    def on_verify(self, frame: bytes) -> bytes:
+        self.verify_pending = False
+        if not frame.startswith((b"-NOAUTH", b"-ERR Predis")):
+            self.verified = True
         return frame
 
     def on_hello(self, frame: bytes, args: list[bytes], resp3_before: bool) -> bytes:
@@ -242,6 +254,7 @@ class SessionState:
             self.resp3 = resp3_before  # HELLO failed: the protocol did not change
             return frame
         self.resp3 = self.replay_resp3 = frame.startswith(b"%")
+        self.verified = True  # HELLO answers NOAUTH to a connection that must authenticate first
         i = 2
         while i < len(args):
             word = args[i].upper()
@@ -265,6 +278,7 @@ class SessionState:
         self.passthrough_rep = False
         if frame == RESET_FRAME:
             self.default_state()
+            self.verified = False
         return frame
 
     def append_info_section(self, frame: bytes) -> bytes:

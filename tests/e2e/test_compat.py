@@ -398,3 +398,27 @@ def test_empty_multibulks_ignored_and_split_reads(proxy: Any, direct: redis.Redi
             s.sendall(payload[i : i + 1])
             time.sleep(0.0005)
         assert read_frames(s, 2) == [b"+OK\r\n", b"$100\r\n" + b"v" * 100 + b"\r\n"]
+
+
+@pytest.mark.parametrize("tier", ["cpu", "off"])
+def test_proxy_answers_inside_multi_keep_order(
+    make_proxy: Any, redis_server: Any, direct: redis.Redis, tier: str
+) -> None:
+    """A local reply inside MULTI must not need a sync ECHO (it would be queued by the transaction)."""
+    proxy = make_proxy(redis_server.url, hot_tier=tier)
+    with socket.create_connection((proxy.host, proxy.port)) as s:
+        s.settimeout(5)
+        s.sendall(encode_command([b"SET", b"x", b"1"]) * 3)
+        read_frames(s, 3)
+        s.sendall(
+            encode_command([b"SET", b"x", b"2"])
+            + encode_command([b"MULTI"])
+            + encode_command([b"SET", b"a", b"1"])
+            + encode_command([b"PREDIS", b"STATS"])
+            + encode_command([b"GET", b"x"])
+            + encode_command([b"EXEC"])
+        )
+        frames = read_frames(s, 6)
+    assert frames[:3] == [b"+OK\r\n", b"+OK\r\n", b"+QUEUED\r\n"]
+    assert frames[3].startswith(b"-ERR PREDIS is not allowed inside MULTI")
+    assert frames[4:] == [b"+QUEUED\r\n", b"*2\r\n+OK\r\n$1\r\n2\r\n"]

@@ -1,0 +1,268 @@
+"""The hot tier's logic without sockets: policies (one shared suite), byte bound, TTL, staleness,
+the fill race, users, and the device store's allocator on NumPy."""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from prefetch.policies import LRU, POLICIES, S3FIFO, make_policy
+from prefetch.store import DeviceStore, HostStore, load_cupy, make_store
+from prefetch.tier import ENTRY_OVERHEAD, HotTier
+from proxy.errors import ConfigError
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def fill(
+    tier: HotTier,
+    key: bytes,
+    value: bytes,
+    pttl: int = -1,
+    db: int = 0,
+    user: str = "default",
+    prefetched: bool = False,
+) -> bool:
+    token = tier.begin_fill(db, key)
+    assert token is not None
+    return tier.complete_fill(db, key, token, value, pttl, tier.clock(), user, prefetched)
+
+
+def make_tier(capacity: int = 10_000, policy: str = "lru", **kw: object) -> HotTier:
+    tier = HotTier(capacity, policy=policy, clock=Clock(), **kw)  # type: ignore[arg-type]
+    tier.active = True
+    return tier
+
+
+# ---------------------------------------------------------------- the shared policy suite
+
+
+@pytest.fixture(params=sorted(POLICIES))
+def policy_name(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+def test_policy_evicts_each_key_once_and_forgets_removed(policy_name: str) -> None:
+    p = make_policy(policy_name, 1000)
+    for k in range(10):
+        p.insert(k, 10)
+    p.remove(3)
+    p.touch(5)
+    evicted = [p.victim() for _ in range(9)]
+    assert sorted(evicted) == [0, 1, 2, 4, 5, 6, 7, 8, 9]
+    assert len(p) == 0
+
+
+def test_policy_keeps_a_hot_key_over_a_scan(policy_name: str) -> None:
+    p = make_policy(policy_name, 100)
+    p.insert("hot", 10)
+    for i in range(50):
+        p.touch("hot")
+        p.insert(f"scan{i}", 10)
+        if len(p) > 5:
+            assert p.victim() != "hot"
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.sampled_from(sorted(POLICIES)),
+    st.lists(st.tuples(st.integers(0, 20), st.sampled_from("itr")), max_size=200),
+)
+def test_policy_tracks_exactly_the_live_keys(name: str, ops: list[tuple[int, str]]) -> None:
+    p = make_policy(name, 200)
+    live: set[Hashable] = set()
+    for key, op in ops:
+        if op == "i":
+            p.insert(key, 10)
+            live.add(key)
+        elif op == "t" and key in live:
+            p.touch(key)
+        elif op == "r":
+            p.remove(key)
+            live.discard(key)
+        assert len(p) == len(live)
+    while live:
+        live.remove(p.victim())
+
+
+def test_lru_order_is_known() -> None:
+    p = LRU(100)
+    for k in "abc":
+        p.insert(k, 1)
+    p.touch("a")
+    assert [p.victim() for _ in range(3)] == ["b", "c", "a"]
+
+
+def test_s3fifo_one_hit_wonders_leave_from_small_and_ghosts_return_to_main() -> None:
+    p = S3FIFO(100)  # small queue holds 10 bytes' worth
+    p.insert("keep", 10)
+    p.touch("keep")
+    for i in range(3):
+        p.insert(f"once{i}", 10)
+    # Small is over its share: "keep" (hit) moves to main, "once0" (never hit) is evicted.
+    assert p.victim() == "once0"
+    assert "keep" in p.main and "once0" in p.ghost
+    p.insert("once0", 10)  # seen recently: straight into main
+    assert "once0" in p.main
+
+
+# ---------------------------------------------------------------- the tier
+
+
+def test_hit_miss_and_user_rule() -> None:
+    tier = make_tier()
+    assert tier.get(0, b"k", "default") is None
+    assert fill(tier, b"k", b"v", user="app")
+    assert tier.get(0, b"k", "app") == b"v"
+    assert tier.get(0, b"k", "default") is None  # another ACL user is never served
+    assert tier.get(1, b"k", "app") is None  # another database
+    assert (tier.hits, tier.misses) == (1, 3)
+
+
+def test_inactive_tier_neither_serves_nor_fills() -> None:
+    tier = make_tier()
+    assert fill(tier, b"k", b"v")
+    tier.active = False
+    assert tier.get(0, b"k", "default") is None
+    assert tier.begin_fill(0, b"x") is None
+
+
+def test_fill_race_invalidation_in_flight_wins() -> None:
+    tier = make_tier()
+    token = tier.begin_fill(0, b"k")
+    assert token is not None and tier.begin_fill(0, b"k") is None  # deduplicated
+    tier.invalidate([b"k"])  # a write landed while the read was in flight
+    assert not tier.complete_fill(0, b"k", token, b"old", -1, tier.clock(), "default")
+    assert b"k" not in [k for _, k in tier.entries] and tier.fills_dropped == 1
+    # A newer fill started after the invalidation is the one that counts.
+    t1 = tier.begin_fill(0, b"k")
+    tier.flush()
+    t2 = tier.begin_fill(0, b"k")
+    assert t1 is not None and t2 is not None
+    assert not tier.complete_fill(0, b"k", t1, b"old", -1, tier.clock(), "default")
+    assert tier.complete_fill(0, b"k", t2, b"new", -1, tier.clock(), "default")
+    assert tier.get(0, b"k", "default") == b"new"
+
+
+def test_ttl_from_pttl_counted_from_the_send_time() -> None:
+    tier = make_tier()
+    clock = tier.clock
+    assert isinstance(clock, Clock)
+    token = tier.begin_fill(0, b"k")
+    assert token is not None
+    sent = clock.t
+    clock.t += 0.3  # the reply took 300 ms
+    assert tier.complete_fill(0, b"k", token, b"v", 1000, sent, "default")
+    clock.t = sent + 0.999
+    assert tier.get(0, b"k", "default") == b"v"
+    clock.t = sent + 1.0
+    assert tier.get(0, b"k", "default") is None and not tier.entries
+    # PTTL -2: the key vanished between the two reads.
+    assert not fill(tier, b"gone", b"v", pttl=-2)
+
+
+def test_max_staleness() -> None:
+    tier = make_tier(max_staleness=5.0)
+    assert fill(tier, b"k", b"v")
+    tier.clock.t += 5.01  # type: ignore[attr-defined]
+    assert tier.get(0, b"k", "default") is None
+
+
+def test_invalidation_covers_every_db_and_flush_db_only_one() -> None:
+    tier = make_tier()
+    for db in (0, 3):
+        assert fill(tier, b"k", b"v", db=db)
+        assert fill(tier, b"other", b"v", db=db)
+    tier.invalidate([b"k"], source="tracking")
+    assert sorted(tier.entries) == [(0, b"other"), (3, b"other")]
+    assert tier.invalidations_tracking == 2
+    tier.flush(db=3)
+    assert sorted(tier.entries) == [(0, b"other")]
+
+
+def test_large_entries_are_not_cached() -> None:
+    tier = make_tier(capacity=10_000, max_entry_bytes=1000)
+    assert not fill(tier, b"k", b"x" * 1000)
+    assert fill(tier, b"k", b"x" * 100)
+
+
+def test_prefetched_hits_counted_once() -> None:
+    tier = make_tier()
+    assert fill(tier, b"p", b"v", prefetched=True)
+    assert fill(tier, b"d", b"v")
+    for _ in range(3):
+        tier.get(0, b"p", "default")
+    assert (tier.prefetch_fills, tier.demand_fills, tier.prefetched_hits) == (1, 1, 1)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.sampled_from(sorted(POLICIES)),
+    st.lists(
+        st.tuples(st.integers(0, 40), st.integers(0, 3000), st.sampled_from("fgi")), min_size=1, max_size=150
+    ),
+)
+def test_byte_bound_holds_under_random_sizes(policy: str, ops: list[tuple[int, int, str]]) -> None:
+    capacity = 20_000
+    tier = make_tier(capacity=capacity, policy=policy, max_entry_bytes=capacity)
+    for key_id, size, op in ops:
+        key = b"key%d" % key_id
+        if op == "f":
+            fill(tier, key, b"x" * size)
+        elif op == "g":
+            tier.get(0, key, "default")
+        else:
+            tier.invalidate([key])
+        assert tier.used <= capacity
+        assert tier.used == sum(
+            len(k) + len(tier.store.get(e.handle)) + ENTRY_OVERHEAD for (_, k), e in tier.entries.items()
+        )
+        assert len(tier.policy) == len(tier.entries)
+
+
+# ---------------------------------------------------------------- value stores
+
+
+def test_device_store_allocator_on_numpy() -> None:
+    store = DeviceStore(4096, xp=np)
+    a = store.put(b"hello")
+    b = store.put(b"x" * 100)
+    assert store.get(a) == b"hello" and store.get(b) == b"x" * 100
+    assert a[2] == 6 and b[2] == 7  # 64- and 128-byte classes
+    store.free(a)
+    c = store.put(b"again")  # reuses the freed 64-byte block
+    assert c[0] == a[0] and store.get(c) == b"again"
+    flat, offsets = store.gather([b, c])
+    assert bytes(flat.tobytes()) == b"x" * 100 + b"again" and list(offsets) == [0, 100, 105]
+    with pytest.raises(MemoryError):
+        store.put(b"y" * 5000)
+
+
+def test_tier_on_device_store_logic() -> None:
+    tier = HotTier(100_000, store=DeviceStore(100_000, xp=np), clock=Clock())
+    tier.active = True
+    for i in range(50):
+        fill(tier, b"k%d" % i, bytes([i]) * (i * 10))
+    assert all(tier.get(0, b"k%d" % i, "default") == bytes([i]) * (i * 10) for i in range(50))
+    tier.flush()
+    assert tier.store.used == 0  # type: ignore[attr-defined]
+
+
+def test_gpu_store_refuses_clearly_without_cupy() -> None:
+    try:
+        load_cupy()
+    except ConfigError as exc:
+        assert "--hot-tier gpu" in str(exc) and "\n" not in str(exc)
+    else:
+        pytest.skip("CuPy and a GPU are present: the refusal path cannot be shown here")
+    assert isinstance(make_store("cpu", 10), HostStore)
