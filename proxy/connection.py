@@ -374,6 +374,7 @@ class ClientConnection(asyncio.Protocol, SessionState):
                     sync = self._leave_fast_mode()
                     if sync is not None:
                         pieces.append(sync)
+                        run = None  # this command's slot goes after the sync's
                 if name == b"EXEC" and self.multi_effects:
                     action = self._effects_action(self.multi_effects)
                     self.multi_effects = []

@@ -20,7 +20,7 @@ from tests.e2e.test_compat import read_frames
 def build(rng: random.Random, n: int) -> tuple[bytes, list[Any]]:
     payload, expect = b"", []
     for i in range(n):
-        kind = rng.choice(["set", "get", "get", "echo", "stats", "info", "ping"])
+        kind = rng.choice(["set", "get", "get", "echo", "stats", "info", "ping", "multi"])
         key = b"o%d" % rng.randrange(20)
         if kind == "set":
             value = bytes([rng.randrange(256)]) * rng.choice([0, 1, 50, 3000, 70000])
@@ -39,16 +39,33 @@ def build(rng: random.Random, n: int) -> tuple[bytes, list[Any]]:
         elif kind == "info":
             payload += encode_command([b"INFO", b"predis"])
             expect.append(("info",))
+        elif kind == "multi":
+            payload += encode_command([b"MULTI"]) + encode_command([b"PREDIS", b"STATS"])
+            payload += encode_command([b"ECHO", b"in-tx"]) + encode_command([b"EXEC"])
+            expect += [
+                ("exact", b"+OK\r\n"),
+                ("error",),
+                ("exact", b"+QUEUED\r\n"),
+                ("exact", b"*1\r\n$5\r\nin-tx\r\n"),
+            ]
         else:
             payload += b"PING\r\n" if rng.random() < 0.3 else encode_command([b"PING"])
             expect.append(("exact", b"+PONG\r\n"))
     return payload, expect
 
 
-@pytest.mark.parametrize("seed", range(6))
-def test_random_pipelines_in_random_fragments(proxy: Any, seed: int) -> None:
+@pytest.mark.parametrize("tier", ["cpu", "off"])
+@pytest.mark.parametrize("seed", range(5))
+def test_random_pipelines_in_random_fragments(
+    make_proxy: Any, redis_server: Any, direct: Any, seed: int, tier: str
+) -> None:
+    proxy = make_proxy(redis_server.url, hot_tier=tier)
     rng = random.Random(seed)
     payload, expect = build(rng, 150)
+    if tier == "cpu":
+        deadline = time.monotonic() + 5
+        while not proxy.server.tier.active and time.monotonic() < deadline:
+            time.sleep(0.01)
     with socket.create_connection((proxy.host, proxy.port)) as s:
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         s.settimeout(10)
@@ -70,6 +87,8 @@ def test_random_pipelines_in_random_fragments(proxy: Any, seed: int) -> None:
             assert frame == (b"$-1\r\n" if value is None else b"$%d\r\n%s\r\n" % (len(value), value))
         elif want[0] == "exact":
             assert frame == want[1]
+        elif want[0] == "error":
+            assert frame.startswith(b"-ERR PREDIS is not allowed inside MULTI")
         elif want[0] == "json":
             assert "commands_forwarded" in json.loads(frame.split(b"\r\n", 1)[1][:-2])
         else:
