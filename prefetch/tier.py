@@ -18,6 +18,7 @@ from every database: conservative, and it covers MOVE, COPY ... DB and SWAPDB.
 from __future__ import annotations
 
 import math
+import random
 import time
 from collections.abc import Callable, Iterable
 from typing import Any, cast
@@ -34,7 +35,7 @@ Key = tuple[int, bytes]
 
 
 class Entry:
-    __slots__ = ("handle", "size", "expires", "filled", "user", "prefetched")
+    __slots__ = ("handle", "size", "expires", "filled", "user", "prefetched", "used")
 
     def __init__(
         self, handle: Any, size: int, expires: float, filled: float, user: str, prefetched: bool
@@ -45,6 +46,7 @@ class Entry:
         self.filled = filled
         self.user = user
         self.prefetched = prefetched
+        self.used = False  # served at least once
 
 
 class HotTier:
@@ -56,6 +58,7 @@ class HotTier:
         policy: str = "lru",
         store: ValueStore | None = None,
         clock: Callable[[], float] = time.monotonic,
+        rng: random.Random | None = None,
     ) -> None:
         if capacity_bytes <= 0:
             raise ValueError("hot tier capacity must be positive")
@@ -71,6 +74,13 @@ class HotTier:
         self._token = 0
         self.used = 0
         self.active = False
+        # Fill admission: the share of demand misses that are filled. It halves while most filled
+        # entries leave unused (the tier is thrashing: fills only add upstream reads) and doubles
+        # back while they earn hits.
+        self.rng = rng or random.Random(0)
+        self.admit_p = 1.0
+        self._window_evictions = 0
+        self._window_unused = 0
         # Statistics.
         self.hits = 0
         self.misses = 0
@@ -98,6 +108,7 @@ class HotTier:
             self.misses += 1
             return None
         self.hits += 1
+        entry.used = True
         if entry.prefetched:
             self.prefetched_hits += 1
             entry.prefetched = False  # count a prefetch's first hit only
@@ -108,6 +119,27 @@ class HotTier:
         return item in self.entries
 
     # ------------------------------------------------------------------ fills
+
+    def lookup(self, db: int, key: bytes, user: str, now: float) -> bytes | None:
+        """``get`` for the proxy's hot path: the caller passes the clock reading and counts hits."""
+        entry = self.entries.get((db, key))
+        if (
+            entry is None
+            or entry.user != user
+            or now >= entry.expires
+            or now - entry.filled > self.max_staleness
+        ):
+            return None
+        entry.used = True
+        if entry.prefetched:
+            self.prefetched_hits += 1
+            entry.prefetched = False
+        self.policy.touch((db, key))
+        return self.store.get(entry.handle)
+
+    def admit(self) -> bool:
+        """Whether to fill a demand miss now (see ``admit_p``)."""
+        return self.admit_p >= 1.0 or self.rng.random() < self.admit_p
 
     def begin_fill(self, db: int, key: bytes) -> int | None:
         """Leave a placeholder before reading the key upstream; None if a fill is already in flight."""
@@ -203,6 +235,15 @@ class HotTier:
         self.store.free(entry.handle)
         if evicted:
             self.evictions += 1
+            self._window_evictions += 1
+            self._window_unused += not entry.used
+            if self._window_evictions >= 256:
+                unused = self._window_unused / self._window_evictions
+                if unused > 0.8:
+                    self.admit_p = max(self.admit_p / 2, 1 / 1024)
+                elif unused < 0.5:
+                    self.admit_p = min(self.admit_p * 2, 1.0)
+                self._window_evictions = self._window_unused = 0
         else:
             self.policy.remove(key)
 
@@ -230,6 +271,7 @@ class HotTier:
             "bytes_capacity": self.capacity,
             "entries": len(self.entries),
             "fills_in_flight": len(self.inflight),
+            "fill_admission": round(self.admit_p, 4),
             "served_latency_p50_us": lat.percentile(50),
             "served_latency_p99_us": lat.percentile(99),
         }

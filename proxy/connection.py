@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import time
 from collections import deque
 from collections.abc import Callable
@@ -57,6 +58,8 @@ _Push = hiredis.PushNotification
 _STAR = b"*"
 
 _PLAIN = object()
+# One GET command, as every client encodes it; the key length follows.
+_GET = re.compile(rb"\*2\r\n\$3\r\n(?:GET|get|Get)\r\n\$(\d{1,10})\r\n")
 
 # Upstream connection states.
 DOWN, CONNECTING, UP = 0, 1, 2
@@ -202,6 +205,8 @@ class ClientConnection(asyncio.Protocol, SessionState):
         if self.closing or self.closed:
             return
         self.stats.bytes_in += len(data)
+        if self.tier is not None and not self.pending and not self.req_tail and self._serve_gets(data):
+            return
         if self.req_parser is not None or (not self.req_tail and data[:1] != _STAR):
             self._inline_data(data)
             return
@@ -313,7 +318,12 @@ class ClientConnection(asyncio.Protocol, SessionState):
     def _dispatch(self, cmds: list[Any], raw: bytes) -> None:
         """Forward ``raw`` (the bytes of exactly ``cmds``) or, if any command is special, take the
         general path."""
-        if self.passthrough_req or self.reply_mode != b"ON" or self.tier is not None:
+        if self.passthrough_req or self.reply_mode != b"ON":
+            self._forward(cmds, _split(cmds, raw))
+            return
+        if self.tier is not None and (
+            (not self.verified and not self.verify_pending) or not self._tier_misses(cmds)
+        ):
             self._forward(cmds, _split(cmds, raw))
             return
         for args in cmds:
@@ -390,7 +400,12 @@ class ClientConnection(asyncio.Protocol, SessionState):
                 # sees it (a fill that read the old value meanwhile must not survive the ack).
                 pending.append([1, slot[1] if type(slot) is list else now, action])
                 run = None
-            elif slot is _PLAIN and tier is not None and not self.verified and not self.verify_pending:
+            elif (
+                tier is not None
+                and not self.verified
+                and not self.verify_pending
+                and (slot is _PLAIN or (type(slot) is list and slot[1] and len(slot) == 2))
+            ):
                 # The first reply tells whether Redis takes this connection as it is (not NOAUTH).
                 self.verify_pending = True
                 sync = self._leave_fast_mode()
@@ -429,6 +444,76 @@ class ClientConnection(asyncio.Protocol, SessionState):
             self._send_upstream(b"".join(pieces))
 
     # ------------------------------------------------------------------ the hot tier
+
+    def _serve_gets(self, data: bytes) -> bool:
+        """The hit path: a read made only of GETs, every one in the tier, answered without hiredis,
+        slots or the upstream connection. Anything else (a miss included) returns False and takes
+        the general path, which recounts it."""
+        tier = self.tier
+        assert tier is not None
+        if (
+            not tier.active
+            or not self.verified
+            or self.state_pending
+            or self.in_multi
+            or self.passthrough_req
+            or self.reply_mode != b"ON"
+            or self.req_parser is not None
+        ):
+            return False
+        started = _now()
+        db = self.db
+        user = _str(self.auth[0]) if self.auth is not None else "default"
+        now = tier.clock()
+        lookup = tier.lookup
+        match = _GET.match
+        replies = []
+        pos, n = 0, len(data)
+        while pos < n:
+            m = match(data, pos)
+            if m is None:
+                return False
+            start = m.end()
+            end = start + int(m.group(1))
+            if data[end : end + 2] != b"\r\n":
+                return False
+            value = lookup(db, data[start:end], user, now)
+            if value is None:
+                return False
+            replies.append(b"$%d\r\n%s\r\n" % (len(value), value))
+            pos = end + 2
+        tier.hits += len(replies)
+        self.stats.commands_local += len(replies)
+        self._write(b"".join(replies))
+        tier.served_latency.record(_now() - started)  # one sample per client read
+        return True
+
+    def _tier_misses(self, cmds: list[Any]) -> bool:
+        """True if these commands can be forwarded as one plain run: none special, none a write,
+        and every GET among them a miss (fills are requested here)."""
+        tier = self.tier
+        table = self.server.command_table
+        assert tier is not None
+        gets = []
+        for args in cmds:
+            name = args[0].upper()
+            if name == b"GET" and len(args) == 2:
+                gets.append(args[1])
+            elif name in SPECIAL or name == b"MGET" or table is None or table.effect(name, args) is not None:
+                return False
+        if not gets:
+            return True
+        if self.state_pending or self.in_multi or not tier.active:
+            return True
+        db = self.db
+        user = _str(self.auth[0]) if self.auth is not None else "default"
+        if self.verified:
+            now = tier.clock()
+            if any(tier.lookup(db, key, user, now) is not None for key in gets):
+                return False  # some can be served: the general path interleaves them
+        tier.misses += len(gets)
+        self._request_fill(db, gets, user)
+        return True
 
     def _tier_read(self, name: bytes, args: list[bytes], now: float) -> bytes | None:
         """Serve GET/MGET from the tier (the reply), or schedule fills for what is missing.
@@ -474,7 +559,7 @@ class ClientConnection(asyncio.Protocol, SessionState):
 
     def _request_fill(self, db: int, keys: list[bytes], user: str) -> None:
         filler = self.server.filler
-        if filler is None:
+        if filler is None or self.tier is None or not self.tier.admit():
             return
         identity = None
         if self.auth is not None:

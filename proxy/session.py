@@ -245,7 +245,9 @@ class SessionState:
 
     def on_verify(self, frame: bytes) -> bytes:
         self.verify_pending = False
-        if not frame.startswith((b"-NOAUTH", b"-ERR Predis")):
+        # Only a success proves it: Redis reports some errors (an unknown command) before it
+        # checks authentication.
+        if not frame.startswith((b"-", b"!")):
             self.verified = True
         return frame
 
