@@ -67,6 +67,7 @@ class HotTier:
         self.max_staleness = max_staleness
         self.policy: EvictionPolicy = make_policy(policy, capacity_bytes)
         self.store: ValueStore = store or HostStore()
+        self.host_values = isinstance(self.store, HostStore)  # the handle is the value itself
         self.clock = clock
         self.entries: dict[Key, Entry] = {}
         self.dbs: set[int] = set()  # databases with entries or fills, for key-only invalidation
@@ -108,10 +109,7 @@ class HotTier:
             self.misses += 1
             return None
         self.hits += 1
-        entry.used = True
-        if entry.prefetched:
-            self.prefetched_hits += 1
-            entry.prefetched = False  # count a prefetch's first hit only
+        self.note_first_hit(entry)
         self.policy.touch((db, key))
         return self.store.get(entry.handle)
 
@@ -130,12 +128,15 @@ class HotTier:
             or now - entry.filled > self.max_staleness
         ):
             return None
+        self.note_first_hit(entry)
+        self.policy.touch((db, key))
+        return self.store.get(entry.handle)
+
+    def note_first_hit(self, entry: Entry) -> None:
         entry.used = True
         if entry.prefetched:
             self.prefetched_hits += 1
-            entry.prefetched = False
-        self.policy.touch((db, key))
-        return self.store.get(entry.handle)
+            entry.prefetched = False  # count a prefetch's first hit only
 
     def admit(self) -> bool:
         """Whether to fill a demand miss now (see ``admit_p``)."""
@@ -239,9 +240,9 @@ class HotTier:
             self._window_unused += not entry.used
             if self._window_evictions >= 256:
                 unused = self._window_unused / self._window_evictions
-                if unused > 0.8:
+                if unused > 0.5:  # most fills never served: they cost more upstream reads than they save
                     self.admit_p = max(self.admit_p / 2, 1 / 1024)
-                elif unused < 0.5:
+                elif unused < 0.25:
                     self.admit_p = min(self.admit_p * 2, 1.0)
                 self._window_evictions = self._window_unused = 0
         else:
