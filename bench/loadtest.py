@@ -170,12 +170,18 @@ def main(argv: list[str] | None = None) -> int:
         action="store_false",
         help="skip the byte-copy reference proxy",
     )
+    parser.add_argument(
+        "--hot-tier",
+        default="off",
+        choices=["off", "cpu"],
+        help="Predis's hot tier (default off: this run measures the proxy core)",
+    )
     args = parser.parse_args(argv)
     if shutil.which("redis-benchmark") is None:
         print("bench: redis-benchmark not found (apt-get install redis-tools)", file=sys.stderr)
         return 2
     with EmbeddedRedis() as upstream:
-        proxy = ProxyProcess(upstream.url)
+        proxy = ProxyProcess(upstream.url, ["--hot-tier", args.hot_tier])
         copier = ProxyProcess(upstream.url, copy_only=True) if args.copy_ref else None
         targets = {"direct": upstream.port, "predis": proxy.port}
         if copier is not None:
