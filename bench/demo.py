@@ -1,49 +1,56 @@
-"""The demo behind `scripts/demo`: start Redis and Predis, drive redis-benchmark through both, and
-print the side-by-side figures and the proxy's own statistics.
+"""The demo behind `scripts/demo`: start Redis and two Predis proxies (hot tier on and off), drive
+redis-benchmark through all three side by side, and print the figures and the tier's statistics.
 
-Later issues extend this with the hot tier and the ML-versus-heuristic A/B result; today it shows
-the proxy core.
+Later issues extend this with the ML prefetcher and its A/B result against the heuristics.
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 
 from bench.loadtest import ProxyProcess, compare, print_table
+from bench.tierbench import populate
 from proxy.embedded import EmbeddedRedis
 
 
-class _Args:
-    requests = 20_000
-    repeats = 1
-    clients = 50
-    tests = "get,set"
-    keyspace = 10_000
-
-
 def main() -> int:
+    args = argparse.Namespace(requests=50_000, repeats=1, clients=50, tests="get,set", keyspace=10_000)
     with EmbeddedRedis() as upstream:
-        print(f"started redis-server on port {upstream.port}")
-        proxy = ProxyProcess(upstream.url)
-        print(f"started predis serve on port {proxy.port} (upstream {upstream.url})\n")
+        print(f"started redis-server on port {upstream.port}; writing {args.keyspace} keys of 64 bytes")
+        populate(upstream.port, args.keyspace)
+        tiered = ProxyProcess(upstream.url, ["--hot-tier", "cpu"])
+        plain = ProxyProcess(upstream.url, ["--hot-tier", "off"])
+        print(f"started predis with the hot tier on port {tiered.port}, without it on port {plain.port}\n")
         try:
+            targets = {"direct": upstream.port, "tier": tiered.port, "notier": plain.port}
+            compare(targets, argparse.Namespace(**{**vars(args), "tests": "get"}), 1)  # warm the tier
             rows = []
             for pipeline in (1, 16):
-                rows += compare({"direct": upstream.port, "predis": proxy.port}, _Args(), pipeline)  # type: ignore[arg-type]
-            print("redis-benchmark -t get,set -c 50, direct and through the proxy:\n")
-            print_table(rows, ["direct", "predis"])
-            stats = proxy.stats()
+                rows += compare(targets, args, pipeline)
+            print(
+                "redis-benchmark -c 50 -r 10000 -d 64: Redis directly, Predis with its tier, Predis without:\n"
+            )
+            print_table(rows, list(targets))
+            stats = tiered.stats()
         finally:
-            proxy.close()
-    print("\nPREDIS STATS after the run:")
+            tiered.close()
+            plain.close()
+    print("\nPREDIS STATS of the proxy with the tier:")
     for key in (
         "commands_forwarded",
-        "bytes_in",
-        "bytes_out",
-        "upstream_errors",
-        "protocol_errors",
+        "commands_local",
+        "hot_tier_hits",
+        "hot_tier_misses",
+        "hot_tier_hit_ratio",
+        "hot_tier_demand_fills",
+        "hot_tier_invalidations_local",
+        "hot_tier_invalidations_tracking",
+        "hot_tier_entries",
+        "hot_tier_bytes_used",
+        "hot_tier_served_latency_p50_us",
         "forward_latency_p50_us",
-        "forward_latency_p99_us",
+        "upstream_errors",
     ):
         print(f"  {key}: {stats[key]}")
     return 0

@@ -30,12 +30,15 @@ from proxy.stats import LatencyHistogram
 # Estimated per-entry memory beyond key and value: the index entry, the policy's bookkeeping and
 # the tuple key, as measured with sys.getsizeof on CPython 3.11 (rounded up).
 ENTRY_OVERHEAD = 200
+# Hits an entry must average before eviction for demand fills to pay for themselves: a fill is an
+# extra upstream MGET/PTTL and about three forwarded GETs' worth of proxy work (bench/RESULTS.md).
+FILL_PAYBACK = 3.0
 
 Key = tuple[int, bytes]
 
 
 class Entry:
-    __slots__ = ("handle", "size", "expires", "filled", "user", "prefetched", "used")
+    __slots__ = ("handle", "size", "expires", "filled", "user", "prefetched", "hits")
 
     def __init__(
         self, handle: Any, size: int, expires: float, filled: float, user: str, prefetched: bool
@@ -46,7 +49,7 @@ class Entry:
         self.filled = filled
         self.user = user
         self.prefetched = prefetched
-        self.used = False  # served at least once
+        self.hits = 0  # times served
 
 
 class HotTier:
@@ -75,13 +78,14 @@ class HotTier:
         self._token = 0
         self.used = 0
         self.active = False
-        # Fill admission: the share of demand misses that are filled. It halves while most filled
-        # entries leave unused (the tier is thrashing: fills only add upstream reads) and doubles
-        # back while they earn hits.
+        # Fill admission: the share of demand misses that are filled. A fill costs an upstream read
+        # and more proxy work than forwarding one GET, so it must earn a few hits before it is
+        # evicted. The share halves while evicted entries averaged fewer than FILL_PAYBACK hits
+        # (the tier is thrashing) and doubles back while they average twice that.
         self.rng = rng or random.Random(0)
         self.admit_p = 1.0
         self._window_evictions = 0
-        self._window_unused = 0
+        self._window_hits = 0
         # Statistics.
         self.hits = 0
         self.misses = 0
@@ -89,6 +93,7 @@ class HotTier:
         self.prefetch_fills = 0
         self.prefetched_hits = 0
         self.fills_dropped = 0
+        self.bypassed = 0  # GETs in reads too long to serve from the tier (hot_tier_max_batch)
         self.evictions = 0
         self.invalidations_local = 0
         self.invalidations_tracking = 0
@@ -109,7 +114,7 @@ class HotTier:
             self.misses += 1
             return None
         self.hits += 1
-        self.note_first_hit(entry)
+        self.note_hit(entry)
         self.policy.touch((db, key))
         return self.store.get(entry.handle)
 
@@ -128,12 +133,12 @@ class HotTier:
             or now - entry.filled > self.max_staleness
         ):
             return None
-        self.note_first_hit(entry)
+        self.note_hit(entry)
         self.policy.touch((db, key))
         return self.store.get(entry.handle)
 
-    def note_first_hit(self, entry: Entry) -> None:
-        entry.used = True
+    def note_hit(self, entry: Entry) -> None:
+        entry.hits += 1
         if entry.prefetched:
             self.prefetched_hits += 1
             entry.prefetched = False  # count a prefetch's first hit only
@@ -237,14 +242,14 @@ class HotTier:
         if evicted:
             self.evictions += 1
             self._window_evictions += 1
-            self._window_unused += not entry.used
+            self._window_hits += entry.hits
             if self._window_evictions >= 256:
-                unused = self._window_unused / self._window_evictions
-                if unused > 0.5:  # most fills never served: they cost more upstream reads than they save
+                payback = self._window_hits / self._window_evictions
+                if payback < FILL_PAYBACK:
                     self.admit_p = max(self.admit_p / 2, 1 / 1024)
-                elif unused < 0.25:
+                elif payback > 2 * FILL_PAYBACK:
                     self.admit_p = min(self.admit_p * 2, 1.0)
-                self._window_evictions = self._window_unused = 0
+                self._window_evictions = self._window_hits = 0
         else:
             self.policy.remove(key)
 
@@ -264,6 +269,7 @@ class HotTier:
             "prefetch_fills": self.prefetch_fills,
             "prefetched_hits": self.prefetched_hits,
             "fills_dropped": self.fills_dropped,
+            "bypassed": self.bypassed,
             "evictions": self.evictions,
             "invalidations_local": self.invalidations_local,
             "invalidations_tracking": self.invalidations_tracking,

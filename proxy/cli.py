@@ -45,6 +45,7 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.add_argument("--hot-tier-policy", dest="hot_tier_policy", choices=["lru", "s3fifo"])
     p.add_argument("--hot-tier-max-entry", dest="hot_tier_max_entry", type=int)
     p.add_argument("--hot-tier-max-staleness", dest="hot_tier_max_staleness", type=float)
+    p.add_argument("--hot-tier-max-batch", dest="hot_tier_max_batch", type=int)
     p.add_argument("--log-level", dest="log_level")
     p.add_argument("--log-format", dest="log_format", choices=["console", "json"])
     p.set_defaults(func=cmd_serve)
@@ -81,6 +82,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             "hot_tier_policy",
             "hot_tier_max_entry",
             "hot_tier_max_staleness",
+            "hot_tier_max_batch",
         )
     }
     settings = load_settings(args.config, overrides=overrides)

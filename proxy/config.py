@@ -52,6 +52,9 @@ class Settings:
     hot_tier_policy: str = "lru"  # lru or s3fifo
     # No entry is served longer than this after it was read from Redis, whatever its TTL.
     hot_tier_max_staleness: float = 10.0
+    # A read with more GETs than this is forwarded, not served: in Python, answering a long
+    # pipelined batch from the tier costs more CPU than Redis needs for it (bench/RESULTS.md).
+    hot_tier_max_batch: int = 8
     log_level: str = "info"
     log_format: str = "console"
     # Seconds between health checks of the upstream (the PREDIS STATS upstream_status figure).
@@ -84,7 +87,7 @@ class Settings:
             raise ConfigError(f"hot_tier must be off, cpu or gpu, got {self.hot_tier!r}")
         if self.hot_tier_policy not in ("lru", "s3fifo"):
             raise ConfigError(f"hot_tier_policy must be lru or s3fifo, got {self.hot_tier_policy!r}")
-        for name in ("hot_tier_bytes", "hot_tier_max_entry", "hot_tier_max_staleness"):
+        for name in ("hot_tier_bytes", "hot_tier_max_entry", "hot_tier_max_staleness", "hot_tier_max_batch"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
         if self.upstream:

@@ -123,6 +123,7 @@ class ClientConnection(asyncio.Protocol, SessionState):
         self.tier = server.tier
         self.multi_effects: list[Any] = []  # keys written by commands queued in MULTI
         self._served = 0
+        self.max_batch = server.settings.hot_tier_max_batch
         self.init_state(server.upstream)
 
     # ------------------------------------------------------------------ client transport
@@ -455,6 +456,7 @@ class ClientConnection(asyncio.Protocol, SessionState):
         if (
             not tier.active
             or not self.verified
+            or data.count(b"\r\n$3\r\n") > self.max_batch
             or self.state_pending
             or self.in_multi
             or self.passthrough_req
@@ -484,8 +486,7 @@ class ClientConnection(asyncio.Protocol, SessionState):
             entry = entries.get(key)
             if entry is None or entry.user != user or now >= entry.expires or entry.filled < stale_before:
                 return False
-            if entry.prefetched or not entry.used:
-                tier.note_first_hit(entry)
+            tier.note_hit(entry)
             touch(key)
             value = entry.handle if host_values else tier.store.get(entry.handle)
             replies.append(b"$%d\r\n%s\r\n" % (len(value), value))
@@ -512,6 +513,9 @@ class ClientConnection(asyncio.Protocol, SessionState):
             elif name in SPECIAL or name == b"MGET" or table is None or table.effect(name, args) is not None:
                 return False
         if not gets:
+            return True
+        if len(gets) > self.max_batch:
+            tier.bypassed += len(gets)
             return True
         if self.state_pending or self.in_multi or not tier.active:
             return True

@@ -376,3 +376,21 @@ def test_staleness_checker(tproxy: Any, direct: redis.Redis, redis_server: Embed
     assert len(reads) > 1000 and hits > 100
     assert stale_proxy == 0
     assert all(lag <= delay + 0.02 for lag in lags), (max(lags), delay)
+
+
+def test_long_get_batches_bypass_the_tier(tproxy: Any, direct: redis.Redis) -> None:
+    direct.mset({f"b{i}": str(i) for i in range(12)})
+    r = tproxy.client()
+    cache(tproxy, r, *[f"b{i}" for i in range(12)])
+    tier = tier_of(tproxy)
+    hits, bypassed = tier.hits, tier.bypassed
+    with r.pipeline(transaction=False) as pipe:
+        for i in range(4):
+            pipe.get(f"b{i}")
+        assert pipe.execute() == [str(i).encode() for i in range(4)]
+    assert tier.hits == hits + 4
+    with r.pipeline(transaction=False) as pipe:
+        for i in range(12):
+            pipe.get(f"b{i}")
+        assert pipe.execute() == [str(i).encode() for i in range(12)]
+    assert tier.hits == hits + 4 and tier.bypassed == bypassed + 12  # forwarded: cheaper than serving

@@ -266,3 +266,18 @@ def test_gpu_store_refuses_clearly_without_cupy() -> None:
     else:
         pytest.skip("CuPy and a GPU are present: the refusal path cannot be shown here")
     assert isinstance(make_store("cpu", 10), HostStore)
+
+
+def test_fill_admission_backs_off_when_thrashing_and_recovers() -> None:
+    tier = make_tier(capacity=30 * (ENTRY_OVERHEAD + 10))  # room for 30 entries
+    for i in range(3000):  # every key once: evicted unused, fills are pure cost
+        fill(tier, b"k%06d" % i, b"v" * 4)
+    assert tier.admit_p < 0.1
+    low = tier.admit_p
+    for i in range(3000):  # a small hot set: every entry earns many hits before it goes
+        key = b"h%02d" % (i % 40)
+        if tier.get(0, key, "default") is None:
+            fill(tier, key, b"v" * 4)
+        for _ in range(8):
+            tier.get(0, key, "default")
+    assert tier.admit_p > low
