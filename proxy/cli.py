@@ -87,6 +87,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     }
     settings = load_settings(args.config, overrides=overrides)
     configure_logging(settings.log_level, settings.log_format)
+    if settings.hot_tier == "gpu":
+        from prefetch.store import load_cupy
+
+        load_cupy()  # refuse before anything is started
     embedded = None
     if not settings.upstream:
         embedded = EmbeddedRedis(settings.redis_server).start()

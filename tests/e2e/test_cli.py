@@ -81,6 +81,18 @@ def test_bad_input_exits_with_one_line(tmp_path: Path) -> None:
         assert len(lines) == 1 and needle in lines[0], (args, out.stderr)
 
 
+def test_gpu_tier_without_cupy_is_one_line() -> None:
+    try:
+        import cupy  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        return  # CuPy present: the refusal cannot be shown on this machine
+    out = run_predis("serve", "--hot-tier", "gpu", "--port", str(free_port()))
+    lines = out.stderr.strip().splitlines()
+    assert out.returncode == 2 and len(lines) == 1 and "--hot-tier gpu needs CuPy" in lines[0], out.stderr
+
+
 def test_port_in_use_is_one_line(tmp_path: Path) -> None:
     with socket_listening() as port:
         out = run_predis("serve", "--port", str(port), "--upstream", "redis://127.0.0.1:1")

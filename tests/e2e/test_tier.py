@@ -100,6 +100,8 @@ WRITES: list[tuple[Callable[[redis.Redis], Any], Callable[[redis.Redis], Any], l
     (lambda d: d.set("k", "v"), lambda r: r.getex("k", px=1), ["k"]),
     (lambda d: d.set("k", "v"), lambda r: r.expire("k", -1), ["k"]),
     (lambda d: d.set("k", "v"), lambda r: r.set("k", "v2", keepttl=True), ["k"]),
+    (lambda d: d.set("k", "v"), lambda r: r.set("k", "v3", ex=100), ["k"]),
+    (lambda d: d.set("k", "v", ex=100), lambda r: r.persist("k"), ["k"]),
 ]
 IDS = [
     "set",
@@ -123,6 +125,8 @@ IDS = [
     "getex",
     "expire",
     "set-keepttl",
+    "set-ex",
+    "persist",
 ]
 
 
@@ -203,6 +207,26 @@ def test_expiry_without_any_write_uses_pttl(
     while time.monotonic() - t0 < 0.35:
         time.sleep(0.01)
     assert r.get("e") is None
+
+
+def test_redis_eviction_invalidates(tproxy: Any, direct: redis.Redis) -> None:
+    """A key Redis evicts under maxmemory is dropped from the tier (Redis reports it by tracking)."""
+    direct.set("victim", "v")
+    r = tproxy.client()
+    cache(tproxy, r, "victim")
+    direct.config_set("maxmemory-policy", "allkeys-random")
+    direct.config_set("maxmemory", str(int(direct.info("memory")["used_memory"]) + 2 * 1024 * 1024))
+    try:
+        i = 0
+        while direct.exists("victim"):
+            direct.set(f"filler{i}", b"x" * 10_000)
+            i += 1
+            assert i < 100_000
+        wait_for(lambda: r.get("victim") is None, timeout=2)
+        assert tier_of(tproxy).invalidations_tracking >= 1
+    finally:
+        direct.config_set("maxmemory", "0")
+        direct.config_set("maxmemory-policy", "noeviction")
 
 
 def test_max_staleness_bound(make_proxy: Any, redis_server: EmbeddedRedis, direct: redis.Redis) -> None:
