@@ -209,6 +209,8 @@ class HotTier:
 
     def invalidate(self, keys: Iterable[bytes], source: str = "local") -> None:
         """Drop these keys from every database, and any fill of them in flight."""
+        if not self.entries and not self.inflight:
+            return
         count = 0
         for key in keys:
             for db in self.dbs:

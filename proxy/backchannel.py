@@ -1,15 +1,19 @@
 """The proxy's own connections to Redis, apart from its clients': the invalidation channel that keeps
 the hot tier coherent, and the filler that reads values into it (demand fills and prefetches).
 
-Invalidation: one RESP3 connection with ``CLIENT TRACKING ON BCAST``, so Redis reports every key
-that changes, whoever changed it (other clients, other proxies, expiry, eviction); a ``null``
-message (FLUSHALL, FLUSHDB) flushes the tier. Until that connection is up the tier is inactive;
-when it drops the tier is flushed and stays inactive until tracking is back.
-
 Filling: one connection per ACL identity (the upstream URL's user, or a user a client
 authenticated as), so an entry carries the rights of the user whose reads filled it. Keys are
 batched per event-loop turn into ``MGET`` plus one ``PTTL`` each; the tier's placeholders make any
 invalidation that lands in between win.
+
+Invalidation: the filler connections run ``CLIENT TRACKING ON REDIRECT <id>`` towards one RESP3
+connection (``predis-tracking``). Redis then remembers every key a filler read, which is every key
+that entered the tier, and reports it there when it changes, whoever changed it (other clients,
+other proxies, expiry, eviction); a ``null`` message (FLUSHALL, FLUSHDB) flushes the tier. Only keys
+the tier read are reported: BCAST mode (every write by anyone) halved Redis's own SET throughput in
+a bench run. Until that connection is up the tier is inactive; when it drops, the tier is flushed,
+the fillers are reconnected (their redirect pointed at the dead connection) and the tier stays
+inactive until tracking is back.
 """
 
 from __future__ import annotations
@@ -119,7 +123,7 @@ async def open_raw(
 
 
 class InvalidationChannel:
-    """Keeps a BCAST tracking connection up and the tier's ``active`` flag true only while it is."""
+    """Keeps the invalidation connection up and the tier's ``active`` flag true only while it is."""
 
     def __init__(self, server: ProxyServer, tier: HotTier) -> None:
         self.server = server
@@ -127,6 +131,7 @@ class InvalidationChannel:
         self.conn: RawConnection | None = None
         self.connected_at = 0.0
         self.drops = 0
+        self.client_id: int | None = None  # where the fillers redirect their invalidations
 
     async def run(self) -> None:
         address = self.server.upstream
@@ -136,13 +141,15 @@ class InvalidationChannel:
                 conn = await open_raw(
                     self.server, identity, on_push=self.on_push, resp3=True, name="predis-tracking"
                 )
-                await conn.call("CLIENT", "TRACKING", "ON", "BCAST")
+                self.client_id = int(await conn.call("CLIENT", "ID"))
             except (TimeoutError, OSError, UpstreamError) as exc:
                 log.warning("invalidation channel unavailable; hot tier inactive", error=str(exc))
                 await asyncio.sleep(self.server.settings.health_interval)
                 continue
             self.conn = conn
             self.connected_at = time.monotonic()
+            if self.server.filler is not None:
+                self.server.filler.reset()  # their tracking must redirect to this connection
             self.tier.flush()  # anything cached before tracking started cannot be trusted
             self.tier.active = True
             log.info("invalidation channel up; hot tier active")
@@ -152,11 +159,14 @@ class InvalidationChannel:
                 self.tier.active = False
                 self.tier.flush()
                 self.conn = None
+                self.client_id = None
                 self.drops += 1
             log.warning("invalidation channel lost; hot tier flushed and inactive until it is back")
             await asyncio.sleep(min(0.1, self.server.settings.health_interval))
 
     def on_push(self, push: list[Any]) -> None:
+        if push and push[0] == b"message" and len(push) == 3 and push[1] == b"__redis__:invalidate":
+            push = [b"invalidate", push[2]]  # the RESP2-style form of the same message
         if not push or push[0] != b"invalidate":
             return
         keys = push[1] if len(push) > 1 else None
@@ -207,15 +217,32 @@ class Filler:
         identity: Identity = ((address.username or "default"), address.password) if address.password else None
         return await self._fill(identity, address.username or "default", db, list(dict.fromkeys(keys)), True)
 
+    def reset(self) -> None:
+        """Drop every filler connection: the next fill opens one tracked towards the current
+        invalidation connection."""
+        for conn in self.conns.values():
+            conn.close()
+        self.conns.clear()
+
+    async def _open(self, identity: Identity) -> RawConnection:
+        channel = self.server.channel
+        if channel is None or channel.client_id is None:
+            raise UpstreamError("no invalidation connection to redirect tracking to")
+        conn = await open_raw(self.server, identity, name="predis-filler")
+        try:
+            await conn.call("CLIENT", "TRACKING", "ON", "REDIRECT", str(channel.client_id))
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
     async def _connection(self, identity: Identity) -> RawConnection:
         conn = self.conns.get(identity)
         if conn is not None and not conn.closed.done():
             return conn
         task = self.connecting.get(identity)
         if task is None:
-            task = asyncio.get_running_loop().create_task(
-                open_raw(self.server, identity, name="predis-filler")
-            )
+            task = asyncio.get_running_loop().create_task(self._open(identity))
             self.connecting[identity] = task
         try:
             conn = await task

@@ -323,11 +323,19 @@ class ClientConnection(asyncio.Protocol, SessionState):
         if self.passthrough_req or self.reply_mode != b"ON":
             self._forward(cmds, _split(cmds, raw))
             return
-        if self.tier is not None and (
-            (not self.verified and not self.verify_pending) or not self._tier_misses(cmds)
-        ):
-            self._forward(cmds, _split(cmds, raw))
-            return
+        if self.tier is not None:
+            written = None if not self.verified and not self.verify_pending else self._tier_light(cmds)
+            if written is None:
+                self._forward(cmds, _split(cmds, raw))
+                return
+            if written:
+                # Drop the keys now, and again before any read of replies to this run reaches
+                # the client (the run's action fires on every partial consumption too).
+                self.tier.invalidate(written)
+                self.pending.append([len(cmds), _now(), partial(self.tier.invalidate, written)])
+                self.stats.commands_forwarded += len(cmds)
+                self._send_upstream(raw)
+                return
         for args in cmds:
             if args[0].upper() in SPECIAL:
                 self._forward(cmds, _split(cmds, raw))
@@ -397,7 +405,21 @@ class ClientConnection(asyncio.Protocol, SessionState):
             if served:
                 self._write(b"".join(served))
                 served = []
-            if action is not None and (slot is _PLAIN or type(slot) is list):
+            if (
+                action is not None
+                and slot is _PLAIN
+                and tier is not None
+                and not self.verified
+                and not self.verify_pending
+            ):
+                # A write that also tells whether Redis accepts this connection as it is.
+                self.verify_pending = True
+                sync = self._leave_fast_mode()
+                if sync is not None:
+                    pieces.append(sync)
+                pending.append(Capture(now, partial(_then, action, self.on_verify)))
+                run = None
+            elif action is not None and (slot is _PLAIN or type(slot) is list):
                 # A write: its own run, so its reply can drop the keys again before the client
                 # sees it (a fill that read the old value meanwhile must not survive the ack).
                 pending.append([1, slot[1] if type(slot) is list else now, action])
@@ -499,26 +521,34 @@ class ClientConnection(asyncio.Protocol, SessionState):
             tier.served_latency.record(tier.clock() - now)
         return True
 
-    def _tier_misses(self, cmds: list[Any]) -> bool:
-        """True if these commands can be forwarded as one plain run: none special, none a write,
-        and every GET among them a miss (fills are requested here)."""
+    def _tier_light(self, cmds: list[Any]) -> list[bytes] | None:
+        """The keys these commands write, if they can be forwarded as one plain run: none special,
+        writes only of named keys (not in MULTI), and every GET a miss (fills requested here).
+        None sends them through the general path."""
         tier = self.tier
         table = self.server.command_table
         assert tier is not None
-        gets = []
+        gets: list[bytes] = []
+        written: list[bytes] = []
         for args in cmds:
             name = args[0].upper()
             if name == b"GET" and len(args) == 2:
                 gets.append(args[1])
-            elif name in SPECIAL or name == b"MGET" or table is None or table.effect(name, args) is not None:
-                return False
+                continue
+            if name in SPECIAL or name == b"MGET" or table is None:
+                return None
+            effect = table.effect(name, args)
+            if effect is not None:
+                if effect[0] != KEYS or self.in_multi:
+                    return None
+                written += effect[1]
         if not gets:
-            return True
+            return written
         if len(gets) > self.max_batch:
             tier.bypassed += len(gets)
-            return True
+            return written
         if self.state_pending or self.in_multi or not tier.active:
-            return True
+            return written
         db = self.db
         user = _str(self.auth[0]) if self.auth is not None else "default"
         if self.verified:
@@ -529,10 +559,11 @@ class ClientConnection(asyncio.Protocol, SessionState):
             entries = tier.entries
             present = sum(1 for key in gets if (db, key) in entries)
             if present * 2 >= len(gets) and any(tier.lookup(db, key, user, now) is not None for key in gets):
-                return False
+                return None
         tier.misses += len(gets)
-        self._request_fill(db, gets, user)
-        return True
+        if not written:
+            self._request_fill(db, gets, user)  # (a read that also writes fills nothing)
+        return written
 
     def _tier_read(self, name: bytes, args: list[bytes], now: float) -> bytes | None:
         """Serve GET/MGET from the tier (the reply), or schedule fills for what is missing.
@@ -833,6 +864,8 @@ class ClientConnection(asyncio.Protocol, SessionState):
                     head[2]()  # a write's reply: drop its keys from the tier again
             else:
                 head[0] = n - count
+                if len(head) > 2:
+                    head[2]()  # some of its replies are about to be written: drop the keys now
                 return
         if count:
             log.error("reply with no request pending", peer=self.peer, count=count)
@@ -892,12 +925,12 @@ class ClientConnection(asyncio.Protocol, SessionState):
             head = pending[0]
             if type(head) is list:
                 head[0] -= 1
+                if len(head) > 2:
+                    head[2]()  # a write's reply is in this read: drop its keys before it is written
                 if head[0] == 0:
                     pending.popleft()
                     if head[1]:
                         record(now - head[1])
-                    if len(head) > 2:
-                        head[2]()
                     if pending and type(pending[0]) is not list:
                         self._write(data[run:end])
                         run = end
@@ -1075,6 +1108,11 @@ def _split(cmds: list[list[bytes]], raw: bytes) -> list[bytes | None]:
         out.append(raw[pos : pos + size])
         pos += size
     return out
+
+
+def _then(first: Callable[[], None], then: Callable[[bytes], bytes], frame: bytes) -> bytes:
+    first()
+    return then(frame)
 
 
 def _strip_prefix_of(tail: bytes, frame: bytes) -> bytes:

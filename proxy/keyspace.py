@@ -82,6 +82,18 @@ def _parse_spec(raw: Any) -> KeySpec | None:
 class CommandTable:
     def __init__(self, commands: dict[bytes, CommandInfo]) -> None:
         self.commands = commands
+        # Writes whose keys are one plain slice of the arguments (SET, INCR, DEL, MSET, ...):
+        # name -> (start, stop or None, step). The request path resolves them in one step.
+        self.simple: dict[bytes, tuple[int, int | None, int]] = {}
+        for name, info in commands.items():
+            if not info.write or len(info.specs) != 1 or name in SCRIPTS or b"|" in name:
+                continue
+            spec = info.specs[0]
+            if spec.begin == "index" and spec.find == "range" and spec.limit <= 1:
+                if spec.lastkey >= 0:
+                    self.simple[name] = (spec.index, spec.index + spec.lastkey + 1, max(spec.keystep, 1))
+                elif spec.lastkey == -1:
+                    self.simple[name] = (spec.index, None, max(spec.keystep, 1))
 
     @classmethod
     def from_reply(cls, reply: list[Any]) -> CommandTable:
@@ -105,6 +117,9 @@ class CommandTable:
     def effect(self, name: bytes, args: list[bytes]) -> tuple[str, Any] | None:
         """None if the command cannot change a key; else (KEYS, keys), (FLUSH_DB, None) or
         (FLUSH_ALL, None). ``name`` is upper case; ``args`` includes it."""
+        simple = self.simple.get(name)
+        if simple is not None:
+            return (KEYS, args[simple[0] : simple[1] : simple[2]])
         if name in SCRIPTS:
             return (FLUSH_ALL, None)
         info = self.commands.get(name)

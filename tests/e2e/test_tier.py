@@ -418,3 +418,24 @@ def test_long_get_batches_bypass_the_tier(tproxy: Any, direct: redis.Redis) -> N
             pipe.get(f"b{i}")
         assert pipe.execute() == [str(i).encode() for i in range(12)]
     assert tier.hits == hits + 4 and tier.bypassed == bypassed + 12  # forwarded: cheaper than serving
+
+
+def test_simple_key_slices_agree_with_the_full_key_specs(tproxy: Any) -> None:
+    """The one-step path for plain writes must name exactly the keys the key specs name."""
+    from proxy.keyspace import _keys_for
+
+    table = tproxy.server.command_table
+    args_for = {
+        b"SET": [b"SET", b"k", b"v", b"EX", b"10"],
+        b"MSET": [b"MSET", b"a", b"1", b"b", b"2", b"c", b"3"],
+        b"DEL": [b"DEL", b"a", b"b", b"c"],
+        b"RENAME": [b"RENAME", b"a", b"b"],
+        b"INCR": [b"INCR", b"n"],
+        b"HSET": [b"HSET", b"h", b"f", b"v"],
+        b"LPUSH": [b"LPUSH", b"l", b"x", b"y"],
+    }
+    assert set(args_for) - {b"RENAME"} <= set(table.simple)  # RENAME has two key specs: the full path
+    for name, args in args_for.items():
+        info = table.commands[name]
+        full = [k for spec in info.specs for k in (_keys_for(spec, args) or [])]
+        assert table.effect(name, args) == ("keys", full), name
