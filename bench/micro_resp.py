@@ -11,7 +11,7 @@ from itertools import chain
 
 import hiredis
 
-from proxy.connection import canonical_size
+from proxy.framing import canonical_size
 from proxy.resp import ReplyScanner, RequestParser, encode_command
 
 PIPELINE = 16

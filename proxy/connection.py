@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 import time
 from collections import deque
 from collections.abc import Callable
@@ -33,7 +32,7 @@ import hiredis
 import structlog
 
 from proxy.errors import ClientProtocolError
-from proxy.keyspace import FLUSH_DB, KEYS
+from proxy.framing import canonical_size, drop_empty, split_commands
 from proxy.resp import PUSH, Limits, ReplyScanner, RequestParser, encode_command, encode_error
 from proxy.session import (
     CLOSE,
@@ -46,6 +45,7 @@ from proxy.session import (
     Sync,
     swallow,
 )
+from proxy.tiering import TierMixin
 
 if TYPE_CHECKING:
     from proxy.server import ProxyServer
@@ -58,8 +58,6 @@ _Push = hiredis.PushNotification
 _STAR = b"*"
 
 _PLAIN = object()
-# One GET command, as every client encodes it; the key length follows.
-_GET = re.compile(rb"\*2\r\n\$3\r\n(?:GET|get|Get)\r\n\$(\d{1,10})\r\n")
 
 # Upstream connection states.
 DOWN, CONNECTING, UP = 0, 1, 2
@@ -88,7 +86,7 @@ class UpstreamProtocol(asyncio.Protocol):
         self.client.set_paused("upstream_full", False)
 
 
-class ClientConnection(asyncio.Protocol, SessionState):
+class ClientConnection(asyncio.Protocol, TierMixin, SessionState):
     def __init__(self, server: ProxyServer) -> None:
         self.server = server
         self.stats = server.stats
@@ -226,7 +224,7 @@ class ClientConnection(asyncio.Protocol, SessionState):
             stream = b"".join(self.req_tail) + data
             self.req_tail = []
             try:
-                cmds, size = _drop_empty(cmds)
+                cmds, size = drop_empty(cmds)
                 size += self._checked_size(cmds)
                 if cmds:
                     self._dispatch(cmds, stream[:size])
@@ -251,7 +249,7 @@ class ClientConnection(asyncio.Protocol, SessionState):
         tail = self.req_tail
         held = sum(map(len, tail))
         if cmds:
-            cmds, size = _drop_empty(cmds)
+            cmds, size = drop_empty(cmds)
             try:
                 size += self._checked_size(cmds)
             except ClientProtocolError:
@@ -321,12 +319,12 @@ class ClientConnection(asyncio.Protocol, SessionState):
         """Forward ``raw`` (the bytes of exactly ``cmds``) or, if any command is special, take the
         general path."""
         if self.passthrough_req or self.reply_mode != b"ON":
-            self._forward(cmds, _split(cmds, raw))
+            self._forward(cmds, split_commands(cmds, raw))
             return
         if self.tier is not None:
             written = None if not self.verified and not self.verify_pending else self._tier_light(cmds)
             if written is None:
-                self._forward(cmds, _split(cmds, raw))
+                self._forward(cmds, split_commands(cmds, raw))
                 return
             if written:
                 # Drop the keys now, and again before any read of replies to this run reaches
@@ -338,7 +336,7 @@ class ClientConnection(asyncio.Protocol, SessionState):
                 return
         for args in cmds:
             if args[0].upper() in SPECIAL:
-                self._forward(cmds, _split(cmds, raw))
+                self._forward(cmds, split_commands(cmds, raw))
                 return
         # Every command is a plain forward: one slot run for the lot, the client's own bytes.
         self.pending.append([len(cmds), _now()])
@@ -466,181 +464,6 @@ class ClientConnection(asyncio.Protocol, SessionState):
         self.stats.commands_forwarded += forwarded
         if pieces:
             self._send_upstream(b"".join(pieces))
-
-    # ------------------------------------------------------------------ the hot tier
-
-    def _serve_gets(self, data: bytes) -> bool:
-        """The hit path: a read made only of GETs, every one in the tier, answered without hiredis,
-        slots or the upstream connection. Anything else (a miss included) returns False and takes
-        the general path, which recounts it. Kept lean: on a hit this is all the proxy does."""
-        tier = self.tier
-        assert tier is not None
-        if (
-            not tier.active
-            or not self.verified
-            or data.count(b"\r\n$3\r\n") > self.max_batch
-            or self.state_pending
-            or self.in_multi
-            or self.passthrough_req
-            or self.reply_mode != b"ON"
-            or self.req_parser is not None
-        ):
-            return False
-        db = self.db
-        user = _str(self.auth[0]) if self.auth is not None else "default"
-        now = tier.clock()
-        stale_before = now - tier.max_staleness
-        entries = tier.entries
-        touch = tier.policy.touch
-        host_values = tier.host_values
-        match = _GET.match
-        replies = []
-        pos, n = 0, len(data)
-        while pos < n:
-            m = match(data, pos)
-            if m is None:
-                return False
-            start = m.end()
-            end = start + int(m.group(1))
-            if data[end : end + 2] != b"\r\n":
-                return False
-            key = (db, data[start:end])
-            entry = entries.get(key)
-            if entry is None or entry.user != user or now >= entry.expires or entry.filled < stale_before:
-                return False
-            tier.note_hit(entry)
-            touch(key)
-            value = entry.handle if host_values else tier.store.get(entry.handle)
-            replies.append(b"$%d\r\n%s\r\n" % (len(value), value))
-            pos = end + 2
-        tier.hits += len(replies)
-        self.stats.commands_local += len(replies)
-        self._write(b"".join(replies) if len(replies) > 1 else replies[0])
-        self._served += 1
-        if not self._served & 7:  # latency: one read in eight is enough for percentiles
-            tier.served_latency.record(tier.clock() - now)
-        return True
-
-    def _tier_light(self, cmds: list[Any]) -> list[bytes] | None:
-        """The keys these commands write, if they can be forwarded as one plain run: none special,
-        writes only of named keys (not in MULTI), and every GET a miss (fills requested here).
-        None sends them through the general path."""
-        tier = self.tier
-        table = self.server.command_table
-        assert tier is not None
-        gets: list[bytes] = []
-        written: list[bytes] = []
-        for args in cmds:
-            name = args[0].upper()
-            if name == b"GET" and len(args) == 2:
-                gets.append(args[1])
-                continue
-            if name in SPECIAL or name == b"MGET" or table is None:
-                return None
-            effect = table.effect(name, args)
-            if effect is not None:
-                if effect[0] != KEYS or self.in_multi:
-                    return None
-                written += effect[1]
-        if not gets:
-            return written
-        if len(gets) > self.max_batch:
-            tier.bypassed += len(gets)
-            return written
-        if self.state_pending or self.in_multi or not tier.active:
-            return written
-        db = self.db
-        user = _str(self.auth[0]) if self.auth is not None else "default"
-        if self.verified:
-            # Serving a few hits among misses costs more than it saves: interleaving local replies
-            # with forwarded ones needs the reply side to find frame offsets. Only when at least
-            # half the GETs can be served does the general path do it.
-            now = tier.clock()
-            entries = tier.entries
-            present = sum(1 for key in gets if (db, key) in entries)
-            if present * 2 >= len(gets) and any(tier.lookup(db, key, user, now) is not None for key in gets):
-                return None
-        tier.misses += len(gets)
-        if not written:
-            self._request_fill(db, gets, user)  # (a read that also writes fills nothing)
-        return written
-
-    def _tier_read(self, name: bytes, args: list[bytes], now: float) -> bytes | None:
-        """Serve GET/MGET from the tier (the reply), or schedule fills for what is missing.
-
-        Fills are always safe to ask for: the filler reads with this connection's credentials on
-        its own connection. Serving needs more: the db and user known on the request side (no
-        SELECT/AUTH/HELLO in flight), not inside MULTI, and Redis having accepted this connection
-        as it is (``verified``), so a connection that must AUTH first gets NOAUTH from Redis.
-        """
-        tier = self.tier
-        assert tier is not None
-        if self.state_pending or self.in_multi or not tier.active or len(args) < 2:
-            return None
-        if name == b"GET" and len(args) != 2:
-            return None
-        db = self.db
-        user = _str(self.auth[0]) if self.auth is not None else "default"
-        keys = args[1:]
-        if not self.verified:
-            self._request_fill(db, keys, user)
-            return None
-        if name == b"GET":
-            value = tier.get(db, keys[0], user)
-            if value is None:
-                self._request_fill(db, keys, user)
-                return None
-            tier.served_latency.record(_now() - now)
-            return b"$%d\r\n%s\r\n" % (len(value), value)
-        values = []
-        missing = []
-        for key in keys:
-            value = tier.get(db, key, user)
-            if value is None:
-                missing.append(key)
-            values.append(value)
-        if missing:
-            self._request_fill(db, missing, user)
-            return None
-        tier.served_latency.record(_now() - now)
-        return b"*%d\r\n" % len(values) + b"".join(
-            b"$%d\r\n%s\r\n" % (len(v), v) for v in values if v is not None
-        )
-
-    def _request_fill(self, db: int, keys: list[bytes], user: str) -> None:
-        filler = self.server.filler
-        if filler is None or self.tier is None or not self.tier.admit():
-            return
-        identity = None
-        if self.auth is not None:
-            identity = (_str(self.auth[0]), _str(self.auth[1]))
-        filler.request(db, keys, identity, user)
-
-    def _tier_write(self, name: bytes, args: list[bytes], table: Any) -> Any:
-        """Drop what a write may change now; return the action that drops it again on its reply."""
-        effect = table.effect(name, args)
-        if effect is None:
-            return None
-        effects = [(effect, self.db)]
-        self._apply_effects(effects)
-        if self.in_multi and name != b"EXEC":
-            self.multi_effects.extend(effects)  # queued: it runs at EXEC
-        return self._effects_action(effects)
-
-    def _effects_action(self, effects: list[tuple[tuple[str, Any], int]]) -> Callable[[], None]:
-        return partial(self._apply_effects, effects)
-
-    def _apply_effects(self, effects: list[tuple[tuple[str, Any], int]]) -> None:
-        tier = self.tier
-        if tier is None:
-            return
-        for (kind, keys), db in effects:
-            if kind == KEYS:
-                tier.invalidate(keys)
-            elif kind == FLUSH_DB:
-                tier.flush(db)
-            else:
-                tier.flush()
 
     def _inline_data(self, data: bytes) -> None:
         """Requests through our own parser: inline commands, until the stream is at a boundary."""
@@ -1074,40 +897,6 @@ class ClientConnection(asyncio.Protocol, SessionState):
         self.up_state = DOWN
         if proto is not None and proto.transport is not None:
             proto.transport.close()
-
-
-# Decimal digits of every length below 65536: canonical_size's lookup table.
-_DIGITS = bytes(len(str(i)) for i in range(1 << 16))
-
-
-def canonical_size(cmds: list[list[bytes]], args: list[bytes], sizes: list[int]) -> int:
-    """Bytes of ``cmds`` as RESP multibulks (what every client sends), counted in C loops:
-    ``*<n>\r\n`` per command and ``$<len>\r\n<arg>\r\n`` per argument."""
-    digit = _DIGITS.__getitem__
-    try:
-        digits = sum(map(digit, map(len, cmds))) + sum(map(digit, sizes))
-    except IndexError:  # an argument of 64 KiB or more
-        digits = sum(len(str(len(c))) for c in cmds) + sum(len(str(n)) for n in sizes)
-    return 3 * len(cmds) + 5 * len(args) + digits + sum(sizes)
-
-
-def _drop_empty(cmds: list[Any]) -> tuple[list[Any], int]:
-    """Remove ``*-1`` and ``*0`` (Redis ignores them); return the rest and the bytes removed."""
-    if None not in cmds and [] not in cmds:
-        return cmds, 0
-    size = 5 * cmds.count(None) + 4 * cmds.count([])
-    return [c for c in cmds if c], size
-
-
-def _split(cmds: list[list[bytes]], raw: bytes) -> list[bytes | None]:
-    """Each command's own bytes within ``raw``."""
-    out: list[bytes | None] = []
-    pos = 0
-    for c in cmds:
-        size = canonical_size([c], c, list(map(len, c)))
-        out.append(raw[pos : pos + size])
-        pos += size
-    return out
 
 
 def _then(first: Callable[[], None], then: Callable[[bytes], bytes], frame: bytes) -> bytes:

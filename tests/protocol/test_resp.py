@@ -244,7 +244,7 @@ def test_decode_reply_returns_errors_as_values() -> None:
 def test_canonical_size_matches_the_encoding(cmds: list[list[bytes]]) -> None:
     from itertools import chain
 
-    from proxy.connection import canonical_size
+    from proxy.framing import canonical_size
 
     args = list(chain.from_iterable(cmds))
     assert canonical_size(cmds, args, list(map(len, args))) == sum(len(encode_command(c)) for c in cmds)

@@ -1,0 +1,47 @@
+"""Where each command starts and ends in a client's bytes, when hiredis parsed them.
+
+hiredis returns commands without byte offsets. Every client encodes a command canonically
+(``*<n>\r\n`` then ``$<len>\r\n<arg>\r\n`` per argument, no leading zeros), so a command's size
+follows from its arguments; ``canonical_size`` computes it for a whole read in C-level loops.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+# One GET command, as every client encodes it; the key length follows.
+GET_COMMAND = re.compile(rb"\*2\r\n\$3\r\n(?:GET|get|Get)\r\n\$(\d{1,10})\r\n")
+
+# Decimal digits of every length below 65536: canonical_size's lookup table.
+_DIGITS = bytes(len(str(i)) for i in range(1 << 16))
+
+
+def canonical_size(cmds: list[list[bytes]], args: list[bytes], sizes: list[int]) -> int:
+    """Bytes of ``cmds`` as RESP multibulks (what every client sends), counted in C loops:
+    ``*<n>\r\n`` per command and ``$<len>\r\n<arg>\r\n`` per argument."""
+    digit = _DIGITS.__getitem__
+    try:
+        digits = sum(map(digit, map(len, cmds))) + sum(map(digit, sizes))
+    except IndexError:  # an argument of 64 KiB or more
+        digits = sum(len(str(len(c))) for c in cmds) + sum(len(str(n)) for n in sizes)
+    return 3 * len(cmds) + 5 * len(args) + digits + sum(sizes)
+
+
+def drop_empty(cmds: list[Any]) -> tuple[list[Any], int]:
+    """Remove ``*-1`` and ``*0`` (Redis ignores them); return the rest and the bytes removed."""
+    if None not in cmds and [] not in cmds:
+        return cmds, 0
+    size = 5 * cmds.count(None) + 4 * cmds.count([])
+    return [c for c in cmds if c], size
+
+
+def split_commands(cmds: list[list[bytes]], raw: bytes) -> list[bytes | None]:
+    """Each command's own bytes within ``raw``."""
+    out: list[bytes | None] = []
+    pos = 0
+    for c in cmds:
+        size = canonical_size([c], c, list(map(len, c)))
+        out.append(raw[pos : pos + size])
+        pos += size
+    return out

@@ -1,0 +1,220 @@
+"""The hot tier's side of a client connection: serving GET/MGET hits, asking for fills, and
+dropping what writes change. Mixed into ``ClientConnection``; the rules themselves live in
+``prefetch.tier.HotTier`` and the command table in ``proxy.keyspace``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+from proxy.framing import GET_COMMAND
+from proxy.keyspace import FLUSH_DB, KEYS
+from proxy.session import SPECIAL
+
+if TYPE_CHECKING:
+    from prefetch.tier import HotTier
+    from proxy.server import ProxyServer
+
+_now = time.perf_counter
+
+
+class TierMixin:
+    # Provided by ClientConnection / SessionState.
+    tier: HotTier | None
+    server: ProxyServer
+    stats: Any
+    pending: Any
+    verified: bool
+    state_pending: int
+    in_multi: bool
+    passthrough_req: bool
+    reply_mode: bytes
+    req_parser: Any
+    db: int
+    auth: Any
+    max_batch: int
+    multi_effects: list[Any]
+    _served: int
+
+    def _write(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    def _serve_gets(self, data: bytes) -> bool:
+        """The hit path: a read made only of GETs, every one in the tier, answered without hiredis,
+        slots or the upstream connection. Anything else (a miss included) returns False and takes
+        the general path, which recounts it. Kept lean: on a hit this is all the proxy does."""
+        tier = self.tier
+        assert tier is not None
+        if (
+            not tier.active
+            or not self.verified
+            or data.count(b"\r\n$3\r\n") > self.max_batch
+            or self.state_pending
+            or self.in_multi
+            or self.passthrough_req
+            or self.reply_mode != b"ON"
+            or self.req_parser is not None
+        ):
+            return False
+        db = self.db
+        user = _str(self.auth[0]) if self.auth is not None else "default"
+        now = tier.clock()
+        stale_before = now - tier.max_staleness
+        entries = tier.entries
+        touch = tier.policy.touch
+        host_values = tier.host_values
+        match = GET_COMMAND.match
+        replies = []
+        pos, n = 0, len(data)
+        while pos < n:
+            m = match(data, pos)
+            if m is None:
+                return False
+            start = m.end()
+            end = start + int(m.group(1))
+            if data[end : end + 2] != b"\r\n":
+                return False
+            key = (db, data[start:end])
+            entry = entries.get(key)
+            if entry is None or entry.user != user or now >= entry.expires or entry.filled < stale_before:
+                return False
+            tier.note_hit(entry)
+            touch(key)
+            value = entry.handle if host_values else tier.store.get(entry.handle)
+            replies.append(b"$%d\r\n%s\r\n" % (len(value), value))
+            pos = end + 2
+        tier.hits += len(replies)
+        self.stats.commands_local += len(replies)
+        self._write(b"".join(replies) if len(replies) > 1 else replies[0])
+        self._served += 1
+        if not self._served & 7:  # latency: one read in eight is enough for percentiles
+            tier.served_latency.record(tier.clock() - now)
+        return True
+
+    def _tier_light(self, cmds: list[Any]) -> list[bytes] | None:
+        """The keys these commands write, if they can be forwarded as one plain run: none special,
+        writes only of named keys (not in MULTI), and every GET a miss (fills requested here).
+        None sends them through the general path."""
+        tier = self.tier
+        table = self.server.command_table
+        assert tier is not None
+        gets: list[bytes] = []
+        written: list[bytes] = []
+        for args in cmds:
+            name = args[0].upper()
+            if name == b"GET" and len(args) == 2:
+                gets.append(args[1])
+                continue
+            if name in SPECIAL or name == b"MGET" or table is None:
+                return None
+            effect = table.effect(name, args)
+            if effect is not None:
+                if effect[0] != KEYS or self.in_multi:
+                    return None
+                written += effect[1]
+        if not gets:
+            return written
+        if len(gets) > self.max_batch:
+            tier.bypassed += len(gets)
+            return written
+        if self.state_pending or self.in_multi or not tier.active:
+            return written
+        db = self.db
+        user = _str(self.auth[0]) if self.auth is not None else "default"
+        if self.verified:
+            # Serving a few hits among misses costs more than it saves: interleaving local replies
+            # with forwarded ones needs the reply side to find frame offsets. Only when at least
+            # half the GETs can be served does the general path do it.
+            now = tier.clock()
+            entries = tier.entries
+            present = sum(1 for key in gets if (db, key) in entries)
+            if present * 2 >= len(gets) and any(tier.lookup(db, key, user, now) is not None for key in gets):
+                return None
+        tier.misses += len(gets)
+        if not written:
+            self._request_fill(db, gets, user)  # (a read that also writes fills nothing)
+        return written
+
+    def _tier_read(self, name: bytes, args: list[bytes], now: float) -> bytes | None:
+        """Serve GET/MGET from the tier (the reply), or schedule fills for what is missing.
+
+        Fills are always safe to ask for: the filler reads with this connection's credentials on
+        its own connection. Serving needs more: the db and user known on the request side (no
+        SELECT/AUTH/HELLO in flight), not inside MULTI, and Redis having accepted this connection
+        as it is (``verified``), so a connection that must AUTH first gets NOAUTH from Redis.
+        """
+        tier = self.tier
+        assert tier is not None
+        if self.state_pending or self.in_multi or not tier.active or len(args) < 2:
+            return None
+        if name == b"GET" and len(args) != 2:
+            return None
+        db = self.db
+        user = _str(self.auth[0]) if self.auth is not None else "default"
+        keys = args[1:]
+        if not self.verified:
+            self._request_fill(db, keys, user)
+            return None
+        if name == b"GET":
+            value = tier.get(db, keys[0], user)
+            if value is None:
+                self._request_fill(db, keys, user)
+                return None
+            tier.served_latency.record(_now() - now)
+            return b"$%d\r\n%s\r\n" % (len(value), value)
+        values = []
+        missing = []
+        for key in keys:
+            value = tier.get(db, key, user)
+            if value is None:
+                missing.append(key)
+            values.append(value)
+        if missing:
+            self._request_fill(db, missing, user)
+            return None
+        tier.served_latency.record(_now() - now)
+        return b"*%d\r\n" % len(values) + b"".join(
+            b"$%d\r\n%s\r\n" % (len(v), v) for v in values if v is not None
+        )
+
+    def _request_fill(self, db: int, keys: list[bytes], user: str) -> None:
+        filler = self.server.filler
+        if filler is None or self.tier is None or not self.tier.admit():
+            return
+        identity = None
+        if self.auth is not None:
+            identity = (_str(self.auth[0]), _str(self.auth[1]))
+        filler.request(db, keys, identity, user)
+
+    def _tier_write(self, name: bytes, args: list[bytes], table: Any) -> Any:
+        """Drop what a write may change now; return the action that drops it again on its reply."""
+        effect = table.effect(name, args)
+        if effect is None:
+            return None
+        effects = [(effect, self.db)]
+        self._apply_effects(effects)
+        if self.in_multi and name != b"EXEC":
+            self.multi_effects.extend(effects)  # queued: it runs at EXEC
+        return self._effects_action(effects)
+
+    def _effects_action(self, effects: list[tuple[tuple[str, Any], int]]) -> Callable[[], None]:
+        return partial(self._apply_effects, effects)
+
+    def _apply_effects(self, effects: list[tuple[tuple[str, Any], int]]) -> None:
+        tier = self.tier
+        if tier is None:
+            return
+        for (kind, keys), db in effects:
+            if kind == KEYS:
+                tier.invalidate(keys)
+            elif kind == FLUSH_DB:
+                tier.flush(db)
+            else:
+                tier.flush()
+
+
+def _str(x: str | bytes) -> str:
+    return x.decode(errors="replace") if isinstance(x, bytes) else x
