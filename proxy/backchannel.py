@@ -28,7 +28,7 @@ import hiredis
 import structlog
 
 from proxy.errors import UpstreamError
-from proxy.resp import encode_command
+from proxy.resp import as_str, encode_command
 
 if TYPE_CHECKING:
     from prefetch.tier import HotTier
@@ -81,7 +81,7 @@ class RawConnection(asyncio.Protocol):
         loop = asyncio.get_running_loop()
         futures = [loop.create_future() for _ in commands]
         self.waiters.extend(futures)
-        self.transport.write(b"".join(encode_command([_b(a) for a in c]) for c in commands))
+        self.transport.write(b"".join(encode_command(c) for c in commands))
         return futures
 
     async def call(self, *command: bytes | str, timeout: float = 5.0) -> Any:
@@ -89,7 +89,7 @@ class RawConnection(asyncio.Protocol):
         async with asyncio.timeout(timeout):  # not wait_for: on 3.11 it can swallow a cancellation
             reply = await future
         if isinstance(reply, hiredis.ReplyError):
-            raise UpstreamError(f"{_s(command[0])} failed: {reply}")
+            raise UpstreamError(f"{as_str(command[0])} failed: {reply}")
         return reply
 
     def close(self) -> None:
@@ -292,11 +292,3 @@ class Filler:
     def close(self) -> None:
         for conn in self.conns.values():
             conn.close()
-
-
-def _b(x: bytes | str) -> bytes:
-    return x if isinstance(x, bytes) else x.encode()
-
-
-def _s(x: bytes | str) -> str:
-    return x.decode(errors="replace") if isinstance(x, bytes) else x

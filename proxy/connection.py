@@ -334,10 +334,11 @@ class ClientConnection(asyncio.Protocol, TierMixin, SessionState):
                 self.stats.commands_forwarded += len(cmds)
                 self._send_upstream(raw)
                 return
-        for args in cmds:
-            if args[0].upper() in SPECIAL:
-                self._forward(cmds, split_commands(cmds, raw))
-                return
+        else:  # (with the tier, _tier_light has already ruled out special commands)
+            for args in cmds:
+                if args[0].upper() in SPECIAL:
+                    self._forward(cmds, split_commands(cmds, raw))
+                    return
         # Every command is a plain forward: one slot run for the lot, the client's own bytes.
         self.pending.append([len(cmds), _now()])
         self.stats.commands_forwarded += len(cmds)
@@ -616,10 +617,10 @@ class ClientConnection(asyncio.Protocol, TierMixin, SessionState):
                 hello += [b"AUTH", *self.auth]
             if self.client_name:
                 hello += [b"SETNAME", self.client_name]
-            out.append(encode_command([_b(x) for x in hello]))
+            out.append(encode_command(hello))
         else:
             if self.auth:
-                out.append(encode_command([b"AUTH", *(_b(x) for x in self.auth)]))
+                out.append(encode_command([b"AUTH", *self.auth]))
             if self.client_name:
                 out.append(encode_command([b"CLIENT", b"SETNAME", self.client_name]))
         if self.db:
@@ -910,11 +911,3 @@ def _strip_prefix_of(tail: bytes, frame: bytes) -> bytes:
         if tail.endswith(frame[:k]):
             return tail[:-k]
     return tail
-
-
-def _str(x: str | bytes) -> str:
-    return x.decode(errors="replace") if isinstance(x, bytes) else x
-
-
-def _b(x: str | bytes) -> bytes:
-    return x if isinstance(x, bytes) else x.encode()

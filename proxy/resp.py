@@ -16,6 +16,7 @@ done here. Nothing in this module touches a socket or an event loop.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -351,9 +352,14 @@ def decode_reply(frame: bytes) -> Any:
     return reader.gets()
 
 
-def encode_command(args: list[bytes] | tuple[bytes, ...]) -> bytes:
+def encode_command(args: Sequence[bytes | str]) -> bytes:
+    """One command as a RESP multibulk; str arguments are UTF-8 encoded (hiredis does it)."""
     packed: bytes = hiredis.pack_command(tuple(args))  # type: ignore[arg-type]
     return packed
+
+
+def as_str(x: bytes | str) -> str:
+    return x.decode(errors="replace") if isinstance(x, bytes) else x
 
 
 def encode_error(message: str) -> bytes:

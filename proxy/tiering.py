@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from proxy.framing import GET_COMMAND
 from proxy.keyspace import FLUSH_DB, KEYS
+from proxy.resp import as_str
 from proxy.session import SPECIAL
 
 if TYPE_CHECKING:
@@ -42,6 +43,10 @@ class TierMixin:
     def _write(self, data: bytes) -> None:
         raise NotImplementedError
 
+    def _user_name(self) -> str:
+        """The ACL user this connection reads as (an entry is served to that user only)."""
+        return as_str(self.auth[0]) if self.auth is not None else "default"
+
     def _serve_gets(self, data: bytes) -> bool:
         """The hit path: a read made only of GETs, every one in the tier, answered without hiredis,
         slots or the upstream connection. Anything else (a miss included) returns False and takes
@@ -60,7 +65,7 @@ class TierMixin:
         ):
             return False
         db = self.db
-        user = _str(self.auth[0]) if self.auth is not None else "default"
+        user = self._user_name()
         now = tier.clock()
         stale_before = now - tier.max_staleness
         entries = tier.entries
@@ -123,15 +128,15 @@ class TierMixin:
         if self.state_pending or self.in_multi or not tier.active:
             return written
         db = self.db
-        user = _str(self.auth[0]) if self.auth is not None else "default"
+        user = self._user_name()
         if self.verified:
             # Serving a few hits among misses costs more than it saves: interleaving local replies
             # with forwarded ones needs the reply side to find frame offsets. Only when at least
             # half the GETs can be served does the general path do it.
-            now = tier.clock()
+            # (Presence only: the general path's lookups count the hits and check expiry, so a
+            # lookup here would note every hit twice.)
             entries = tier.entries
-            present = sum(1 for key in gets if (db, key) in entries)
-            if present * 2 >= len(gets) and any(tier.lookup(db, key, user, now) is not None for key in gets):
+            if 2 * sum(1 for key in gets if (db, key) in entries) >= len(gets):
                 return None
         tier.misses += len(gets)
         if not written:
@@ -153,7 +158,7 @@ class TierMixin:
         if name == b"GET" and len(args) != 2:
             return None
         db = self.db
-        user = _str(self.auth[0]) if self.auth is not None else "default"
+        user = self._user_name()
         keys = args[1:]
         if not self.verified:
             self._request_fill(db, keys, user)
@@ -186,7 +191,7 @@ class TierMixin:
             return
         identity = None
         if self.auth is not None:
-            identity = (_str(self.auth[0]), _str(self.auth[1]))
+            identity = (as_str(self.auth[0]), as_str(self.auth[1]))
         filler.request(db, keys, identity, user)
 
     def _tier_write(self, name: bytes, args: list[bytes], table: Any) -> Any:
@@ -214,7 +219,3 @@ class TierMixin:
                 tier.flush(db)
             else:
                 tier.flush()
-
-
-def _str(x: str | bytes) -> str:
-    return x.decode(errors="replace") if isinstance(x, bytes) else x
