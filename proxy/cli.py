@@ -17,9 +17,12 @@ from proxy.errors import PredisError
 
 log = structlog.get_logger("predis.cli")
 
-# Subcommands added by other packages: name -> (module, help). Imported only when run, so that
-# `predis serve` never pays for numpy or torch.
-EXTERNAL: dict[str, tuple[str, str]] = {}
+# Subcommands added by other packages: name -> ("module:function", help). Imported only when run, so
+# that `predis serve` never pays for pyarrow or torch. The function takes the remaining arguments.
+EXTERNAL: dict[str, tuple[str, str]] = {
+    "gen": ("ml.data.cli:gen_main", "generate a synthetic workload, list workloads, validate an access log"),
+    "trace": ("ml.data.cli:trace_main", "import a real cache trace into an access log, or export one"),
+}
 
 
 def _add_serve(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -154,19 +157,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _external(module: str) -> Callable[[argparse.Namespace], int]:
+def _external(target: str) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         import importlib
 
-        entry: Any = importlib.import_module(module)
-        return int(entry.main(args.rest))
+        module, _, function = target.partition(":")
+        entry: Any = getattr(importlib.import_module(module), function or "main")
+        return int(entry(args.rest))
 
     return run
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
-    args = parser.parse_args(argv)
+    if argv and argv[0] in EXTERNAL:
+        # argparse's REMAINDER drops a leading option (`predis gen --list`), so hand the rest over whole.
+        args = argparse.Namespace(func=_external(EXTERNAL[argv[0]][0]), rest=argv[1:])
+    else:
+        args = parser.parse_args(argv)
     try:
         return int(args.func(args))
     except PredisError as exc:
@@ -174,6 +183,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `predis gen --list | head`
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":

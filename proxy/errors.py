@@ -17,3 +17,7 @@ class UpstreamError(PredisError):
 
 class ConfigError(PredisError):
     """A setting, file or flag is invalid. The message is one line naming the problem."""
+
+
+class DataError(PredisError):
+    """An access log, trace or workload parameter is unreadable or invalid. The message is one line."""
