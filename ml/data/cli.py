@@ -25,7 +25,9 @@ def _count(text: str) -> int:
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number of accesses: {text!r}") from None
     if not value.is_integer() or value <= 0:
-        raise argparse.ArgumentTypeError(f"the number of accesses must be a positive whole number, not {text}")
+        raise argparse.ArgumentTypeError(
+            f"the number of accesses must be a positive whole number, not {text}"
+        )
     return int(value)
 
 
@@ -43,7 +45,9 @@ def gen_main(argv: list[str]) -> int:
     p.add_argument("-n", type=_count, default=1_000_000, help="number of accesses (default 1,000,000)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("-o", "--output", help="output file: .parquet (default) or .csv")
-    p.add_argument("--param", action="append", default=[], metavar="K=V", help="a workload parameter; repeatable")
+    p.add_argument(
+        "--param", action="append", default=[], metavar="K=V", help="a workload parameter; repeatable"
+    )
     p.add_argument("--list", action="store_true", help="list the workloads and their parameters")
     p.add_argument("--validate", metavar="FILE", help="report the measured characteristics of an access log")
     p.add_argument("--plot", metavar="PNG", help="with --validate: also draw the characteristics")
@@ -69,7 +73,10 @@ def gen_main(argv: list[str]) -> int:
     log = generators.generate(args.workload, args.n, args.seed, params)
     took = time.perf_counter() - started
     write_log(log, args.output)
-    print(f"wrote {len(log):,} accesses of {args.workload} (seed {args.seed}) to {args.output} in {took:.2f} s", file=sys.stderr)
+    print(
+        f"wrote {len(log):,} accesses of {args.workload} (seed {args.seed}) to {args.output} in {took:.2f} s",
+        file=sys.stderr,
+    )
     return 0
 
 
@@ -85,7 +92,9 @@ def _validate(path: str, plot: str | None, as_json: bool, predictability: bool) 
     if plot:
         plot_report(log, report, plot)
     if as_json:
-        out: dict[str, Any] = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in report.items()}
+        out: dict[str, Any] = {
+            k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in report.items()
+        }
         out["claims"] = [{"name": c.name, "ok": c.ok, "detail": c.detail} for c in claims]
         print(json.dumps(out, sort_keys=True))
     else:
@@ -103,12 +112,18 @@ def _validate(path: str, plot: str | None, as_json: bool, predictability: bool) 
 def trace_main(argv: list[str]) -> int:
     from ml.data.traces import FORMATS, TIME_UNITS
 
-    p = Parser(prog="predis trace", description="Import real cache traces into the access-log format, or export a log.")
+    p = Parser(
+        prog="predis trace",
+        description="Import real cache traces into the access-log format, or export a log.",
+    )
     sub = p.add_subparsers(dest="action", required=True, parser_class=Parser)
     imp = sub.add_parser("import", help="convert a trace into a Parquet access log")
     imp.add_argument("file")
     imp.add_argument(
-        "--format", required=True, choices=list(FORMATS), help="; ".join(f"{k}: {v.doc}" for k, v in FORMATS.items())
+        "--format",
+        required=True,
+        choices=list(FORMATS),
+        help="; ".join(f"{k}: {v.doc}" for k, v in FORMATS.items()),
     )
     imp.add_argument("-o", "--output", required=True, help="the access log to write (Parquet)")
     imp.add_argument(
@@ -119,7 +134,12 @@ def trace_main(argv: list[str]) -> int:
     )
     imp.add_argument("--seed", type=int, default=0, help="seed of the remapping permutation")
     imp.add_argument("--time-unit", choices=list(TIME_UNITS), help="unit of the trace's timestamps")
-    imp.add_argument("--clock-rate", type=float, default=1000.0, help="requests/s of the synthetic clock for untimed traces")
+    imp.add_argument(
+        "--clock-rate",
+        type=float,
+        default=1000.0,
+        help="requests/s of the synthetic clock for untimed traces",
+    )
     imp.add_argument("--source", help="source name recorded in the log (default: the file's name)")
     exp = sub.add_parser("export", help="write an access log as CSV (or Parquet)")
     exp.add_argument("file")
@@ -149,5 +169,8 @@ def trace_main(argv: list[str]) -> int:
         note = f"; the trace has no timestamps, so it was given a synthetic clock of {args.clock_rate:g} requests/s"
     if meta["remapped"]:
         note += f"; integer ids remapped through a random permutation (seed {args.seed})"
-    print(f"imported {meta['requests']:,} requests from {args.file} into {args.output} in {took:.2f} s{note}", file=sys.stderr)
+    print(
+        f"imported {meta['requests']:,} requests from {args.file} into {args.output} in {took:.2f} s{note}",
+        file=sys.stderr,
+    )
     return 0

@@ -40,7 +40,9 @@ class Common:
     rate: float = param(1000.0, "mean requests per second")
     burstiness: float = param(1.0, "coefficient of variation of inter-arrival times (1 = Poisson, >1 bursty)")
     noise: float = param(0.0, "share of accesses replaced by reads of random keys of the same key space")
-    write_ratio: float = param(0.0, "share of accesses that are SETs (workloads with their own writes add these)")
+    write_ratio: float = param(
+        0.0, "share of accesses that are SETs (workloads with their own writes add these)"
+    )
     value_size: int = param(512, "median value size in bytes (log-normal, fixed per key)")
     value_sigma: float = param(1.0, "sigma of the log value size (0: every value the same size)")
     start: float = param(START, "Unix time of the first access")
@@ -191,7 +193,9 @@ class TemporalParams(Common):
     business_ratio: float = param(2.5, "business-hours (9-17) rate over the night rate, at seasonality 1")
     weekend: float = param(0.6, "a weekend day's volume relative to a weekday's")
     seasonality: float = param(1.0, "strength of the daily cycle: the hourly profile is raised to this power")
-    shift: float = param(0.5, "how far the evening audience's favourite keys differ from the daytime one's (0-1)")
+    shift: float = param(
+        0.5, "how far the evening audience's favourite keys differ from the daytime one's (0-1)"
+    )
 
     def check(self) -> None:
         super().check()
@@ -246,7 +250,9 @@ def temporal(n: int, rng: np.random.Generator, p: TemporalParams) -> Draft:
 class MLTrainingParams(Common):
     samples: int = param(50_000, "samples in the dataset (one key each)")
     batch: int = param(64, "samples per batch")
-    shuffle: str = param("epoch", "epoch: a new order every epoch; fixed: one shuffled order reused; none: index order")
+    shuffle: str = param(
+        "epoch", "epoch: a new order every epoch; fixed: one shuffled order reused; none: index order"
+    )
     dataset: str = param("train", "dataset name, part of every key")
     step_time: float = param(0.05, "seconds of compute between batches")
 
@@ -291,7 +297,9 @@ class HFTParams(Common):
     event_rate: float = param(0.5, "market events per second")
     event_share: float = param(0.4, "share of reads made in event bursts")
     event_span: float = param(0.05, "mean seconds a burst read lags its event")
-    correlation: float = param(0.6, "probability a burst read is of a sector peer rather than the event's symbol")
+    correlation: float = param(
+        0.6, "probability a burst read is of a sector peer rather than the event's symbol"
+    )
     accounts: int = param(50, "trading accounts (position keys)")
 
     def check(self) -> None:
@@ -663,7 +671,9 @@ def generate(name: str, n: int, seed: int = 0, params: Common | None = None) -> 
     writes = rng.random(n) < p.write_ratio
     if draft.writes is not None:
         writes |= draft.writes[:n] & ~noisy
-    sizes_per_key = np.maximum(1, np.rint(p.value_size * np.exp(p.value_sigma * rng.standard_normal(len(names)))))
+    sizes_per_key = np.maximum(
+        1, np.rint(p.value_size * np.exp(p.value_sigma * rng.standard_normal(len(names))))
+    )
     if draft.ts is not None:
         # A workload's groups (a tick's reads, a page's keys) keep their order: a group that would
         # start before the previous one ended is pushed back to its end.

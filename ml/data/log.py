@@ -94,7 +94,9 @@ def conform(table: pa.Table) -> pa.Table:
                 try:
                     col = col.cast(f.type)
                 except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-                    raise DataError(f"access log column {f.name!r} is not {f.type}: {_first_line(exc)}") from None
+                    raise DataError(
+                        f"access log column {f.name!r} is not {f.type}: {_first_line(exc)}"
+                    ) from None
             if not f.nullable and col.null_count:
                 raise DataError(f"access log column {f.name!r} has {col.null_count} empty value(s)")
         else:
@@ -126,7 +128,9 @@ def make_table(
         pa.array(size, pa.int64()),
         src.cast(pa.string()),
         pa.nulls(n, pa.int64()) if client is None else pa.array(client, pa.int64()),
-        pa.nulls(n, pa.float64()) if ttl is None else pa.array(ttl, pa.float64(), from_pandas=True),  # NaN: none
+        pa.nulls(n, pa.float64())
+        if ttl is None
+        else pa.array(ttl, pa.float64(), from_pandas=True),  # NaN: none
     ]
     return pa.Table.from_arrays(arrays, schema=SCHEMA)
 
@@ -166,7 +170,9 @@ class LogWriter:
         self.meta = meta
         self.rows = 0
         try:
-            self._writer = pq.ParquetWriter(self.path, SCHEMA.with_metadata(_meta_bytes(meta)), compression="zstd")
+            self._writer = pq.ParquetWriter(
+                self.path, SCHEMA.with_metadata(_meta_bytes(meta)), compression="zstd"
+            )
         except OSError as exc:
             raise DataError(f"cannot write {self.path}: {exc.strerror or exc}") from None
 

@@ -166,11 +166,17 @@ def _int_keys(ids: np.ndarray) -> pa.Array:
 
 
 def _csv_reader(
-    fh: IO[bytes], *, names: list[str] | None, delimiter: str = ",", types: dict[str, pa.DataType] | None = None
+    fh: IO[bytes],
+    *,
+    names: list[str] | None,
+    delimiter: str = ",",
+    types: dict[str, pa.DataType] | None = None,
 ) -> pacsv.CSVStreamingReader:
     return pacsv.open_csv(
         fh,
-        read_options=pacsv.ReadOptions(column_names=names, autogenerate_column_names=False, block_size=8 << 20),
+        read_options=pacsv.ReadOptions(
+            column_names=names, autogenerate_column_names=False, block_size=8 << 20
+        ),
         parse_options=pacsv.ParseOptions(delimiter=delimiter),
         convert_options=pacsv.ConvertOptions(column_types=types or {}),
     )
@@ -184,7 +190,14 @@ _OP_NAMES = ("op", "operation", "req_type")
 # SCSI opcodes as they appear in block traces (hex), and the usual spellings.
 _READS = {"r", "read", "get", "gets", "28", "08", "88", "a8"}
 _WRITES = {"w", "write", "set", "add", "replace", "cas", "2a", "0a", "8a", "aa"}
-_OTHER = {"delete": "DEL", "del": "DEL", "incr": "INCR", "decr": "DECR", "append": "APPEND", "prepend": "PREPEND"}
+_OTHER = {
+    "delete": "DEL",
+    "del": "DEL",
+    "incr": "INCR",
+    "decr": "DECR",
+    "append": "APPEND",
+    "prepend": "PREPEND",
+}
 
 
 def normalise_ops(ops: pa.Array) -> pa.Array:
@@ -213,12 +226,12 @@ def read_libcachesim_csv(fh: IO[bytes], opts: ImportOptions, clock: _Clock) -> I
     for batch in reader:
         n = batch.num_rows
         if time_col is not None:
-            ts = pc.divide(pc.cast(batch.column(time_col), pa.float64()), scale).to_numpy(zero_copy_only=False)
+            ts = pc.divide(pc.cast(batch.column(time_col), pa.float64()), scale).to_numpy(
+                zero_copy_only=False
+            )
         else:
             ts = clock.take(n)
-        size = (
-            pc.cast(batch.column(size_col), pa.int64()).to_numpy(zero_copy_only=False) if size_col else 0
-        )
+        size = pc.cast(batch.column(size_col), pa.int64()).to_numpy(zero_copy_only=False) if size_col else 0
         op = normalise_ops(batch.column(op_col)) if op_col else "GET"
         yield make_table(ts, batch.column(key_col), op, size, opts.source)
 
@@ -260,7 +273,9 @@ def _fixed_records(fh: IO[bytes], record: int, what: str, chunk_rows: int) -> It
         if cut:
             yield data[:cut]
     if leftover:
-        raise DataError(f"truncated {what}: ends with {len(leftover)} stray byte(s) of a {record}-byte record")
+        raise DataError(
+            f"truncated {what}: ends with {len(leftover)} stray byte(s) of a {record}-byte record"
+        )
 
 
 def read_cache2k(fh: IO[bytes], opts: ImportOptions, clock: _Clock) -> Iterator[pa.Table]:
@@ -279,7 +294,9 @@ def read_oracle_general(fh: IO[bytes], opts: ImportOptions, clock: _Clock) -> It
         rec = np.frombuffer(chunk, dtype=ORACLE_GENERAL)
         ids = rec["obj_id"]
         keys = _int_keys(permute_ids(ids, opts.seed)) if opts.remap else pc.cast(pa.array(ids), pa.string())
-        yield make_table(rec["time"].astype(np.float64) / scale, keys, "GET", rec["size"].astype(np.int64), opts.source)
+        yield make_table(
+            rec["time"].astype(np.float64) / scale, keys, "GET", rec["size"].astype(np.int64), opts.source
+        )
 
 
 TWITTER_COLUMNS = ["timestamp", "anon_key", "key_size", "value_size", "client_id", "op", "ttl"]
@@ -316,18 +333,38 @@ FORMATS: dict[str, _Format] = {
     ),
     "arc": _Format(read_arc, False, False, "s", "ARC .lis: start_block nblocks ignore request_no"),
     "lines": _Format(read_lines, False, False, "s", "one key per line (LIRS traces and the like)"),
-    "cache2k": _Format(read_cache2k, False, True, "s", "cache2k: big-endian int32 ids numbered by first appearance"),
-    "oracle-general": _Format(
-        read_oracle_general, True, False, "s", "libCacheSim oracleGeneral binary (u32 time, u64 id, u32 size, i64 next)"
+    "cache2k": _Format(
+        read_cache2k, False, True, "s", "cache2k: big-endian int32 ids numbered by first appearance"
     ),
-    "twitter": _Format(read_twitter, True, False, "s", "Twitter cache trace CSV: timestamp,anon_key,key_size,value_size,client_id,op,TTL"),
+    "oracle-general": _Format(
+        read_oracle_general,
+        True,
+        False,
+        "s",
+        "libCacheSim oracleGeneral binary (u32 time, u64 id, u32 size, i64 next)",
+    ),
+    "twitter": _Format(
+        read_twitter,
+        True,
+        False,
+        "s",
+        "Twitter cache trace CSV: timestamp,anon_key,key_size,value_size,client_id,op,TTL",
+    ),
 }
 
 
 def _read_errors() -> tuple[type[BaseException], ...]:
     import zstandard
 
-    return (EOFError, lzma.LZMAError, gzip.BadGzipFile, OSError, ValueError, pa.ArrowException, zstandard.ZstdError)
+    return (
+        EOFError,
+        lzma.LZMAError,
+        gzip.BadGzipFile,
+        OSError,
+        ValueError,
+        pa.ArrowException,
+        zstandard.ZstdError,
+    )
 
 
 _READ_ERRORS = _read_errors()
@@ -373,7 +410,9 @@ def import_trace(path: str, fmt: str, out: str, opts: ImportOptions | None = Non
         os.unlink(out)
         if "Empty CSV file" in str(exc):
             raise DataError(f"{path}: the trace holds no requests") from None
-        raise DataError(f"{path}: truncated, corrupt or not a {fmt} trace ({codec}): {_first_line(exc)}") from None
+        raise DataError(
+            f"{path}: truncated, corrupt or not a {fmt} trace ({codec}): {_first_line(exc)}"
+        ) from None
     if writer.rows == 0:
         writer.close()
         os.unlink(out)

@@ -136,10 +136,13 @@ def characterize(log: AccessLog, *, predictability: bool = True) -> dict[str, An
         "zipf_alpha": fit_zipf(counts),
         "span_s": float(ts[-1] - ts[0]) if n else 0.0,
         "synthetic_clock": bool(log.meta.get("synthetic_clock", False)),
-        "interarrival_cv": interarrival_cv(ts),
+        # A synthetic clock is evenly spaced by construction: its CV says nothing about the source.
+        "interarrival_cv": None if log.meta.get("synthetic_clock") else interarrival_cv(ts),
         "new_key_share": float(new.mean()) if n else 0.0,
         "hourly": None if profile is None else [round(float(x), 3) for x in profile],
-        "peak_offpeak": None if profile is None or profile.min() <= 0 else float(profile.max() / profile.min()),
+        "peak_offpeak": None
+        if profile is None or profile.min() <= 0
+        else float(profile.max() / profile.min()),
     }
     if predictability:
         report["markov_top1"] = markov_online_top1(codes)
@@ -180,9 +183,22 @@ def expected_top20(keys: int, alpha: float) -> float:
 
 
 def _zipfian_claims(p: dict[str, Any], r: dict[str, Any], log: AccessLog) -> list[Claim]:
-    out = [_within("top20_share", r["top20_share"], expected_top20(p["keys"], p["alpha"]) * (1 - p["noise"]) + 0.2 * p["noise"], 0.03)]
+    out = [
+        _within(
+            "top20_share",
+            r["top20_share"],
+            expected_top20(p["keys"], p["alpha"]) * (1 - p["noise"]) + 0.2 * p["noise"],
+            0.03,
+        )
+    ]
     if p["keys"] == 10_000 and p["alpha"] == 1.0 and p["noise"] == 0:
-        out.append(Claim("top20_70_90", 0.70 <= r["top20_share"] <= 0.90, f"top-20% share {r['top20_share']:.3f} in [0.70, 0.90]"))
+        out.append(
+            Claim(
+                "top20_70_90",
+                0.70 <= r["top20_share"] <= 0.90,
+                f"top-20% share {r['top20_share']:.3f} in [0.70, 0.90]",
+            )
+        )
     if r["requests"] >= 100 * p["keys"] and p["noise"] == 0:
         out.append(_within("zipf_alpha", r["zipf_alpha"], p["alpha"], 0.1))
     return out
@@ -321,7 +337,9 @@ def plot_report(log: AccessLog, report: dict[str, Any], path: str) -> None:
     counts = np.sort(np.bincount(codes))[::-1]
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     axes[0].loglog(np.arange(1, counts.size + 1), counts)
-    axes[0].set(title=f"popularity (fitted alpha {report['zipf_alpha']:.2f})", xlabel="rank", ylabel="accesses")
+    axes[0].set(
+        title=f"popularity (fitted alpha {report['zipf_alpha']:.2f})", xlabel="rank", ylabel="accesses"
+    )
     if report.get("hourly"):
         axes[1].bar(range(24), report["hourly"])
         axes[1].set(title=f"hourly profile (peak/off-peak {report['peak_offpeak']:.2f})", xlabel="hour (UTC)")
@@ -332,7 +350,8 @@ def plot_report(log: AccessLog, report: dict[str, Any], path: str) -> None:
     gaps = gaps[gaps > 0]
     if gaps.size:
         axes[2].hist(np.log10(gaps), bins=60)
-    axes[2].set(title=f"inter-arrival (CV {report['interarrival_cv']:.2f})", xlabel="log10 seconds")
+    cv = report["interarrival_cv"]
+    axes[2].set(title="inter-arrival" + ("" if cv is None else f" (CV {cv:.2f})"), xlabel="log10 seconds")
     fig.suptitle(report["source"])
     fig.tight_layout()
     fig.savefig(path, dpi=80)

@@ -21,5 +21,7 @@ def traces_dir() -> Path | None:
 def traces() -> Path:
     found = traces_dir()
     if found is None:
-        pytest.skip("the shared traces are not on this machine (set PREDIS_TRACES); the format tests use samples")
+        pytest.skip(
+            "the shared traces are not on this machine (set PREDIS_TRACES); the format tests use samples"
+        )
     return found

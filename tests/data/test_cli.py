@@ -48,7 +48,10 @@ def test_validate_fails_a_log_that_betrays_its_claims(tmp_path: Path) -> None:
     n = 100_000
     keys = [f"object:{i}" for i in np.random.default_rng(0).integers(0, 10_000, size=n)]
     params = {"keys": 10_000, "alpha": 1.0, "noise": 0.0}
-    log = AccessLog(make_table(np.arange(n) / 1000, keys, "GET", 1, "zipfian"), {"source": "zipfian", "generator": "zipfian", "params": params})
+    log = AccessLog(
+        make_table(np.arange(n) / 1000, keys, "GET", 1, "zipfian"),
+        {"source": "zipfian", "generator": "zipfian", "params": params},
+    )
     path = tmp_path / "fake.parquet"
     write_log(log, path)
     out = run("gen", "--validate", str(path))
@@ -75,8 +78,12 @@ def one_line_error(out: subprocess.CompletedProcess[str], fragment: str) -> None
 
 def test_bad_inputs_exit_2_with_one_line(tmp_path: Path) -> None:
     one_line_error(run("gen", "nosuch", "-o", str(tmp_path / "x.parquet")), "unknown workload 'nosuch'")
-    one_line_error(run("gen", "zipfian", "--param", "alpha=high", "-o", str(tmp_path / "x.parquet")), "must be a number")
-    one_line_error(run("gen", "zipfian", "-n", "-3", "-o", str(tmp_path / "x.parquet")), "positive whole number")
+    one_line_error(
+        run("gen", "zipfian", "--param", "alpha=high", "-o", str(tmp_path / "x.parquet")), "must be a number"
+    )
+    one_line_error(
+        run("gen", "zipfian", "-n", "-3", "-o", str(tmp_path / "x.parquet")), "positive whole number"
+    )
     one_line_error(run("gen", "zipfian"), "-o FILE is required")
     one_line_error(run("gen", "--validate", str(tmp_path / "absent.parquet")), "cannot read")
     junk = tmp_path / "junk.parquet"
@@ -84,6 +91,11 @@ def test_bad_inputs_exit_2_with_one_line(tmp_path: Path) -> None:
     one_line_error(run("gen", "--validate", str(junk)), "unreadable access log")
     cut = tmp_path / "cut.trace.gz"
     cut.write_bytes(gzip.compress(b"1\n" * 10_000)[:-30])
-    one_line_error(run("trace", "import", str(cut), "--format", "lines", "-o", str(tmp_path / "o.parquet")), "truncated")
+    one_line_error(
+        run("trace", "import", str(cut), "--format", "lines", "-o", str(tmp_path / "o.parquet")), "truncated"
+    )
     assert not (tmp_path / "o.parquet").exists(), "a failed import leaves no half-written log"
-    one_line_error(run("trace", "import", str(cut), "--format", "bogus", "-o", str(tmp_path / "o.parquet")), "invalid choice")
+    one_line_error(
+        run("trace", "import", str(cut), "--format", "bogus", "-o", str(tmp_path / "o.parquet")),
+        "invalid choice",
+    )

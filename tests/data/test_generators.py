@@ -51,7 +51,8 @@ def test_deterministic_by_seed(name: str) -> None:
 
 
 @pytest.mark.parametrize(
-    ("name", "template"), [("zipfian", r"object:(\d+)"), ("web", r"product:(\d+)"), ("gaming", r"entity:(\d+)")]
+    ("name", "template"),
+    [("zipfian", r"object:(\d+)"), ("web", r"product:(\d+)"), ("gaming", r"entity:(\d+)")],
 )
 def test_ids_are_not_numbered_by_first_appearance(name: str, template: str) -> None:
     # The numbers in key names are application ids: in order of first appearance they go up about as
@@ -79,7 +80,9 @@ def test_ml_training_shuffle_modes(shuffle: str) -> None:
 
 def test_zipf_exponent_is_what_was_asked() -> None:
     for alpha in (0.7, 1.2):
-        log = generate("zipfian", 400_000, seed=5, params=parse_params("zipfian", [f"alpha={alpha}", "keys=2000"]))
+        log = generate(
+            "zipfian", 400_000, seed=5, params=parse_params("zipfian", [f"alpha={alpha}", "keys=2000"])
+        )
         assert abs(characterize(log, predictability=False)["zipf_alpha"] - alpha) < 0.1
 
 
@@ -97,7 +100,9 @@ def test_shared_knobs_do_what_they_say() -> None:
     assert np.mean(log.column("op") == "SET") == pytest.approx(0.25, abs=0.01)
     bursty = generate("zipfian", 50_000, seed=1, params=parse_params("zipfian", ["burstiness=3"]))
     assert characterize(bursty, predictability=False)["interarrival_cv"] == pytest.approx(3, rel=0.15)
-    sized = generate("zipfian", 50_000, seed=1, params=parse_params("zipfian", ["value_size=4096", "value_sigma=0"]))
+    sized = generate(
+        "zipfian", 50_000, seed=1, params=parse_params("zipfian", ["value_size=4096", "value_sigma=0"])
+    )
     assert set(sized.column("size")) == {4096}
     rate = generate("zipfian", 50_000, seed=1, params=parse_params("zipfian", ["rate=5000"]))
     assert characterize(rate, predictability=False)["span_s"] == pytest.approx(10, rel=0.05)

@@ -16,8 +16,13 @@ def sample(n: int = 1000) -> AccessLog:
     rng = np.random.default_rng(1)
     keys = [f"user:{i}:profile" for i in rng.integers(0, 50, size=n)]
     table = make_table(
-        np.arange(n) * 0.01, keys, ["GET" if i % 3 else "SET" for i in range(n)], 100, "unit",
-        client=np.arange(n) % 7, ttl=np.where(np.arange(n) % 2, 30.0, np.nan),
+        np.arange(n) * 0.01,
+        keys,
+        ["GET" if i % 3 else "SET" for i in range(n)],
+        100,
+        "unit",
+        client=np.arange(n) % 7,
+        ttl=np.where(np.arange(n) % 2, 30.0, np.nan),
     )
     return AccessLog(table, {"source": "unit", "kind": "synthetic", "seed": 1})
 

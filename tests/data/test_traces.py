@@ -24,7 +24,9 @@ COMPRESSORS: dict[str, Callable[[bytes], bytes]] = {
     ".bz2": bz2.compress,
 }
 
-LIBCACHESIM_CSV = b"version,time,op,size,lbn\n1,5633898,2a,512,42932745\n1,5633898,28,512,42932746\n1,5641098,28,4096,7\n"
+LIBCACHESIM_CSV = (
+    b"version,time,op,size,lbn\n1,5633898,2a,512,42932745\n1,5633898,28,512,42932746\n1,5641098,28,4096,7\n"
+)
 ARC = b"10 3 0 0\n5 1 0 1\n11 2 0 2\n"
 LINES = b"0\n1\n2\n0\n\n17\n"
 TWITTER = (
@@ -58,13 +60,17 @@ def test_libcachesim_csv(tmp_path: Path, suffix: str) -> None:
     assert [r["op"] for r in rows] == ["SET", "GET", "GET"]  # SCSI WRITE(10), READ(10)
     assert [r["ts"] for r in rows] == [5.633898, 5.633898, 5.641098]  # microseconds by default
     assert [r["size"] for r in rows] == [512, 512, 4096]
-    assert log.meta["synthetic_clock"] is False and log.meta["compression"] == (
-        {"": "none", ".gz": "gzip", ".xz": "xz", ".zst": "zstd", ".bz2": "bzip2"}[suffix]
+    assert (
+        log.meta["synthetic_clock"] is False
+        and log.meta["compression"]
+        == ({"": "none", ".gz": "gzip", ".xz": "xz", ".zst": "zstd", ".bz2": "bzip2"}[suffix])
     )
 
 
 def test_libcachesim_csv_time_unit(tmp_path: Path) -> None:
-    log = read_trace(str(write(tmp_path, "cp.csv", LIBCACHESIM_CSV)), "libcachesim-csv", ImportOptions(time_unit="s"))
+    log = read_trace(
+        str(write(tmp_path, "cp.csv", LIBCACHESIM_CSV)), "libcachesim-csv", ImportOptions(time_unit="s")
+    )
     assert log.timestamps()[0] == 5633898.0
 
 
@@ -169,7 +175,9 @@ SHARED = [
 
 
 @pytest.mark.parametrize(("name", "fmt", "requests", "unique"), SHARED)
-def test_shared_traces_import_with_the_published_counts(traces: Path, name: str, fmt: str, requests: int, unique: int) -> None:
+def test_shared_traces_import_with_the_published_counts(
+    traces: Path, name: str, fmt: str, requests: int, unique: int
+) -> None:
     log = read_trace(str(traces / name), fmt)
     codes, names = log.key_codes()
     assert (len(log), len(names)) == (requests, unique)
