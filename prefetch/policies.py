@@ -32,14 +32,13 @@ class LRU:
     name = "lru"
 
     def __init__(self, capacity_bytes: int) -> None:
-        self._order: OrderedDict[Hashable, None] = OrderedDict()
-
-    def insert(self, key: Hashable, size: int) -> None:
-        self._order[key] = None
-        self._order.move_to_end(key)
-
-    def touch(self, key: Hashable) -> None:
-        self._order.move_to_end(key)
+        self._order: OrderedDict[Hashable, int] = OrderedDict()  # key -> size, least recent first
+        # The two calls made on every request are the OrderedDict's own C methods, with no Python
+        # frame between: the simulator replays millions of requests through them. Callers insert
+        # absent keys only (the tier drops an entry before refilling it): re-inserting a present key
+        # would update its size but not its recency.
+        self.insert = self._order.__setitem__
+        self.touch = self._order.move_to_end
 
     def remove(self, key: Hashable) -> None:
         self._order.pop(key, None)

@@ -22,6 +22,7 @@ log = structlog.get_logger("predis.cli")
 EXTERNAL: dict[str, tuple[str, str]] = {
     "gen": ("ml.data.cli:gen_main", "generate a synthetic workload, list workloads, validate an access log"),
     "trace": ("ml.data.cli:trace_main", "import a real cache trace into an access log, or export one"),
+    "sim": ("prefetch.cli:sim_main", "replay an access log through the cache with prefetcher arms"),
 }
 
 

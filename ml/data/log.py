@@ -55,14 +55,14 @@ class AccessLog:
         self.table = conform(self.table)
 
     def __len__(self) -> int:
-        return self.table.num_rows
+        return int(self.table.num_rows)
 
     @property
     def source(self) -> str:
         return str(self.meta.get("source", ""))
 
     def column(self, name: str) -> np.ndarray:
-        return self.table.column(name).to_numpy(zero_copy_only=False)
+        return np.asarray(self.table.column(name).to_numpy(zero_copy_only=False))
 
     def timestamps(self) -> np.ndarray:
         return self.column("ts")

@@ -86,7 +86,7 @@ def open_input(path: str) -> IO[bytes]:
     """Open ``path`` for reading, decompressing gzip, xz, zstd or bzip2 on the fly."""
     codec = codec_of(path)
     if codec == "gzip":
-        return gzip.open(path, "rb")
+        return gzip.open(path, "rb")  # type: ignore[return-value]
     if codec == "xz":
         return lzma.open(path, "rb")
     if codec == "bzip2":

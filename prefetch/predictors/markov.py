@@ -1,0 +1,60 @@
+"""First-order Markov successors: after key a, predict the keys that most often followed a."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+
+class Markov:
+    """A successor table with counts: ``max_keys`` source keys (the oldest source is dropped first),
+    each with at most ``max_successors`` successors kept as a list sorted by count (a new successor
+    replaces the least counted). ``predict`` returns the current key's top successors, scored by their
+    share of its transitions."""
+
+    name = "markov"
+
+    def __init__(self, max_keys: int = 100_000, max_successors: int = 4) -> None:
+        if max_keys < 1 or max_successors < 1:
+            raise ValueError("markov needs max_keys >= 1 and max_successors >= 1")
+        self.max_keys = max_keys
+        self.max_successors = max_successors
+        self.max_footprint = max_keys * (max_successors + 1)
+        # source -> [total, [successor, count], ...] with the pairs sorted by count, highest first
+        self.table: OrderedDict[str, list] = OrderedDict()  # type: ignore[type-arg]
+        self.last: str | None = None
+
+    def observe(self, key: str, t: float, hit: bool) -> None:
+        last = self.last
+        self.last = key
+        if last is None:
+            return
+        row = self.table.get(last)
+        if row is None:
+            if len(self.table) >= self.max_keys:
+                self.table.popitem(last=False)
+            self.table[last] = [1, [key, 1]]
+            return
+        row[0] += 1
+        for i in range(1, len(row)):
+            pair = row[i]
+            if pair[0] == key:
+                pair[1] += 1
+                # Bubble up to keep the order (rows are a handful long).
+                while i > 1 and row[i - 1][1] < pair[1]:
+                    row[i - 1], row[i] = pair, row[i - 1]
+                    i -= 1
+                return
+        if len(row) <= self.max_successors:
+            row.append([key, 1])
+        else:
+            row[-1] = [key, 1]
+
+    def predict(self, k: int) -> list[tuple[str, float]]:
+        row = self.table.get(self.last) if self.last is not None else None
+        if row is None:
+            return []
+        total = row[0]
+        return [(key, count / total) for key, count in row[1 : k + 1]]
+
+    def footprint(self) -> int:
+        return sum(len(row) for row in self.table.values())

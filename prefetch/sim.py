@@ -1,0 +1,350 @@
+"""Trace-driven simulator: replay an access log through a cache with a prefetcher, arm by arm.
+
+The cache is the proxy's own eviction policy (:mod:`prefetch.policies`) over equal-size objects, its
+capacity in entries. A read the cache holds is a hit; a miss is filled on demand. After each read the
+arm's predictor observes it and may prefetch: every candidate not already cached is an upstream read
+and costs one token of a bucket that gains ``budget`` tokens per request (so at most ``budget``
+prefetches per request on average, the same for every arm). The first ``warmup`` share of the trace
+warms caches and predictors but is not scored.
+
+Bounds: an oracle arm (a predictor that reads the next requests, same budget) and Belady's MIN
+without prefetching, computed by libCacheSim.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, cast
+
+import numpy as np
+
+from prefetch.policies import POLICIES, make_policy
+from prefetch.predictors import SIMULATOR_ONLY, Predictor, make_predictor
+from proxy.errors import ConfigError
+
+# Candidates asked of a predictor per request: enough to step over ones already cached.
+CANDIDATES = 4
+
+
+@dataclass
+class ArmResult:
+    arm: str
+    prefetcher: str
+    policy: str
+    capacity: int
+    requests: int = 0  # scored requests
+    hits: int = 0
+    prefetches: int = 0  # prefetches issued while scoring
+    prefetch_hits: int = 0  # prefetched entries read before their eviction
+    seconds: float = 0.0
+    footprint: int = 0
+    # Filled in by compare():
+    coverage: float = 0.0
+    vs_none: float = 1.0
+    vs_best: float = 1.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def hit_ratio(self) -> float:
+        return self.hits / self.requests if self.requests else 0.0
+
+    @property
+    def miss_ratio(self) -> float:
+        return 1.0 - self.hit_ratio if self.requests else 0.0
+
+    @property
+    def misses(self) -> int:
+        return self.requests - self.hits
+
+    @property
+    def precision(self) -> float:
+        return self.prefetch_hits / self.prefetches if self.prefetches else 0.0
+
+    @property
+    def upstream_per_request(self) -> float:
+        return (self.misses + self.prefetches) / self.requests if self.requests else 0.0
+
+    @property
+    def requests_per_s(self) -> float:
+        return self.requests / self.seconds if self.seconds else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out.pop("extra")
+        out.update(self.extra)
+        for name in (
+            "hit_ratio",
+            "miss_ratio",
+            "misses",
+            "precision",
+            "upstream_per_request",
+            "requests_per_s",
+        ):
+            out[name] = getattr(self, name)
+        return out
+
+
+def replay(
+    keys: Sequence[str],
+    capacity: int,
+    predictor: Predictor,
+    *,
+    policy: str = "lru",
+    budget: float = 1.0,
+    warmup: int = 0,
+    times: Sequence[float] | None = None,
+) -> ArmResult:
+    """Replay ``keys`` through a ``capacity``-entry cache with ``predictor``; score from ``warmup`` on."""
+    if capacity < 1:
+        raise ConfigError("cache capacity must be at least one entry")
+    cache = make_policy(policy, capacity)
+    insert, touch = cache.insert, cache.touch
+    victim = cast(Callable[[], str], cache.victim)
+    observe, predict = predictor.observe, predictor.predict
+    present: dict[str, int] = {}  # key -> 0 demand-filled, 1 prefetched in warm-up, 2 prefetched when scored
+    hits = prefetches = prefetch_hits = 0
+    tokens = 0.0
+    cap_tokens = max(2.0, 4 * budget)  # unused budget is lost beyond a short burst
+    clock = times if times is not None else range(len(keys))
+    started = time.perf_counter()
+    for i, (key, t) in enumerate(zip(keys, clock, strict=True)):
+        scored = i >= warmup
+        flag = present.get(key)
+        if flag is not None:
+            hit = True
+            touch(key)
+            if flag:
+                present[key] = 0
+                if flag == 2 and scored:
+                    prefetch_hits += 1
+            if scored:
+                hits += 1
+        else:
+            hit = False
+            if len(present) >= capacity:
+                del present[victim()]
+            present[key] = 0
+            insert(key, 1)
+        observe(key, t, hit)
+        if budget:
+            tokens += budget
+            if tokens > cap_tokens:
+                tokens = cap_tokens
+            if tokens >= 1.0:
+                for cand, _score in predict(CANDIDATES):
+                    if cand in present:
+                        continue
+                    if len(present) >= capacity:
+                        del present[victim()]
+                    present[cand] = 2 if scored else 1
+                    insert(cand, 1)
+                    tokens -= 1.0
+                    if scored:
+                        prefetches += 1
+                    if tokens < 1.0:
+                        break
+    seconds = time.perf_counter() - started
+    return ArmResult(
+        arm="",
+        prefetcher=predictor.name,
+        policy=policy,
+        capacity=capacity,
+        requests=max(0, len(keys) - warmup),
+        hits=hits,
+        prefetches=prefetches,
+        prefetch_hits=prefetch_hits,
+        seconds=seconds,
+        footprint=predictor.footprint(),
+    )
+
+
+def next_use(codes: np.ndarray) -> np.ndarray:
+    """For each request, the index of the next request to the same key (-1 if none)."""
+    n = codes.size
+    order = np.lexsort((np.arange(n), codes))
+    nxt = np.full(n, -1, np.int64)
+    same = codes[order[1:]] == codes[order[:-1]]
+    nxt[order[:-1][same]] = order[1:][same]
+    return nxt
+
+
+def belady(codes: np.ndarray, capacity: int, warmup: int = 0) -> ArmResult:
+    """Belady's MIN without prefetching, by libCacheSim (it evicts the key used furthest ahead)."""
+    import libcachesim as lcs
+
+    cache = lcs.Belady(cache_size=capacity)
+    req = lcs.Request()
+    req.obj_size = 1
+    nxt = next_use(codes)
+    never = np.iinfo(np.int64).max
+    hits = 0
+    started = time.perf_counter()
+    for i, (key, n) in enumerate(zip(codes.tolist(), nxt.tolist(), strict=True)):
+        req.obj_id = key
+        req.next_access_vtime = n if n >= 0 else never
+        if cache.get(req) and i >= warmup:
+            hits += 1
+    result = ArmResult("belady", "belady", "min", capacity, requests=codes.size - warmup, hits=hits)
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def libcachesim_lru(codes: np.ndarray, capacity: int, warmup: int = 0) -> int:
+    """libCacheSim's LRU hit count on the same key sequence (per-request ``get``): the cross-check."""
+    import libcachesim as lcs
+
+    cache = lcs.LRU(cache_size=capacity)
+    req = lcs.Request()
+    req.obj_size = 1
+    hits = 0
+    for i, key in enumerate(codes.tolist()):
+        req.obj_id = key
+        if cache.get(req) and i >= warmup:
+            hits += 1
+    return hits
+
+
+def parse_capacity(spec: str, unique: int) -> int:
+    """Entries from "1000" or "10%" (floor of that share of the unique keys)."""
+    text = spec.strip()
+    try:
+        if text.endswith("%"):
+            share = float(text[:-1]) / 100.0
+            if not share > 0:
+                raise ConfigError(f"cache size {spec} must be positive")
+            capacity = math.floor(share * unique + 1e-9)
+        else:
+            capacity = int(text)
+    except ValueError:
+        raise ConfigError(f"cache size {spec!r} is neither a number of entries nor a percentage") from None
+    if capacity < 1:
+        raise ConfigError(f"cache size {spec} is {capacity} entries: it must be at least 1")
+    if capacity >= unique:
+        raise ConfigError(
+            f"cache size {spec} ({capacity} entries) is not smaller than the trace's {unique} unique keys: nothing would be evicted"
+        )
+    return capacity
+
+
+@dataclass
+class SimReport:
+    trace: str
+    requests: int
+    unique_keys: int
+    capacity: int
+    cache: str
+    budget: float
+    warmup: float
+    arms: list[ArmResult]
+    best_heuristic: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        out = {k: v for k, v in asdict(self).items() if k != "arms"}
+        out["arms"] = [a.as_dict() for a in self.arms]
+        return out
+
+
+def is_heuristic(arm: ArmResult) -> bool:
+    return arm.prefetcher not in (*SIMULATOR_ONLY, "belady") and not arm.prefetcher.startswith("ml")
+
+
+def compare(arms: list[ArmResult]) -> str:
+    """Fill in coverage and ratios against the no-prefetch arm (same policy) and the best heuristic."""
+    base = {a.policy: a for a in arms if a.prefetcher == "none"}
+    heuristics = [a for a in arms if is_heuristic(a)]
+    best = max(heuristics, key=lambda a: a.hit_ratio) if heuristics else None
+    first_none = next(iter(base.values()), None)
+    for a in arms:
+        none = base.get(a.policy, first_none)
+        if none is not None and none.misses:
+            a.coverage = (none.misses - a.misses) / none.misses
+            a.vs_none = a.miss_ratio / none.miss_ratio
+        if best is not None and best.miss_ratio:
+            a.vs_best = a.miss_ratio / best.miss_ratio
+    return best.arm if best is not None else ""
+
+
+def simulate(
+    log: Any,
+    cache: str,
+    prefetchers: Sequence[str],
+    *,
+    policies: Sequence[str] = ("lru",),
+    budget: float = 1.0,
+    warmup: float = 0.0,
+    with_belady: bool = True,
+) -> SimReport:
+    """Run every (prefetcher, policy) arm over ``log`` at one cache size; arms see the same trace."""
+    codes, names = log.key_codes()
+    n = int(codes.size)
+    if n == 0:
+        raise ConfigError(f"trace {log.source or ''} is empty".replace("  ", " "))
+    if not 0 <= warmup < 1:
+        raise ConfigError(f"warm-up share must be in [0, 1), not {warmup}")
+    if budget < 0:
+        raise ConfigError(f"prefetch budget must be at least 0, not {budget}")
+    for p in policies:
+        if p not in POLICIES:
+            raise ConfigError(f"unknown eviction policy {p!r}; known: {', '.join(POLICIES)}")
+    capacity = parse_capacity(cache, len(names))
+    # One str object per distinct key, shared by its requests, so each hash is computed once.
+    keys = np.array(names.to_pylist(), dtype=object)[codes].tolist()
+    times = [float(i) for i in range(n)]
+    warm = int(warmup * n)
+    specs = list(dict.fromkeys(["none", *prefetchers]))
+    for spec in specs:  # fail on a bad spec before any arm runs
+        make_predictor(spec, trace_keys=keys)
+    arms = []
+    for policy in policies:
+        for spec in specs:
+            predictor = make_predictor(spec, trace_keys=keys)
+            result = replay(keys, capacity, predictor, policy=policy, budget=budget, warmup=warm, times=times)
+            result.arm = spec if len(policies) == 1 else f"{spec}@{policy}"
+            arms.append(result)
+    if with_belady:
+        arms.append(belady(codes, capacity, warm))
+    best = compare(arms)
+    return SimReport(log.source, n, len(names), capacity, cache, budget, warmup, arms, best)
+
+
+def format_table(report: SimReport) -> str:
+    head = (
+        f"{report.trace}: {report.requests:,} requests, {report.unique_keys:,} unique keys, cache {report.cache} = "
+        f"{report.capacity:,} entries, budget {report.budget:g} prefetch/request, warm-up {report.warmup:.0%}; "
+        f"best heuristic: {report.best_heuristic}"
+    )
+    cols = [
+        "arm",
+        "hit %",
+        "miss %",
+        "prefetches",
+        "precision",
+        "coverage",
+        "upstream/req",
+        "miss vs none",
+        "miss vs best",
+        "req/s",
+    ]
+    rows = []
+    for a in report.arms:
+        rows.append(
+            [
+                a.arm,
+                f"{100 * a.hit_ratio:.2f}",
+                f"{100 * a.miss_ratio:.2f}",
+                f"{a.prefetches:,}",
+                f"{a.precision:.3f}" if a.prefetches else "-",
+                f"{a.coverage:+.3f}",
+                f"{a.upstream_per_request:.3f}",
+                f"{a.vs_none:.3f}",
+                f"{a.vs_best:.3f}",
+                f"{a.requests_per_s:,.0f}",
+            ]
+        )
+    widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(cols)]
+    lines = [head, "  ".join(c.rjust(w) for c, w in zip(cols, widths, strict=True))]
+    lines += ["  ".join(v.rjust(w) for v, w in zip(r, widths, strict=True)) for r in rows]
+    return "\n".join(lines)

@@ -1,0 +1,154 @@
+"""The simulator: exact agreement with libCacheSim's LRU, bounds, budget, warm-up, and bad input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ml.data.generators import generate, parse_params
+from ml.data.log import AccessLog, make_table
+from ml.data.traces import read_trace
+from prefetch.predictors import make_predictor
+from prefetch.sim import belady, libcachesim_lru, next_use, parse_capacity, replay, simulate
+from proxy.errors import ConfigError
+
+SHARES = ["1%", "5%", "10%"]
+
+
+def log_of(keys: list[str]) -> AccessLog:
+    return AccessLog(
+        make_table(np.arange(len(keys), dtype=float), keys, "GET", 1, "hand"), {"source": "hand"}
+    )
+
+
+def assert_lru_matches_libcachesim(log: AccessLog, share: str) -> None:
+    report = simulate(log, share, [], with_belady=False)
+    (none,) = report.arms
+    codes, _ = log.key_codes()
+    assert none.hits == libcachesim_lru(codes, report.capacity), f"{log.source} at {share}"
+
+
+@pytest.mark.parametrize("share", SHARES)
+@pytest.mark.parametrize("workload", ["zipfian", "web", "ml_training"])
+def test_lru_equals_libcachesim_on_workloads(workload: str, share: str) -> None:
+    params = parse_params("ml_training", ["samples=3000"]) if workload == "ml_training" else None
+    assert_lru_matches_libcachesim(generate(workload, 60_000, seed=4, params=params), share)
+
+
+SHARED = [
+    ("cloudPhysicsIO.csv", "libcachesim-csv"),
+    ("OLTP.lis.zst", "arc"),
+    ("multi1.trace.gz", "lines"),
+    ("web07.trace.xz", "cache2k"),
+    ("orm-busy.trace.xz", "cache2k"),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("name", "fmt"), SHARED)
+def test_lru_equals_libcachesim_on_every_shared_trace(traces: Path, name: str, fmt: str) -> None:
+    log = read_trace(str(traces / name), fmt)
+    for share in SHARES:
+        assert_lru_matches_libcachesim(log, share)
+
+
+def test_reference_figures_on_multi1(traces: Path) -> None:
+    # libCacheSim's published LRU and Belady hit ratios for multi1 at 5%: 23.8% and 49.3%.
+    report = simulate(read_trace(str(traces / "multi1.trace.gz"), "lines"), "5%", [])
+    arms = {a.arm: a for a in report.arms}
+    assert round(100 * arms["none"].hit_ratio, 1) == 23.8
+    assert round(100 * arms["belady"].hit_ratio, 1) == 49.3
+
+
+def test_bounds_and_arms_on_a_structured_workload() -> None:
+    log = generate("gaming", 40_000, seed=1)
+    report = simulate(
+        log, "5%", ["obl", "markov", "pg", "mithril", "frequency", "oracle"], policies=["lru", "s3fifo"]
+    )
+    arms = {a.arm: a for a in report.arms}
+    assert set(arms) >= {"none@lru", "markov@s3fifo", "oracle@lru", "belady"}
+    for a in report.arms:
+        assert a.requests == 40_000
+        assert a.prefetch_hits <= a.prefetches <= 1.0 * a.requests + 8
+    assert arms["oracle@lru"].hit_ratio > max(
+        a.hit_ratio for a in report.arms if a.arm != "oracle@lru" and "oracle" not in a.arm
+    )
+    assert arms["belady"].hit_ratio >= arms["none@lru"].hit_ratio
+    assert arms["markov@lru"].hit_ratio > arms["none@lru"].hit_ratio + 0.05, (
+        "a structured workload rewards Markov"
+    )
+    assert report.best_heuristic in arms and "oracle" not in report.best_heuristic
+    best = arms[report.best_heuristic]
+    assert best.vs_best == pytest.approx(1.0)
+    assert all(a.vs_best >= 1.0 - 1e-9 for a in report.arms if a.prefetcher not in ("oracle", "belady"))
+
+
+def test_sequential_scan_is_what_obl_is_for() -> None:
+    keys = [str(i) for i in range(5000)] * 2
+    report = simulate(log_of(keys), "100", ["obl"], with_belady=False)
+    arms = {a.arm: a for a in report.arms}
+    assert arms["none"].hits == 0, "a scan larger than the cache never hits under LRU"
+    assert arms["obl"].hit_ratio > 0.99 and arms["obl"].precision > 0.99
+    assert arms["obl"].coverage == pytest.approx(arms["obl"].hit_ratio)
+    assert arms["obl"].upstream_per_request == pytest.approx(1.0, abs=0.01)
+
+
+def test_budget_caps_prefetches_and_zero_budget_is_plain_caching() -> None:
+    log = generate("web", 30_000, seed=2)
+    codes, names = log.key_codes()
+    keys = [names[c].as_py() for c in codes]
+    plain = replay(keys, 500, make_predictor("none"))
+    for budget in (0.0, 0.25, 1.0):
+        r = replay(keys, 500, make_predictor("markov"), budget=budget)
+        assert r.prefetches <= budget * len(keys) + 2
+        if budget == 0:
+            assert (r.hits, r.prefetches) == (plain.hits, 0)
+
+
+def test_warmup_is_not_scored() -> None:
+    keys = ["a", "b", "c", "a", "b", "c"]
+    r = replay(keys, 2, make_predictor("none"), warmup=3)
+    assert r.requests == 3 and r.hits == 0
+    r = replay(["a", "a", "a", "a"], 1, make_predictor("none"), warmup=2)
+    assert (r.requests, r.hits) == (2, 2)
+
+
+def test_belady_and_next_use() -> None:
+    codes = np.array([0, 1, 0, 2, 1, 0])
+    assert next_use(codes).tolist() == [2, 4, 5, -1, -1, -1]
+    # Capacity 2, and libCacheSim's MIN admits every miss: at 2's arrival it evicts 0 (next use 5,
+    # furthest of the cached keys) and keeps 1, so the hits are at 2 and 4.
+    assert belady(codes, 2).hits == 2
+
+
+@pytest.mark.parametrize(
+    ("spec", "unique", "message"),
+    [
+        ("0", 100, "at least 1"),
+        ("0%", 100, "must be positive"),
+        ("100%", 100, "not smaller"),
+        ("200", 100, "not smaller"),
+        ("ten", 100, "neither"),
+    ],
+)
+def test_bad_cache_sizes(spec: str, unique: int, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse_capacity(spec, unique)
+
+
+def test_share_is_floored() -> None:
+    assert parse_capacity("10%", 2606) == 260 and parse_capacity("5%", 48_974) == 2448
+
+
+def test_bad_runs() -> None:
+    log = log_of(["a", "b", "c"])
+    with pytest.raises(ConfigError, match="unknown prefetcher"):
+        simulate(log, "1", ["psychic"])
+    with pytest.raises(ConfigError, match="unknown eviction policy"):
+        simulate(log, "1", [], policies=["mru"])
+    with pytest.raises(ConfigError, match="empty"):
+        simulate(log_of([]), "1", [])
+    with pytest.raises(ConfigError, match="warm-up"):
+        simulate(log, "1", [], warmup=1.0)

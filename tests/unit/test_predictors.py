@@ -1,0 +1,177 @@
+"""Prefetch predictors: one shared suite over every heuristic, then a hand-built trace for each."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from prefetch.predictors import HEURISTICS, make_predictor, parse_spec
+from prefetch.predictors.base import Predictor
+from prefetch.predictors.mithril import Mithril
+from prefetch.predictors.obl import OBL, join_number, split_number
+from prefetch.predictors.oracle import Oracle
+from proxy.errors import ConfigError
+
+# Small tables, so that a modest stream overflows every bound.
+SMALL = {
+    "none": "none",
+    "frequency": "frequency:hot=8:max_keys=64",
+    "obl": "obl",
+    "markov": "markov:max_keys=50:max_successors=3",
+    "pg": "pg:lookahead=5:max_nodes=40:max_arcs=4",
+    "mithril": "mithril:mining_size=16:recording_size=30:max_entries=20",
+}
+
+
+@pytest.fixture(params=sorted(HEURISTICS))
+def spec(request: pytest.FixtureRequest) -> str:
+    return SMALL[request.param]
+
+
+def stream(n: int = 20_000, seed: int = 0) -> list[str]:
+    """Mixed traffic: sequential runs, repeated pairs, hot keys and random keys."""
+    rng = random.Random(seed)
+    out: list[str] = []
+    while len(out) < n:
+        kind = rng.random()
+        if kind < 0.3:
+            start = rng.randrange(1000)
+            out += [f"blk:{i}" for i in range(start, start + 8)]
+        elif kind < 0.6:
+            a = rng.randrange(300)
+            out += [f"user:{a}:profile", f"user:{a}:cart"]
+        elif kind < 0.8:
+            out.append(f"hot:{rng.randrange(5)}")
+        else:
+            out.append(f"rand:{rng.randrange(100_000)}")
+    return out[:n]
+
+
+def test_contract_holds_over_a_long_stream(spec: str) -> None:
+    p: Predictor = make_predictor(spec)
+    rng = random.Random(1)
+    for i, key in enumerate(stream()):
+        p.observe(key, float(i), rng.random() < 0.5)
+        for k in (1, 3):
+            out = p.predict(k)
+            assert len(out) <= k
+            keys = [key for key, _ in out]
+            assert len(set(keys)) == len(keys) and all(isinstance(x, str) for x in keys)
+            scores = [s for _, s in out]
+            assert all(0 <= s <= 1 for s in scores) and scores == sorted(scores, reverse=True)
+        assert p.footprint() <= p.max_footprint
+
+
+def test_deterministic(spec: str) -> None:
+    runs = []
+    for _ in range(2):
+        p = make_predictor(spec)
+        seen = []
+        for i, key in enumerate(stream(3000, seed=2)):
+            p.observe(key, float(i), i % 3 == 0)
+            seen.append(tuple(p.predict(2)))
+        runs.append(seen)
+    assert runs[0] == runs[1]
+
+
+def test_predict_before_any_read_is_empty(spec: str) -> None:
+    assert make_predictor(spec).predict(4) == []
+
+
+def feed(p: Predictor, keys: list[str], hit: bool = False) -> None:
+    for i, key in enumerate(keys):
+        p.observe(key, float(i), hit)
+
+
+def test_frequency_names_the_hot_set_first() -> None:
+    p = make_predictor("frequency:hot=3:reorder=1")
+    feed(p, ["a", "b", "hot", "c", "hot", "b", "hot", "hot", "c", "c", "b", "b", "b"])
+    assert p.predict(2) == [("b", 1.0), ("hot", 0.8)]
+    # The rotation walks on through the hot set, then starts again at the top.
+    assert p.predict(2) == [("c", 0.6)]
+    assert p.predict(1)[0][0] == "b"
+
+
+def test_obl_fetches_the_next_number_after_a_sequential_run() -> None:
+    p = OBL(k=4)
+    feed(p, ["7", "8", "9", "10"])
+    assert p.predict(1) == [], "three steps are not yet four"
+    feed(p, ["11"])
+    assert p.predict(1) == [("12", 1.0)]
+    feed(p, ["13"])  # a gap breaks the run
+    assert p.predict(1) == []
+    q = OBL(k=2, depth=2)
+    feed(q, ["blk:0007", "blk:0008", "blk:0009"])
+    assert q.predict(4) == [("blk:0010", 1.0), ("blk:0011", 1.0)]
+    feed(q, ["user:alice"])
+    assert q.predict(1) == []
+
+
+def test_obl_key_split() -> None:
+    assert split_number("row:9:v") == ("row:", 9, ":v", 0)
+    assert join_number(*split_number("blk:0099")[:1], 100, "", 4) == "blk:0100"  # type: ignore[misc]
+    assert split_number("nodigits") is None
+
+
+def test_markov_ranks_successors_by_count() -> None:
+    p = make_predictor("markov")
+    feed(p, ["a", "b", "a", "b", "a", "c", "a"])
+    assert p.predict(3) == [("b", 2 / 3), ("c", 1 / 3)]
+    q = make_predictor("markov:max_successors=2")
+    feed(q, ["a", "b", "a", "c", "a", "c", "a", "d", "a"])  # d replaces the weakest (b)
+    assert [k for k, _ in q.predict(3)] == ["c", "d"]
+
+
+def test_pg_predicts_what_follows_within_the_window() -> None:
+    p = make_predictor("pg:lookahead=2:threshold=0.5")
+    # "b" comes within two reads after "a" every time; x, y, z once each.
+    feed(p, ["a", "x", "b", "a", "y", "b", "a", "z", "b", "q", "q", "a"])
+    out = p.predict(3)
+    assert out[0] == ("b", 1.0)
+    assert all(k == "b" for k, _ in out), "one-off successors stay under the threshold"
+
+
+def test_mithril_mines_sporadic_pairs_and_drops_frequent_keys() -> None:
+    p = Mithril(lookahead=3, min_support=2, max_support=3, mining_size=4)
+    keys = ["p1", "q1", "n1", "n2", "p2", "q2", "n3", "n4", "p1", "q1", "n5", "n6", "p2", "q2"]
+    keys += ["f", "f", "f", "f"]  # frequent: reaches max_support and leaves the mining table
+    feed(p, keys)
+    assert p.minings >= 1
+    p.observe("p1", 0.0, False)
+    assert p.predict(2) == [("q1", 1.0)]
+    p.observe("p2", 0.0, False)
+    assert ("q2", 1.0) in p.predict(2)
+    p.observe("f", 0.0, False)
+    assert p.predict(2) == []
+    # Hits are not recorded (misses only, by default): the same trace as hits teaches nothing.
+    r = Mithril(lookahead=3, min_support=2, max_support=3, mining_size=4)
+    feed(r, keys, hit=True)
+    r.observe("p1", 0.0, True)
+    assert r.predict(2) == [] and r.minings == 0
+
+
+def test_oracle_reads_ahead() -> None:
+    keys = ["a", "b", "b", "c", "d"]
+    p = Oracle(keys, window=3)
+    p.observe("a", 0.0, False)
+    assert [k for k, _ in p.predict(4)] == ["b", "c"]
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("nope", "unknown prefetcher 'nope'"),
+        ("pg:bogus=1", "has no parameter 'bogus'"),
+        ("pg:lookahead", "not of the form name=value"),
+        ("obl:k=0", "k >= 1"),
+        ("oracle", "needs the trace"),
+    ],
+)
+def test_bad_specs(spec: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        make_predictor(spec)
+
+
+def test_parse_spec_types() -> None:
+    assert parse_spec("pg:lookahead=5:threshold=0.2") == ("pg", {"lookahead": 5, "threshold": 0.2})
