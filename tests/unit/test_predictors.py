@@ -84,6 +84,12 @@ def feed(p: Predictor, keys: list[str], hit: bool = False) -> None:
         p.observe(key, float(i), hit)
 
 
+def test_none_never_predicts() -> None:
+    p = make_predictor("none")
+    feed(p, ["1", "2", "3", "4", "5", "6", "a", "b", "a", "b"])
+    assert p.predict(4) == [] and p.footprint() == 0
+
+
 def test_frequency_names_the_hot_set_first() -> None:
     p = make_predictor("frequency:hot=3:reorder=1")
     feed(p, ["a", "b", "hot", "c", "hot", "b", "hot", "hot", "c", "c", "b", "b", "b"])
@@ -175,3 +181,14 @@ def test_bad_specs(spec: str, message: str) -> None:
 
 def test_parse_spec_types() -> None:
     assert parse_spec("pg:lookahead=5:threshold=0.2") == ("pg", {"lookahead": 5, "threshold": 0.2})
+
+
+def test_mithril_confidence_is_the_number_of_pairs_allowed_apart() -> None:
+    # a and b are read together once, then far apart: one close pair of two.
+    keys = ["a", "b"] + [f"x{i}" for i in range(10)] + ["a"] + [f"y{i}" for i in range(10)] + ["b"]
+    keys += [f"z{i}" for i in range(3)] + ["z0", "z1", "z2"]  # fill the mining table to trigger mining
+    for confidence, expected in ((1, [("b", 1.0)]), (0, [])):
+        p = Mithril(lookahead=3, min_support=2, max_support=4, confidence=confidence, mining_size=5)
+        feed(p, keys)
+        p.observe("a", 0.0, True)
+        assert p.predict(2) == expected, confidence

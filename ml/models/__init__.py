@@ -1,0 +1,1 @@
+"""Models of access sequences."""

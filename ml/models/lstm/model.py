@@ -1,0 +1,83 @@
+"""The next-key LSTM: key and template embeddings plus access features into a multi-layer LSTM,
+with a next-key head, a next-template head and a confidence head.
+
+Shapes: B batch, T time steps, F features, V key tokens, K template tokens, H hidden size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ml.features.spec import FEATURES
+
+
+@dataclass
+class LSTMConfig:
+    key_vocab: int = 16_386  # key tokens: PAD, UNK and the 16,384 most frequent keys
+    template_vocab: int = 1_026  # template tokens: PAD, UNK and the 1,024 most frequent templates
+    n_features: int = len(FEATURES)  # per-access features (ml.features.spec)
+    key_dim: int = 64  # key embedding size
+    template_dim: int = 16  # template embedding size
+    feature_dim: int = 16  # the features are projected to this size
+    hidden: int = 128  # LSTM hidden size
+    layers: int = 2  # LSTM layers
+    dropout: float = 0.1  # between LSTM layers, in training only
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class NextKeyLSTM(nn.Module):
+    def __init__(self, cfg: LSTMConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.key_emb = nn.Embedding(cfg.key_vocab, cfg.key_dim, padding_idx=0)
+        self.template_emb = nn.Embedding(cfg.template_vocab, cfg.template_dim, padding_idx=0)
+        self.feature_proj = nn.Linear(cfg.n_features, cfg.feature_dim)
+        self.lstm = nn.LSTM(
+            cfg.key_dim + cfg.template_dim + cfg.feature_dim,
+            cfg.hidden,
+            num_layers=cfg.layers,
+            batch_first=True,
+            dropout=cfg.dropout if cfg.layers > 1 else 0.0,
+        )
+        self.key_head = nn.Linear(cfg.hidden, cfg.key_vocab)
+        self.template_head = nn.Linear(cfg.hidden, cfg.template_vocab)
+        # Trained to predict whether the key head's top prediction is right.
+        self.confidence_head = nn.Linear(cfg.hidden, 1)
+
+    def forward(
+        self,
+        keys: torch.Tensor,  # (B, T) key tokens
+        templates: torch.Tensor,  # (B, T) template tokens
+        feats: torch.Tensor,  # (B, T, F)
+        state: tuple[torch.Tensor, torch.Tensor] | None = None,  # ((L, B, H), (L, B, H))
+        next_keys: torch.Tensor | None = None,  # (B, T) targets: the key token read next, PAD for none
+        next_templates: torch.Tensor | None = None,  # (B, T)
+    ) -> tuple[dict[str, torch.Tensor], tuple[torch.Tensor, torch.Tensor], torch.Tensor | None]:
+        x = torch.cat([self.key_emb(keys), self.template_emb(templates), F.gelu(self.feature_proj(feats))], dim=-1)
+        h, state = self.lstm(x, state)  # (B, T, H)
+        out = {
+            "key_logits": self.key_head(h),  # (B, T, V)
+            "template_logits": self.template_head(h),  # (B, T, K)
+            "confidence": self.confidence_head(h).squeeze(-1),  # (B, T) logits
+        }
+        loss = None
+        if next_keys is not None and next_templates is not None:
+            key_loss = F.cross_entropy(out["key_logits"].flatten(0, 1), next_keys.flatten(), ignore_index=0)
+            template_loss = F.cross_entropy(
+                out["template_logits"].flatten(0, 1), next_templates.flatten(), ignore_index=0
+            )
+            with torch.no_grad():
+                right = (out["key_logits"].argmax(-1) == next_keys).float()  # (B, T)
+            mask = (next_keys != 0).float()
+            conf_loss = (
+                F.binary_cross_entropy_with_logits(out["confidence"], right, reduction="none") * mask
+            ).sum() / mask.sum().clamp(min=1)
+            loss = key_loss + template_loss + 0.5 * conf_loss
+        return out, state, loss
