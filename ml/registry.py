@@ -96,7 +96,9 @@ def load_model(model_dir: str | os.PathLike[str], device: str = "cpu") -> tuple[
     except (TypeError, KeyError) as exc:
         raise ModelError(f"{path}/{MANIFEST} does not describe a model this code can build: {exc}") from None
     if vocab.key_size != cfg.key_vocab or vocab.template_size != cfg.template_vocab:
-        raise ModelError(f"{path}: the vocabulary ({vocab.key_size} keys, {vocab.template_size} templates) does not match the config")
+        raise ModelError(
+            f"{path}: the vocabulary ({vocab.key_size} keys, {vocab.template_size} templates) does not match the config"
+        )
     model = NextKeyLSTM(cfg)
     try:
         state = load_file(str(weights), device=device)

@@ -96,6 +96,7 @@ def replay(
     budget: float = 1.0,
     warmup: int = 0,
     times: Sequence[float] | None = None,
+    clients: Sequence[int] | None = None,
 ) -> ArmResult:
     """Replay ``keys`` through a ``capacity``-entry cache with ``predictor``; score from ``warmup`` on."""
     if capacity < 1:
@@ -109,8 +110,9 @@ def replay(
     tokens = 0.0
     cap_tokens = max(2.0, 4 * budget)  # unused budget is lost beyond a short burst
     clock = times if times is not None else range(len(keys))
+    streams = clients if clients is not None else [0] * len(keys)
     started = time.perf_counter()
-    for i, (key, t) in enumerate(zip(keys, clock, strict=True)):
+    for i, (key, t, client) in enumerate(zip(keys, clock, streams, strict=True)):
         scored = i >= warmup
         flag = present.get(key)
         if flag is not None:
@@ -128,7 +130,7 @@ def replay(
                 del present[victim()]
             present[key] = 0
             insert(key, 1)
-        observe(key, t, hit)
+        observe(key, t, hit, client)
         if budget:
             tokens += budget
             if tokens > cap_tokens:
@@ -248,7 +250,7 @@ class SimReport:
 
 
 def is_heuristic(arm: ArmResult) -> bool:
-    return arm.prefetcher not in (*SIMULATOR_ONLY, "belady") and not arm.prefetcher.startswith("ml")
+    return arm.prefetcher not in (*SIMULATOR_ONLY, "belady", "ml")
 
 
 def compare(arms: list[ArmResult]) -> str:
@@ -293,15 +295,27 @@ def simulate(
     # One str object per distinct key, shared by its requests, so each hash is computed once.
     keys = np.array(names.to_pylist(), dtype=object)[codes].tolist()
     times = [float(i) for i in range(n)]
+    client_col = log.column("client")
+    clients = [0] * n if client_col.dtype.kind != "i" else client_col.tolist()
     warm = int(warmup * n)
     specs = list(dict.fromkeys(["none", *prefetchers]))
-    for spec in specs:  # fail on a bad spec before any arm runs
-        make_predictor(spec, trace_keys=keys)
+    for spec in specs:  # fail on a bad spec before any arm runs (the ML arm's load is the check)
+        if not spec.startswith("ml:"):
+            make_predictor(spec, trace_keys=keys)
     arms = []
     for policy in policies:
         for spec in specs:
-            predictor = make_predictor(spec, trace_keys=keys)
-            result = replay(keys, capacity, predictor, policy=policy, budget=budget, warmup=warm, times=times)
+            predictor = make_predictor(spec, trace_keys=keys, log=log)
+            result = replay(
+                keys,
+                capacity,
+                predictor,
+                policy=policy,
+                budget=budget,
+                warmup=warm,
+                times=times,
+                clients=clients,
+            )
             result.arm = spec if len(policies) == 1 else f"{spec}@{policy}"
             arms.append(result)
     if with_belady:

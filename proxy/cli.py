@@ -23,6 +23,7 @@ EXTERNAL: dict[str, tuple[str, str]] = {
     "gen": ("ml.data.cli:gen_main", "generate a synthetic workload, list workloads, validate an access log"),
     "trace": ("ml.data.cli:trace_main", "import a real cache trace into an access log, or export one"),
     "sim": ("prefetch.cli:sim_main", "replay an access log through the cache with prefetcher arms"),
+    "train": ("ml.cli:train_main", "train the LSTM next-key model on an access log"),
 }
 
 

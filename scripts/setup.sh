@@ -32,6 +32,6 @@ fi
 stamp=.venv/.predis-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     echo "setup: installing predis and its dependencies into .venv" >&2
-    .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[dev]'
+    .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[dev,ml]'
     touch "$stamp"
 fi

@@ -25,7 +25,7 @@ def time_features(ts: np.ndarray) -> np.ndarray:
 
 
 def to_us(ts: np.ndarray) -> np.ndarray:
-    return np.rint(ts * US).astype(np.int64)
+    return np.asarray(np.rint(ts * US), dtype=np.int64)
 
 
 def _group_order(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -78,7 +78,12 @@ def features(codes: np.ndarray, ts: np.ndarray, cfg: FeatureConfig | None = None
         keyed = codes[order] * width + rel[order] + horizon_us
         too_old = np.searchsorted(keyed, codes * width + rel, side="right") - group_start
     else:  # offsets would overflow int64: a per-key search instead (rare: huge spans and key counts)
-        too_old = np.array([np.searchsorted(rel[order][s : s + r + 1], rel[i] - horizon_us, side="right") for i, (s, r) in enumerate(zip(group_start, rank, strict=True))])
+        too_old = np.array(
+            [
+                np.searchsorted(rel[order][s : s + r + 1], rel[i] - horizon_us, side="right")
+                for i, (s, r) in enumerate(zip(group_start, rank, strict=True))
+            ]
+        )
     out[:, 8] = np.log1p(np.minimum(rank - too_old, cfg.recent_cap))
     gaps = np.diff(t_us, prepend=t_us[0]) / US
     out[:, 9] = np.log1p(np.maximum(gaps, 0.0))
@@ -101,7 +106,9 @@ def cooccurrence(codes: np.ndarray, window: int) -> dict[tuple[int, int], int]:
     return {(int(u // span), int(u % span)): int(c) for u, c in zip(uniq, counts, strict=True)}
 
 
-def features_torch(codes: np.ndarray, ts: np.ndarray, cfg: FeatureConfig | None = None, device: str = "cpu") -> Any:
+def features_torch(
+    codes: np.ndarray, ts: np.ndarray, cfg: FeatureConfig | None = None, device: str = "cpu"
+) -> Any:
     """The heavy parts of :func:`features` (sorting, searches, windowed counts) in torch, for a GPU.
 
     Returns the same (n, len(FEATURES)) array, computed on ``device`` and brought back to numpy.
@@ -133,7 +140,9 @@ def features_torch(codes: np.ndarray, ts: np.ndarray, cfg: FeatureConfig | None 
     out = torch.zeros((n, len(FEATURES)), dtype=torch.float64, device=device)
     out[:, 0:4] = torch.as_tensor(time_features(ts), device=device)
     out[:, 4] = (~has_prev).double()
-    since = torch.where(has_prev, (t_us - t_us[prev]).double() / US, torch.zeros(n, dtype=torch.float64, device=device))
+    since = torch.where(
+        has_prev, (t_us - t_us[prev]).double() / US, torch.zeros(n, dtype=torch.float64, device=device)
+    )
     out[:, 5] = torch.log1p(torch.clamp(since, min=0.0))
     out[:, 6] = torch.log1p(rank.double())
     span = n + cfg.window + 1

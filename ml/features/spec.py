@@ -23,7 +23,9 @@ FEATURES = (
 class FeatureConfig:
     window: int = 1000  # reads: the sliding window of window_count
     horizon: float = 60.0  # seconds: the window of recent_count
-    recent_cap: int = 64  # recent_count is capped, so the real-time extractor keeps at most this many times per key
+    recent_cap: int = (
+        64  # recent_count is capped, so the real-time extractor keeps at most this many times per key
+    )
     cooccur_window: int = 8  # reads: pairs (a, b) with b within this many reads after a are counted
     max_keys: int = 1_000_000  # real time: keys with state (least recently read dropped beyond)
     max_pairs: int = 4_000_000  # real time: co-occurrence pairs kept (oldest dropped beyond)

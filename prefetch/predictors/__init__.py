@@ -56,12 +56,15 @@ def _number(text: str) -> Any:
     return text
 
 
-def make_predictor(spec: str, *, trace_keys: Sequence[str] | None = None) -> Predictor:
-    """The predictor named by ``spec``; ``trace_keys`` is needed by the oracle only."""
+def make_predictor(spec: str, *, trace_keys: Sequence[str] | None = None, log: Any = None) -> Predictor:
+    """The predictor named by ``spec``; ``trace_keys`` (the oracle) and ``log`` (the ML arm, which
+    computes its candidates for the whole trace up front) exist in the simulator only."""
     if spec.startswith("ml:"):
-        from ml.predictor import load_predictor  # type: ignore[import-not-found]
+        path, _, rest = spec[3:].partition("::")
+        _, params = parse_spec("ml:" + rest) if rest else ("ml", {})
+        from ml.predictor import load_predictor
 
-        return load_predictor(spec[3:])  # type: ignore[no-any-return]
+        return load_predictor(path, log, **params)  # type: ignore[no-any-return]
     name, params = parse_spec(spec)
     if name == "oracle":
         if trace_keys is None:

@@ -28,7 +28,7 @@ class Frequency:
         self.cursor = 0
         self.seen = 0
 
-    def observe(self, key: str, t: float, hit: bool) -> None:
+    def observe(self, key: str, t: float, hit: bool, client: int = 0) -> None:
         counts = self.counts
         c = counts.get(key, 0) + 1
         counts[key] = c

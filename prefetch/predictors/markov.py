@@ -6,25 +6,35 @@ from collections import OrderedDict
 
 
 class Markov:
-    """A successor table with counts: ``max_keys`` source keys (the oldest source is dropped first),
+    """A successor table with counts, learned from each client's own sequence of reads: ``max_keys`` source keys (the oldest source is dropped first),
     each with at most ``max_successors`` successors kept as a list sorted by count (a new successor
     replaces the least counted). ``predict`` returns the current key's top successors, scored by their
     share of its transitions."""
 
     name = "markov"
 
-    def __init__(self, max_keys: int = 100_000, max_successors: int = 4) -> None:
+    def __init__(self, max_keys: int = 100_000, max_successors: int = 4, max_clients: int = 65_536) -> None:
         if max_keys < 1 or max_successors < 1:
             raise ValueError("markov needs max_keys >= 1 and max_successors >= 1")
         self.max_keys = max_keys
         self.max_successors = max_successors
-        self.max_footprint = max_keys * (max_successors + 1)
+        self.max_footprint = max_keys * (max_successors + 1) + max_clients + 1
         # source -> [total, [successor, count], ...] with the pairs sorted by count, highest first
         self.table: OrderedDict[str, list] = OrderedDict()  # type: ignore[type-arg]
         self.last: str | None = None
+        # Each client's previous read, so that a transition is learned within one client's stream
+        # (interleaved clients would otherwise teach successors that are only coincidences).
+        self.max_clients = max_clients
+        self.previous: OrderedDict[int, str] = OrderedDict()
 
-    def observe(self, key: str, t: float, hit: bool) -> None:
-        last = self.last
+    def observe(self, key: str, t: float, hit: bool, client: int = 0) -> None:
+        previous = self.previous
+        last = previous.get(client)
+        previous[client] = key
+        if last is not None:
+            previous.move_to_end(client)
+        elif len(previous) > self.max_clients:
+            previous.popitem(last=False)
         self.last = key
         if last is None:
             return
@@ -57,4 +67,4 @@ class Markov:
         return [(key, count / total) for key, count in row[1 : k + 1]]
 
     def footprint(self) -> int:
-        return sum(len(row) for row in self.table.values())
+        return sum(len(row) for row in self.table.values()) + len(self.previous)

@@ -63,7 +63,7 @@ class Mithril:
         self.last: str | None = None
         self.minings = 0
 
-    def observe(self, key: str, t: float, hit: bool) -> None:
+    def observe(self, key: str, t: float, hit: bool, client: int = 0) -> None:
         self.ts += 1
         self.last = key
         if hit and not self.record_hits:

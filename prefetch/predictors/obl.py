@@ -44,7 +44,7 @@ class OBL:
         self.run = 0
         self._parsed: dict[str, tuple[str, int, str, int] | None] = {}  # a bounded parse cache
 
-    def observe(self, key: str, t: float, hit: bool) -> None:
+    def observe(self, key: str, t: float, hit: bool, client: int = 0) -> None:
         parsed = self._parsed
         try:
             cur = parsed[key]

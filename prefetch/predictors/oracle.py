@@ -18,7 +18,7 @@ class Oracle:
         self.window = window
         self.i = -1
 
-    def observe(self, key: str, t: float, hit: bool) -> None:
+    def observe(self, key: str, t: float, hit: bool, client: int = 0) -> None:
         self.i += 1
 
     def predict(self, k: int) -> list[tuple[str, float]]:

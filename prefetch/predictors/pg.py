@@ -45,7 +45,7 @@ class ProbabilityGraph:
         self.window: deque[str] = deque(maxlen=lookahead + 1)
         self.last: str | None = None
 
-    def observe(self, key: str, t: float, hit: bool) -> None:
+    def observe(self, key: str, t: float, hit: bool, client: int = 0) -> None:
         window = self.window
         window.append(key)
         self.last = key

@@ -21,7 +21,9 @@ def sample_log(n: int = 20_000) -> tuple[np.ndarray, np.ndarray, list[str]]:
     return codes, log.timestamps(), names.to_pylist()
 
 
-def realtime_run(codes: np.ndarray, ts: np.ndarray, names: list[str], cfg: FeatureConfig) -> tuple[np.ndarray, RealtimeFeatures]:
+def realtime_run(
+    codes: np.ndarray, ts: np.ndarray, names: list[str], cfg: FeatureConfig
+) -> tuple[np.ndarray, RealtimeFeatures]:
     rt = RealtimeFeatures(cfg)
     rows = np.stack([rt.update(names[c], t) for c, t in zip(codes.tolist(), ts.tolist(), strict=True)])
     return rows, rt

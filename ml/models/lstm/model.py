@@ -60,7 +60,9 @@ class NextKeyLSTM(nn.Module):
         next_keys: torch.Tensor | None = None,  # (B, T) targets: the key token read next, PAD for none
         next_templates: torch.Tensor | None = None,  # (B, T)
     ) -> tuple[dict[str, torch.Tensor], tuple[torch.Tensor, torch.Tensor], torch.Tensor | None]:
-        x = torch.cat([self.key_emb(keys), self.template_emb(templates), F.gelu(self.feature_proj(feats))], dim=-1)
+        x = torch.cat(
+            [self.key_emb(keys), self.template_emb(templates), F.gelu(self.feature_proj(feats))], dim=-1
+        )
         h, state = self.lstm(x, state)  # (B, T, H)
         out = {
             "key_logits": self.key_head(h),  # (B, T, V)

@@ -1,0 +1,61 @@
+"""`predis train`: train the next-key model on an access log."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import NoReturn
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see --help)\n")
+
+
+def train_main(argv: list[str]) -> int:
+    p = _Parser(prog="predis train", description="Train the LSTM next-key model on an access log.")
+    p.add_argument("log", help="an access log (Parquet or Predis CSV)")
+    p.add_argument("-o", "--output", required=True, help="model directory (or registry, with --registry)")
+    p.add_argument(
+        "--registry",
+        action="store_true",
+        help="add a new numbered version to the registry at -o and make it current",
+    )
+    p.add_argument("--epochs", type=int, default=8)
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch", type=int, default=64, help="windows of --length reads per step")
+    p.add_argument("--length", type=int, default=64)
+    p.add_argument("--max-keys", type=int, default=8_192, help="key vocabulary size")
+    p.add_argument("--max-seconds", type=float, default=540.0, help="stop training after this long")
+    p.add_argument("--split", type=float, default=0.8, help="share of the log (by time) used for training")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    args = p.parse_args(argv)
+    from ml.data.log import read_log
+    from ml.training.train import TrainConfig, train
+    from proxy.errors import ConfigError
+
+    if args.epochs < 1 or args.batch < 1 or args.length < 2 or not 0 < args.split < 1:
+        raise ConfigError("--epochs and --batch must be at least 1, --length at least 2, --split in (0, 1)")
+    log = read_log(args.log)
+    cfg = TrainConfig(
+        epochs=args.epochs,
+        batch=args.batch,
+        length=args.length,
+        seed=args.seed,
+        device=args.device,
+        max_keys=args.max_keys,
+        max_seconds=args.max_seconds,
+        split=args.split,
+        progress=not args.quiet and sys.stderr.isatty(),
+    )
+    metrics = train(log, args.output, cfg, registry=args.registry)
+    summary = {
+        "model_dir": metrics["model_dir"],
+        "train_seconds": metrics["train_seconds"],
+        "model": metrics["model"],
+        "heuristics": metrics["heuristics"],
+    }
+    print(json.dumps(summary, indent=1))
+    return 0

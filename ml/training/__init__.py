@@ -1,0 +1,1 @@
+"""Training the next-key model: data preparation, the training loop, evaluation."""

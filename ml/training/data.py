@@ -1,0 +1,81 @@
+"""From an access log to model inputs: tokens, features and per-client streams.
+
+A client's reads form its own stream (the proxy sees one per connection): the model is trained to
+predict, at each read, the next read of the same client. Logs without client ids are one stream.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ml.data.log import AccessLog
+from ml.features.offline import features
+from ml.features.spec import FeatureConfig
+from ml.vocab import PAD, UNK, Vocabulary
+
+
+@dataclass
+class Encoded:
+    names: list[str]  # distinct keys, by code
+    codes: np.ndarray  # (n,) key code per read
+    ts: np.ndarray  # (n,)
+    client: np.ndarray  # (n,) int64
+    key_tok: np.ndarray  # (n,) key token per read
+    tpl_tok: np.ndarray  # (n,) template token per read
+    feats: np.ndarray  # (n, F) float32
+
+    def __len__(self) -> int:
+        return int(self.codes.size)
+
+
+def encode(log: AccessLog, vocab: Vocabulary, cfg: FeatureConfig | None = None) -> Encoded:
+    codes, names_arr = log.key_codes()
+    names = names_arr.to_pylist()
+    key_of_code = np.array([vocab.key_token(k) for k in names], np.int64)
+    tpl_of_code = np.array([vocab.template_token(k) for k in names], np.int64)
+    client = log.column("client")
+    client = (
+        np.zeros(codes.size, np.int64)
+        if client.dtype == object or np.isnan(client.astype(float)).any()
+        else client.astype(np.int64)
+    )
+    ts = log.timestamps()
+    return Encoded(names, codes, ts, client, key_of_code[codes], tpl_of_code[codes], features(codes, ts, cfg))
+
+
+def stream_order(client: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The reads ``idx`` grouped by client in time order, and for each the position (in that
+    order) of the same client's next read, or -1."""
+    order = idx[np.argsort(client[idx], kind="stable")]
+    same = np.r_[client[order][1:] == client[order][:-1], False]
+    nxt = np.where(same, np.arange(order.size) + 1, -1)
+    return order, nxt
+
+
+def windows(enc: Encoded, idx: np.ndarray, length: int) -> dict[str, torch.Tensor]:
+    """Training windows of ``length`` reads over the client streams of ``idx``; targets are each
+    read's next read in its stream (PAD where a stream ends; unknown next keys are not targets)."""
+    order, nxt = stream_order(enc.client, idx)
+    n = order.size
+    has_next = nxt >= 0
+    next_read = order[np.where(has_next, nxt, 0)]
+    y_key = np.where(has_next, enc.key_tok[next_read], PAD)
+    y_key[y_key == UNK] = PAD
+    y_tpl = np.where(has_next, enc.tpl_tok[next_read], PAD)
+    pad = (-n) % length
+
+    def shape(a: np.ndarray, fill: float = 0) -> np.ndarray:
+        a = np.concatenate([a, np.full((pad,) + a.shape[1:], fill, a.dtype)])
+        return a.reshape((-1, length) + a.shape[1:])
+
+    return {
+        "keys": torch.as_tensor(shape(enc.key_tok[order])),
+        "templates": torch.as_tensor(shape(enc.tpl_tok[order])),
+        "feats": torch.as_tensor(shape(enc.feats[order])),
+        "next_keys": torch.as_tensor(shape(y_key)),
+        "next_templates": torch.as_tensor(shape(y_tpl)),
+        "order": torch.as_tensor(shape(order, -1)),
+    }

@@ -1,0 +1,203 @@
+"""Training: time-ordered split, seeded, early stopping, mixed precision on a GPU, metrics saved.
+
+predis train LOG -o MODEL_DIR [--epochs N] [--device auto|cpu|cuda] [--registry]
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ml.data.log import AccessLog
+from ml.models.lstm.model import LSTMConfig, NextKeyLSTM
+from ml.training.data import encode, windows
+from ml.vocab import Vocabulary
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 8  # upper bound; early stopping usually ends sooner
+    batch: int = 64  # windows per step
+    length: int = 64  # reads per window
+    lr: float = 3e-3
+    weight_decay: float = 0.01
+    split: float = 0.8  # the first 80% of reads (by time) train, the rest validate
+    patience: int = 2  # epochs without a better validation loss before stopping
+    seed: int = 0
+    max_keys: int = 8_192
+    max_templates: int = 1_024
+    max_seconds: float = 540.0  # stop after this long (the goal is a useful model in 10 minutes)
+    device: str = "auto"
+    progress: bool = True
+
+
+def fingerprint(log: AccessLog) -> str:
+    h = hashlib.sha256()
+    h.update(str(len(log)).encode())
+    for col in ("key", "ts"):
+        for chunk in log.table.column(col).chunks[:4]:
+            for buf in chunk.buffers():
+                if buf is not None:
+                    h.update(memoryview(buf)[: 1 << 20])
+    return h.hexdigest()[:16]
+
+
+def pick_device(name: str) -> str:
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        from proxy.errors import ConfigError
+
+        raise ConfigError("--device cuda: no CUDA device is available to torch here")
+    return name
+
+
+def _loss(
+    model: NextKeyLSTM, data: dict[str, torch.Tensor], rows: torch.Tensor, device: str, amp: bool
+) -> torch.Tensor:
+    batch = {k: v[rows].to(device, non_blocking=True) for k, v in data.items() if k != "order"}
+    with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=amp):
+        _, _, loss = model(
+            batch["keys"],
+            batch["templates"],
+            batch["feats"],
+            None,
+            batch["next_keys"],
+            batch["next_templates"],
+        )
+    assert loss is not None
+    return loss
+
+
+def train(
+    log: AccessLog,
+    out_dir: str | Path,
+    tcfg: TrainConfig | None = None,
+    mcfg: LSTMConfig | None = None,
+    registry: bool = False,
+) -> dict[str, Any]:
+    from ml.inference import predict_streams
+    from ml.registry import next_version, save_model, set_current
+    from ml.training.evaluate import compare_heuristics, score
+
+    tcfg = tcfg or TrainConfig()
+    device = pick_device(tcfg.device)
+    torch.manual_seed(tcfg.seed)
+    np.random.seed(tcfg.seed)
+    n = len(log)
+    cut = int(n * tcfg.split)
+    if cut < 2 or n - cut < 2:
+        from proxy.errors import ConfigError
+
+        raise ConfigError(f"the log has {n} reads: too few to split into training and validation")
+    codes, names = log.key_codes()
+    train_names = names.take(codes[:cut]).to_pylist()  # the vocabulary sees the training part only
+    vocab = Vocabulary.build(train_names, tcfg.max_keys, tcfg.max_templates)
+    enc = encode(log, vocab)
+    train_idx, val_idx = np.arange(cut), np.arange(cut, n)
+    tr = windows(enc, train_idx, tcfg.length)
+    va = windows(enc, val_idx, tcfg.length)
+    mcfg = mcfg or LSTMConfig()
+    mcfg.key_vocab, mcfg.template_vocab = vocab.key_size, vocab.template_size
+    model = NextKeyLSTM(mcfg).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
+    amp = device == "cuda"
+    gen = torch.Generator().manual_seed(tcfg.seed)
+    best, best_state, stale, history = math.inf, None, 0, []
+    started = time.perf_counter()
+    steps_per_epoch = max(1, math.ceil(tr["keys"].shape[0] / tcfg.batch))
+    for epoch in range(tcfg.epochs):
+        model.train()
+        perm = torch.randperm(tr["keys"].shape[0], generator=gen)
+        bar = _progress(steps_per_epoch, f"epoch {epoch + 1}", tcfg.progress)
+        total = 0.0
+        for s in range(steps_per_epoch):
+            rows = perm[s * tcfg.batch : (s + 1) * tcfg.batch]
+            loss = _loss(model, tr, rows, device, amp)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            total += loss.item()
+            bar.update(1)
+            bar.set_postfix(loss=f"{total / (s + 1):.3f}")
+        bar.close()
+        model.eval()
+        with torch.no_grad():
+            val = [
+                float(_loss(model, va, torch.arange(i, min(i + 256, va["keys"].shape[0])), device, amp))
+                for i in range(0, va["keys"].shape[0], 256)
+            ]
+        val_loss = float(np.mean(val))
+        elapsed = time.perf_counter() - started
+        history.append(
+            {
+                "epoch": epoch + 1,
+                "train_loss": total / steps_per_epoch,
+                "val_loss": val_loss,
+                "seconds": round(elapsed, 1),
+            }
+        )
+        if val_loss < best - 1e-4:
+            best, stale = val_loss, 0
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        else:
+            stale += 1
+        if stale >= tcfg.patience or elapsed > tcfg.max_seconds:
+            break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    train_seconds = time.perf_counter() - started
+    cands, conf, top_token = predict_streams(model, vocab, enc, val_idx, device=device)
+    metrics = {
+        "model": score(enc, val_idx, cands, conf, top_token),
+        "heuristics": compare_heuristics(enc, val_idx),
+        "history": history,
+        "train_seconds": round(train_seconds, 1),
+        "train_reads": cut,
+        "val_reads": n - cut,
+        "device": device,
+    }
+    out = Path(out_dir)
+    target = next_version(out) if registry else out
+    save_model(
+        model,
+        vocab,
+        target,
+        train_config=tcfg.__dict__,
+        data={"source": log.source, "reads": n, "fingerprint": fingerprint(log), "meta": log.meta},
+        metrics=metrics,
+    )
+    (target / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    if registry:
+        set_current(out, target)
+    metrics["model_dir"] = str(target)
+    return metrics
+
+
+class _NoBar:
+    def update(self, n: int) -> None:
+        pass
+
+    def set_postfix(self, **kw: Any) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _progress(total: int, desc: str, enabled: bool) -> Any:
+    if not enabled:
+        return _NoBar()
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, leave=False, mininterval=1.0)

@@ -1,0 +1,77 @@
+"""`predis train` and the ML arm of `predis sim`, end to end on a small log."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("torch")
+
+from ml.data.generators import generate, parse_params  # noqa: E402
+from ml.data.log import write_log  # noqa: E402
+
+PREDIS = [sys.executable, "-m", "proxy.cli"]
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*PREDIS, *args], capture_output=True, text=True, timeout=600)
+
+
+def test_train_then_simulate(tmp_path: Path) -> None:
+    params = parse_params("ml_training", ["shuffle=fixed", "samples=500", "batch=16"])
+    log = tmp_path / "fixed.parquet"
+    write_log(generate("ml_training", 6000, seed=1, params=params), log)
+    out = run(
+        "train",
+        str(log),
+        "-o",
+        str(tmp_path / "reg"),
+        "--registry",
+        "--epochs",
+        "6",
+        "--batch",
+        "16",
+        "--length",
+        "32",
+        "--quiet",
+    )
+    assert out.returncode == 0, out.stderr
+    summary = json.loads(out.stdout)
+    assert (
+        summary["model_dir"].endswith("v0001")
+        and (tmp_path / "reg" / "current").read_text().strip() == "v0001"
+    )
+    assert set(summary["heuristics"]) == {"markov", "mithril"}
+    sim = run(
+        "sim",
+        str(log),
+        "--cache",
+        "10%",
+        "--prefetch",
+        f"markov,ml:{tmp_path / 'reg'}",
+        "--warmup",
+        "0.5",
+        "--json",
+        "--no-belady",
+    )
+    assert sim.returncode == 0, sim.stderr
+    arms = {a["arm"]: a for a in json.loads(sim.stdout)["runs"][0]["arms"]}
+    ml = arms[f"ml:{tmp_path / 'reg'}"]
+    assert ml["prefetcher"] == "ml" and 0 <= ml["hit_ratio"] <= 1 and ml["prefetches"] > 0
+
+
+def test_bad_model_and_bad_flags(tmp_path: Path) -> None:
+    log = tmp_path / "z.parquet"
+    write_log(generate("zipfian", 2000, seed=1), log)
+    out = run("sim", str(log), "--cache", "5%", "--prefetch", f"ml:{tmp_path / 'nothing'}")
+    assert (
+        out.returncode == 2
+        and len(out.stderr.strip().splitlines()) == 1
+        and "no such model directory" in out.stderr
+    )
+    out = run("train", str(log), "-o", str(tmp_path / "m"), "--split", "1.5")
+    assert out.returncode == 2 and "--split" in out.stderr

@@ -1,0 +1,132 @@
+"""The next-key model: it learns a planted sequence, round-trips through safetensors, refuses
+corrupt models with one line, and keeps its vocabulary bounded."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from ml.data.log import AccessLog, make_table  # noqa: E402
+from ml.inference import predict_streams  # noqa: E402
+from ml.registry import ModelError, load_model, next_version, resolve, save_model, set_current  # noqa: E402
+from ml.training.data import encode  # noqa: E402
+from ml.training.train import TrainConfig, train  # noqa: E402
+from ml.vocab import UNK, Vocabulary, fill, template_of  # noqa: E402
+
+
+def planted_log(n: int = 6000, clients: int = 4) -> AccessLog:
+    """Each client walks the same planted cycle of 12 keys, starting at its own place, interleaved."""
+    cycle = [f"page:{i * 7 % 97}:body" for i in range(12)]
+    rng = np.random.default_rng(0)
+    pos = list(range(clients))
+    keys, client = [], []
+    for _ in range(n):
+        c = int(rng.integers(clients))
+        keys.append(cycle[pos[c] % len(cycle)])
+        pos[c] += 1
+        client.append(c)
+    return AccessLog(
+        make_table(np.arange(n) * 0.01, keys, "GET", 100, "planted", client=np.array(client)),
+        {"source": "planted"},
+    )
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("model")
+    torch.set_num_threads(2)
+    metrics = train(
+        planted_log(),
+        out,
+        TrainConfig(epochs=12, batch=16, length=32, lr=1e-2, progress=False, patience=12, max_keys=64),
+    )
+    return out, metrics
+
+
+def test_learns_a_planted_sequence(trained: tuple[Path, dict]) -> None:
+    _, metrics = trained
+    assert metrics["model"]["top1"] > 0.95, metrics["model"]
+    assert metrics["model"]["recall@10_within_10"] > 0.95
+    assert metrics["history"][-1]["val_loss"] < metrics["history"][0]["val_loss"]
+
+
+def test_save_load_round_trip(trained: tuple[Path, dict], tmp_path: Path) -> None:
+    path, _ = trained
+    model, vocab, manifest = load_model(path)
+    assert manifest["format"] == "predis-lstm/1" and manifest["data"]["reads"] == 6000
+    assert (path / "metrics.json").exists()
+    again = save_model(model, vocab, tmp_path / "copy", metrics=manifest["metrics"])
+    model2, vocab2, _ = load_model(again)
+    for (k, a), (_, b) in zip(model.state_dict().items(), model2.state_dict().items(), strict=True):
+        assert torch.equal(a, b), k
+    log = planted_log(500)
+    enc = encode(log, vocab)
+    first = predict_streams(model, vocab, enc, np.arange(len(enc)))[0]
+    second = predict_streams(model2, vocab2, encode(log, vocab2), np.arange(len(enc)))[0]
+    assert first == second
+
+
+def test_registry_versions_and_current(trained: tuple[Path, dict], tmp_path: Path) -> None:
+    model, vocab, _ = load_model(trained[0])
+    reg = tmp_path / "reg"
+    v1 = save_model(model, vocab, next_version(reg))
+    set_current(reg, v1)
+    v2 = save_model(model, vocab, next_version(reg))
+    assert (v1.name, v2.name) == ("v0001", "v0002")
+    assert resolve(reg) == v1
+    set_current(reg, v2)
+    assert resolve(reg) == v2 and load_model(reg)[2]["format"] == "predis-lstm/1"
+
+
+def test_corrupt_truncated_and_mismatched_models_fail_with_one_line(
+    trained: tuple[Path, dict], tmp_path: Path
+) -> None:
+    import shutil
+
+    def broken(name: str) -> Path:
+        dst = tmp_path / name
+        shutil.copytree(trained[0], dst)
+        return dst
+
+    cut = broken("cut")
+    data = (cut / "model.safetensors").read_bytes()
+    (cut / "model.safetensors").write_bytes(data[: len(data) // 2])
+    bad_manifest = broken("manifest")
+    (bad_manifest / "manifest.json").write_text("{not json")
+    other_format = broken("format")
+    doc = json.loads((other_format / "manifest.json").read_text())
+    doc["format"] = "predis-lstm/99"
+    (other_format / "manifest.json").write_text(json.dumps(doc))
+    mismatched = broken("mismatch")
+    doc = json.loads((mismatched / "manifest.json").read_text())
+    doc["config"]["hidden"] = 64
+    (mismatched / "manifest.json").write_text(json.dumps(doc))
+    cases = [
+        (cut, "does not match its manifest"),
+        (bad_manifest, "is corrupt"),
+        (other_format, "model format"),
+        (mismatched, "cannot load the weights"),
+        (tmp_path / "absent", "no such model directory"),
+    ]
+    for path, message in cases:
+        with pytest.raises(ModelError, match=message) as info:
+            load_model(path)
+        assert "\n" not in str(info.value)
+
+
+def test_vocabulary_is_bounded_and_open() -> None:
+    keys = [f"user:{i}:cart" for i in range(1_000_000)] + ["hot"] * 5
+    vocab = Vocabulary.build(keys, max_keys=1000, max_templates=10)
+    assert vocab.key_size == 1002 and vocab.template_size <= 12
+    assert vocab.key_token("hot") >= 2
+    assert vocab.key_token("user:999999999:cart") == UNK  # never seen: UNK, no error
+    assert vocab.template_token("user:999999999:cart") >= 2  # but its shape is known
+    assert template_of("a:12:b:7") == "a:#:b:#" and fill("user:#:cart", ["42"]) == "user:42:cart"
+    assert fill("user:#:cart", []) is None
+    back = Vocabulary.from_json(json.loads(json.dumps(vocab.to_json())))
+    assert back.keys == vocab.keys and back.templates == vocab.templates
