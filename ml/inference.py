@@ -14,11 +14,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from ml.training.data import RECENT
 from ml.vocab import Vocabulary, fill, numbers_of
 
 TOP_KEYS = 10  # key-head candidates per read
 TOP_TEMPLATES = 3  # template-head candidates per read
-RECENT = 4  # a client's last reads whose numbers fill templates
 
 
 def compose(
@@ -29,26 +29,29 @@ def compose(
     tpl_probs: Sequence[float],
     recent: Sequence[str],
     k: int,
+    copy_probs: Sequence[float] = (),
 ) -> list[tuple[str, float]]:
+    """Merge the key head's keys with templates filled in from recent reads. Filling template t
+    with the numbers of the j-th latest read scores p(t) x p(copy j), the copy head's chance that
+    the next key takes that read's numbers (``recent`` is oldest first, ``copy_probs`` latest first)."""
     scores: dict[str, float] = {}
     for tok, p in zip(key_ids, key_probs, strict=True):
         key = vocab.key_of(tok)
         if key is not None and p > scores.get(key, 0.0):
             scores[key] = p
-    just_read = set(recent)
+    just_read = recent[-1] if recent else None
     for tok, p in zip(tpl_ids, tpl_probs, strict=True):
         template = vocab.template_name(tok)
         if template is None or "#" not in template:
             continue
-        for rank, prev in enumerate(reversed(recent)):
+        for j, prev in enumerate(reversed(recent)):
+            weight = copy_probs[j] if j < len(copy_probs) else 0.0
+            score = p * weight
+            if score <= 0.01:
+                continue
             key = fill(template, numbers_of(prev))
-            # A key the client has just read is cached already; naming it again wastes a slot.
-            if key is not None and key not in just_read:
-                # The template's chance, split over the ways of filling it, favouring the latest
-                # read: at most half, so a confident key-head prediction outranks it.
-                score = p / (2 + rank)
-                if score > scores.get(key, 0.0):
-                    scores[key] = score
+            if key is not None and key != just_read and score > scores.get(key, 0.0):
+                scores[key] = score
     ranked = sorted(scores.items(), key=lambda kv: kv[1], reverse=True)[:k]
     return [(key, min(1.0, s)) for key, s in ranked]
 
@@ -102,6 +105,7 @@ def predict_streams(
             for j, i in enumerate(group):
                 states[i] = (h[:, j].clone(), c[:, j].clone())
             key_top = torch.softmax(out["key_logits"].float(), -1).topk(TOP_KEYS, dim=-1)
+            copy = torch.softmax(out["copy_logits"].float(), -1).cpu().numpy()
             tpl_top = torch.softmax(out["template_logits"].float(), -1).topk(TOP_TEMPLATES, dim=-1)
             kp, ki = key_top.values.cpu().numpy(), key_top.indices.cpu().numpy()
             tp, ti = tpl_top.values.cpu().numpy(), tpl_top.indices.cpu().numpy()
@@ -121,6 +125,7 @@ def predict_streams(
                         tp[j, t].tolist(),
                         recent,
                         k,
+                        copy[j, t].tolist(),
                     )
                     conf[read] = cf[j, t]
                     top_token[read] = ki[j, t, 0]
@@ -130,7 +135,8 @@ def predict_streams(
 class MLPredictor:
     """The model as a simulator arm. Candidates for every read of the trace are computed up front in
     batches (the model's state depends only on the reads, not on the cache) and served one read at a
-    time. The confidence head gates a fallback heuristic: at or above ``min_confidence`` the model's
+    time. The confidence head gates a fallback heuristic (by default the one training found best on
+    its validation split, recorded in the manifest): at or above ``min_confidence`` the model's
     candidates come first and the fallback's fill the rest; below it, the other way round. Keys the
     vocabulary does not know reach the model as UNK and the fallback still sees them by name."""
 
@@ -140,7 +146,7 @@ class MLPredictor:
         self,
         model_dir: str,
         log: Any,
-        fallback: str = "markov",
+        fallback: str = "",
         min_confidence: float = 0.5,
         device: str = "cpu",
     ) -> None:
@@ -152,7 +158,8 @@ class MLPredictor:
         self.manifest = manifest
         enc = encode(log, vocab)
         self.cands, self.conf, _ = predict_streams(model, vocab, enc, np.arange(len(enc)), device=device)
-        self.fallback = make_predictor(fallback)
+        # The heuristic training found best on its validation split, unless one is named.
+        self.fallback = make_predictor(fallback or str(manifest.get("fallback", "markov")))
         self.min_confidence = min_confidence
         self.max_footprint = self.fallback.max_footprint + 1
         self.i = -1
@@ -166,6 +173,12 @@ class MLPredictor:
         i = self.i
         mine = self.cands[i] if 0 <= i < len(self.cands) else []
         theirs = self.fallback.predict(k)
+        if self.min_confidence < 0:  # merge the two lists by score (both estimate P(next key))
+            merged: dict[str, float] = {}
+            for key, score in (*mine, *theirs):
+                if score > merged.get(key, 0.0):
+                    merged[key] = score
+            return sorted(merged.items(), key=lambda kv: kv[1], reverse=True)[:k]
         if mine and self.conf[i] >= self.min_confidence:
             self.model_first += 1
             first, second = mine, theirs
@@ -186,3 +199,70 @@ class MLPredictor:
 
     def footprint(self) -> int:
         return self.fallback.footprint() + 1
+
+
+class OnlineStepper:
+    """The model one read at a time, as the proxy will run it: each read advances its client's
+    LSTM state by one step (nothing is re-run), reads of different clients are stepped together in
+    one batch, and each gets its top-k next keys. Client states are kept for ``max_clients`` clients
+    (least recently active dropped)."""
+
+    def __init__(
+        self, model: Any, vocab: Vocabulary, device: str = "cpu", max_clients: int = 100_000
+    ) -> None:
+        from collections import OrderedDict
+
+        from ml.features.realtime import RealtimeFeatures
+
+        self.model, self.vocab, self.device = model, vocab, device
+        self.features = RealtimeFeatures()
+        self.states: OrderedDict[int, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
+        self.recent: dict[int, deque[str]] = {}
+        self.max_clients = max_clients
+        layers, hidden = model.cfg.layers, model.cfg.hidden
+        self.zero = torch.zeros(layers, hidden, device=device)
+
+    @torch.no_grad()
+    def step(self, reads: Sequence[tuple[int, str, float]], k: int = 10) -> list[list[tuple[str, float]]]:
+        """One step for a batch of (client, key, t) reads of distinct clients."""
+        vocab = self.vocab
+        n = len(reads)
+        keys = torch.tensor([[vocab.key_token(key)] for _, key, _ in reads], device=self.device)
+        tpls = torch.tensor([[vocab.template_token(key)] for _, key, _ in reads], device=self.device)
+        feats = torch.as_tensor(
+            np.stack([self.features.update(key, t) for _, key, t in reads]), device=self.device
+        ).unsqueeze(1)
+        hs, cs = [], []
+        for client, _, _ in reads:
+            state = self.states.get(client)
+            hs.append(self.zero if state is None else state[0])
+            cs.append(self.zero if state is None else state[1])
+        out, (h, c), _ = self.model(keys, tpls, feats, (torch.stack(hs, 1), torch.stack(cs, 1)))
+        key_top = torch.softmax(out["key_logits"][:, 0].float(), -1).topk(TOP_KEYS, dim=-1)
+        copy = torch.softmax(out["copy_logits"][:, 0].float(), -1).cpu().numpy()
+        tpl_top = torch.softmax(out["template_logits"][:, 0].float(), -1).topk(TOP_TEMPLATES, dim=-1)
+        kp, ki = key_top.values.cpu().numpy(), key_top.indices.cpu().numpy()
+        tp, ti = tpl_top.values.cpu().numpy(), tpl_top.indices.cpu().numpy()
+        results = []
+        for j, (client, key, _) in enumerate(reads):
+            self.states[client] = (h[:, j], c[:, j])
+            self.states.move_to_end(client)
+            recent = self.recent.setdefault(client, deque(maxlen=RECENT))
+            recent.append(key)
+            results.append(
+                compose(
+                    vocab,
+                    ki[j].tolist(),
+                    kp[j].tolist(),
+                    ti[j].tolist(),
+                    tp[j].tolist(),
+                    recent,
+                    k,
+                    copy[j].tolist(),
+                )
+            )
+        while len(self.states) > self.max_clients:
+            old, _ = self.states.popitem(last=False)
+            self.recent.pop(old, None)
+        assert len(results) == n
+        return results

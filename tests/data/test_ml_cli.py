@@ -45,7 +45,9 @@ def test_train_then_simulate(tmp_path: Path) -> None:
         summary["model_dir"].endswith("v0001")
         and (tmp_path / "reg" / "current").read_text().strip() == "v0001"
     )
-    assert set(summary["heuristics"]) == {"markov", "mithril"}
+    assert set(summary["heuristics"]) == {"markov", "pg", "obl", "mithril"}
+    manifest = json.loads((tmp_path / "reg" / "v0001" / "manifest.json").read_text())
+    assert manifest["fallback"] == "markov", "a fixed order is Markov's best case"
     sim = run(
         "sim",
         str(log),

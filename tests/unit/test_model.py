@@ -130,3 +130,18 @@ def test_vocabulary_is_bounded_and_open() -> None:
     assert fill("user:#:cart", []) is None
     back = Vocabulary.from_json(json.loads(json.dumps(vocab.to_json())))
     assert back.keys == vocab.keys and back.templates == vocab.templates
+
+
+def test_online_steps_match_the_batched_pass(trained: tuple[Path, dict]) -> None:
+    # The proxy's path (one LSTM step per read, real-time features) and the simulator's (each
+    # client's stream in one pass, offline features) name the same keys.
+    from ml.inference import OnlineStepper
+
+    model, vocab, _ = load_model(trained[0])
+    log = planted_log(400)
+    enc = encode(log, vocab)
+    batched = predict_streams(model, vocab, enc, np.arange(len(enc)))[0]
+    stepper = OnlineStepper(model, vocab)
+    keys, ts, clients = log.keys(), log.timestamps(), log.column("client")
+    online = [stepper.step([(int(c), k, float(t))])[0] for k, t, c in zip(keys, ts, clients, strict=True)]
+    assert [[k for k, _ in row] for row in online] == [[k for k, _ in row] for row in batched]

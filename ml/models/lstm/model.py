@@ -27,6 +27,7 @@ class LSTMConfig:
     hidden: int = 128  # LSTM hidden size
     layers: int = 2  # LSTM layers
     dropout: float = 0.1  # between LSTM layers, in training only
+    copy_slots: int = 8  # the copy head points at one of the client's last reads (or none)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -48,6 +49,8 @@ class NextKeyLSTM(nn.Module):
         )
         self.key_head = nn.Linear(cfg.hidden, cfg.key_vocab)
         self.template_head = nn.Linear(cfg.hidden, cfg.template_vocab)
+        # Which recent read's numbers fill the next key's template (slot copy_slots: none of them).
+        self.copy_head = nn.Linear(cfg.hidden, cfg.copy_slots + 1)
         # Trained to predict whether the key head's top prediction is right.
         self.confidence_head = nn.Linear(cfg.hidden, 1)
 
@@ -59,6 +62,7 @@ class NextKeyLSTM(nn.Module):
         state: tuple[torch.Tensor, torch.Tensor] | None = None,  # ((L, B, H), (L, B, H))
         next_keys: torch.Tensor | None = None,  # (B, T) targets: the key token read next, PAD for none
         next_templates: torch.Tensor | None = None,  # (B, T)
+        next_copy: torch.Tensor | None = None,  # (B, T) copy slot targets, -100 for none
     ) -> tuple[dict[str, torch.Tensor], tuple[torch.Tensor, torch.Tensor], torch.Tensor | None]:
         x = torch.cat(
             [self.key_emb(keys), self.template_emb(templates), F.gelu(self.feature_proj(feats))], dim=-1
@@ -67,6 +71,7 @@ class NextKeyLSTM(nn.Module):
         out = {
             "key_logits": self.key_head(h),  # (B, T, V)
             "template_logits": self.template_head(h),  # (B, T, K)
+            "copy_logits": self.copy_head(h),  # (B, T, copy_slots + 1)
             "confidence": self.confidence_head(h).squeeze(-1),  # (B, T) logits
         }
         loss = None
@@ -75,11 +80,15 @@ class NextKeyLSTM(nn.Module):
             template_loss = F.cross_entropy(
                 out["template_logits"].flatten(0, 1), next_templates.flatten(), ignore_index=0
             )
-            with torch.no_grad():
-                right = (out["key_logits"].argmax(-1) == next_keys).float()  # (B, T)
+            with torch.no_grad():  # right: the top key is the next key, and a known one (not UNK)
+                right = ((out["key_logits"].argmax(-1) == next_keys) & (next_keys > 1)).float()  # (B, T)
             mask = (next_keys != 0).float()
             conf_loss = (
                 F.binary_cross_entropy_with_logits(out["confidence"], right, reduction="none") * mask
             ).sum() / mask.sum().clamp(min=1)
             loss = key_loss + template_loss + 0.5 * conf_loss
+            if next_copy is not None:
+                loss = loss + F.cross_entropy(
+                    out["copy_logits"].flatten(0, 1), next_copy.flatten(), ignore_index=-100
+                )
         return out, state, loss

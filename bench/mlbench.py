@@ -1,0 +1,73 @@
+"""ML costs on this machine: incremental inference (one step + top-k) per read at a batch of
+clients, and training throughput (sequences/s), for the reference model shape.
+
+    python -m bench.mlbench [--batch 64] [--vocab 10000] [--device cpu]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+import torch
+
+from ml.inference import OnlineStepper
+from ml.models.lstm.model import LSTMConfig, NextKeyLSTM
+from ml.vocab import Vocabulary
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--vocab", type=int, default=10_000)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--steps", type=int, default=200)
+    ap.add_argument("--train-steps", type=int, default=20)
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    vocab = Vocabulary([f"item:{i}" for i in range(args.vocab - 2)], [f"t{i}:#" for i in range(100)])
+    cfg = LSTMConfig(key_vocab=vocab.key_size, template_vocab=vocab.template_size)
+    model = NextKeyLSTM(cfg).to(args.device).eval()
+    stepper = OnlineStepper(model, vocab, args.device)
+    rng = np.random.default_rng(0)
+    times = []
+    t = 0.0
+    for step in range(args.steps):
+        reads = [(c, f"item:{int(rng.integers(args.vocab - 2))}", t + c * 1e-4) for c in range(args.batch)]
+        t += 0.01
+        start = time.perf_counter()
+        stepper.step(reads)
+        if args.device == "cuda":
+            torch.cuda.synchronize()
+        if step >= 10:
+            times.append(time.perf_counter() - start)
+    per_batch = statistics.median(times)
+    print(
+        f"incremental step + top-10 at batch {args.batch}, {args.vocab:,}-key softmax, {args.device}: "
+        f"{per_batch * 1e3:.2f} ms per batch, {per_batch / args.batch * 1e6:.0f} us per read (median of {len(times)})"
+    )
+    # Training throughput: sequences of 50 reads, batch 256, as the issue's reference.
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    B, T = 256, 50
+    keys = torch.randint(2, vocab.key_size, (B, T), device=args.device)
+    tpls = torch.randint(2, vocab.template_size, (B, T), device=args.device)
+    feats = torch.randn(B, T, cfg.n_features, device=args.device)
+    spans = []
+    for step in range(args.train_steps):
+        start = time.perf_counter()
+        _, _, loss = model(keys, tpls, feats, None, keys.roll(-1, 1), tpls.roll(-1, 1))
+        opt.zero_grad()
+        loss.backward()  # type: ignore[union-attr]
+        opt.step()
+        if args.device == "cuda":
+            torch.cuda.synchronize()
+        if step >= 3:
+            spans.append(time.perf_counter() - start)
+    print(f"training, batch {B} x length {T}, {args.device}: {B / statistics.median(spans):,.0f} sequences/s")
+
+
+if __name__ == "__main__":
+    main()

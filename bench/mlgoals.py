@@ -1,0 +1,44 @@
+"""Issue 6's simulator goals: the ML arm against the best heuristic on a workload generated with
+another seed than the model's training log, at the same cache size and prefetch budget.
+
+    python -m bench.mlgoals --workload web --model models/web [--n 200000] [--seed 2] [--cache 5%]
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from ml.data.generators import generate, parse_params
+from prefetch.sim import compare, format_table, simulate
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--workload", required=True)
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--param", action="append", default=[])
+    ap.add_argument("--n", type=int, default=200_000)
+    ap.add_argument("--seed", type=int, default=2)
+    ap.add_argument("--cache", default="5%")
+    ap.add_argument("--ml", default="", help="extra ML arm parameters, e.g. ::min_confidence=-1")
+    args = ap.parse_args()
+    params = parse_params(args.workload, args.param) if args.param else None
+    log = generate(args.workload, args.n, seed=args.seed, params=params)
+    arms = ["frequency", "obl", "markov", "pg", "mithril", f"ml:{args.model}{args.ml}"]
+    report = simulate(log, args.cache, arms, with_belady=False)
+    s3 = simulate(log, args.cache, [], policies=["s3fifo"], with_belady=False).arms[0]
+    s3.arm = "none@s3fifo"
+    report.arms.insert(1, s3)
+    report.best_heuristic = compare(report.arms)
+    print(format_table(report))
+    ml = next(a for a in report.arms if a.prefetcher == "ml")
+    best = next(a for a in report.arms if a.arm == report.best_heuristic)
+    print(
+        f"\nML miss ratio {100 * ml.miss_ratio:.2f}% vs best heuristic ({best.arm}) {100 * best.miss_ratio:.2f}%: "
+        f"{ml.miss_ratio / best.miss_ratio:.3f}x; hit ratio {100 * ml.hit_ratio:.2f} vs {100 * best.hit_ratio:.2f} "
+        f"({100 * (ml.hit_ratio - best.hit_ratio):+.2f} points)"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,59 @@
+"""Issue 6 on the shared real traces: train on the first 30% of a trace, then replay the whole trace
+with that 30% as the simulator's warm-up (so no arm is scored on what the model saw), at 1%, 5%, 10%.
+
+    python -m bench.mltraces --trace ../shared/traces/cloudPhysicsIO.csv --format libcachesim-csv
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+
+from ml.data.log import AccessLog
+from ml.data.traces import read_trace
+from ml.training.train import TrainConfig, train
+from prefetch.sim import compare, format_table, simulate
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--trace", required=True)
+    ap.add_argument("--format", required=True)
+    ap.add_argument("--share", type=float, default=0.3)
+    ap.add_argument("--epochs", type=int, default=10)
+    ap.add_argument("--max-seconds", type=float, default=540.0)
+    ap.add_argument("--ml", default="", help="extra ML arm parameters, e.g. ::min_confidence=-1")
+    args = ap.parse_args()
+    log = read_trace(args.trace, args.format)
+    head = AccessLog(log.table.slice(0, int(args.share * len(log))), dict(log.meta))
+    with tempfile.TemporaryDirectory() as tmp:
+        metrics = train(
+            head,
+            tmp,
+            TrainConfig(epochs=args.epochs, batch=32, lr=5e-3, progress=False, max_seconds=args.max_seconds),
+        )
+        print(f"trained on {len(head):,} reads in {metrics['train_seconds']} s: {metrics['model']}")
+        for size in ("1%", "5%", "10%"):
+            report = simulate(
+                log,
+                size,
+                ["obl", "markov", "pg", "mithril", f"ml:{tmp}{args.ml}"],
+                warmup=args.share,
+                with_belady=False,
+            )
+            s3 = simulate(log, size, [], policies=["s3fifo"], warmup=args.share, with_belady=False).arms[0]
+            s3.arm = "none@s3fifo"
+            report.arms.insert(1, s3)
+            report.best_heuristic = compare(report.arms)
+            print(format_table(report))
+            ml = next(a for a in report.arms if a.prefetcher == "ml")
+            best = next(a for a in report.arms if a.arm == report.best_heuristic)
+            lru = report.arms[0]
+            print(
+                f"ML {100 * ml.hit_ratio:.2f} vs best heuristic {best.arm} {100 * best.hit_ratio:.2f} "
+                f"({100 * (ml.hit_ratio - best.hit_ratio):+.2f} points), vs LRU {ml.hit_ratio / lru.hit_ratio:.2f}x\n"
+            )
+
+
+if __name__ == "__main__":
+    main()
