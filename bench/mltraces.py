@@ -23,6 +23,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--max-seconds", type=float, default=540.0)
     ap.add_argument("--ml", default="", help="extra ML arm parameters, e.g. ::min_confidence=-1")
+    ap.add_argument("--policy", default="lru", help="eviction policy of the prefetching arms (lru or s3fifo)")
     args = ap.parse_args()
     log = read_trace(args.trace, args.format)
     head = AccessLog(log.table.slice(0, int(args.share * len(log))), dict(log.meta))
@@ -38,17 +39,19 @@ def main() -> None:
                 log,
                 size,
                 ["obl", "markov", "pg", "mithril", f"ml:{tmp}{args.ml}"],
+                policies=[args.policy],
                 warmup=args.share,
                 with_belady=False,
             )
-            s3 = simulate(log, size, [], policies=["s3fifo"], warmup=args.share, with_belady=False).arms[0]
-            s3.arm = "none@s3fifo"
-            report.arms.insert(1, s3)
+            other = "s3fifo" if args.policy == "lru" else "lru"
+            plain = simulate(log, size, [], policies=[other], warmup=args.share, with_belady=False).arms[0]
+            plain.arm = f"none@{other}"
+            report.arms.insert(1, plain)
             report.best_heuristic = compare(report.arms)
             print(format_table(report))
             ml = next(a for a in report.arms if a.prefetcher == "ml")
             best = next(a for a in report.arms if a.arm == report.best_heuristic)
-            lru = report.arms[0]
+            lru = next(a for a in report.arms if a.arm == ("none" if args.policy == "lru" else "none@lru"))
             print(
                 f"ML {100 * ml.hit_ratio:.2f} vs best heuristic {best.arm} {100 * best.hit_ratio:.2f} "
                 f"({100 * (ml.hit_ratio - best.hit_ratio):+.2f} points), vs LRU {ml.hit_ratio / lru.hit_ratio:.2f}x\n"
