@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 
 from ml.data.generators import generate, parse_params
-from prefetch.sim import compare, format_table, simulate
+from prefetch.sim import add_plain_arm, format_table, simulate
 
 
 def main() -> None:
@@ -26,10 +26,7 @@ def main() -> None:
     log = generate(args.workload, args.n, seed=args.seed, params=params)
     arms = ["frequency", "obl", "markov", "pg", "mithril", f"ml:{args.model}{args.ml}"]
     report = simulate(log, args.cache, arms, with_belady=False)
-    s3 = simulate(log, args.cache, [], policies=["s3fifo"], with_belady=False).arms[0]
-    s3.arm = "none@s3fifo"
-    report.arms.insert(1, s3)
-    report.best_heuristic = compare(report.arms)
+    add_plain_arm(report, log, "s3fifo")
     print(format_table(report))
     ml = next(a for a in report.arms if a.prefetcher == "ml")
     best = next(a for a in report.arms if a.arm == report.best_heuristic)

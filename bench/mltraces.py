@@ -12,7 +12,7 @@ import tempfile
 from ml.data.log import AccessLog
 from ml.data.traces import read_trace
 from ml.training.train import TrainConfig, train
-from prefetch.sim import compare, format_table, simulate
+from prefetch.sim import add_plain_arm, format_table, simulate
 
 
 def main() -> None:
@@ -43,11 +43,7 @@ def main() -> None:
                 warmup=args.share,
                 with_belady=False,
             )
-            other = "s3fifo" if args.policy == "lru" else "lru"
-            plain = simulate(log, size, [], policies=[other], warmup=args.share, with_belady=False).arms[0]
-            plain.arm = f"none@{other}"
-            report.arms.insert(1, plain)
-            report.best_heuristic = compare(report.arms)
+            add_plain_arm(report, log, "s3fifo" if args.policy == "lru" else "lru")
             print(format_table(report))
             ml = next(a for a in report.arms if a.prefetcher == "ml")
             best = next(a for a in report.arms if a.arm == report.best_heuristic)

@@ -12,8 +12,6 @@ import statistics
 import time
 from collections import OrderedDict
 
-import numpy as np
-
 from prefetch.predictors import make_predictor
 from prefetch.sim import libcachesim_lru, parse_capacity, replay
 
@@ -65,7 +63,7 @@ def main() -> None:
 
         log = generate(args.workload, args.n, seed=1)
     codes, names = log.key_codes()
-    keys = np.array(names.to_pylist(), dtype=object)[codes].tolist()
+    keys = log.keys()
     code_list = codes.tolist()
     capacity = parse_capacity(args.cache, len(names))
     rates: dict[str, list[float]] = {}

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ml.data.traces import read_trace
-from prefetch.sim import compare, simulate
+from prefetch.sim import add_plain_arm, simulate
 
 TRACES = [
     ("cloudPhysicsIO", "cloudPhysicsIO.csv", "libcachesim-csv"),
@@ -44,10 +44,7 @@ def run(traces: str, budget: float) -> list[dict[str, Any]]:
         log = read_trace(path, fmt)
         for size in ("1%", "5%", "10%"):
             report = simulate(log, size, ARMS, budget=budget)
-            s3 = simulate(log, size, [], policies=["s3fifo"], with_belady=False).arms[0]
-            s3.arm = "none@s3fifo"
-            report.arms.insert(1, s3)
-            report.best_heuristic = compare(report.arms)
+            add_plain_arm(report, log, "s3fifo")
             arms = {a.arm: a for a in report.arms}
             rows.append(
                 {

@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
-from typing import NoReturn
 
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: {message} (see --help)\n")
+from proxy.cli import OneLineParser
 
 
 def train_main(argv: list[str]) -> int:
-    p = _Parser(prog="predis train", description="Train the LSTM next-key model on an access log.")
+    p = OneLineParser(prog="predis train", description="Train the LSTM next-key model on an access log.")
     p.add_argument("log", help="an access log (Parquet or Predis CSV)")
     p.add_argument("-o", "--output", required=True, help="model directory (or registry, with --registry)")
     p.add_argument(

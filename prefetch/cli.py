@@ -2,41 +2,32 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
-import tempfile
-from typing import Any, NoReturn
+from typing import Any
 
+from proxy.cli import OneLineParser
 from proxy.errors import ConfigError
 
 DEFAULT_ARMS = "frequency,obl,markov,pg,mithril,oracle"
 PLOT_SIZES = ["1%", "2%", "5%", "10%", "20%"]
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: {message} (see --help)\n")
-
-
 def _load(path: str, fmt: str | None) -> Any:
-    from ml.data.log import read_log
-
     if fmt is None:
-        return read_log(path)
-    from ml.data.traces import import_trace
+        from ml.data.log import read_log
 
-    with tempfile.TemporaryDirectory() as tmp:
-        out = os.path.join(tmp, "trace.parquet")
-        import_trace(path, fmt, out)
-        return read_log(out)
+        return read_log(path)
+    from ml.data.traces import read_trace
+
+    return read_trace(path, fmt)
 
 
 def sim_main(argv: list[str]) -> int:
     from prefetch.predictors import known
 
-    p = _Parser(
+    p = OneLineParser(
         prog="predis sim",
         description="Replay an access log through the hot tier's eviction policy with prefetcher arms.",
     )

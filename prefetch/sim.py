@@ -292,11 +292,9 @@ def simulate(
         if p not in POLICIES:
             raise ConfigError(f"unknown eviction policy {p!r}; known: {', '.join(POLICIES)}")
     capacity = parse_capacity(cache, len(names))
-    # One str object per distinct key, shared by its requests, so each hash is computed once.
-    keys = np.array(names.to_pylist(), dtype=object)[codes].tolist()
+    keys = log.keys()
     times = [float(i) for i in range(n)]
-    client_col = log.column("client")
-    clients = [0] * n if client_col.dtype.kind != "i" else client_col.tolist()
+    clients = log.clients().tolist()
     warm = int(warmup * n)
     specs = list(dict.fromkeys(["none", *prefetchers]))
     for spec in specs:  # fail on a bad spec before any arm runs (the ML arm's load is the check)
@@ -322,6 +320,24 @@ def simulate(
         arms.append(belady(codes, capacity, warm))
     best = compare(arms)
     return SimReport(log.source, n, len(names), capacity, cache, budget, warmup, arms, best)
+
+
+def add_plain_arm(report: SimReport, log: Any, policy: str) -> None:
+    """Add a no-prefetch arm under another eviction policy (e.g. plain S3-FIFO beside prefetching
+    arms on LRU), named ``none@POLICY``, and recompute the ratios and the best heuristic."""
+    plain = simulate(
+        log,
+        report.cache,
+        [],
+        policies=[policy],
+        budget=report.budget,
+        warmup=report.warmup,
+        with_belady=False,
+    )
+    arm = plain.arms[0]
+    arm.arm = f"none@{policy}"
+    report.arms.insert(1, arm)
+    report.best_heuristic = compare(report.arms)
 
 
 def format_table(report: SimReport) -> str:

@@ -8,7 +8,7 @@ import json
 import signal
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 import structlog
 
@@ -25,6 +25,13 @@ EXTERNAL: dict[str, tuple[str, str]] = {
     "sim": ("prefetch.cli:sim_main", "replay an access log through the cache with prefetcher arms"),
     "train": ("ml.cli:train_main", "train the LSTM next-key model on an access log"),
 }
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse for the subcommands: a usage error is one line naming the problem, exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see --help)\n")
 
 
 def _add_serve(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

@@ -7,16 +7,10 @@ import json
 import math
 import sys
 import time
-from typing import Any, NoReturn
+from typing import Any
 
+from proxy.cli import OneLineParser
 from proxy.errors import DataError
-
-
-class Parser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line naming the problem."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: {message} (see --help)\n")
 
 
 def _count(text: str) -> int:
@@ -37,7 +31,7 @@ def _count(text: str) -> int:
 def gen_main(argv: list[str]) -> int:
     from ml.data import generators
 
-    p = Parser(
+    p = OneLineParser(
         prog="predis gen",
         description="Generate a synthetic workload as an access log, list the workloads, or validate a log.",
     )
@@ -112,11 +106,11 @@ def _validate(path: str, plot: str | None, as_json: bool, predictability: bool) 
 def trace_main(argv: list[str]) -> int:
     from ml.data.traces import FORMATS, TIME_UNITS
 
-    p = Parser(
+    p = OneLineParser(
         prog="predis trace",
         description="Import real cache traces into the access-log format, or export a log.",
     )
-    sub = p.add_subparsers(dest="action", required=True, parser_class=Parser)
+    sub = p.add_subparsers(dest="action", required=True, parser_class=OneLineParser)
     imp = sub.add_parser("import", help="convert a trace into a Parquet access log")
     imp.add_argument("file")
     imp.add_argument(

@@ -76,7 +76,17 @@ class AccessLog:
         return self._codes
 
     def keys(self) -> list[str]:
-        return self.table.column("key").to_pylist()  # type: ignore[no-any-return]
+        """The key of every access, one shared str object per distinct key (so a replay's dict
+        lookups hash each key once)."""
+        codes, names = self.key_codes()
+        return np.array(names.to_pylist(), dtype=object)[codes].tolist()  # type: ignore[no-any-return]
+
+    def clients(self) -> np.ndarray:
+        """The client id of every access as int64; all 0 (one stream) unless every access has one."""
+        col = self.column("client")
+        if col.dtype.kind != "i":  # nulls come back as float NaN
+            return np.zeros(len(self), np.int64)
+        return col.astype(np.int64, copy=False)
 
 
 def conform(table: pa.Table) -> pa.Table:

@@ -36,12 +36,7 @@ def encode(log: AccessLog, vocab: Vocabulary, cfg: FeatureConfig | None = None) 
     names = names_arr.to_pylist()
     key_of_code = np.array([vocab.key_token(k) for k in names], np.int64)
     tpl_of_code = np.array([vocab.template_token(k) for k in names], np.int64)
-    client = log.column("client")
-    client = (
-        np.zeros(codes.size, np.int64)
-        if client.dtype == object or np.isnan(client.astype(float)).any()
-        else client.astype(np.int64)
-    )
+    client = log.clients()
     ts = log.timestamps()
     return Encoded(names, codes, ts, client, key_of_code[codes], tpl_of_code[codes], features(codes, ts, cfg))
 
