@@ -21,18 +21,26 @@ class ValueStore(Protocol):
 
     def get(self, handle: Any) -> bytes: ...
 
+    def frame(self, handle: Any) -> bytes:
+        """The value as a RESP bulk string, the reply to a GET of it."""
+        ...
+
     def free(self, handle: Any) -> None: ...
 
 
 class HostStore:
-    """Values stay Python bytes: the handle is the value itself (a dict lookup, ~80 ns)."""
+    """Values stay Python bytes, kept already encoded as the RESP bulk string a GET replies with:
+    the handle is that frame, so serving a hit is a dict lookup and a write, no formatting."""
 
     name = "cpu"
 
     def put(self, value: bytes) -> bytes:
-        return value
+        return b"$%d\r\n%s\r\n" % (len(value), value)
 
     def get(self, handle: bytes) -> bytes:
+        return handle[handle.index(b"\n") + 1 : -2]
+
+    def frame(self, handle: bytes) -> bytes:
         return handle
 
     def free(self, handle: bytes) -> None:
@@ -85,6 +93,10 @@ class DeviceStore:
         view = self.buffer[offset : offset + length]
         host = view.get() if hasattr(view, "get") else view
         return bytes(host.tobytes())
+
+    def frame(self, handle: tuple[int, int, int]) -> bytes:
+        value = self.get(handle)
+        return b"$%d\r\n%s\r\n" % (len(value), value)
 
     def free(self, handle: tuple[int, int, int]) -> None:
         offset, _, cls = handle

@@ -7,7 +7,9 @@ Coherence rules live here, I/O does not (the proxy's connections and the filler 
   key, or a flush, in between removes it, so a value read while an invalidation was in flight is
   never cached.
 * An entry is never served past its Redis expiry (the PTTL read with the value, counted from
-  before the read was sent) nor older than ``max_staleness`` seconds.
+  before the read was sent) nor older than ``max_staleness`` seconds. An entry hit after half
+  that age is read again in the background (refresh-ahead) while it is still served, so a hot key
+  does not fall out of the tier, and into the miss path, every ``max_staleness`` seconds.
 * Entries carry the ACL user of the connection that filled them; only that user is served them.
 * While ``active`` is false (the invalidation channel is down) nothing is served or filled.
 
@@ -38,15 +40,23 @@ Key = tuple[int, bytes]
 
 
 class Entry:
-    __slots__ = ("handle", "size", "expires", "filled", "user", "prefetched", "hits")
+    __slots__ = ("handle", "size", "expires", "filled", "refresh_at", "user", "prefetched", "hits")
 
     def __init__(
-        self, handle: Any, size: int, expires: float, filled: float, user: str, prefetched: bool
+        self,
+        handle: Any,
+        size: int,
+        expires: float,
+        filled: float,
+        user: str,
+        prefetched: bool,
+        refresh_at: float = math.inf,
     ) -> None:
         self.handle = handle
         self.size = size
         self.expires = expires
         self.filled = filled
+        self.refresh_at = refresh_at  # a hit after this asks for a background re-read
         self.user = user
         self.prefetched = prefetched
         self.hits = 0  # times served
@@ -70,12 +80,12 @@ class HotTier:
         self.max_staleness = max_staleness
         self.policy: EvictionPolicy = make_policy(policy, capacity_bytes)
         self.store: ValueStore = store or HostStore()
-        self.host_values = isinstance(self.store, HostStore)  # the handle is the value itself
+        self.host_values = isinstance(self.store, HostStore)  # the handle is the reply frame itself
         self.clock = clock
         self.entries: dict[Key, Entry] = {}
         self.dbs: set[int] = set()  # databases with entries or fills, for key-only invalidation
         self.inflight: dict[Key, int] = {}  # placeholders: key -> fill token
-        self._token = 0
+        self.fills_begun = 0  # also the last fill token handed out
         self.used = 0
         self.active = False
         # Fill admission: the share of demand misses that are filled. A fill costs an upstream read
@@ -98,12 +108,14 @@ class HotTier:
         self.invalidations_local = 0
         self.invalidations_tracking = 0
         self.invalidations_flush = 0
+        self.refreshes = 0  # background re-reads of entries hit after half their staleness bound
+        self.due: list[bytes] = []  # keys whose refresh get_frame found due (the caller requests it)
         self.served_latency = LatencyHistogram()
 
     # ------------------------------------------------------------------ reads
 
-    def get(self, db: int, key: bytes, user: str) -> bytes | None:
-        """The value to serve, or None (a miss). Counts the hit or miss."""
+    def get_frame(self, db: int, key: bytes, user: str) -> bytes | None:
+        """The value to serve as a RESP bulk string, or None (a miss). Counts the hit or miss."""
         entry = self.entries.get((db, key))
         if entry is None or not self.active or entry.user != user:
             self.misses += 1
@@ -116,26 +128,20 @@ class HotTier:
         self.hits += 1
         self.note_hit(entry)
         self.policy.touch((db, key))
-        return self.store.get(entry.handle)
+        if now >= entry.refresh_at:
+            entry.refresh_at = math.inf
+            self.due.append(key)
+        return entry.handle if self.host_values else self.store.frame(entry.handle)
+
+    def get(self, db: int, key: bytes, user: str) -> bytes | None:
+        """``get_frame``, as the value itself."""
+        frame = self.get_frame(db, key, user)
+        return None if frame is None else frame[frame.index(b"\n") + 1 : -2]
 
     def __contains__(self, item: Key) -> bool:
         return item in self.entries
 
     # ------------------------------------------------------------------ fills
-
-    def lookup(self, db: int, key: bytes, user: str, now: float) -> bytes | None:
-        """``get`` for the proxy's hot path: the caller passes the clock reading and counts hits."""
-        entry = self.entries.get((db, key))
-        if (
-            entry is None
-            or entry.user != user
-            or now >= entry.expires
-            or now - entry.filled > self.max_staleness
-        ):
-            return None
-        self.note_hit(entry)
-        self.policy.touch((db, key))
-        return self.store.get(entry.handle)
 
     def note_hit(self, entry: Entry) -> None:
         entry.hits += 1
@@ -151,10 +157,10 @@ class HotTier:
         """Leave a placeholder before reading the key upstream; None if a fill is already in flight."""
         if not self.active or (db, key) in self.inflight:
             return None
-        self._token += 1
-        self.inflight[(db, key)] = self._token
+        self.fills_begun += 1
+        self.inflight[(db, key)] = self.fills_begun
         self.dbs.add(db)
-        return self._token
+        return self.fills_begun
 
     def complete_fill(
         self,
@@ -176,15 +182,17 @@ class HotTier:
             self.fills_dropped += 1
             return False
         del self.inflight[(db, key)]
+        old = self.entries.get((db, key))
         if value is None or pttl_ms == -2 or not self.active:
+            if old is not None:  # a refresh found the key gone
+                self._drop((db, key), old)
             return False  # no such key (or it expired between the two reads)
         expires = math.inf if pttl_ms < 0 else sent_at + pttl_ms / 1000.0
         size = len(key) + len(value) + ENTRY_OVERHEAD
+        if old is not None:  # a refresh (or a fill racing one): the new read replaces it
+            self._drop((db, key), old)
         if size > self.max_entry_bytes or size > self.capacity:
             return False
-        old = self.entries.get((db, key))
-        if old is not None:
-            self._drop((db, key), old)
         while self.used + size > self.capacity and self.entries:
             victim = cast(Key, self.policy.victim())
             self._drop(victim, self.entries[victim], evicted=True)
@@ -192,7 +200,10 @@ class HotTier:
             handle = self.store.put(value)
         except MemoryError:
             return False
-        self.entries[(db, key)] = Entry(handle, size, expires, self.clock(), user, prefetched)
+        filled = self.clock()
+        self.entries[(db, key)] = Entry(
+            handle, size, expires, filled, user, prefetched, filled + self.max_staleness / 2
+        )
         self.used += size
         self.policy.insert((db, key), size)
         if prefetched:
@@ -223,6 +234,13 @@ class HotTier:
             self.invalidations_tracking += count
         else:
             self.invalidations_local += count
+
+    def invalidate_if_filled(self, keys: Iterable[bytes], fills_begun: int) -> None:
+        """``invalidate``, needed again only if a fill began since ``fills_begun`` was read: a
+        write's keys are dropped when it is forwarded, and only a fill begun after that can have
+        put back a value read before the write was applied."""
+        if self.fills_begun != fills_begun:
+            self.invalidate(keys)
 
     def flush(self, db: int | None = None) -> None:
         """Drop everything (or one database), fills in flight included."""
@@ -271,6 +289,7 @@ class HotTier:
             "prefetch_fills": self.prefetch_fills,
             "prefetched_hits": self.prefetched_hits,
             "fills_dropped": self.fills_dropped,
+            "refreshes": self.refreshes,
             "bypassed": self.bypassed,
             "evictions": self.evictions,
             "invalidations_local": self.invalidations_local,

@@ -39,12 +39,37 @@ log = structlog.get_logger("predis.backchannel")
 Identity = tuple[str, str] | None  # (user, password), or None: no AUTH
 
 
+class _Group:
+    """Waits for the replies of several pipelined commands at once: one future for all of them
+    (a fill's MGET and PTTLs), instead of one future, and one callback, per reply."""
+
+    __slots__ = ("future", "left", "replies")
+
+    def __init__(self, future: asyncio.Future[list[Any]], count: int) -> None:
+        self.future = future
+        self.left = count
+        self.replies: list[Any] = []
+
+    def done(self) -> bool:
+        return self.future.done()
+
+    def set_result(self, reply: Any) -> None:
+        self.replies.append(reply)
+        self.left -= 1
+        if not self.left:
+            self.future.set_result(self.replies)
+
+    def set_exception(self, exc: BaseException) -> None:
+        self.future.set_exception(exc)
+
+
 class RawConnection(asyncio.Protocol):
     """A minimal pipelined RESP client: replies resolve futures in order, pushes go to a callback."""
 
     def __init__(self, on_push: Callable[[Any], None] | None = None) -> None:
         self.reader = hiredis.Reader()
-        self.waiters: deque[asyncio.Future[Any]] = deque()
+        self.waiters: deque[asyncio.Future[Any] | _Group] = deque()
+        self.db = 0  # the database the commands sent so far leave selected
         self.transport: asyncio.Transport | None = None
         self.on_push = on_push
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -83,6 +108,17 @@ class RawConnection(asyncio.Protocol):
         self.waiters.extend(futures)
         self.transport.write(b"".join(encode_command(c) for c in commands))
         return futures
+
+    def send_group(self, *commands: list[bytes | str]) -> asyncio.Future[list[Any]]:
+        """Send commands in one write; one future gets the list of all their replies."""
+        if self.transport is None or self.transport.is_closing():
+            raise UpstreamError("connection closed")
+        future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
+        group = _Group(future, len(commands))
+        for _ in commands:
+            self.waiters.append(group)
+        self.transport.write(b"".join(encode_command(c) for c in commands))
+        return future
 
     async def call(self, *command: bytes | str, timeout: float = 5.0) -> Any:
         (future,) = self.send(list(command))
@@ -262,28 +298,41 @@ class Filler:
             return 0
         wanted = list(tokens)
         sent_at = tier.clock()
+        conn: RawConnection | None = None
+        selects = False
         try:
             conn = await self._connection(identity)
-            commands: list[list[bytes | str]] = [["SELECT", str(db)], ["MGET", *wanted]]
+            commands: list[list[bytes | str]] = [["MGET", *wanted]]
             commands += [["PTTL", k] for k in wanted]
+            selects = conn.db != db
+            if selects:  # (the filler's connection stays in the last db it read)
+                commands.insert(0, ["SELECT", str(db)])
+                conn.db = db
             sent_at = tier.clock()
-            futures = conn.send(*commands)
+            group = conn.send_group(*commands)
             async with asyncio.timeout(self.server.settings.command_timeout):
-                replies = await asyncio.gather(*futures)
+                replies = await group
+            if selects:
+                if isinstance(replies[0], hiredis.ReplyError):
+                    conn.db = -1  # unknown now: select again next time
+                    raise UpstreamError(f"SELECT {db} failed: {replies[0]}")
+                del replies[0]
         except (TimeoutError, OSError, UpstreamError) as exc:
+            if conn is not None and selects:
+                conn.db = -1
             self.errors += 1
             log.warning("tier fill failed", error=str(exc), keys=len(wanted))
             for key, token in tokens.items():
                 tier.abandon_fill(db, key, token)
             return 0
-        values, ttls = replies[1], replies[2:]
-        if isinstance(values, hiredis.ReplyError) or isinstance(replies[0], hiredis.ReplyError):
+        values, ttls = replies[0], replies[1:]
+        if isinstance(values, hiredis.ReplyError):
             for key, token in tokens.items():
                 tier.abandon_fill(db, key, token)
             return 0
         inserted = 0
         for key, value, ttl in zip(wanted, values, ttls, strict=True):
-            if isinstance(ttl, hiredis.ReplyError) or not isinstance(value, bytes):
+            if isinstance(ttl, hiredis.ReplyError) or not isinstance(value, (bytes, type(None))):
                 tier.abandon_fill(db, key, tokens[key])
                 continue
             inserted += tier.complete_fill(db, key, tokens[key], value, int(ttl), sent_at, user, prefetched)

@@ -328,9 +328,13 @@ class ClientConnection(asyncio.Protocol, TierMixin, SessionState):
                 return
             if written:
                 # Drop the keys now, and again before any read of replies to this run reaches
-                # the client (the run's action fires on every partial consumption too).
-                self.tier.invalidate(written)
-                self.pending.append([len(cmds), _now(), partial(self.tier.invalidate, written)])
+                # the client (the run's action fires on every partial consumption too) if a
+                # fill began meanwhile: it may have read the value from before the write.
+                tier = self.tier
+                tier.invalidate(written)
+                self.pending.append(
+                    [len(cmds), _now(), partial(tier.invalidate_if_filled, written, tier.fills_begun)]
+                )
                 self.stats.commands_forwarded += len(cmds)
                 self._send_upstream(raw)
                 return

@@ -13,6 +13,31 @@ from typing import Any
 # One GET command, as every client encodes it; the key length follows.
 GET_COMMAND = re.compile(rb"\*2\r\n\$3\r\n(?:GET|get|Get)\r\n\$(\d{1,10})\r\n")
 
+# The bytes before a GET's key length, as clients send them (redis-benchmark, redis-py, hiredis).
+GET_PREFIXES = (b"*2\r\n$3\r\nGET\r\n$", b"*2\r\n$3\r\nget\r\n$", b"*2\r\n$3\r\nGet\r\n$")
+# The decimal form of every length below 65536 (a GET's key length, checked without int()).
+LENGTH_DIGITS = tuple(b"%d" % i for i in range(1 << 16))
+
+
+def single_get_key(data: bytes) -> bytes | None:
+    """The key, if ``data`` is exactly one canonically encoded GET; None otherwise.
+
+    The hit path's parser: no regex, no int(), one allocation (the key). The key is what lies
+    between the length's CRLF and the final CRLF, and its length must be the declared one, so a
+    read holding more than one command (whose tail is longer than the first key) never passes.
+    """
+    if not data.startswith(GET_PREFIXES) or not data.endswith(b"\r\n"):
+        return None
+    eol = data.find(b"\r\n", 14, 25)
+    if eol < 0:
+        return None
+    key = data[eol + 2 : -2]
+    n = len(key)
+    if n >= 65536 or eol - 14 != len(digits := LENGTH_DIGITS[n]) or not data.startswith(digits, 14):
+        return None
+    return key
+
+
 # Decimal digits of every length below 65536: canonical_size's lookup table.
 _DIGITS = bytes(len(str(i)) for i in range(1 << 16))
 

@@ -5,12 +5,13 @@ dropping what writes change. Mixed into ``ClientConnection``; the rules themselv
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from proxy.framing import GET_COMMAND
+from proxy.framing import GET_COMMAND, single_get_key
 from proxy.keyspace import FLUSH_DB, KEYS
 from proxy.resp import as_str
 from proxy.session import SPECIAL
@@ -39,24 +40,38 @@ class TierMixin:
     max_batch: int
     multi_effects: list[Any]
     _served: int
+    transport: Any
+    paused: set[str]
+    _user: str = "default"
+    _user_of: Any = ()  # the credentials ``_user`` was computed from (() before the first call)
+
+    def _check_output_limit(self) -> None:
+        raise NotImplementedError
+
+    def _send_upstream(self, data: bytes) -> None:
+        raise NotImplementedError
 
     def _write(self, data: bytes) -> None:
         raise NotImplementedError
 
     def _user_name(self) -> str:
         """The ACL user this connection reads as (an entry is served to that user only)."""
-        return as_str(self.auth[0]) if self.auth is not None else "default"
+        auth = self.auth
+        if auth is not self._user_of:  # cached per credentials: the hit path asks on every read
+            self._user = as_str(auth[0]) if auth is not None else "default"
+            self._user_of = auth
+        return self._user
 
     def _serve_gets(self, data: bytes) -> bool:
         """The hit path: a read made only of GETs, every one in the tier, answered without hiredis,
         slots or the upstream connection. Anything else (a miss included) returns False and takes
-        the general path, which recounts it. Kept lean: on a hit this is all the proxy does."""
+        the general path, which recounts it. Kept lean: on a hit this is all the proxy does, and
+        against Redis's C every statement shows in throughput (bench/RESULTS.md)."""
         tier = self.tier
         assert tier is not None
         if (
             not tier.active
             or not self.verified
-            or data.count(b"\r\n$3\r\n") > self.max_batch
             or self.state_pending
             or self.in_multi
             or self.passthrough_req
@@ -64,13 +79,61 @@ class TierMixin:
             or self.req_parser is not None
         ):
             return False
+        name = single_get_key(data)
+        if name is None:
+            return self._serve_get_batch(data, tier)
+        key = (self.db, name)
+        entry = tier.entries.get(key)
+        if entry is None:
+            # The miss path: forward the client's bytes as one plain run and ask for a fill, as
+            # the general path would after hiredis, canonical sizes and _tier_light; skipping
+            # them keeps a miss through the tier as cheap as a GET through the core.
+            tier.misses += 1
+            self._request_fill(key[0], [name], self._user_name())
+            self.pending.append([1, _now()])
+            self.stats.commands_forwarded += 1
+            self._send_upstream(data)
+            return True
+        now = tier.clock()
+        auth = self.auth
+        if (
+            entry.user != (self._user if auth is self._user_of else self._user_name())
+            or now >= entry.expires
+            or now - entry.filled > tier.max_staleness
+        ):
+            return False
+        if entry.prefetched:
+            tier.note_hit(entry)
+        else:
+            entry.hits += 1
+        tier.policy.touch(key)
+        if now >= entry.refresh_at:
+            entry.refresh_at = math.inf
+            self._request_fill(key[0], [name], entry.user, refresh=True)
+        frame = entry.handle if tier.host_values else tier.store.frame(entry.handle)
+        tier.hits += 1
+        stats = self.stats
+        stats.commands_local += 1
+        stats.bytes_out += len(frame)
+        self.transport.write(frame)
+        if self.paused:
+            self._check_output_limit()
+        self._served += 1
+        if not self._served & 7:  # latency: one read in eight is enough for percentiles
+            tier.served_latency.record(tier.clock() - now)
+        return True
+
+    def _serve_get_batch(self, data: bytes, tier: HotTier) -> bool:
+        """``_serve_gets`` for a read of several GETs (at most ``max_batch``)."""
+        if data.count(b"\r\n$3\r\n") > self.max_batch:
+            return False
         db = self.db
         user = self._user_name()
         now = tier.clock()
         stale_before = now - tier.max_staleness
         entries = tier.entries
         touch = tier.policy.touch
-        host_values = tier.host_values
+        frame_of = None if tier.host_values else tier.store.frame
         match = GET_COMMAND.match
         replies = []
         pos, n = 0, len(data)
@@ -88,14 +151,16 @@ class TierMixin:
                 return False
             tier.note_hit(entry)
             touch(key)
-            value = entry.handle if host_values else tier.store.get(entry.handle)
-            replies.append(b"$%d\r\n%s\r\n" % (len(value), value))
+            if now >= entry.refresh_at:
+                entry.refresh_at = math.inf
+                self._request_fill(db, [key[1]], user, refresh=True)
+            replies.append(entry.handle if frame_of is None else frame_of(entry.handle))
             pos = end + 2
         tier.hits += len(replies)
         self.stats.commands_local += len(replies)
-        self._write(b"".join(replies) if len(replies) > 1 else replies[0])
+        self._write(b"".join(replies))
         self._served += 1
-        if not self._served & 7:  # latency: one read in eight is enough for percentiles
+        if not self._served & 7:
             tier.served_latency.record(tier.clock() - now)
         return True
 
@@ -108,13 +173,20 @@ class TierMixin:
         assert tier is not None
         gets: list[bytes] = []
         written: list[bytes] = []
+        if table is None:
+            return None
+        simple = table.simple
         for args in cmds:
             name = args[0].upper()
             if name == b"GET" and len(args) == 2:
                 gets.append(args[1])
                 continue
-            if name in SPECIAL or name == b"MGET" or table is None:
+            if name in SPECIAL or name == b"MGET":
                 return None
+            keys = simple.get(name)  # (SET, DEL, INCR...: table.effect's first case, inlined)
+            if keys is not None:
+                written += args[keys[0] : keys[1] : keys[2]]
+                continue
             effect = table.effect(name, args)
             if effect is not None:
                 if effect[0] != KEYS or self.in_multi:
@@ -163,31 +235,43 @@ class TierMixin:
         if not self.verified:
             self._request_fill(db, keys, user)
             return None
+        if tier.due:  # (left by an earlier lookup whose caller did not serve)
+            tier.due.clear()
         if name == b"GET":
-            value = tier.get(db, keys[0], user)
-            if value is None:
+            frame = tier.get_frame(db, keys[0], user)
+            if frame is None:
                 self._request_fill(db, keys, user)
                 return None
+            if tier.due:
+                self._request_fill(db, tier.due, user, refresh=True)
+                tier.due = []
             tier.served_latency.record(_now() - now)
-            return b"$%d\r\n%s\r\n" % (len(value), value)
-        values = []
+            return frame
+        frames = []
         missing = []
         for key in keys:
-            value = tier.get(db, key, user)
-            if value is None:
+            frame = tier.get_frame(db, key, user)
+            if frame is None:
                 missing.append(key)
-            values.append(value)
+            else:
+                frames.append(frame)
+        if tier.due:
+            self._request_fill(db, tier.due, user, refresh=True)
+            tier.due = []
         if missing:
             self._request_fill(db, missing, user)
             return None
         tier.served_latency.record(_now() - now)
-        return b"*%d\r\n" % len(values) + b"".join(
-            b"$%d\r\n%s\r\n" % (len(v), v) for v in values if v is not None
-        )
+        return b"*%d\r\n" % len(frames) + b"".join(frames)
 
-    def _request_fill(self, db: int, keys: list[bytes], user: str) -> None:
+    def _request_fill(self, db: int, keys: list[bytes], user: str, refresh: bool = False) -> None:
+        """Ask the filler to read keys in; a refresh (of an entry being hit) skips admission."""
         filler = self.server.filler
-        if filler is None or self.tier is None or not self.tier.admit():
+        if filler is None or self.tier is None:
+            return
+        if refresh:
+            self.tier.refreshes += len(keys)
+        elif not self.tier.admit():
             return
         identity = None
         if self.auth is not None:

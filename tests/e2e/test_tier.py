@@ -240,6 +240,49 @@ def test_max_staleness_bound(make_proxy: Any, redis_server: EmbeddedRedis, direc
     assert r.get("s") == b"v" and tier_of(proxy).hits == hits + 1  # re-read from Redis, not served
 
 
+def test_fills_follow_each_clients_database(tproxy: Any, direct: redis.Redis) -> None:
+    """The filler's connection keeps the last database it selected; fills alternating between
+    databases (and a client that changes database with SELECT) must still read the right one."""
+    for db in range(3):
+        redis.Redis(port=direct.connection_pool.connection_kwargs["port"], db=db).set("same", f"db{db}")
+    clients = [tproxy.client(db=db) for db in range(3)]
+    for _ in range(3):
+        for c in clients:
+            c.get("same")
+    wait_for(lambda: all((db, b"same") in tier_of(tproxy).entries for db in range(3)))
+    for db, c in enumerate(clients):
+        assert c.get("same") == f"db{db}".encode()
+    hopper = tproxy.client()
+    for db in (2, 0, 1, 2):
+        hopper.execute_command("SELECT", db)
+        assert hopper.get("same") == f"db{db}".encode()
+    assert tier_of(tproxy).hits >= 7
+
+
+def test_refresh_ahead_keeps_a_hot_key_served(
+    make_proxy: Any, redis_server: EmbeddedRedis, direct: redis.Redis
+) -> None:
+    """A key read continuously is re-read in the background after half the staleness bound, so it
+    stays in the tier across many bounds instead of missing once per bound; a write still shows."""
+    proxy = active_proxy(make_proxy, redis_server.url, hot_tier_max_staleness=0.3)
+    r = proxy.client()
+    direct.set("hot", "v0")
+    cache(proxy, r, "hot")
+    tier = tier_of(proxy)
+    hits, misses = tier.hits, tier.misses
+    deadline = time.monotonic() + 1.5  # five staleness bounds
+    reads = 0
+    while time.monotonic() < deadline:
+        assert r.get("hot") == b"v0"
+        reads += 1
+        time.sleep(0.002)
+    assert tier.refreshes >= 3
+    assert tier.misses - misses <= 2 and tier.hits - hits >= reads - 2, (reads, tier.hits - hits)
+    r.set("hot", "v1")
+    assert r.get("hot") == b"v1"
+    assert r.info("predis")["hot_tier_refreshes"] == tier.refreshes
+
+
 def test_acl_rule_tier_never_widens_rights(tproxy: Any, direct: redis.Redis) -> None:
     direct.acl_setuser("alice", enabled=True, passwords=["+a"], keys=["secret:*"], commands=["+@all"])
     direct.acl_setuser("bob", enabled=True, passwords=["+b"], keys=["public:*"], commands=["+@all"])

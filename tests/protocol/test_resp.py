@@ -250,3 +250,28 @@ def test_canonical_size_matches_the_encoding(cmds: list[list[bytes]]) -> None:
     assert canonical_size(cmds, args, list(map(len, args))) == sum(len(encode_command(c)) for c in cmds)
     big = [[b"SET", b"k", b"v" * 70000]]
     assert canonical_size(big, big[0], [3, 1, 70000]) == len(encode_command(big[0]))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.lists(st.binary(max_size=40), min_size=1, max_size=3).map(lambda a: [b"GET", *a]),
+        min_size=1,
+        max_size=3,
+    ),
+    st.sampled_from([b"GET", b"get", b"Get", b"GeT", b"SET"]),
+)
+def test_single_get_key_accepts_exactly_one_get(cmds: list[list[bytes]], name: bytes) -> None:
+    """The hit path's parser: the key of a read that is one GET and nothing else; any other read
+    (two commands, extra arguments, another command or spelling it does not know) is None, so it
+    takes the general path."""
+    from proxy.framing import single_get_key
+
+    cmds[0][0] = name
+    data = b"".join(encode_command(c) for c in cmds)
+    one_get = len(cmds) == 1 and len(cmds[0]) == 2 and name in (b"GET", b"get", b"Get")
+    assert single_get_key(data) == (cmds[0][1] if one_get else None)
+    if one_get:  # a wrong declared length, or a missing or extra byte, is refused too
+        key = cmds[0][1]
+        assert single_get_key(data[:-1]) is None and single_get_key(data + b"x") is None
+        assert single_get_key(data.replace(b"$%d\r\n" % len(key), b"$%d\r\n" % (len(key) + 1), 1)) is None

@@ -178,6 +178,56 @@ def test_max_staleness() -> None:
     assert tier.get(0, b"k", "default") is None
 
 
+def test_write_reply_drops_a_fill_begun_after_the_write_was_forwarded() -> None:
+    tier = make_tier()
+    assert fill(tier, b"k", b"old")
+    tier.invalidate([b"k"])  # the write is forwarded
+    begun = tier.fills_begun
+    tier.invalidate_if_filled([b"k"], begun)  # its reply, nothing filled since: a no-op
+    assert fill(tier, b"other", b"o")
+    # A reader's fill begun after the forward, whose read Redis ran before the write:
+    assert fill(tier, b"k", b"old")
+    tier.invalidate_if_filled([b"k"], begun)  # the write's reply drops it before the client sees it
+    assert (0, b"k") not in tier.entries and (0, b"other") in tier.entries
+    before = tier.fills_begun
+    assert fill(tier, b"k", b"new")  # after the reply: the new value
+    tier.invalidate_if_filled([b"unrelated"], tier.fills_begun)
+    assert tier.get(0, b"k", "default") == b"new" and tier.fills_begun == before + 1
+
+
+def test_refresh_ahead_after_half_the_staleness_bound() -> None:
+    tier = make_tier(max_staleness=4.0)
+    assert fill(tier, b"k", b"v1") and fill(tier, b"cold", b"c")
+    tier.clock.t += 1.9  # type: ignore[attr-defined]
+    assert tier.get(0, b"k", "default") == b"v1" and tier.due == []
+    tier.clock.t += 0.2  # type: ignore[attr-defined]
+    assert tier.get(0, b"k", "default") == b"v1" and tier.due == [b"k"]  # still served, refresh due
+    tier.due.clear()
+    assert tier.get(0, b"k", "default") == b"v1" and tier.due == []  # asked for once only
+    assert fill(tier, b"k", b"v2")  # the refresh replaces the entry and restarts its age
+    tier.clock.t += 3.0  # type: ignore[attr-defined]
+    assert tier.get(0, b"k", "default") == b"v2"
+    assert tier.get(0, b"cold", "default") is None  # not hit in time: the bound still holds
+    assert tier.used == sum(e.size for e in tier.entries.values()) and len(tier.policy) == 1
+    # A refresh that finds the key gone drops the entry rather than keeping the old value.
+    token = tier.begin_fill(0, b"k")
+    assert token is not None
+    assert not tier.complete_fill(0, b"k", token, None, -2, tier.clock(), "default")
+    assert not tier.entries and tier.used == 0 and len(tier.policy) == 0
+
+
+def test_host_store_keeps_the_reply_frame() -> None:
+    store = HostStore()
+    for value in (b"", b"v", b"a\r\nb", bytes(range(256)) * 40):
+        handle = store.put(value)
+        assert store.frame(handle) == b"$%d\r\n%s\r\n" % (len(value), value)
+        assert store.get(handle) == value
+    tier = make_tier()
+    assert fill(tier, b"k", b"x\r\ny")
+    assert tier.get_frame(0, b"k", "default") == b"$4\r\nx\r\ny\r\n"
+    assert tier.get(0, b"k", "default") == b"x\r\ny"
+
+
 def test_invalidation_covers_every_db_and_flush_db_only_one() -> None:
     tier = make_tier()
     for db in (0, 3):
