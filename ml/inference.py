@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ml.training.data import RECENT
+from ml.training.data import RECENT, SuccessorCandidates, with_successors
 from ml.vocab import Vocabulary, fill, numbers_of
 
 TOP_KEYS = 10  # key-head candidates per read
@@ -30,14 +30,20 @@ def compose(
     recent: Sequence[str],
     k: int,
     copy_probs: Sequence[float] = (),
+    succ_keys: Sequence[str] = (),
+    succ_probs: Sequence[float] = (),
 ) -> list[tuple[str, float]]:
     """Merge the key head's keys with templates filled in from recent reads. Filling template t
     with the numbers of the j-th latest read scores p(t) x p(copy j), the copy head's chance that
-    the next key takes that read's numbers (``recent`` is oldest first, ``copy_probs`` latest first)."""
+    the next key takes that read's numbers (``recent`` is oldest first, ``copy_probs`` latest first).
+    The successor head's candidates (keys seen to follow this one) score their slot's probability."""
     scores: dict[str, float] = {}
     for tok, p in zip(key_ids, key_probs, strict=True):
         key = vocab.key_of(tok)
         if key is not None and p > scores.get(key, 0.0):
+            scores[key] = p
+    for key, p in zip(succ_keys, succ_probs, strict=True):
+        if p > scores.get(key, 0.0):
             scores[key] = p
     just_read = recent[-1] if recent else None
     for tok, p in zip(tpl_ids, tpl_probs, strict=True):
@@ -68,13 +74,21 @@ def predict_streams(
     device: str = "cpu",
 ) -> tuple[list[list[tuple[str, float]]], np.ndarray, np.ndarray]:
     """For each read in ``idx`` (indices into ``enc``): the model's top-k next keys of its client, its
-    confidence, and the key head's top token; each client's stream runs once, state carried forward."""
+    confidence, and the key code of its top prediction (the key head's or the successor head's,
+    whichever is surer; -1 for none the log holds); each client's stream runs once, state carried
+    forward."""
     from ml.training.data import stream_order
 
     order, _ = stream_order(enc.client, idx)
     cands: list[list[tuple[str, float]]] = [[] for _ in range(len(enc))]
     conf = np.zeros(len(enc), np.float32)
-    top_token = np.zeros(len(enc), np.int64)
+    top_code = np.full(len(enc), -1, np.int64)
+    code_of = {name: i for i, name in enumerate(enc.names)}
+    code_of_token = np.array(
+        [code_of.get(vocab.key_of(t) or "", -1) for t in range(vocab.key_size)], np.int64
+    )
+    slots = int(getattr(model.cfg, "successors", 0))
+    enc = with_successors(enc, slots)
     # Cut every client's stream into chunks of `length`; chunk j of a stream continues from chunk
     # j-1's state, so chunks are processed in rounds: round j holds every stream's j-th chunk.
     clients = enc.client[order]
@@ -93,13 +107,14 @@ def predict_streams(
             keys = torch.as_tensor(enc.key_tok[rows], device=device)
             tpls = torch.as_tensor(enc.tpl_tok[rows], device=device)
             feats = torch.as_tensor(enc.feats[rows], device=device)
+            succ = torch.as_tensor(enc.succ_feats[rows], device=device) if slots else None
             h0 = [states.get(i) for i in group]
             state = None
             if any(s is not None for s in h0):
                 zeros = (torch.zeros(model.cfg.layers, model.cfg.hidden, device=device),) * 2
                 hs = [s if s is not None else zeros for s in h0]
                 state = (torch.stack([s[0] for s in hs], 1), torch.stack([s[1] for s in hs], 1))
-            out, (h, c), _ = model(keys, tpls, feats, state)
+            out, (h, c), _ = model(keys, tpls, feats, state, succ=succ)
             # Only a stream's last chunk can be shorter than the others, so a padded row's state is
             # never needed again.
             for j, i in enumerate(group):
@@ -110,6 +125,7 @@ def predict_streams(
             kp, ki = key_top.values.cpu().numpy(), key_top.indices.cpu().numpy()
             tp, ti = tpl_top.values.cpu().numpy(), tpl_top.indices.cpu().numpy()
             cf = torch.sigmoid(out["confidence"].float()).cpu().numpy()
+            sp = torch.softmax(out["succ_logits"].float(), -1).cpu().numpy() if slots else None
             for j, chunk in enumerate(chunks):
                 recent: deque[str] = deque(maxlen=RECENT)
                 stream = streams[group[j]]
@@ -117,6 +133,16 @@ def predict_streams(
                     recent.append(enc.names[enc.codes[prev]])
                 for t, read in enumerate(chunk):
                     recent.append(enc.names[enc.codes[read]])
+                    succ_keys: list[str] = []
+                    succ_probs: list[float] = []
+                    top_code[read] = code_of_token[ki[j, t, 0]]
+                    if sp is not None:
+                        codes = enc.succ_codes[read]
+                        live = codes >= 0
+                        succ_keys = [enc.names[c] for c in codes[live]]
+                        succ_probs = sp[j, t, :slots][live].tolist()
+                        if succ_probs and max(succ_probs) > kp[j, t, 0]:
+                            top_code[read] = codes[live][int(np.argmax(succ_probs))]
                     cands[read] = compose(
                         vocab,
                         ki[j, t].tolist(),
@@ -126,10 +152,11 @@ def predict_streams(
                         recent,
                         k,
                         copy[j, t].tolist(),
+                        succ_keys,
+                        succ_probs,
                     )
                     conf[read] = cf[j, t]
-                    top_token[read] = ki[j, t, 0]
-    return cands, conf, top_token
+    return cands, conf, top_code
 
 
 class MLPredictor:
@@ -156,7 +183,7 @@ class MLPredictor:
 
         model, vocab, manifest = load_model(model_dir, device)
         self.manifest = manifest
-        enc = encode(log, vocab)
+        enc = encode(log, vocab, successors=int(getattr(model.cfg, "successors", 0)))
         self.cands, self.conf, _ = predict_streams(model, vocab, enc, np.arange(len(enc)), device=device)
         # The heuristic training found best on its validation split, unless one is named.
         self.fallback = make_predictor(fallback or str(manifest.get("fallback", "markov")))
@@ -216,6 +243,8 @@ class OnlineStepper:
 
         self.model, self.vocab, self.device = model, vocab, device
         self.features = RealtimeFeatures()
+        slots = int(getattr(model.cfg, "successors", 0))
+        self.successors = SuccessorCandidates(slots) if slots else None
         self.states: OrderedDict[int, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
         self.recent: dict[int, deque[str]] = {}
         self.max_clients = max_clients
@@ -232,12 +261,19 @@ class OnlineStepper:
         feats = torch.as_tensor(
             np.stack([self.features.update(key, t) for _, key, t in reads]), device=self.device
         ).unsqueeze(1)
+        succ_keys: list[list[str]] = [[] for _ in reads]
+        succ = None
+        if self.successors is not None:
+            found = [self.successors.after(key, client) for client, key, _ in reads]
+            succ_keys = [f[0] for f in found]
+            succ = torch.as_tensor(np.stack([f[1] for f in found]), device=self.device).unsqueeze(1)
         hs, cs = [], []
         for client, _, _ in reads:
             state = self.states.get(client)
             hs.append(self.zero if state is None else state[0])
             cs.append(self.zero if state is None else state[1])
-        out, (h, c), _ = self.model(keys, tpls, feats, (torch.stack(hs, 1), torch.stack(cs, 1)))
+        out, (h, c), _ = self.model(keys, tpls, feats, (torch.stack(hs, 1), torch.stack(cs, 1)), succ=succ)
+        sp = torch.softmax(out["succ_logits"][:, 0].float(), -1).cpu().numpy() if succ is not None else None
         key_top = torch.softmax(out["key_logits"][:, 0].float(), -1).topk(TOP_KEYS, dim=-1)
         copy = torch.softmax(out["copy_logits"][:, 0].float(), -1).cpu().numpy()
         tpl_top = torch.softmax(out["template_logits"][:, 0].float(), -1).topk(TOP_TEMPLATES, dim=-1)
@@ -259,6 +295,8 @@ class OnlineStepper:
                     recent,
                     k,
                     copy[j].tolist(),
+                    succ_keys[j],
+                    sp[j, : len(succ_keys[j])].tolist() if sp is not None else [],
                 )
             )
         while len(self.states) > self.max_clients:

@@ -216,6 +216,9 @@ class InvalidationChannel:
             self.conn.close()
 
 
+REFRESH_DELAY = 0.05  # seconds a refresh may wait to join others
+
+
 class Filler:
     """Reads keys into the tier on the proxy's own connections, one per ACL identity."""
 
@@ -227,6 +230,10 @@ class Filler:
         # (identity, user, db, prefetched) -> keys waiting for this event-loop turn
         self.batches: dict[tuple[Identity, str, int, bool], list[bytes]] = {}
         self.scheduled = False
+        # Refreshes of entries still being served wait up to REFRESH_DELAY and go in larger batches:
+        # a fill's fixed cost (a task, a round trip) is most of its price for one key.
+        self.later: dict[tuple[Identity, str, int, bool], list[bytes]] = {}
+        self.later_scheduled = False
         self.tasks: set[asyncio.Task[int]] = set()
         self.errors = 0
 
@@ -239,9 +246,24 @@ class Filler:
             self.scheduled = True
             asyncio.get_running_loop().call_soon(self._flush)
 
+    def request_later(self, db: int, keys: list[bytes], identity: Identity, user: str) -> None:
+        """``request``, for keys whose entries are still valid (a refresh): batched for a while."""
+        self.later.setdefault((identity, user, db, False), []).extend(keys)
+        if not self.later_scheduled:
+            self.later_scheduled = True
+            asyncio.get_running_loop().call_later(REFRESH_DELAY, self._flush_later)
+
+    def _flush_later(self) -> None:
+        self.later_scheduled = False
+        batches, self.later = self.later, {}
+        self._start(batches)
+
     def _flush(self) -> None:
         self.scheduled = False
         batches, self.batches = self.batches, {}
+        self._start(batches)
+
+    def _start(self, batches: dict[tuple[Identity, str, int, bool], list[bytes]]) -> None:
         for (identity, user, db, prefetched), keys in batches.items():
             task = asyncio.get_running_loop().create_task(self._fill(identity, user, db, keys, prefetched))
             self.tasks.add(task)

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from proxy.framing import GET_COMMAND, single_get_key
+from proxy.framing import GET_COMMAND, GET_PREFIXES, single_get_key
 from proxy.keyspace import FLUSH_DB, KEYS
 from proxy.resp import as_str
 from proxy.session import SPECIAL
@@ -79,6 +79,8 @@ class TierMixin:
             or self.req_parser is not None
         ):
             return False
+        if not data.startswith(GET_PREFIXES):
+            return False  # (a write, say: no GET first, nothing to serve)
         name = single_get_key(data)
         if name is None:
             return self._serve_get_batch(data, tier)
@@ -276,7 +278,10 @@ class TierMixin:
         identity = None
         if self.auth is not None:
             identity = (as_str(self.auth[0]), as_str(self.auth[1]))
-        filler.request(db, keys, identity, user)
+        if refresh:
+            filler.request_later(db, keys, identity, user)
+        else:
+            filler.request(db, keys, identity, user)
 
     def _tier_write(self, name: bytes, args: list[bytes], table: Any) -> Any:
         """Drop what a write may change now; return the action that drops it again on its reply."""

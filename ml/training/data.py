@@ -26,19 +26,88 @@ class Encoded:
     key_tok: np.ndarray  # (n,) key token per read
     tpl_tok: np.ndarray  # (n,) template token per read
     feats: np.ndarray  # (n, F) float32
+    succ_codes: np.ndarray  # (n, S) key codes of the successor candidates after each read, -1 none
+    succ_feats: np.ndarray  # (n, S, SUCC_FEATURES) float32
 
     def __len__(self) -> int:
         return int(self.codes.size)
 
 
-def encode(log: AccessLog, vocab: Vocabulary, cfg: FeatureConfig | None = None) -> Encoded:
+SUCC_FEATURES = 2  # per successor candidate: its share of the key's transitions, and whether it is known
+
+
+class SuccessorCandidates:
+    """Candidate generation from co-occurrence, for keys the vocabulary cannot name: after each read,
+    the keys that most often followed it in the same client's stream (the client-aware Markov table,
+    bounded), with features the model scores them by. The same object serves training (run over the
+    log in time order) and the live stepper (one read at a time), so both see identical candidates."""
+
+    def __init__(self, slots: int, max_keys: int = 100_000) -> None:
+        from prefetch.predictors.markov import Markov
+
+        self.slots = slots
+        self.table = Markov(max_keys=max_keys, max_successors=slots)
+
+    def after(self, key: str, client: int) -> tuple[list[str], np.ndarray]:
+        """Observe a read; its candidates and their (slots, SUCC_FEATURES) features (zeros: no candidate)."""
+        table = self.table
+        table.observe(key, 0.0, False, client)
+        found = table.predict(self.slots)
+        feats = np.zeros((self.slots, SUCC_FEATURES), np.float32)
+        for j, (_, share) in enumerate(found):
+            feats[j, 0] = share
+            feats[j, 1] = 1.0
+        return [cand for cand, _ in found], feats
+
+
+def successor_candidates(
+    names: list[str], codes: np.ndarray, client: np.ndarray, slots: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """``SuccessorCandidates`` over a whole log in time order: (n, slots) key codes (-1: none; a
+    candidate is always a key read earlier) and (n, slots, SUCC_FEATURES) features."""
+    n = codes.size
+    out_codes = np.full((n, max(slots, 0)), -1, np.int64)
+    out_feats = np.zeros((n, max(slots, 0), SUCC_FEATURES), np.float32)
+    if slots <= 0:
+        return out_codes, out_feats
+    code_of = {name: i for i, name in enumerate(names)}
+    gen = SuccessorCandidates(slots)
+    for i, (code, c) in enumerate(zip(codes.tolist(), client.tolist(), strict=True)):
+        cands, feats = gen.after(names[code], c)
+        if cands:
+            out_codes[i, : len(cands)] = [code_of[k] for k in cands]
+            out_feats[i] = feats
+    return out_codes, out_feats
+
+
+def with_successors(enc: Encoded, slots: int) -> Encoded:
+    """``enc`` with ``slots`` successor candidates per read (computed now if it has another number)."""
+    if enc.succ_codes.shape[1] != slots:
+        enc.succ_codes, enc.succ_feats = successor_candidates(enc.names, enc.codes, enc.client, slots)
+    return enc
+
+
+def encode(
+    log: AccessLog, vocab: Vocabulary, cfg: FeatureConfig | None = None, successors: int = 0
+) -> Encoded:
     codes, names_arr = log.key_codes()
     names = names_arr.to_pylist()
     key_of_code = np.array([vocab.key_token(k) for k in names], np.int64)
     tpl_of_code = np.array([vocab.template_token(k) for k in names], np.int64)
     client = log.clients()
     ts = log.timestamps()
-    return Encoded(names, codes, ts, client, key_of_code[codes], tpl_of_code[codes], features(codes, ts, cfg))
+    succ_codes, succ_feats = successor_candidates(names, codes, client, successors)
+    return Encoded(
+        names,
+        codes,
+        ts,
+        client,
+        key_of_code[codes],
+        tpl_of_code[codes],
+        features(codes, ts, cfg),
+        succ_codes,
+        succ_feats,
+    )
 
 
 def stream_order(client: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -88,13 +157,22 @@ def windows(enc: Encoded, idx: np.ndarray, length: int) -> dict[str, torch.Tenso
     y_key = np.where(has_next, enc.key_tok[next_read], PAD)
     y_tpl = np.where(has_next, enc.tpl_tok[next_read], PAD)
     y_copy = np.where(has_next, copy_targets(enc, order), IGNORE)
+    # The successor slot holding the next key (slots: none of them).
+    succ = enc.succ_codes[order]
+    slots = succ.shape[1]
+    if slots:
+        hit = succ == enc.codes[next_read][:, None]
+        y_succ = np.where(hit.any(1), hit.argmax(1), slots)
+    else:
+        y_succ = np.zeros(n, np.int64)
+    y_succ = np.where(has_next, y_succ, IGNORE)
     pad = (-n) % length
 
     def shape(a: np.ndarray, fill: float = 0) -> np.ndarray:
         a = np.concatenate([a, np.full((pad,) + a.shape[1:], fill, a.dtype)])
         return a.reshape((-1, length) + a.shape[1:])
 
-    return {
+    out = {
         "keys": torch.as_tensor(shape(enc.key_tok[order])),
         "templates": torch.as_tensor(shape(enc.tpl_tok[order])),
         "feats": torch.as_tensor(shape(enc.feats[order])),
@@ -103,3 +181,7 @@ def windows(enc: Encoded, idx: np.ndarray, length: int) -> dict[str, torch.Tenso
         "next_copy": torch.as_tensor(shape(y_copy, IGNORE)),
         "order": torch.as_tensor(shape(order, -1)),
     }
+    if slots:
+        out["succ"] = torch.as_tensor(shape(enc.succ_feats[order]))
+        out["next_succ"] = torch.as_tensor(shape(y_succ, IGNORE))
+    return out

@@ -15,7 +15,7 @@ def score(
     idx: np.ndarray,
     cands: list[list[tuple[str, float]]],
     conf: np.ndarray | None = None,
-    top_token: np.ndarray | None = None,
+    top_code: np.ndarray | None = None,
     k: int = 10,
     window: int = 10,
 ) -> dict[str, float]:
@@ -25,7 +25,8 @@ def score(
     * recall@k within W: the share of reads whose key was among the top-k predicted after at least
       one of the same client's W previous reads, i.e. a prefetch made in time would have covered
       it (the first W reads of each stream count against it);
-    * calibration (ECE) of the confidence against whether the key head's top token was right.
+    * calibration (ECE) of the confidence against whether the model's top prediction (the key
+      head's or the successor head's: ``top_code``) was right.
     """
     order, nxt = stream_order(enc.client, idx)
     clients = enc.client[order]
@@ -51,13 +52,13 @@ def score(
         f"top{k}": topk / max(1, counted),
         f"recall@{k}_within_{window}": recalled / max(1, order.size),
     }
-    if conf is not None and top_token is not None:
+    if conf is not None and top_code is not None:
         has_next = nxt >= 0
         nexts = order[np.where(has_next, nxt, 0)]
-        right = (top_token[order] == enc.key_tok[nexts]) & (enc.key_tok[nexts] >= 2)
+        right = top_code[order] == enc.codes[nexts]
         out["calibration_ece"] = ece(conf[order][has_next], right[has_next].astype(float))
         out["mean_confidence"] = float(conf[order][has_next].mean())
-        out["key_head_top1"] = float(right[has_next].mean())
+        out["model_top1"] = float(right[has_next].mean())
     return out
 
 

@@ -72,6 +72,9 @@ def _loss(
             None,
             batch["next_keys"],
             batch["next_templates"],
+            batch["next_copy"],  # (the copy head went untrained before this was passed)
+            succ=batch.get("succ"),
+            next_succ=batch.get("next_succ"),
         )
     assert loss is not None
     return loss
@@ -101,11 +104,11 @@ def train(
     codes, names = log.key_codes()
     train_names = names.take(codes[:cut]).to_pylist()  # the vocabulary sees the training part only
     vocab = Vocabulary.build(train_names, tcfg.max_keys, tcfg.max_templates)
-    enc = encode(log, vocab)
+    mcfg = mcfg or LSTMConfig()
+    enc = encode(log, vocab, successors=mcfg.successors)
     train_idx, val_idx = np.arange(cut), np.arange(cut, n)
     tr = windows(enc, train_idx, tcfg.length)
     va = windows(enc, val_idx, tcfg.length)
-    mcfg = mcfg or LSTMConfig()
     mcfg.key_vocab, mcfg.template_vocab = vocab.key_size, vocab.template_size
     model = NextKeyLSTM(mcfg).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
@@ -159,7 +162,7 @@ def train(
         model.load_state_dict(best_state)
     model.eval()
     train_seconds = time.perf_counter() - started
-    cands, conf, top_token = predict_streams(model, vocab, enc, val_idx, device=device)
+    cands, conf, top_code = predict_streams(model, vocab, enc, val_idx, device=device)
     heuristics = compare_heuristics(enc, val_idx, ("markov", "pg", "obl", "mithril"))
     # The fallback for reads the model is unsure of: the prefetcher (or none) whose replay of the
     # log (warmed on the training part, scored on the validation part) hits most. Chosen on the
@@ -167,7 +170,7 @@ def train(
     replays = fallback_replays(enc, np.arange(n), warmup=cut)
     fallback = max(replays, key=lambda name: replays[name])
     metrics = {
-        "model": score(enc, val_idx, cands, conf, top_token),
+        "model": score(enc, val_idx, cands, conf, top_code),
         "heuristics": heuristics,
         "fallback": fallback,
         "fallback_hit_ratios": replays,

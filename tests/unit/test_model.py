@@ -145,3 +145,44 @@ def test_online_steps_match_the_batched_pass(trained: tuple[Path, dict]) -> None
     keys, ts, clients = log.keys(), log.timestamps(), log.column("client")
     online = [stepper.step([(int(c), k, float(t))])[0] for k, t, c in zip(keys, ts, clients, strict=True)]
     assert [[k for k, _ in row] for row in online] == [[k for k, _ in row] for row in batched]
+
+
+def test_successor_candidates_are_causal_and_per_client() -> None:
+    from ml.training.data import successor_candidates
+
+    names = ["a", "b", "c", "x"]
+    # client 0 reads a b a b a; client 1 reads a c interleaved (its own transition a -> c).
+    seq = [(0, 0), (1, 0), (0, 1), (0, 0), (2, 1), (1, 0), (0, 0)]
+    codes = np.array([k for k, _ in seq])
+    client = np.array([c for _, c in seq])
+    cand, feats = successor_candidates(names, codes, client, slots=2)
+    assert cand[0].tolist() == [-1, -1]  # nothing has followed a yet
+    assert cand[2].tolist() == [1, -1] and feats[2, 0].tolist() == [1.0, 1.0]  # after a: b, share 1
+    assert cand[4].tolist() == [-1, -1]  # after c: nothing yet
+    assert sorted(cand[6].tolist()) == [1, 2] and abs(feats[6, :, 0].sum() - 1.0) < 1e-6  # a: b or c
+    for i in range(len(seq)):  # every candidate was read before
+        assert all(c in codes[:i].tolist() for c in cand[i] if c >= 0)
+
+
+def test_successor_head_names_keys_outside_the_vocabulary(tmp_path: Path) -> None:
+    """A fixed cycle of 300 keys without numbers (no template can build them) and an 8-key
+    vocabulary: the key head can name almost none of them, the successor head scores the keys seen
+    to follow each one, so after the first pass the next key is predicted anyway."""
+    rng = np.random.default_rng(1)
+    cycle = ["obj-" + "".join(rng.choice(list("abcdefghij"), 8)) for _ in range(300)]
+    n, clients = 6000, 3
+    pos = [i * 100 for i in range(clients)]
+    keys, client = [], []
+    for _ in range(n):
+        c = int(rng.integers(clients))
+        keys.append(cycle[pos[c] % len(cycle)])
+        pos[c] += 1
+        client.append(c)
+    log = AccessLog(make_table(np.arange(n) * 0.01, keys, "GET", 100, "cycle", client=np.array(client)), {})
+    torch.set_num_threads(2)
+    metrics = train(
+        log, tmp_path, TrainConfig(epochs=6, batch=16, length=32, lr=1e-2, progress=False, max_keys=8)
+    )
+    model = metrics["model"]
+    assert model["top1"] > 0.9 and model["recall@10_within_10"] > 0.9, model
+    assert model["model_top1"] > 0.9 and model["calibration_ece"] < 0.1

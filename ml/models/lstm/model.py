@@ -14,6 +14,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ml.features.spec import FEATURES
+from ml.training.data import SUCC_FEATURES
 
 
 @dataclass
@@ -28,6 +29,8 @@ class LSTMConfig:
     layers: int = 2  # LSTM layers
     dropout: float = 0.1  # between LSTM layers, in training only
     copy_slots: int = 8  # the copy head points at one of the client's last reads (or none)
+    successors: int = 8  # the successor head scores this many co-occurrence candidates (0: no head)
+    succ_dim: int = 32  # its scoring layer's width
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -51,7 +54,16 @@ class NextKeyLSTM(nn.Module):
         self.template_head = nn.Linear(cfg.hidden, cfg.template_vocab)
         # Which recent read's numbers fill the next key's template (slot copy_slots: none of them).
         self.copy_head = nn.Linear(cfg.hidden, cfg.copy_slots + 1)
-        # Trained to predict whether the key head's top prediction is right.
+        # Scores the successor candidates (keys seen to follow the current one, named even when the
+        # vocabulary cannot): the LSTM state and each candidate's features, plus a "none" slot.
+        if cfg.successors:
+            self.succ_state = nn.Linear(cfg.hidden, cfg.succ_dim)
+            self.succ_feat = nn.Linear(SUCC_FEATURES, cfg.succ_dim)
+            self.succ_slot = nn.Embedding(cfg.successors, cfg.succ_dim)
+            self.succ_out = nn.Linear(cfg.succ_dim, 1)
+            self.succ_none = nn.Linear(cfg.hidden, 1)
+        # Trained to predict whether the model's top prediction (the key head's or the successor
+        # head's, whichever is surer) is right.
         self.confidence_head = nn.Linear(cfg.hidden, 1)
 
     def forward(
@@ -63,6 +75,8 @@ class NextKeyLSTM(nn.Module):
         next_keys: torch.Tensor | None = None,  # (B, T) targets: the key token read next, PAD for none
         next_templates: torch.Tensor | None = None,  # (B, T)
         next_copy: torch.Tensor | None = None,  # (B, T) copy slot targets, -100 for none
+        succ: torch.Tensor | None = None,  # (B, T, S, SUCC_FEATURES) successor candidates' features
+        next_succ: torch.Tensor | None = None,  # (B, T) successor slot targets (S: none), -100 for none
     ) -> tuple[dict[str, torch.Tensor], tuple[torch.Tensor, torch.Tensor], torch.Tensor | None]:
         x = torch.cat(
             [self.key_emb(keys), self.template_emb(templates), F.gelu(self.feature_proj(feats))], dim=-1
@@ -74,6 +88,12 @@ class NextKeyLSTM(nn.Module):
             "copy_logits": self.copy_head(h),  # (B, T, copy_slots + 1)
             "confidence": self.confidence_head(h).squeeze(-1),  # (B, T) logits
         }
+        if self.cfg.successors and succ is not None:
+            z = torch.tanh(
+                self.succ_state(h).unsqueeze(2) + self.succ_feat(succ) + self.succ_slot.weight
+            )  # (B, T, S, succ_dim)
+            scores = self.succ_out(z).squeeze(-1).masked_fill(succ[..., 1] == 0, -1e4)  # (B, T, S)
+            out["succ_logits"] = torch.cat([scores, self.succ_none(h)], -1)  # (B, T, S + 1)
         loss = None
         if next_keys is not None and next_templates is not None:
             key_loss = F.cross_entropy(out["key_logits"].flatten(0, 1), next_keys.flatten(), ignore_index=0)
@@ -81,7 +101,13 @@ class NextKeyLSTM(nn.Module):
                 out["template_logits"].flatten(0, 1), next_templates.flatten(), ignore_index=0
             )
             with torch.no_grad():  # right: the top key is the next key, and a known one (not UNK)
-                right = ((out["key_logits"].argmax(-1) == next_keys) & (next_keys > 1)).float()  # (B, T)
+                key_p, key_top = torch.softmax(out["key_logits"].float(), -1).max(-1)
+                right = (key_top == next_keys) & (next_keys > 1)  # (B, T)
+                if "succ_logits" in out and next_succ is not None:
+                    succ_p, succ_top = torch.softmax(out["succ_logits"].float(), -1)[..., :-1].max(-1)
+                    succ_right = succ_top == next_succ
+                    right = torch.where(succ_p > key_p, succ_right, right)
+                right = right.float()
             mask = (next_keys != 0).float()
             conf_loss = (
                 F.binary_cross_entropy_with_logits(out["confidence"], right, reduction="none") * mask
@@ -90,5 +116,9 @@ class NextKeyLSTM(nn.Module):
             if next_copy is not None:
                 loss = loss + F.cross_entropy(
                     out["copy_logits"].flatten(0, 1), next_copy.flatten(), ignore_index=-100
+                )
+            if "succ_logits" in out and next_succ is not None:
+                loss = loss + F.cross_entropy(
+                    out["succ_logits"].flatten(0, 1).float(), next_succ.flatten(), ignore_index=-100
                 )
         return out, state, loss
