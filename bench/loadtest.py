@@ -65,12 +65,16 @@ def redis_benchmark(
 
 
 class ProxyProcess:
-    """`predis serve` (or the byte-copy reference) in its own process, pointed at the upstream."""
+    """`predis serve` (or a reference server) in its own process, pointed at the upstream."""
 
-    def __init__(self, upstream: str, extra: list[str] | None = None, copy_only: bool = False) -> None:
+    def __init__(
+        self, upstream: str, extra: list[str] | None = None, copy_only: bool = False, reference: str = ""
+    ) -> None:
         self.port = free_port()
         if copy_only:
-            cmd = [sys.executable, "-m", "bench.copyproxy", str(self.port), upstream.rsplit(":", 1)[1]]
+            reference = "bench.copyproxy"
+        if reference:  # a reference server: bench.copyproxy or bench.dictserver
+            cmd = [sys.executable, "-m", reference, str(self.port), upstream.rsplit(":", 1)[1]]
         else:
             cmd = [
                 sys.executable,

@@ -37,16 +37,18 @@ def scenario(
 ) -> list[dict[str, Any]]:
     rows = []
     for pipeline in (1, 16):
-        for port in targets.values():  # warm-up pass, not recorded: fills the tier
+        # (the dict reference server answers unpipelined GETs only)
+        active = {t: p for t, p in targets.items() if pipeline == 1 or t != "dict"}
+        for port in active.values():  # warm-up pass, not recorded: fills the tier
             redis_benchmark(port, "get", args.requests * pipeline, args.clients, pipeline, args.keyspace)
-        runs: dict[str, list[Any]] = {t: [] for t in targets}
+        runs: dict[str, list[Any]] = {t: [] for t in active}
         for _ in range(args.repeats):
-            for target, port in targets.items():
+            for target, port in active.items():
                 runs[target] += redis_benchmark(
                     port, "get", args.requests * pipeline, args.clients, pipeline, args.keyspace
                 )
         row: dict[str, Any] = {"scenario": name, "pipeline": pipeline}
-        for target in targets:
+        for target in active:
             m = median_run(runs[target])
             row[f"{target}_rps"] = round(m.rps)
             row[f"{target}_p50_ms"] = m.p50_ms
@@ -57,6 +59,7 @@ def scenario(
         for target, proxy in proxies.items():
             figures = proxy.stats()
             row[f"{target}_hit_ratio"] = figures.get("hot_tier_hit_ratio", 0.0)
+            row[f"{target}_refreshes"] = figures.get("hot_tier_refreshes", 0)
         rows.append(row)
     return rows
 
@@ -77,12 +80,17 @@ def main(argv: list[str] | None = None) -> int:
         ):
             tiered = ProxyProcess(upstream.url, ["--hot-tier", "cpu", *tier_args])
             plain = ProxyProcess(upstream.url, ["--hot-tier", "off"])
+            floor = ProxyProcess(upstream.url, reference="bench.dictserver") if name == "hit" else None
             try:
                 targets = {"direct": upstream.port, "tier": tiered.port, "notier": plain.port}
+                if floor is not None:
+                    targets["dict"] = floor.port
                 rows += scenario(name, targets, args, {"tier": tiered})
             finally:
                 tiered.close()
                 plain.close()
+                if floor is not None:
+                    floor.close()
     head = (
         f"{'scenario':<8} {'-P':>3} {'direct rps':>11} {'tier rps':>10} {'ratio':>6} {'no-tier rps':>12} {'ratio':>6} "
         f"{'p50 d/tier/no ms':>20} {'tier hit ratio':>15}"
@@ -95,6 +103,13 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['notier_rps']:>12} {r['notier_ratio']:>6.3f} "
             f"{r['direct_p50_ms']:>6.3f}/{r['tier_p50_ms']:.3f}/{r['notier_p50_ms']:.3f} {r['tier_hit_ratio']:>15}"
         )
+    for r in rows:
+        if "dict_rps" in r:
+            print(
+                f"\nreference (bench/dictserver.py, a plain dict GET server) in the same run, {r['scenario']} -P {r['pipeline']}: "
+                f"{r['dict_rps']} rps = {r['dict_ratio']:.3f}x direct, p50 {r['dict_p50_ms']:.3f} ms; "
+                f"tier refreshes {r['tier_refreshes']}"
+            )
     return 0
 
 
