@@ -51,6 +51,9 @@ def train_main(argv: list[str]) -> int:
         "train_seconds": metrics["train_seconds"],
         "model": metrics["model"],
         "heuristics": metrics["heuristics"],
+        "fallback": metrics["fallback"],
+        "policy": metrics["policy"],
+        "fallback_hit_ratios": metrics["fallback_hit_ratios"],
     }
     print(json.dumps(summary, indent=1))
     return 0

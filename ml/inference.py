@@ -176,6 +176,7 @@ class MLPredictor:
         fallback: str = "",
         min_confidence: float = 0.5,
         device: str = "cpu",
+        policy: str = "",
     ) -> None:
         from ml.registry import load_model
         from ml.training.data import encode
@@ -187,6 +188,9 @@ class MLPredictor:
         self.cands, self.conf, _ = predict_streams(model, vocab, enc, np.arange(len(enc)), device=device)
         # The heuristic training found best on its validation split, unless one is named.
         self.fallback = make_predictor(fallback or str(manifest.get("fallback", "markov")))
+        # The eviction policy training found best beside that fallback ("" for none recorded: the
+        # simulator's own); the simulator runs this arm under it.
+        self.policy = policy or str(manifest.get("policy", ""))
         self.min_confidence = min_confidence
         self.max_footprint = self.fallback.max_footprint + 1
         self.i = -1

@@ -304,17 +304,21 @@ def simulate(
     for policy in policies:
         for spec in specs:
             predictor = make_predictor(spec, trace_keys=keys, log=log)
+            # An ML arm runs under the policy its training chose (recorded in the model), if any.
+            own = getattr(predictor, "policy", "") if len(policies) == 1 else ""
+            if own and own not in POLICIES:
+                raise ConfigError(f"{spec}: unknown eviction policy {own!r}; known: {', '.join(POLICIES)}")
             result = replay(
                 keys,
                 capacity,
                 predictor,
-                policy=policy,
+                policy=own or policy,
                 budget=budget,
                 warmup=warm,
                 times=times,
                 clients=clients,
             )
-            result.arm = spec if len(policies) == 1 else f"{spec}@{policy}"
+            result.arm = spec if len(policies) == 1 and own in ("", policy) else f"{spec}@{own or policy}"
             arms.append(result)
     if with_belady:
         arms.append(belady(codes, capacity, warm))

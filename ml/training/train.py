@@ -168,11 +168,12 @@ def train(
     # log (warmed on the training part, scored on the validation part) hits most. Chosen on the
     # training log only, never on what the simulator later judges.
     replays = fallback_replays(enc, np.arange(n), warmup=cut)
-    fallback = max(replays, key=lambda name: replays[name])
+    fallback, policy = max(replays, key=lambda arm: replays[arm]).split("@")
     metrics = {
         "model": score(enc, val_idx, cands, conf, top_code),
         "heuristics": heuristics,
         "fallback": fallback,
+        "policy": policy,
         "fallback_hit_ratios": replays,
         "history": history,
         "train_seconds": round(train_seconds, 1),
@@ -188,6 +189,7 @@ def train(
         target,
         train_config=tcfg.__dict__,
         fallback=fallback,
+        policy=policy,
         data={"source": log.source, "reads": n, "fingerprint": fingerprint(log), "meta": log.meta},
         metrics=metrics,
     )
@@ -198,9 +200,18 @@ def train(
     return metrics
 
 
-def fallback_replays(enc: Any, idx: np.ndarray, warmup: int = 0, share: float = 0.05) -> dict[str, float]:
-    """Hit ratio of each heuristic (and of no prefetching) replaying the reads ``idx`` through an LRU
-    cache of ``share`` of their distinct keys, budget 1, scored after the first ``warmup`` reads."""
+def fallback_replays(
+    enc: Any,
+    idx: np.ndarray,
+    warmup: int = 0,
+    share: float = 0.05,
+    policies: tuple[str, ...] = ("lru", "s3fifo"),
+) -> dict[str, float]:
+    """Hit ratio of each heuristic (and of no prefetching) under each eviction policy, as
+    ``"markov@lru"``: replaying the reads ``idx`` through a cache of ``share`` of their distinct
+    keys, budget 1, scored after the first ``warmup`` reads. The best pair is the model's fallback
+    and the policy it recommends (on traces where plain S3-FIFO beats every prefetcher on LRU, that
+    is what the model should run beside)."""
     from prefetch.predictors import make_predictor
     from prefetch.sim import replay
 
@@ -208,9 +219,12 @@ def fallback_replays(enc: Any, idx: np.ndarray, warmup: int = 0, share: float = 
     capacity = max(1, int(share * len(set(keys))))
     clients = enc.client[idx].tolist()
     out = {}
-    for spec in ("none", "markov", "pg", "obl", "mithril", "frequency"):
-        result = replay(keys, capacity, make_predictor(spec), clients=clients, warmup=warmup)
-        out[spec] = round(result.hit_ratio, 4)
+    for policy in policies:
+        for spec in ("none", "markov", "pg", "obl", "mithril", "frequency"):
+            result = replay(
+                keys, capacity, make_predictor(spec), policy=policy, clients=clients, warmup=warmup
+            )
+            out[f"{spec}@{policy}"] = round(result.hit_ratio, 4)
     return out
 
 

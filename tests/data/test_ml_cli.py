@@ -48,6 +48,14 @@ def test_train_then_simulate(tmp_path: Path) -> None:
     assert set(summary["heuristics"]) == {"markov", "pg", "obl", "mithril"}
     manifest = json.loads((tmp_path / "reg" / "v0001" / "manifest.json").read_text())
     assert manifest["fallback"] == "markov", "a fixed order is Markov's best case"
+    # The fallback comes with the eviction policy its replay did best under, both recorded.
+    replays = summary["fallback_hit_ratios"]
+    assert set(replays) == {
+        f"{p}@{pol}"
+        for p in ("none", "markov", "pg", "obl", "mithril", "frequency")
+        for pol in ("lru", "s3fifo")
+    }
+    assert replays[f"markov@{manifest['policy']}"] == max(replays.values())
     sim = run(
         "sim",
         str(log),
@@ -61,9 +69,10 @@ def test_train_then_simulate(tmp_path: Path) -> None:
         "--no-belady",
     )
     assert sim.returncode == 0, sim.stderr
-    arms = {a["arm"]: a for a in json.loads(sim.stdout)["runs"][0]["arms"]}
-    ml = arms[f"ml:{tmp_path / 'reg'}"]
-    assert ml["prefetcher"] == "ml" and 0 <= ml["hit_ratio"] <= 1 and ml["prefetches"] > 0
+    (ml,) = [a for a in json.loads(sim.stdout)["runs"][0]["arms"] if a["prefetcher"] == "ml"]
+    assert ml["policy"] == manifest["policy"]  # the ML arm runs under the policy its training chose
+    assert ml["arm"] == f"ml:{tmp_path / 'reg'}" + ("" if manifest["policy"] == "lru" else "@s3fifo")
+    assert 0 <= ml["hit_ratio"] <= 1 and ml["prefetches"] > 0
 
 
 def test_bad_model_and_bad_flags(tmp_path: Path) -> None:
