@@ -137,12 +137,12 @@ def predict_streams(
                     succ_probs: list[float] = []
                     top_code[read] = code_of_token[ki[j, t, 0]]
                     if sp is not None:
-                        codes = enc.succ_codes[read]
-                        live = codes >= 0
-                        succ_keys = [enc.names[c] for c in codes[live]]
-                        succ_probs = sp[j, t, :slots][live].tolist()
+                        found = enc.succ_codes[read]
+                        present = found >= 0
+                        succ_keys = [enc.names[c] for c in found[present]]
+                        succ_probs = sp[j, t, :slots][present].tolist()
                         if succ_probs and max(succ_probs) > kp[j, t, 0]:
-                            top_code[read] = codes[live][int(np.argmax(succ_probs))]
+                            top_code[read] = found[present][int(np.argmax(succ_probs))]
                     cands[read] = compose(
                         vocab,
                         ki[j, t].tolist(),

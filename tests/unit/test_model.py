@@ -141,6 +141,10 @@ def test_online_steps_match_the_batched_pass(trained: tuple[Path, dict]) -> None
     log = planted_log(400)
     enc = encode(log, vocab)
     batched = predict_streams(model, vocab, enc, np.arange(len(enc)))[0]
+    # Fewer streams per batch than clients, and chunks shorter than the streams: several batches
+    # per round and several rounds, the state carried across them.
+    small = predict_streams(model, vocab, enc, np.arange(len(enc)), batch=3, length=16)[0]
+    assert [[k for k, _ in row] for row in small] == [[k for k, _ in row] for row in batched]
     stepper = OnlineStepper(model, vocab)
     keys, ts, clients = log.keys(), log.timestamps(), log.column("client")
     online = [stepper.step([(int(c), k, float(t))])[0] for k, t, c in zip(keys, ts, clients, strict=True)]
