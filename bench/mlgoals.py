@@ -21,17 +21,30 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=2)
     ap.add_argument("--cache", default="5%")
     ap.add_argument("--ml", default="", help="extra ML arm parameters, e.g. ::min_confidence=-1")
+    ap.add_argument(
+        "--policies",
+        default="lru,s3fifo",
+        help="eviction policies every arm runs under (lru alone: the ML arm under its trained policy, plain S3-FIFO beside)",
+    )
     args = ap.parse_args()
     params = parse_params(args.workload, args.param) if args.param else None
     log = generate(args.workload, args.n, seed=args.seed, params=params)
     arms = ["frequency", "obl", "markov", "pg", "mithril", f"ml:{args.model}{args.ml}"]
-    report = simulate(log, args.cache, arms, with_belady=False)
-    add_plain_arm(report, log, "s3fifo")
+    policies = [p for p in args.policies.split(",") if p]
+    report = simulate(log, args.cache, arms, policies=policies, with_belady=False)
+    if policies == ["lru"]:
+        add_plain_arm(report, log, "s3fifo")
     print(format_table(report))
-    ml = next(a for a in report.arms if a.prefetcher == "ml")
+    # With several policies every arm runs under each; the ML arm judged is the one under the
+    # policy its training chose (the manifest's), against the best heuristic under any policy.
+    from ml.registry import load_model
+
+    chosen = str(load_model(args.model)[2].get("policy", "")) or policies[0]
+    mls = [a for a in report.arms if a.prefetcher == "ml"]
+    ml = next((a for a in mls if a.policy == chosen), mls[0])
     best = next(a for a in report.arms if a.arm == report.best_heuristic)
     print(
-        f"\nML miss ratio {100 * ml.miss_ratio:.2f}% vs best heuristic ({best.arm}) {100 * best.miss_ratio:.2f}%: "
+        f"\nML ({ml.arm}) miss ratio {100 * ml.miss_ratio:.2f}% vs best heuristic ({best.arm}) {100 * best.miss_ratio:.2f}%: "
         f"{ml.miss_ratio / best.miss_ratio:.3f}x; hit ratio {100 * ml.hit_ratio:.2f} vs {100 * best.hit_ratio:.2f} "
         f"({100 * (ml.hit_ratio - best.hit_ratio):+.2f} points)"
     )
