@@ -23,8 +23,14 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--max-seconds", type=float, default=540.0)
     ap.add_argument("--ml", default="", help="extra ML arm parameters, e.g. ::min_confidence=-1")
-    ap.add_argument("--policy", default="lru", help="eviction policy of the prefetching arms (lru or s3fifo)")
+    ap.add_argument(
+        "--policies",
+        default="lru,s3fifo",
+        help="eviction policies every arm runs under; the ML arm is judged under the one its training chose",
+    )
+    ap.add_argument("--policy", default="", help="one policy for every arm (the earlier runs' option)")
     args = ap.parse_args()
+    policies = [args.policy] if args.policy else [p for p in args.policies.split(",") if p]
     log = read_trace(args.trace, args.format)
     head = AccessLog(log.table.slice(0, int(args.share * len(log))), dict(log.meta))
     with tempfile.TemporaryDirectory() as tmp:
@@ -38,18 +44,20 @@ def main() -> None:
             report = simulate(
                 log,
                 size,
-                ["obl", "markov", "pg", "mithril", f"ml:{tmp}{args.ml}"],
-                policies=[args.policy],
+                ["obl", "markov", "pg", "mithril", "frequency", f"ml:{tmp}{args.ml}"],
+                policies=policies,
                 warmup=args.share,
                 with_belady=False,
             )
-            add_plain_arm(report, log, "s3fifo" if args.policy == "lru" else "lru")
+            if len(policies) == 1:
+                add_plain_arm(report, log, "s3fifo" if policies[0] == "lru" else "lru")
             print(format_table(report))
-            ml = next(a for a in report.arms if a.prefetcher == "ml")
+            mls = [a for a in report.arms if a.prefetcher == "ml"]
+            ml = next((a for a in mls if a.policy == metrics["policy"]), mls[0])
             best = next(a for a in report.arms if a.arm == report.best_heuristic)
-            lru = next(a for a in report.arms if a.arm == ("none" if args.policy == "lru" else "none@lru"))
+            lru = next(a for a in report.arms if a.prefetcher == "none" and a.policy == "lru")
             print(
-                f"ML {100 * ml.hit_ratio:.2f} vs best heuristic {best.arm} {100 * best.hit_ratio:.2f} "
+                f"ML ({ml.arm}, fallback {metrics['fallback']}) {100 * ml.hit_ratio:.2f} vs best heuristic {best.arm} {100 * best.hit_ratio:.2f} "
                 f"({100 * (ml.hit_ratio - best.hit_ratio):+.2f} points), vs LRU {ml.hit_ratio / lru.hit_ratio:.2f}x\n"
             )
 
