@@ -2,6 +2,9 @@
 clients, and training throughput (sequences/s), for the reference model shape.
 
     python -m bench.mlbench [--batch 64] [--vocab 10000] [--device cpu]
+
+Inference includes the successor candidates (the bounded table's update and lookup per read) and
+training every head (key, template, copy, successor, confidence), as ``predis train`` runs them.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import torch
 
 from ml.inference import OnlineStepper
 from ml.models.lstm.model import LSTMConfig, NextKeyLSTM
+from ml.training.data import SUCC_FEATURES
 from ml.vocab import Vocabulary
 
 
@@ -55,10 +59,24 @@ def main() -> None:
     keys = torch.randint(2, vocab.key_size, (B, T), device=args.device)
     tpls = torch.randint(2, vocab.template_size, (B, T), device=args.device)
     feats = torch.randn(B, T, cfg.n_features, device=args.device)
+    S = cfg.successors
+    succ = torch.rand(B, T, S, SUCC_FEATURES, device=args.device).round()  # every head trained, as in train()
+    next_succ = torch.randint(0, S + 1, (B, T), device=args.device)
+    next_copy = torch.randint(0, cfg.copy_slots + 1, (B, T), device=args.device)
     spans = []
     for step in range(args.train_steps):
         start = time.perf_counter()
-        _, _, loss = model(keys, tpls, feats, None, keys.roll(-1, 1), tpls.roll(-1, 1))
+        _, _, loss = model(
+            keys,
+            tpls,
+            feats,
+            None,
+            keys.roll(-1, 1),
+            tpls.roll(-1, 1),
+            next_copy,
+            succ=succ,
+            next_succ=next_succ,
+        )
         opt.zero_grad()
         loss.backward()  # type: ignore[union-attr]
         opt.step()
