@@ -191,10 +191,28 @@ class MLPredictor:
         # The eviction policy training found best beside that fallback ("" for none recorded: the
         # simulator's own); the simulator runs this arm under it.
         self.policy = policy or str(manifest.get("policy", ""))
+        self.fixed = bool(fallback or policy)  # named by the user: choose() leaves them alone
+        self.fallback_spec = fallback or str(manifest.get("fallback", "markov"))
         self.min_confidence = min_confidence
         self.max_footprint = self.fallback.max_footprint + 1
         self.i = -1
         self.model_first = 0
+
+    def choose(self, share: float) -> None:
+        """Take the fallback and policy training found best at the cache size (share of distinct
+        keys) nearest ``share``, from the manifest (models without that record keep their one)."""
+        from prefetch.predictors import make_predictor
+
+        by_share = self.manifest.get("fallback_by_share")
+        if self.fixed or not by_share or share <= 0:
+            return
+        nearest = min(by_share, key=lambda s: abs(np.log(float(s) / share)))
+        spec, _, policy = str(by_share[nearest]).partition("@")
+        if spec != self.fallback_spec:
+            self.fallback = make_predictor(spec)
+            self.fallback_spec = spec
+            self.max_footprint = self.fallback.max_footprint + 1
+        self.policy = policy or self.policy
 
     def observe(self, key: str, t: float, hit: bool, client: int = 0) -> None:
         self.i += 1

@@ -167,14 +167,21 @@ def train(
     # The fallback for reads the model is unsure of: the prefetcher (or none) whose replay of the
     # log (warmed on the training part, scored on the validation part) hits most. Chosen on the
     # training log only, never on what the simulator later judges.
-    replays = fallback_replays(enc, np.arange(n), warmup=cut)
+    # Cache size matters (PG under S3-FIFO loses at 1% what it wins at 5%), so the pair is chosen
+    # at three cache sizes; the simulator picks the one nearest its own (MLPredictor.choose).
+    by_share = {
+        share: fallback_replays(enc, np.arange(n), warmup=cut, share=share) for share in REPLAY_SHARES
+    }
+    replays = by_share[0.05]
     fallback, policy = max(replays, key=lambda arm: replays[arm]).split("@")
+    fallback_by_share = {str(s): max(r, key=lambda arm: r[arm]) for s, r in by_share.items()}
     metrics = {
         "model": score(enc, val_idx, cands, conf, top_code),
         "heuristics": heuristics,
         "fallback": fallback,
         "policy": policy,
         "fallback_hit_ratios": replays,
+        "fallback_by_share": fallback_by_share,
         "history": history,
         "train_seconds": round(train_seconds, 1),
         "train_reads": cut,
@@ -190,6 +197,7 @@ def train(
         train_config=tcfg.__dict__,
         fallback=fallback,
         policy=policy,
+        fallback_by_share=fallback_by_share,
         data={"source": log.source, "reads": n, "fingerprint": fingerprint(log), "meta": log.meta},
         metrics=metrics,
     )
@@ -198,6 +206,10 @@ def train(
         set_current(out, target)
     metrics["model_dir"] = str(target)
     return metrics
+
+
+REPLAY_SHARES = (0.01, 0.05, 0.10)  # cache sizes (shares of distinct keys) the fallback is chosen at
+REPLAY_READS = 400_000  # at most the last this many reads are replayed (warm-up included)
 
 
 def fallback_replays(
@@ -215,6 +227,8 @@ def fallback_replays(
     from prefetch.predictors import make_predictor
     from prefetch.sim import replay
 
+    start = max(0, len(idx) - REPLAY_READS)
+    idx, warmup = idx[start:], max(0, warmup - start)
     keys = [enc.names[c] for c in enc.codes[idx]]
     capacity = max(1, int(share * len(set(keys))))
     clients = enc.client[idx].tolist()

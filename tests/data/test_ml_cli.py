@@ -70,8 +70,11 @@ def test_train_then_simulate(tmp_path: Path) -> None:
     )
     assert sim.returncode == 0, sim.stderr
     (ml,) = [a for a in json.loads(sim.stdout)["runs"][0]["arms"] if a["prefetcher"] == "ml"]
-    assert ml["policy"] == manifest["policy"]  # the ML arm runs under the policy its training chose
-    assert ml["arm"] == f"ml:{tmp_path / 'reg'}" + ("" if manifest["policy"] == "lru" else "@s3fifo")
+    # The ML arm runs under the policy its training chose for the cache size nearest the run's (10%).
+    assert set(manifest["fallback_by_share"]) == {"0.01", "0.05", "0.1"}
+    policy = manifest["fallback_by_share"]["0.1"].split("@")[1]
+    assert ml["policy"] == policy
+    assert ml["arm"] == f"ml:{tmp_path / 'reg'}" + ("" if policy == "lru" else "@s3fifo")
     assert 0 <= ml["hit_ratio"] <= 1 and ml["prefetches"] > 0
 
 

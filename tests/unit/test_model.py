@@ -190,3 +190,31 @@ def test_successor_head_names_keys_outside_the_vocabulary(tmp_path: Path) -> Non
     model = metrics["model"]
     assert model["top1"] > 0.9 and model["recall@10_within_10"] > 0.9, model
     assert model["model_top1"] > 0.9 and model["calibration_ece"] < 0.1
+
+
+def test_fallback_and_policy_follow_the_cache_size(trained: tuple[Path, dict]) -> None:
+    """The ML arm takes the fallback and policy its training replay found best at the cache size
+    nearest the simulator's; a fallback or policy named by the user stays."""
+    from ml.inference import MLPredictor
+
+    path, _ = trained
+    manifest_path = path / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["fallback_by_share"] = {"0.01": "pg@lru", "0.05": "markov@s3fifo", "0.1": "obl@s3fifo"}
+    manifest_path.write_text(json.dumps(manifest))
+    try:
+        log = planted_log(300)
+        arm = MLPredictor(str(path), log)
+        for share, (name, policy) in (
+            (0.012, ("pg", "lru")),
+            (0.04, ("markov", "s3fifo")),
+            (0.5, ("obl", "s3fifo")),
+        ):
+            arm.choose(share)
+            assert (arm.fallback.name, arm.policy) == (name, policy)
+        pinned = MLPredictor(str(path), log, fallback="frequency", policy="lru")
+        pinned.choose(0.012)
+        assert (pinned.fallback.name, pinned.policy) == ("frequency", "lru")
+    finally:
+        manifest.pop("fallback_by_share")
+        manifest_path.write_text(json.dumps(manifest))
