@@ -70,6 +70,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--clients", type=int, default=50)
     parser.add_argument("--keyspace", type=int, default=10_000)
+    parser.add_argument(
+        "--max-staleness",
+        type=float,
+        default=0.0,
+        help="the tier's hot_tier_max_staleness (default: Predis's)",
+    )
     args = parser.parse_args(argv)
     rows: list[dict[str, Any]] = []
     with EmbeddedRedis() as upstream:
@@ -78,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
             ("hit", ["--hot-tier-bytes", str(64 << 20)]),
             ("miss", ["--hot-tier-bytes", str(64 << 10)]),
         ):
+            if args.max_staleness:
+                tier_args += ["--hot-tier-max-staleness", str(args.max_staleness)]
             tiered = ProxyProcess(upstream.url, ["--hot-tier", "cpu", *tier_args])
             plain = ProxyProcess(upstream.url, ["--hot-tier", "off"])
             floor = ProxyProcess(upstream.url, reference="bench.dictserver") if name == "hit" else None
