@@ -37,11 +37,8 @@ def main() -> None:
     print(format_table(report))
     # With several policies every arm runs under each; the ML arm judged is the one under the
     # policy its training chose (the manifest's), against the best heuristic under any policy.
-    from ml.registry import load_model
-
-    chosen = str(load_model(args.model)[2].get("policy", "")) or policies[0]
     mls = [a for a in report.arms if a.prefetcher == "ml"]
-    ml = next((a for a in mls if a.policy == chosen), mls[0])
+    ml = next((a for a in mls if a.policy == a.extra.get("chosen_policy")), mls[0])
     best = next(a for a in report.arms if a.arm == report.best_heuristic)
     print(
         f"\nML ({ml.arm}) miss ratio {100 * ml.miss_ratio:.2f}% vs best heuristic ({best.arm}) {100 * best.miss_ratio:.2f}%: "

@@ -53,7 +53,7 @@ def main() -> None:
                 add_plain_arm(report, log, "s3fifo" if policies[0] == "lru" else "lru")
             print(format_table(report))
             mls = [a for a in report.arms if a.prefetcher == "ml"]
-            ml = next((a for a in mls if a.policy == metrics["policy"]), mls[0])
+            ml = next((a for a in mls if a.policy == a.extra.get("chosen_policy")), mls[0])
             best = next(a for a in report.arms if a.arm == report.best_heuristic)
             lru = next(a for a in report.arms if a.prefetcher == "none" and a.policy == "lru")
             print(

@@ -7,6 +7,7 @@ template head's most likely templates filled with the numbers of the keys this c
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Sequence
 from typing import Any
@@ -174,18 +175,45 @@ class MLPredictor:
         model_dir: str,
         log: Any,
         fallback: str = "",
-        min_confidence: float = 0.5,
+        min_confidence: float | None = None,
         device: str = "cpu",
         policy: str = "",
     ) -> None:
         from ml.registry import load_model
         from ml.training.data import encode
-        from prefetch.predictors import make_predictor
 
         model, vocab, manifest = load_model(model_dir, device)
-        self.manifest = manifest
         enc = encode(log, vocab, successors=int(getattr(model.cfg, "successors", 0)))
-        self.cands, self.conf, _ = predict_streams(model, vocab, enc, np.arange(len(enc)), device=device)
+        cands, conf, _ = predict_streams(model, vocab, enc, np.arange(len(enc)), device=device)
+        self._setup(cands, conf, manifest, fallback, min_confidence, policy)
+
+    @classmethod
+    def from_predictions(
+        cls,
+        cands: list[list[tuple[str, float]]],
+        conf: np.ndarray,
+        fallback: str,
+        min_confidence: float = 0.5,
+        policy: str = "",
+    ) -> MLPredictor:
+        """The arm from candidates already computed (training replays it on its own log)."""
+        self = cls.__new__(cls)
+        self._setup(cands, conf, {}, fallback, min_confidence, policy)
+        return self
+
+    def _setup(
+        self,
+        cands: list[list[tuple[str, float]]],
+        conf: np.ndarray,
+        manifest: dict[str, Any],
+        fallback: str,
+        min_confidence: float | None,
+        policy: str,
+    ) -> None:
+        from prefetch.predictors import make_predictor
+
+        self.manifest = manifest
+        self.cands, self.conf = cands, conf
         # The heuristic training found best on its validation split, unless one is named.
         self.fallback = make_predictor(fallback or str(manifest.get("fallback", "markov")))
         # The eviction policy training found best beside that fallback ("" for none recorded: the
@@ -193,7 +221,10 @@ class MLPredictor:
         self.policy = policy or str(manifest.get("policy", ""))
         self.fixed = bool(fallback or policy)  # named by the user: choose() leaves them alone
         self.fallback_spec = fallback or str(manifest.get("fallback", "markov"))
-        self.min_confidence = min_confidence
+        # The gate: model first at or above this confidence; inf: the fallback alone (training found
+        # the model made its replay worse at this cache size). None: from the manifest, else 0.5.
+        self.fixed_gate = min_confidence is not None
+        self.min_confidence = 0.5 if min_confidence is None else float(min_confidence)
         self.max_footprint = self.fallback.max_footprint + 1
         self.i = -1
         self.model_first = 0
@@ -203,8 +234,14 @@ class MLPredictor:
         keys) nearest ``share``, from the manifest (models without that record keep their one)."""
         from prefetch.predictors import make_predictor
 
+        if share <= 0:
+            return
+        gates = self.manifest.get("gate_by_share")
+        if gates and not self.fixed_gate:
+            near = min(gates, key=lambda s: abs(np.log(float(s) / share)))
+            self.min_confidence = math.inf if gates[near] == "off" else float(gates[near])
         by_share = self.manifest.get("fallback_by_share")
-        if self.fixed or not by_share or share <= 0:
+        if self.fixed or not by_share:
             return
         nearest = min(by_share, key=lambda s: abs(np.log(float(s) / share)))
         spec, _, policy = str(by_share[nearest]).partition("@")
@@ -220,8 +257,10 @@ class MLPredictor:
 
     def predict(self, k: int) -> list[tuple[str, float]]:
         i = self.i
-        mine = self.cands[i] if 0 <= i < len(self.cands) else []
         theirs = self.fallback.predict(k)
+        if self.min_confidence == math.inf:
+            return theirs
+        mine = self.cands[i] if 0 <= i < len(self.cands) else []
         if self.min_confidence < 0:  # merge the two lists by score (both estimate P(next key))
             merged: dict[str, float] = {}
             for key, score in (*mine, *theirs):

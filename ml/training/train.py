@@ -175,6 +175,15 @@ def train(
     replays = by_share[0.05]
     fallback, policy = max(replays, key=lambda arm: replays[arm]).split("@")
     fallback_by_share = {str(s): max(r, key=lambda arm: r[arm]) for s, r in by_share.items()}
+    # Never worse than the fallback: at each size, replay the gated arm (the model's candidates on
+    # the validation reads) beside that fallback; where it hit less, the arm is the fallback alone.
+    ml_replays = {
+        str(s): gated_replay(enc, np.arange(n), cut, s, cands, conf, *fallback_by_share[str(s)].split("@"))
+        for s in REPLAY_SHARES
+    }
+    gate_by_share = {
+        s: (0.5 if ml_replays[s] >= by_share[float(s)][fallback_by_share[s]] else "off") for s in ml_replays
+    }
     metrics = {
         "model": score(enc, val_idx, cands, conf, top_code),
         "heuristics": heuristics,
@@ -182,6 +191,8 @@ def train(
         "policy": policy,
         "fallback_hit_ratios": replays,
         "fallback_by_share": fallback_by_share,
+        "gated_hit_ratios": ml_replays,
+        "gate_by_share": gate_by_share,
         "history": history,
         "train_seconds": round(train_seconds, 1),
         "train_reads": cut,
@@ -198,6 +209,7 @@ def train(
         fallback=fallback,
         policy=policy,
         fallback_by_share=fallback_by_share,
+        gate_by_share=gate_by_share,
         data={"source": log.source, "reads": n, "fingerprint": fingerprint(log), "meta": log.meta},
         metrics=metrics,
     )
@@ -240,6 +252,30 @@ def fallback_replays(
             )
             out[f"{spec}@{policy}"] = round(result.hit_ratio, 4)
     return out
+
+
+def gated_replay(
+    enc: Any,
+    idx: np.ndarray,
+    warmup: int,
+    share: float,
+    cands: list[list[tuple[str, float]]],
+    conf: np.ndarray,
+    fallback: str,
+    policy: str,
+) -> float:
+    """``fallback_replays`` for the ML arm itself (gate 0.5 over ``fallback``), from candidates
+    computed for the reads ``idx``: the same window, cache size and scoring."""
+    from ml.inference import MLPredictor
+    from prefetch.sim import replay
+
+    start = max(0, len(idx) - REPLAY_READS)
+    idx, warmup = idx[start:], max(0, warmup - start)
+    keys = [enc.names[c] for c in enc.codes[idx]]
+    capacity = max(1, int(share * len(set(keys))))
+    arm = MLPredictor.from_predictions([cands[i] for i in idx.tolist()], conf[idx], fallback, 0.5, policy)
+    result = replay(keys, capacity, arm, policy=policy, clients=enc.client[idx].tolist(), warmup=warmup)
+    return round(result.hit_ratio, 4)
 
 
 class _NoBar:

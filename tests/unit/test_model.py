@@ -201,6 +201,7 @@ def test_fallback_and_policy_follow_the_cache_size(trained: tuple[Path, dict]) -
     manifest_path = path / "manifest.json"
     manifest = json.loads(manifest_path.read_text())
     manifest["fallback_by_share"] = {"0.01": "pg@lru", "0.05": "markov@s3fifo", "0.1": "obl@s3fifo"}
+    manifest["gate_by_share"] = {"0.01": "off", "0.05": 0.5, "0.1": 0.5}
     manifest_path.write_text(json.dumps(manifest))
     try:
         log = planted_log(300)
@@ -212,9 +213,22 @@ def test_fallback_and_policy_follow_the_cache_size(trained: tuple[Path, dict]) -
         ):
             arm.choose(share)
             assert (arm.fallback.name, arm.policy) == (name, policy)
-        pinned = MLPredictor(str(path), log, fallback="frequency", policy="lru")
+        pinned = MLPredictor(str(path), log, fallback="frequency", policy="lru", min_confidence=0.7)
         pinned.choose(0.012)
-        assert (pinned.fallback.name, pinned.policy) == ("frequency", "lru")
+        assert (pinned.fallback.name, pinned.policy, pinned.min_confidence) == ("frequency", "lru", 0.7)
+        # Where training's replay found the model made things worse, the arm is its fallback alone.
+        arm.choose(0.012)
+        assert arm.min_confidence == float("inf")
+        keys = log.keys()
+        for t, key in enumerate(keys[:50]):
+            arm.observe(key, float(t), False, 0)
+        twin = MLPredictor(str(path), log, fallback="pg")
+        for t, key in enumerate(keys[:50]):
+            twin.fallback.observe(key, float(t), False, 0)
+        assert arm.predict(10) == twin.fallback.predict(10) and arm.predict(10)
+        arm.choose(0.05)
+        assert arm.min_confidence == 0.5
     finally:
         manifest.pop("fallback_by_share")
+        manifest.pop("gate_by_share")
         manifest_path.write_text(json.dumps(manifest))
