@@ -229,22 +229,22 @@ class MLPredictor:
         self.i = -1
         self.model_first = 0
 
-    def choose(self, share: float) -> None:
-        """Take the fallback and policy training found best at the cache size (share of distinct
-        keys) nearest ``share``, from the manifest (models without that record keep their one)."""
+    def choose(self, capacity: float) -> None:
+        """Take the fallback, policy and gate training found best at the cache size (in entries)
+        nearest ``capacity``, from the manifest (models without that record keep their one)."""
         from prefetch.predictors import make_predictor
 
-        if share <= 0:
+        if capacity <= 0:
             return
-        gates = self.manifest.get("gate_by_share")
+        gates = self.manifest.get("gate_by_capacity")
         if gates and not self.fixed_gate:
-            near = min(gates, key=lambda s: abs(np.log(float(s) / share)))
+            near = min(gates, key=lambda c: abs(np.log(float(c) / capacity)))
             self.min_confidence = math.inf if gates[near] == "off" else float(gates[near])
-        by_share = self.manifest.get("fallback_by_share")
-        if self.fixed or not by_share:
+        by_size = self.manifest.get("fallback_by_capacity")
+        if self.fixed or not by_size:
             return
-        nearest = min(by_share, key=lambda s: abs(np.log(float(s) / share)))
-        spec, _, policy = str(by_share[nearest]).partition("@")
+        nearest = min(by_size, key=lambda c: abs(np.log(float(c) / capacity)))
+        spec, _, policy = str(by_size[nearest]).partition("@")
         if spec != self.fallback_spec:
             self.fallback = make_predictor(spec)
             self.fallback_spec = spec

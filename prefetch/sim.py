@@ -306,7 +306,7 @@ def simulate(
             predictor = make_predictor(spec, trace_keys=keys, log=log)
             choose = getattr(predictor, "choose", None)
             if choose is not None:  # the ML arm: its fallback and policy for this cache size
-                choose(capacity / len(names))
+                choose(capacity)
             # An ML arm runs under the policy its training chose (recorded in the model), if any.
             own = getattr(predictor, "policy", "") if len(policies) == 1 else ""
             if own and own not in POLICIES:

@@ -174,6 +174,9 @@ def train(
     }
     replays = by_share[0.05]
     fallback, policy = max(replays, key=lambda arm: replays[arm]).split("@")
+    # Keyed by the cache size in entries each share gave on the replayed window: a share of a
+    # short training window is a much smaller cache than the same share of a whole trace.
+    entries = {s: replay_window(enc, np.arange(n), cut, s)[2] for s in REPLAY_SHARES}
     fallback_by_share = {str(s): max(r, key=lambda arm: r[arm]) for s, r in by_share.items()}
     # Never worse than the fallback: at each size, replay the gated arm (the model's candidates on
     # the validation reads) beside that fallback; where it hit less, the arm is the fallback alone.
@@ -184,6 +187,8 @@ def train(
     gate_by_share = {
         s: (0.5 if ml_replays[s] >= by_share[float(s)][fallback_by_share[s]] else "off") for s in ml_replays
     }
+    fallback_by_capacity = {str(entries[s]): fallback_by_share[str(s)] for s in REPLAY_SHARES}
+    gate_by_capacity = {str(entries[s]): gate_by_share[str(s)] for s in REPLAY_SHARES}
     metrics = {
         "model": score(enc, val_idx, cands, conf, top_code),
         "heuristics": heuristics,
@@ -193,6 +198,8 @@ def train(
         "fallback_by_share": fallback_by_share,
         "gated_hit_ratios": ml_replays,
         "gate_by_share": gate_by_share,
+        "fallback_by_capacity": fallback_by_capacity,
+        "gate_by_capacity": gate_by_capacity,
         "history": history,
         "train_seconds": round(train_seconds, 1),
         "train_reads": cut,
@@ -208,8 +215,8 @@ def train(
         train_config=tcfg.__dict__,
         fallback=fallback,
         policy=policy,
-        fallback_by_share=fallback_by_share,
-        gate_by_share=gate_by_share,
+        fallback_by_capacity=fallback_by_capacity,
+        gate_by_capacity=gate_by_capacity,
         data={"source": log.source, "reads": n, "fingerprint": fingerprint(log), "meta": log.meta},
         metrics=metrics,
     )
@@ -222,6 +229,14 @@ def train(
 
 REPLAY_SHARES = (0.01, 0.05, 0.10)  # cache sizes (shares of distinct keys) the fallback is chosen at
 REPLAY_READS = 400_000  # at most the last this many reads are replayed (warm-up included)
+
+
+def replay_window(enc: Any, idx: np.ndarray, warmup: int, share: float) -> tuple[np.ndarray, int, int]:
+    """The reads training replays (at most the last REPLAY_READS of ``idx``), the warm-up within
+    them, and the cache size in entries for ``share`` of their distinct keys."""
+    start = max(0, len(idx) - REPLAY_READS)
+    idx = idx[start:]
+    return idx, max(0, warmup - start), max(1, int(share * np.unique(enc.codes[idx]).size))
 
 
 def fallback_replays(
@@ -239,10 +254,8 @@ def fallback_replays(
     from prefetch.predictors import make_predictor
     from prefetch.sim import replay
 
-    start = max(0, len(idx) - REPLAY_READS)
-    idx, warmup = idx[start:], max(0, warmup - start)
+    idx, warmup, capacity = replay_window(enc, idx, warmup, share)
     keys = [enc.names[c] for c in enc.codes[idx]]
-    capacity = max(1, int(share * len(set(keys))))
     clients = enc.client[idx].tolist()
     out = {}
     for policy in policies:
@@ -269,10 +282,8 @@ def gated_replay(
     from ml.inference import MLPredictor
     from prefetch.sim import replay
 
-    start = max(0, len(idx) - REPLAY_READS)
-    idx, warmup = idx[start:], max(0, warmup - start)
+    idx, warmup, capacity = replay_window(enc, idx, warmup, share)
     keys = [enc.names[c] for c in enc.codes[idx]]
-    capacity = max(1, int(share * len(set(keys))))
     arm = MLPredictor.from_predictions([cands[i] for i in idx.tolist()], conf[idx], fallback, 0.5, policy)
     result = replay(keys, capacity, arm, policy=policy, clients=enc.client[idx].tolist(), warmup=warmup)
     return round(result.hit_ratio, 4)

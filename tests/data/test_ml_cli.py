@@ -71,10 +71,10 @@ def test_train_then_simulate(tmp_path: Path) -> None:
     assert sim.returncode == 0, sim.stderr
     (ml,) = [a for a in json.loads(sim.stdout)["runs"][0]["arms"] if a["prefetcher"] == "ml"]
     # The ML arm runs under the policy its training chose for the cache size nearest the run's (10%).
-    assert set(manifest["fallback_by_share"]) == {"0.01", "0.05", "0.1"}
-    assert set(manifest["gate_by_share"]) == {"0.01", "0.05", "0.1"}
-    assert all(g == "off" or g == 0.5 for g in manifest["gate_by_share"].values())
-    policy = manifest["fallback_by_share"]["0.1"].split("@")[1]
+    by_size = manifest["fallback_by_capacity"]  # cache sizes in entries on the replayed window
+    assert len(by_size) == 3 and set(manifest["gate_by_capacity"]) == set(by_size)
+    assert all(g == "off" or g == 0.5 for g in manifest["gate_by_capacity"].values())
+    policy = by_size[max(by_size, key=int)].split("@")[1]  # the run's 10% is nearest the largest
     assert ml["policy"] == policy
     assert ml["arm"] == f"ml:{tmp_path / 'reg'}" + ("" if policy == "lru" else "@s3fifo")
     assert 0 <= ml["hit_ratio"] <= 1 and ml["prefetches"] > 0

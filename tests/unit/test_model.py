@@ -200,24 +200,24 @@ def test_fallback_and_policy_follow_the_cache_size(trained: tuple[Path, dict]) -
     path, _ = trained
     manifest_path = path / "manifest.json"
     manifest = json.loads(manifest_path.read_text())
-    manifest["fallback_by_share"] = {"0.01": "pg@lru", "0.05": "markov@s3fifo", "0.1": "obl@s3fifo"}
-    manifest["gate_by_share"] = {"0.01": "off", "0.05": 0.5, "0.1": 0.5}
+    manifest["fallback_by_capacity"] = {"10": "pg@lru", "50": "markov@s3fifo", "100": "obl@s3fifo"}
+    manifest["gate_by_capacity"] = {"10": "off", "50": 0.5, "100": 0.5}
     manifest_path.write_text(json.dumps(manifest))
     try:
         log = planted_log(300)
         arm = MLPredictor(str(path), log)
         for share, (name, policy) in (
-            (0.012, ("pg", "lru")),
-            (0.04, ("markov", "s3fifo")),
-            (0.5, ("obl", "s3fifo")),
+            (12, ("pg", "lru")),
+            (40, ("markov", "s3fifo")),
+            (500, ("obl", "s3fifo")),
         ):
             arm.choose(share)
             assert (arm.fallback.name, arm.policy) == (name, policy)
         pinned = MLPredictor(str(path), log, fallback="frequency", policy="lru", min_confidence=0.7)
-        pinned.choose(0.012)
+        pinned.choose(12)
         assert (pinned.fallback.name, pinned.policy, pinned.min_confidence) == ("frequency", "lru", 0.7)
         # Where training's replay found the model made things worse, the arm is its fallback alone.
-        arm.choose(0.012)
+        arm.choose(12)
         assert arm.min_confidence == float("inf")
         keys = log.keys()
         for t, key in enumerate(keys[:50]):
@@ -226,9 +226,9 @@ def test_fallback_and_policy_follow_the_cache_size(trained: tuple[Path, dict]) -
         for t, key in enumerate(keys[:50]):
             twin.fallback.observe(key, float(t), False, 0)
         assert arm.predict(10) == twin.fallback.predict(10) and arm.predict(10)
-        arm.choose(0.05)
+        arm.choose(50)
         assert arm.min_confidence == 0.5
     finally:
-        manifest.pop("fallback_by_share")
-        manifest.pop("gate_by_share")
+        manifest.pop("fallback_by_capacity")
+        manifest.pop("gate_by_capacity")
         manifest_path.write_text(json.dumps(manifest))
