@@ -29,10 +29,13 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--train-steps", type=int, default=20)
+    ap.add_argument(
+        "--successors", type=int, default=8, help="successor candidates per read (0: no successor head)"
+    )
     args = ap.parse_args()
     torch.manual_seed(0)
     vocab = Vocabulary([f"item:{i}" for i in range(args.vocab - 2)], [f"t{i}:#" for i in range(100)])
-    cfg = LSTMConfig(key_vocab=vocab.key_size, template_vocab=vocab.template_size)
+    cfg = LSTMConfig(key_vocab=vocab.key_size, template_vocab=vocab.template_size, successors=args.successors)
     model = NextKeyLSTM(cfg).to(args.device).eval()
     stepper = OnlineStepper(model, vocab, args.device)
     rng = np.random.default_rng(0)
@@ -60,8 +63,10 @@ def main() -> None:
     tpls = torch.randint(2, vocab.template_size, (B, T), device=args.device)
     feats = torch.randn(B, T, cfg.n_features, device=args.device)
     S = cfg.successors
-    succ = torch.rand(B, T, S, SUCC_FEATURES, device=args.device).round()  # every head trained, as in train()
-    next_succ = torch.randint(0, S + 1, (B, T), device=args.device)
+    succ = (
+        torch.rand(B, T, S, SUCC_FEATURES, device=args.device).round() if S else None
+    )  # every head, as train()
+    next_succ = torch.randint(0, S + 1, (B, T), device=args.device) if S else None
     next_copy = torch.randint(0, cfg.copy_slots + 1, (B, T), device=args.device)
     spans = []
     for step in range(args.train_steps):
