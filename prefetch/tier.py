@@ -7,8 +7,8 @@ Coherence rules live here, I/O does not (the proxy's connections and the filler 
   key, or a flush, in between removes it, so a value read while an invalidation was in flight is
   never cached.
 * An entry is never served past its Redis expiry (the PTTL read with the value, counted from
-  before the read was sent) nor older than ``max_staleness`` seconds. An entry hit after half
-  that age is read again in the background (refresh-ahead) while it is still served, so a hot key
+  before the read was sent) nor older than ``max_staleness`` seconds. An entry hit after half to three
+  quarters of that age (drawn per entry) is read again in the background (refresh-ahead) while it is still served, so a hot key
   does not fall out of the tier, and into the miss path, every ``max_staleness`` seconds.
 * Entries carry the ACL user of the connection that filled them; only that user is served them.
 * While ``active`` is false (the invalidation channel is down) nothing is served or filled.
@@ -35,6 +35,13 @@ ENTRY_OVERHEAD = 200
 # Hits an entry must average before eviction for demand fills to pay for themselves: a fill is an
 # extra upstream MGET/PTTL and about three forwarded GETs' worth of proxy work (bench/RESULTS.md).
 FILL_PAYBACK = 3.0
+# An entry hit after a share of its staleness bound drawn in [REFRESH_AT, REFRESH_AT + REFRESH_JITTER)
+# is read again in the background. Each hot key costs one upstream read per that many seconds, so
+# later is cheaper; the jitter spreads the keys filled together (a warm-up, a flush) so that their
+# refreshes do not all hit Redis in one wave; the margin left (at least a quarter of the bound,
+# 2.5 s at the default) is far longer than a refresh takes.
+REFRESH_AT = 0.5
+REFRESH_JITTER = 0.25
 
 Key = tuple[int, bytes]
 
@@ -108,7 +115,7 @@ class HotTier:
         self.invalidations_local = 0
         self.invalidations_tracking = 0
         self.invalidations_flush = 0
-        self.refreshes = 0  # background re-reads of entries hit after half their staleness bound
+        self.refreshes = 0  # background re-reads of entries hit after REFRESH_AT of their staleness bound
         self.due: list[bytes] = []  # keys whose refresh get_frame found due (the caller requests it)
         self.served_latency = LatencyHistogram()
 
@@ -202,7 +209,13 @@ class HotTier:
             return False
         filled = self.clock()
         self.entries[(db, key)] = Entry(
-            handle, size, expires, filled, user, prefetched, filled + self.max_staleness / 2
+            handle,
+            size,
+            expires,
+            filled,
+            user,
+            prefetched,
+            filled + self.max_staleness * (REFRESH_AT + REFRESH_JITTER * self.rng.random()),
         )
         self.used += size
         self.policy.insert((db, key), size)

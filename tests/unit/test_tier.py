@@ -196,11 +196,17 @@ def test_write_reply_drops_a_fill_begun_after_the_write_was_forwarded() -> None:
 
 
 def test_refresh_ahead_after_half_the_staleness_bound() -> None:
+    due_at = []
+    jittered = make_tier(max_staleness=4.0)
+    for i in range(200):
+        assert fill(jittered, b"j%d" % i, b"v")
+        due_at.append(jittered.entries[(0, b"j%d" % i)].refresh_at - jittered.clock())
+    assert min(due_at) >= 2.0 and max(due_at) < 3.0 and max(due_at) - min(due_at) > 0.8  # spread out
     tier = make_tier(max_staleness=4.0)
     assert fill(tier, b"k", b"v1") and fill(tier, b"cold", b"c")
-    tier.clock.t += 1.9  # type: ignore[attr-defined]
+    tier.clock.t += 1.9  # type: ignore[attr-defined]  (refreshes come due at 2.0-3.0 s: jittered)
     assert tier.get(0, b"k", "default") == b"v1" and tier.due == []
-    tier.clock.t += 0.2  # type: ignore[attr-defined]
+    tier.clock.t += 1.2  # type: ignore[attr-defined]
     assert tier.get(0, b"k", "default") == b"v1" and tier.due == [b"k"]  # still served, refresh due
     tier.due.clear()
     assert tier.get(0, b"k", "default") == b"v1" and tier.due == []  # asked for once only
