@@ -54,6 +54,8 @@ def train_main(argv: list[str]) -> int:
         "fallback": metrics["fallback"],
         "policy": metrics["policy"],
         "fallback_hit_ratios": metrics["fallback_hit_ratios"],
+        "fallback_hit_ratios_by_share": metrics["fallback_hit_ratios_by_share"],
+        "gated_hit_ratios": metrics["gated_hit_ratios"],
     }
     print(json.dumps(summary, indent=1))
     return 0

@@ -180,13 +180,21 @@ def train(
     fallback_by_share = {str(s): max(r, key=lambda arm: r[arm]) for s, r in by_share.items()}
     # Never worse than the fallback: at each size, replay the gated arm (the model's candidates on
     # the validation reads) beside that fallback; where it hit less, the arm is the fallback alone.
+    # The gate itself is chosen the same way: model first when confident (0.5), both lists merged
+    # by score (-1), or the fallback alone ("off"), whichever replay hit most.
     ml_replays = {
-        str(s): gated_replay(enc, np.arange(n), cut, s, cands, conf, *fallback_by_share[str(s)].split("@"))
+        str(s): {
+            str(gate): gated_replay(
+                enc, np.arange(n), cut, s, cands, conf, *fallback_by_share[str(s)].split("@"), gate=gate
+            )
+            for gate in GATES
+        }
         for s in REPLAY_SHARES
     }
-    gate_by_share = {
-        s: (0.5 if ml_replays[s] >= by_share[float(s)][fallback_by_share[s]] else "off") for s in ml_replays
-    }
+    gate_by_share: dict[str, float | str] = {}
+    for s, hits in ml_replays.items():
+        gate, best = max(hits.items(), key=lambda kv: kv[1])
+        gate_by_share[s] = float(gate) if best >= by_share[float(s)][fallback_by_share[s]] else "off"
     fallback_by_capacity = {str(entries[s]): fallback_by_share[str(s)] for s in REPLAY_SHARES}
     gate_by_capacity = {str(entries[s]): gate_by_share[str(s)] for s in REPLAY_SHARES}
     metrics = {
@@ -196,6 +204,7 @@ def train(
         "policy": policy,
         "fallback_hit_ratios": replays,
         "fallback_by_share": fallback_by_share,
+        "fallback_hit_ratios_by_share": {str(s): r for s, r in by_share.items()},
         "gated_hit_ratios": ml_replays,
         "gate_by_share": gate_by_share,
         "fallback_by_capacity": fallback_by_capacity,
@@ -215,6 +224,8 @@ def train(
         train_config=tcfg.__dict__,
         fallback=fallback,
         policy=policy,
+        fallback_by_share=fallback_by_share,
+        gate_by_share=gate_by_share,
         fallback_by_capacity=fallback_by_capacity,
         gate_by_capacity=gate_by_capacity,
         data={"source": log.source, "reads": n, "fingerprint": fingerprint(log), "meta": log.meta},
@@ -267,6 +278,9 @@ def fallback_replays(
     return out
 
 
+GATES = (0.5, -1.0)  # model first when its confidence is at least 0.5; both lists merged by score
+
+
 def gated_replay(
     enc: Any,
     idx: np.ndarray,
@@ -276,15 +290,16 @@ def gated_replay(
     conf: np.ndarray,
     fallback: str,
     policy: str,
+    gate: float = 0.5,
 ) -> float:
-    """``fallback_replays`` for the ML arm itself (gate 0.5 over ``fallback``), from candidates
+    """``fallback_replays`` for the ML arm itself (``gate`` over ``fallback``), from candidates
     computed for the reads ``idx``: the same window, cache size and scoring."""
     from ml.inference import MLPredictor
     from prefetch.sim import replay
 
     idx, warmup, capacity = replay_window(enc, idx, warmup, share)
     keys = [enc.names[c] for c in enc.codes[idx]]
-    arm = MLPredictor.from_predictions([cands[i] for i in idx.tolist()], conf[idx], fallback, 0.5, policy)
+    arm = MLPredictor.from_predictions([cands[i] for i in idx.tolist()], conf[idx], fallback, gate, policy)
     result = replay(keys, capacity, arm, policy=policy, clients=enc.client[idx].tolist(), warmup=warmup)
     return round(result.hit_ratio, 4)
 

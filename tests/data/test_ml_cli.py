@@ -73,7 +73,15 @@ def test_train_then_simulate(tmp_path: Path) -> None:
     # The ML arm runs under the policy its training chose for the cache size nearest the run's (10%).
     by_size = manifest["fallback_by_capacity"]  # cache sizes in entries on the replayed window
     assert len(by_size) == 3 and set(manifest["gate_by_capacity"]) == set(by_size)
-    assert all(g == "off" or g == 0.5 for g in manifest["gate_by_capacity"].values())
+    assert all(g in ("off", 0.5, -1.0) for g in manifest["gate_by_capacity"].values())
+    # The gate recorded is the best of the gated arm's replays, or off when none beat the fallback.
+    for share, hits in summary["gated_hit_ratios"].items():
+        fallback_hit = summary["fallback_hit_ratios_by_share"][share][manifest["fallback_by_share"][share]]
+        chosen = manifest["gate_by_share"][share]
+        if chosen == "off":
+            assert max(hits.values()) < fallback_hit
+        else:
+            assert hits[str(chosen)] == max(hits.values()) >= fallback_hit
     policy = by_size[max(by_size, key=int)].split("@")[1]  # the run's 10% is nearest the largest
     assert ml["policy"] == policy
     assert ml["arm"] == f"ml:{tmp_path / 'reg'}" + ("" if policy == "lru" else "@s3fifo")
