@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from collections.abc import Callable
 
 from proxy.server import new_event_loop
 
@@ -53,15 +54,20 @@ class Client(Pipe):
         self.buffer.clear()
 
 
-def main() -> None:
-    listen, upstream = int(sys.argv[1]), int(sys.argv[2])
+def serve(factory: Callable[[], asyncio.Protocol], port: int) -> None:
+    """Run a reference server on 127.0.0.1:``port`` until killed (also bench/dictserver.py)."""
     loop = new_event_loop()
     asyncio.set_event_loop(loop)
-    server = loop.run_until_complete(loop.create_server(lambda: Client(upstream), "127.0.0.1", listen))
+    server = loop.run_until_complete(loop.create_server(factory, "127.0.0.1", port))
     try:
         loop.run_forever()
     finally:
         server.close()
+
+
+def main() -> None:
+    listen, upstream = int(sys.argv[1]), int(sys.argv[2])
+    serve(lambda: Client(upstream), listen)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ import sys
 
 import redis
 
-from proxy.server import new_event_loop
+from bench.copyproxy import serve
 
 GET = re.compile(rb"\*2\r\n\$3\r\nGET\r\n\$(\d+)\r\n", re.IGNORECASE)
 
@@ -56,13 +56,7 @@ def load(upstream_port: int) -> dict[bytes, bytes]:
 def main() -> None:
     listen, upstream = int(sys.argv[1]), int(sys.argv[2])
     values = load(upstream)
-    loop = new_event_loop()
-    asyncio.set_event_loop(loop)
-    server = loop.run_until_complete(loop.create_server(lambda: DictServer(values), "127.0.0.1", listen))
-    try:
-        loop.run_forever()
-    finally:
-        server.close()
+    serve(lambda: DictServer(values), listen)
 
 
 if __name__ == "__main__":

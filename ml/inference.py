@@ -215,12 +215,12 @@ class MLPredictor:
         self.manifest = manifest
         self.cands, self.conf = cands, conf
         # The heuristic training found best on its validation split, unless one is named.
-        self.fallback = make_predictor(fallback or str(manifest.get("fallback", "markov")))
+        self.fallback_spec = fallback or str(manifest.get("fallback", "markov"))
+        self.fallback = make_predictor(self.fallback_spec)
         # The eviction policy training found best beside that fallback ("" for none recorded: the
         # simulator's own); the simulator runs this arm under it.
         self.policy = policy or str(manifest.get("policy", ""))
         self.fixed = bool(fallback or policy)  # named by the user: choose() leaves them alone
-        self.fallback_spec = fallback or str(manifest.get("fallback", "markov"))
         # The gate: model first at or above this confidence; inf: the fallback alone (training found
         # the model made its replay worse at this cache size). None: from the manifest, else 0.5.
         self.fixed_gate = min_confidence is not None

@@ -39,7 +39,7 @@ def single_get_key(data: bytes) -> bytes | None:
 
 
 # Decimal digits of every length below 65536: canonical_size's lookup table.
-_DIGITS = bytes(len(str(i)) for i in range(1 << 16))
+_DIGITS = bytes(map(len, LENGTH_DIGITS))
 
 
 def canonical_size(cmds: list[list[bytes]], args: list[bytes], sizes: list[int]) -> int:

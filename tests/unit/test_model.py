@@ -19,21 +19,25 @@ from ml.training.train import TrainConfig, train  # noqa: E402
 from ml.vocab import UNK, Vocabulary, fill, template_of  # noqa: E402
 
 
-def planted_log(n: int = 6000, clients: int = 4) -> AccessLog:
-    """Each client walks the same planted cycle of 12 keys, starting at its own place, interleaved."""
-    cycle = [f"page:{i * 7 % 97}:body" for i in range(12)]
-    rng = np.random.default_rng(0)
-    pos = list(range(clients))
+def walk(cycle: list[str], n: int, starts: list[int], rng: np.random.Generator, source: str) -> AccessLog:
+    """Clients (one per start) each walk ``cycle`` from their own place, interleaved at random."""
+    pos = list(starts)
     keys, client = [], []
     for _ in range(n):
-        c = int(rng.integers(clients))
+        c = int(rng.integers(len(pos)))
         keys.append(cycle[pos[c] % len(cycle)])
         pos[c] += 1
         client.append(c)
     return AccessLog(
-        make_table(np.arange(n) * 0.01, keys, "GET", 100, "planted", client=np.array(client)),
-        {"source": "planted"},
+        make_table(np.arange(n) * 0.01, keys, "GET", 100, source, client=np.array(client)),
+        {"source": source},
     )
+
+
+def planted_log(n: int = 6000, clients: int = 4) -> AccessLog:
+    """Each client walks the same planted cycle of 12 keys, starting at its own place, interleaved."""
+    cycle = [f"page:{i * 7 % 97}:body" for i in range(12)]
+    return walk(cycle, n, list(range(clients)), np.random.default_rng(0), "planted")
 
 
 @pytest.fixture(scope="module")
@@ -174,15 +178,7 @@ def test_successor_head_names_keys_outside_the_vocabulary(tmp_path: Path) -> Non
     to follow each one, so after the first pass the next key is predicted anyway."""
     rng = np.random.default_rng(1)
     cycle = ["obj-" + "".join(rng.choice(list("abcdefghij"), 8)) for _ in range(300)]
-    n, clients = 6000, 3
-    pos = [i * 100 for i in range(clients)]
-    keys, client = [], []
-    for _ in range(n):
-        c = int(rng.integers(clients))
-        keys.append(cycle[pos[c] % len(cycle)])
-        pos[c] += 1
-        client.append(c)
-    log = AccessLog(make_table(np.arange(n) * 0.01, keys, "GET", 100, "cycle", client=np.array(client)), {})
+    log = walk(cycle, 6000, [0, 100, 200], rng, "cycle")
     torch.set_num_threads(2)
     metrics = train(
         log, tmp_path, TrainConfig(epochs=6, batch=16, length=32, lr=1e-2, progress=False, max_keys=8)
