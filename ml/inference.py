@@ -22,6 +22,37 @@ TOP_KEYS = 10  # key-head candidates per read
 TOP_TEMPLATES = 3  # template-head candidates per read
 
 
+# glibc returns freed memory above M_TRIM_THRESHOLD to the system and serves blocks above
+# M_MMAP_THRESHOLD with fresh mappings; its defaults (dynamic, a few MB) fall right at the size of one
+# step's logits and softmax (2 MB each at batch 64 and 8,192 keys), so every step faulted in about
+# 1,000 fresh pages, about 15% of the step (bench/RESULTS.md). Kept high, freed blocks are reused.
+TRIM_THRESHOLD = 256 << 20
+MMAP_THRESHOLD = 64 << 20
+
+
+def keep_freed_memory() -> bool:
+    """Tell glibc's malloc to keep freed memory for reuse (process-wide, as the MALLOC_TRIM_THRESHOLD_
+    and MALLOC_MMAP_THRESHOLD_ environment variables would); False where the C library is not glibc."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError, TypeError):
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3  # from glibc's malloc.h
+    return bool(mallopt(m_trim_threshold, TRIM_THRESHOLD)) and bool(mallopt(m_mmap_threshold, MMAP_THRESHOLD))
+
+
+def top_probs(logits: torch.Tensor, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The k largest softmax probabilities over the last axis and their indices, as numpy arrays.
+    (On the CPU the fused softmax then top-k is faster than top-k of the logits and a logsumexp.)"""
+    top = torch.softmax(logits.float(), -1).topk(k, dim=-1)
+    return top.values.cpu().numpy(), top.indices.cpu().numpy()
+
+
 def compose(
     vocab: Vocabulary,
     key_ids: Sequence[int],
@@ -39,24 +70,33 @@ def compose(
     the next key takes that read's numbers (``recent`` is oldest first, ``copy_probs`` latest first).
     The successor head's candidates (keys seen to follow this one) score their slot's probability."""
     scores: dict[str, float] = {}
+    key_of = vocab.key_of
     for tok, p in zip(key_ids, key_probs, strict=True):
-        key = vocab.key_of(tok)
+        key = key_of(tok)
         if key is not None and p > scores.get(key, 0.0):
             scores[key] = p
     for key, p in zip(succ_keys, succ_probs, strict=True):
         if p > scores.get(key, 0.0):
             scores[key] = p
+    # Latest first, as copy_probs; each read's numbers are found once, when first needed.
+    weights = list(zip(reversed(recent), copy_probs, strict=False))  # (copy_probs ends with "none")
+    best_weight = max((w for _, w in weights), default=0.0)
+    numbers: dict[int, list[str]] = {}
     just_read = recent[-1] if recent else None
     for tok, p in zip(tpl_ids, tpl_probs, strict=True):
+        if p * best_weight <= 0.01:
+            continue  # (no read's numbers can lift this template over the floor)
         template = vocab.template_name(tok)
         if template is None or "#" not in template:
             continue
-        for j, prev in enumerate(reversed(recent)):
-            weight = copy_probs[j] if j < len(copy_probs) else 0.0
+        for j, (prev, weight) in enumerate(weights):
             score = p * weight
             if score <= 0.01:
                 continue
-            key = fill(template, numbers_of(prev))
+            found = numbers.get(j)
+            if found is None:
+                found = numbers[j] = numbers_of(prev)
+            key = fill(template, found)
             if key is not None and key != just_read and score > scores.get(key, 0.0):
                 scores[key] = score
     ranked = sorted(scores.items(), key=lambda kv: kv[1], reverse=True)[:k]
@@ -120,11 +160,9 @@ def predict_streams(
             # never needed again.
             for j, i in enumerate(group):
                 states[i] = (h[:, j].clone(), c[:, j].clone())
-            key_top = torch.softmax(out["key_logits"].float(), -1).topk(TOP_KEYS, dim=-1)
+            kp, ki = top_probs(out["key_logits"], TOP_KEYS)
             copy = torch.softmax(out["copy_logits"].float(), -1).cpu().numpy()
-            tpl_top = torch.softmax(out["template_logits"].float(), -1).topk(TOP_TEMPLATES, dim=-1)
-            kp, ki = key_top.values.cpu().numpy(), key_top.indices.cpu().numpy()
-            tp, ti = tpl_top.values.cpu().numpy(), tpl_top.indices.cpu().numpy()
+            tp, ti = top_probs(out["template_logits"], TOP_TEMPLATES)
             cf = torch.sigmoid(out["confidence"].float()).cpu().numpy()
             sp = torch.softmax(out["succ_logits"].float(), -1).cpu().numpy() if slots else None
             for j, chunk in enumerate(chunks):
@@ -293,7 +331,9 @@ class OnlineStepper:
     """The model one read at a time, as the proxy will run it: each read advances its client's
     LSTM state by one step (nothing is re-run), reads of different clients are stepped together in
     one batch, and each gets its top-k next keys. Client states are kept for ``max_clients`` clients
-    (least recently active dropped)."""
+    (least recently active dropped), as rows of one pool tensor on the model's device: a step
+    gathers its clients' rows and scatters the new states back, two indexed copies instead of a
+    tensor per client."""
 
     def __init__(
         self, model: Any, vocab: Vocabulary, device: str = "cpu", max_clients: int = 100_000
@@ -303,14 +343,45 @@ class OnlineStepper:
         from ml.features.realtime import RealtimeFeatures
 
         self.model, self.vocab, self.device = model, vocab, device
+        keep_freed_memory()
         self.features = RealtimeFeatures()
         slots = int(getattr(model.cfg, "successors", 0))
         self.successors = SuccessorCandidates(slots) if slots else None
-        self.states: OrderedDict[int, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
+        self.slot_of: OrderedDict[int, int] = OrderedDict()  # client -> its row in the pool
         self.recent: dict[int, deque[str]] = {}
         self.max_clients = max_clients
-        layers, hidden = model.cfg.layers, model.cfg.hidden
-        self.zero = torch.zeros(layers, hidden, device=device)
+        self.layers, self.hidden = model.cfg.layers, model.cfg.hidden
+        self.pool = torch.zeros(2, self.layers, 0, self.hidden, device=device)  # (h|c, L, rows, H)
+
+    def _slots(self, reads: Sequence[tuple[int, str, float]]) -> torch.Tensor:
+        """Pool rows for the reads' clients: a new client gets a zeroed row (the least recently
+        active client's once ``max_clients`` are kept)."""
+        slot_of = self.slot_of
+        if len(reads) > self.max_clients:
+            raise ValueError(f"a step of {len(reads)} reads needs max_clients >= {len(reads)}")
+        rows, fresh = [], []
+        for client, _, _ in reads:
+            row = slot_of.get(client)
+            if row is None:
+                if len(slot_of) >= self.max_clients:
+                    old, row = slot_of.popitem(last=False)
+                    self.recent.pop(old, None)
+                else:
+                    row = len(slot_of)
+                    if row >= self.pool.shape[2]:  # grow by doubling, up to max_clients rows
+                        size = min(self.max_clients, max(64, 2 * self.pool.shape[2]))
+                        grown = torch.zeros(2, self.layers, size, self.hidden, device=self.device)
+                        grown[:, :, : self.pool.shape[2]] = self.pool
+                        self.pool = grown
+                slot_of[client] = row
+                fresh.append(row)
+            else:
+                slot_of.move_to_end(client)
+            rows.append(row)
+        index = torch.tensor(rows, device=self.device)
+        if fresh:
+            self.pool[:, :, fresh] = 0.0
+        return index
 
     @torch.no_grad()
     def step(self, reads: Sequence[tuple[int, str, float]], k: int = 10) -> list[list[tuple[str, float]]]:
@@ -319,8 +390,9 @@ class OnlineStepper:
         n = len(reads)
         keys = torch.tensor([[vocab.key_token(key)] for _, key, _ in reads], device=self.device)
         tpls = torch.tensor([[vocab.template_token(key)] for _, key, _ in reads], device=self.device)
+        values = self.features.values
         feats = torch.as_tensor(
-            np.stack([self.features.update(key, t) for _, key, t in reads]), device=self.device
+            np.array([values(key, t) for _, key, t in reads], np.float32), device=self.device
         ).unsqueeze(1)
         succ_keys: list[list[str]] = [[] for _ in reads]
         succ = None
@@ -328,40 +400,37 @@ class OnlineStepper:
             found = [self.successors.after(key, client) for client, key, _ in reads]
             succ_keys = [f[0] for f in found]
             succ = torch.as_tensor(np.stack([f[1] for f in found]), device=self.device).unsqueeze(1)
-        hs, cs = [], []
-        for client, _, _ in reads:
-            state = self.states.get(client)
-            hs.append(self.zero if state is None else state[0])
-            cs.append(self.zero if state is None else state[1])
-        out, (h, c), _ = self.model(keys, tpls, feats, (torch.stack(hs, 1), torch.stack(cs, 1)), succ=succ)
+        index = self._slots(reads)
+        state = self.pool.index_select(2, index)  # (2, L, n, H)
+        out, (h, c), _ = self.model(keys, tpls, feats, (state[0], state[1]), succ=succ)
+        self.pool.index_copy_(2, index, torch.stack((h, c)))
         sp = torch.softmax(out["succ_logits"][:, 0].float(), -1).cpu().numpy() if succ is not None else None
-        key_top = torch.softmax(out["key_logits"][:, 0].float(), -1).topk(TOP_KEYS, dim=-1)
+        kp, ki = top_probs(out["key_logits"][:, 0], TOP_KEYS)
         copy = torch.softmax(out["copy_logits"][:, 0].float(), -1).cpu().numpy()
-        tpl_top = torch.softmax(out["template_logits"][:, 0].float(), -1).topk(TOP_TEMPLATES, dim=-1)
-        kp, ki = key_top.values.cpu().numpy(), key_top.indices.cpu().numpy()
-        tp, ti = tpl_top.values.cpu().numpy(), tpl_top.indices.cpu().numpy()
+        tp, ti = top_probs(out["template_logits"][:, 0], TOP_TEMPLATES)
         results = []
+        ki_l, kp_l, ti_l, tp_l, copy_l = ki.tolist(), kp.tolist(), ti.tolist(), tp.tolist(), copy.tolist()
+        sp_l = sp.tolist() if sp is not None else None
+        recents = self.recent
         for j, (client, key, _) in enumerate(reads):
-            self.states[client] = (h[:, j], c[:, j])
-            self.states.move_to_end(client)
-            recent = self.recent.setdefault(client, deque(maxlen=RECENT))
+            recent = recents.get(client)
+            if recent is None:
+                recent = recents[client] = deque(maxlen=RECENT)
             recent.append(key)
+            found = succ_keys[j]
             results.append(
                 compose(
                     vocab,
-                    ki[j].tolist(),
-                    kp[j].tolist(),
-                    ti[j].tolist(),
-                    tp[j].tolist(),
+                    ki_l[j],
+                    kp_l[j],
+                    ti_l[j],
+                    tp_l[j],
                     recent,
                     k,
-                    copy[j].tolist(),
-                    succ_keys[j],
-                    sp[j, : len(succ_keys[j])].tolist() if sp is not None else [],
+                    copy_l[j],
+                    found,
+                    sp_l[j][: len(found)] if sp_l is not None else [],
                 )
             )
-        while len(self.states) > self.max_clients:
-            old, _ = self.states.popitem(last=False)
-            self.recent.pop(old, None)
         assert len(results) == n
         return results

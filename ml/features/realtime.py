@@ -42,13 +42,16 @@ class RealtimeFeatures:
 
     def update(self, key: Hashable, t: float) -> np.ndarray:
         """Features of this access (from what came before it), then record it."""
+        return np.array(self.values(key, t), np.float32)
+
+    def values(self, key: Hashable, t: float) -> list[float]:
+        """``update`` as a list (the batched caller builds one array for many reads)."""
         cfg = self.cfg
         t_us = int(round(t * US))
-        row = np.zeros(len(FEATURES), np.float32)
         hour = (t % 86_400.0) / 3_600.0
         day = ((t / 86_400.0) + 3.0) % 7.0
         a, b = TWO_PI * hour / 24.0, TWO_PI * day / 7.0
-        row[0], row[1], row[2], row[3] = math.sin(a), math.cos(a), math.sin(b), math.cos(b)
+        row = [math.sin(a), math.cos(a), math.sin(b), math.cos(b)] + [0.0] * (len(FEATURES) - 4)
         state = self.keys.get(key)
         if state is None:
             row[4] = 1.0

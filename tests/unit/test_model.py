@@ -155,6 +155,32 @@ def test_online_steps_match_the_batched_pass(trained: tuple[Path, dict]) -> None
     assert [[k for k, _ in row] for row in online] == [[k for k, _ in row] for row in batched]
 
 
+def test_online_stepper_drops_the_least_recent_client(trained: tuple[Path, dict]) -> None:
+    """Past max_clients, the least recently active client's state row is reused: the others' states
+    are untouched, and the dropped client starts over as a new one would."""
+    from ml.inference import OnlineStepper
+
+    model, vocab, _ = load_model(trained[0])
+    cycle = [f"page:{i * 7 % 97}:body" for i in range(12)]
+    reads = [(0, cycle[0]), (1, cycle[3]), (2, cycle[6]), (1, cycle[4]), (2, cycle[7])]
+    bounded, unbounded = OnlineStepper(model, vocab, max_clients=2), OnlineStepper(model, vocab)
+    for t, (client, key) in enumerate(reads):
+        got = bounded.step([(client, key, float(t))])
+        assert got == unbounded.step([(client, key, float(t))])
+    assert list(bounded.slot_of) == [1, 2] and 0 not in bounded.recent
+    assert bounded.pool.shape[2] == 2
+    # Client 0 returns: in the bounded stepper it starts from a zero state, as in a stepper that
+    # never saw its first read.
+    fresh = OnlineStepper(model, vocab)
+    for t, (client, key) in enumerate(reads):
+        if client:
+            fresh.step([(client, key, float(t))])
+    back = (0, cycle[1], float(len(reads)))
+    assert bounded.step([back]) == fresh.step([back]) != unbounded.step([back])
+    with pytest.raises(ValueError, match="max_clients"):
+        bounded.step([(5, cycle[0], 9.0), (6, cycle[1], 9.0), (7, cycle[2], 9.0)])
+
+
 def test_successor_candidates_are_causal_and_per_client() -> None:
     from ml.training.data import successor_candidates
 
