@@ -97,10 +97,17 @@ def replay(
     warmup: int = 0,
     times: Sequence[float] | None = None,
     clients: Sequence[int] | None = None,
+    also_from: int | None = None,
 ) -> ArmResult:
-    """Replay ``keys`` through a ``capacity``-entry cache with ``predictor``; score from ``warmup`` on."""
+    """Replay ``keys`` through a ``capacity``-entry cache with ``predictor``; score from ``warmup`` on.
+    With ``also_from`` (at most ``warmup``), ``extra["hits_from"]`` also counts the hits from that
+    read on, for a second, longer scoring window of the same replay."""
     if capacity < 1:
         raise ConfigError("cache capacity must be at least one entry")
+    early = warmup if also_from is None else also_from
+    if early > warmup:
+        raise ValueError("also_from must not be after warmup")
+    early_hits = 0  # hits in [early, warmup)
     cache = make_policy(policy, capacity)
     insert, touch = cache.insert, cache.touch
     victim = cast(Callable[[], str], cache.victim)
@@ -124,6 +131,8 @@ def replay(
                     prefetch_hits += 1
             if scored:
                 hits += 1
+            elif i >= early:
+                early_hits += 1
         else:
             hit = False
             if len(present) >= capacity:
@@ -149,7 +158,7 @@ def replay(
                     if tokens < 1.0:
                         break
     seconds = time.perf_counter() - started
-    return ArmResult(
+    result = ArmResult(
         arm="",
         prefetcher=predictor.name,
         policy=policy,
@@ -161,6 +170,9 @@ def replay(
         seconds=seconds,
         footprint=predictor.footprint(),
     )
+    if also_from is not None:
+        result.extra["hits_from"] = hits + early_hits
+    return result
 
 
 def next_use(codes: np.ndarray) -> np.ndarray:

@@ -115,6 +115,22 @@ def test_warmup_is_not_scored() -> None:
     assert (r.requests, r.hits) == (2, 2)
 
 
+def test_second_scoring_window_counts_the_same_replay() -> None:
+    """``also_from`` scores one replay over a longer window: its hits are those of a replay scored
+    from there, and the main scoring is unchanged."""
+    log = generate("web", 20_000, seed=3)
+    codes, names = log.key_codes()
+    keys = [names[c].as_py() for c in codes]
+    for policy in ("lru", "s3fifo"):
+        both = replay(keys, 300, make_predictor("markov"), policy=policy, warmup=15_000, also_from=4_000)
+        late = replay(keys, 300, make_predictor("markov"), policy=policy, warmup=15_000)
+        early = replay(keys, 300, make_predictor("markov"), policy=policy, warmup=4_000)
+        assert (both.hits, both.prefetches, both.requests) == (late.hits, late.prefetches, late.requests)
+        assert both.extra["hits_from"] == early.hits > both.hits
+    with pytest.raises(ValueError):
+        replay(keys, 300, make_predictor("none"), warmup=10, also_from=20)
+
+
 def test_belady_and_next_use() -> None:
     codes = np.array([0, 1, 0, 2, 1, 0])
     assert next_use(codes).tolist() == [2, 4, 5, -1, -1, -1]

@@ -181,6 +181,20 @@ def test_online_stepper_drops_the_least_recent_client(trained: tuple[Path, dict]
         bounded.step([(5, cycle[0], 9.0), (6, cycle[1], 9.0), (7, cycle[2], 9.0)])
 
 
+def test_fallback_prefetcher_from_the_long_window_policy_from_the_latest_reads() -> None:
+    from ml.training.train import choose_fallback
+
+    # cloudPhysicsIO's training window at 1%: the validation reads hit 2% and rank Markov first;
+    # the long window ranks PG first by far. The policy under PG is the validation reads' choice.
+    recent = {"markov@s3fifo": 0.0218, "pg@s3fifo": 0.0195, "pg@lru": 0.0190, "none@lru": 0.01}
+    long = {"markov@s3fifo": 0.048, "pg@s3fifo": 0.1126, "pg@lru": 0.1135, "none@lru": 0.03}
+    assert choose_fallback(recent, long) == "pg@s3fifo"
+    # web07's: the long window ranks LRU first by a hair, the latest reads S3-FIFO.
+    recent = {"frequency@lru": 0.4410, "frequency@s3fifo": 0.4506, "none@s3fifo": 0.4333}
+    long = {"frequency@lru": 0.3265, "frequency@s3fifo": 0.3238, "none@s3fifo": 0.3115}
+    assert choose_fallback(recent, long) == "frequency@s3fifo"
+
+
 def test_successor_candidates_are_causal_and_per_client() -> None:
     from ml.training.data import successor_candidates
 
