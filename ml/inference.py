@@ -417,7 +417,7 @@ class OnlineStepper:
             if recent is None:
                 recent = recents[client] = deque(maxlen=RECENT)
             recent.append(key)
-            found = succ_keys[j]
+            named = succ_keys[j]
             results.append(
                 compose(
                     vocab,
@@ -428,8 +428,8 @@ class OnlineStepper:
                     recent,
                     k,
                     copy_l[j],
-                    found,
-                    sp_l[j][: len(found)] if sp_l is not None else [],
+                    named,
+                    sp_l[j][: len(named)] if sp_l is not None else [],
                 )
             )
         assert len(results) == n

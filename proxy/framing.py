@@ -38,6 +38,42 @@ def single_get_key(data: bytes) -> bytes | None:
     return key
 
 
+# The bytes before a plain SET's key length (SET key value, no options).
+SET_PREFIXES = (b"*3\r\n$3\r\nSET\r\n$", b"*3\r\n$3\r\nset\r\n$", b"*3\r\n$3\r\nSet\r\n$")
+
+
+def _length_at(data: bytes, start: int) -> tuple[int, int]:
+    """The canonical decimal length at ``start`` (ending in CRLF) and where its CRLF is; (-1, -1)
+    for anything else (a sign, a leading zero, a space, no CRLF within 10 digits)."""
+    eol = data.find(b"\r\n", start, start + 11)
+    if eol <= start:
+        return -1, -1
+    digits = data[start:eol]
+    if not digits.isdigit() or (digits[0] == 48 and len(digits) > 1):  # (48: "0")
+        return -1, -1
+    return int(digits), eol
+
+
+def single_set_key(data: bytes) -> bytes | None:
+    """The key, if ``data`` is exactly one canonically encoded plain SET (key and value, no
+    options); None otherwise. The write path's parser, as ``single_get_key`` is the read path's:
+    the value's declared length must reach exactly to the final CRLF, so a read holding more than
+    one command, or less than one, never passes."""
+    if not data.startswith(SET_PREFIXES) or not data.endswith(b"\r\n"):
+        return None
+    n, eol = _length_at(data, 14)
+    if n < 0:
+        return None
+    start = eol + 2
+    end = start + n
+    if data[end : end + 3] != b"\r\n$":
+        return None
+    size, eol = _length_at(data, end + 3)
+    if size < 0 or eol + 2 + size + 2 != len(data):
+        return None
+    return data[start:end]
+
+
 # Decimal digits of every length below 65536: canonical_size's lookup table.
 _DIGITS = bytes(map(len, LENGTH_DIGITS))
 

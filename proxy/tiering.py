@@ -12,7 +12,7 @@ from functools import partial
 from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
-from proxy.framing import GET_COMMAND, GET_PREFIXES, single_get_key
+from proxy.framing import GET_COMMAND, GET_PREFIXES, SET_PREFIXES, single_get_key, single_set_key
 from proxy.keyspace import FLUSH_DB, KEYS
 from proxy.resp import as_str
 from proxy.session import SPECIAL
@@ -68,7 +68,8 @@ class TierMixin:
         """The hit path: a read made only of GETs, every one in the tier, answered without hiredis,
         slots or the upstream connection. Anything else (a miss included) returns False and takes
         the general path, which recounts it. Kept lean: on a hit this is all the proxy does, and
-        against Redis's C every statement shows in throughput (bench/RESULTS.md)."""
+        against Redis's C every statement shows in throughput (bench/RESULTS.md). A read that is
+        one plain SET is forwarded from here too (``_forward_set``)."""
         tier = self.tier
         assert tier is not None
         if (
@@ -82,7 +83,10 @@ class TierMixin:
         ):
             return False
         if not data.startswith(GET_PREFIXES):
-            return False  # (a write, say: no GET first, nothing to serve)
+            if data.startswith(SET_PREFIXES) and (written := single_set_key(data)) is not None:
+                self._forward_set(written, data, tier)
+                return True
+            return False  # (another write, say: the general path finds its keys)
         name = single_get_key(data)
         if name is None:
             return self._serve_get_batch(data, tier)
@@ -126,6 +130,16 @@ class TierMixin:
         if not self._served & 7:  # latency: one read in eight is enough for percentiles
             tier.served_latency.record(tier.clock() - now)
         return True
+
+    def _forward_set(self, key: bytes, data: bytes, tier: HotTier) -> None:
+        """A plain SET: drop the key now and again on the reply if a fill began meanwhile, as
+        ``_dispatch`` does for any write, and forward the client's bytes as one plain run, without
+        hiredis, canonical sizes or the command table (SET's key is its first argument)."""
+        keys = (key,)
+        tier.invalidate(keys)
+        self.pending.append([1, _now(), partial(tier.invalidate_if_filled, keys, tier.fills_begun)])
+        self.stats.commands_forwarded += 1
+        self._send_upstream(data)
 
     def _serve_get_batch(self, data: bytes, tier: HotTier) -> bool:
         """``_serve_gets`` for a read of several GETs (at most ``max_batch``)."""

@@ -275,3 +275,36 @@ def test_single_get_key_accepts_exactly_one_get(cmds: list[list[bytes]], name: b
         key = cmds[0][1]
         assert single_get_key(data[:-1]) is None and single_get_key(data + b"x") is None
         assert single_get_key(data.replace(b"$%d\r\n" % len(key), b"$%d\r\n" % (len(key) + 1), 1)) is None
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.lists(st.binary(max_size=40), min_size=1, max_size=4).map(lambda a: [b"SET", *a]),
+        min_size=1,
+        max_size=3,
+    ),
+    st.sampled_from([b"SET", b"set", b"Set", b"SeT", b"GET"]),
+    st.binary(max_size=300),
+)
+def test_single_set_key_accepts_exactly_one_plain_set(
+    cmds: list[list[bytes]], name: bytes, value: bytes
+) -> None:
+    """The write path's parser: the key of a read that is one SET key value and nothing else
+    (values hold any bytes, CRLF and digits included); anything else is None (the general path)."""
+    from proxy.framing import single_set_key
+
+    cmds[0][0] = name
+    if len(cmds[0]) == 3:
+        cmds[0][2] = value
+    data = b"".join(encode_command(c) for c in cmds)
+    one_set = len(cmds) == 1 and len(cmds[0]) == 3 and name in (b"SET", b"set", b"Set")
+    assert single_set_key(data) == (cmds[0][1] if one_set else None)
+    if one_set:  # a wrong declared length, a missing or extra byte, a non-canonical length: refused
+        key = cmds[0][1]
+        assert single_set_key(data[:-1]) is None and single_set_key(data + b"x") is None
+        assert single_set_key(data + encode_command([b"GET", key])) is None
+        longer = data.replace(b"$%d\r\n" % len(value), b"$%d\r\n" % (len(value) + 1), 1)
+        assert single_set_key(longer) is None
+        padded = data.replace(b"$%d\r\n%s" % (len(key), key), b"$0%d\r\n%s" % (len(key), key), 1)
+        assert single_set_key(padded) is None
