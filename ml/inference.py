@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -198,6 +199,10 @@ def predict_streams(
     return cands, conf, top_code
 
 
+# The last trace's predictions: (model dir, weights checksum, device) -> (log, candidates, confidences).
+_PREDICTIONS: dict[tuple[str, str, str], tuple[Any, list[list[tuple[str, float]]], np.ndarray]] = {}
+
+
 class MLPredictor:
     """The model as a simulator arm. Candidates for every read of the trace are computed up front in
     batches (the model's state depends only on the reads, not on the cache) and served one read at a
@@ -221,9 +226,23 @@ class MLPredictor:
         from ml.training.data import encode
 
         model, vocab, manifest = load_model(model_dir, device)
-        enc = encode(log, vocab, successors=int(getattr(model.cfg, "successors", 0)))
-        cands, conf, _ = predict_streams(model, vocab, enc, np.arange(len(enc)), device=device)
-        self._setup(cands, conf, manifest, fallback, min_confidence, policy)
+        self._setup([], np.zeros(0, np.float32), manifest, fallback, min_confidence, policy)
+
+        def compute() -> tuple[list[list[tuple[str, float]]], np.ndarray]:
+            key = (str(Path(model_dir).resolve()), str(manifest.get("weights_sha256")), device)
+            cached = _PREDICTIONS.get(key)
+            if cached is not None and cached[0] is log:
+                return cached[1], cached[2]
+            enc = encode(log, vocab, successors=int(getattr(model.cfg, "successors", 0)))
+            cands, conf, _ = predict_streams(model, vocab, enc, np.arange(len(enc)), device=device)
+            _PREDICTIONS.clear()  # (one trace's predictions at a time: they are large)
+            _PREDICTIONS[key] = (log, cands, conf)
+            return cands, conf
+
+        # Computed at the first prediction the gate lets through: an arm that training found to be
+        # its fallback alone at this cache size never runs the model, and the arms of one trace at
+        # several cache sizes share one pass.
+        self._compute: Any = compute
 
     @classmethod
     def from_predictions(
@@ -266,6 +285,7 @@ class MLPredictor:
         self.max_footprint = self.fallback.max_footprint + 1
         self.i = -1
         self.model_first = 0
+        self._compute = None
 
     def choose(self, capacity: float) -> None:
         """Take the fallback, policy and gate training found best at the cache size (in entries)
@@ -298,6 +318,9 @@ class MLPredictor:
         theirs = self.fallback.predict(k)
         if self.min_confidence == math.inf:
             return theirs
+        if self._compute is not None:
+            self.cands, self.conf = self._compute()
+            self._compute = None
         mine = self.cands[i] if 0 <= i < len(self.cands) else []
         if self.min_confidence < 0:  # merge the two lists by score (both estimate P(next key))
             merged: dict[str, float] = {}

@@ -262,8 +262,17 @@ def test_fallback_and_policy_follow_the_cache_size(trained: tuple[Path, dict]) -
         for t, key in enumerate(keys[:50]):
             twin.fallback.observe(key, float(t), False, 0)
         assert arm.predict(10) == twin.fallback.predict(10) and arm.predict(10)
+        assert arm._compute is not None  # the fallback alone: the model never ran
         arm.choose(50)
         assert arm.min_confidence == 0.5
+        arm.observe(keys[50], 50.0, False, 0)
+        arm.predict(10)
+        assert arm._compute is None and len(arm.cands) == len(log)
+        again = MLPredictor(str(path), log)  # another arm on the same trace: the same pass
+        again.choose(50)
+        again.observe(keys[0], 0.0, False, 0)
+        again.predict(10)
+        assert again.cands is arm.cands
     finally:
         manifest.pop("fallback_by_capacity")
         manifest.pop("gate_by_capacity")
