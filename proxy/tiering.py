@@ -189,6 +189,8 @@ class TierMixin:
         tier = self.tier
         table = self.server.command_table
         assert tier is not None
+        if self.in_multi:
+            return None  # queued writes happen at EXEC: the general path drops their keys then too
         if len(cmds) > self.max_batch and set(map(itemgetter(0), cmds)) <= GET_NAMES:
             tier.bypassed += len(cmds)  # a long read of GETs only: forwarded whole (checked at C speed)
             return []
@@ -210,7 +212,7 @@ class TierMixin:
                 continue
             effect = table.effect(name, args)
             if effect is not None:
-                if effect[0] != KEYS or self.in_multi:
+                if effect[0] != KEYS:
                     return None
                 written += effect[1]
         if not gets:
@@ -218,7 +220,7 @@ class TierMixin:
         if len(gets) > self.max_batch:
             tier.bypassed += len(gets)
             return written
-        if self.state_pending or self.in_multi or not tier.active:
+        if self.state_pending or not tier.active:
             return written
         db = self.db
         user = self._user_name()

@@ -165,6 +165,31 @@ def test_every_write_invalidates(
         wait_for(lambda: [value(r, k) for k in keys] == [value(direct, k) for k in keys], timeout=2)
 
 
+def test_writes_queued_in_multi_are_dropped_at_exec(tproxy: Any, direct: redis.Redis) -> None:
+    """MULTI, a write and EXEC sent as separate reads (as redis-cli sends them): a fill between the
+    queued write and EXEC caches the old value, and EXEC must drop it before its reply reaches the
+    client, without help from tracking (held back here: the invalidation connection is paused)."""
+    channel = tproxy.server.channel
+
+    async def reading(on: bool) -> None:
+        transport = channel.conn.transport
+        transport.resume_reading() if on else transport.pause_reading()
+
+    for i, write in enumerate((["SET", "k", "new"], ["INCR", "n"], ["SET", "k", "v", "EX", "100"])):
+        direct.mset({"k": f"old{i}", "n": i})
+        tx, other = tproxy.client(single_connection_client=True), tproxy.client()
+        tx.execute_command("MULTI")
+        tx.execute_command(*write)  # QUEUED (which redis-py's SET callback reads as False)
+        cache(tproxy, other, write[1])  # the old value, filled while the write waits in MULTI
+        tproxy.call(reading(False))
+        try:
+            assert len(tx.execute_command("EXEC")) == 1
+            assert tx.get(write[1]) == direct.get(write[1]) == other.get(write[1])
+        finally:
+            tproxy.call(reading(True))
+        tx.close()
+
+
 def value(client: redis.Redis, key: str) -> Any:
     try:
         return client.get(key)
