@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
 _now = time.perf_counter
 GET_NAMES = frozenset((b"GET", b"get", b"Get"))
+SET_NAMES = frozenset((b"SET", b"set", b"Set"))
 
 
 class TierMixin:
@@ -191,9 +192,15 @@ class TierMixin:
         assert tier is not None
         if self.in_multi:
             return None  # queued writes happen at EXEC: the general path drops their keys then too
-        if len(cmds) > self.max_batch and set(map(itemgetter(0), cmds)) <= GET_NAMES:
+        names = set(map(itemgetter(0), cmds))
+        if len(cmds) > self.max_batch and names <= GET_NAMES:
             tier.bypassed += len(cmds)  # a long read of GETs only: forwarded whole (checked at C speed)
             return []
+        if names <= SET_NAMES:
+            try:
+                return list(map(itemgetter(1), cmds))  # SETs only: each writes its first argument
+            except IndexError:
+                pass  # (a SET without a key: the loop below finds nothing for it, Redis refuses it)
         gets: list[bytes] = []
         written: list[bytes] = []
         if table is None:

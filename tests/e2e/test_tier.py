@@ -6,7 +6,8 @@ from __future__ import annotations
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -79,6 +80,11 @@ WRITES: list[tuple[Callable[[redis.Redis], Any], Callable[[redis.Redis], Any], l
     (lambda d: d.set("k", "v"), lambda r: r.getdel("k"), ["k"]),
     (lambda d: d.set("k", "v"), lambda r: r.setrange("k", 0, "V"), ["k"]),
     (lambda d: d.mset({"k": "v", "k2": "w"}), lambda r: r.mset({"k": "1", "k2": "2"}), ["k", "k2"]),
+    (
+        lambda d: d.mset({"k": "v", "k2": "w"}),
+        lambda r: r.pipeline(transaction=False).set("k2", "2").set("k", "1", px=100000).execute(),
+        ["k", "k2"],
+    ),
     (lambda d: d.mset({"k": "v", "k2": "w"}), lambda r: r.rename("k", "k2"), ["k", "k2"]),
     (lambda d: d.mset({"k": "v", "k2": "w"}), lambda r: r.copy("k", "k2", replace=True), ["k", "k2"]),
     (lambda d: d.set("k", "v"), lambda r: r.move("k", 1), ["k"]),
@@ -112,6 +118,7 @@ IDS = [
     "getdel",
     "setrange",
     "mset",
+    "pipelined-sets",
     "rename",
     "copy",
     "move",
@@ -156,37 +163,47 @@ def test_every_write_invalidates(
     setup(direct)
     r = tproxy.client(protocol=2)
     cache(tproxy, r, *[k for k in keys if direct.exists(k)])
-    write(r if path == "proxy" else direct)
     if path == "proxy":
-        # Through the proxy the key is dropped before the write's reply: the very next read is right.
-        assert [value(r, k) for k in keys] == [value(direct, k) for k in keys]
+        # Through the proxy the key is dropped before the write's reply: the very next read is
+        # right, with no help from tracking (its connection is not read meanwhile).
+        with tracking_held(tproxy):
+            write(r)
+            assert [value(r, k) for k in keys] == [value(direct, k) for k in keys]
     else:
+        write(direct)
         # A write the proxy did not see arrives by tracking, within the invalidation delay.
         wait_for(lambda: [value(r, k) for k in keys] == [value(direct, k) for k in keys], timeout=2)
+
+
+@contextmanager
+def tracking_held(proxy: Any) -> Iterator[None]:
+    """Stop the proxy reading its invalidation connection for a while: what Redis sends there waits
+    in the socket, so only the proxy's own invalidations can keep reads right meanwhile."""
+    transport = proxy.server.channel.conn.transport
+
+    async def reading(on: bool) -> None:
+        transport.resume_reading() if on else transport.pause_reading()
+
+    proxy.call(reading(False))
+    try:
+        yield
+    finally:
+        proxy.call(reading(True))
 
 
 def test_writes_queued_in_multi_are_dropped_at_exec(tproxy: Any, direct: redis.Redis) -> None:
     """MULTI, a write and EXEC sent as separate reads (as redis-cli sends them): a fill between the
     queued write and EXEC caches the old value, and EXEC must drop it before its reply reaches the
-    client, without help from tracking (held back here: the invalidation connection is paused)."""
-    channel = tproxy.server.channel
-
-    async def reading(on: bool) -> None:
-        transport = channel.conn.transport
-        transport.resume_reading() if on else transport.pause_reading()
-
+    client, without help from tracking."""
     for i, write in enumerate((["SET", "k", "new"], ["INCR", "n"], ["SET", "k", "v", "EX", "100"])):
         direct.mset({"k": f"old{i}", "n": i})
         tx, other = tproxy.client(single_connection_client=True), tproxy.client()
         tx.execute_command("MULTI")
         tx.execute_command(*write)  # QUEUED (which redis-py's SET callback reads as False)
         cache(tproxy, other, write[1])  # the old value, filled while the write waits in MULTI
-        tproxy.call(reading(False))
-        try:
+        with tracking_held(tproxy):
             assert len(tx.execute_command("EXEC")) == 1
             assert tx.get(write[1]) == direct.get(write[1]) == other.get(write[1])
-        finally:
-            tproxy.call(reading(True))
         tx.close()
 
 
