@@ -13,6 +13,7 @@ pytest.importorskip("torch")
 
 from ml.data.generators import generate, parse_params  # noqa: E402
 from ml.data.log import write_log  # noqa: E402
+from ml.training.train import REPLAY_SHARES  # noqa: E402
 
 PREDIS = [sys.executable, "-m", "proxy.cli"]
 
@@ -72,7 +73,7 @@ def test_train_then_simulate(tmp_path: Path) -> None:
     (ml,) = [a for a in json.loads(sim.stdout)["runs"][0]["arms"] if a["prefetcher"] == "ml"]
     # The ML arm runs under the policy its training chose for the cache size nearest the run's (10%).
     by_size = manifest["fallback_by_capacity"]  # cache sizes in entries on the replayed window
-    assert len(by_size) == 3 and set(manifest["gate_by_capacity"]) == set(by_size)
+    assert len(by_size) == len(REPLAY_SHARES) and set(manifest["gate_by_capacity"]) == set(by_size)
     assert all(g in ("off", 0.5, -1.0) for g in manifest["gate_by_capacity"].values())
     # The gate recorded is the best of the gated arm's replays, or off when none beat the fallback.
     for share, hits in summary["gated_hit_ratios"].items():
