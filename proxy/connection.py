@@ -327,16 +327,7 @@ class ClientConnection(asyncio.Protocol, TierMixin, SessionState):
                 self._forward(cmds, split_commands(cmds, raw))
                 return
             if written:
-                # Drop the keys now, and again before any read of replies to this run reaches
-                # the client (the run's action fires on every partial consumption too) if a
-                # fill began meanwhile: it may have read the value from before the write.
-                tier = self.tier
-                tier.invalidate(written)
-                self.pending.append(
-                    [len(cmds), _now(), partial(tier.invalidate_if_filled, written, tier.fills_begun)]
-                )
-                self.stats.commands_forwarded += len(cmds)
-                self._send_upstream(raw)
+                self._forward_writes(written, len(cmds), raw)
                 return
         else:  # (with the tier, _tier_light has already ruled out special commands)
             for args in cmds:

@@ -70,7 +70,7 @@ class TierMixin:
         slots or the upstream connection. Anything else (a miss included) returns False and takes
         the general path, which recounts it. Kept lean: on a hit this is all the proxy does, and
         against Redis's C every statement shows in throughput (bench/RESULTS.md). A read that is
-        one plain SET is forwarded from here too (``_forward_set``)."""
+        one plain SET is forwarded from here too (``_forward_writes``)."""
         tier = self.tier
         assert tier is not None
         if (
@@ -85,7 +85,7 @@ class TierMixin:
             return False
         if not data.startswith(GET_PREFIXES):
             if data.startswith(SET_PREFIXES) and (written := single_set_key(data)) is not None:
-                self._forward_set(written, data, tier)
+                self._forward_writes((written,), 1, data)  # (SET's key is its first argument)
                 return True
             return False  # (another write, say: the general path finds its keys)
         name = single_get_key(data)
@@ -132,15 +132,17 @@ class TierMixin:
             tier.served_latency.record(tier.clock() - now)
         return True
 
-    def _forward_set(self, key: bytes, data: bytes, tier: HotTier) -> None:
-        """A plain SET: drop the key now and again on the reply if a fill began meanwhile, as
-        ``_dispatch`` does for any write, and forward the client's bytes as one plain run, without
-        hiredis, canonical sizes or the command table (SET's key is its first argument)."""
-        keys = (key,)
+    def _forward_writes(self, keys: Any, count: int, raw: bytes) -> None:
+        """Forward ``raw`` (``count`` commands writing ``keys``) as one plain run. The keys are
+        dropped now, and again before any read of replies to this run reaches the client (the
+        run's action fires on every partial consumption too) if a fill began meanwhile: it may have
+        read the value from before the write."""
+        tier = self.tier
+        assert tier is not None
         tier.invalidate(keys)
-        self.pending.append([1, _now(), partial(tier.invalidate_if_filled, keys, tier.fills_begun)])
-        self.stats.commands_forwarded += 1
-        self._send_upstream(data)
+        self.pending.append([count, _now(), partial(tier.invalidate_if_filled, keys, tier.fills_begun)])
+        self.stats.commands_forwarded += count
+        self._send_upstream(raw)
 
     def _serve_get_batch(self, data: bytes, tier: HotTier) -> bool:
         """``_serve_gets`` for a read of several GETs (at most ``max_batch``)."""

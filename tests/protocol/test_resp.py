@@ -252,15 +252,17 @@ def test_canonical_size_matches_the_encoding(cmds: list[list[bytes]]) -> None:
     assert canonical_size(big, big[0], [3, 1, 70000]) == len(encode_command(big[0]))
 
 
-@settings(max_examples=300, deadline=None)
-@given(
-    st.lists(
-        st.lists(st.binary(max_size=40), min_size=1, max_size=3).map(lambda a: [b"GET", *a]),
+def reads_of(name: bytes, max_args: int) -> st.SearchStrategy[list[list[bytes]]]:
+    """One to three commands called ``name`` with 1 to ``max_args`` arguments each (one read)."""
+    return st.lists(
+        st.lists(st.binary(max_size=40), min_size=1, max_size=max_args).map(lambda a: [name, *a]),
         min_size=1,
         max_size=3,
-    ),
-    st.sampled_from([b"GET", b"get", b"Get", b"GeT", b"SET"]),
-)
+    )
+
+
+@settings(max_examples=300, deadline=None)
+@given(reads_of(b"GET", 3), st.sampled_from([b"GET", b"get", b"Get", b"GeT", b"SET"]))
 def test_single_get_key_accepts_exactly_one_get(cmds: list[list[bytes]], name: bytes) -> None:
     """The hit path's parser: the key of a read that is one GET and nothing else; any other read
     (two commands, extra arguments, another command or spelling it does not know) is None, so it
@@ -279,13 +281,7 @@ def test_single_get_key_accepts_exactly_one_get(cmds: list[list[bytes]], name: b
 
 @settings(max_examples=300, deadline=None)
 @given(
-    st.lists(
-        st.lists(st.binary(max_size=40), min_size=1, max_size=4).map(lambda a: [b"SET", *a]),
-        min_size=1,
-        max_size=3,
-    ),
-    st.sampled_from([b"SET", b"set", b"Set", b"SeT", b"GET"]),
-    st.binary(max_size=300),
+    reads_of(b"SET", 4), st.sampled_from([b"SET", b"set", b"Set", b"SeT", b"GET"]), st.binary(max_size=300)
 )
 def test_single_set_key_accepts_exactly_one_plain_set(
     cmds: list[list[bytes]], name: bytes, value: bytes
