@@ -32,7 +32,7 @@ import hiredis
 import structlog
 
 from proxy.errors import ClientProtocolError
-from proxy.framing import canonical_size, drop_empty, split_commands
+from proxy.framing import GET_PREFIXES, canonical_size, drop_empty, get_run_keys, split_commands
 from proxy.resp import PUSH, Limits, ReplyScanner, RequestParser, encode_command, encode_error
 from proxy.session import (
     CLOSE,
@@ -122,6 +122,12 @@ class ClientConnection(asyncio.Protocol, TierMixin, SessionState):
         self.multi_effects: list[Any] = []  # keys written by commands queued in MULTI
         self._served = 0
         self.max_batch = server.settings.hot_tier_max_batch
+        # The GET and SET fast paths check no limits: they need limits above any one read (which
+        # holds a few hundred KiB at most) and three-argument commands.
+        self.fast_framing = (
+            min(settings.max_bulk_len, settings.query_buffer_limit) >= 1 << 20
+            and settings.max_multibulk_len >= 3
+        )
         self.init_state(server.upstream)
 
     # ------------------------------------------------------------------ client transport
@@ -205,8 +211,12 @@ class ClientConnection(asyncio.Protocol, TierMixin, SessionState):
         if self.closing or self.closed:
             return
         self.stats.bytes_in += len(data)
-        if self.tier is not None and not self.pending and not self.req_tail and self._serve_gets(data):
-            return
+        if not self.req_tail:
+            if self.tier is not None:
+                if self._serve_gets(data):
+                    return
+            elif data.startswith(GET_PREFIXES) and self._forward_get_run(data):
+                return
         if self.req_parser is not None or (not self.req_tail and data[:1] != _STAR):
             self._inline_data(data)
             return
@@ -335,9 +345,29 @@ class ClientConnection(asyncio.Protocol, TierMixin, SessionState):
                     self._forward(cmds, split_commands(cmds, raw))
                     return
         # Every command is a plain forward: one slot run for the lot, the client's own bytes.
-        self.pending.append([len(cmds), _now()])
-        self.stats.commands_forwarded += len(cmds)
+        self._forward_plain(len(cmds), raw)
+
+    def _forward_plain(self, count: int, raw: bytes) -> None:
+        """Forward ``raw`` (``count`` commands, none special) as one slot run."""
+        self.pending.append([count, _now()])
+        self.stats.commands_forwarded += count
         self._send_upstream(raw)
+
+    def _forward_get_run(self, data: bytes) -> bool:
+        """Without the tier: forward a read made only of GETs as one plain run, parsed by
+        ``get_run_keys`` instead of hiredis (the same checks, in half the time for 16 GETs)."""
+        if (
+            self.req_parser is not None
+            or self.passthrough_req
+            or self.reply_mode != b"ON"
+            or not self.fast_framing
+        ):
+            return False
+        keys = get_run_keys(data)
+        if keys is None:
+            return False
+        self._forward_plain(len(keys), data)
+        return True
 
     def _forward(self, cmds: list[Any], encoded: list[bytes | None]) -> None:
         """The general path: one command at a time, specials and the hot tier handled.

@@ -7,11 +7,7 @@ follows from its arguments; ``canonical_size`` computes it for a whole read in C
 
 from __future__ import annotations
 
-import re
 from typing import Any
-
-# One GET command, as every client encodes it; the key length follows.
-GET_COMMAND = re.compile(rb"\*2\r\n\$3\r\n(?:GET|get|Get)\r\n\$(\d{1,10})\r\n")
 
 # The bytes before a GET's key length, as clients send them (redis-benchmark, redis-py, hiredis).
 GET_PREFIXES = (b"*2\r\n$3\r\nGET\r\n$", b"*2\r\n$3\r\nget\r\n$", b"*2\r\n$3\r\nGet\r\n$")
@@ -36,6 +32,36 @@ def single_get_key(data: bytes) -> bytes | None:
     if n >= 65536 or eol - 14 != len(digits := LENGTH_DIGITS[n]) or not data.startswith(digits, 14):
         return None
     return key
+
+
+# "$<len>" for every length below 65536: get_run_keys' lookup table.
+_DOLLAR_LENGTHS = tuple(b"$" + d for d in LENGTH_DIGITS)
+_GET_NAMES = (b"GET", b"get", b"Get")
+
+
+def get_run_keys(data: bytes) -> list[bytes] | None:
+    """The keys, if ``data`` is exactly a run of canonically encoded GETs (keys under 64 KiB);
+    None otherwise (an unfinished command, another command, a key holding CRLF...).
+
+    The GET-only read's parser, cheaper than hiredis plus ``canonical_size`` (half the cost for 16
+    GETs): split at every CRLF in C, then check the five parts of each command by slices. The
+    parse is the RESP one: each key's declared length must equal its part's, so a key cannot hold
+    a CRLF, and a part that is not where a command's parts fall fails a count.
+    """
+    parts = data.split(b"\r\n")
+    n, rest = divmod(len(parts), 5)
+    if rest != 1 or not n or parts[-1] or parts[0::5].count(b"*2") != n or parts[1::5].count(b"$3") != n:
+        return None
+    names = parts[2::5]
+    if names.count(b"GET") != n and sum(map(names.count, _GET_NAMES)) != n:
+        return None
+    keys = parts[4::5]
+    try:
+        if list(map(_DOLLAR_LENGTHS.__getitem__, map(len, keys))) != parts[3::5]:
+            return None
+    except IndexError:  # a key of 64 KiB or more
+        return None
+    return keys
 
 
 # The bytes before a plain SET's key length (SET key value, no options).

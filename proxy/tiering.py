@@ -9,10 +9,11 @@ import math
 import time
 from collections.abc import Callable
 from functools import partial
+from itertools import repeat
 from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
-from proxy.framing import GET_COMMAND, GET_PREFIXES, SET_PREFIXES, single_get_key, single_set_key
+from proxy.framing import GET_PREFIXES, SET_PREFIXES, get_run_keys, single_get_key, single_set_key
 from proxy.keyspace import FLUSH_DB, KEYS
 from proxy.resp import as_str
 from proxy.session import SPECIAL
@@ -41,6 +42,7 @@ class TierMixin:
     db: int
     auth: Any
     max_batch: int
+    fast_framing: bool
     multi_effects: list[Any]
     _served: int
     transport: Any
@@ -52,6 +54,9 @@ class TierMixin:
         raise NotImplementedError
 
     def _send_upstream(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    def _forward_plain(self, count: int, raw: bytes) -> None:
         raise NotImplementedError
 
     def _write(self, data: bytes) -> None:
@@ -66,11 +71,12 @@ class TierMixin:
         return self._user
 
     def _serve_gets(self, data: bytes) -> bool:
-        """The hit path: a read made only of GETs, every one in the tier, answered without hiredis,
-        slots or the upstream connection. Anything else (a miss included) returns False and takes
-        the general path, which recounts it. Kept lean: on a hit this is all the proxy does, and
-        against Redis's C every statement shows in throughput (bench/RESULTS.md). A read that is
-        one plain SET is forwarded from here too (``_forward_writes``)."""
+        """The tier's request fast path, before hiredis: a read made only of GETs is served when
+        every one is a hit, or forwarded as one plain run with fills asked for when most miss; a
+        read that is one plain SET is forwarded with its key dropped (``_forward_writes``).
+        Anything else (a mix of hits and misses included) returns False and takes the general
+        path, which recounts it. Kept lean: on a hit this is all the proxy does, and against
+        Redis's C every statement shows in throughput (bench/RESULTS.md)."""
         tier = self.tier
         assert tier is not None
         if (
@@ -81,6 +87,7 @@ class TierMixin:
             or self.passthrough_req
             or self.reply_mode != b"ON"
             or self.req_parser is not None
+            or not self.fast_framing
         ):
             return False
         if not data.startswith(GET_PREFIXES):
@@ -90,7 +97,8 @@ class TierMixin:
             return False  # (another write, say: the general path finds its keys)
         name = single_get_key(data)
         if name is None:
-            return self._serve_get_batch(data, tier)
+            keys = get_run_keys(data)
+            return keys is not None and self._serve_get_run(data, keys, tier)
         key = (self.db, name)
         entry = tier.entries.get(key)
         if entry is None:
@@ -99,10 +107,10 @@ class TierMixin:
             # them keeps a miss through the tier as cheap as a GET through the core.
             tier.misses += 1
             self._request_fill(key[0], [name], self._user_name())
-            self.pending.append([1, _now()])
-            self.stats.commands_forwarded += 1
-            self._send_upstream(data)
+            self._forward_plain(1, data)
             return True
+        if self.pending:
+            return False  # a hit must wait for the replies ahead of it: the general path orders them
         now = tier.clock()
         auth = self.auth
         if (
@@ -144,41 +152,50 @@ class TierMixin:
         self.stats.commands_forwarded += count
         self._send_upstream(raw)
 
-    def _serve_get_batch(self, data: bytes, tier: HotTier) -> bool:
-        """``_serve_gets`` for a read of several GETs (at most ``max_batch``)."""
-        if data.count(b"\r\n$3\r\n") > self.max_batch:
-            return False
+    def _serve_get_run(self, data: bytes, names: list[bytes], tier: HotTier) -> bool:
+        """``_serve_gets`` for a read of several GETs (``names``, parsed by ``get_run_keys``)."""
+        count = len(names)
+        if count > self.max_batch:
+            tier.bypassed += count  # a long read of GETs: forwarded whole
+            self._forward_plain(count, data)
+            return True
         db = self.db
+        keys = list(zip(repeat(db), names))
+        found: list[Any] = list(map(tier.entries.get, keys))  # (Entry or None)
+        present = count - found.count(None)
+        if present < count:
+            if 2 * present >= count:
+                # Serving a few hits among misses costs more than it saves: interleaving local
+                # replies with forwarded ones needs the reply side to find frame offsets. Only
+                # when at least half the GETs can be served does the general path do it.
+                return False
+            tier.misses += count
+            self._request_fill(db, names, self._user_name())
+            self._forward_plain(count, data)
+            return True
+        if self.pending:
+            return False
         user = self._user_name()
         now = tier.clock()
         stale_before = now - tier.max_staleness
-        entries = tier.entries
+        for entry in found:
+            if entry.user != user or now >= entry.expires or entry.filled < stale_before:
+                return False  # (before any hit is counted: the general path counts them)
         touch = tier.policy.touch
-        frame_of = None if tier.host_values else tier.store.frame
-        match = GET_COMMAND.match
-        replies = []
-        pos, n = 0, len(data)
-        while pos < n:
-            m = match(data, pos)
-            if m is None:
-                return False
-            start = m.end()
-            end = start + int(m.group(1))
-            if data[end : end + 2] != b"\r\n":
-                return False
-            key = (db, data[start:end])
-            entry = entries.get(key)
-            if entry is None or entry.user != user or now >= entry.expires or entry.filled < stale_before:
-                return False
-            tier.note_hit(entry)
+        note_hit = tier.note_hit
+        for key, entry in zip(keys, found, strict=True):
+            note_hit(entry)
             touch(key)
             if now >= entry.refresh_at:
                 entry.refresh_at = math.inf
                 self._request_fill(db, [key[1]], user, refresh=True)
-            replies.append(entry.handle if frame_of is None else frame_of(entry.handle))
-            pos = end + 2
-        tier.hits += len(replies)
-        self.stats.commands_local += len(replies)
+        if tier.host_values:
+            replies = [entry.handle for entry in found]
+        else:
+            frame_of = tier.store.frame
+            replies = [frame_of(entry.handle) for entry in found]
+        tier.hits += count
+        self.stats.commands_local += count
         self._write(b"".join(replies))
         self._served += 1
         if not self._served & 7:

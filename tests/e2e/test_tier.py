@@ -524,3 +524,50 @@ def test_simple_key_slices_agree_with_the_full_key_specs(tproxy: Any) -> None:
         info = table.commands[name]
         full = [k for spec in info.specs for k in (_keys_for(spec, args) or [])]
         assert table.effect(name, args) == ("keys", full), name
+
+
+@pytest.mark.parametrize("tier", ["cpu", "off"])
+def test_reads_of_gets_only_take_the_fast_framing(
+    make_proxy: Any, redis_server: EmbeddedRedis, direct: redis.Redis, tier: str
+) -> None:
+    """A read made only of GETs skips hiredis (``get_run_keys``): with and without the tier, every
+    shape of it gets Redis's replies in order, keys holding CRLF and binary bytes included, and
+    with the tier a read of misses is counted once and filled, a read of hits is served, and a
+    read of half hits takes the general path."""
+    import socket
+
+    from proxy.resp import encode_command
+    from tests.e2e.test_compat import read_frames
+
+    keys = [b"r%d" % i for i in range(20)] + [b"line\r\nbreak", b"\x00\xff$3\r\n", b""]
+    direct.mset({k: b"v-" + k for k in keys})
+    proxy = (
+        active_proxy(make_proxy, redis_server.url)
+        if tier == "cpu"
+        else make_proxy(redis_server.url, hot_tier="off")
+    )
+
+    def run(sock: socket.socket, names: list[bytes]) -> None:
+        sock.sendall(b"".join(encode_command([b"GET", k]) for k in names))
+        want = [b"$-1\r\n" if k == b"nokey" else b"$%d\r\nv-%s\r\n" % (len(k) + 2, k) for k in names]
+        assert read_frames(sock, len(names)) == want
+
+    before = proxy.server.stats.commands_forwarded
+    with socket.create_connection((proxy.host, proxy.port)) as s:
+        s.settimeout(10)
+        run(s, keys[:4])  # misses (with the tier: counted, filled)
+        run(s, keys[20:] + [b"nokey"])  # CRLF, binary and empty keys; a key Redis lacks
+        run(s, keys[:20])  # longer than the tier's max batch
+        if tier == "cpu":
+            t = tier_of(proxy)
+            assert t.misses >= 4 and t.bypassed == 20
+            wait_for(lambda: all((0, k) in t.entries for k in keys[:4]))
+            hits, misses = t.hits, t.misses
+            run(s, keys[:4])  # every one a hit: served
+            assert (t.hits, t.misses) == (hits + 4, misses)
+            run(s, keys[2:6])  # half hits: the general path serves two, forwards two
+            assert (t.hits, t.misses) == (hits + 6, misses + 2)
+            run(s, keys[8:12])  # all misses: one count each
+            assert (t.hits, t.misses) == (hits + 6, misses + 6)
+    forwarded = proxy.server.stats.commands_forwarded - before
+    assert forwarded == (4 + 4 + 20 + 2 + 4 if tier == "cpu" else 4 + 4 + 20)

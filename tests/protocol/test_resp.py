@@ -304,3 +304,73 @@ def test_single_set_key_accepts_exactly_one_plain_set(
         assert single_set_key(longer) is None
         padded = data.replace(b"$%d\r\n%s" % (len(key), key), b"$0%d\r\n%s" % (len(key), key), 1)
         assert single_set_key(padded) is None
+
+
+def _get_run_reference(data: bytes) -> list[bytes] | None:
+    """What ``get_run_keys`` must return, found the slow way: hiredis parses the read, and it
+    must be nothing but complete GETs (a spelling clients use) in their canonical encoding, keys
+    under 64 KiB without CRLF in them (those take the general path)."""
+    import hiredis
+
+    reader = hiredis.Reader()
+    reader.feed(data)
+    cmds = []
+    try:
+        while (cmd := reader.gets()) is not False:
+            cmds.append(cmd)
+    except hiredis.ProtocolError:
+        return None
+    canonical = b"".join(encode_command(c) for c in cmds if isinstance(c, list))
+    if not cmds or canonical != data:
+        return None
+    if any(
+        len(c) != 2 or c[0] not in (b"GET", b"get", b"Get") or len(c[1]) >= 1 << 16 or b"\r\n" in c[1]
+        for c in cmds
+    ):
+        return None
+    return [c[1] for c in cmds]
+
+
+_RESP_BYTES = st.binary(max_size=12) | st.lists(
+    st.sampled_from([b"\r\n", b"\r", b"$", b"*2", b"3", b"GET", b"k"])
+).map(b"".join)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.sampled_from([b"GET", b"get", b"Get", b"GeT", b"MGET"]), _RESP_BYTES),
+        min_size=1,
+        max_size=20,
+    ),
+    st.integers(0, 10_000),
+    st.sampled_from(["none", "cut", "insert", "flip", "extra-arg", "padded-length"]),
+    st.binary(min_size=1, max_size=3),
+)
+def test_get_run_keys_is_the_resp_parse(
+    gets: list[tuple[bytes, bytes]], at: int, mutation: str, junk: bytes
+) -> None:
+    """The GET-only read's parser against hiredis: for runs of GETs whose keys hold CRLF, '$' and
+    digits, cut anywhere, with bytes inserted or changed, an argument added or a length padded,
+    it returns the keys exactly when the read is complete canonical GETs, and None otherwise (a
+    key holding CRLF too: such reads take the general path)."""
+    from proxy.framing import get_run_keys
+
+    cmds = [[name, key] for name, key in gets]
+    if mutation == "extra-arg":
+        cmds[at % len(cmds)].append(junk)
+    data = b"".join(encode_command(c) for c in cmds)
+    at %= len(data)
+    if mutation == "cut":
+        data = data[:at]
+    elif mutation == "insert":
+        data = data[:at] + junk + data[at:]
+    elif mutation == "flip":
+        data = data[:at] + bytes([data[at] ^ junk[0]]) + data[at + 1 :]
+    elif mutation == "padded-length":
+        data = data.replace(b"\r\n$", b"\r\n$0", 1 + at % 3)
+    assert get_run_keys(data) == _get_run_reference(data)
+    if mutation == "none" and all(
+        name in (b"GET", b"get", b"Get") and b"\r\n" not in key for name, key in gets
+    ):
+        assert get_run_keys(data) == [key for _, key in gets]
