@@ -68,8 +68,14 @@ class ProxyProcess:
     """`predis serve` (or a reference server) in its own process, pointed at the upstream."""
 
     def __init__(
-        self, upstream: str, extra: list[str] | None = None, copy_only: bool = False, reference: str = ""
+        self,
+        upstream: str,
+        extra: list[str] | None = None,
+        copy_only: bool = False,
+        reference: str = "",
+        cwd: str | None = None,
     ) -> None:
+        """``cwd``: the checkout whose code runs (another version's worktree, say); default this one."""
         self.port = free_port()
         if copy_only:
             reference = "bench.copyproxy"
@@ -89,7 +95,7 @@ class ProxyProcess:
                 "warning",
                 *(extra or []),
             ]
-        self.proc = subprocess.Popen(cmd)
+        self.proc = subprocess.Popen(cmd, cwd=cwd)
         deadline = time.monotonic() + 20
         client = redis.Redis(port=self.port, protocol=2)
         while True:
