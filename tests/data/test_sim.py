@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
 import numpy as np
@@ -168,3 +169,31 @@ def test_bad_runs() -> None:
         simulate(log_of([]), "1", [])
     with pytest.raises(ConfigError, match="warm-up"):
         simulate(log, "1", [], warmup=1.0)
+
+
+def test_missmap_replays_as_the_simulator_does() -> None:
+    """bench.missmap's per-template replay must count what prefetch.sim.replay counts: the same
+    hits, a first-read miss per key (fewer with prefetching: a prefetched key's first read hits),
+    and each prefetch used or wasted at most once."""
+    from bench.missmap import outcomes
+    from prefetch.predictors import make_predictor
+    from prefetch.sim import replay
+
+    rng = random.Random(3)
+    keys = []
+    for _ in range(400):  # sequential runs over a few templates, and noise
+        base = rng.randrange(200)
+        keys += [f"row:{base + j}" for j in range(rng.randrange(1, 10))] + [f"user:{rng.randrange(50)}:s"]
+    clients = [0] * len(keys)
+    for spec in ("none", "markov", "obl"):
+        table = outcomes(keys, clients, 40, make_predictor(spec), "lru")
+        reference = replay(
+            keys, 40, make_predictor(spec), policy="lru", times=[float(i) for i in range(len(keys))]
+        )
+        assert sum(row["hit"] for row in table.values()) == reference.hits
+        first = sum(row["first"] for row in table.values())
+        # (Markov names only keys it has seen follow another; OBL names the next number, unseen too.)
+        assert first == len(set(keys)) if spec != "obl" else first < len(set(keys))
+        assert set(table) == {"row:#", "user:#:s"}
+        used = sum(row["used"] for row in table.values())
+        assert used == reference.prefetch_hits and (used > 0) == (spec != "none")
