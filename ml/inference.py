@@ -7,16 +7,18 @@ template head's most likely templates filled with the numbers of the keys this c
 
 from __future__ import annotations
 
+import heapq
 import math
 from collections import deque
 from collections.abc import Sequence
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from ml.training.data import RECENT, SuccessorCandidates, with_successors
+from ml.training.data import RECENT, SuccessorCandidates, replay_slots_of, with_successors
 from ml.vocab import Vocabulary, fill, numbers_of
 
 TOP_KEYS = 10  # key-head candidates per read
@@ -54,6 +56,9 @@ def top_probs(logits: torch.Tensor, k: int) -> tuple[np.ndarray, np.ndarray]:
     return top.values.cpu().numpy(), top.indices.cpu().numpy()
 
 
+_SCORE = itemgetter(1)
+
+
 def compose(
     vocab: Vocabulary,
     key_ids: Sequence[int],
@@ -77,7 +82,7 @@ def compose(
         if key is not None and p > scores.get(key, 0.0):
             scores[key] = p
     for key, p in zip(succ_keys, succ_probs, strict=True):
-        if p > scores.get(key, 0.0):
+        if key and p > scores.get(key, 0.0):  # ("": an empty slot)
             scores[key] = p
     # Latest first, as copy_probs; each read's numbers are found once, when first needed.
     weights = list(zip(reversed(recent), copy_probs, strict=False))  # (copy_probs ends with "none")
@@ -100,8 +105,8 @@ def compose(
             key = fill(template, found)
             if key is not None and key != just_read and score > scores.get(key, 0.0):
                 scores[key] = score
-    ranked = sorted(scores.items(), key=lambda kv: kv[1], reverse=True)[:k]
-    return [(key, min(1.0, s)) for key, s in ranked]
+    ranked = heapq.nlargest(k, scores.items(), key=_SCORE)  # (the same order as a stable sort)
+    return [(key, s if s < 1.0 else 1.0) for key, s in ranked]
 
 
 @torch.no_grad()
@@ -130,7 +135,7 @@ def predict_streams(
         [code_of.get(vocab.key_of(t) or "", -1) for t in range(vocab.key_size)], np.int64
     )
     slots = int(getattr(model.cfg, "successors", 0))
-    enc = with_successors(enc, slots)
+    enc = with_successors(enc, slots, replay_slots_of(model.cfg))
     # Cut every client's stream into chunks of `length`; chunk j of a stream continues from chunk
     # j-1's state, so chunks are processed in rounds: round j holds every stream's j-th chunk.
     clients = enc.client[order]
@@ -221,19 +226,25 @@ class MLPredictor:
         min_confidence: float | None = None,
         device: str = "cpu",
         policy: str = "",
+        min_score: float | None = None,
     ) -> None:
         from ml.registry import load_model
         from ml.training.data import encode
 
         model, vocab, manifest = load_model(model_dir, device)
-        self._setup([], np.zeros(0, np.float32), manifest, fallback, min_confidence, policy)
+        self._setup([], np.zeros(0, np.float32), manifest, fallback, min_confidence, policy, min_score)
 
         def compute() -> tuple[list[list[tuple[str, float]]], np.ndarray]:
             key = (str(Path(model_dir).resolve()), str(manifest.get("weights_sha256")), device)
             cached = _PREDICTIONS.get(key)
             if cached is not None and cached[0] is log:
                 return cached[1], cached[2]
-            enc = encode(log, vocab, successors=int(getattr(model.cfg, "successors", 0)))
+            enc = encode(
+                log,
+                vocab,
+                successors=int(getattr(model.cfg, "successors", 0)),
+                replay=replay_slots_of(model.cfg),
+            )
             cands, conf, _ = predict_streams(model, vocab, enc, np.arange(len(enc)), device=device)
             _PREDICTIONS.clear()  # (one trace's predictions at a time: they are large)
             _PREDICTIONS[key] = (log, cands, conf)
@@ -252,10 +263,11 @@ class MLPredictor:
         fallback: str,
         min_confidence: float = 0.5,
         policy: str = "",
+        min_score: float = 0.0,
     ) -> MLPredictor:
         """The arm from candidates already computed (training replays it on its own log)."""
         self = cls.__new__(cls)
-        self._setup(cands, conf, {}, fallback, min_confidence, policy)
+        self._setup(cands, conf, {}, fallback, min_confidence, policy, min_score)
         return self
 
     def _setup(
@@ -266,6 +278,7 @@ class MLPredictor:
         fallback: str,
         min_confidence: float | None,
         policy: str,
+        min_score: float | None = None,
     ) -> None:
         from prefetch.predictors import make_predictor
 
@@ -282,6 +295,11 @@ class MLPredictor:
         # the model made its replay worse at this cache size). None: from the manifest, else 0.5.
         self.fixed_gate = min_confidence is not None
         self.min_confidence = 0.5 if min_confidence is None else float(min_confidence)
+        # The floor: candidates scored under it are not offered, so the prefetch budget a weak guess
+        # would spend is kept for a surer one (the simulator's token bucket carries it). None: from
+        # the manifest (chosen at training per cache size), else 0.
+        self.fixed_floor = min_score is not None
+        self.min_score = 0.0 if min_score is None else float(min_score)
         self.max_footprint = self.fallback.max_footprint + 1
         self.i = -1
         self.model_first = 0
@@ -298,6 +316,10 @@ class MLPredictor:
         if gates and not self.fixed_gate:
             near = min(gates, key=lambda c: abs(np.log(float(c) / capacity)))
             self.min_confidence = math.inf if gates[near] == "off" else float(gates[near])
+        floors = self.manifest.get("floor_by_capacity")
+        if floors and not self.fixed_floor:
+            near = min(floors, key=lambda c: abs(np.log(float(c) / capacity)))
+            self.min_score = float(floors[near])
         by_size = self.manifest.get("fallback_by_capacity")
         if self.fixed or not by_size:
             return
@@ -327,7 +349,8 @@ class MLPredictor:
             for key, score in (*mine, *theirs):
                 if score > merged.get(key, 0.0):
                     merged[key] = score
-            return sorted(merged.items(), key=lambda kv: kv[1], reverse=True)[:k]
+            ranked = sorted(merged.items(), key=lambda kv: kv[1], reverse=True)[:k]
+            return [kv for kv in ranked if kv[1] >= self.min_score] if self.min_score > 0 else ranked
         if mine and self.conf[i] >= self.min_confidence:
             self.model_first += 1
             first, second = mine, theirs
@@ -341,6 +364,8 @@ class MLPredictor:
                 continue
             seen.add(key)
             ceiling = min(ceiling, score)  # keep scores descending across the two lists
+            if ceiling < self.min_score:
+                break
             out.append((key, ceiling))
             if len(out) >= k:
                 break
@@ -369,7 +394,7 @@ class OnlineStepper:
         keep_freed_memory()
         self.features = RealtimeFeatures()
         slots = int(getattr(model.cfg, "successors", 0))
-        self.successors = SuccessorCandidates(slots) if slots else None
+        self.successors = SuccessorCandidates(slots, replay=replay_slots_of(model.cfg)) if slots else None
         self.slot_of: OrderedDict[int, int] = OrderedDict()  # client -> its row in the pool
         self.recent: dict[int, deque[str]] = {}
         self.max_clients = max_clients

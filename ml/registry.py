@@ -91,7 +91,8 @@ def load_model(model_dir: str | os.PathLike[str], device: str = "cpu") -> tuple[
     if _sha256(weights) != doc.get("weights_sha256"):
         raise ModelError(f"{weights} does not match its manifest (truncated or replaced)")
     try:
-        cfg = LSTMConfig(**doc["config"])
+        # (Models saved before replay slots existed had none; the dataclass default is for new ones.)
+        cfg = LSTMConfig(**{"replay_slots": 0, **doc["config"]})
         vocab = Vocabulary.from_json(doc["vocabulary"])
     except (TypeError, KeyError) as exc:
         raise ModelError(f"{path}/{MANIFEST} does not describe a model this code can build: {exc}") from None

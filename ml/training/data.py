@@ -7,6 +7,7 @@ predict, at each read, the next read of the same client. Logs without client ids
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,6 +29,7 @@ class Encoded:
     feats: np.ndarray  # (n, F) float32
     succ_codes: np.ndarray  # (n, S) key codes of the successor candidates after each read, -1 none
     succ_feats: np.ndarray  # (n, S, SUCC_FEATURES) float32
+    succ_replay: int = 0  # of the S slots, the last this many are the client's replay candidates
 
     def __len__(self) -> int:
         return int(self.codes.size)
@@ -40,28 +42,72 @@ class SuccessorCandidates:
     """Candidate generation from co-occurrence, for keys the vocabulary cannot name: after each read,
     the keys that most often followed it in the same client's stream (the client-aware Markov table,
     bounded), with features the model scores them by. The same object serves training (run over the
-    log in time order) and the live stepper (one read at a time), so both see identical candidates."""
+    log in time order) and the live stepper (one read at a time), so both see identical candidates.
 
-    def __init__(self, slots: int, max_keys: int = 100_000) -> None:
+    With ``replay`` slots (at most 3, the last ones), the client's own history adds candidates: the
+    key that followed this one the last time this client read it, then that key's most frequent
+    predecessor and successor in the tables. A client that walks a sequence with a shifting start
+    (a game's view window moving by -1, 0 or +1) gets all three starts named, the shifted-back one
+    included, which no client has read after this key yet."""
+
+    def __init__(self, slots: int, max_keys: int = 100_000, replay: int = 0) -> None:
+        from collections import OrderedDict
+
         from prefetch.predictors.markov import Markov
 
+        if not 0 <= replay <= min(3, slots):
+            raise ValueError(f"replay slots must be 0-3 and at most the {slots} slots, not {replay}")
         self.slots = slots
+        self.replay = replay
         self.table = Markov(max_keys=max_keys, max_successors=slots)
+        self.back = Markov(max_keys=max_keys, max_successors=4)  # predecessors: the table read backwards
+        self.max_keys = max_keys
+        self.followed: OrderedDict[tuple[int, str], str] = OrderedDict()  # (client, key) -> its next read
 
     def after(self, key: str, client: int) -> tuple[list[str], np.ndarray]:
         """Observe a read; its candidates and their (slots, SUCC_FEATURES) features (zeros: no candidate)."""
         table = self.table
+        previous = table.previous.get(client)
         table.observe(key, 0.0, False, client)
-        found = table.predict(self.slots)
+        found = table.predict(self.slots - self.replay)
         feats = np.zeros((self.slots, SUCC_FEATURES), np.float32)
         for j, (_, share) in enumerate(found):
             feats[j, 0] = share
             feats[j, 1] = 1.0
-        return [cand for cand, _ in found], feats
+        cands = [cand for cand, _ in found]
+        if not self.replay:
+            return cands, feats
+        followed = self.followed
+        if previous is not None:
+            self.back.learn(key, previous)
+            followed[(client, previous)] = key
+            followed.move_to_end((client, previous))
+            if len(followed) > self.max_keys:
+                followed.popitem(last=False)
+        cands += [""] * (self.slots - self.replay - len(cands))  # ("": an empty slot)
+        base = len(cands)
+        last_time = followed.get((client, key))
+        if last_time is None:
+            return cands + [""] * self.replay, feats
+        before = self.back.successors(last_time, 1) or [("", 0.0)]
+        after = table.successors(last_time, 1) or [("", 0.0)]
+        for j, (cand, share) in enumerate([(last_time, 1.0), before[0], after[0]][: self.replay]):
+            if cand and cand != key and cand not in cands:  # (each source keeps its own slot)
+                cands.append(cand)
+                feats[base + j, 0] = share
+                feats[base + j, 1] = 1.0
+            else:
+                cands.append("")
+        return cands, feats
+
+
+def replay_slots_of(cfg: Any) -> int:
+    """A model config's replay slots (at most its successor slots; none in configs before them)."""
+    return min(int(getattr(cfg, "replay_slots", 0)), int(getattr(cfg, "successors", 0)), 3)
 
 
 def successor_candidates(
-    names: list[str], codes: np.ndarray, client: np.ndarray, slots: int
+    names: list[str], codes: np.ndarray, client: np.ndarray, slots: int, replay: int = 0
 ) -> tuple[np.ndarray, np.ndarray]:
     """``SuccessorCandidates`` over a whole log in time order: (n, slots) key codes (-1: none; a
     candidate is always a key read earlier) and (n, slots, SUCC_FEATURES) features."""
@@ -71,7 +117,8 @@ def successor_candidates(
     if slots <= 0:
         return out_codes, out_feats
     code_of = {name: i for i, name in enumerate(names)}
-    gen = SuccessorCandidates(slots)
+    code_of[""] = -1
+    gen = SuccessorCandidates(slots, replay=replay)
     for i, (code, c) in enumerate(zip(codes.tolist(), client.tolist(), strict=True)):
         cands, feats = gen.after(names[code], c)
         if cands:
@@ -80,15 +127,17 @@ def successor_candidates(
     return out_codes, out_feats
 
 
-def with_successors(enc: Encoded, slots: int) -> Encoded:
-    """``enc`` with ``slots`` successor candidates per read (computed now if it has another number)."""
-    if enc.succ_codes.shape[1] != slots:
-        enc.succ_codes, enc.succ_feats = successor_candidates(enc.names, enc.codes, enc.client, slots)
+def with_successors(enc: Encoded, slots: int, replay: int = 0) -> Encoded:
+    """``enc`` with ``slots`` successor candidates per read, ``replay`` of them from the client's
+    history (computed now if it has others)."""
+    if enc.succ_codes.shape[1] != slots or enc.succ_replay != replay:
+        enc.succ_codes, enc.succ_feats = successor_candidates(enc.names, enc.codes, enc.client, slots, replay)
+        enc.succ_replay = replay
     return enc
 
 
 def encode(
-    log: AccessLog, vocab: Vocabulary, cfg: FeatureConfig | None = None, successors: int = 0
+    log: AccessLog, vocab: Vocabulary, cfg: FeatureConfig | None = None, successors: int = 0, replay: int = 0
 ) -> Encoded:
     codes, names_arr = log.key_codes()
     names = names_arr.to_pylist()
@@ -96,7 +145,7 @@ def encode(
     tpl_of_code = np.array([vocab.template_token(k) for k in names], np.int64)
     client = log.clients()
     ts = log.timestamps()
-    succ_codes, succ_feats = successor_candidates(names, codes, client, successors)
+    succ_codes, succ_feats = successor_candidates(names, codes, client, successors, replay)
     return Encoded(
         names,
         codes,
@@ -107,6 +156,7 @@ def encode(
         features(codes, ts, cfg),
         succ_codes,
         succ_feats,
+        replay,
     )
 
 

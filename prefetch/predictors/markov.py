@@ -36,8 +36,11 @@ class Markov:
         elif len(previous) > self.max_clients:
             previous.popitem(last=False)
         self.last = key
-        if last is None:
-            return
+        if last is not None:
+            self.learn(last, key)
+
+    def learn(self, last: str, key: str) -> None:
+        """Count one transition from ``last`` to ``key`` (``observe`` does, within a client's stream)."""
         row = self.table.get(last)
         if row is None:
             if len(self.table) >= self.max_keys:
@@ -60,11 +63,15 @@ class Markov:
             row[-1] = [key, 1]
 
     def predict(self, k: int) -> list[tuple[str, float]]:
-        row = self.table.get(self.last) if self.last is not None else None
+        return self.successors(self.last, k) if self.last is not None else []
+
+    def successors(self, key: str, k: int) -> list[tuple[str, float]]:
+        """``key``'s top ``k`` successors and their shares of its transitions."""
+        row = self.table.get(key)
         if row is None:
             return []
         total = row[0]
-        return [(key, count / total) for key, count in row[1 : k + 1]]
+        return [(succ, count / total) for succ, count in row[1 : k + 1]]
 
     def footprint(self) -> int:
         return sum(len(row) for row in self.table.values()) + len(self.previous)

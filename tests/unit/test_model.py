@@ -212,6 +212,57 @@ def test_successor_candidates_are_causal_and_per_client() -> None:
         assert all(c in codes[:i].tolist() for c in cand[i] if c >= 0)
 
 
+def test_replay_slots_name_the_shifted_start_of_a_clients_last_walk() -> None:
+    """After key z, a client that last time read e5 next gets, in the replay slots, e5 (unless the
+    successor table already names it), e5's usual predecessor e4 (a key this client never read after
+    z) and e5's usual successor e6; a client that never read z gets none."""
+    from ml.training.data import SuccessorCandidates
+
+    gen = SuccessorCandidates(5, replay=3)
+    for key in ("e4", "e5", "e6"):  # client 2 walks e4 e5 e6 twice, so e4 is e5's usual predecessor
+        gen.after(key, 2)
+    for key in ("e4", "e5", "e6"):
+        gen.after(key, 2)
+    for key in ("z", "e5", "e6", "e7"):  # client 1's walk from z starts at e5
+        gen.after(key, 1)
+    cands, feats = gen.after("z", 1)
+    assert cands == ["e5", "", "", "e4", "e6"]  # (the table already names e5: its replay slot stays empty)
+    assert feats[:, 1].tolist() == [1.0, 0.0, 0.0, 1.0, 1.0]
+    assert feats[3, 0] == pytest.approx(2 / 3) and feats[4, 0] == pytest.approx(1.0)
+    cands, feats = gen.after("z", 3)  # a client that never read z
+    assert cands == ["e5", "", "", "", ""] and feats[2:, 1].sum() == 0
+    with pytest.raises(ValueError):
+        SuccessorCandidates(2, replay=3)
+
+
+def test_models_saved_before_replay_slots_load_without_them(
+    trained: tuple[Path, dict], tmp_path: Path
+) -> None:
+    import shutil
+
+    old = tmp_path / "old"
+    shutil.copytree(trained[0], old)
+    doc = json.loads((old / "manifest.json").read_text())
+    assert doc["config"]["replay_slots"] == 3
+    del doc["config"]["replay_slots"]
+    (old / "manifest.json").write_text(json.dumps(doc))
+    assert load_model(old)[0].cfg.replay_slots == 0
+
+
+def test_score_floor_keeps_weak_candidates_back() -> None:
+    """With a floor, the ML arm offers no candidate scored under it, in both gate modes, so the
+    simulator's token bucket keeps the budget; without one, it offers them all."""
+    from ml.inference import MLPredictor
+
+    cands = [[("a", 0.6), ("b", 0.25), ("c", 0.05)]]
+    conf = np.array([0.9], np.float32)
+    for gate in (0.5, -1.0):
+        for floor, want in ((0.0, ["a", "b", "c"]), (0.1, ["a", "b"]), (0.3, ["a"]), (0.7, [])):
+            arm = MLPredictor.from_predictions(cands, conf, "none", gate, "", floor)
+            arm.observe("x", 0.0, False, 0)
+            assert [key for key, _ in arm.predict(8)] == want, (gate, floor)
+
+
 def test_successor_head_names_keys_outside_the_vocabulary(tmp_path: Path) -> None:
     """A fixed cycle of 300 keys without numbers (no template can build them) and an 8-key
     vocabulary: the key head can name almost none of them, the successor head scores the keys seen

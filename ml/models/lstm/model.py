@@ -31,6 +31,10 @@ class LSTMConfig:
     copy_slots: int = 8  # the copy head points at one of the client's last reads (or none)
     successors: int = 8  # the successor head scores this many co-occurrence candidates (0: no head)
     succ_dim: int = 32  # its scoring layer's width
+    # Of the successor slots, the last this many hold candidates from the client's own history
+    # (ml.training.data.SuccessorCandidates): what followed this key the last time the client read
+    # it, and that key's most frequent predecessor and successor. 0-3; models saved before it: 0.
+    replay_slots: int = 3
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
