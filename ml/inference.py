@@ -349,7 +349,7 @@ class MLPredictor:
             for key, score in (*mine, *theirs):
                 if score > merged.get(key, 0.0):
                     merged[key] = score
-            ranked = sorted(merged.items(), key=lambda kv: kv[1], reverse=True)[:k]
+            ranked = heapq.nlargest(k, merged.items(), key=_SCORE)
             return [kv for kv in ranked if kv[1] >= self.min_score] if self.min_score > 0 else ranked
         if mine and self.conf[i] >= self.min_confidence:
             self.model_first += 1

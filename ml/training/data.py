@@ -84,8 +84,8 @@ class SuccessorCandidates:
             followed.move_to_end((client, previous))
             if len(followed) > self.max_keys:
                 followed.popitem(last=False)
-        cands += [""] * (self.slots - self.replay - len(cands))  # ("": an empty slot)
-        base = len(cands)
+        base = self.slots - self.replay
+        cands += [""] * (base - len(cands))  # ("": an empty slot)
         last_time = followed.get((client, key))
         if last_time is None:
             return cands + [""] * self.replay, feats

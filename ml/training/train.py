@@ -202,21 +202,23 @@ def train(
     # keeps the budget for surer ones (FLOORS, chosen the same way; no floor unless one hit more).
     floored: dict[str, dict[str, float]] = {}
     floor_by_share: dict[str, float] = {}
-    for s, gate in gate_by_share.items():
-        hits = {"0.0": ml_replays[s][str(gate)]} if gate != "off" else {"0.0": 0.0}
-        if gate != "off":
-            for floor in FLOORS:
-                hits[str(floor)] = gated_replay(
-                    enc,
-                    np.arange(n),
-                    cut,
-                    float(s),
-                    cands,
-                    conf,
-                    *fallback_by_share[s].split("@"),
-                    gate=float(gate),
-                    floor=floor,
-                )
+    for s, chosen in gate_by_share.items():
+        if chosen == "off":  # (the fallback alone: no candidates of the model's to hold back)
+            floored[s], floor_by_share[s] = {"0.0": 0.0}, 0.0
+            continue
+        hits = {"0.0": ml_replays[s][gate]}
+        for floor in FLOORS:
+            hits[str(floor)] = gated_replay(
+                enc,
+                np.arange(n),
+                cut,
+                float(s),
+                cands,
+                conf,
+                *fallback_by_share[s].split("@"),
+                gate=float(gate),
+                floor=floor,
+            )
         floored[s] = hits
         floor_by_share[s] = float(max(hits, key=lambda f: (hits[f], -float(f))))
     fallback_by_capacity = {str(entries[s]): fallback_by_share[str(s)] for s in REPLAY_SHARES}
