@@ -6,7 +6,7 @@ import re
 
 import hiredis
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from proxy.errors import ClientProtocolError
@@ -320,8 +320,12 @@ def _get_run_reference(data: bytes) -> list[bytes] | None:
             cmds.append(cmd)
     except hiredis.ProtocolError:
         return None
-    canonical = b"".join(encode_command(c) for c in cmds if isinstance(c, list))
-    if not cmds or canonical != data:
+    # A changed count can nest one command inside another ("*3 ... *2 ..."): such a read is
+    # not a run of plain commands, and there is no canonical encoding to compare with.
+    if not cmds or not all(isinstance(c, list) and all(isinstance(a, bytes) for a in c) for c in cmds):
+        return None
+    canonical = b"".join(encode_command(c) for c in cmds)
+    if canonical != data:
         return None
     if any(
         len(c) != 2 or c[0] not in (b"GET", b"get", b"Get") or len(c[1]) >= 1 << 16 or b"\r\n" in c[1]
@@ -347,6 +351,8 @@ _RESP_BYTES = st.binary(max_size=12) | st.lists(
     st.sampled_from(["none", "cut", "insert", "flip", "extra-arg", "padded-length"]),
     st.binary(min_size=1, max_size=3),
 )
+# The count flipped from 2 to 3 swallows the next command as a nested array (found by CI).
+@example(gets=[(b"GET", b""), (b"GET", b"")], at=1, mutation="flip", junk=b"\x01")
 def test_get_run_keys_is_the_resp_parse(
     gets: list[tuple[bytes, bytes]], at: int, mutation: str, junk: bytes
 ) -> None:
