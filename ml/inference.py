@@ -144,10 +144,20 @@ def predict_streams(
     streams = [order[s:e] for s, e in zip(starts, ends, strict=True)]
     states: dict[int, Any] = {}
     rounds = max((len(s) + length - 1) // length for s in streams) if streams else 0
+    budget = batch * length  # reads per forward pass, padding included
     for r in range(rounds):
-        live = [i for i, s in enumerate(streams) if len(s) > r * length]
-        for b in range(0, len(live), batch):
-            group = live[b : b + batch]
+        # Longest first, so that a group's chunks are about as long as each other: padded to the
+        # longest, a group of one long and 63 short streams ran 16 times the reads it held (gaming).
+        live = sorted(
+            (i for i, s in enumerate(streams) if len(s) > r * length), key=lambda i: -len(streams[i])
+        )
+        groups, b = [], 0
+        while b < len(live):
+            width = min(length, len(streams[live[b]]) - r * length)
+            size = max(1, budget // width)
+            groups.append(live[b : b + size])
+            b += size
+        for group in groups:
             chunks = [streams[i][r * length : (r + 1) * length] for i in group]
             width = max(len(c) for c in chunks)
             rows = np.stack([np.r_[c, np.full(width - len(c), c[-1])] for c in chunks])
