@@ -21,7 +21,7 @@ def main() -> None:
     ap.add_argument("--format", required=True)
     ap.add_argument("--share", type=float, default=0.3)
     ap.add_argument("--epochs", type=int, default=10)
-    ap.add_argument("--max-seconds", type=float, default=540.0)
+    ap.add_argument("--max-seconds", type=float, default=600.0)
     ap.add_argument("--ml", default="", help="extra ML arm parameters, e.g. ::min_confidence=-1")
     ap.add_argument(
         "--policies",

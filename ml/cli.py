@@ -19,11 +19,22 @@ def train_main(argv: list[str]) -> int:
     )
     p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument(
+        "--precision",
+        choices=["auto", "bf16", "fp32"],
+        default="auto",
+        help="autocast to bf16 (auto: on a GPU, and on a CPU with native bf16)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch", type=int, default=64, help="windows of --length reads per step")
     p.add_argument("--length", type=int, default=64)
     p.add_argument("--max-keys", type=int, default=8_192, help="key vocabulary size")
-    p.add_argument("--max-seconds", type=float, default=540.0, help="stop training after this long")
+    p.add_argument(
+        "--max-seconds",
+        type=float,
+        default=600.0,
+        help="time budget of the whole command: no epoch starts that would leave too little for the rest",
+    )
     p.add_argument("--split", type=float, default=0.8, help="share of the log (by time) used for training")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
@@ -40,6 +51,7 @@ def train_main(argv: list[str]) -> int:
         length=args.length,
         seed=args.seed,
         device=args.device,
+        precision=args.precision,
         max_keys=args.max_keys,
         max_seconds=args.max_seconds,
         split=args.split,

@@ -37,8 +37,13 @@ class TrainConfig:
     seed: int = 0
     max_keys: int = 8_192
     max_templates: int = 1_024
-    max_seconds: float = 540.0  # no epoch starts that would end after this (the goal: a model in 10 minutes)
+    # The whole command's budget (the goal: a model in 10 minutes): no epoch starts that would end
+    # too late to leave time for what follows the loop.
+    max_seconds: float = 600.0
     device: str = "auto"
+    precision: str = (
+        "auto"  # bf16 autocast on a GPU, and on a CPU with native bf16 (avx512_bf16/AMX); or bf16|fp32
+    )
     progress: bool = True
 
 
@@ -51,6 +56,34 @@ def fingerprint(log: AccessLog) -> str:
                 if buf is not None:
                     h.update(memoryview(buf)[: 1 << 20])
     return h.hexdigest()[:16]
+
+
+PRECISIONS = ("auto", "bf16", "fp32")
+
+
+def native_bf16_cpu() -> bool:
+    """Whether this CPU multiplies bf16 in hardware (avx512_bf16 or AMX): there, autocast to bf16
+    takes a fifth off a training step of the reference model (bench/RESULTS.md); elsewhere it
+    would be emulated, and slower than fp32."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return "avx512_bf16" in flags or "amx_bf16" in flags
+    except OSError:
+        pass
+    return False
+
+
+def use_bf16(precision: str, device: str) -> bool:
+    if precision not in PRECISIONS:
+        from proxy.errors import ConfigError
+
+        raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+    if precision != "auto":
+        return precision == "bf16"
+    return device.startswith("cuda") or native_bf16_cpu()
 
 
 def pick_device(name: str) -> str:
@@ -67,7 +100,7 @@ def _loss(
     model: NextKeyLSTM, data: dict[str, torch.Tensor], rows: torch.Tensor, device: str, amp: bool
 ) -> torch.Tensor:
     batch = {k: v[rows].to(device, non_blocking=True) for k, v in data.items() if k != "order"}
-    with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=amp):
+    with torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16, enabled=amp):
         _, _, loss = model(
             batch["keys"],
             batch["templates"],
@@ -92,7 +125,7 @@ def train(
 ) -> dict[str, Any]:
     from ml.inference import predict_streams
     from ml.registry import next_version, save_model, set_current
-    from ml.training.evaluate import compare_heuristics, score
+    from ml.training.evaluate import score
 
     tcfg = tcfg or TrainConfig()
     device = pick_device(tcfg.device)
@@ -114,10 +147,35 @@ def train(
     tr = windows(enc, train_idx, tcfg.length)
     va = windows(enc, val_idx, tcfg.length)
     clock.lap("encode")
+    # What does not depend on the model runs first, so that its cost is known when the loop sets its
+    # end: the online heuristics scored on the validation reads, and the replays that choose the
+    # fallback and the eviction policy.
+    specs = ("markov", "pg", "obl", "mithril")
+    scored = _replays_in_parallel(_heuristic_job, [(spec,) for spec in specs], enc=enc, idx=val_idx)
+    heuristics = dict(zip(specs, scored, strict=True))
+    clock.lap("compare")
+    # The fallback for reads the model is unsure of, and the eviction policy to run under
+    # (choose_fallback): from replays of the training log only, never of what the simulator
+    # later judges.
+    # Cache size matters (PG under S3-FIFO loses at 1% what it wins at 5%), so the pair is chosen
+    # at four cache sizes; the simulator picks the one nearest its own (MLPredictor.choose).
+    both = fallback_replays_at(enc, np.arange(n), cut, REPLAY_SHARES)
+    by_share = {share: recent for share, (recent, _) in both.items()}
+    # Keyed by the cache size in entries each share gave on the replayed window: a share of a
+    # short training window is a much smaller cache than the same share of a whole trace.
+    entries = {s: replay_window(enc, np.arange(n), cut, s)[2] for s in REPLAY_SHARES}
+    fallback_by_share = {str(s): choose_fallback(*both[s]) for s in REPLAY_SHARES}
+    replays = by_share[0.05]
+    fallback, policy = fallback_by_share["0.05"].split("@")
+    clock.lap("fallback_replays")
+    # The rest after the loop (the model's predictions and its own replays) took 1.0-1.8x these
+    # replays on the workloads measured (bench/RESULTS.md); the loop leaves room for twice them.
+    reserve = AFTER_LOOP_FACTOR * (clock.laps["compare"] + clock.laps["fallback_replays"])
+    deadline = tcfg.max_seconds - reserve  # (seconds from the start of the command)
     mcfg.key_vocab, mcfg.template_vocab = vocab.key_size, vocab.template_size
     model = NextKeyLSTM(mcfg).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
-    amp = device == "cuda"
+    amp = use_bf16(tcfg.precision, device)
     gen = torch.Generator().manual_seed(tcfg.seed)
     best, best_state, stale, history = math.inf, None, 0, []
     started = time.perf_counter()
@@ -161,7 +219,7 @@ def train(
             stale += 1
         # Stop when patience runs out, or when another epoch as long as the last would overrun.
         epoch_seconds = elapsed / (epoch + 1)
-        if stale >= tcfg.patience or elapsed + epoch_seconds > tcfg.max_seconds:
+        if stale >= tcfg.patience or clock.now() + epoch_seconds > deadline:
             break
     if best_state is not None:
         model.load_state_dict(best_state)
@@ -170,22 +228,6 @@ def train(
     clock.lap("train")
     cands, conf, top_code = predict_streams(model, vocab, enc, val_idx, device=device)
     clock.lap("predict")
-    heuristics = compare_heuristics(enc, val_idx, ("markov", "pg", "obl", "mithril"))
-    clock.lap("compare")
-    # The fallback for reads the model is unsure of, and the eviction policy to run under
-    # (choose_fallback): from replays of the training log only, never of what the simulator
-    # later judges.
-    # Cache size matters (PG under S3-FIFO loses at 1% what it wins at 5%), so the pair is chosen
-    # at four cache sizes; the simulator picks the one nearest its own (MLPredictor.choose).
-    both = fallback_replays_at(enc, np.arange(n), cut, REPLAY_SHARES)
-    by_share = {share: recent for share, (recent, _) in both.items()}
-    # Keyed by the cache size in entries each share gave on the replayed window: a share of a
-    # short training window is a much smaller cache than the same share of a whole trace.
-    entries = {s: replay_window(enc, np.arange(n), cut, s)[2] for s in REPLAY_SHARES}
-    fallback_by_share = {str(s): choose_fallback(*both[s]) for s in REPLAY_SHARES}
-    replays = by_share[0.05]
-    fallback, policy = fallback_by_share["0.05"].split("@")
-    clock.lap("fallback_replays")
     # Never worse than the fallback: at each size, replay the gated arm (the model's candidates on
     # the validation reads) beside that fallback; where it hit less, the arm is the fallback alone.
     # The gate itself is chosen the same way: model first when confident (0.5), both lists merged
@@ -251,9 +293,11 @@ def train(
         "history": history,
         "train_seconds": round(train_seconds, 1),
         "seconds": clock.laps,
+        "time_budget": {"max_seconds": tcfg.max_seconds, "reserved_after_loop": round(reserve, 1)},
         "train_reads": cut,
         "val_reads": n - cut,
         "device": device,
+        "precision": "bf16" if amp else "fp32",
     }
     out = Path(out_dir)
     target = next_version(out) if registry else out
@@ -287,12 +331,17 @@ class _Phases:
         self.t0 = self.last = time.perf_counter()
         self.laps: dict[str, float] = {}
 
+    def now(self) -> float:
+        return time.perf_counter() - self.t0
+
     def lap(self, name: str) -> None:
         now = time.perf_counter()
         self.laps[name] = round(now - self.last, 1)
         self.laps["total"] = round(now - self.t0, 1)
         self.last = now
 
+
+AFTER_LOOP_FACTOR = 2.0  # the time left after the loop, as a multiple of the replays before it
 
 # Cache sizes (shares of distinct keys) the fallback is chosen at, about a factor of two apart: on
 # OLTP the best policy under PG flips between 1% and 5% of the training window, and the judged
@@ -392,6 +441,12 @@ def _fallback_job(share: float, spec: str, policy: str) -> tuple[float, float]:
         also_from=early,
     )
     return round(result.hit_ratio, 4), round(result.extra["hits_from"] / max(1, len(keys) - early), 4)
+
+
+def _heuristic_job(spec: str) -> dict[str, Any]:
+    from ml.training.evaluate import compare_heuristics
+
+    return compare_heuristics(_SHARED["enc"], _SHARED["idx"], (spec,))[spec]
 
 
 def _gated_job(share: float, fallback: str, policy: str, gate: float, floor: float) -> float:

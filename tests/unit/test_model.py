@@ -47,13 +47,23 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     metrics = train(
         planted_log(),
         out,
-        TrainConfig(epochs=12, batch=16, length=32, lr=1e-2, progress=False, patience=12, max_keys=64),
+        TrainConfig(
+            epochs=12,
+            batch=16,
+            length=32,
+            lr=1e-2,
+            progress=False,
+            patience=12,
+            max_keys=64,
+            precision="fp32",
+        ),
     )
     return out, metrics
 
 
 def test_learns_a_planted_sequence(trained: tuple[Path, dict]) -> None:
     _, metrics = trained
+    assert metrics["precision"] == "fp32"
     assert metrics["model"]["top1"] > 0.95, metrics["model"]
     assert metrics["model"]["recall@10_within_10"] > 0.95
     assert metrics["history"][-1]["val_loss"] < metrics["history"][0]["val_loss"]
@@ -272,8 +282,12 @@ def test_successor_head_names_keys_outside_the_vocabulary(tmp_path: Path) -> Non
     log = walk(cycle, 6000, [0, 100, 200], rng, "cycle")
     torch.set_num_threads(2)
     metrics = train(
-        log, tmp_path, TrainConfig(epochs=6, batch=16, length=32, lr=1e-2, progress=False, max_keys=8)
+        log,
+        tmp_path,
+        # (bf16 here, fp32 in the planted test: both paths run in CI whatever the CPU)
+        TrainConfig(epochs=6, batch=16, length=32, lr=1e-2, progress=False, max_keys=8, precision="bf16"),
     )
+    assert metrics["precision"] == "bf16"
     model = metrics["model"]
     assert model["top1"] > 0.9 and model["recall@10_within_10"] > 0.9, model
     assert model["model_top1"] > 0.9 and model["calibration_ece"] < 0.1
@@ -328,3 +342,18 @@ def test_fallback_and_policy_follow_the_cache_size(trained: tuple[Path, dict]) -
         manifest.pop("fallback_by_capacity")
         manifest.pop("gate_by_capacity")
         manifest_path.write_text(json.dumps(manifest))
+
+
+def test_precision_choice() -> None:
+    """bf16 autocast: asked for, or on a GPU, or on a CPU that multiplies bf16 in hardware; a
+    misspelt precision is one clear error."""
+    from ml.training.train import native_bf16_cpu, use_bf16
+    from proxy.errors import ConfigError
+
+    assert use_bf16("auto", "cuda") and use_bf16("auto", "cuda:1")
+    assert use_bf16("bf16", "cpu") and not use_bf16("fp32", "cuda")
+    assert use_bf16("auto", "cpu") == native_bf16_cpu()
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    assert native_bf16_cpu() == ("avx512_bf16" in flags or "amx_bf16" in flags)
+    with pytest.raises(ConfigError, match="precision must be one of"):
+        use_bf16("fp16", "cpu")

@@ -100,12 +100,16 @@ class NextKeyLSTM(nn.Module):
             out["succ_logits"] = torch.cat([scores, self.succ_none(h)], -1)  # (B, T, S + 1)
         loss = None
         if next_keys is not None and next_templates is not None:
-            key_loss = F.cross_entropy(out["key_logits"].flatten(0, 1), next_keys.flatten(), ignore_index=0)
+            # log_softmax once, for the loss and the confidence's target (cross_entropy would compute
+            # it again, and a softmax for the target a third pass over B x T x V logits).
+            key_logp = F.log_softmax(out["key_logits"].float(), -1)
+            key_loss = F.nll_loss(key_logp.flatten(0, 1), next_keys.flatten(), ignore_index=0)
             template_loss = F.cross_entropy(
                 out["template_logits"].flatten(0, 1), next_templates.flatten(), ignore_index=0
             )
             with torch.no_grad():  # right: the top key is the next key, and a known one (not UNK)
-                key_p, key_top = torch.softmax(out["key_logits"].float(), -1).max(-1)
+                key_lp, key_top = key_logp.max(-1)
+                key_p = key_lp.exp()
                 right = (key_top == next_keys) & (next_keys > 1)  # (B, T)
                 if "succ_logits" in out and next_succ is not None:
                     succ_p, succ_top = torch.softmax(out["succ_logits"].float(), -1)[..., :-1].max(-1)
