@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ml.training.data import RECENT, SuccessorCandidates, replay_slots_of, with_successors
+from ml.training.data import RECENT, SUCC_FEATURES, SuccessorCandidates, replay_slots_of, with_successors
 from ml.vocab import Vocabulary, fill, numbers_of
 
 TOP_KEYS = 10  # key-head candidates per read
@@ -402,7 +402,7 @@ class OnlineStepper:
 
         self.model, self.vocab, self.device = model, vocab, device
         keep_freed_memory()
-        self.features = RealtimeFeatures()
+        self.features = RealtimeFeatures(pairs=False)  # (the model reads no co-occurrence counts)
         slots = int(getattr(model.cfg, "successors", 0))
         self.successors = SuccessorCandidates(slots, replay=replay_slots_of(model.cfg)) if slots else None
         self.slot_of: OrderedDict[int, int] = OrderedDict()  # client -> its row in the pool
@@ -457,7 +457,8 @@ class OnlineStepper:
         if self.successors is not None:
             found = [self.successors.after(key, client) for client, key, _ in reads]
             succ_keys = [f[0] for f in found]
-            succ = torch.as_tensor(np.stack([f[1] for f in found]), device=self.device).unsqueeze(1)
+            flat = np.array([f[1] for f in found], np.float32)  # (n, slots * SUCC_FEATURES)
+            succ = torch.as_tensor(flat.reshape(n, 1, -1, SUCC_FEATURES), device=self.device)
         index = self._slots(reads)
         state = self.pool.index_select(2, index)  # (2, L, n, H)
         out, (h, c), _ = self.model(keys, tpls, feats, (state[0], state[1]), succ=succ)

@@ -64,16 +64,18 @@ class SuccessorCandidates:
         self.max_keys = max_keys
         self.followed: OrderedDict[tuple[int, str], str] = OrderedDict()  # (client, key) -> its next read
 
-    def after(self, key: str, client: int) -> tuple[list[str], np.ndarray]:
-        """Observe a read; its candidates and their (slots, SUCC_FEATURES) features (zeros: no candidate)."""
+    def after(self, key: str, client: int) -> tuple[list[str], list[float]]:
+        """Observe a read; its candidates and their features, flat: slot j's SUCC_FEATURES are
+        ``feats[2j:2j+2]`` (zeros: no candidate). A list, not an array: the stepper makes one array
+        of a batch's, and an array per read cost more than the rest of this method."""
         table = self.table
         previous = table.previous.get(client)
         table.observe(key, 0.0, False, client)
         found = table.predict(self.slots - self.replay)
-        feats = np.zeros((self.slots, SUCC_FEATURES), np.float32)
+        feats = [0.0] * (self.slots * SUCC_FEATURES)
         for j, (_, share) in enumerate(found):
-            feats[j, 0] = share
-            feats[j, 1] = 1.0
+            feats[2 * j] = share
+            feats[2 * j + 1] = 1.0
         cands = [cand for cand, _ in found]
         if not self.replay:
             return cands, feats
@@ -94,8 +96,8 @@ class SuccessorCandidates:
         for j, (cand, share) in enumerate([(last_time, 1.0), before[0], after[0]][: self.replay]):
             if cand and cand != key and cand not in cands:  # (each source keeps its own slot)
                 cands.append(cand)
-                feats[base + j, 0] = share
-                feats[base + j, 1] = 1.0
+                feats[2 * (base + j)] = share
+                feats[2 * (base + j) + 1] = 1.0
             else:
                 cands.append("")
         return cands, feats
@@ -123,7 +125,7 @@ def successor_candidates(
         cands, feats = gen.after(names[code], c)
         if cands:
             out_codes[i, : len(cands)] = [code_of[k] for k in cands]
-            out_feats[i] = feats
+            out_feats[i].flat = feats
     return out_codes, out_feats
 
 

@@ -69,3 +69,13 @@ def test_realtime_memory_is_bounded() -> None:
     for i in range(5000):
         rt.update(f"k{i % 997}", i * 0.01)
     assert len(rt.keys) <= 100 and len(rt.pairs) <= 200 and len(rt.window) <= 10
+
+
+def test_extractor_without_pairs_gives_the_same_rows() -> None:
+    """The stepper's extractor keeps no co-occurrence table; its feature rows are the same."""
+    cfg = FeatureConfig(window=10, max_keys=100, max_pairs=200, cooccur_window=3)
+    full, lean = RealtimeFeatures(cfg), RealtimeFeatures(cfg, pairs=False)
+    rng = np.random.default_rng(3)
+    for i, k in enumerate(rng.integers(0, 150, 3000).tolist()):
+        assert full.values(f"k{k}", i * 0.01) == lean.values(f"k{k}", i * 0.01)
+    assert len(full.pairs) > 0 and len(lean.pairs) == 0

@@ -235,11 +235,13 @@ def test_replay_slots_name_the_shifted_start_of_a_clients_last_walk() -> None:
         gen.after(key, 2)
     for key in ("z", "e5", "e6", "e7"):  # client 1's walk from z starts at e5
         gen.after(key, 1)
-    cands, feats = gen.after("z", 1)
+    cands, flat = gen.after("z", 1)
+    feats = np.array(flat).reshape(5, 2)
     assert cands == ["e5", "", "", "e4", "e6"]  # (the table already names e5: its replay slot stays empty)
     assert feats[:, 1].tolist() == [1.0, 0.0, 0.0, 1.0, 1.0]
     assert feats[3, 0] == pytest.approx(2 / 3) and feats[4, 0] == pytest.approx(1.0)
-    cands, feats = gen.after("z", 3)  # a client that never read z
+    cands, flat = gen.after("z", 3)  # a client that never read z
+    feats = np.array(flat).reshape(5, 2)
     assert cands == ["e5", "", "", "", ""] and feats[2:, 1].sum() == 0
     with pytest.raises(ValueError):
         SuccessorCandidates(2, replay=3)
