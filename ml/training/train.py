@@ -168,7 +168,7 @@ def train(
     replays = by_share[0.05]
     fallback, policy = fallback_by_share["0.05"].split("@")
     clock.lap("fallback_replays")
-    # The rest after the loop (the model's predictions and its own replays) took 1.0-1.8x these
+    # The rest after the loop (the model's predictions and its own replays) took 0.96-1.65x these
     # replays on the workloads measured (bench/RESULTS.md); the loop leaves room for twice them.
     reserve = AFTER_LOOP_FACTOR * (clock.laps["compare"] + clock.laps["fallback_replays"])
     deadline = tcfg.max_seconds - reserve  # (seconds from the start of the command)
