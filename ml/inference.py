@@ -57,6 +57,11 @@ def top_probs(logits: torch.Tensor, k: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 _SCORE = itemgetter(1)
+# The ML arm's gate (``min_confidence``): at or above 0, the model's list first when its confidence
+# reaches it; -1, both lists merged by score; DISCOUNT_GATE, merged with the fallback's scores
+# multiplied by one minus the model's confidence.
+MERGE_GATE = -1.0
+DISCOUNT_GATE = -2.0
 
 
 def compose(
@@ -121,8 +126,8 @@ def predict_streams(
     device: str = "cpu",
 ) -> tuple[list[list[tuple[str, float]]], np.ndarray, np.ndarray]:
     """For each read in ``idx`` (indices into ``enc``): the model's top-k next keys of its client, its
-    confidence, and the key code of its top prediction (the key head's or the successor head's,
-    whichever is surer; -1 for none the log holds); each client's stream runs once, state carried
+    confidence, and the key code of its top prediction (the first of the composed list, whichever
+    head named it; -1 for none the log holds); each client's stream runs once, state carried
     forward."""
     from ml.training.data import stream_order
 
@@ -131,9 +136,6 @@ def predict_streams(
     conf = np.zeros(len(enc), np.float32)
     top_code = np.full(len(enc), -1, np.int64)
     code_of = {name: i for i, name in enumerate(enc.names)}
-    code_of_token = np.array(
-        [code_of.get(vocab.key_of(t) or "", -1) for t in range(vocab.key_size)], np.int64
-    )
     slots = int(getattr(model.cfg, "successors", 0))
     enc = with_successors(enc, slots, replay_slots_of(model.cfg))
     # Cut every client's stream into chunks of `length`; chunk j of a stream continues from chunk
@@ -190,15 +192,12 @@ def predict_streams(
                     recent.append(enc.names[enc.codes[read]])
                     succ_keys: list[str] = []
                     succ_probs: list[float] = []
-                    top_code[read] = code_of_token[ki[j, t, 0]]
                     if sp is not None:
                         found = enc.succ_codes[read]
                         present = found >= 0
                         succ_keys = [enc.names[c] for c in found[present]]
                         succ_probs = sp[j, t, :slots][present].tolist()
-                        if succ_probs and max(succ_probs) > kp[j, t, 0]:
-                            top_code[read] = found[present][int(np.argmax(succ_probs))]
-                    cands[read] = compose(
+                    cands[read] = composed = compose(
                         vocab,
                         ki[j, t].tolist(),
                         kp[j, t].tolist(),
@@ -211,6 +210,9 @@ def predict_streams(
                         succ_probs,
                     )
                     conf[read] = cf[j, t]
+                    # The top prediction the confidence is about: the composed list's first, from
+                    # whichever head named it (the key head, a successor, a filled template).
+                    top_code[read] = code_of.get(composed[0][0], -1) if composed else -1
     return cands, conf, top_code
 
 
@@ -356,7 +358,15 @@ class MLPredictor:
         mine = self.cands[i] if 0 <= i < len(self.cands) else []
         if self.min_confidence < 0:  # merge the two lists by score (both estimate P(next key))
             merged: dict[str, float] = {}
-            for key, score in (*mine, *theirs):
+            for key, score in mine:
+                if score > merged.get(key, 0.0):
+                    merged[key] = score
+            # DISCOUNT_GATE: a fallback key is the next read only if the model's top is not, so
+            # its score is discounted by the model's confidence in that top (a game client's last
+            # entity: the model is sure its own state comes next, PG offers the entities after).
+            weight = 1.0 - float(self.conf[i]) if mine and self.min_confidence <= DISCOUNT_GATE else 1.0
+            for key, score in theirs:
+                score *= weight
                 if score > merged.get(key, 0.0):
                     merged[key] = score
             ranked = heapq.nlargest(k, merged.items(), key=_SCORE)

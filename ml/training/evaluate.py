@@ -25,8 +25,8 @@ def score(
     * recall@k within W: the share of reads whose key was among the top-k predicted after at least
       one of the same client's W previous reads, i.e. a prefetch made in time would have covered
       it (the first W reads of each stream count against it);
-    * calibration (ECE) of the confidence against whether the model's top prediction (the key
-      head's or the successor head's: ``top_code``) was right.
+    * calibration (ECE) of the confidence against whether the model's top prediction (the first
+      of its composed list, whichever head named it: ``top_code``) was right.
     """
     order, nxt = stream_order(enc.client, idx)
     clients = enc.client[order]

@@ -467,7 +467,9 @@ def choose_fallback(recent: dict[str, float], long: dict[str, float]) -> str:
     return max((arm for arm in recent if arm.split("@")[0] == spec), key=lambda arm: recent[arm])
 
 
-GATES = (0.5, -1.0)  # model first when its confidence is at least 0.5; both lists merged by score
+# Model first when its confidence is at least 0.5; both lists merged by score; merged with the
+# fallback's scores discounted by the model's confidence (ml.inference.DISCOUNT_GATE).
+GATES = (0.5, -1.0, -2.0)
 FLOORS = (0.1, 0.2, 0.3)  # score floors tried under the chosen gate (besides none)
 
 

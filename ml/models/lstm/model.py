@@ -107,14 +107,25 @@ class NextKeyLSTM(nn.Module):
             template_loss = F.cross_entropy(
                 out["template_logits"].flatten(0, 1), next_templates.flatten(), ignore_index=0
             )
-            with torch.no_grad():  # right: the top key is the next key, and a known one (not UNK)
+            # The confidence's target: whether the surest of the three ways of naming the next key
+            # is right, as compose ranks them: the key head's top (a known key, not UNK), the
+            # successor head's top candidate, and the top template filled with the numbers of the
+            # copy head's top read (scored p(template) x p(copy)). Without the third, a client's
+            # next read named only by template and copy (a game player's own state, outside the
+            # key vocabulary) was taught as a wrong guess: confidence near 0 where it is right.
+            with torch.no_grad():
                 key_lp, key_top = key_logp.max(-1)
-                key_p = key_lp.exp()
+                best_p = key_lp.exp()
                 right = (key_top == next_keys) & (next_keys > 1)  # (B, T)
                 if "succ_logits" in out and next_succ is not None:
                     succ_p, succ_top = torch.softmax(out["succ_logits"].float(), -1)[..., :-1].max(-1)
-                    succ_right = succ_top == next_succ
-                    right = torch.where(succ_p > key_p, succ_right, right)
+                    right = torch.where(succ_p > best_p, succ_top == next_succ, right)
+                    best_p = torch.maximum(best_p, succ_p)
+                if next_copy is not None:
+                    tpl_p, tpl_top = torch.softmax(out["template_logits"].float(), -1).max(-1)
+                    copy_p, copy_top = torch.softmax(out["copy_logits"].float(), -1)[..., :-1].max(-1)
+                    filled = (tpl_top == next_templates) & (next_templates > 1) & (copy_top == next_copy)
+                    right = torch.where(tpl_p * copy_p > best_p, filled, right)
                 right = right.float()
             mask = (next_keys != 0).float()
             conf_loss = (
