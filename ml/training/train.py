@@ -470,7 +470,7 @@ def choose_fallback(recent: dict[str, float], long: dict[str, float]) -> str:
 # Model first when its confidence is at least 0.5; both lists merged by score; merged with the
 # fallback's scores discounted by the model's confidence (ml.inference.DISCOUNT_GATE).
 GATES = (0.5, -1.0, -2.0)
-FLOORS = (0.1, 0.2, 0.3)  # score floors tried under the chosen gate (besides none)
+FLOORS = (0.1, 0.15, 0.2, 0.25, 0.3)  # score floors tried under the chosen gate (besides none)
 
 
 def gated_replay(

@@ -359,3 +359,53 @@ def test_precision_choice() -> None:
     assert native_bf16_cpu() == ("avx512_bf16" in flags or "amx_bf16" in flags)
     with pytest.raises(ConfigError, match="precision must be one of"):
         use_bf16("fp16", "cpu")
+
+
+def test_confidence_counts_keys_named_by_template_and_copy(tmp_path: Path) -> None:
+    """Each client reads user:N:profile then user:N:orders for a random N among 3,000, with an
+    8-key vocabulary: the orders key is named only by its template filled with the profile's
+    number (copy head). The confidence head is taught that such a guess is right, so after a
+    profile read it is sure, after an orders read (a random next user) it is not, and it is
+    calibrated over both (taught only the key and successor heads' guesses, it said about 0 after
+    profiles too, an error of about one half)."""
+    rng = np.random.default_rng(5)
+    keys, client = [], []
+    for c in rng.integers(0, 4, 3000).tolist():
+        n = int(rng.integers(3000))
+        keys += [f"user:{n}:profile", f"user:{n}:orders"]
+        client += [c, c]
+    log = AccessLog(
+        make_table(np.arange(len(keys)) * 0.01, keys, "GET", 100, "profiles", client=np.array(client)),
+        {"source": "profiles"},
+    )
+    torch.set_num_threads(2)
+    metrics = train(
+        log,
+        tmp_path,
+        TrainConfig(
+            epochs=16, batch=16, length=32, lr=1e-2, progress=False, max_keys=8, precision="fp32", patience=16
+        ),
+    )
+    model = metrics["model"]
+    assert model["top1"] > 0.45 and model["model_top1"] > 0.45, model  # every orders read, no profile
+    assert model["calibration_ece"] < 0.1, model
+    assert 0.35 < model["mean_confidence"] < 0.65, model
+
+
+def test_discount_gate_weighs_the_fallback_by_the_models_doubt() -> None:
+    """Gate -2: the fallback's candidates are scored times one minus the model's confidence; gate
+    -1 merges the two lists as they are."""
+    from ml.inference import DISCOUNT_GATE, MERGE_GATE, MLPredictor
+
+    def arm(gate: float, confidence: float) -> list[tuple[str, float]]:
+        cands: list[list[tuple[str, float]]] = [[], [], [("a", 0.6)]]
+        predictor = MLPredictor.from_predictions(
+            cands, np.array([0, 0, confidence], np.float32), "markov", gate
+        )
+        for key in ("x", "b", "x"):  # Markov learns that b follows x: score 1.0
+            predictor.observe(key, 0.0, False)
+        return predictor.predict(5)
+
+    assert arm(MERGE_GATE, 0.9) == [("b", 1.0), ("a", 0.6)]
+    assert arm(DISCOUNT_GATE, 0.9) == [("a", 0.6), ("b", pytest.approx(0.1))]
+    assert arm(DISCOUNT_GATE, 0.2) == [("b", pytest.approx(0.8)), ("a", 0.6)]
