@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from ml.data.log import AccessLog
+from ml.inference import DISCOUNT_GATE, MERGE_GATE
 from ml.models.lstm.model import LSTMConfig, NextKeyLSTM
 from ml.training.data import encode, replay_slots_of, windows
 from ml.vocab import Vocabulary
@@ -388,21 +389,6 @@ def _replays_in_parallel(fn: Any, jobs: list[tuple[Any, ...]], **shared: Any) ->
         _SHARED.clear()
 
 
-def fallback_replays(
-    enc: Any,
-    idx: np.ndarray,
-    warmup: int = 0,
-    share: float = 0.05,
-    policies: tuple[str, ...] = ("lru", "s3fifo"),
-) -> tuple[dict[str, float], dict[str, float]]:
-    """Hit ratio of each heuristic (and of no prefetching) under each eviction policy, as
-    ``"markov@lru"``: replaying the reads ``idx`` through a cache of ``share`` of their distinct
-    keys, budget 1. Two scorings of each replay: after the first ``warmup`` reads (the validation
-    reads), and after the first REPLAY_WARMUP of the replayed reads (a longer window: the heuristics
-    learn online, so every read they are scored on comes after what they learnt from)."""
-    return fallback_replays_at(enc, idx, warmup, (share,), policies)[share]
-
-
 FALLBACK_SPECS = ("none", "markov", "pg", "obl", "mithril", "frequency")
 
 
@@ -413,7 +399,12 @@ def fallback_replays_at(
     shares: tuple[float, ...],
     policies: tuple[str, ...] = ("lru", "s3fifo"),
 ) -> dict[float, tuple[dict[str, float], dict[str, float]]]:
-    """``fallback_replays`` at several cache sizes, every replay in the worker pool."""
+    """Hit ratio of each heuristic (and of no prefetching) under each eviction policy, as
+    ``"markov@lru"``, at each cache size in ``shares``: replaying the reads ``idx`` through a cache
+    of that share of their distinct keys, budget 1, every replay in the worker pool. Two scorings
+    of each replay: after the first ``warmup`` reads (the validation reads), and after the first
+    REPLAY_WARMUP of the replayed reads (a longer window: the heuristics learn online, so every
+    read they are scored on comes after what they learnt from)."""
     jobs = [(share, spec, policy) for share in shares for policy in policies for spec in FALLBACK_SPECS]
     hits = _replays_in_parallel(_fallback_job, jobs, enc=enc, idx=idx, warmup=warmup)
     out: dict[float, tuple[dict[str, float], dict[str, float]]] = {share: ({}, {}) for share in shares}
@@ -427,18 +418,10 @@ def _fallback_job(share: float, spec: str, policy: str) -> tuple[float, float]:
     from prefetch.predictors import make_predictor
     from prefetch.sim import replay
 
-    enc = _SHARED["enc"]
-    idx, warmup, capacity = replay_window(enc, _SHARED["idx"], _SHARED["warmup"], share)
-    keys = [enc.names[c] for c in enc.codes[idx]]
+    idx, warmup, capacity, keys, clients = _shared_window(share)
     early = min(warmup, int(REPLAY_WARMUP * len(keys)))
     result = replay(
-        keys,
-        capacity,
-        make_predictor(spec),
-        policy=policy,
-        clients=enc.client[idx].tolist(),
-        warmup=warmup,
-        also_from=early,
+        keys, capacity, make_predictor(spec), policy=policy, clients=clients, warmup=warmup, also_from=early
     )
     return round(result.hit_ratio, 4), round(result.extra["hits_from"] / max(1, len(keys) - early), 4)
 
@@ -449,11 +432,32 @@ def _heuristic_job(spec: str) -> dict[str, Any]:
     return compare_heuristics(_SHARED["enc"], _SHARED["idx"], (spec,))[spec]
 
 
+def _shared_window(share: float) -> tuple[np.ndarray, int, int, list[str], list[int]]:
+    """The replayed reads at ``share`` (``replay_window``) with their keys and clients as lists,
+    built once per worker and size rather than once per replay."""
+    window = _SHARED.get(("window", share))
+    if window is None:
+        enc = _SHARED["enc"]
+        idx, warmup, capacity = replay_window(enc, _SHARED["idx"], _SHARED["warmup"], share)
+        keys = [enc.names[c] for c in enc.codes[idx]]
+        window = _SHARED[("window", share)] = (idx, warmup, capacity, keys, enc.client[idx].tolist())
+    return window  # type: ignore[no-any-return]
+
+
 def _gated_job(share: float, fallback: str, policy: str, gate: float, floor: float) -> float:
-    s = _SHARED
-    return gated_replay(
-        s["enc"], s["idx"], s["warmup"], share, s["cands"], s["conf"], fallback, policy, gate, floor
+    """The fallback replays' hit ratio for the ML arm itself (``gate`` over ``fallback``, ``floor``
+    under its scores), from the candidates computed for the log: the same window, cache size and
+    scoring."""
+    from ml.inference import MLPredictor
+    from prefetch.sim import replay
+
+    idx, warmup, capacity, keys, clients = _shared_window(share)
+    cands, conf = _SHARED["cands"], _SHARED["conf"]
+    arm = MLPredictor.from_predictions(
+        [cands[i] for i in idx.tolist()], conf[idx], fallback, gate, policy, floor
     )
+    result = replay(keys, capacity, arm, policy=policy, clients=clients, warmup=warmup)
+    return round(result.hit_ratio, 4)
 
 
 def choose_fallback(recent: dict[str, float], long: dict[str, float]) -> str:
@@ -469,34 +473,8 @@ def choose_fallback(recent: dict[str, float], long: dict[str, float]) -> str:
 
 # Model first when its confidence is at least 0.5; both lists merged by score; merged with the
 # fallback's scores discounted by the model's confidence (ml.inference.DISCOUNT_GATE).
-GATES = (0.5, -1.0, -2.0)
+GATES = (0.5, MERGE_GATE, DISCOUNT_GATE)
 FLOORS = (0.1, 0.15, 0.2, 0.25, 0.3)  # score floors tried under the chosen gate (besides none)
-
-
-def gated_replay(
-    enc: Any,
-    idx: np.ndarray,
-    warmup: int,
-    share: float,
-    cands: list[list[tuple[str, float]]],
-    conf: np.ndarray,
-    fallback: str,
-    policy: str,
-    gate: float = 0.5,
-    floor: float = 0.0,
-) -> float:
-    """``fallback_replays`` for the ML arm itself (``gate`` over ``fallback``), from candidates
-    computed for the reads ``idx``: the same window, cache size and scoring."""
-    from ml.inference import MLPredictor
-    from prefetch.sim import replay
-
-    idx, warmup, capacity = replay_window(enc, idx, warmup, share)
-    keys = [enc.names[c] for c in enc.codes[idx]]
-    arm = MLPredictor.from_predictions(
-        [cands[i] for i in idx.tolist()], conf[idx], fallback, gate, policy, floor
-    )
-    result = replay(keys, capacity, arm, policy=policy, clients=enc.client[idx].tolist(), warmup=warmup)
-    return round(result.hit_ratio, 4)
 
 
 class _NoBar:

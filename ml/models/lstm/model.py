@@ -104,9 +104,8 @@ class NextKeyLSTM(nn.Module):
             # it again, and a softmax for the target a third pass over B x T x V logits).
             key_logp = F.log_softmax(out["key_logits"].float(), -1)
             key_loss = F.nll_loss(key_logp.flatten(0, 1), next_keys.flatten(), ignore_index=0)
-            template_loss = F.cross_entropy(
-                out["template_logits"].flatten(0, 1), next_templates.flatten(), ignore_index=0
-            )
+            tpl_logp = F.log_softmax(out["template_logits"].float(), -1)  # (the same, for the templates)
+            template_loss = F.nll_loss(tpl_logp.flatten(0, 1), next_templates.flatten(), ignore_index=0)
             # The confidence's target: whether the surest of the three ways of naming the next key
             # is right, as compose ranks them: the key head's top (a known key, not UNK), the
             # successor head's top candidate, and the top template filled with the numbers of the
@@ -122,7 +121,8 @@ class NextKeyLSTM(nn.Module):
                     right = torch.where(succ_p > best_p, succ_top == next_succ, right)
                     best_p = torch.maximum(best_p, succ_p)
                 if next_copy is not None:
-                    tpl_p, tpl_top = torch.softmax(out["template_logits"].float(), -1).max(-1)
+                    tpl_lp, tpl_top = tpl_logp.max(-1)
+                    tpl_p = tpl_lp.exp()
                     copy_p, copy_top = torch.softmax(out["copy_logits"].float(), -1)[..., :-1].max(-1)
                     filled = (tpl_top == next_templates) & (next_templates > 1) & (copy_top == next_copy)
                     right = torch.where(tpl_p * copy_p > best_p, filled, right)
