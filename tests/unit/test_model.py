@@ -392,6 +392,41 @@ def test_confidence_counts_keys_named_by_template_and_copy(tmp_path: Path) -> No
     assert 0.35 < model["mean_confidence"] < 0.65, model
 
 
+def test_confidence_target_ignores_a_key_head_sure_of_unk() -> None:
+    """The key head's UNK (or PAD) is no guess: compose cannot name a key from it. A key head sure of
+    UNK (0.97) must not outbid a template filled by the copy head (0.95 x 0.96) that names the next
+    key (a game player's own state outside the vocabulary: taught as wrong before, confidence 0.08
+    where the guess was right 97% of the time)."""
+    from ml.models.lstm.model import confidence_target
+
+    def logp(probs: list[float]) -> torch.Tensor:
+        return torch.tensor([[probs]]).log()
+
+    keys_unk = logp([0.0, 0.97, 0.02, 0.01])  # PAD, UNK, k2, k3
+    tpl = logp([0.0, 0.01, 0.95, 0.04])  # PAD, UNK, t2, t3
+    copy = torch.tensor([[[0.02, 0.96, 0.01, 0.01]]])  # slots 0-2, none
+
+    def target(key_logp: torch.Tensor, next_key: int, next_copy: int, next_tpl: int = 2) -> bool:
+        t = confidence_target(
+            key_logp,
+            tpl,
+            copy,
+            None,
+            torch.tensor([[next_key]]),
+            torch.tensor([[next_tpl]]),
+            torch.tensor([[next_copy]]),
+            None,
+        )
+        return bool(t.item())
+
+    assert target(keys_unk, 1, 1)  # the filled template is right; UNK does not outbid it
+    assert not target(keys_unk, 1, 0)  # the copy head's top read is the wrong one
+    assert not target(keys_unk, 1, 1, next_tpl=3)  # the wrong template
+    assert not target(logp([0.0, 0.3, 0.6, 0.1]), 2, 0)  # the filled guess (0.91) outbids k2 (0.6)
+    assert target(logp([0.0, 0.0, 0.99, 0.01]), 2, 0)  # k2 (0.99) outbids the filled guess
+    assert not target(logp([0.0, 0.0, 0.99, 0.01]), 3, 1)
+
+
 def test_discount_gate_weighs_the_fallback_by_the_models_doubt() -> None:
     """Gate -2: the fallback's candidates are scored times one minus the model's confidence; gate
     -1 merges the two lists as they are."""
