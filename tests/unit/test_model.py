@@ -427,6 +427,23 @@ def test_confidence_target_ignores_a_key_head_sure_of_unk() -> None:
     assert not target(logp([0.0, 0.0, 0.99, 0.01]), 3, 1)
 
 
+def test_time_budget_stops_the_loop_and_keeps_the_reserve(tmp_path: Path) -> None:
+    """``max_seconds`` is the whole command's budget: the loop leaves AFTER_LOOP_FACTOR times the
+    replays made before it for what follows, and starts no epoch that would end past that. A budget
+    already spent still trains one epoch (a model, not nothing) and records what it reserved."""
+    from ml.training.train import AFTER_LOOP_FACTOR
+
+    torch.set_num_threads(2)
+    cfg = dict(epochs=4, batch=16, length=32, lr=1e-2, progress=False, precision="fp32", patience=4)
+    spent = train(planted_log(1500), tmp_path / "spent", TrainConfig(max_seconds=1e-3, **cfg))
+    assert len(spent["history"]) == 1, spent["history"]
+    pre_loop = spent["seconds"]["compare"] + spent["seconds"]["fallback_replays"]
+    reserved = spent["time_budget"]["reserved_after_loop"]
+    assert reserved == pytest.approx(AFTER_LOOP_FACTOR * pre_loop, abs=0.2 * AFTER_LOOP_FACTOR)
+    roomy = train(planted_log(1500), tmp_path / "roomy", TrainConfig(max_seconds=600, **cfg))
+    assert len(roomy["history"]) == 4  # (the same data with room: every epoch asked for)
+
+
 def test_discount_gate_weighs_the_fallback_by_the_models_doubt() -> None:
     """Gate -2: the fallback's candidates are scored times one minus the model's confidence; gate
     -1 merges the two lists as they are."""
