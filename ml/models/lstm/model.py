@@ -147,22 +147,24 @@ def confidence_target(
     guesses: compose cannot name a key from them, so they neither win nor count. (Before, a key head
     sure of UNK, 0.97 at a game player's own state outside the vocabulary, outbid the template and
     copy guess, 0.91 and right 97% of the time, and the head was taught that it was wrong there.)"""
-    if key_logp.shape[-1] > 2:
-        key_lp, key_top = key_logp[..., 2:].max(-1)  # (tokens 0 and 1: PAD, UNK)
-        best_p, right = key_lp.exp(), key_top + 2 == next_keys  # (B, T)
-    else:  # (a vocabulary without keys)
-        best_p, right = (
-            torch.zeros_like(next_keys, dtype=key_logp.dtype),
-            torch.zeros_like(next_keys, dtype=torch.bool),
-        )
+    best_p, key_top = _top_known(key_logp)
+    right = key_top == next_keys  # (B, T)
     if succ_p is not None and next_succ is not None:
         s_p, s_top = succ_p[..., :-1].max(-1)
         right = torch.where(s_p > best_p, s_top == next_succ, right)
         best_p = torch.maximum(best_p, s_p)
-    if copy_p is not None and next_copy is not None and tpl_logp.shape[-1] > 2:
-        tpl_lp, tpl_top = tpl_logp[..., 2:].max(-1)
-        tpl_top = tpl_top + 2
+    if copy_p is not None and next_copy is not None:
+        tpl_p, tpl_top = _top_known(tpl_logp)
         c_p, c_top = copy_p[..., :-1].max(-1)
         filled = (tpl_top == next_templates) & (c_top == next_copy)
-        right = torch.where(tpl_lp.exp() * c_p > best_p, filled, right)
+        right = torch.where(tpl_p * c_p > best_p, filled, right)
     return right
+
+
+def _top_known(logp: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The probability and token of the likeliest token past PAD and UNK (0 and 1); probability 0
+    and token -1 where the vocabulary holds none."""
+    if logp.shape[-1] <= 2:
+        return logp.new_zeros(logp.shape[:-1]), torch.full(logp.shape[:-1], -1, device=logp.device)
+    lp, top = logp[..., 2:].max(-1)
+    return lp.exp(), top + 2
