@@ -9,23 +9,38 @@ keeps most chances under its 0.05 threshold; this follows the paper's definition
 
 from __future__ import annotations
 
-from collections import Counter, deque
+from collections import deque
+from collections.abc import Iterable
 from itertools import islice
 from operator import itemgetter
+
+try:
+    # The C loop behind Counter.update, called on a plain dict: Counter.update's own Python
+    # (an ABC isinstance check per call) and a Counter per new node cost more than the counting.
+    from collections import _count_elements  # type: ignore[attr-defined]
+except ImportError:  # not CPython
+
+    def _count_elements(mapping: dict[str, int], iterable: Iterable[str]) -> None:
+        get = mapping.get
+        for elem in iterable:
+            mapping[elem] = get(elem, 0) + 1
+
+
+_BY_COUNT = itemgetter(1)
 
 
 class _Node:
     __slots__ = ("arcs", "total", "best")
 
     def __init__(self) -> None:
-        self.arcs: Counter[str] = Counter()
+        self.arcs: dict[str, int] = {}
         self.total = 0  # windows opened by this key
         self.best: list[tuple[str, int]] | None = None  # cached top arcs; None when stale
 
 
 class ProbabilityGraph:
     """A read's window is credited in one step when it closes, ``lookahead`` reads later (one C-level
-    ``Counter.update``), so the graph lags the trace by the window. Bounded: at most ``max_nodes``
+    count over the window), so the graph lags the trace by the window. Bounded: at most ``max_nodes``
     source keys (once full, new sources are not recorded, as in libCacheSim's PG) and ``max_arcs``
     arcs per node (past twice that, the weaker half is dropped)."""
 
@@ -59,10 +74,11 @@ class ProbabilityGraph:
             node = self.graph[src] = _Node()
         node.total += 1
         arcs = node.arcs
-        arcs.update(islice(window, 1, None))
+        _count_elements(arcs, islice(window, 1, None))
         arcs.pop(src, None)
         if len(arcs) > 2 * self.max_arcs:
-            node.arcs = Counter(dict(arcs.most_common(self.max_arcs)))
+            # The strongest max_arcs, ties in first-seen order (what Counter.most_common keeps).
+            node.arcs = dict(sorted(arcs.items(), key=_BY_COUNT, reverse=True)[: self.max_arcs])
         node.best = None
 
     def predict(self, k: int) -> list[tuple[str, float]]:
@@ -70,7 +86,7 @@ class ProbabilityGraph:
         if node is None:
             return []
         if node.best is None:
-            node.best = sorted(node.arcs.items(), key=itemgetter(1), reverse=True)[:4]
+            node.best = sorted(node.arcs.items(), key=_BY_COUNT, reverse=True)[:4]
         out = []
         total = node.total
         for key, count in node.best[:k]:

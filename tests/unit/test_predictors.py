@@ -138,6 +138,14 @@ def test_pg_predicts_what_follows_within_the_window() -> None:
     assert all(k == "b" for k, _ in out), "one-off successors stay under the threshold"
 
 
+def test_pg_bounds_a_nodes_arcs_keeping_the_strongest_first_seen() -> None:
+    p = make_predictor("pg:lookahead=1:threshold=0.01:max_arcs=2")
+    # a's windows: b three times, then c, d, e, f once each. The fifth arc passes 2 * max_arcs,
+    # so a keeps its two strongest: b, and of the ties the first seen (c), not the newest.
+    feed(p, ["a", "b", "a", "b", "a", "b", "a", "c", "a", "d", "a", "e", "a", "f", "a"])
+    assert p.predict(4) == [("b", 3 / 7), ("c", 1 / 7)]
+
+
 def test_mithril_mines_sporadic_pairs_and_drops_frequent_keys() -> None:
     p = Mithril(lookahead=3, min_support=2, max_support=3, mining_size=4)
     keys = ["p1", "q1", "n1", "n2", "p2", "q2", "n3", "n4", "p1", "q1", "n5", "n6", "p2", "q2"]
