@@ -197,3 +197,24 @@ def test_missmap_replays_as_the_simulator_does() -> None:
         assert set(table) == {"row:#", "user:#:s"}
         used = sum(row["used"] for row in table.values())
         assert used == reference.prefetch_hits and (used > 0) == (spec != "none")
+
+
+def test_simbench_floor_replays_recorded_answers_exactly() -> None:
+    """bench.simbench --floor times the replay with a prefetcher's answers recorded beforehand; its
+    figures mean something only if that replay makes the same hits and prefetches as the live arm."""
+    from bench.simbench import Precomputed, record
+
+    log = generate("web", 20_000, seed=4)
+    keys = log.keys()
+    capacity = parse_capacity("5%", len(set(keys)))
+    for spec in ("pg", "markov", "obl"):
+        live = replay(keys, capacity, make_predictor(spec))
+        canned = replay(keys, capacity, Precomputed(record(spec, keys)))
+        assert live.prefetches > 0 or spec == "obl"
+        assert (canned.hits, canned.prefetches, canned.prefetch_hits) == (
+            live.hits,
+            live.prefetches,
+            live.prefetch_hits,
+        )
+    with pytest.raises(SystemExit, match="mithril"):
+        record("mithril", keys)
