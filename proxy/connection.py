@@ -32,7 +32,15 @@ import hiredis
 import structlog
 
 from proxy.errors import ClientProtocolError
-from proxy.framing import GET_PREFIXES, canonical_size, drop_empty, get_run_keys, split_commands
+from proxy.framing import (
+    GET_PREFIXES,
+    SET_PREFIXES,
+    canonical_size,
+    drop_empty,
+    get_run_keys,
+    set_run_keys,
+    split_commands,
+)
 from proxy.resp import PUSH, Limits, ReplyScanner, RequestParser, encode_command, encode_error
 from proxy.session import (
     CLOSE,
@@ -215,7 +223,10 @@ class ClientConnection(asyncio.Protocol, TierMixin, SessionState):
             if self.tier is not None:
                 if self._serve_gets(data):
                     return
-            elif data.startswith(GET_PREFIXES) and self._forward_get_run(data):
+            elif data.startswith(GET_PREFIXES):
+                if self._forward_run(data, get_run_keys):
+                    return
+            elif data.startswith(SET_PREFIXES) and self._forward_run(data, set_run_keys):
                 return
         if self.req_parser is not None or (not self.req_tail and data[:1] != _STAR):
             self._inline_data(data)
@@ -353,9 +364,10 @@ class ClientConnection(asyncio.Protocol, TierMixin, SessionState):
         self.stats.commands_forwarded += count
         self._send_upstream(raw)
 
-    def _forward_get_run(self, data: bytes) -> bool:
-        """Without the tier: forward a read made only of GETs as one plain run, parsed by
-        ``get_run_keys`` instead of hiredis (the same checks, in half the time for 16 GETs)."""
+    def _forward_run(self, data: bytes, parse: Callable[[bytes], list[bytes] | None]) -> bool:
+        """Without the tier: forward a read made only of GETs, or only of plain SETs, as one plain
+        run, parsed by ``get_run_keys`` or ``set_run_keys`` instead of hiredis (the same checks,
+        in half the time for 16 GETs and three quarters for 16 SETs)."""
         if (
             self.req_parser is not None
             or self.passthrough_req
@@ -363,7 +375,7 @@ class ClientConnection(asyncio.Protocol, TierMixin, SessionState):
             or not self.fast_framing
         ):
             return False
-        keys = get_run_keys(data)
+        keys = parse(data)
         if keys is None:
             return False
         self._forward_plain(len(keys), data)

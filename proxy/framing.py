@@ -64,6 +64,38 @@ def get_run_keys(data: bytes) -> list[bytes] | None:
     return keys
 
 
+_SET_NAMES = (b"SET", b"set", b"Set")
+
+
+def set_run_keys(data: bytes) -> list[bytes] | None:
+    """The keys, if ``data`` is exactly a run of canonically encoded plain SETs (``SET key value``,
+    no options; keys and values under 64 KiB, without CRLF in them); None otherwise.
+
+    ``get_run_keys`` for writes (what ``redis-benchmark -t set -P 16`` and redis-py pipelines of
+    SETs send): the same split at every CRLF and checks by slices, seven parts a command. A value
+    holding CRLF splits into more parts, so its declared length no longer matches its part and
+    the read takes the general path, which parses it with hiredis.
+    """
+    parts = data.split(b"\r\n")
+    n, rest = divmod(len(parts), 7)
+    if rest != 1 or not n or parts[-1] or parts[0::7].count(b"*3") != n or parts[1::7].count(b"$3") != n:
+        return None
+    names = parts[2::7]
+    if names.count(b"SET") != n and sum(map(names.count, _SET_NAMES)) != n:
+        return None
+    keys = parts[4::7]
+    length = _DOLLAR_LENGTHS.__getitem__
+    try:
+        if (
+            list(map(length, map(len, keys))) != parts[3::7]
+            or list(map(length, map(len, parts[6::7]))) != parts[5::7]
+        ):
+            return None
+    except IndexError:  # a key or value of 64 KiB or more
+        return None
+    return keys
+
+
 # The bytes before a plain SET's key length (SET key value, no options).
 SET_PREFIXES = (b"*3\r\n$3\r\nSET\r\n$", b"*3\r\n$3\r\nset\r\n$", b"*3\r\n$3\r\nSet\r\n$")
 

@@ -13,7 +13,14 @@ from itertools import repeat
 from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
-from proxy.framing import GET_PREFIXES, SET_PREFIXES, get_run_keys, single_get_key, single_set_key
+from proxy.framing import (
+    GET_PREFIXES,
+    SET_PREFIXES,
+    get_run_keys,
+    set_run_keys,
+    single_get_key,
+    single_set_key,
+)
 from proxy.keyspace import FLUSH_DB, KEYS
 from proxy.resp import as_str
 from proxy.session import SPECIAL
@@ -73,7 +80,8 @@ class TierMixin:
     def _serve_gets(self, data: bytes) -> bool:
         """The tier's request fast path, before hiredis: a read made only of GETs is served when
         every one is a hit, or forwarded as one plain run with fills asked for when most miss; a
-        read that is one plain SET is forwarded with its key dropped (``_forward_writes``).
+        read that is one plain SET, or a run of them, is forwarded with its keys dropped
+        (``_forward_writes``).
         Anything else (a mix of hits and misses included) returns False and takes the general
         path, which recounts it. Kept lean: on a hit this is all the proxy does, and against
         Redis's C every statement shows in throughput (bench/RESULTS.md)."""
@@ -91,9 +99,15 @@ class TierMixin:
         ):
             return False
         if not data.startswith(GET_PREFIXES):
-            if data.startswith(SET_PREFIXES) and (written := single_set_key(data)) is not None:
-                self._forward_writes((written,), 1, data)  # (SET's key is its first argument)
-                return True
+            if data.startswith(SET_PREFIXES):
+                # (SET's key is its first argument.) One SET, whatever its value; or a run of
+                # plain SETs with values under 64 KiB and free of CRLF, as pipelines send them.
+                if (written := single_set_key(data)) is not None:
+                    self._forward_writes((written,), 1, data)
+                    return True
+                if (keys := set_run_keys(data)) is not None:
+                    self._forward_writes(keys, len(keys), data)
+                    return True
             return False  # (another write, say: the general path finds its keys)
         name = single_get_key(data)
         if name is None:

@@ -571,3 +571,48 @@ def test_reads_of_gets_only_take_the_fast_framing(
             assert (t.hits, t.misses) == (hits + 6, misses + 6)
     forwarded = proxy.server.stats.commands_forwarded - before
     assert forwarded == (4 + 4 + 20 + 2 + 4 if tier == "cpu" else 4 + 4 + 20)
+
+
+@pytest.mark.parametrize("tier", ["cpu", "off"])
+def test_reads_of_sets_only_take_the_fast_framing(
+    make_proxy: Any, redis_server: EmbeddedRedis, direct: redis.Redis, tier: str
+) -> None:
+    """A read made only of plain SETs skips hiredis (``set_run_keys``): with and without the tier,
+    Redis gets every write and the client every reply in order, values holding CRLF or of 64 KiB
+    (the general path) included; with the tier, every written key is dropped before the replies
+    come back, so the next read through the proxy sees the new value."""
+    import socket
+
+    from proxy.resp import encode_command
+    from tests.e2e.test_compat import read_frames
+
+    keys = [b"w%d" % i for i in range(12)]
+    direct.mset({k: b"old-" + k for k in keys})
+    proxy = (
+        active_proxy(make_proxy, redis_server.url)
+        if tier == "cpu"
+        else make_proxy(redis_server.url, hot_tier="off")
+    )
+    with socket.create_connection((proxy.host, proxy.port)) as s:
+        s.settimeout(10)
+        if tier == "cpu":
+            t = tier_of(proxy)
+            for k in keys:  # fill the tier with the old values and check they are served
+                s.sendall(encode_command([b"GET", k]))
+                assert read_frames(s, 1) == [b"$%d\r\nold-%s\r\n" % (len(k) + 4, k)]
+            wait_for(lambda: all((0, k) in t.entries for k in keys))
+            dropped = t.invalidations_local
+        shapes = [
+            [[b"SET", k, b"new-" + k] for k in keys[:8]],  # the fast path
+            [[b"set", keys[8], b"a\r\nb"], [b"SET", keys[9], b"v"]],  # a value with CRLF
+            [[b"SET", keys[10], b"x" * (1 << 16)], [b"Set", keys[11], b"y"]],  # a 64 KiB value
+        ]
+        for cmds in shapes:
+            s.sendall(b"".join(encode_command(c) for c in cmds))
+            assert read_frames(s, len(cmds)) == [b"+OK\r\n"] * len(cmds)
+            # Read back through the proxy at once: the tier must not answer with the old value.
+            s.sendall(b"".join(encode_command([b"GET", c[1]]) for c in cmds))
+            assert read_frames(s, len(cmds)) == [b"$%d\r\n%s\r\n" % (len(c[2]), c[2]) for c in cmds]
+        if tier == "cpu":
+            assert t.invalidations_local - dropped == len(keys)
+    assert direct.get(keys[0]) == b"new-w0" and direct.get(keys[8]) == b"a\r\nb"

@@ -310,8 +310,13 @@ def _get_run_reference(data: bytes) -> list[bytes] | None:
     """What ``get_run_keys`` must return, found the slow way: hiredis parses the read, and it
     must be nothing but complete GETs (a spelling clients use) in their canonical encoding, keys
     under 64 KiB without CRLF in them (those take the general path)."""
-    import hiredis
+    return _run_reference(data, (b"GET", b"get", b"Get"), 2)
 
+
+def _run_reference(data: bytes, spellings: tuple[bytes, ...], argc: int) -> list[bytes] | None:
+    """The keys of a read that hiredis parses as nothing but complete commands named one of
+    ``spellings`` with ``argc`` arguments in all, canonically encoded, no argument of 64 KiB or
+    more or holding CRLF; None for any other read."""
     reader = hiredis.Reader()
     reader.feed(data)
     cmds = []
@@ -328,7 +333,9 @@ def _get_run_reference(data: bytes) -> list[bytes] | None:
     if canonical != data:
         return None
     if any(
-        len(c) != 2 or c[0] not in (b"GET", b"get", b"Get") or len(c[1]) >= 1 << 16 or b"\r\n" in c[1]
+        len(c) != argc
+        or c[0] not in spellings
+        or any(len(a) >= 1 << 16 or b"\r\n" in a for a in c[1:])
         for c in cmds
     ):
         return None
@@ -380,3 +387,46 @@ def test_get_run_keys_is_the_resp_parse(
         name in (b"GET", b"get", b"Get") and b"\r\n" not in key for name, key in gets
     ):
         assert get_run_keys(data) == [key for _, key in gets]
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.sampled_from([b"SET", b"set", b"Set", b"SeT", b"GET"]), _RESP_BYTES, _RESP_BYTES),
+        min_size=1,
+        max_size=20,
+    ),
+    st.integers(0, 10_000),
+    st.sampled_from(["none", "cut", "insert", "flip", "extra-arg", "padded-length", "big-value"]),
+    st.binary(min_size=1, max_size=3),
+)
+@example(sets=[(b"SET", b"k", b"v"), (b"SET", b"k", b"v")], at=1, mutation="flip", junk=b"\x02")
+def test_set_run_keys_is_the_resp_parse(
+    sets: list[tuple[bytes, bytes, bytes]], at: int, mutation: str, junk: bytes
+) -> None:
+    """The SET-only read's parser against hiredis, as for GETs: for runs of SETs whose keys and
+    values hold CRLF, '$' and digits, cut anywhere, with bytes inserted or changed, an argument
+    added, a length padded or a value of 64 KiB, it returns the keys exactly when the read is
+    complete canonical plain SETs (no CRLF in keys or values), and None otherwise."""
+    from proxy.framing import set_run_keys
+
+    cmds = [[name, key, value] for name, key, value in sets]
+    if mutation == "extra-arg":
+        cmds[at % len(cmds)].append(junk)
+    elif mutation == "big-value":
+        cmds[at % len(cmds)][2] = junk * (1 << 16)
+    data = b"".join(encode_command(c) for c in cmds)
+    at %= len(data)
+    if mutation == "cut":
+        data = data[:at]
+    elif mutation == "insert":
+        data = data[:at] + junk + data[at:]
+    elif mutation == "flip":
+        data = data[:at] + bytes([data[at] ^ junk[0]]) + data[at + 1 :]
+    elif mutation == "padded-length":
+        data = data.replace(b"\r\n$", b"\r\n$0", 1 + at % 3)
+    assert set_run_keys(data) == _run_reference(data, (b"SET", b"set", b"Set"), 3)
+    if mutation == "none" and all(
+        name in (b"SET", b"set", b"Set") and b"\r\n" not in key + value for name, key, value in sets
+    ):
+        assert set_run_keys(data) == [key for _, key, _ in sets]
