@@ -333,9 +333,7 @@ def _run_reference(data: bytes, spellings: tuple[bytes, ...], argc: int) -> list
     if canonical != data:
         return None
     if any(
-        len(c) != argc
-        or c[0] not in spellings
-        or any(len(a) >= 1 << 16 or b"\r\n" in a for a in c[1:])
+        len(c) != argc or c[0] not in spellings or any(len(a) >= 1 << 16 or b"\r\n" in a for a in c[1:])
         for c in cmds
     ):
         return None
