@@ -73,7 +73,8 @@ class S3FIFO:
         self.small_bytes = 0
 
     def insert(self, key: Hashable, size: int) -> None:
-        self.remove(key)
+        if key in self.freq:  # (freq holds exactly the keys in small and main)
+            self.remove(key)
         self.freq[key] = 0
         if key in self.ghost:
             del self.ghost[key]
@@ -83,8 +84,11 @@ class S3FIFO:
             self.small_bytes += size
 
     def touch(self, key: Hashable) -> None:
-        if key in self.freq:
-            self.freq[key] = min(self.freq[key] + 1, self.MAX_FREQ)
+        # One lookup, and a store only below the cap (a hot key's count sits at the cap): every
+        # hit of the proxy's tier and of the simulator's s3fifo arms passes here.
+        count = self.freq.get(key)
+        if count is not None and count < self.MAX_FREQ:
+            self.freq[key] = count + 1
 
     def remove(self, key: Hashable) -> None:
         if key in self.small:
