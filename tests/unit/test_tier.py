@@ -116,6 +116,28 @@ def test_s3fifo_one_hit_wonders_leave_from_small_and_ghosts_return_to_main() -> 
     assert "once0" in p.main
 
 
+def test_s3fifo_frequency_stops_at_its_cap() -> None:
+    """Hits count up to MAX_FREQ (3) and no further: a key hit ten times in main outlives three
+    passes of main's clock, not ten."""
+    p = S3FIFO(100)
+    p.insert("h", 10)
+    p.touch("h")
+    p.insert("x", 10)
+    assert p.victim() == "x"  # h (hit) moved to main, x to the ghost
+    for _ in range(10):
+        p.touch("h")
+    evicted_at = None
+    for r in range(8):
+        k = f"k{r}"
+        p.insert(k, 10)
+        assert p.victim() == k  # a new key leaves small unhit, to the ghost...
+        p.insert(k, 10)  # ...and comes back straight into main, behind h
+        if p.victim() == "h":  # each pass spends one of h's counts
+            evicted_at = r
+            break
+    assert evicted_at == S3FIFO.MAX_FREQ
+
+
 # ---------------------------------------------------------------- the tier
 
 
