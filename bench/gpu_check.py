@@ -38,12 +38,10 @@ class Report:
         self.path = os.path.join(out_dir, "gpu_check.txt") if out_dir else None
         if self.path:
             open(self.path, "w").close()
-        self.lines: list[str] = []
         self.failed: list[str] = []
 
     def say(self, text: str) -> None:
         print(text, flush=True)
-        self.lines.append(text)
         if self.path:
             with open(self.path, "a") as fh:
                 fh.write(text + "\n")

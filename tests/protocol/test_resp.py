@@ -340,6 +340,28 @@ def _run_reference(data: bytes, spellings: tuple[bytes, ...], argc: int) -> list
     return [c[1] for c in cmds]
 
 
+def _mutated_run(cmds: list[list[bytes]], at: int, mutation: str, junk: bytes) -> bytes:
+    """The run of ``cmds`` encoded, then changed by ``mutation`` at ``at`` (the run parsers'
+    property tests): an argument added, the last argument made 64 KiB ("big-value"), the bytes cut,
+    ``junk`` inserted, one byte flipped, or up to three lengths padded with a zero; "none" leaves
+    it as encoded."""
+    if mutation == "extra-arg":
+        cmds[at % len(cmds)].append(junk)
+    elif mutation == "big-value":
+        cmds[at % len(cmds)][-1] = junk * (1 << 16)
+    data = b"".join(encode_command(c) for c in cmds)
+    at %= len(data)
+    if mutation == "cut":
+        data = data[:at]
+    elif mutation == "insert":
+        data = data[:at] + junk + data[at:]
+    elif mutation == "flip":
+        data = data[:at] + bytes([data[at] ^ junk[0]]) + data[at + 1 :]
+    elif mutation == "padded-length":
+        data = data.replace(b"\r\n$", b"\r\n$0", 1 + at % 3)
+    return data
+
+
 _RESP_BYTES = st.binary(max_size=12) | st.lists(
     st.sampled_from([b"\r\n", b"\r", b"$", b"*2", b"3", b"GET", b"k"])
 ).map(b"".join)
@@ -367,19 +389,7 @@ def test_get_run_keys_is_the_resp_parse(
     key holding CRLF too: such reads take the general path)."""
     from proxy.framing import get_run_keys
 
-    cmds = [[name, key] for name, key in gets]
-    if mutation == "extra-arg":
-        cmds[at % len(cmds)].append(junk)
-    data = b"".join(encode_command(c) for c in cmds)
-    at %= len(data)
-    if mutation == "cut":
-        data = data[:at]
-    elif mutation == "insert":
-        data = data[:at] + junk + data[at:]
-    elif mutation == "flip":
-        data = data[:at] + bytes([data[at] ^ junk[0]]) + data[at + 1 :]
-    elif mutation == "padded-length":
-        data = data.replace(b"\r\n$", b"\r\n$0", 1 + at % 3)
+    data = _mutated_run([[name, key] for name, key in gets], at, mutation, junk)
     assert get_run_keys(data) == _get_run_reference(data)
     if mutation == "none" and all(
         name in (b"GET", b"get", b"Get") and b"\r\n" not in key for name, key in gets
@@ -408,21 +418,7 @@ def test_set_run_keys_is_the_resp_parse(
     complete canonical plain SETs (no CRLF in keys or values), and None otherwise."""
     from proxy.framing import set_run_keys
 
-    cmds = [[name, key, value] for name, key, value in sets]
-    if mutation == "extra-arg":
-        cmds[at % len(cmds)].append(junk)
-    elif mutation == "big-value":
-        cmds[at % len(cmds)][2] = junk * (1 << 16)
-    data = b"".join(encode_command(c) for c in cmds)
-    at %= len(data)
-    if mutation == "cut":
-        data = data[:at]
-    elif mutation == "insert":
-        data = data[:at] + junk + data[at:]
-    elif mutation == "flip":
-        data = data[:at] + bytes([data[at] ^ junk[0]]) + data[at + 1 :]
-    elif mutation == "padded-length":
-        data = data.replace(b"\r\n$", b"\r\n$0", 1 + at % 3)
+    data = _mutated_run([[name, key, value] for name, key, value in sets], at, mutation, junk)
     assert set_run_keys(data) == _run_reference(data, (b"SET", b"set", b"Set"), 3)
     if mutation == "none" and all(
         name in (b"SET", b"set", b"Set") and b"\r\n" not in key + value for name, key, value in sets
