@@ -29,9 +29,11 @@ from prefetch.policies import EvictionPolicy, make_policy
 from prefetch.store import HostStore, ValueStore
 from proxy.stats import LatencyHistogram
 
-# Estimated per-entry memory beyond key and value: the index entry, the policy's bookkeeping and
-# the tuple key, as measured with sys.getsizeof on CPython 3.11 (rounded up).
-ENTRY_OVERHEAD = 200
+# Per-entry memory beyond the key (counted twice: in the tuple key and in the GET request of the
+# request index) and the value: the Entry, both index slots, the policy's bookkeeping, the tuple
+# and the bytes objects' headers, the reply frame's included. Measured with tracemalloc on CPython
+# 3.11 at 500-530 bytes for LRU and S3-FIFO (tests/unit/test_tier.py holds it within a fifth).
+ENTRY_OVERHEAD = 520
 # Hits an entry must average before eviction for demand fills to pay for themselves: a fill is an
 # extra upstream MGET/PTTL and about three forwarded GETs' worth of proxy work (bench/RESULTS.md).
 FILL_PAYBACK = 3.0
@@ -46,11 +48,34 @@ REFRESH_JITTER = 0.25
 Key = tuple[int, bytes]
 
 
+def get_request(key: bytes) -> bytes:
+    """The canonical RESP encoding of ``GET key``, as clients send it: the request index's key."""
+    return b"*2\r\n$3\r\nGET\r\n$%d\r\n%s\r\n" % (len(key), key)
+
+
+def entry_size(key: bytes, value: bytes) -> int:
+    """The bytes an entry counts against the tier's bound."""
+    return 2 * len(key) + len(value) + ENTRY_OVERHEAD
+
+
 class Entry:
-    __slots__ = ("handle", "size", "expires", "filled", "refresh_at", "user", "prefetched", "hits")
+    __slots__ = (
+        "key",
+        "request",
+        "handle",
+        "size",
+        "expires",
+        "filled",
+        "refresh_at",
+        "user",
+        "prefetched",
+        "hits",
+    )
 
     def __init__(
         self,
+        key: Key,
+        request: bytes,
         handle: Any,
         size: int,
         expires: float,
@@ -59,6 +84,8 @@ class Entry:
         prefetched: bool,
         refresh_at: float = math.inf,
     ) -> None:
+        self.key = key  # (db, key), the same tuple as the entries' dict key
+        self.request = request  # get_request(key): its slot in the db's request index
         self.handle = handle
         self.size = size
         self.expires = expires
@@ -90,6 +117,9 @@ class HotTier:
         self.host_values = isinstance(self.store, HostStore)  # the handle is the reply frame itself
         self.clock = clock
         self.entries: dict[Key, Entry] = {}
+        # The same entries by db, then by the bytes of a canonical ``GET key`` request: the hit
+        # path finds an entry with one lookup of the client's read, without parsing it.
+        self.requests: dict[int, dict[bytes, Entry]] = {}
         self.dbs: set[int] = set()  # databases with entries or fills, for key-only invalidation
         self.inflight: dict[Key, int] = {}  # placeholders: key -> fill token
         self.fills_begun = 0  # also the last fill token handed out
@@ -145,6 +175,14 @@ class HotTier:
         frame = self.get_frame(db, key, user)
         return None if frame is None else frame[frame.index(b"\n") + 1 : -2]
 
+    def request_index(self, db: int) -> dict[bytes, Entry]:
+        """Database ``db``'s request index: a dict that lives as long as the tier (connections
+        keep a reference to their db's), kept in step with ``entries``."""
+        index = self.requests.get(db)
+        if index is None:
+            index = self.requests[db] = {}
+        return index
+
     def __contains__(self, item: Key) -> bool:
         return item in self.entries
 
@@ -195,7 +233,7 @@ class HotTier:
                 self._drop((db, key), old)
             return False  # no such key (or it expired between the two reads)
         expires = math.inf if pttl_ms < 0 else sent_at + pttl_ms / 1000.0
-        size = len(key) + len(value) + ENTRY_OVERHEAD
+        size = entry_size(key, value)
         if old is not None:  # a refresh (or a fill racing one): the new read replaces it
             self._drop((db, key), old)
         if size > self.max_entry_bytes or size > self.capacity:
@@ -208,7 +246,11 @@ class HotTier:
         except MemoryError:
             return False
         filled = self.clock()
-        self.entries[(db, key)] = Entry(
+        name = (db, key)
+        request = get_request(key)
+        self.entries[name] = entry = Entry(
+            name,
+            request,
             handle,
             size,
             expires,
@@ -217,8 +259,9 @@ class HotTier:
             prefetched,
             filled + self.max_staleness * (REFRESH_AT + REFRESH_JITTER * self.rng.random()),
         )
+        self.request_index(db)[request] = entry
         self.used += size
-        self.policy.insert((db, key), size)
+        self.policy.insert(name, size)
         if prefetched:
             self.prefetch_fills += 1
         else:
@@ -270,6 +313,7 @@ class HotTier:
 
     def _drop(self, key: Key, entry: Entry, evicted: bool = False) -> None:
         del self.entries[key]
+        del self.requests[key[0]][entry.request]
         self.used -= entry.size
         self.store.free(entry.handle)
         if evicted:

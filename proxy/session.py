@@ -114,11 +114,15 @@ class SessionState:
     def close_after_replies(self) -> None:
         raise NotImplementedError
 
+    def db_changed(self) -> None:
+        """Called after every change of ``db`` (the hot tier keeps a per-db index)."""
+
     def default_state(self) -> None:
         """The state a new upstream connection starts from: the upstream URL's user and db."""
         address = self.upstream_address
         self.auth = (address.username or "default", address.password) if address.password else None
         self.db = address.db
+        self.db_changed()
         self.client_name = None
         self.replay_resp3 = False
 
@@ -230,6 +234,7 @@ class SessionState:
     def on_select(self, frame: bytes, db: bytes) -> bytes:
         if frame.startswith(b"+"):
             self.db = int(db)
+            self.db_changed()
         return frame
 
     def on_setname(self, frame: bytes, name: bytes) -> bytes:

@@ -616,3 +616,29 @@ def test_reads_of_sets_only_take_the_fast_framing(
         if tier == "cpu":
             assert t.invalidations_local - dropped == len(keys)
     assert direct.get(keys[0]) == b"new-w0" and direct.get(keys[8]) == b"a\r\nb"
+
+
+def test_a_hit_waits_for_the_replies_ahead_of_it(tproxy: Any, direct: redis.Redis) -> None:
+    """One GET of a held key, read while a blocked command's reply is still owed, is answered
+    after that reply, whichever spelling of GET finds it (the request index's or the parser's)."""
+    import socket
+
+    from proxy.resp import encode_command
+    from tests.e2e.test_compat import read_frames
+
+    direct.set("h", "v")
+    cache(tproxy, tproxy.client(protocol=2), "h")
+    t = tier_of(tproxy)
+    with socket.create_connection((tproxy.host, tproxy.port)) as s:
+        s.settimeout(10)
+        s.sendall(encode_command([b"PING"]))  # Redis accepts the connection: the tier may serve it
+        assert read_frames(s, 1) == [b"+PONG\r\n"]
+        for spelling in (b"GET", b"get"):
+            s.sendall(encode_command([spelling, b"h"]))
+            assert read_frames(s, 1) == [b"$1\r\nv\r\n"]
+            hits = t.hits
+            s.sendall(encode_command([b"BLPOP", b"nolist", b"0.3"]))
+            time.sleep(0.1)
+            s.sendall(encode_command([spelling, b"h"]))
+            assert read_frames(s, 2) == [b"*-1\r\n", b"$1\r\nv\r\n"]
+            assert t.hits == hits + 1

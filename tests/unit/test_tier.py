@@ -3,6 +3,8 @@ the fill race, users, and the device store's allocator on NumPy."""
 
 from __future__ import annotations
 
+import sys
+import tracemalloc
 from collections.abc import Hashable
 
 import numpy as np
@@ -12,7 +14,7 @@ from hypothesis import strategies as st
 
 from prefetch.policies import LRU, POLICIES, S3FIFO, make_policy
 from prefetch.store import DeviceStore, HostStore, load_cupy, make_store
-from prefetch.tier import ENTRY_OVERHEAD, HotTier
+from prefetch.tier import ENTRY_OVERHEAD, HotTier, entry_size, get_request
 from proxy.errors import ConfigError
 
 
@@ -287,25 +289,65 @@ def test_prefetched_hits_counted_once() -> None:
 @given(
     st.sampled_from(sorted(POLICIES)),
     st.lists(
-        st.tuples(st.integers(0, 40), st.integers(0, 3000), st.sampled_from("fgi")), min_size=1, max_size=150
+        st.tuples(st.integers(0, 40), st.integers(0, 3000), st.sampled_from("fgiF"), st.integers(0, 1)),
+        min_size=1,
+        max_size=150,
     ),
 )
-def test_byte_bound_holds_under_random_sizes(policy: str, ops: list[tuple[int, int, str]]) -> None:
+def test_byte_bound_holds_under_random_sizes(policy: str, ops: list[tuple[int, int, str, int]]) -> None:
     capacity = 20_000
     tier = make_tier(capacity=capacity, policy=policy, max_entry_bytes=capacity)
-    for key_id, size, op in ops:
+    for key_id, size, op, db in ops:
         key = b"key%d" % key_id
         if op == "f":
-            fill(tier, key, b"x" * size)
+            if (db, key) not in tier.inflight:
+                fill(tier, key, b"x" * size, db=db)
         elif op == "g":
-            tier.get(0, key, "default")
-        else:
+            tier.get(db, key, "default")
+        elif op == "i":
             tier.invalidate([key])
+        else:
+            tier.flush(db)
         assert tier.used <= capacity
-        assert tier.used == sum(
-            len(k) + len(tier.store.get(e.handle)) + ENTRY_OVERHEAD for (_, k), e in tier.entries.items()
-        )
+        assert tier.used == sum(entry_size(k, tier.store.get(e.handle)) for (_, k), e in tier.entries.items())
         assert len(tier.policy) == len(tier.entries)
+        # The request index holds exactly the entries, each under its db and GET request.
+        indexed = {(db, request): e for db, index in tier.requests.items() for request, e in index.items()}
+        assert indexed == {(d, get_request(k)): e for (d, k), e in tier.entries.items()}
+        assert all(e.key == name and e.request == get_request(name[1]) for name, e in tier.entries.items())
+
+
+@pytest.mark.parametrize("key_len,value_len", [(16, 64), (40, 1000)])
+def test_byte_bound_counts_what_the_entries_really_take(
+    policy_name: str, key_len: int, value_len: int
+) -> None:
+    """ENTRY_OVERHEAD against tracemalloc: the bytes counted per entry are within a fifth of what
+    filling it allocates (a bound that undercounts lets the tier outgrow --hot-tier-bytes)."""
+    n = 5000
+    keys = [b"k%0*d" % (key_len - 1, i) for i in range(n)]
+    tier = make_tier(capacity=1 << 40, policy=policy_name)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for key in keys:
+            fill(tier, key, b"v" * value_len)
+        allocated = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    per_entry = allocated / n + sys.getsizeof(keys[0])  # (the key's own bytes object came with the read)
+    assert len(tier.entries) == n
+    assert 0.8 < tier.used / n / per_entry < 1.2, (tier.used / n, per_entry)
+
+
+def test_request_index_is_the_canonical_get() -> None:
+    tier = make_tier()
+    fill(tier, b"k\r\nx", b"v", db=3)
+    (entry,) = tier.entries.values()
+    assert tier.request_index(3) == {b"*2\r\n$3\r\nGET\r\n$4\r\nk\r\nx\r\n": entry}
+    assert tier.request_index(0) == {}
+    assert tier.request_index(3) is tier.request_index(3)  # connections keep a reference to it
+    tier.flush()
+    assert tier.request_index(3) == {}
 
 
 # ---------------------------------------------------------------- value stores
