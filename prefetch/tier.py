@@ -66,6 +66,7 @@ class Entry:
         "size",
         "expires",
         "filled",
+        "until",
         "refresh_at",
         "user",
         "prefetched",
@@ -83,6 +84,7 @@ class Entry:
         user: str,
         prefetched: bool,
         refresh_at: float = math.inf,
+        max_staleness: float = math.inf,
     ) -> None:
         self.key = key  # (db, key), the same tuple as the entries' dict key
         self.request = request  # get_request(key): its slot in the db's request index
@@ -90,6 +92,9 @@ class Entry:
         self.size = size
         self.expires = expires
         self.filled = filled
+        # Served while the clock is below this: the Redis expiry or the staleness bound, whichever
+        # comes first (one comparison on the hit path).
+        self.until = min(expires, filled + max_staleness)
         self.refresh_at = refresh_at  # a hit after this asks for a background re-read
         self.user = user
         self.prefetched = prefetched
@@ -158,7 +163,7 @@ class HotTier:
             self.misses += 1
             return None
         now = self.clock()
-        if now >= entry.expires or now - entry.filled > self.max_staleness:
+        if now >= entry.until:
             self._drop((db, key), entry)
             self.misses += 1
             return None
@@ -258,6 +263,7 @@ class HotTier:
             user,
             prefetched,
             filled + self.max_staleness * (REFRESH_AT + REFRESH_JITTER * self.rng.random()),
+            self.max_staleness,
         )
         self.request_index(db)[request] = entry
         self.used += size

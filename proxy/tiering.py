@@ -114,8 +114,7 @@ class TierMixin:
             auth = self.auth
             if (
                 entry.user != (self._user if auth is self._user_of else self._user_name())
-                or now >= entry.expires
-                or now - entry.filled > tier.max_staleness
+                or now >= entry.until
             ):
                 return False
             if entry.prefetched:
@@ -213,9 +212,8 @@ class TierMixin:
             return False
         user = self._user_name()
         now = tier.clock()
-        stale_before = now - tier.max_staleness
         for entry in found:
-            if entry.user != user or now >= entry.expires or entry.filled < stale_before:
+            if entry.user != user or now >= entry.until:
                 return False  # (before any hit is counted: the general path counts them)
         touch = tier.policy.touch
         note_hit = tier.note_hit
