@@ -13,6 +13,7 @@ import argparse
 import csv
 import io
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -34,9 +35,22 @@ class Run:
     p99_ms: float
 
 
+def pin(pid: int, cpus: set[int]) -> None:
+    """Bind every thread of process ``pid`` to ``cpus`` (threads it starts later inherit it)."""
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        os.sched_setaffinity(int(tid), cpus)
+
+
 def redis_benchmark(
-    port: int, tests: str, requests: int, clients: int, pipeline: int, keyspace: int
+    port: int,
+    tests: str,
+    requests: int,
+    clients: int,
+    pipeline: int,
+    keyspace: int,
+    cpus: set[int] | None = None,
 ) -> list[Run]:
+    """One redis-benchmark run; ``cpus``: the CPUs it may run on (default: any)."""
     cmd = [
         "redis-benchmark",
         "-p",
@@ -55,7 +69,14 @@ def redis_benchmark(
         "64",
         "--csv",
     ]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=True).stdout
+    out = subprocess.run(
+        cmd,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=True,
+        preexec_fn=None if cpus is None else lambda: os.sched_setaffinity(0, cpus),
+    ).stdout
     runs = []
     for row in csv.DictReader(io.StringIO(out)):
         runs.append(
