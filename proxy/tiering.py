@@ -94,22 +94,23 @@ class TierMixin:
         Redis's C every statement shows in throughput (bench/RESULTS.md)."""
         tier = self.tier
         assert tier is not None
+        if (
+            not tier.active
+            or not self.verified
+            or self.state_pending
+            or self.in_multi
+            or self.passthrough_req
+            or self.reply_mode != b"ON"
+            or self.req_parser is not None
+            or not self.fast_framing
+        ):
+            return False
         entry = self.hit_index.get(data)
         if entry is not None:
             # One canonical GET of a key the tier holds (see HotTier.requests): served here if
-            # the connection's state allows it and the entry is fresh and this user's.
-            if (
-                not tier.active
-                or not self.verified
-                or self.state_pending
-                or self.in_multi
-                or self.passthrough_req
-                or self.reply_mode != b"ON"
-                or self.req_parser is not None
-                or not self.fast_framing
-                or self.pending  # a hit must wait for the replies ahead of it: the general path orders them
-            ):
-                return False
+            # the entry is fresh and this user's, and no reply is owed before it.
+            if self.pending:
+                return False  # a hit must wait for the replies ahead of it: the general path orders them
             now = tier.clock()
             auth = self.auth
             if (
@@ -137,17 +138,6 @@ class TierMixin:
             if not self._served & 7:  # latency: one read in eight is enough for percentiles
                 tier.served_latency.record(tier.clock() - now)
             return True
-        if (
-            not tier.active
-            or not self.verified
-            or self.state_pending
-            or self.in_multi
-            or self.passthrough_req
-            or self.reply_mode != b"ON"
-            or self.req_parser is not None
-            or not self.fast_framing
-        ):
-            return False
         if not data.startswith(GET_PREFIXES):
             if data.startswith(SET_PREFIXES):
                 # (SET's key is its first argument.) One SET, whatever its value; or a run of
