@@ -9,7 +9,9 @@ Coherence rules live here, I/O does not (the proxy's connections and the filler 
 * An entry is never served past its Redis expiry (the PTTL read with the value, counted from
   before the read was sent) nor older than ``max_staleness`` seconds. An entry hit after half to three
   quarters of that age (drawn per entry) is read again in the background (refresh-ahead) while it is still served, so a hot key
-  does not fall out of the tier, and into the miss path, every ``max_staleness`` seconds.
+  does not fall out of the tier, and into the miss path, every ``max_staleness`` seconds. A
+  refresh that reads back the same value renews the entry in place: its age restarts, its place in
+  the policy's order and its hit count stay (a refresh is neither a read nor an insert).
 * Entries carry the ACL user of the connection that filled them; only that user is served them.
 * While ``active`` is false (the invalidation channel is down) nothing is served or filled.
 
@@ -238,9 +240,25 @@ class HotTier:
                 self._drop((db, key), old)
             return False  # no such key (or it expired between the two reads)
         expires = math.inf if pttl_ms < 0 else sent_at + pttl_ms / 1000.0
+        if old is not None:  # a refresh (or a fill racing one)
+            if (
+                self.host_values
+                and not prefetched
+                and old.user == user
+                and old.handle == self.store.put(value)  # (the host store's put only encodes)
+            ):
+                # The value is unchanged: the entry is renewed where it is, keeping its place in
+                # the policy's order (a refresh is not a read) and its hit count.
+                old.expires = expires
+                old.filled = filled = self.clock()
+                old.until = min(expires, filled + self.max_staleness)
+                old.refresh_at = filled + self.max_staleness * (
+                    REFRESH_AT + REFRESH_JITTER * self.rng.random()
+                )
+                self.demand_fills += 1
+                return True
+            self._drop((db, key), old)  # the new read replaces it
         size = entry_size(key, value)
-        if old is not None:  # a refresh (or a fill racing one): the new read replaces it
-            self._drop((db, key), old)
         if size > self.max_entry_bytes or size > self.capacity:
             return False
         while self.used + size > self.capacity and self.entries:

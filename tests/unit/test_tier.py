@@ -219,6 +219,35 @@ def test_write_reply_drops_a_fill_begun_after_the_write_was_forwarded() -> None:
     assert tier.get(0, b"k", "default") == b"new" and tier.fills_begun == before + 1
 
 
+def test_refresh_of_an_unchanged_value_renews_the_entry_in_place(policy_name: str) -> None:
+    """A refresh that reads back the same value keeps the entry, its hit count, its request-index
+    slot and its place in the policy's order (a refresh is neither a read nor an insert: the next
+    eviction is the one a twin tier without the refresh makes); only its deadlines move. A changed
+    value or another user's read replaces the entry."""
+    capacity = 3 * entry_size(b"k0", b"v") + 10  # room for three entries
+    tier, twin = (make_tier(capacity=capacity, policy=policy_name, max_staleness=4.0) for _ in range(2))
+    for t in (tier, twin):
+        for key in (b"k0", b"k1", b"k2", b"k0", b"k1", b"k2"):  # fills, then one hit each
+            assert t.get(0, key, "default") == b"v" or fill(t, key, b"v")
+        t.clock.t += 3.5  # type: ignore[attr-defined]
+    entry = tier.entries[(0, b"k0")]
+    assert fill(tier, b"k0", b"v", pttl=60_000)  # the refresh
+    assert tier.entries[(0, b"k0")] is entry and tier.requests[0][entry.request] is entry
+    assert entry.hits == 1 and entry.filled == tier.clock() and entry.expires == tier.clock() + 60.0
+    assert entry.until == tier.clock() + 4.0 and tier.used == twin.used
+    for t in (tier, twin):
+        assert fill(t, b"k3", b"v")  # evicts one entry
+    assert set(tier.entries) == set(twin.entries) and len(tier.entries) == 3
+    if (0, b"k0") in tier.entries:
+        tier.clock.t += 3.9  # type: ignore[attr-defined]  (7.4 s after the first fill: still served)
+        assert tier.get(0, b"k0", "default") == b"v"
+    assert fill(tier, b"k0", b"w")  # the value changed: a new entry
+    assert tier.entries[(0, b"k0")] is not entry and tier.get(0, b"k0", "default") == b"w"
+    renewed = tier.entries[(0, b"k0")]
+    assert fill(tier, b"k0", b"w", user="other")  # another user's read: a new entry, for that user
+    assert tier.entries[(0, b"k0")] is not renewed and tier.entries[(0, b"k0")].user == "other"
+
+
 def test_refresh_ahead_after_half_the_staleness_bound() -> None:
     due_at = []
     jittered = make_tier(max_staleness=4.0)
