@@ -92,15 +92,20 @@ class Entry:
         self.request = request  # get_request(key): its slot in the db's request index
         self.handle = handle
         self.size = size
+        self.renew(expires, filled, max_staleness, refresh_at)
+        self.user = user
+        self.prefetched = prefetched
+        self.hits = 0  # times served
+
+    def renew(self, expires: float, filled: float, max_staleness: float, refresh_at: float) -> None:
+        """Set the deadlines of a value read at ``filled`` (a fill, or a refresh that found it
+        unchanged)."""
         self.expires = expires
         self.filled = filled
         # Served while the clock is below this: the Redis expiry or the staleness bound, whichever
         # comes first (one comparison on the hit path).
         self.until = min(expires, filled + max_staleness)
         self.refresh_at = refresh_at  # a hit after this asks for a background re-read
-        self.user = user
-        self.prefetched = prefetched
-        self.hits = 0  # times served
 
 
 class HotTier:
@@ -249,12 +254,8 @@ class HotTier:
             ):
                 # The value is unchanged: the entry is renewed where it is, keeping its place in
                 # the policy's order (a refresh is not a read) and its hit count.
-                old.expires = expires
-                old.filled = filled = self.clock()
-                old.until = min(expires, filled + self.max_staleness)
-                old.refresh_at = filled + self.max_staleness * (
-                    REFRESH_AT + REFRESH_JITTER * self.rng.random()
-                )
+                filled = self.clock()
+                old.renew(expires, filled, self.max_staleness, self._refresh_at(filled))
                 self.demand_fills += 1
                 return True
             self._drop((db, key), old)  # the new read replaces it
@@ -280,7 +281,7 @@ class HotTier:
             filled,
             user,
             prefetched,
-            filled + self.max_staleness * (REFRESH_AT + REFRESH_JITTER * self.rng.random()),
+            self._refresh_at(filled),
             self.max_staleness,
         )
         self.request_index(db)[request] = entry
@@ -291,6 +292,10 @@ class HotTier:
         else:
             self.demand_fills += 1
         return True
+
+    def _refresh_at(self, filled: float) -> float:
+        """When an entry read at ``filled`` comes due for a refresh (see REFRESH_AT)."""
+        return filled + self.max_staleness * (REFRESH_AT + REFRESH_JITTER * self.rng.random())
 
     def abandon_fill(self, db: int, key: bytes, token: int) -> None:
         if self.inflight.get((db, key)) == token:
