@@ -37,6 +37,27 @@ def single_get_key(data: bytes) -> bytes | None:
 # "$<len>" for every length below 65536: get_run_keys' lookup table.
 _DOLLAR_LENGTHS = tuple(b"$" + d for d in LENGTH_DIGITS)
 _GET_NAMES = (b"GET", b"get", b"Get")
+_SET_NAMES = (b"SET", b"set", b"Set")
+
+
+def _run_parts(data: bytes, width: int, count: bytes, names: tuple[bytes, ...]) -> list[bytes] | None:
+    """``data`` split at every CRLF, if it is a run of commands of ``width`` parts each (``count``,
+    ``$3``, one of ``names``, then their arguments) ending in CRLF; None otherwise. The run parsers'
+    shared first step: the parts' shape, before each checks its own arguments' lengths."""
+    parts = data.split(b"\r\n")
+    n, rest = divmod(len(parts), width)
+    if (
+        rest != 1
+        or not n
+        or parts[-1]
+        or parts[0::width].count(count) != n
+        or parts[1::width].count(b"$3") != n
+    ):
+        return None
+    command = parts[2::width]
+    if command.count(names[0]) != n and sum(map(command.count, names)) != n:
+        return None
+    return parts
 
 
 def get_run_keys(data: bytes) -> list[bytes] | None:
@@ -48,12 +69,8 @@ def get_run_keys(data: bytes) -> list[bytes] | None:
     parse is the RESP one: each key's declared length must equal its part's, so a key cannot hold
     a CRLF, and a part that is not where a command's parts fall fails a count.
     """
-    parts = data.split(b"\r\n")
-    n, rest = divmod(len(parts), 5)
-    if rest != 1 or not n or parts[-1] or parts[0::5].count(b"*2") != n or parts[1::5].count(b"$3") != n:
-        return None
-    names = parts[2::5]
-    if names.count(b"GET") != n and sum(map(names.count, _GET_NAMES)) != n:
+    parts = _run_parts(data, 5, b"*2", _GET_NAMES)
+    if parts is None:
         return None
     keys = parts[4::5]
     try:
@@ -62,9 +79,6 @@ def get_run_keys(data: bytes) -> list[bytes] | None:
     except IndexError:  # a key of 64 KiB or more
         return None
     return keys
-
-
-_SET_NAMES = (b"SET", b"set", b"Set")
 
 
 def set_run_keys(data: bytes) -> list[bytes] | None:
@@ -76,12 +90,8 @@ def set_run_keys(data: bytes) -> list[bytes] | None:
     holding CRLF splits into more parts, so its declared length no longer matches its part and
     the read takes the general path, which parses it with hiredis.
     """
-    parts = data.split(b"\r\n")
-    n, rest = divmod(len(parts), 7)
-    if rest != 1 or not n or parts[-1] or parts[0::7].count(b"*3") != n or parts[1::7].count(b"$3") != n:
-        return None
-    names = parts[2::7]
-    if names.count(b"SET") != n and sum(map(names.count, _SET_NAMES)) != n:
+    parts = _run_parts(data, 7, b"*3", _SET_NAMES)
+    if parts is None:
         return None
     keys = parts[4::7]
     length = _DOLLAR_LENGTHS.__getitem__

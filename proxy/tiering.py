@@ -154,8 +154,9 @@ class TierMixin:
             keys = get_run_keys(data)
             return keys is not None and self._serve_get_run(data, keys, tier)
         key = (self.db, name)
-        if key in tier.entries:
-            # Held but not by this spelling of GET (get, Get): the general path serves it.
+        if not data.startswith(b"GET", 8) and key in tier.entries:
+            # Held, but the request index holds only the spelling GET (not get, Get): the
+            # general path serves it. (A GET that missed the index is not in the tier.)
             return False
         # The miss path: forward the client's bytes as one plain run and ask for a fill, as
         # the general path would after hiredis, canonical sizes and _tier_light; skipping
