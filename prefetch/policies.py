@@ -3,17 +3,25 @@
 A policy only orders keys; the tier owns the values and the byte count. ``insert`` and ``touch``
 record an admission and a hit, ``remove`` forgets a key the tier dropped for another reason
 (invalidation, expiry), and ``victim`` picks the next key to evict and forgets it.
+
+The hot tier's LRU is ``StampedLRU``: the tier stamps each entry with its last access and the
+policy reads the stamps when it evicts, so that a hit makes no call here at all
+(``reads_stamps``). The simulator keeps ``LRU``, whose touch is one C call.
 """
 
 from __future__ import annotations
 
+import heapq
 from collections import OrderedDict
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from typing import Protocol
 
 
 class EvictionPolicy(Protocol):
     name: str
+    # True: the owner records hits as stamps that the policy reads (see StampedLRU), and does
+    # not call touch.
+    reads_stamps: bool
 
     def insert(self, key: Hashable, size: int) -> None: ...
 
@@ -30,6 +38,7 @@ class LRU:
     """Least recently used: evict the key whose last access is oldest."""
 
     name = "lru"
+    reads_stamps = False
 
     def __init__(self, capacity_bytes: int) -> None:
         self._order: OrderedDict[Hashable, int] = OrderedDict()  # key -> size, least recent first
@@ -61,6 +70,7 @@ class S3FIFO:
     """
 
     name = "s3fifo"
+    reads_stamps = False
     SMALL_SHARE = 0.10
     MAX_FREQ = 3
 
@@ -123,10 +133,90 @@ class S3FIFO:
         return len(self.small) + len(self.main)
 
 
+class StampedLRU:
+    """LRU for an owner that stamps each key's last access on its own record: ``stamp(key)``
+    reads it. A hit costs the owner one attribute store and no call here; the order is settled
+    when a victim is wanted.
+
+    A heap holds one ``(stamp, seq, key)`` item per key, its stamp when pushed, which is never
+    later than its last access. The top item whose key was not accessed since it was pushed is
+    therefore the least recently used key; one that was is pushed again with its new stamp. While
+    stamps grow with every access and insert this evicts exactly what ``LRU`` does
+    (tests/unit/test_tier.py holds the two side by side). Removed keys leave their items behind
+    until they surface or the heap is rebuilt (at twice the live keys).
+
+    ``touch`` (no owner's record) keeps the stamps itself, for the shared policy tests.
+    """
+
+    name = "lru"
+    reads_stamps = True
+
+    def __init__(self, capacity_bytes: int, stamp: Callable[[Hashable], float] | None = None) -> None:
+        self._heap: list[tuple[float, int, Hashable]] = []
+        self._seq: dict[Hashable, int] = {}  # key -> the seq of its live heap item
+        self._next = 0
+        # Stamps kept here by insert() and touch() when there is no owner's record to read.
+        self._own: dict[Hashable, float] | None = None
+        if stamp is None:
+            own: dict[Hashable, float] = {}
+            self._own, stamp = own, own.__getitem__
+        self._stamp = stamp
+        self._clock = 0.0
+
+    def insert(self, key: Hashable, size: int) -> None:
+        if self._own is not None:
+            self._clock += 1
+            self._own[key] = self._clock
+        self._next += 1
+        self._seq[key] = self._next
+        heapq.heappush(self._heap, (self._stamp(key), self._next, key))
+
+    def touch(self, key: Hashable) -> None:
+        if self._own is not None and key in self._own:
+            self._clock += 1
+            self._own[key] = self._clock
+
+    def remove(self, key: Hashable) -> None:
+        if self._seq.pop(key, None) is not None:
+            if self._own is not None:
+                del self._own[key]
+            if len(self._heap) > 2 * len(self._seq) + 64:
+                live = self._seq
+                self._heap = [item for item in self._heap if live.get(item[2]) == item[1]]
+                heapq.heapify(self._heap)
+
+    def victim(self) -> Hashable:
+        heap, live = self._heap, self._seq
+        while True:
+            pushed, seq, key = heap[0]
+            if live.get(key) != seq:  # removed (or inserted again since)
+                heapq.heappop(heap)
+                continue
+            last = self._stamp(key)
+            if last == pushed:
+                heapq.heappop(heap)
+                del live[key]
+                if self._own is not None:
+                    del self._own[key]
+                return key
+            self._next += 1
+            live[key] = self._next
+            heapq.heapreplace(heap, (last, self._next, key))
+
+    def __len__(self) -> int:
+        return len(self._seq)
+
+
 POLICIES: dict[str, type[LRU] | type[S3FIFO]] = {"lru": LRU, "s3fifo": S3FIFO}
 
 
-def make_policy(name: str, capacity_bytes: int) -> EvictionPolicy:
+def make_policy(
+    name: str, capacity_bytes: int, stamp: Callable[[Hashable], float] | None = None
+) -> EvictionPolicy:
+    """The policy ``name``; with ``stamp`` (an owner that stamps its records' last access), LRU
+    is ``StampedLRU``."""
+    if stamp is not None and name == "lru":
+        return StampedLRU(capacity_bytes, stamp)
     try:
         return POLICIES[name](capacity_bytes)
     except KeyError:

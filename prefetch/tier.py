@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 import random
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 from typing import Any, cast
 
 from prefetch.policies import EvictionPolicy, make_policy
@@ -34,8 +34,9 @@ from proxy.stats import LatencyHistogram
 # Per-entry memory beyond the key (counted twice: in the tuple key and in the GET request of the
 # request index) and the value: the Entry, both index slots, the policy's bookkeeping, the tuple
 # and the bytes objects' headers, the reply frame's included. Measured with tracemalloc on CPython
-# 3.11 at 500-530 bytes for LRU and S3-FIFO (tests/unit/test_tier.py holds it within a fifth).
-ENTRY_OVERHEAD = 520
+# 3.11 at 574-583 bytes for LRU (StampedLRU's heap item and seq) and 532-553 for S3-FIFO
+# (tests/unit/test_tier.py holds it within a fifth).
+ENTRY_OVERHEAD = 560
 # Hits an entry must average before eviction for demand fills to pay for themselves: a fill is an
 # extra upstream MGET/PTTL and about three forwarded GETs' worth of proxy work (bench/RESULTS.md).
 FILL_PAYBACK = 3.0
@@ -73,6 +74,7 @@ class Entry:
         "user",
         "prefetched",
         "hits",
+        "last",
     )
 
     def __init__(
@@ -96,6 +98,7 @@ class Entry:
         self.user = user
         self.prefetched = prefetched
         self.hits = 0  # times served
+        self.last = filled  # last access, for the eviction policy (StampedLRU reads it)
 
     def renew(self, expires: float, filled: float, max_staleness: float, refresh_at: float) -> None:
         """Set the deadlines of a value read at ``filled`` (a fill, or a refresh that found it
@@ -124,7 +127,10 @@ class HotTier:
         self.capacity = capacity_bytes
         self.max_entry_bytes = max_entry_bytes
         self.max_staleness = max_staleness
-        self.policy: EvictionPolicy = make_policy(policy, capacity_bytes)
+        self.policy: EvictionPolicy = make_policy(policy, capacity_bytes, stamp=self._last_access)
+        # What a hit calls on the policy, if anything: every hit stamps ``Entry.last``, which
+        # StampedLRU (the LRU here) reads at eviction instead of being called per hit.
+        self.touch: Callable[[Key], None] | None = None if self.policy.reads_stamps else self.policy.touch
         self.store: ValueStore = store or HostStore()
         self.host_values = isinstance(self.store, HostStore)  # the handle is the reply frame itself
         self.clock = clock
@@ -176,7 +182,9 @@ class HotTier:
             return None
         self.hits += 1
         self.note_hit(entry)
-        self.policy.touch((db, key))
+        entry.last = now
+        if self.touch is not None:
+            self.touch((db, key))
         if now >= entry.refresh_at:
             entry.refresh_at = math.inf
             self.due.append(key)
@@ -186,6 +194,9 @@ class HotTier:
         """``get_frame``, as the value itself."""
         frame = self.get_frame(db, key, user)
         return None if frame is None else frame[frame.index(b"\n") + 1 : -2]
+
+    def _last_access(self, key: Hashable) -> float:
+        return self.entries[cast(Key, key)].last
 
     def request_index(self, db: int) -> dict[bytes, Entry]:
         """Database ``db``'s request index: a dict that lives as long as the tier (connections

@@ -122,7 +122,9 @@ class TierMixin:
                 tier.note_hit(entry)
             else:
                 entry.hits += 1
-            tier.policy.touch(entry.key)
+            entry.last = now  # (what the LRU reads; other policies are also told)
+            if tier.touch is not None:
+                tier.touch(entry.key)
             if now >= entry.refresh_at:
                 entry.refresh_at = math.inf
                 self._request_fill(self.db, [entry.key[1]], entry.user, refresh=True)
@@ -206,11 +208,13 @@ class TierMixin:
         for entry in found:
             if entry.user != user or now >= entry.until:
                 return False  # (before any hit is counted: the general path counts them)
-        touch = tier.policy.touch
+        touch = tier.touch
         note_hit = tier.note_hit
         for key, entry in zip(keys, found, strict=True):
             note_hit(entry)
-            touch(key)
+            entry.last = now
+            if touch is not None:
+                touch(key)
             if now >= entry.refresh_at:
                 entry.refresh_at = math.inf
                 self._request_fill(db, [key[1]], user, refresh=True)

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import redis
 
+from prefetch.tier import entry_size
 from proxy.embedded import EmbeddedRedis, free_port
 
 
@@ -299,6 +300,33 @@ def test_fills_follow_each_clients_database(tproxy: Any, direct: redis.Redis) ->
         hopper.execute_command("SELECT", db)
         assert hopper.get("same") == f"db{db}".encode()
     assert tier_of(tproxy).hits >= 7
+
+
+def test_eviction_spares_the_keys_read_last(
+    make_proxy: Any, redis_server: EmbeddedRedis, direct: redis.Redis
+) -> None:
+    """LRU through the proxy: hits served on the single-GET fast path and on the GET-run path
+    (a pipeline) stamp their entries, so the key evicted by a fill is the one read least
+    recently, not the one filled first."""
+    value = "v" * 100
+    for k in "abcde":
+        direct.set(k, value)
+    room = 3 * entry_size(b"a", value.encode()) + 10  # three entries
+    proxy = active_proxy(make_proxy, redis_server.url, hot_tier_bytes=room, hot_tier_policy="lru")
+    c = proxy.client()
+    for k in "abc":
+        cache(proxy, c, k)
+    hits = tier_of(proxy).hits
+    assert c.get("a") == value.encode()  # a single GET, served: a is now the most recent
+    assert tier_of(proxy).hits == hits + 1
+    cache(proxy, c, "d")  # evicts b, read least recently
+    assert {k for _, k in tier_of(proxy).entries} == {b"a", b"c", b"d"}
+    pipe = c.pipeline(transaction=False)
+    pipe.get("c").get("a")
+    assert pipe.execute() == [value.encode()] * 2  # one read of two GETs, both served
+    assert tier_of(proxy).hits == hits + 3
+    cache(proxy, c, "e")  # evicts d: c and a were read since it was filled
+    assert {k for _, k in tier_of(proxy).entries} == {b"a", b"c", b"e"}
 
 
 def test_refresh_ahead_keeps_a_hot_key_served(

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from prefetch.policies import LRU, POLICIES, S3FIFO, make_policy
+from prefetch.policies import LRU, POLICIES, S3FIFO, EvictionPolicy, StampedLRU, make_policy
 from prefetch.store import DeviceStore, HostStore, load_cupy, make_store
 from prefetch.tier import ENTRY_OVERHEAD, HotTier, entry_size, get_request
 from proxy.errors import ConfigError
@@ -49,13 +49,26 @@ def make_tier(capacity: int = 10_000, policy: str = "lru", **kw: object) -> HotT
 # ---------------------------------------------------------------- the shared policy suite
 
 
+# Every policy, and StampedLRU (the tier's LRU) keeping its own stamps.
+SUITE = [*sorted(POLICIES), "lru-stamped"]
+
+
+def new_policy(name: str, capacity: int) -> EvictionPolicy:
+    return StampedLRU(capacity) if name == "lru-stamped" else make_policy(name, capacity)
+
+
+@pytest.fixture(params=SUITE)
+def suite_policy(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
 @pytest.fixture(params=sorted(POLICIES))
 def policy_name(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
-def test_policy_evicts_each_key_once_and_forgets_removed(policy_name: str) -> None:
-    p = make_policy(policy_name, 1000)
+def test_policy_evicts_each_key_once_and_forgets_removed(suite_policy: str) -> None:
+    p = new_policy(suite_policy, 1000)
     for k in range(10):
         p.insert(k, 10)
     p.remove(3)
@@ -65,8 +78,8 @@ def test_policy_evicts_each_key_once_and_forgets_removed(policy_name: str) -> No
     assert len(p) == 0
 
 
-def test_policy_keeps_a_hot_key_over_a_scan(policy_name: str) -> None:
-    p = make_policy(policy_name, 100)
+def test_policy_keeps_a_hot_key_over_a_scan(suite_policy: str) -> None:
+    p = new_policy(suite_policy, 100)
     p.insert("hot", 10)
     for i in range(50):
         p.touch("hot")
@@ -77,11 +90,11 @@ def test_policy_keeps_a_hot_key_over_a_scan(policy_name: str) -> None:
 
 @settings(max_examples=100, deadline=None)
 @given(
-    st.sampled_from(sorted(POLICIES)),
+    st.sampled_from(SUITE),
     st.lists(st.tuples(st.integers(0, 20), st.sampled_from("itr")), max_size=200),
 )
 def test_policy_tracks_exactly_the_live_keys(name: str, ops: list[tuple[int, str]]) -> None:
-    p = make_policy(name, 200)
+    p = new_policy(name, 200)
     live: set[Hashable] = set()
     for key, op in ops:
         if op == "i":
@@ -98,11 +111,59 @@ def test_policy_tracks_exactly_the_live_keys(name: str, ops: list[tuple[int, str
 
 
 def test_lru_order_is_known() -> None:
-    p = LRU(100)
-    for k in "abc":
+    for p in (LRU(100), StampedLRU(100)):
+        for k in "abc":
+            p.insert(k, 1)
+        p.touch("a")
+        assert [p.victim() for _ in range(3)] == ["b", "c", "a"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 30), st.sampled_from("iiitttrv")), max_size=400))
+def test_stamped_lru_evicts_what_lru_evicts(ops: list[tuple[int, str]]) -> None:
+    """The tier's LRU, reading last-access stamps its owner keeps (as the tier's entries do, with
+    no call per hit), picks the same victims as the OrderedDict LRU told of every access, and its
+    heap stays within twice the live keys however many are removed."""
+    stamps: dict[Hashable, float] = {}
+    stamped = StampedLRU(0, stamp=stamps.__getitem__)
+    lru = LRU(0)
+    live: set[int] = set()
+    for tick, (key, op) in enumerate(ops):
+        if op == "i" and key not in live:
+            stamps[key] = tick
+            stamped.insert(key, 1)
+            lru.insert(key, 1)
+            live.add(key)
+        elif op == "t" and key in live:
+            stamps[key] = tick  # the owner's record only: StampedLRU is not called
+            lru.touch(key)
+        elif op == "r" and key in live:
+            stamped.remove(key)
+            lru.remove(key)
+            live.discard(key)
+        elif op == "v" and live:
+            victim = lru.victim()
+            assert stamped.victim() == victim
+            live.discard(victim)
+        assert len(stamped) == len(lru) == len(live)
+        assert len(stamped._heap) <= 2 * len(live) + 65
+    while live:
+        victim = lru.victim()
+        assert stamped.victim() == victim
+        live.discard(victim)
+
+
+def test_stamped_lru_heap_is_rebuilt_under_churn_without_evictions() -> None:
+    """Invalidations and refills with no eviction between them (a tier that never fills up)
+    leave dead heap items; they must not pile up."""
+    p = StampedLRU(0)
+    for k in range(10):
         p.insert(k, 1)
-    p.touch("a")
-    assert [p.victim() for _ in range(3)] == ["b", "c", "a"]
+    for i in range(5000):
+        p.remove(i % 10)
+        p.insert(i % 10, 1)
+    assert len(p._heap) <= 2 * len(p) + 65
+    assert sorted(p.victim() for _ in range(10)) == list(range(10))
 
 
 def test_s3fifo_one_hit_wonders_leave_from_small_and_ghosts_return_to_main() -> None:
@@ -193,6 +254,24 @@ def test_ttl_from_pttl_counted_from_the_send_time() -> None:
     assert tier.get(0, b"k", "default") is None and not tier.entries
     # PTTL -2: the key vanished between the two reads.
     assert not fill(tier, b"gone", b"v", pttl=-2)
+
+
+def test_tier_evicts_the_entry_read_least_recently(policy_name: str) -> None:
+    """Through the tier (hits stamped on the entries, StampedLRU for LRU): of three entries, the
+    one read last survives a fourth fill, and under LRU the one filled first and never read
+    again goes."""
+    tier = make_tier(3 * entry_size(b"a", b"v" * 100), policy=policy_name, max_staleness=1e6)
+    for key in (b"a", b"b", b"c"):
+        tier.clock.t += 1  # type: ignore[attr-defined]
+        assert fill(tier, key, b"v" * 100)
+    tier.clock.t += 1  # type: ignore[attr-defined]
+    assert tier.get(0, b"a", "default") is not None
+    tier.clock.t += 1  # type: ignore[attr-defined]
+    assert fill(tier, b"d", b"v" * 100)
+    held = {k for _, k in tier.entries}
+    assert b"a" in held and b"d" in held and len(held) == 3
+    if policy_name == "lru":
+        assert held == {b"a", b"c", b"d"}
 
 
 def test_max_staleness() -> None:
