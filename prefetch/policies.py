@@ -144,46 +144,30 @@ class StampedLRU:
     stamps grow with every access and insert this evicts exactly what ``LRU`` does
     (tests/unit/test_tier.py holds the two side by side). Removed keys leave their items behind
     until they surface or the heap is rebuilt (at twice the live keys).
-
-    ``touch`` (no owner's record) keeps the stamps itself, for the shared policy tests.
     """
 
     name = "lru"
     reads_stamps = True
 
-    def __init__(self, capacity_bytes: int, stamp: Callable[[Hashable], float] | None = None) -> None:
+    def __init__(self, capacity_bytes: int, stamp: Callable[[Hashable], float]) -> None:
+        self._stamp = stamp
         self._heap: list[tuple[float, int, Hashable]] = []
         self._seq: dict[Hashable, int] = {}  # key -> the seq of its live heap item
         self._next = 0
-        # Stamps kept here by insert() and touch() when there is no owner's record to read.
-        self._own: dict[Hashable, float] | None = None
-        if stamp is None:
-            own: dict[Hashable, float] = {}
-            self._own, stamp = own, own.__getitem__
-        self._stamp = stamp
-        self._clock = 0.0
 
     def insert(self, key: Hashable, size: int) -> None:
-        if self._own is not None:
-            self._clock += 1
-            self._own[key] = self._clock
         self._next += 1
         self._seq[key] = self._next
         heapq.heappush(self._heap, (self._stamp(key), self._next, key))
 
     def touch(self, key: Hashable) -> None:
-        if self._own is not None and key in self._own:
-            self._clock += 1
-            self._own[key] = self._clock
+        """Nothing: the owner's stamp records a hit (``reads_stamps``)."""
 
     def remove(self, key: Hashable) -> None:
-        if self._seq.pop(key, None) is not None:
-            if self._own is not None:
-                del self._own[key]
-            if len(self._heap) > 2 * len(self._seq) + 64:
-                live = self._seq
-                self._heap = [item for item in self._heap if live.get(item[2]) == item[1]]
-                heapq.heapify(self._heap)
+        if self._seq.pop(key, None) is not None and len(self._heap) > 2 * len(self._seq) + 64:
+            live = self._seq
+            self._heap = [item for item in self._heap if live.get(item[2]) == item[1]]
+            heapq.heapify(self._heap)
 
     def victim(self) -> Hashable:
         heap, live = self._heap, self._seq
@@ -196,8 +180,6 @@ class StampedLRU:
             if last == pushed:
                 heapq.heappop(heap)
                 del live[key]
-                if self._own is not None:
-                    del self._own[key]
                 return key
             self._next += 1
             live[key] = self._next

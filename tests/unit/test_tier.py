@@ -49,12 +49,32 @@ def make_tier(capacity: int = 10_000, policy: str = "lru", **kw: object) -> HotT
 # ---------------------------------------------------------------- the shared policy suite
 
 
-# Every policy, and StampedLRU (the tier's LRU) keeping its own stamps.
+class SelfStampedLRU(StampedLRU):
+    """StampedLRU with its owner's stamps kept beside it, a tick per insert and touch: the
+    shared policy suite's calls become what the tier does on a fill and a hit."""
+
+    def __init__(self, capacity: int) -> None:
+        self.stamps: dict[Hashable, float] = {}
+        self.tick = 0
+        super().__init__(capacity, self.stamps.__getitem__)
+
+    def insert(self, key: Hashable, size: int) -> None:
+        self.tick += 1
+        self.stamps[key] = self.tick
+        super().insert(key, size)
+
+    def touch(self, key: Hashable) -> None:
+        if key in self.stamps:
+            self.tick += 1
+            self.stamps[key] = self.tick
+
+
+# Every policy, and StampedLRU (the tier's LRU) read from stamps kept beside it.
 SUITE = [*sorted(POLICIES), "lru-stamped"]
 
 
 def new_policy(name: str, capacity: int) -> EvictionPolicy:
-    return StampedLRU(capacity) if name == "lru-stamped" else make_policy(name, capacity)
+    return SelfStampedLRU(capacity) if name == "lru-stamped" else make_policy(name, capacity)
 
 
 @pytest.fixture(params=SUITE)
@@ -111,7 +131,7 @@ def test_policy_tracks_exactly_the_live_keys(name: str, ops: list[tuple[int, str
 
 
 def test_lru_order_is_known() -> None:
-    for p in (LRU(100), StampedLRU(100)):
+    for p in (LRU(100), SelfStampedLRU(100)):
         for k in "abc":
             p.insert(k, 1)
         p.touch("a")
@@ -156,7 +176,7 @@ def test_stamped_lru_evicts_what_lru_evicts(ops: list[tuple[int, str]]) -> None:
 def test_stamped_lru_heap_is_rebuilt_under_churn_without_evictions() -> None:
     """Invalidations and refills with no eviction between them (a tier that never fills up)
     leave dead heap items; they must not pile up."""
-    p = StampedLRU(0)
+    p = SelfStampedLRU(0)
     for k in range(10):
         p.insert(k, 1)
     for i in range(5000):
