@@ -7,6 +7,7 @@ allocator and the round trips in CI.
 
 from __future__ import annotations
 
+import sys
 from typing import Any, Protocol
 
 import numpy as np
@@ -16,6 +17,7 @@ from proxy.errors import ConfigError
 
 class ValueStore(Protocol):
     name: str
+    max_value: int  # longer values are never stored (put would raise MemoryError whatever it evicted)
 
     def put(self, value: bytes) -> Any: ...
 
@@ -33,6 +35,7 @@ class HostStore:
     the handle is that frame, so serving a hit is a dict lookup and a write, no formatting."""
 
     name = "cpu"
+    max_value = sys.maxsize
 
     def put(self, value: bytes) -> bytes:
         return b"$%d\r\n%s\r\n" % (len(value), value)
@@ -48,24 +51,46 @@ class HostStore:
 
 
 class DeviceStore:
-    """Values in one preallocated device buffer, carved by a power-of-two slab allocator.
+    """Values in one preallocated device buffer, carved by a binary buddy allocator.
 
-    A handle is (offset, length, size class). Freed blocks go to their class's free list; new ones
-    come from a bump pointer. ``gather`` assembles many values on the device in one operation, which
+    A handle is (offset, length, size class); a value takes the smallest power-of-two block that
+    holds it (64 bytes at least). A freed block merges with its buddy whenever the buddy is free too,
+    so that memory freed by small values becomes room for large ones again: with plain per-class
+    free lists, a tier whose value sizes shifted would find its buffer carved into blocks of the old
+    sizes and stop caching. ``gather`` assembles many values on the device in one operation, which
     is where a GPU tier can pay: the values are consumed there without crossing to the host.
     """
 
     name = "gpu"
     MIN_CLASS = 6  # 64-byte blocks at least
 
-    def __init__(self, capacity_bytes: int, xp: Any = None) -> None:
+    def __init__(self, capacity_bytes: int, xp: Any = None, max_value: int | None = None) -> None:
         if xp is None:
             xp = load_cupy()
         self.xp = xp
-        self.capacity = capacity_bytes
-        self.buffer = xp.zeros(capacity_bytes, dtype=xp.uint8)
-        self.top = 0  # bump pointer
-        self.free_lists: dict[int, list[int]] = {}
+        # The largest block: one that holds the largest value asked for, no larger than the buffer.
+        top = self.size_class(min(max_value or capacity_bytes, capacity_bytes))
+        if 1 << top > capacity_bytes:
+            top -= 1
+        if top < self.MIN_CLASS:
+            raise ConfigError(
+                f"--hot-tier gpu: {capacity_bytes} bytes hold no {1 << self.MIN_CLASS}-byte block"
+            )
+        self.top_class = top
+        self.max_value = 1 << top  # a longer value never fits (the tier does not cache it)
+        self.capacity = capacity_bytes >> self.MIN_CLASS << self.MIN_CLASS
+        self.buffer = xp.zeros(self.capacity, dtype=xp.uint8)
+        # Free blocks by class; a set, so that a buddy can be found and taken out in O(1). The
+        # buffer is whole top blocks, then the rest as one block per set bit, largest first: each
+        # starts where the larger ones end, so its buddy would lie past the end and it never merges.
+        self.free_lists: dict[int, set[int]] = {c: set() for c in range(self.MIN_CLASS, top + 1)}
+        whole = self.capacity >> top << top
+        self.free_lists[top].update(range(0, whole, 1 << top))
+        offset = whole
+        for cls in range(top - 1, self.MIN_CLASS - 1, -1):
+            if self.capacity - offset >= 1 << cls:
+                self.free_lists[cls].add(offset)
+                offset += 1 << cls
         self.used = 0
 
     @staticmethod
@@ -73,15 +98,19 @@ class DeviceStore:
         return max(DeviceStore.MIN_CLASS, (max(length, 1) - 1).bit_length())
 
     def put(self, value: bytes) -> tuple[int, int, int]:
+        """Copy a value into a free block; MemoryError when no block of its class can be made."""
         cls = self.size_class(len(value))
-        free = self.free_lists.get(cls)
-        if free:
-            offset = free.pop()
-        else:
-            if self.top + (1 << cls) > self.capacity:
+        if cls > self.top_class:
+            raise MemoryError(f"value of {len(value)} bytes exceeds the largest block ({self.max_value})")
+        have = cls
+        while not self.free_lists[have]:
+            have += 1
+            if have > self.top_class:
                 raise MemoryError("device store full")
-            offset = self.top
-            self.top += 1 << cls
+        offset = self.free_lists[have].pop()
+        while have > cls:  # split, keeping the lower half and freeing the upper
+            have -= 1
+            self.free_lists[have].add(offset + (1 << have))
         if value:
             host = np.frombuffer(value, dtype=np.uint8)
             self.buffer[offset : offset + len(value)] = self.xp.asarray(host)
@@ -100,8 +129,16 @@ class DeviceStore:
 
     def free(self, handle: tuple[int, int, int]) -> None:
         offset, _, cls = handle
-        self.free_lists.setdefault(cls, []).append(offset)
         self.used -= 1 << cls
+        while cls < self.top_class:
+            buddy = offset ^ (1 << cls)
+            siblings = self.free_lists[cls]
+            if buddy not in siblings:
+                break
+            siblings.discard(buddy)
+            offset = min(offset, buddy)
+            cls += 1
+        self.free_lists[cls].add(offset)
 
     def gather(self, handles: list[tuple[int, int, int]]) -> tuple[Any, Any]:
         """Concatenate values on the device: (flat uint8 array, start offsets), no host copy."""
@@ -133,9 +170,9 @@ def load_cupy() -> Any:
     return cupy
 
 
-def make_store(kind: str, capacity_bytes: int) -> ValueStore:
+def make_store(kind: str, capacity_bytes: int, max_value: int | None = None) -> ValueStore:
     if kind == "cpu":
         return HostStore()
     if kind == "gpu":
-        return DeviceStore(capacity_bytes)
+        return DeviceStore(capacity_bytes, max_value=max_value)
     raise ConfigError(f"hot_tier must be off, cpu or gpu, got {kind!r}")

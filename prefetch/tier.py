@@ -271,15 +271,22 @@ class HotTier:
                 return True
             self._drop((db, key), old)  # the new read replaces it
         size = entry_size(key, value)
-        if size > self.max_entry_bytes or size > self.capacity:
+        if size > self.max_entry_bytes or size > self.capacity or len(value) > self.store.max_value:
             return False
         while self.used + size > self.capacity and self.entries:
             victim = cast(Key, self.policy.victim())
             self._drop(victim, self.entries[victim], evicted=True)
-        try:
-            handle = self.store.put(value)
-        except MemoryError:
-            return False
+        while True:
+            try:
+                handle = self.store.put(value)
+                break
+            except MemoryError:
+                # The device store has no free block of this value's size (power-of-two rounding,
+                # or free memory in pieces): evict in policy order until freeing makes one.
+                if not self.entries:
+                    return False
+                victim = cast(Key, self.policy.victim())
+                self._drop(victim, self.entries[victim], evicted=True)
         filled = self.clock()
         name = (db, key)
         request = get_request(key)

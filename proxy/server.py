@@ -35,7 +35,7 @@ class ProxyServer:
         self.channel: InvalidationChannel | None = None
         self.command_table: CommandTable | None = None
         if settings.hot_tier != "off":
-            store = make_store(settings.hot_tier, settings.hot_tier_bytes)
+            store = make_store(settings.hot_tier, settings.hot_tier_bytes, settings.hot_tier_max_entry)
             self.tier = HotTier(
                 settings.hot_tier_bytes,
                 max_entry_bytes=settings.hot_tier_max_entry,

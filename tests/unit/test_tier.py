@@ -481,8 +481,23 @@ def test_request_index_is_the_canonical_get() -> None:
 # ---------------------------------------------------------------- value stores
 
 
-def test_device_store_allocator_on_numpy() -> None:
-    store = DeviceStore(4096, xp=np)
+def array_modules() -> list[object]:
+    """NumPy always (CI); CuPy too where it and a GPU are present (the GPU machine's run)."""
+    modules: list[object] = [np]
+    try:
+        modules.append(load_cupy())
+    except ConfigError:
+        pass
+    return modules
+
+
+@pytest.fixture(params=array_modules(), ids=lambda xp: xp.__name__)
+def xp(request: pytest.FixtureRequest) -> object:
+    return request.param
+
+
+def test_device_store_allocator(xp: object) -> None:
+    store = DeviceStore(4096, xp=xp)
     a = store.put(b"hello")
     b = store.put(b"x" * 100)
     assert store.get(a) == b"hello" and store.get(b) == b"x" * 100
@@ -491,19 +506,93 @@ def test_device_store_allocator_on_numpy() -> None:
     c = store.put(b"again")  # reuses the freed 64-byte block
     assert c[0] == a[0] and store.get(c) == b"again"
     flat, offsets = store.gather([b, c])
-    assert bytes(flat.tobytes()) == b"x" * 100 + b"again" and list(offsets) == [0, 100, 105]
+    host = flat.get() if hasattr(flat, "get") else flat
+    ends = offsets.get() if hasattr(offsets, "get") else offsets
+    assert bytes(host.tobytes()) == b"x" * 100 + b"again" and list(ends) == [0, 100, 105]
     with pytest.raises(MemoryError):
         store.put(b"y" * 5000)
 
 
-def test_tier_on_device_store_logic() -> None:
-    tier = HotTier(100_000, store=DeviceStore(100_000, xp=np), clock=Clock())
+def free_blocks(store: DeviceStore) -> set[tuple[int, int]]:
+    return {(offset, cls) for cls, offsets in store.free_lists.items() for offset in offsets}
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.integers(3000, 20_000),
+    st.lists(st.tuples(st.booleans(), st.integers(0, 2500), st.integers(0, 10**6)), max_size=120),
+)
+def test_device_store_blocks_never_overlap_and_merge_back(
+    capacity: int, ops: list[tuple[bool, int, int]]
+) -> None:
+    """Random puts and frees: live blocks are disjoint and inside the buffer, every value reads back,
+    ``used`` is the live blocks' sum, free and live blocks tile the buffer, and freeing everything
+    merges the buddies back into exactly the blocks the store began with."""
+    store = DeviceStore(capacity, xp=np, max_value=2048)
+    initial = free_blocks(store)
+    live: dict[tuple[int, int, int], bytes] = {}
+    for put, length, pick in ops:
+        if put or not live:
+            value = bytes([pick % 251]) * length
+            try:
+                live[store.put(value)] = value
+            except MemoryError:
+                # Only when no free block of its class or larger exists.
+                need = DeviceStore.size_class(length)
+                assert length > store.max_value or not any(
+                    store.free_lists[c] for c in range(need, store.top_class + 1)
+                )
+        else:
+            handle = sorted(live)[pick % len(live)]
+            store.free(handle)
+            del live[handle]
+        spans = sorted((h[0], h[0] + (1 << h[2])) for h in live)
+        spans += sorted((offset, offset + (1 << cls)) for offset, cls in free_blocks(store))
+        spans.sort()
+        assert spans[0][0] == 0 and spans[-1][1] == store.capacity  # tiles [0, capacity) exactly
+        assert all(a_end == b_start for (_, a_end), (b_start, _) in zip(spans, spans[1:], strict=False))
+        assert store.used == sum(1 << h[2] for h in live)
+    assert all(store.get(h) == v for h, v in live.items())
+    for handle in list(live):
+        store.free(handle)
+    assert free_blocks(store) == initial and store.used == 0
+
+
+def test_tier_on_device_store_logic(xp: object) -> None:
+    tier = HotTier(100_000, store=DeviceStore(100_000, xp=xp), clock=Clock())
     tier.active = True
     for i in range(50):
         fill(tier, b"k%d" % i, bytes([i]) * (i * 10))
     assert all(tier.get(0, b"k%d" % i, "default") == bytes([i]) * (i * 10) for i in range(50))
     tier.flush()
     assert tier.store.used == 0  # type: ignore[attr-defined]
+
+
+def test_device_tier_keeps_caching_when_value_sizes_shift(xp: object) -> None:
+    """Filled with 1000-byte values (1 KiB blocks), then with 3000-byte ones (4 KiB blocks): every
+    fill of the second kind is cached, because evictions free blocks that merge into larger ones
+    and the tier evicts until the device store has a block. (With per-class free lists the buffer
+    stayed carved into 1 KiB blocks, and 89 of 2,000 such fills were cached.)"""
+    capacity = 1 << 20
+    tier = HotTier(capacity, store=DeviceStore(capacity, xp=xp), clock=Clock())
+    tier.active = True
+    for i in range(3000):
+        assert fill(tier, b"small%d" % i, b"s" * 1000)
+    cached = sum(fill(tier, b"big%d" % i, bytes([i % 256]) * 3000) for i in range(2000))
+    assert cached == 2000
+    # Every 1 KiB block merged back: the buffer ends as whole 4 KiB blocks, each holding a value
+    # (without merging, about 80 of them would remain, the space the small values never used).
+    assert len(tier.entries) == capacity // 4096
+    assert all(tier.get(0, k, "default") == bytes([int(k[3:]) % 256]) * 3000 for (_, k) in tier.entries)
+    assert tier.used <= capacity and tier.store.used <= capacity  # type: ignore[attr-defined]
+
+
+def test_device_tier_does_not_evict_for_a_value_no_block_holds() -> None:
+    tier = HotTier(1 << 16, store=DeviceStore(1 << 16, xp=np, max_value=1024), clock=Clock())
+    tier.active = True
+    assert fill(tier, b"a", b"x" * 100)
+    assert not fill(tier, b"b", b"y" * 2000)  # longer than the largest block: not cached...
+    assert tier.get(0, b"a", "default") == b"x" * 100  # ...and nothing was evicted for it
 
 
 def test_gpu_store_refuses_clearly_without_cupy() -> None:
