@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import faulthandler
+import os
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -17,6 +18,10 @@ from proxy.log import configure_logging
 from proxy.server import ProxyServer, new_event_loop
 
 configure_logging("warning")
+
+# PREDIS_TEST_HOT_TIER=gpu gives every proxy the tests start with the default tier the GPU store
+# instead (on a machine with CuPy and a GPU: bench/gpu_machine.sh runs the tier tests so).
+TEST_HOT_TIER = os.environ.get("PREDIS_TEST_HOT_TIER", "cpu")
 
 
 class RunningProxy:
@@ -77,6 +82,8 @@ def make_proxy() -> Iterator[Any]:
     proxies: list[RunningProxy] = []
 
     def make(upstream: str, **overrides: Any) -> RunningProxy:
+        if overrides.get("hot_tier", "cpu") == "cpu":
+            overrides["hot_tier"] = TEST_HOT_TIER
         settings = Settings(upstream=upstream, port=0, **overrides).validate()
         proxy = RunningProxy(settings)
         proxies.append(proxy)
