@@ -141,16 +141,51 @@ class DeviceStore:
         self.free_lists[cls].add(offset)
 
     def gather(self, handles: list[tuple[int, int, int]]) -> tuple[Any, Any]:
-        """Concatenate values on the device: (flat uint8 array, start offsets), no host copy."""
+        """Concatenate values on the device: (flat uint8 array, start offsets), no host copy.
+
+        On CuPy, one upload of the handles' output offsets and buffer offsets (two int64 per value)
+        and one kernel launch, a thread block per value. Building a per-byte index on the host and
+        uploading it (8 bytes per byte gathered) took 2.9 ms for 1,024 values of 512 bytes on an
+        H100, and building it on the device from the ends took five launches (bench/RESULTS.md).
+        On NumPy (the CPU tests) the same result comes from a per-byte index.
+        """
         xp = self.xp
-        if not handles:
+        n = len(handles)
+        if not n:
             return xp.zeros(0, dtype=xp.uint8), xp.zeros(1, dtype=xp.int64)
-        lengths = np.array([h[1] for h in handles], dtype=np.int64)
-        starts = np.array([h[0] for h in handles], dtype=np.int64)
-        out_offsets = np.concatenate([[0], np.cumsum(lengths)])
-        # One index array selects every byte of every value: a single device gather.
-        index = np.repeat(starts - out_offsets[:-1], lengths) + np.arange(out_offsets[-1])
-        return self.buffer[xp.asarray(index)], xp.asarray(out_offsets)
+        meta = np.empty(2 * n + 1, dtype=np.int64)  # output offsets (n + 1), then buffer offsets (n)
+        meta[0] = 0
+        np.cumsum(np.fromiter((h[1] for h in handles), dtype=np.int64, count=n), out=meta[1 : n + 1])
+        meta[n + 1 :] = np.fromiter((h[0] for h in handles), dtype=np.int64, count=n)
+        total = int(meta[n])
+        if xp is np:
+            starts, offsets = meta[n + 1 :], meta[: n + 1]
+            index = np.repeat(starts - offsets[:-1], np.diff(offsets)) + np.arange(total)
+            return self.buffer[index], offsets
+        on_device = xp.asarray(meta)
+        out = xp.empty(total, dtype=xp.uint8)
+        _gather_kernel(xp)((min(n, 65535),), (128,), (self.buffer, on_device, np.int32(n), out))
+        return out, on_device[: n + 1]
+
+
+_GATHER_SOURCE = r"""
+extern "C" __global__ void gather_values(const unsigned char* buffer, const long long* meta, int n,
+                                         unsigned char* out) {
+    for (int v = blockIdx.x; v < n; v += gridDim.x) {
+        long long to = meta[v], length = meta[v + 1] - to, from = meta[n + 1 + v];
+        for (long long i = threadIdx.x; i < length; i += blockDim.x) out[to + i] = buffer[from + i];
+    }
+}
+"""
+_gather_kernels: dict[int, Any] = {}
+
+
+def _gather_kernel(xp: Any) -> Any:
+    """The CuPy kernel (compiled by NVRTC once, then cached by CuPy on disk too)."""
+    kernel = _gather_kernels.get(id(xp))
+    if kernel is None:
+        kernel = _gather_kernels[id(xp)] = xp.RawKernel(_GATHER_SOURCE, "gather_values")
+    return kernel
 
 
 def load_cupy() -> Any:

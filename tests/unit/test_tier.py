@@ -3,6 +3,7 @@ the fill race, users, and the device store's allocator on NumPy."""
 
 from __future__ import annotations
 
+import itertools
 import sys
 import tracemalloc
 from collections.abc import Hashable
@@ -517,18 +518,19 @@ def free_blocks(store: DeviceStore) -> set[tuple[int, int]]:
     return {(offset, cls) for cls, offsets in store.free_lists.items() for offset in offsets}
 
 
+@pytest.mark.parametrize("xp", array_modules(), ids=lambda xp: xp.__name__)
 @settings(max_examples=200, deadline=None)
 @given(
     st.integers(3000, 20_000),
     st.lists(st.tuples(st.booleans(), st.integers(0, 2500), st.integers(0, 10**6)), max_size=120),
 )
 def test_device_store_blocks_never_overlap_and_merge_back(
-    capacity: int, ops: list[tuple[bool, int, int]]
+    xp: object, capacity: int, ops: list[tuple[bool, int, int]]
 ) -> None:
     """Random puts and frees: live blocks are disjoint and inside the buffer, every value reads back,
     ``used`` is the live blocks' sum, free and live blocks tile the buffer, and freeing everything
     merges the buddies back into exactly the blocks the store began with."""
-    store = DeviceStore(capacity, xp=np, max_value=2048)
+    store = DeviceStore(capacity, xp=xp, max_value=2048)
     initial = free_blocks(store)
     live: dict[tuple[int, int, int], bytes] = {}
     for put, length, pick in ops:
@@ -553,6 +555,10 @@ def test_device_store_blocks_never_overlap_and_merge_back(
         assert all(a_end == b_start for (_, a_end), (b_start, _) in zip(spans, spans[1:], strict=False))
         assert store.used == sum(1 << h[2] for h in live)
     assert all(store.get(h) == v for h, v in live.items())
+    flat, offsets = store.gather(list(live))  # in the order asked, zero-length values included
+    flat, offsets = (a.get() if hasattr(a, "get") else a for a in (flat, offsets))
+    assert flat.tobytes() == b"".join(live.values())
+    assert list(offsets) == [0, *itertools.accumulate(len(v) for v in live.values())]
     for handle in list(live):
         store.free(handle)
     assert free_blocks(store) == initial and store.used == 0
