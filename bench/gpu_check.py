@@ -1,9 +1,11 @@
-"""The GPU checks, as one prepared script for the GPU machine (not run on this project's CPU-only
-machines so far): torch features equal to the numpy ones on CUDA, batched incremental inference at
-batch 64, 1024 and 8192, training throughput, a real ``train()`` on a million reads within a time
-budget, and the CuPy hot-tier gather against dict lookups.
+"""The GPU checks, as one prepared script for the GPU machine (run there on an H100 on 2026-11-27,
+through bench/gpu_machine.sh; figures in bench/RESULTS.md): torch features equal to the numpy ones
+on CUDA, batched incremental inference at batch 64, 1024 and 8192, training throughput, a real
+``train()`` on a million reads within a time budget, and the CuPy value store's put, get and
+gathers against dict lookups.
 
     python -m bench.gpu_check                          # on the GPU machine: $OUT/gpu_check.txt
+    python -m bench.gpu_check --only store             # one section (or several, comma-separated)
     python -m bench.gpu_check --device cpu --quick     # the same steps, small, on the CPU (CI runs it)
 
 Device time is scarce (15 minutes a task, start included), so the script is built not to waste it:
@@ -11,9 +13,8 @@ every line goes to the report as soon as it is measured (a run killed at its lim
 what it had), each section runs on its own (one failing prints its error and the next one runs),
 and it needs only what the GPU image holds (torch, numpy, pyarrow, cupy: no redis-py, structlog,
 zstandard or libcachesim, which that image lacks; ``tests/data/test_gpu_check.py`` runs the CPU
-dry run with those blocked). The command for a lent machine, with room for a rerun::
-
-    PYTHONUNBUFFERED=1 python3 -m bench.gpu_check --train-seconds 240   # timeout_s=540
+dry run with those blocked). On a lent machine, ``bash bench/gpu_machine.sh`` runs it with the
+tier's GPU tests and benchmarks (which need the Redis binaries and wheels that script carries).
 """
 
 from __future__ import annotations

@@ -3,9 +3,11 @@
 #
 #   bash bench/gpu_machine.sh --prepare     # here, once: fills .dev (ignored through .git/info/exclude)
 #   run(command="bash bench/gpu_machine.sh", carry=[".dev"], timeout_s=600)   # on the lent machine
+#   REPEATS=12 bash bench/gpu_machine.sh store tests tierside-cpu   # only the steps named
+#       (store, tests, tierside-cpu, tierside-gpu, ml; REPEATS: tierside's repeats, default 3)
 #
 # That machine has torch, CuPy, numpy and pytest but no Redis and no package registry, so --prepare
-# gathers what the tier's tests and benchmarks need: redis-server and redis-benchmark from this
+# gathers what the tier's tests and benchmarks need: redis-server, redis-benchmark and redis-cli from this
 # machine's Debian packages with their shared libraries (each binary runs through a wrapper that
 # sets LD_LIBRARY_PATH for it alone), and wheels for Python 3.12 of redis-py, hiredis, structlog,
 # zstandard and the test plugins, in the versions this checkout's .venv has.
@@ -24,13 +26,13 @@ if [[ "${1:-}" == "--prepare" ]]; then
     set -e
     grep -qxF '/.dev/' .git/info/exclude 2>/dev/null || echo '/.dev/' >>.git/info/exclude
     rm -rf .dev && mkdir -p .dev/bin .dev/real .dev/lib .dev/whl
-    for b in redis-server redis-benchmark; do
+    for b in redis-server redis-benchmark redis-cli; do
         cp -L "$(command -v $b)" .dev/real/$b
         printf '#!/bin/sh\nd=$(cd "$(dirname "$0")/.." && pwd)\nLD_LIBRARY_PATH="$d/lib" exec "$d/real/%s" "$@"\n' $b >.dev/bin/$b
         chmod +x .dev/bin/$b
     done
     # Every library the two binaries load, except the C runtime's own (the machine has newer).
-    ldd .dev/real/redis-server .dev/real/redis-benchmark | awk '$3 ~ /^\// {print $3}' | sort -u |
+    ldd .dev/real/* | awk '$3 ~ /^\// {print $3}' | sort -u |
         grep -vE '/(libc|libm|libstdc\+\+|libgcc_s|ld-linux[^/]*)\.so' | xargs -I{} cp -L {} .dev/lib/
     py=.venv/bin/python
     pins=()
@@ -44,6 +46,12 @@ if [[ "${1:-}" == "--prepare" ]]; then
     exit 0
 fi
 
+all="store tests tierside-cpu tierside-gpu ml"
+steps="$*"
+for name in $steps; do
+    [[ " $all " == *" $name "* ]] || { echo "no step '$name' (steps: $all)" >&2; exit 2; }
+done
+want() { [[ -z "$steps" || " $steps " == *" $1 "* ]]; }
 out=${OUT:-/tmp/gpu_machine}
 mkdir -p "$out"
 [[ -d .dev/whl ]] || { echo "no .dev: run 'bash bench/gpu_machine.sh --prepare' here and carry .dev" >&2; exit 2; }
@@ -60,9 +68,11 @@ step() {  # step SECONDS FILE COMMAND...: run it bounded, its output to the scre
     echo "== exit ${PIPESTATUS[0]} after $((SECONDS - start)) s" | tee -a "$out/$file"
 }
 
-step 60 gpu_store.txt python3 -m bench.gpu_check --only environment,store --out ""
-step 120 tier_tests.txt env PREDIS_TEST_HOT_TIER=gpu python3 -m pytest -q -p no:cacheprovider \
+want store && step 60 gpu_store.txt python3 -m bench.gpu_check --only environment,store --out ""
+want tests && step 120 tier_tests.txt env PREDIS_TEST_HOT_TIER=gpu python3 -m pytest -q -p no:cacheprovider \
     tests/unit/test_tier.py tests/e2e/test_tier.py tests/e2e/test_compat.py tests/e2e/test_ordering.py
-step 60 tierside_cpu.txt python3 -m bench.tierside --repeats 3 --pin
-step 60 tierside_gpu.txt python3 -m bench.tierside --repeats 3 --pin -- --hot-tier gpu
-step 270 gpu_check.txt python3 -m bench.gpu_check --only features,inference,training --train-seconds 100 --out ""
+repeats=${REPEATS:-3}
+want tierside-cpu && step $((20 * repeats)) tierside_cpu.txt python3 -m bench.tierside --repeats "$repeats" --pin
+want tierside-gpu && step $((20 * repeats)) tierside_gpu.txt python3 -m bench.tierside --repeats "$repeats" --pin -- --hot-tier gpu
+want ml && step 270 gpu_check.txt python3 -m bench.gpu_check --only features,inference,training --train-seconds 100 --out ""
+exit 0  # each step's own exit status is in its file
