@@ -7,6 +7,7 @@ allocator and the round trips in CI.
 
 from __future__ import annotations
 
+import functools
 import sys
 from typing import Any, Protocol
 
@@ -177,15 +178,12 @@ extern "C" __global__ void gather_values(const unsigned char* buffer, const long
     }
 }
 """
-_gather_kernels: dict[int, Any] = {}
 
 
+@functools.cache
 def _gather_kernel(xp: Any) -> Any:
-    """The CuPy kernel (compiled by NVRTC once, then cached by CuPy on disk too)."""
-    kernel = _gather_kernels.get(id(xp))
-    if kernel is None:
-        kernel = _gather_kernels[id(xp)] = xp.RawKernel(_GATHER_SOURCE, "gather_values")
-    return kernel
+    """The CuPy kernel (compiled by NVRTC at its first launch; CuPy caches it on disk too)."""
+    return xp.RawKernel(_GATHER_SOURCE, "gather_values")
 
 
 def load_cupy() -> Any:
