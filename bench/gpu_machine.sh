@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU machine's run, as one command: device time is 15 minutes a task, start included.
 #
-#   bash bench/gpu_machine.sh --prepare     # here, once: fills .dev (ignored through .git/info/exclude)
+#   bash bench/gpu_machine.sh --prepare     # here, once, with the .venv scripts/setup.sh makes: fills .dev
+#                                           # (ignored through .git/info/exclude)
 #   run(command="bash bench/gpu_machine.sh", carry=[".dev"], timeout_s=600)   # on the lent machine
 #   REPEATS=12 bash bench/gpu_machine.sh store tests tierside-cpu   # only the steps named
 #       (store, tests, tierside-cpu, tierside-gpu, ml; REPEATS: tierside's repeats, default 3)
