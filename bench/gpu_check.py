@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         )
 
     def store() -> None:
-        from prefetch.store import DeviceStore
+        from prefetch.store import DeviceStore, to_host
 
         if device == "cuda":
             from prefetch.store import load_cupy
@@ -210,8 +210,8 @@ def main(argv: list[str] | None = None) -> int:
                 got = [store.get(picks[0])]
             else:
                 flat, offsets = store.gather(picks)
-                flat = bytes(flat.get() if hasattr(flat, "get") else flat)
-                ends = (offsets.get() if hasattr(offsets, "get") else offsets).tolist()
+                flat = bytes(to_host(flat))
+                ends = to_host(offsets).tolist()
                 got = [flat[a:b] for a, b in zip(ends, ends[1:], strict=False)]
             if got != [values[i] for i in idx]:
                 raise AssertionError(f"the store returned other bytes than were put (size {size})")

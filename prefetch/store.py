@@ -120,9 +120,7 @@ class DeviceStore:
 
     def get(self, handle: tuple[int, int, int]) -> bytes:
         offset, length, _ = handle
-        view = self.buffer[offset : offset + length]
-        host = view.get() if hasattr(view, "get") else view
-        return bytes(host.tobytes())
+        return bytes(to_host(self.buffer[offset : offset + length]).tobytes())
 
     def frame(self, handle: tuple[int, int, int]) -> bytes:
         value = self.get(handle)
@@ -184,6 +182,12 @@ extern "C" __global__ void gather_values(const unsigned char* buffer, const long
 def _gather_kernel(xp: Any) -> Any:
     """The CuPy kernel (compiled by NVRTC at its first launch; CuPy caches it on disk too)."""
     return xp.RawKernel(_GATHER_SOURCE, "gather_values")
+
+
+def to_host(array: Any) -> Any:
+    """A NumPy array of ``array``'s contents: a CuPy array is copied from the device, a NumPy one
+    is returned as it is."""
+    return array.get() if hasattr(array, "get") else array
 
 
 def load_cupy() -> Any:

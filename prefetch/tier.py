@@ -274,8 +274,7 @@ class HotTier:
         if size > self.max_entry_bytes or size > self.capacity or len(value) > self.store.max_value:
             return False
         while self.used + size > self.capacity and self.entries:
-            victim = cast(Key, self.policy.victim())
-            self._drop(victim, self.entries[victim], evicted=True)
+            self._evict_one()
         while True:
             try:
                 handle = self.store.put(value)
@@ -285,8 +284,7 @@ class HotTier:
                 # or free memory in pieces): evict in policy order until freeing makes one.
                 if not self.entries:
                     return False
-                victim = cast(Key, self.policy.victim())
-                self._drop(victim, self.entries[victim], evicted=True)
+                self._evict_one()
         filled = self.clock()
         name = (db, key)
         request = get_request(key)
@@ -357,6 +355,10 @@ class HotTier:
         for k, e in doomed:
             self._drop(k, e)
         self.invalidations_flush += 1
+
+    def _evict_one(self) -> None:
+        victim = cast(Key, self.policy.victim())
+        self._drop(victim, self.entries[victim], evicted=True)
 
     def _drop(self, key: Key, entry: Entry, evicted: bool = False) -> None:
         del self.entries[key]

@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from prefetch.policies import LRU, POLICIES, S3FIFO, EvictionPolicy, StampedLRU, make_policy
-from prefetch.store import DeviceStore, HostStore, load_cupy, make_store
+from prefetch.store import DeviceStore, HostStore, load_cupy, make_store, to_host
 from prefetch.tier import ENTRY_OVERHEAD, HotTier, entry_size, get_request
 from proxy.errors import ConfigError
 
@@ -507,8 +507,7 @@ def test_device_store_allocator(xp: object) -> None:
     c = store.put(b"again")  # reuses the freed 64-byte block
     assert c[0] == a[0] and store.get(c) == b"again"
     flat, offsets = store.gather([b, c])
-    host = flat.get() if hasattr(flat, "get") else flat
-    ends = offsets.get() if hasattr(offsets, "get") else offsets
+    host, ends = to_host(flat), to_host(offsets)
     assert bytes(host.tobytes()) == b"x" * 100 + b"again" and list(ends) == [0, 100, 105]
     with pytest.raises(MemoryError):
         store.put(b"y" * 5000)
@@ -556,7 +555,7 @@ def test_device_store_blocks_never_overlap_and_merge_back(
         assert store.used == sum(1 << h[2] for h in live)
     assert all(store.get(h) == v for h, v in live.items())
     flat, offsets = store.gather(list(live))  # in the order asked, zero-length values included
-    flat, offsets = (a.get() if hasattr(a, "get") else a for a in (flat, offsets))
+    flat, offsets = to_host(flat), to_host(offsets)
     assert flat.tobytes() == b"".join(live.values())
     assert list(offsets) == [0, *itertools.accumulate(len(v) for v in live.values())]
     for handle in list(live):
