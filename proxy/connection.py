@@ -41,7 +41,15 @@ from proxy.framing import (
     set_run_keys,
     split_commands,
 )
-from proxy.resp import PUSH, Limits, ReplyScanner, RequestParser, encode_command, encode_error
+from proxy.resp import (
+    PUSH,
+    Limits,
+    ReplyScanner,
+    RequestParser,
+    UnfinishedRequest,
+    encode_command,
+    encode_error,
+)
 from proxy.session import (
     CLOSE,
     NO_SLOT,
@@ -112,6 +120,7 @@ class ClientConnection(asyncio.Protocol, TierMixin, SessionState):
         # Request side.
         self.req_reader = hiredis.Reader()
         self.req_tail: list[bytes] = []  # bytes of the unfinished command at the end of the stream
+        self.unfinished = UnfinishedRequest(self.limits)  # checks req_tail as it grows
         self.req_parser: RequestParser | None = None  # in use while inline commands are being read
         # Upstream connection and reply side.
         self.up: UpstreamProtocol | None = None
@@ -288,12 +297,14 @@ class ClientConnection(asyncio.Protocol, TierMixin, SessionState):
             self.req_tail = [data[cut:]] if tail_len else []
             if cmds:
                 self._dispatch(cmds, raw)
-            tail_len_check = tail_len
+            if tail_len:
+                self.unfinished = UnfinishedRequest(self.limits)
+                self._check_tail(data[cut:], tail_len)
         else:
             tail.append(data)
-            tail_len_check = held + len(data)
-        if tail_len_check:
-            self._check_tail(tail_len_check)
+            if held == 0:
+                self.unfinished = UnfinishedRequest(self.limits)
+            self._check_tail(data, held + len(data))
 
     def _checked_size(self, cmds: list[Any]) -> int:
         """Canonical byte size of these commands; raises for anything Redis would refuse."""
@@ -324,16 +335,13 @@ class ClientConnection(asyncio.Protocol, TierMixin, SessionState):
             and all(type(a) is bytes and len(a) <= limits.max_bulk_len for a in cmd)
         )
 
-    def _check_tail(self, tail_len: int) -> None:
-        """Check the headers of an unfinished command now, as Redis would (absurd lengths fail at
-        once), and hold it to the query-buffer limit."""
+    def _check_tail(self, new: bytes, tail_len: int) -> None:
+        """Check the unfinished command's new bytes ``new`` as Redis would (absurd lengths and
+        header lines without their CRLF past the inline limit fail at once, however the bytes
+        arrive), and hold it to the query-buffer limit."""
         if tail_len > self.limits.max_query_buffer:
             raise ClientProtocolError("Protocol error: query buffer limit exceeded")
-        if tail_len > self.limits.max_inline_len + 4096 and len(self.req_tail) > 1:
-            return  # a large argument in flight: its headers were checked when they arrived
-        probe = RequestParser(self.limits)
-        probe.feed(b"".join(self.req_tail)[: self.limits.max_inline_len + 4096])
-        if probe.parse():  # cannot happen for a canonical client: hiredis found it incomplete
+        if self.unfinished.feed(new):  # cannot happen for a canonical client: hiredis found none
             raise ClientProtocolError("Protocol error: non-canonical request encoding")
 
     def _dispatch(self, cmds: list[Any], raw: bytes) -> None:

@@ -173,7 +173,84 @@ class RequestParser:
             self._pos = pos
 
 
-def _parse_int(buf: bytearray, start: int, end: int) -> int | None:
+class UnfinishedRequest:
+    """Follows the unfinished multibulk command at the end of a client's stream (the bytes the
+    transport holds until hiredis returns the command) and checks it as Redis would while it
+    arrives, whatever the split: a header line (``*N``, ``$N``) longer than ``max_inline_len``
+    without its CRLF, an absurd count or length, or a non-``$`` argument fails at once. Payloads
+    are skipped by length and never kept, so a 512 MB argument costs one step per read, and a
+    header line is searched only where its new bytes begin.
+
+    ``feed(data)`` returns True if a whole command ended inside what was fed: the caller's
+    framing found none there, so the client's encoding is not the canonical one it relies on.
+    """
+
+    __slots__ = ("_limits", "_line", "_want", "_skip")
+
+    def __init__(self, limits: Limits) -> None:
+        self._limits = limits
+        self._line = bytearray()  # the header line read so far (at most max_inline_len + 2 bytes)
+        self._want = 0  # arguments still to come; 0: before the command's ``*N`` line
+        self._skip = 0  # payload bytes (and their CRLF) of the current argument still to pass
+
+    def feed(self, data: bytes) -> bool:
+        pos, n = 0, len(data)
+        lim = self._limits
+        while pos < n:
+            if self._skip:
+                step = min(self._skip, n - pos)
+                self._skip -= step
+                pos += step
+                if not self._skip and not self._want:
+                    return True
+                continue
+            line = self._line
+            old = len(line)
+            line += data[pos : pos + lim.max_inline_len + 2 - old]
+            nl = line.find(_CRLF, max(0, old - 1))
+            if nl < 0:
+                if len(line) > lim.max_inline_len:
+                    raise ClientProtocolError(self._too_big())
+                pos += len(line) - old
+                continue
+            pos += nl + 2 - old
+            header = bytes(line[:nl])
+            line.clear()
+            if self._header(header):
+                return True
+        return False
+
+    def _header(self, line: bytes) -> bool:
+        """Act on one complete header line; True if it completed a command (``$0`` never does:
+        its CRLF still follows)."""
+        lim = self._limits
+        if not self._want:
+            if line[:1] != b"*":  # (the caller hands over multibulk commands only)
+                raise ClientProtocolError(
+                    "Protocol error: expected '*', got " + repr(line[:1].decode("latin-1"))
+                )
+            count = _parse_int(line, 1, len(line))
+            if count is None or count > lim.max_multibulk_len:
+                raise ClientProtocolError("Protocol error: invalid multibulk length")
+            self._want = max(count, 0)  # Redis ignores *0 and *-1
+            return False
+        if line[:1] != b"$":
+            got = line[:1].decode("latin-1") or "\\r"
+            raise ClientProtocolError(f"Protocol error: expected '$', got '{got}'")
+        size = _parse_int(line, 1, len(line))
+        if size is None or size < 0 or size > lim.max_bulk_len:
+            raise ClientProtocolError("Protocol error: invalid bulk length")
+        self._want -= 1
+        self._skip = size + 2
+        return False
+
+    def _too_big(self) -> str:
+        if not self._want:
+            return "Protocol error: too big mbulk count string"
+        return "Protocol error: too big bulk count string"
+
+
+def _parse_int(buf: bytes | bytearray, start: int, end: int) -> int | None:
     if end - start > 20:
         return None
     try:

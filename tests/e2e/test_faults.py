@@ -63,6 +63,46 @@ def test_oversized_inline_and_query_buffer(make_proxy: Any, redis_server: Any, d
     busy_client_ok(proxy, 10)
 
 
+def _send_endless_header(port: int, pieces: list[int]) -> bytes:
+    """``*``, a NUL byte, then bytes without CRLF in writes of the given sizes; what comes back
+    before the connection closes (b"" if it stays open past the socket timeout)."""
+    data = b"*\x00" + b"x" * (sum(pieces) - 2)
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        s.settimeout(10)  # (a hang guard: both answer at once)
+        at = 0
+        try:
+            for size in pieces:
+                s.sendall(data[at : at + size])
+                at += size
+                if len(pieces) == 2:
+                    time.sleep(0.05)  # (the pattern that slipped through: 60 KB read, then the rest)
+        except OSError:
+            pass  # closed while we were still sending: what it said is read below
+        got = b""
+        try:
+            while chunk := s.recv(4096):
+                got += chunk
+        except TimeoutError:
+            return b""
+        except OSError:
+            pass
+        return got
+
+
+@pytest.mark.parametrize("pieces", [[70_000], [60_000, 10_000], [1000] * 70], ids=["one", "60k+10k", "1k"])
+def test_endless_header_line_is_cut_off_as_redis_does(
+    proxy: Any, redis_server: Any, direct: redis.Redis, pieces: list[int]
+) -> None:
+    """Issue 18: an unfinished ``*`` line past 64 KiB is a protocol error and a closed
+    connection, as against Redis, whatever the arrival pattern (a 60 KB read under the limit
+    then a 10 KB one used to slip past the check and stay open)."""
+    want = _send_endless_header(redis_server.port, pieces)
+    assert want == b"-ERR Protocol error: too big mbulk count string\r\n"
+    assert _send_endless_header(proxy.port, pieces) == want
+    busy_client_ok(proxy, 10)
+
+
 def test_client_disconnects_mid_pipeline_and_mid_reply(proxy: Any, direct: redis.Redis) -> None:
     direct.set("big", b"x" * (8 * 1024 * 1024))
     for _ in range(20):

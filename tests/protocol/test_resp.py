@@ -16,6 +16,7 @@ from proxy.resp import (
     Limits,
     ReplyScanner,
     RequestParser,
+    UnfinishedRequest,
     decode_reply,
     encode_command,
     split_inline,
@@ -150,6 +151,69 @@ def test_fuzz_roundtrip_any_split(cmds: list[list[bytes]], step: int) -> None:
     got = parse_all(chunks)
     assert [a for a, _ in got] == cmds
     assert b"".join(r for _, r in got) == data
+
+
+def feed_unfinished(chunks: list[bytes], limits: Limits | None = None) -> list[bool]:
+    check = UnfinishedRequest(limits or Limits())
+    return [check.feed(chunk) for chunk in chunks]
+
+
+ENDLESS = b"*\x00" + b"x" * 70_000  # (a NUL byte, then no CRLF: issue 18's endless header)
+
+
+@pytest.mark.parametrize(
+    "split",
+    [
+        [ENDLESS],  # one read
+        [ENDLESS[:60_000], ENDLESS[60_000:]],  # under the limit, then past it and past 68 KiB
+        [ENDLESS[i : i + 1000] for i in range(0, len(ENDLESS), 1000)],
+        [ENDLESS[i : i + 7] for i in range(0, 66_000, 7)],
+    ],
+    ids=["whole", "60k-then-10k", "1k-reads", "7-byte-reads"],
+)
+def test_unfinished_header_line_fails_at_the_inline_limit_however_it_arrives(split: list[bytes]) -> None:
+    check = UnfinishedRequest(Limits())
+    with pytest.raises(ClientProtocolError, match="too big mbulk count string"):
+        for i, chunk in enumerate(split):
+            check.feed(chunk)
+            # Never later than the read that took the line past the limit.
+            assert sum(map(len, split[: i + 1])) <= MAX_LINE_PLUS_CRLF
+    # A bulk-length line inside a command, after a large argument, is held to the same limit.
+    big = b"*3\r\n$3\r\nSET\r\n$200000\r\n" + b"v" * 200_000 + b"\r\n$" + b"9" * 70_000
+    with pytest.raises(ClientProtocolError, match="too big bulk count string"):
+        feed_unfinished([big[i : i + 4096] for i in range(0, len(big), 4096)])
+
+
+MAX_LINE_PLUS_CRLF = 64 * 1024 + 2 + 1000  # (the limit, plus at most one read of the splits above)
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        (b"*abc\r\n", "invalid multibulk length"),
+        (b"*2\r\n$3\r\nGET\r\n:1\r\n", "expected '$', got ':'"),
+        (b"*1\r\n$-3\r\n", "invalid bulk length"),
+        (b"*1\r\n$99999999999\r\n", "invalid bulk length"),
+    ],
+)
+def test_unfinished_request_wording_is_redis_s(data: bytes, message: str) -> None:
+    for chunks in ([data], byte_chunks(data)):
+        with pytest.raises(ClientProtocolError, match=re.escape(message)):
+            feed_unfinished(chunks)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.binary(max_size=3000), min_size=1, max_size=5),
+    st.integers(min_value=1, max_value=5000),
+)
+def test_unfinished_request_follows_a_canonical_command_to_its_end(args: list[bytes], step: int) -> None:
+    """Fed any prefix of a canonical command, it raises nothing and says the command is complete
+    exactly when its last byte arrives, however the bytes are split; payloads are never kept."""
+    data = encode_command(args)
+    chunks = [data[i : i + step] for i in range(0, len(data), step)]
+    done = feed_unfinished(chunks)
+    assert done[-1] and not any(done[:-1])
 
 
 def test_split_inline_matches_redis_rules() -> None:
