@@ -127,6 +127,7 @@ class ClientConnection(asyncio.Protocol, TierMixin, SessionState):
         self.up_state = DOWN
         self.outbox: list[bytes] = []  # requests written while the upstream connection opens
         self.fast = False  # reply mode: True = hiredis counts frames; False = scanner finds offsets
+        self.fast_resp3 = False  # fast mode began on a RESP3 connection (_fast_resp3_replies)
         self.rep_reader = hiredis.Reader()
         self.scanner = ReplyScanner()
         self.sync_token: bytes | None = None  # the ECHO payload that ends fast mode
@@ -605,6 +606,7 @@ class ClientConnection(asyncio.Protocol, TierMixin, SessionState):
             and all(type(slot) is list for slot in self.pending)
         ):
             self.fast = True
+            self.fast_resp3 = self.resp3
             self.rep_reader = hiredis.Reader()
 
     # ------------------------------------------------------------------ upstream
@@ -682,6 +684,9 @@ class ClientConnection(asyncio.Protocol, TierMixin, SessionState):
 
     def _fast_replies(self, data: bytes) -> None:
         """Count reply frames in C and pass the bytes through."""
+        if self.fast_resp3:
+            self._fast_resp3_replies(data)
+            return
         reader = self.rep_reader
         try:
             reader.feed(data)
@@ -714,6 +719,49 @@ class ClientConnection(asyncio.Protocol, TierMixin, SessionState):
             self._write(buf[:-keep])
             self.holdback = buf[-keep:]
 
+    def _fast_resp3_replies(self, data: bytes) -> None:
+        """``_fast_replies`` on a RESP3 connection. hiredis skips push frames by their type, but
+        returns an attribute (metadata before a reply, which answers nothing) as a plain list, so
+        a read that may hold one (a ``|`` byte anywhere in it) is scanned instead. That needs a
+        frame boundary where the read starts, so here every read starts at one: fast mode begins
+        at a boundary, and a read that ends inside a frame hands over to the scanner, which is
+        given that frame's state. A sync is not needed either: at a boundary the scanner simply
+        takes over, and swallows the sync's reply as the capture it is."""
+        if self.sync_token is not None or b"|" in data:
+            self._scan_from_boundary(data)
+            return
+        reader = self.rep_reader
+        count = 0
+        try:
+            reader.feed(data)
+            while (frame := reader.gets()) is not False:
+                if type(frame) is not _Push:
+                    count += 1
+        except hiredis.ProtocolError as exc:
+            self._bad_upstream_reply(str(exc))
+            return
+        if count:
+            self._consume_runs(count)
+        if reader.has_data():
+            # The read ends inside a frame: the scanner, fed the read from its boundary, knows
+            # where that frame stands and reads on from there.
+            scanner = ReplyScanner()
+            try:
+                scanner.feed(data)
+            except ValueError as exc:
+                self._bad_upstream_reply(str(exc))
+                return
+            self.fast = False
+            self.scanner = scanner
+        self._write(data)
+
+    def _scan_from_boundary(self, data: bytes) -> None:
+        """Leave fast mode at the start of ``data`` (a frame boundary) and scan it."""
+        self.fast = False
+        self.sync_token = None  # (its Sync slot stays queued: the scanner swallows its reply)
+        self.scanner = ReplyScanner()
+        self._slow_replies(data)
+
     def _consume_runs(self, count: int) -> None:
         pending = self.pending
         now = _now()
@@ -745,8 +793,11 @@ class ClientConnection(asyncio.Protocol, TierMixin, SessionState):
         if at < 0:  # cannot happen: hiredis just returned this frame
             self._bad_upstream_reply("sync reply not found")
             return
-        head = self.pending.popleft()
-        assert isinstance(head, Sync), head
+        if not self.pending or not isinstance(self.pending[0], Sync):
+            # The reply count went wrong before it: nothing later on this stream can be matched.
+            self._bad_upstream_reply("the sync reply came when another reply was due")
+            return
+        self.pending.popleft()
         self._write(buf[:at])
         rest = buf[at + len(self.sync_frame) :]
         self.fast = False

@@ -61,7 +61,8 @@ class RunningProxy:
 
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[EmbeddedRedis]:
-    with EmbeddedRedis() as server:
+    # DEBUG PROTOCOL (RESP3 pushes and attributes on demand) from loopback clients only.
+    with EmbeddedRedis(extra_args=["--enable-debug-command", "local"]) as server:
         yield server
 
 

@@ -329,6 +329,112 @@ def test_redis_cli(proxy: Any) -> None:
     assert run("-r", "3", "INCR", "rep").stdout.split() == ["1", "2", "3"]
 
 
+def read_until(sock: socket.socket, tail: bytes) -> bytes:
+    """Read until the stream ends with ``tail`` (a reply that closes a round)."""
+    got = b""
+    while not got.endswith(tail):
+        data = sock.recv(1 << 20)
+        if not data:
+            raise ConnectionError(f"closed after {got[-200:]!r}")
+        got += data
+    return got
+
+
+def split_frames(data: bytes) -> list[bytes]:
+    """Top-level frames of a whole stream (an attribute stays with the reply it precedes)."""
+    at, frames = 0, []
+    for end, _ in ReplyScanner().feed(data):
+        frames.append(data[at:end])
+        at = end
+    return frames
+
+
+ATTRIB = [b"DEBUG", b"PROTOCOL", b"attrib"]  # an attribute frame, then the command's reply
+PUSHED = [b"DEBUG", b"PROTOCOL", b"push"]  # a push frame (no request's reply), then the reply
+
+# Rounds of pipelined commands on one RESP3 connection. Plain rounds run in the reply side's fast
+# mode (hiredis counts frames); CLIENT SETNAME's reply is captured and PREDIS STATS answered by the
+# proxy, both of which need every reply before them counted right; "big" is read in many pieces,
+# and its payload is full of '|' bytes (the attribute type byte).
+RESP3_ROUNDS = [
+    [ATTRIB, [b"PING"], PUSHED, [b"GET", b"k"], [b"ECHO", b"x"]],
+    [[b"GET", b"k"]] * 8,
+    [PUSHED, *[[b"GET", b"k"]] * 4, ATTRIB, ATTRIB, [b"GET", b"k"]],
+    [[b"GET", b"big"], ATTRIB, [b"GET", b"big"], [b"PING"], PUSHED],
+    [[b"CLIENT", b"SETNAME", b"n"], ATTRIB, [b"GET", b"k"], PUSHED, [b"CLIENT", b"GETNAME"]],
+    [[b"SET", b"k", b"v2"], ATTRIB, [b"GET", b"k"], [b"GET", b"k"], PUSHED],
+    [ATTRIB, [b"PREDIS", b"STATS"], [b"GET", b"k"]],
+    [[b"GET", b"k"]] * 3,
+]
+
+
+@pytest.mark.parametrize("tier", ["off", "cpu"])
+def test_resp3_pushes_and_attributes_are_not_counted_as_replies(
+    make_proxy: Any, redis_server: Any, direct: redis.Redis, tier: str
+) -> None:
+    """Issue 18: a push before a reply answers no request, an attribute belongs to the reply
+    after it. Every round's bytes through the proxy are Redis's own, on the fast path and the
+    scanner's, with the tier serving hits and without it (PREDIS STATS, the proxy's own reply,
+    is compared by its position only)."""
+    proxy = make_proxy(redis_server.url, hot_tier=tier)
+    direct.set("k", "v")
+    direct.set("big", b"|" * 300_000)
+    streams: dict[int, list[bytes]] = {}
+    for port in (redis_server.port, proxy.port):
+        direct.set("k", "v")
+        with socket.create_connection(("127.0.0.1", port)) as s:
+            s.settimeout(10)
+            s.sendall(encode_command([b"HELLO", b"3"]))
+            read_frames(s, 1)
+            rounds = []
+            for i, cmds in enumerate(RESP3_ROUNDS):
+                end = encode_command([b"ECHO", b"end-%d" % i])
+                s.sendall(b"".join(encode_command(c) for c in cmds) + end)
+                rounds.append(read_until(s, b"$5\r\nend-%d\r\n" % i))
+                if port == proxy.port and i == 1 and tier == "off":
+                    (conn,) = proxy.server.clients
+                    assert conn.fast  # the plain round left the reply side in fast mode
+            streams[port] = rounds
+    want, got = streams[redis_server.port], streams[proxy.port]
+    # Round 6's second reply: the proxy's statistics, against Redis's unknown-command error.
+    want[6], got[6] = (split_frames(r) for r in (want[6], got[6]))
+    assert want[6].pop(1).startswith(b"-ERR unknown command 'PREDIS'")
+    assert b"# Predis" in got[6].pop(1)
+    for i, (w, g) in enumerate(zip(want, got, strict=True)):
+        assert g == w, (i, g[:300], w[:300])
+    assert proxy.stats.protocol_errors == 0 and proxy.stats.upstream_errors == 0
+
+
+@pytest.mark.parametrize("tier", ["off", "cpu"])
+def test_reply_order_holds_after_an_attribute_before_a_blocked_reply(
+    make_proxy: Any, redis_server: Any, direct: redis.Redis, tier: str
+) -> None:
+    """An attribute counted as a reply used to retire the blocked BLPOP's slot too, so the next
+    reply the proxy makes itself (a tier hit, PREDIS STATS) overtook BLPOP's (issue 18)."""
+    proxy = make_proxy(redis_server.url, hot_tier=tier)
+    direct.set("k", "v")
+    local = [b"GET", b"k"] if tier == "cpu" else [b"PREDIS", b"STATS"]
+    with socket.create_connection((proxy.host, proxy.port)) as s:
+        s.settimeout(10)
+        s.sendall(encode_command([b"HELLO", b"3"]))
+        read_frames(s, 1)
+        deadline = time.monotonic() + 10
+        while tier == "cpu" and proxy.server.tier.hits == 0:  # until the tier serves k
+            assert time.monotonic() < deadline
+            s.sendall(encode_command([b"GET", b"k"]))
+            assert read_frames(s, 1) == [b"$1\r\nv\r\n"]
+        s.sendall(encode_command(ATTRIB) + encode_command([b"BLPOP", b"q", b"10"]))
+        assert read_frames(s, 1)[0].startswith(b"|1\r\n")
+        s.sendall(encode_command(local))
+        while not direct.execute_command("CLIENT", "LIST", "TYPE", "normal").count(b"cmd=blpop"):
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        direct.rpush("q", "item")
+        frames = read_frames(s, 2)
+    assert frames[0] == b"*2\r\n$1\r\nq\r\n$4\r\nitem\r\n"
+    assert frames[1] == b"$1\r\nv\r\n" if tier == "cpu" else b"# Predis" in frames[1]
+
+
 # Raw bytes in, raw bytes out: these must be identical directly and through the proxy.
 DIFFERENTIAL = [
     [b"SET", b"a", b"1"],
