@@ -26,6 +26,11 @@ MAYBE_BLOCKING = frozenset({b"XREAD", b"XREADGROUP"})
 SUBSCRIBE = frozenset({b"SUBSCRIBE", b"PSUBSCRIBE", b"SSUBSCRIBE"})
 UNSUBSCRIBE = frozenset({b"UNSUBSCRIBE", b"PUNSUBSCRIBE", b"SUNSUBSCRIBE"})
 
+# Replication handshakes: Redis answers with an RDB payload (``$<len>`` then bytes with no CRLF
+# after them, or ``$EOF:<mark>`` framing) and then streams the replication feed, so the connection
+# stops being request/reply (redis-cli --rdb, replicas, tools that watch the feed).
+REPLICATION = frozenset({b"SYNC", b"PSYNC"})
+
 # INFO arguments for which Redis's reply gets the `# Predis` section appended.
 INFO_WITH_PREDIS = frozenset({b"default", b"all", b"everything", b"predis"})
 

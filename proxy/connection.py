@@ -54,6 +54,7 @@ from proxy.session import (
     CLOSE,
     NO_SLOT,
     PASSTHROUGH,
+    RAW,
     RESET_FRAME,
     SPECIAL,
     Capture,
@@ -134,6 +135,10 @@ class ClientConnection(asyncio.Protocol, TierMixin, SessionState):
         self.sync_frame = b""
         self.holdback = b""  # tail bytes kept while a sync reply may be split across reads
         self.capture_parts: list[bytes] = []  # start of a captured reply frame split across reads
+        # After SYNC/PSYNC the connection is a raw byte pipe both ways (``_enter_raw``).
+        self.raw = False  # requests: forwarded as they arrive, never parsed
+        self.raw_rep = False  # replies: written as they arrive, never scanned
+        self.raw_held: list[bytes] | None = None  # raw requests waiting for the replies before them
         self.paused: set[str] = set()
         self.peer = ""
         self.tier = server.tier
@@ -229,6 +234,9 @@ class ClientConnection(asyncio.Protocol, TierMixin, SessionState):
         if self.closing or self.closed:
             return
         self.stats.bytes_in += len(data)
+        if self.raw:
+            self._raw_request(data)
+            return
         if not self.req_tail:
             if self.tier is not None:
                 if self._serve_gets(data):
@@ -262,7 +270,10 @@ class ClientConnection(asyncio.Protocol, TierMixin, SessionState):
             except ClientProtocolError as exc:
                 self._protocol_error(exc)
                 return
-            self._inline_data(stream[size:])
+            if self.raw:
+                self._raw_request(stream[size:])
+            else:
+                self._inline_data(stream[size:])
             return
         try:
             self._frame_requests(cmds, data)
@@ -298,6 +309,11 @@ class ClientConnection(asyncio.Protocol, TierMixin, SessionState):
             self.req_tail = [data[cut:]] if tail_len else []
             if cmds:
                 self._dispatch(cmds, raw)
+            if self.raw:  # (a SYNC among them: what follows it is the raw stream's)
+                self.req_reader = hiredis.Reader()
+                self._raw_request(b"".join(self.req_tail))
+                self.req_tail = []
+                return
             if tail_len:
                 self.unfinished = UnfinishedRequest(self.limits)
                 self._check_tail(data[cut:], tail_len)
@@ -428,6 +444,13 @@ class ClientConnection(asyncio.Protocol, TierMixin, SessionState):
                     self._send_upstream(b"".join(pieces))
                     pieces = []
                 slot = self.special(name, args, now)
+                if slot is RAW:
+                    # This command and every one after it go as they are, once the replies
+                    # before them are in; the tier neither serves nor learns from the stream.
+                    rest = (encoded[j] or _pack(tuple(cmds[j])) for j in range(i, len(cmds)))
+                    self.stats.commands_forwarded += forwarded + 1
+                    self._enter_raw(b"".join(rest))  # (pieces before it were sent above)
+                    return
                 if slot is None:  # answered locally, not forwarded
                     run = None
                     if self.closing:
@@ -528,10 +551,43 @@ class ClientConnection(asyncio.Protocol, TierMixin, SessionState):
             raw = [bytes(buf[s:e]) if s >= 0 else None for _, s, e in cmds]
             self._forward([c for c, _, _ in cmds], raw)
         parser.consume()
+        if self.raw:  # (a SYNC among them: the unparsed rest is the raw stream's)
+            self.req_parser = None
+            self._raw_request(bytes(parser.buffer))
+            return
         if parser.error is not None and not self.closing:
             self._protocol_error(parser.error)
         elif parser.pending_bytes() == 0:
             self.req_parser = None  # at a boundary: back to hiredis
+
+    def _enter_raw(self, data: bytes) -> None:
+        """SYNC/PSYNC: from here on the connection is a raw byte pipe both ways, as it is against
+        Redis (an RDB payload without a trailing CRLF, then the replication feed, cannot be
+        framed as replies). ``data`` (the command and anything after it) waits until every reply
+        before it is in, so that the reply side switches at a known boundary."""
+        log.info("replication stream requested, the connection becomes a raw pipe", peer=self.peer)
+        self.raw = True
+        self.raw_held = [data]
+        if self.up_state == DOWN:
+            self._send_upstream(b"")  # connect (and replay the prelude) first
+        self._release_raw()
+
+    def _raw_request(self, data: bytes) -> None:
+        if self.raw_held is not None:
+            self.raw_held.append(data)
+        elif data:
+            self._send_upstream(data)
+
+    def _release_raw(self) -> None:
+        """Send the held raw bytes once nothing is owed before them."""
+        if self.raw_held is None or self.pending or self.up_state != UP or self.closed:
+            return
+        if self.rep_reader.has_data() if self.fast else not self.scanner.at_boundary:
+            return  # (a push frame still arriving)
+        held, self.raw_held = self.raw_held, None
+        self.raw_rep = True
+        self.fast = False
+        self._send_upstream(b"".join(held))
 
     def _protocol_error(self, exc: ClientProtocolError) -> None:
         self.stats.protocol_errors += 1
@@ -654,6 +710,8 @@ class ClientConnection(asyncio.Protocol, TierMixin, SessionState):
             proto.transport.pause_reading()
         if data and proto.transport is not None:
             proto.transport.write(data)
+        if self.raw_held is not None:
+            self._release_raw()
 
     def _prelude(self) -> list[bytes]:
         """Commands that put a fresh upstream connection in this client's state."""
@@ -677,10 +735,15 @@ class ClientConnection(asyncio.Protocol, TierMixin, SessionState):
     def upstream_data(self, proto: UpstreamProtocol, data: bytes) -> None:
         if proto is not self.up or self.closed:
             return
+        if self.raw_rep:
+            self._write(data)
+            return
         if self.fast:
             self._fast_replies(data)
         else:
             self._slow_replies(data)
+        if self.raw_held is not None:
+            self._release_raw()
 
     def _fast_replies(self, data: bytes) -> None:
         """Count reply frames in C and pass the bytes through."""
@@ -965,10 +1028,15 @@ class ClientConnection(asyncio.Protocol, TierMixin, SessionState):
         self.sync_token = None
         # State that a new connection cannot restore: close the client rather than lie to it.
         stateful = (
-            self.in_multi or self.watching or self.tracking or self.passthrough_req or self.passthrough_rep
+            self.in_multi
+            or self.watching
+            or self.tracking
+            or self.passthrough_req
+            or self.passthrough_rep
+            or self.raw
         )
         self.passthrough_rep = False
-        if mid_frame:
+        if mid_frame or self.raw_rep:  # (a raw stream cannot be resumed either)
             log.info("upstream lost in the middle of a reply, closing client", peer=self.peer)
             self.pending.clear()
             self._close_now()

@@ -7,6 +7,7 @@ Slots (entries of the reply queue):
   Capture    a forwarded request whose reply the proxy reads or rewrites
   Sync       the proxy's own ECHO, sent to find a reply boundary; its reply is swallowed
   _CLOSE / _PASSTHROUGH   markers acted upon when they reach the head
+  RAW        returned (never queued) for SYNC/PSYNC: the connection becomes a raw byte pipe
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ class _Marker:
 CLOSE = _Marker("CLOSE")
 PASSTHROUGH = _Marker("PASSTHROUGH")
 NO_SLOT = _Marker("NO_SLOT")
+RAW = _Marker("RAW")
 RESET_FRAME = b"+RESET\r\n"
 
 # Commands that leave the fast path: state tracking, local answers, special reply counts.
@@ -63,6 +65,7 @@ SPECIAL = frozenset(
     | commands.MAYBE_BLOCKING
     | commands.SUBSCRIBE
     | commands.UNSUBSCRIBE
+    | commands.REPLICATION
 )  # fmt: skip
 
 
@@ -130,8 +133,12 @@ class SessionState:
         """Decide what to do with a command that is not a plain forward.
 
         Returns the slot(s) for a forwarded command (one slot, or a tuple of slots), NO_SLOT for a
-        forwarded command that gets no reply, or None if the command is not forwarded.
+        forwarded command that gets no reply, RAW for one after which the connection is a raw
+        byte pipe, or None if the command is not forwarded.
         """
+        if name in commands.REPLICATION and not self.in_multi and not self.passthrough_req:
+            # (Inside MULTI Redis refuses it with an ordinary error; so it does while subscribed.)
+            return RAW
         if self.passthrough_req:
             if name == b"RESET":
                 self.reset_request_state()

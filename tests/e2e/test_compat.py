@@ -10,12 +10,14 @@ import socket
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import redis
 import redis.asyncio as aioredis
 
+from proxy.embedded import EmbeddedRedis
 from proxy.resp import ReplyScanner, encode_command
 
 PROTOCOLS = [2, 3]
@@ -433,6 +435,108 @@ def test_reply_order_holds_after_an_attribute_before_a_blocked_reply(
         frames = read_frames(s, 2)
     assert frames[0] == b"*2\r\n$1\r\nq\r\n$4\r\nitem\r\n"
     assert frames[1] == b"$1\r\nv\r\n" if tier == "cpu" else b"# Predis" in frames[1]
+
+
+def _fill_for_backup(direct: redis.Redis) -> None:
+    direct.set(b"bin\x00key", bytes(range(256)) * 40)
+    direct.hset("h", mapping={"f1": "a", "f2": "b"})
+    direct.rpush("l", *range(50))
+    direct.set("ttl", "v", ex=3600)
+    db3 = redis.Redis(port=direct.connection_pool.connection_kwargs["port"], db=3)
+    db3.set("in-db3", "x")
+    db3.close()
+
+
+def _contents(port: int) -> dict[tuple[int, bytes], bytes]:
+    """Every key of dbs 0 and 3 with its DUMP serialisation (type, value and encoding)."""
+    out = {}
+    for db in (0, 3):
+        r = redis.Redis(port=port, db=db)
+        out.update({(db, key): r.dump(key) for key in r.scan_iter()})
+        r.close()
+    return out
+
+
+@pytest.fixture
+def quick_sync(direct: redis.Redis) -> Iterator[None]:
+    """Redis waits 5 s for more replicas before a diskless transfer; tests need not."""
+    before = direct.config_get("repl-diskless-sync-delay")["repl-diskless-sync-delay"]
+    direct.config_set("repl-diskless-sync-delay", 0)
+    yield
+    direct.config_set("repl-diskless-sync-delay", before)
+
+
+@pytest.mark.skipif(shutil.which("redis-cli") is None, reason="redis-cli is not installed")
+@pytest.mark.parametrize("tier", ["off", "cpu"])
+def test_rdb_backup_through_the_proxy_restores_the_same_data(
+    make_proxy: Any, redis_server: Any, direct: redis.Redis, quick_sync: None, tmp_path: Any, tier: str
+) -> None:
+    """Issue 18: ``redis-cli --rdb`` (SYNC) through the proxy writes a dump that restores the
+    same keys as one taken from Redis directly (the files differ only in their creation time)."""
+    proxy = make_proxy(redis_server.url, hot_tier=tier)
+    _fill_for_backup(direct)
+    source = _contents(redis_server.port)
+    for name, port in (("direct", redis_server.port), ("proxy", proxy.port)):
+        dump = tmp_path / name / "dump.rdb"
+        dump.parent.mkdir()
+        done = subprocess.run(
+            ["redis-cli", "-p", str(port), "--rdb", str(dump)], capture_output=True, text=True, timeout=60
+        )
+        assert done.returncode == 0 and "Transfer finished with success" in done.stderr, done
+        with EmbeddedRedis(workdir=dump.parent) as restored:
+            assert _contents(restored.port) == source, name
+    assert proxy.stats.upstream_errors == 0
+
+
+@pytest.mark.parametrize(
+    "handshake",
+    [
+        b"SYNC\r\n",
+        encode_command([b"PING"]) + encode_command([b"SYNC"]),
+        encode_command([b"PSYNC", b"?", b"-1"]),
+    ],
+    ids=["inline", "after-ping", "psync"],
+)
+@pytest.mark.parametrize("tier", ["off", "cpu"])
+def test_sync_stream_passes_raw_rdb_then_the_feed(
+    make_proxy: Any, redis_server: Any, direct: redis.Redis, quick_sync: None, handshake: bytes, tier: str
+) -> None:
+    """A raw SYNC/PSYNC reads the RDB payload (no CRLF after it), then sees another client's
+    write arrive on the replication feed, as directly against Redis."""
+    proxy = make_proxy(redis_server.url, hot_tier=tier)
+    direct.set("before", "1")
+    with socket.create_connection((proxy.host, proxy.port)) as s:
+        s.settimeout(20)
+        s.sendall(handshake)
+        buf = b""
+        while b"REDIS" not in buf or not re.search(rb"\$(\d+)\r\n", buf):
+            chunk = s.recv(1 << 16)
+            assert chunk, buf
+            buf += chunk
+        if handshake.startswith(b"*1\r\n$4\r\nPING"):
+            assert buf.startswith(b"+PONG\r\n")
+            buf = buf[7:]
+        if b"PSYNC" in handshake:
+            assert buf.startswith(b"+FULLRESYNC ")
+            buf = buf[buf.index(b"\r\n") + 2 :]
+        header = re.match(rb"\n*\$(\d+)\r\n", buf)  # (Redis sends newlines while it prepares the RDB)
+        assert header, buf[:100]
+        size, body = int(header.group(1)), buf[header.end() :]
+        while len(body) < size:
+            chunk = s.recv(1 << 16)
+            assert chunk
+            body += chunk
+        assert body.startswith(b"REDIS")
+        feed = body[size:]
+        writer = proxy.client()
+        writer.set("after-sync", "seen")
+        while b"after-sync" not in feed:
+            chunk = s.recv(1 << 16)
+            assert chunk, feed
+            feed += chunk
+        assert encode_command([b"SET", b"after-sync", b"seen"]) in feed
+        writer.close()
+    assert proxy.stats.upstream_errors == 0 and proxy.stats.protocol_errors == 0
 
 
 # Raw bytes in, raw bytes out: these must be identical directly and through the proxy.
