@@ -23,7 +23,7 @@ def train_main(argv: list[str]) -> int:
         "--precision",
         choices=["auto", "bf16", "fp32"],
         default="auto",
-        help="autocast to bf16 (auto: on a GPU, and on a CPU with native bf16)",
+        help="autocast to bf16 (auto: on a GPU, and on a CPU with native bf16, where the model runs in it)",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch", type=int, default=64, help="windows of --length reads per step")

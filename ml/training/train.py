@@ -23,6 +23,7 @@ from ml.data.log import AccessLog
 from ml.inference import DISCOUNT_GATE, MERGE_GATE
 from ml.models.lstm.model import LSTMConfig, NextKeyLSTM
 from ml.training.data import encode, replay_slots_of, windows
+from ml.training.precision import use_bf16
 from ml.vocab import Vocabulary
 
 
@@ -42,9 +43,7 @@ class TrainConfig:
     # too late to leave time for what follows the loop.
     max_seconds: float = 600.0
     device: str = "auto"
-    precision: str = (
-        "auto"  # bf16 autocast on a GPU, and on a CPU with native bf16 (avx512_bf16/AMX); or bf16|fp32
-    )
+    precision: str = "auto"  # bf16 autocast on a GPU and on a CPU with native bf16, where the model runs in it (precision.py)
     progress: bool = True
 
 
@@ -57,34 +56,6 @@ def fingerprint(log: AccessLog) -> str:
                 if buf is not None:
                     h.update(memoryview(buf)[: 1 << 20])
     return h.hexdigest()[:16]
-
-
-PRECISIONS = ("auto", "bf16", "fp32")
-
-
-def native_bf16_cpu() -> bool:
-    """Whether this CPU multiplies bf16 in hardware (avx512_bf16 or AMX): there, autocast to bf16
-    takes a fifth off a training step of the reference model (bench/RESULTS.md); elsewhere it
-    would be emulated, and slower than fp32."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return "avx512_bf16" in flags or "amx_bf16" in flags
-    except OSError:
-        pass
-    return False
-
-
-def use_bf16(precision: str, device: str) -> bool:
-    if precision not in PRECISIONS:
-        from proxy.errors import ConfigError
-
-        raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
-    if precision != "auto":
-        return precision == "bf16"
-    return device.startswith("cuda") or native_bf16_cpu()
 
 
 def pick_device(name: str) -> str:
@@ -130,6 +101,7 @@ def train(
 
     tcfg = tcfg or TrainConfig()
     device = pick_device(tcfg.device)
+    amp = use_bf16(tcfg.precision, device)  # (before any work: bf16 where it cannot run is an error)
     torch.manual_seed(tcfg.seed)
     np.random.seed(tcfg.seed)
     n = len(log)
@@ -176,7 +148,6 @@ def train(
     mcfg.key_vocab, mcfg.template_vocab = vocab.key_size, vocab.template_size
     model = NextKeyLSTM(mcfg).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
-    amp = use_bf16(tcfg.precision, device)
     gen = torch.Generator().manual_seed(tcfg.seed)
     best, best_state, stale, history = math.inf, None, 0, []
     started = time.perf_counter()

@@ -100,3 +100,29 @@ def test_bad_model_and_bad_flags(tmp_path: Path) -> None:
     )
     out = run("train", str(log), "-o", str(tmp_path / "m"), "--split", "1.5")
     assert out.returncode == 2 and "--split" in out.stderr
+
+
+def test_train_bf16_where_the_model_cannot_run_in_it_is_one_line(tmp_path: Path) -> None:
+    """Issue 18: on a CPU whose oneDNN has no bf16 LSTM kernel (held to AVX2 here, as an AMD
+    EPYC without AVX-512 is), ``--precision bf16`` stops before any work with one line that
+    says why and what to use instead; ``--precision auto`` trains there, in fp32."""
+    import os
+
+    log = tmp_path / "z.parquet"
+    write_log(generate("zipfian", 3000, seed=1), log)
+    avx2 = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2"}
+
+    def train(precision: str, out: str) -> subprocess.CompletedProcess[str]:
+        args = ["train", str(log), "-o", str(tmp_path / out), "--epochs", "1", "--quiet"]
+        return subprocess.run(
+            [*PREDIS, *args, "--precision", precision], capture_output=True, text=True, timeout=600, env=avx2
+        )
+
+    out = train("bf16", "m")
+    lines = out.stderr.strip().splitlines()
+    assert out.returncode == 2 and len(lines) == 1, out.stderr
+    assert "does not run in bf16 on cpu" in lines[0] and "--precision fp32 or auto" in lines[0]
+    assert not (tmp_path / "m").exists()
+    out = train("auto", "m2")
+    assert out.returncode == 0, out.stderr
+    assert json.loads((tmp_path / "m2" / "metrics.json").read_text())["precision"] == "fp32"

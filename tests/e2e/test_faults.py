@@ -122,11 +122,9 @@ def test_client_disconnects_mid_pipeline_and_mid_reply(proxy: Any, direct: redis
 
 def test_upstream_down_gives_errors_not_hangs(make_proxy: Any) -> None:
     proxy = make_proxy(f"redis://127.0.0.1:{free_port()}", connect_timeout=1.0)
-    r = proxy.client(socket_timeout=5, protocol=2)
-    t0 = time.monotonic()
+    r = proxy.client(socket_timeout=20, protocol=2)  # (a hang would raise TimeoutError instead)
     with pytest.raises(redis.ResponseError, match="upstream Redis unavailable"):
         r.get("x")
-    assert time.monotonic() - t0 < 1.5
     assert b"upstream_status" in r.execute_command("PREDIS", "STATS")  # the proxy still answers
 
 
@@ -134,13 +132,13 @@ def test_hung_upstream_times_out(make_proxy: Any) -> None:
     server = EmbeddedRedis().start()
     try:
         proxy = make_proxy(server.url, command_timeout=0.5)
-        r = proxy.client(socket_timeout=5)
+        r = proxy.client(socket_timeout=20)
         assert r.set("a", 1)
         os.kill(server.process.pid, signal.SIGSTOP)
-        t0 = time.monotonic()
-        with pytest.raises(redis.ResponseError, match="did not reply within"):
+        # The proxy's own 0.5 s timeout answers (its wording says so); a hang would end in the
+        # client's socket timeout instead.
+        with pytest.raises(redis.ResponseError, match=r"did not reply within 0\.5s"):
             r.get("a")
-        assert time.monotonic() - t0 < 1.5
         os.kill(server.process.pid, signal.SIGCONT)
         assert r.get("a") == b"1"  # a fresh upstream connection
         assert proxy.stats.timeouts >= 1
@@ -181,13 +179,22 @@ def test_kill_and_restart_upstream_under_traffic(make_proxy: Any, tmp_path: Any)
     threads = [threading.Thread(target=writer, args=(w,)) for w in range(4)]
     for t in threads:
         t.start()
+
+    # Events, not durations (hang guards only): writes acked, then errors while Redis is away,
+    # then writes acked again after it is back.
+    def until(condition: Any) -> None:
+        deadline = time.monotonic() + 60
+        while not condition():
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+
     try:
-        time.sleep(0.5)
+        until(lambda: len(acked) >= 100)
         server.kill()  # SIGKILL: a crash, not a clean shutdown
-        time.sleep(0.5)
+        until(lambda: len(errors) >= 4)
         before_restart = len(acked)
         server = EmbeddedRedis(port=port, extra_args=durable, workdir=tmp_path).start()
-        time.sleep(1.0)
+        until(lambda: len(acked) >= before_restart + 100)
     finally:
         stop.set()
         for t in threads:

@@ -28,6 +28,27 @@ def tier_of(proxy: Any) -> Any:
     return proxy.server.tier
 
 
+class ShiftedClock:
+    """The tier's clock plus an offset the test moves: the tier's time jumps forward without the
+    test sleeping, so bounds are crossed (or not) whatever the machine's speed."""
+
+    def __init__(self, base: Callable[[], float]) -> None:
+        self.base = base
+        self.offset = 0.0
+
+    def __call__(self) -> float:
+        return self.base() + self.offset
+
+    def advance(self, seconds: float) -> None:
+        self.offset += seconds
+
+
+def shift_clock(proxy: Any) -> ShiftedClock:
+    clock = ShiftedClock(tier_of(proxy).clock)
+    tier_of(proxy).clock = clock  # (read on every use: the proxy's thread sees it at once)
+    return clock
+
+
 def active_proxy(make_proxy: Any, url: str, **kw: Any) -> Any:
     proxy = make_proxy(url, **kw)
     wait_for(lambda: tier_of(proxy).active)
@@ -220,10 +241,8 @@ def test_ttl_is_never_outlived(tproxy: Any, direct: redis.Redis) -> None:
     direct.set("t", "v", px=400)
     cache(tproxy, r, "t")
     assert r.get("t") == b"v"
-    deadline = time.monotonic() + 3
     served_after_expiry = 0
-    while time.monotonic() < deadline and direct.exists("t"):
-        time.sleep(0.001)
+    wait_for(lambda: not direct.exists("t"), timeout=30)
     # Redis says it is gone (expired): the proxy must agree at once, without waiting for tracking.
     for _ in range(50):
         served_after_expiry += r.get("t") is not None
@@ -273,13 +292,14 @@ def test_redis_eviction_invalidates(tproxy: Any, direct: redis.Redis) -> None:
 
 
 def test_max_staleness_bound(make_proxy: Any, redis_server: EmbeddedRedis, direct: redis.Redis) -> None:
-    proxy = active_proxy(make_proxy, redis_server.url, hot_tier_max_staleness=0.2)
+    proxy = active_proxy(make_proxy, redis_server.url, hot_tier_max_staleness=30)
+    clock = shift_clock(proxy)
     r = proxy.client()
     direct.set("s", "v")
     cache(proxy, r, "s")
     hits = tier_of(proxy).hits
     assert r.get("s") == b"v" and tier_of(proxy).hits == hits + 1
-    time.sleep(0.25)
+    clock.advance(31)  # past the bound (the refresh its hit asked for read it 30 s ago, at most)
     assert r.get("s") == b"v" and tier_of(proxy).hits == hits + 1  # re-read from Redis, not served
 
 
@@ -334,20 +354,20 @@ def test_refresh_ahead_keeps_a_hot_key_served(
 ) -> None:
     """A key read continuously is re-read in the background after half the staleness bound, so it
     stays in the tier across many bounds instead of missing once per bound; a write still shows."""
-    proxy = active_proxy(make_proxy, redis_server.url, hot_tier_max_staleness=0.3)
+    proxy = active_proxy(make_proxy, redis_server.url, hot_tier_max_staleness=30)
+    clock = shift_clock(proxy)
     r = proxy.client()
     direct.set("hot", "v0")
     cache(proxy, r, "hot")
     tier = tier_of(proxy)
-    hits, misses = tier.hits, tier.misses
-    deadline = time.monotonic() + 1.5  # five staleness bounds
-    reads = 0
-    while time.monotonic() < deadline:
-        assert r.get("hot") == b"v0"
-        reads += 1
-        time.sleep(0.002)
-    assert tier.refreshes >= 3
-    assert tier.misses - misses <= 2 and tier.hits - hits >= reads - 2, (reads, tier.hits - hits)
+    hits, misses, refreshes = tier.hits, tier.misses, tier.refreshes
+    for _ in range(5):  # five times 0.8 bounds: without refreshes it would be stale from the 2nd on
+        clock.advance(0.8 * 30)  # past the refresh point (0.5-0.75 of the bound), not the bound
+        due = tier.entries[(0, b"hot")].filled + 30
+        assert r.get("hot") == b"v0"  # served, and a re-read asked for
+        wait_for(lambda due=due: tier.entries[(0, b"hot")].filled + 30 > due)  # (the refresh landed)
+    assert tier.refreshes - refreshes == 5
+    assert tier.misses == misses and tier.hits - hits == 5, (tier.misses - misses, tier.hits - hits)
     r.set("hot", "v1")
     assert r.get("hot") == b"v1"
     assert r.info("predis")["hot_tier_refreshes"] == tier.refreshes
@@ -476,7 +496,8 @@ def test_staleness_checker(tproxy: Any, direct: redis.Redis, redis_server: Embed
     ]
     for t in threads:
         t.start()
-    time.sleep(3.0)
+    # A count of reads, not a duration: the same history on a fast machine and a slow one.
+    wait_for(lambda: len(reads) >= 3000 and tier_of(tproxy).hits >= 300, timeout=120)
     stop.set()
     for t in threads:
         t.join(10)
@@ -489,8 +510,9 @@ def test_staleness_checker(tproxy: Any, direct: redis.Redis, redis_server: Embed
         cache(tproxy, r, "probe")
         t0 = time.monotonic()
         direct.set("probe", f"v{i}")
+        # Without tracking the old value would be served for the whole 10 s staleness bound.
         while r.get("probe") != f"v{i}".encode():
-            pass
+            assert time.monotonic() - t0 < 5, "the direct write never reached the tier"
         delays.append(time.monotonic() - t0)
     delay = max(delays)
 
@@ -510,9 +532,11 @@ def test_staleness_checker(tproxy: Any, direct: redis.Redis, redis_server: Embed
         f"{stale_proxy}; of direct-written keys: {len(lags)} (max lag {max(lags, default=0) * 1000:.2f} ms); "
         f"measured invalidation delay max {delay * 1000:.2f} ms, median {sorted(delays)[10] * 1000:.2f} ms"
     )
-    assert len(reads) > 1000 and hits > 100
     assert stale_proxy == 0
-    assert all(lag <= delay + 0.02 for lag in lags), (max(lags), delay)
+    # The guarantee for a write the proxy does not see: never served past the staleness bound
+    # (the invalidation usually ends it far sooner: the figures above, reported, not asserted,
+    # since a stale read's lag under load and a delay measured apart are two timings).
+    assert all(lag <= tier_of(tproxy).max_staleness for lag in lags), max(lags)
 
 
 def test_long_get_batches_bypass_the_tier(tproxy: Any, direct: redis.Redis) -> None:
