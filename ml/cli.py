@@ -4,8 +4,26 @@ from __future__ import annotations
 
 import json
 import sys
+from typing import Any
 
 from proxy.cli import OneLineParser
+
+
+def time_spent(metrics: dict[str, Any]) -> str:
+    """One line on where the command's time went and what its budget cut."""
+    budget, laps = metrics["time_budget"], metrics["seconds"]
+    phases = ", ".join(f"{name} {laps[name]:g}" for name in laps if name != "total")
+    cut = []
+    if budget["stopped_mid_epoch"]:
+        cut.append(
+            f"the loop stopped in epoch {budget['epochs']} at step {budget['steps_in_last_epoch']}"
+            f" of {budget['steps_per_epoch']}"
+        )
+    if budget["replays_after_loop"] != "all":
+        cut.append(f"replays after it: {budget['replays_after_loop']}")
+    return f"predis train: {budget['seconds']:g} s of a {budget['max_seconds']:g} s budget ({phases})" + (
+        "; " + "; ".join(cut) if cut else ""
+    )
 
 
 def train_main(argv: list[str]) -> int:
@@ -33,7 +51,8 @@ def train_main(argv: list[str]) -> int:
         "--max-seconds",
         type=float,
         default=600.0,
-        help="time budget of the whole command: no epoch starts that would leave too little for the rest",
+        help="time budget of the whole command: the loop stops (between steps) in time for what follows, "
+        "and the replays after it shrink to what is left",
     )
     p.add_argument("--split", type=float, default=0.8, help="share of the log (by time) used for training")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -68,6 +87,9 @@ def train_main(argv: list[str]) -> int:
         "fallback_hit_ratios": metrics["fallback_hit_ratios"],
         "fallback_hit_ratios_by_share": metrics["fallback_hit_ratios_by_share"],
         "gated_hit_ratios": metrics["gated_hit_ratios"],
+        "seconds": metrics["seconds"],
+        "time_budget": metrics["time_budget"],
     }
     print(json.dumps(summary, indent=1))
+    print(time_spent(metrics), file=sys.stderr)
     return 0

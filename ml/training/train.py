@@ -11,6 +11,7 @@ import math
 import multiprocessing
 import os
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ import torch
 from ml.data.log import AccessLog
 from ml.inference import DISCOUNT_GATE, MERGE_GATE
 from ml.models.lstm.model import LSTMConfig, NextKeyLSTM
+from ml.training.budget import TimeBudget
 from ml.training.data import encode, replay_slots_of, windows
 from ml.training.precision import use_bf16
 from ml.vocab import Vocabulary
@@ -39,8 +41,8 @@ class TrainConfig:
     seed: int = 0
     max_keys: int = 8_192
     max_templates: int = 1_024
-    # The whole command's budget (the goal: a model in 10 minutes): no epoch starts that would end
-    # too late to leave time for what follows the loop.
+    # The whole command's budget (the goal: a model in 10 minutes), checked before every training
+    # step; the replays after the loop shrink to what is left (ml.training.budget).
     max_seconds: float = 600.0
     device: str = "auto"
     precision: str = "auto"  # bf16 autocast on a GPU and on a CPU with native bf16, where the model runs in it (precision.py)
@@ -94,7 +96,10 @@ def train(
     tcfg: TrainConfig | None = None,
     mcfg: LSTMConfig | None = None,
     registry: bool = False,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> dict[str, Any]:
+    """Train on ``log`` and save the model to ``out_dir``; returns its metrics. ``clock`` times
+    the command against ``tcfg.max_seconds`` (ml.training.budget)."""
     from ml.inference import predict_streams
     from ml.registry import next_version, save_model, set_current
     from ml.training.evaluate import score
@@ -110,7 +115,7 @@ def train(
         from proxy.errors import ConfigError
 
         raise ConfigError(f"the log has {n} reads: too few to split into training and validation")
-    clock = _Phases()
+    budget = TimeBudget(tcfg.max_seconds, clock)
     codes, names = log.key_codes()
     train_names = names.take(codes[:cut]).to_pylist()  # the vocabulary sees the training part only
     vocab = Vocabulary.build(train_names, tcfg.max_keys, tcfg.max_templates)
@@ -119,14 +124,14 @@ def train(
     train_idx, val_idx = np.arange(cut), np.arange(cut, n)
     tr = windows(enc, train_idx, tcfg.length)
     va = windows(enc, val_idx, tcfg.length)
-    clock.lap("encode")
+    budget.lap("encode")
     # What does not depend on the model runs first, so that its cost is known when the loop sets its
     # end: the online heuristics scored on the validation reads, and the replays that choose the
     # fallback and the eviction policy.
     specs = ("markov", "pg", "obl", "mithril")
     scored = _replays_in_parallel(_heuristic_job, [(spec,) for spec in specs], enc=enc, idx=val_idx)
     heuristics = dict(zip(specs, scored, strict=True))
-    clock.lap("compare")
+    budget.lap("compare")
     # The fallback for reads the model is unsure of, and the eviction policy to run under
     # (choose_fallback): from replays of the training log only, never of what the simulator
     # later judges.
@@ -140,24 +145,35 @@ def train(
     fallback_by_share = {str(s): choose_fallback(*both[s]) for s in REPLAY_SHARES}
     replays = by_share[0.05]
     fallback, policy = fallback_by_share["0.05"].split("@")
-    clock.lap("fallback_replays")
-    # The rest after the loop (the model's predictions and its own replays) took 0.96-2.73x these
-    # replays on the workloads measured (bench/RESULTS.md); the loop leaves room for 3 times them.
-    reserve = AFTER_LOOP_FACTOR * (clock.laps["compare"] + clock.laps["fallback_replays"])
-    deadline = tcfg.max_seconds - reserve  # (seconds from the start of the command)
+    fallback_seconds = budget.lap("fallback_replays")
+    # What the loop must leave room for follows from these replays' cost (ml.training.budget).
+    budget.start_loop(
+        fallback_seconds,
+        len(REPLAY_SHARES) * 2 * len(FALLBACK_SPECS),  # (shares x policies x specs, as above)
+        _workers(),
+        {
+            "gates": len(REPLAY_SHARES) * len(GATES),
+            "floors": len(REPLAY_SHARES) * len(FLOORS),
+            "one gate": len(REPLAY_SHARES),
+        },
+        val_windows=va["keys"].shape[0],
+        batch=tcfg.batch,
+    )
     mcfg.key_vocab, mcfg.template_vocab = vocab.key_size, vocab.template_size
     model = NextKeyLSTM(mcfg).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
     gen = torch.Generator().manual_seed(tcfg.seed)
     best, best_state, stale, history = math.inf, None, 0, []
-    started = time.perf_counter()
-    steps_per_epoch = max(1, math.ceil(tr["keys"].shape[0] / tcfg.batch))
+    steps_per_epoch = budget.steps_per_epoch = max(1, math.ceil(tr["keys"].shape[0] / tcfg.batch))
     for epoch in range(tcfg.epochs):
         model.train()
         perm = torch.randperm(tr["keys"].shape[0], generator=gen)
         bar = _progress(steps_per_epoch, f"epoch {epoch + 1}", tcfg.progress)
-        total = 0.0
+        total, done = 0.0, 0
+        budget.epoch_begins()
         for s in range(steps_per_epoch):
+            if budget.stop_before_step():  # checked before every step, not only between epochs
+                break
             rows = perm[s * tcfg.batch : (s + 1) * tcfg.batch]
             loss = _loss(model, tr, rows, device, amp)
             opt.zero_grad(set_to_none=True)
@@ -165,23 +181,27 @@ def train(
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             total += loss.item()
+            done += 1
+            budget.step_done()
             bar.update(1)
             bar.set_postfix(loss=f"{total / (s + 1):.3f}")
         bar.close()
         model.eval()
+        val_start = budget.now()
         with torch.no_grad():
             val = [
                 float(_loss(model, va, torch.arange(i, min(i + 256, va["keys"].shape[0])), device, amp))
                 for i in range(0, va["keys"].shape[0], 256)
             ]
+        budget.validated(budget.now() - val_start)
         val_loss = float(np.mean(val))
-        elapsed = time.perf_counter() - started
         history.append(
             {
                 "epoch": epoch + 1,
-                "train_loss": total / steps_per_epoch,
+                "steps": done,
+                "train_loss": total / max(1, done),
                 "val_loss": val_loss,
-                "seconds": round(elapsed, 1),
+                "seconds": round(budget.now() - budget.loop_start, 1),
             }
         )
         if val_loss < best - 1e-4:
@@ -189,24 +209,25 @@ def train(
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         else:
             stale += 1
-        # Stop when patience runs out, or when another epoch as long as the last would overrun.
-        epoch_seconds = elapsed / (epoch + 1)
-        if stale >= tcfg.patience or clock.now() + epoch_seconds > deadline:
+        # Stop when patience runs out, or when the budget stopped this epoch short.
+        if stale >= tcfg.patience or budget.stopped_mid_epoch:
             break
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
-    train_seconds = time.perf_counter() - started
-    clock.lap("train")
+    train_seconds = budget.lap("train")
     cands, conf, top_code = predict_streams(model, vocab, enc, val_idx, device=device)
-    clock.lap("predict")
+    budget.lap("predict")
+    # The replays below as far as the budget allows (all; no floors; one gate; none).
+    plan = budget.plan_after_loop()
+    gates = GATES if plan in ("all", "no floors") else GATES[:1] if plan == "one gate" else ()
     # Never worse than the fallback: at each size, replay the gated arm (the model's candidates on
     # the validation reads) beside that fallback; where it hit less, the arm is the fallback alone.
     # The gate itself is chosen the same way: model first when confident (0.5), both lists merged
     # by score (-1), or the fallback alone ("off"), whichever replay hit most.
     # (Each replay is independent of the others: they run in worker processes, one per core.)
     gated_jobs = [
-        (s, *fallback_by_share[str(s)].split("@"), gate, 0.0) for s in REPLAY_SHARES for gate in GATES
+        (s, *fallback_by_share[str(s)].split("@"), gate, 0.0) for s in REPLAY_SHARES for gate in gates
     ]
     gated_hits = _replays_in_parallel(
         _gated_job, gated_jobs, enc=enc, idx=np.arange(n), warmup=cut, cands=cands, conf=conf
@@ -218,10 +239,11 @@ def train(
     # are often within a tenth of a point of each other, and such a near tie picked the gate that
     # lost 2 points on the judged gaming trace (bench/RESULTS.md). Per size only the fallback
     # alone ("off") can replace it, where the gated replay hit less than the fallback's.
-    gate = max((str(g) for g in GATES), key=lambda g: sum(hits[g] for hits in ml_replays.values()))
+    # (No replays at all, when the budget left none: the model is not used, its fallback never worse.)
+    gate = max((str(g) for g in gates), key=lambda g: sum(h[g] for h in ml_replays.values()), default="off")
     gate_by_share: dict[str, float | str] = {}
     for share_key, hits in ml_replays.items():
-        chosen_ok = hits[gate] >= by_share[float(share_key)][fallback_by_share[share_key]]
+        chosen_ok = gate != "off" and hits[gate] >= by_share[float(share_key)][fallback_by_share[share_key]]
         gate_by_share[share_key] = float(gate) if chosen_ok else "off"
     # Then the floor under the chosen gate: candidates scored under it are not prefetched, which
     # keeps the budget for surer ones (FLOORS, chosen the same way; no floor unless one hit more).
@@ -231,7 +253,7 @@ def train(
         (float(s), *fallback_by_share[s].split("@"), float(gate), floor)
         for s, chosen in gate_by_share.items()
         if chosen != "off"  # (the fallback alone: no candidates of the model's to hold back)
-        for floor in FLOORS
+        for floor in (FLOORS if plan == "all" else ())
     ]
     floor_hits = _replays_in_parallel(
         _gated_job, floor_jobs, enc=enc, idx=np.arange(n), warmup=cut, cands=cands, conf=conf
@@ -242,7 +264,7 @@ def train(
         floored[str(job[0])][str(job[4])] = hit
     for share_key, tried in floored.items():
         floor_by_share[share_key] = float(max(tried, key=lambda f: (tried[f], -float(f))))
-    clock.lap("gate_floor_replays")
+    budget.lap("gate_floor_replays")
     fallback_by_capacity = {str(entries[s]): fallback_by_share[str(s)] for s in REPLAY_SHARES}
     gate_by_capacity = {str(entries[s]): gate_by_share[str(s)] for s in REPLAY_SHARES}
     floor_by_capacity = {str(entries[s]): floor_by_share[str(s)] for s in REPLAY_SHARES}
@@ -264,8 +286,8 @@ def train(
         "floor_by_capacity": floor_by_capacity,
         "history": history,
         "train_seconds": round(train_seconds, 1),
-        "seconds": clock.laps,
-        "time_budget": {"max_seconds": tcfg.max_seconds, "reserved_after_loop": round(reserve, 1)},
+        "seconds": budget.laps,
+        "time_budget": budget.report(),
         "train_reads": cut,
         "val_reads": n - cut,
         "device": device,
@@ -294,26 +316,6 @@ def train(
     metrics["model_dir"] = str(target)
     return metrics
 
-
-class _Phases:
-    """Wall seconds of each phase of training, for metrics.json (the 10-minute goal is the
-    whole command's, not only the loop's)."""
-
-    def __init__(self) -> None:
-        self.t0 = self.last = time.perf_counter()
-        self.laps: dict[str, float] = {}
-
-    def now(self) -> float:
-        return time.perf_counter() - self.t0
-
-    def lap(self, name: str) -> None:
-        now = time.perf_counter()
-        self.laps[name] = round(now - self.last, 1)
-        self.laps["total"] = round(now - self.t0, 1)
-        self.last = now
-
-
-AFTER_LOOP_FACTOR = 3.0  # the time left after the loop, as a multiple of the replays before it
 
 # Cache sizes (shares of distinct keys) the fallback is chosen at, about a factor of two apart: on
 # OLTP the best policy under PG flips between 1% and 5% of the training window, and the judged

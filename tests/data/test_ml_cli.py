@@ -41,6 +41,7 @@ def test_train_then_simulate(tmp_path: Path) -> None:
         "--quiet",
     )
     assert out.returncode == 0, out.stderr
+    assert out.stderr.strip().splitlines()[-1].startswith("predis train: ")  # (where the time went)
     summary = json.loads(out.stdout)
     assert (
         summary["model_dir"].endswith("v0001")

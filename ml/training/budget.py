@@ -1,0 +1,154 @@
+"""The time budget of one `predis train` command (--max-seconds): where the time went, when the
+training loop stops, and which replays after it still fit. No torch, no I/O; the clock is a
+parameter, so tests drive time by hand.
+
+The command runs in three parts: what does not depend on the model (encoding, the heuristics'
+scores, the fallback replays), the training loop, and what needs the trained model (its
+predictions on the validation reads, then the replays that choose the gate and the floor). The
+first part cannot be cut short; the loop is checked before every step, not only between epochs
+(an epoch of 300,000 reads took 500-1,500 s on a busy 2-core machine); and the replays after it
+shrink to what is left: all of them, the gates without the floors, one gate, or none (then the
+model is not used: the arm is its fallback, which is never worse).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+# The loop gets at least this share of what the first part left, however long the rest would take.
+MIN_LOOP_SHARE = 0.5
+# A replay of the ML arm against one of a heuristic, on the same reads: 1.5x on web and 2.6x on
+# gaming at 1,000,000 reads (bench/RESULTS.md, "The budget": gate and floor replays 39.4 s and
+# 58.3 s for 32 jobs, fallback replays 39.3 s and 33.0 s for 48).
+GATED_REPLAY_COST = 2.6
+# The model's predictions on the validation reads against one validation-loss pass over them
+# (both are forward passes over the same reads; predicting also ranks candidates).
+PREDICT_COST = 2.0
+# What the replays after the loop may be cut to, most first.
+AFTER_LOOP_PLANS = ("all", "no floors", "one gate", "none")
+
+
+class TimeBudget:
+    def __init__(self, max_seconds: float, clock: Callable[[], float] = time.perf_counter) -> None:
+        self.max_seconds = max_seconds
+        self.clock = clock
+        self.t0 = self.last = clock()
+        self.laps: dict[str, float] = {}
+        self.workers = 1
+        self.replay_seconds = 0.0  # one heuristic replay, as measured before the loop
+        self.after_loop_jobs: dict[str, int] = {}
+        self.loop_start = 0.0
+        self.val_windows_per_batch = 0.0
+        self.val_seconds: float | None = None  # the last validation pass
+        self.val_spent = 0.0
+        self.steps = 0  # training steps run, all epochs together
+        self.epochs = 0  # epochs begun
+        self.epoch_steps = 0  # steps run in the last epoch begun
+        self.steps_per_epoch = 0
+        self.stopped_mid_epoch = False
+        self.plan = "all"
+
+    def now(self) -> float:
+        """Seconds since the command started."""
+        return self.clock() - self.t0
+
+    def lap(self, name: str) -> float:
+        """End the phase ``name``; returns its seconds."""
+        now = self.clock()
+        seconds = now - self.last
+        self.laps[name] = round(seconds, 1)
+        self.laps["total"] = round(now - self.t0, 1)
+        self.last = now
+        return seconds
+
+    # ------------------------------------------------------------------ the loop
+
+    def start_loop(
+        self,
+        replay_seconds: float,
+        replays_run: int,
+        workers: int,
+        after_loop_jobs: dict[str, int],
+        val_windows: int,
+        batch: int,
+    ) -> None:
+        """``replay_seconds`` for ``replays_run`` heuristic replays on ``workers`` processes;
+        ``after_loop_jobs``: the replays each plan after the loop adds (``gates``, ``floors``,
+        ``one gate``); ``val_windows`` validation windows against ``batch`` training windows
+        per step."""
+        self.workers = max(1, workers)
+        self.replay_seconds = replay_seconds / max(1, math.ceil(replays_run / self.workers))
+        self.after_loop_jobs = after_loop_jobs
+        self.val_windows_per_batch = val_windows / max(1, batch)
+        self.loop_start = self.now()
+
+    def replay_cost(self, jobs: int) -> float:
+        """Seconds for ``jobs`` replays of the ML arm on the worker processes."""
+        return math.ceil(jobs / self.workers) * self.replay_seconds * GATED_REPLAY_COST
+
+    def plan_cost(self, plan: str) -> float:
+        jobs = self.after_loop_jobs
+        return {
+            "all": self.replay_cost(jobs.get("gates", 0)) + self.replay_cost(jobs.get("floors", 0)),
+            "no floors": self.replay_cost(jobs.get("gates", 0)),
+            "one gate": self.replay_cost(jobs.get("one gate", 0)),
+            "none": 0.0,
+        }[plan]
+
+    def loop_deadline(self, predict_seconds: float) -> float:
+        """When the loop must have ended (seconds since the start): early enough for the
+        predictions and every replay, but never before MIN_LOOP_SHARE of what was left."""
+        floor = self.loop_start + MIN_LOOP_SHARE * (self.max_seconds - self.loop_start)
+        return max(floor, self.max_seconds - predict_seconds - self.plan_cost("all"))
+
+    def stop_before_step(self) -> bool:
+        """Whether another training step would end too late, counting the validation pass that
+        follows it. The first step always runs (a model must come out)."""
+        if not self.steps:
+            return False
+        now = self.now()
+        step = (now - self.loop_start - self.val_spent) / self.steps
+        val = self.val_seconds if self.val_seconds is not None else self.val_windows_per_batch * step / 3
+        if now + step + val > self.loop_deadline(PREDICT_COST * val):
+            self.stopped_mid_epoch = True
+            return True
+        return False
+
+    def epoch_begins(self) -> None:
+        self.epochs += 1
+        self.epoch_steps = 0
+
+    def step_done(self) -> None:
+        self.steps += 1
+        self.epoch_steps += 1
+
+    def validated(self, seconds: float) -> None:
+        self.val_seconds = seconds
+        self.val_spent += seconds
+
+    # ------------------------------------------------------------------ after the loop
+
+    def plan_after_loop(self) -> str:
+        """The most replays that fit in what is left (called once the predictions are made)."""
+        left = self.max_seconds - self.now()
+        self.plan = next((p for p in AFTER_LOOP_PLANS if self.plan_cost(p) <= left), "none")
+        return self.plan
+
+    def report(self) -> dict[str, Any]:
+        """How the time was spent and what the budget cut, for metrics.json and the manifest."""
+        total = self.now()
+        return {
+            "max_seconds": self.max_seconds,
+            "seconds": round(total, 1),
+            "over_by": round(max(0.0, total - self.max_seconds), 1),
+            "loop_started_at": round(self.loop_start, 1),
+            "steps": self.steps,
+            "epochs": self.epochs,
+            "steps_in_last_epoch": self.epoch_steps,
+            "steps_per_epoch": self.steps_per_epoch,
+            "stopped_mid_epoch": self.stopped_mid_epoch,
+            "replays_after_loop": self.plan,
+        }

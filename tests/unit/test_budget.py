@@ -1,0 +1,78 @@
+"""The training command's time budget (ml.training.budget): pure arithmetic on a clock the test
+moves by hand."""
+
+from __future__ import annotations
+
+import pytest
+
+from ml.training.budget import GATED_REPLAY_COST, MIN_LOOP_SHARE, TimeBudget
+
+
+class HandClock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+JOBS = {"gates": 12, "floors": 20, "one gate": 4}
+
+
+def started(max_seconds: float, pre_loop: float, clock: HandClock) -> TimeBudget:
+    """A budget whose 48 fallback replays took ``pre_loop`` seconds on 2 workers (one replay:
+    pre_loop / 24 s), 10 validation windows against batches of 1."""
+    budget = TimeBudget(max_seconds, clock)
+    clock.t += pre_loop
+    budget.lap("fallback_replays")
+    budget.start_loop(pre_loop, 48, 2, JOBS, val_windows=10, batch=1)
+    return budget
+
+
+def test_replays_after_the_loop_shrink_to_what_is_left() -> None:
+    clock = HandClock()
+    budget = started(1000, 24, clock)  # one replay: 1 s; one of the ML arm: 2.6 s
+    assert budget.plan_cost("all") == pytest.approx((6 + 10) * GATED_REPLAY_COST)
+    assert budget.plan_cost("no floors") == pytest.approx(6 * GATED_REPLAY_COST)
+    assert budget.plan_cost("one gate") == pytest.approx(2 * GATED_REPLAY_COST)
+    for left, plan in ((100, "all"), (30, "no floors"), (10, "one gate"), (3, "none"), (-5, "none")):
+        clock.t = 1000 + 1000 - left
+        assert budget.plan_after_loop() == plan, left
+        assert budget.report()["replays_after_loop"] == plan
+
+
+def test_loop_checks_every_step_and_keeps_room_for_what_follows() -> None:
+    """Steps of 1 s, a validation pass of 10/3 s (estimated from the steps), predictions twice
+    that: the loop ends where the rest still fits, not at an epoch's end."""
+    clock = HandClock()
+    budget = started(200, 24, clock)
+    deadline = 200 - 2 * 10 / 3 - budget.plan_cost("all")  # 24 s of pre-loop + 96 s of loop
+    steps = 0
+    while not budget.stop_before_step():
+        clock.t += 1.0
+        budget.step_done()
+        steps += 1
+        assert steps < 1000
+    now = budget.now()
+    assert now + 1 + 10 / 3 > deadline >= now + 10 / 3 - 1e-9  # the last step that fitted ran
+    assert budget.report()["stopped_mid_epoch"] and budget.report()["steps"] == steps
+
+
+def test_the_loop_gets_a_share_however_long_the_rest_would_be() -> None:
+    clock = HandClock()
+    budget = started(100, 50, clock)  # 50 s left; the replays after the loop alone would take 42 s
+    budget.validated(20.0)  # a slow validation pass: predictions would take 40 s more
+    assert budget.loop_deadline(40.0) == pytest.approx(50 + MIN_LOOP_SHARE * 50)
+
+
+def test_the_first_step_always_runs() -> None:
+    clock = HandClock()
+    budget = started(10, 50, clock)  # the budget is spent before the loop begins
+    assert not budget.stop_before_step()
+    clock.t += 1
+    budget.step_done()
+    assert budget.stop_before_step()
+    clock.t += 1
+    assert budget.plan_after_loop() == "none"
+    report = budget.report()
+    assert report["over_by"] == pytest.approx(42, abs=0.1) and report["steps"] == 1
