@@ -1,6 +1,7 @@
 """Load run: redis-benchmark against Redis directly and through the proxy, side by side.
 
     python -m bench.loadtest [--requests N] [--repeats R] [--clients C] [--pipelines 1,16]
+                             [--resp3] [--b-tree DIR]
 
 Starts its own redis-server and a `predis serve` process (a separate process, as in production),
 then alternates direct and proxied runs of `redis-benchmark -t get,set` so both see the same machine
@@ -49,8 +50,10 @@ def redis_benchmark(
     pipeline: int,
     keyspace: int,
     cpus: set[int] | None = None,
+    resp3: bool = False,
 ) -> list[Run]:
-    """One redis-benchmark run; ``cpus``: the CPUs it may run on (default: any)."""
+    """One redis-benchmark run; ``cpus``: the CPUs it may run on (default: any); ``resp3``: its
+    connections say HELLO 3 first."""
     cmd = [
         "redis-benchmark",
         "-p",
@@ -68,6 +71,7 @@ def redis_benchmark(
         "-d",
         "64",
         "--csv",
+        *(["-3"] if resp3 else []),
     ]
     out = subprocess.run(
         cmd,
@@ -152,7 +156,13 @@ def compare(targets: dict[str, int], args: argparse.Namespace, pipeline: int) ->
     for _ in range(args.repeats):
         for target, port in targets.items():
             for run in redis_benchmark(
-                port, args.tests, args.requests * pipeline, args.clients, pipeline, args.keyspace
+                port,
+                args.tests,
+                args.requests * pipeline,
+                args.clients,
+                pipeline,
+                args.keyspace,
+                resp3=args.resp3,
             ):
                 results.setdefault((target, run.test), []).append(run)
     rows = []
@@ -207,6 +217,11 @@ def main(argv: list[str] | None = None) -> int:
         choices=["off", "cpu"],
         help="Predis's hot tier (default off: this run measures the proxy core)",
     )
+    parser.add_argument("--resp3", action="store_true", help="redis-benchmark's connections use RESP3 (-3)")
+    parser.add_argument(
+        "--b-tree",
+        help="also run Predis from this checkout (another version's worktree) as target 'predis-b'",
+    )
     args = parser.parse_args(argv)
     if shutil.which("redis-benchmark") is None:
         print("bench: redis-benchmark not found (apt-get install redis-tools)", file=sys.stderr)
@@ -214,7 +229,14 @@ def main(argv: list[str] | None = None) -> int:
     with EmbeddedRedis() as upstream:
         proxy = ProxyProcess(upstream.url, ["--hot-tier", args.hot_tier])
         copier = ProxyProcess(upstream.url, copy_only=True) if args.copy_ref else None
+        other = (
+            ProxyProcess(upstream.url, ["--hot-tier", args.hot_tier], cwd=args.b_tree)
+            if args.b_tree
+            else None
+        )
         targets = {"direct": upstream.port, "predis": proxy.port}
+        if other is not None:
+            targets["predis-b"] = other.port
         if copier is not None:
             targets["copy"] = copier.port
         try:
@@ -224,8 +246,9 @@ def main(argv: list[str] | None = None) -> int:
             stats = proxy.stats()
         finally:
             proxy.close()
-            if copier is not None:
-                copier.close()
+            for extra in (other, copier):
+                if extra is not None:
+                    extra.close()
     if args.json:
         print(json.dumps({"rows": rows, "proxy_stats": stats}, indent=2))
     else:
