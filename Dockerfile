@@ -1,6 +1,8 @@
 FROM python:3.11-slim
 WORKDIR /app
 COPY pyproject.toml README.md ./
+COPY common common
+COPY accesslog accesslog
 COPY proxy proxy
 COPY prefetch prefetch
 COPY ml ml

@@ -15,10 +15,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ml.data.generators import GENERATORS, generate
-from ml.data.log import read_log, write_log
-from ml.data.traces import import_trace
-from ml.data.validation import characterize, check_claims
+from accesslog.generators import GENERATORS, generate
+from accesslog.log import read_log, write_log
+from accesslog.traces import import_trace
+from accesslog.validation import characterize, check_claims
 
 TRACES = [
     ("cloudPhysicsIO.csv", "libcachesim-csv"),

@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
             raise RuntimeError("--device cuda but torch sees no GPU")
 
     def features() -> None:
-        from ml.data.generators import generate
+        from accesslog.generators import generate
         from ml.features.offline import features as features_np
         from ml.features.offline import features_torch
 
@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
 
         log = state.get("log")
         if log is None:
-            from ml.data.generators import generate
+            from accesslog.generators import generate
 
             log = generate("gaming", 20_000 if quick else 1_000_000, seed=1)  # features was not run
         cfg = TrainConfig(

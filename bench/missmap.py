@@ -89,11 +89,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("arms", nargs="+")
     args = ap.parse_args(argv)
     if args.trace:
-        from ml.data.log import read_log
+        from accesslog.log import read_log
 
         log = read_log(args.trace)
     else:
-        from ml.data.generators import generate, parse_params
+        from accesslog.generators import generate, parse_params
 
         params = parse_params(args.workload, args.param) if args.param else None
         log = generate(args.workload, args.n, seed=args.seed, params=params)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from ml.data.generators import generate, parse_params
+from accesslog.generators import generate, parse_params
 from prefetch.sim import add_plain_arm, format_table, simulate
 
 

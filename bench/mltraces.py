@@ -9,8 +9,8 @@ from __future__ import annotations
 import argparse
 import tempfile
 
-from ml.data.log import AccessLog
-from ml.data.traces import read_trace
+from accesslog.log import AccessLog
+from accesslog.traces import read_trace
 from ml.training.train import TrainConfig, train
 from prefetch.sim import add_plain_arm, format_table, simulate
 

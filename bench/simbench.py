@@ -98,11 +98,11 @@ def main() -> None:
     ap.add_argument("--arms", default=",".join(ARMS), help="the prefetchers to time")
     args = ap.parse_args()
     if args.trace:
-        from ml.data.log import read_log
+        from accesslog.log import read_log
 
         log = read_log(args.trace)
     else:
-        from ml.data.generators import generate
+        from accesslog.generators import generate
 
         log = generate(args.workload, args.n, seed=1)
     codes, names = log.key_codes()

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ml.data.traces import read_trace
+from accesslog.traces import read_trace
 from prefetch.sim import add_plain_arm, simulate
 
 TRACES = [

@@ -6,7 +6,7 @@ import json
 import sys
 from typing import Any
 
-from proxy.cli import OneLineParser
+from common.cli import OneLineParser
 
 
 def time_spent(metrics: dict[str, Any]) -> str:
@@ -57,9 +57,9 @@ def train_main(argv: list[str]) -> int:
     p.add_argument("--split", type=float, default=0.8, help="share of the log (by time) used for training")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
-    from ml.data.log import read_log
+    from accesslog.log import read_log
+    from common.errors import ConfigError
     from ml.training.train import TrainConfig, train
-    from proxy.errors import ConfigError
 
     if args.epochs < 1 or args.batch < 1 or args.length < 2 or not 0 < args.split < 1:
         raise ConfigError("--epochs and --batch must be at least 1, --length at least 2, --split in (0, 1)")

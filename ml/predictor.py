@@ -6,7 +6,7 @@ from typing import Any
 
 
 def load_predictor(model_dir: str, log: Any = None, **params: Any) -> Any:
-    from proxy.errors import ConfigError
+    from common.errors import ConfigError
 
     if log is None:
         raise ConfigError("the ml arm needs the trace it will replay (simulator only, for now)")

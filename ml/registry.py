@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from proxy.errors import PredisError
+from common.errors import PredisError
 
 FORMAT = "predis-lstm/1"
 WEIGHTS = "model.safetensors"

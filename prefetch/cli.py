@@ -7,8 +7,8 @@ import os
 import sys
 from typing import Any
 
-from proxy.cli import OneLineParser
-from proxy.errors import ConfigError
+from common.cli import OneLineParser
+from common.errors import ConfigError
 
 DEFAULT_ARMS = "frequency,obl,markov,pg,mithril,oracle"
 PLOT_SIZES = ["1%", "2%", "5%", "10%", "20%"]
@@ -16,10 +16,10 @@ PLOT_SIZES = ["1%", "2%", "5%", "10%", "20%"]
 
 def _load(path: str, fmt: str | None) -> Any:
     if fmt is None:
-        from ml.data.log import read_log
+        from accesslog.log import read_log
 
         return read_log(path)
-    from ml.data.traces import read_trace
+    from accesslog.traces import read_trace
 
     return read_trace(path, fmt)
 

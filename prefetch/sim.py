@@ -21,9 +21,9 @@ from typing import Any, cast
 
 import numpy as np
 
+from common.errors import ConfigError
 from prefetch.policies import POLICIES, make_policy
 from prefetch.predictors import SIMULATOR_ONLY, Predictor, make_predictor
-from proxy.errors import ConfigError
 
 # Candidates asked of a predictor per request: enough to step over ones already cached.
 CANDIDATES = 4

@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from proxy.errors import ConfigError
+from common.errors import ConfigError
 
 
 class ValueStore(Protocol):

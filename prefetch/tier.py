@@ -27,9 +27,9 @@ import time
 from collections.abc import Callable, Hashable, Iterable
 from typing import Any, cast
 
+from common.histogram import LatencyHistogram
 from prefetch.policies import EvictionPolicy, make_policy
 from prefetch.store import HostStore, ValueStore
-from proxy.stats import LatencyHistogram
 
 # Per-entry memory beyond the key (counted twice: in the tuple key and in the GET request of the
 # request index) and the value: the Entry, both index slots, the policy's bookkeeping, the tuple

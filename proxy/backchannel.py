@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, cast
 import hiredis
 import structlog
 
-from proxy.errors import UpstreamError
+from common.errors import UpstreamError
 from proxy.resp import as_str, encode_command
 
 if TYPE_CHECKING:

@@ -8,30 +8,26 @@ import json
 import signal
 import sys
 from collections.abc import Callable
-from typing import Any, NoReturn
+from typing import Any
 
 import structlog
 
+from common.errors import PredisError
 from proxy.config import load_settings
-from proxy.errors import PredisError
 
 log = structlog.get_logger("predis.cli")
 
 # Subcommands added by other packages: name -> ("module:function", help). Imported only when run, so
 # that `predis serve` never pays for pyarrow or torch. The function takes the remaining arguments.
 EXTERNAL: dict[str, tuple[str, str]] = {
-    "gen": ("ml.data.cli:gen_main", "generate a synthetic workload, list workloads, validate an access log"),
-    "trace": ("ml.data.cli:trace_main", "import a real cache trace into an access log, or export one"),
+    "gen": (
+        "accesslog.cli:gen_main",
+        "generate a synthetic workload, list workloads, validate an access log",
+    ),
+    "trace": ("accesslog.cli:trace_main", "import a real cache trace into an access log, or export one"),
     "sim": ("prefetch.cli:sim_main", "replay an access log through the cache with prefetcher arms"),
     "train": ("ml.cli:train_main", "train the LSTM next-key model on an access log"),
 }
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """argparse for the subcommands: a usage error is one line naming the problem, exit status 2."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: {message} (see --help)\n")
 
 
 def _add_serve(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from proxy.errors import ConfigError
+from common.errors import ConfigError
 from proxy.resp import MAX_BULK_LEN, MAX_INLINE_LEN, MAX_MULTIBULK_LEN, MAX_QUERY_BUFFER
 
 ENV_PREFIX = "PREDIS_"

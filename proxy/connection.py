@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, cast
 import hiredis
 import structlog
 
-from proxy.errors import ClientProtocolError
+from common.errors import ClientProtocolError
 from proxy.framing import (
     GET_PREFIXES,
     SET_PREFIXES,

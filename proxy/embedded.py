@@ -9,7 +9,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from proxy.errors import ConfigError, UpstreamError
+from common.errors import ConfigError, UpstreamError
 
 
 def free_port(host: str = "127.0.0.1") -> int:

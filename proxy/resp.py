@@ -22,7 +22,7 @@ from typing import Any
 
 import hiredis
 
-from proxy.errors import ClientProtocolError
+from common.errors import ClientProtocolError
 
 # Limits, with Redis's defaults (redis.conf): proto-max-bulk-len is 512 MB; a multibulk may hold at
 # most 1024*1024 arguments (server.h, "invalid multibulk length" above that); inline requests and

@@ -9,12 +9,12 @@ from typing import Any
 
 import structlog
 
+from common.errors import UpstreamError
 from prefetch.store import make_store
 from prefetch.tier import HotTier
 from proxy.backchannel import Filler, InvalidationChannel, open_raw
 from proxy.config import Settings, UpstreamAddress, parse_upstream
 from proxy.connection import ClientConnection
-from proxy.errors import UpstreamError
 from proxy.keyspace import CommandTable
 from proxy.stats import Stats
 

@@ -3,44 +3,11 @@
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections.abc import Callable
 from typing import Any
 
-
-class LatencyHistogram:
-    """Log-bucketed latency histogram: constant memory, O(1) record, ~9% bucket resolution.
-
-    Bucket i holds latencies in [2**(i/8), 2**((i+1)/8)) microseconds; percentiles report a
-    bucket's upper edge, so they never understate.
-    """
-
-    __slots__ = ("counts", "total")
-    SUB = 8  # buckets per power of two
-    SIZE = SUB * 40  # up to 2**40 us, about 12 days
-
-    def __init__(self) -> None:
-        self.counts = [0] * self.SIZE
-        self.total = 0
-
-    def record(self, seconds: float) -> None:
-        us = seconds * 1e6
-        i = int(math.log2(us) * self.SUB) if us > 1.0 else 0
-        self.counts[i if i < self.SIZE else self.SIZE - 1] += 1
-        self.total += 1
-
-    def percentile(self, p: float) -> float:
-        """Latency in microseconds at percentile p (0-100); 0.0 with no samples."""
-        if not self.total:
-            return 0.0
-        rank = max(1, math.ceil(self.total * p / 100.0))
-        seen = 0
-        for i, c in enumerate(self.counts):
-            seen += c
-            if seen >= rank:
-                return round(2 ** ((i + 1) / self.SUB), 1)
-        return round(2 ** (self.SIZE / self.SUB), 1)
+from common.histogram import LatencyHistogram
 
 
 class Stats:

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ml.data.log import AccessLog
+from accesslog.log import AccessLog
 from ml.features.offline import features
 from ml.features.spec import FeatureConfig
 from ml.vocab import PAD, Vocabulary, numbers_of

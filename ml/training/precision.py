@@ -83,7 +83,7 @@ def use_bf16(precision: str, device: str, probe: Callable[[str], str | None] = b
     """Whether to train under bf16 autocast. ``bf16`` where the model cannot run in it is one
     clear error, before any training; ``auto`` is bf16 on a GPU and on a CPU with native bf16,
     wherever the model runs in it, and fp32 otherwise."""
-    from proxy.errors import ConfigError
+    from common.errors import ConfigError
 
     if precision not in PRECISIONS:
         raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")

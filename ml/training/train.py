@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ml.data.log import AccessLog
+from accesslog.log import AccessLog
 from ml.inference import DISCOUNT_GATE, MERGE_GATE
 from ml.models.lstm.model import LSTMConfig, NextKeyLSTM
 from ml.training.budget import TimeBudget
@@ -64,7 +64,7 @@ def pick_device(name: str) -> str:
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
-        from proxy.errors import ConfigError
+        from common.errors import ConfigError
 
         raise ConfigError("--device cuda: no CUDA device is available to torch here")
     return name
@@ -112,7 +112,7 @@ def train(
     n = len(log)
     cut = int(n * tcfg.split)
     if cut < 2 or n - cut < 2:
-        from proxy.errors import ConfigError
+        from common.errors import ConfigError
 
         raise ConfigError(f"the log has {n} reads: too few to split into training and validation")
     budget = TimeBudget(tcfg.max_seconds, clock)

@@ -1,7 +1,9 @@
 """Prefetch predictors behind one interface (:mod:`prefetch.predictors.base`).
 
 ``make_predictor("markov")`` or with parameters ``make_predictor("pg:lookahead=10:threshold=0.1")``.
-The ML predictor (``ml:MODEL_DIR``) is imported only when asked for, so the proxy never needs torch.
+Predictors from packages above this one (the model: ``ml:MODEL_DIR``) register a loader under their
+prefix as an entry point of the group ``predis.predictors`` (pyproject.toml), found only when a spec
+names it: this package never imports them, and the proxy never needs torch.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import inspect
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from common.errors import ConfigError
 from prefetch.predictors.base import NoPrefetch, Predictor
 from prefetch.predictors.frequency import Frequency
 from prefetch.predictors.markov import Markov
@@ -17,7 +20,6 @@ from prefetch.predictors.mithril import Mithril
 from prefetch.predictors.obl import OBL
 from prefetch.predictors.oracle import Oracle
 from prefetch.predictors.pg import ProbabilityGraph
-from proxy.errors import ConfigError
 
 HEURISTICS: dict[str, Callable[..., Predictor]] = {
     "none": NoPrefetch,
@@ -31,8 +33,26 @@ HEURISTICS: dict[str, Callable[..., Predictor]] = {
 SIMULATOR_ONLY = ("oracle",)
 
 
+LOADERS = "predis.predictors"  # the entry-point group: NAME = "module:loader(arg, log, **params)"
+
+
+def _loader(prefix: str) -> Callable[..., Any] | None:
+    from importlib.metadata import entry_points
+
+    for point in entry_points(group=LOADERS, name=prefix):
+        return point.load()  # type: ignore[no-any-return]
+    return None
+
+
 def known() -> list[str]:
-    return [*HEURISTICS, *SIMULATOR_ONLY, "ml:MODEL_DIR"]
+    """Every spec's name; a loader's as ``PREFIX:ARG``, ARG its first parameter (``ml:MODEL_DIR``)."""
+    from importlib.metadata import entry_points
+
+    plugins = []
+    for point in entry_points(group=LOADERS):
+        first = next(iter(inspect.signature(point.load()).parameters), "arg")
+        plugins.append(f"{point.name}:{first.upper()}")
+    return [*HEURISTICS, *SIMULATOR_ONLY, *plugins]
 
 
 def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
@@ -59,12 +79,17 @@ def _number(text: str) -> Any:
 def make_predictor(spec: str, *, trace_keys: Sequence[str] | None = None, log: Any = None) -> Predictor:
     """The predictor named by ``spec``; ``trace_keys`` (the oracle) and ``log`` (the ML arm, which
     computes its candidates for the whole trace up front) exist in the simulator only."""
-    if spec.startswith("ml:"):
-        path, _, rest = spec[3:].partition("::")
-        _, params = parse_spec("ml:" + rest) if rest else ("ml", {})
-        from ml.predictor import load_predictor
-
-        return load_predictor(path, log, **params)  # type: ignore[no-any-return]
+    prefix, sep, rest = spec.partition(":")
+    if sep and prefix not in HEURISTICS and prefix not in SIMULATOR_ONLY:
+        loader = _loader(prefix)
+        if loader is None:
+            raise ConfigError(
+                f"unknown prefetcher {prefix!r}; known: {', '.join(known())} (others register as "
+                f"{LOADERS!r} entry points of an installed package)"
+            )
+        arg, _, tail = rest.partition("::")  # ``PREFIX:ARG::k=v:k=v`` (ARG, a directory, may hold ':')
+        _, params = parse_spec(prefix + ":" + tail) if tail else (prefix, {})
+        return loader(arg, log, **params)  # type: ignore[no-any-return]
     name, params = parse_spec(spec)
     if name == "oracle":
         if trace_keys is None:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ml.data.log import AccessLog, make_table, read_log, write_log
+from accesslog.log import AccessLog, make_table, read_log, write_log
 
 PREDIS = [sys.executable, "-m", "proxy.cli"]
 

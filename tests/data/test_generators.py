@@ -7,10 +7,10 @@ import re
 import numpy as np
 import pytest
 
-from ml.data.generators import GENERATORS, generate, parse_params
-from ml.data.log import SCHEMA
-from ml.data.validation import characterize, check_claims
-from proxy.errors import DataError
+from accesslog.generators import GENERATORS, generate, parse_params
+from accesslog.log import SCHEMA
+from accesslog.validation import characterize, check_claims
+from common.errors import DataError
 
 # A Redis key as applications write them: lower-case type, then colon-separated ids and fields.
 KEY = re.compile(r"^[a-z_]+(:[A-Za-z0-9_]+)+$")

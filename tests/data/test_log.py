@@ -8,8 +8,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from ml.data.log import SCHEMA, AccessLog, conform, iter_batches, make_table, read_log, read_meta, write_log
-from proxy.errors import DataError
+from accesslog.log import SCHEMA, AccessLog, conform, iter_batches, make_table, read_log, read_meta, write_log
+from common.errors import DataError
 
 
 def sample(n: int = 1000) -> AccessLog:

@@ -11,8 +11,8 @@ import pytest
 
 pytest.importorskip("torch")
 
-from ml.data.generators import generate, parse_params  # noqa: E402
-from ml.data.log import write_log  # noqa: E402
+from accesslog.generators import generate, parse_params  # noqa: E402
+from accesslog.log import write_log  # noqa: E402
 from ml.training.train import REPLAY_SHARES  # noqa: E402
 
 PREDIS = [sys.executable, "-m", "proxy.cli"]

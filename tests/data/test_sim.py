@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ml.data.generators import generate, parse_params
-from ml.data.log import AccessLog, make_table
-from ml.data.traces import read_trace
+from accesslog.generators import generate, parse_params
+from accesslog.log import AccessLog, make_table
+from accesslog.traces import read_trace
+from common.errors import ConfigError
 from prefetch.predictors import make_predictor
 from prefetch.sim import belady, libcachesim_lru, next_use, parse_capacity, replay, simulate
-from proxy.errors import ConfigError
 
 SHARES = ["1%", "5%", "10%"]
 

@@ -7,8 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ml.data.generators import generate
-from ml.data.log import write_log
+from accesslog.generators import generate
+from accesslog.log import write_log
 
 PREDIS = [sys.executable, "-m", "proxy.cli"]
 

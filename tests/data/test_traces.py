@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import zstandard
 
-from ml.data.traces import FORMATS, ImportOptions, permute_ids, read_trace
-from proxy.errors import DataError
+from accesslog.traces import FORMATS, ImportOptions, permute_ids, read_trace
+from common.errors import DataError
 
 COMPRESSORS: dict[str, Callable[[bytes], bytes]] = {
     "": lambda b: b,

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from proxy.errors import ClientProtocolError
+from common.errors import ClientProtocolError
 from proxy.resp import (
     PUSH,
     REPLY,

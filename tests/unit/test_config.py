@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from common.errors import ConfigError
+from common.histogram import LatencyHistogram
 from proxy.config import Settings, load_settings, parse_upstream
-from proxy.errors import ConfigError
-from proxy.stats import LatencyHistogram, Stats
+from proxy.stats import Stats
 
 
 def test_precedence(tmp_path: Path) -> None:

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from ml.data.generators import generate
+from accesslog.generators import generate
 from ml.features.offline import cooccurrence, features, features_torch
 from ml.features.realtime import RealtimeFeatures
 from ml.features.spec import FEATURES, FeatureConfig

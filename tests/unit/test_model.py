@@ -14,7 +14,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from ml.data.log import AccessLog, make_table  # noqa: E402
+from accesslog.log import AccessLog, make_table  # noqa: E402
 from ml.inference import predict_streams  # noqa: E402
 from ml.registry import ModelError, load_model, next_version, resolve, save_model, set_current  # noqa: E402
 from ml.training.data import encode  # noqa: E402
@@ -369,8 +369,8 @@ def test_precision_choice() -> None:
     """bf16 autocast: asked for, or (auto) on a GPU or a CPU with native bf16, and only where the
     model runs in it: asking for bf16 where it does not is one clear error naming the way out; a
     misspelt precision is one too. (The probe is injected here; the real one is tested below.)"""
+    from common.errors import ConfigError
     from ml.training.precision import native_bf16_cpu, use_bf16
-    from proxy.errors import ConfigError
 
     def runs(device: str) -> None:
         return None

@@ -6,12 +6,12 @@ import random
 
 import pytest
 
+from common.errors import ConfigError
 from prefetch.predictors import HEURISTICS, make_predictor, parse_spec
 from prefetch.predictors.base import Predictor
 from prefetch.predictors.mithril import Mithril
 from prefetch.predictors.obl import OBL, join_number, split_number
 from prefetch.predictors.oracle import Oracle
-from proxy.errors import ConfigError
 
 # Small tables, so that a modest stream overflows every bound.
 SMALL = {
@@ -200,3 +200,17 @@ def test_mithril_confidence_is_the_number_of_pairs_allowed_apart() -> None:
         feed(p, keys)
         p.observe("a", 0.0, True)
         assert p.predict(2) == expected, confidence
+
+
+def test_predictors_from_above_come_through_the_registry() -> None:
+    """``ml:MODEL_DIR`` reaches the model's loader through the ``predis.predictors`` entry point
+    (prefetch never imports ml): a missing directory is ml's own one-line error; an unknown prefix
+    names the registry."""
+    from common.errors import ConfigError
+    from prefetch.predictors import known
+
+    assert "ml:MODEL_DIR" in known()
+    with pytest.raises(ConfigError, match="needs the trace"):
+        make_predictor("ml:/no/such/model")  # (the loader ran: it asks for the trace first)
+    with pytest.raises(ConfigError, match=r"unknown prefetcher 'zz'.*'predis\.predictors' entry points"):
+        make_predictor("zz:x")

@@ -13,10 +13,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from common.errors import ConfigError
 from prefetch.policies import LRU, POLICIES, S3FIFO, EvictionPolicy, StampedLRU, make_policy
 from prefetch.store import DeviceStore, HostStore, load_cupy, make_store, to_host
 from prefetch.tier import ENTRY_OVERHEAD, HotTier, entry_size, get_request
-from proxy.errors import ConfigError
 
 
 class Clock:

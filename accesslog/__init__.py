@@ -1,8 +1,8 @@
 """The data layer: one access-log format, synthetic workloads, real-trace readers and validation.
 
-Everything downstream (training, simulation, replay) reads access logs through :mod:`ml.data.log`.
+Everything downstream (training, simulation, replay) reads access logs through :mod:`accesslog.log`.
 """
 
-from ml.data.log import SCHEMA, AccessLog, iter_batches, read_log, write_log
+from accesslog.log import SCHEMA, AccessLog, iter_batches, read_log, write_log
 
 __all__ = ["SCHEMA", "AccessLog", "iter_batches", "read_log", "write_log"]

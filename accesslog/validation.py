@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ml.data.log import AccessLog
+from accesslog.log import AccessLog
 
 # Hourly profiles need whole days; a log spanning less says "n/a" rather than a misleading ratio.
 MIN_SPAN_FOR_HOURLY = 86_400.0
@@ -177,7 +177,7 @@ def _at_most(name: str, measured: float, bound: float) -> Claim:
 
 
 def expected_top20(keys: int, alpha: float) -> float:
-    from ml.data.generators import zipf_cdf
+    from accesslog.generators import zipf_cdf
 
     return float(zipf_cdf(keys, alpha)[max(1, math.ceil(0.2 * keys)) - 1])
 

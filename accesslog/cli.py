@@ -9,8 +9,8 @@ import sys
 import time
 from typing import Any
 
-from proxy.cli import OneLineParser
-from proxy.errors import DataError
+from common.cli import OneLineParser
+from common.errors import DataError
 
 
 def _count(text: str) -> int:
@@ -29,7 +29,7 @@ def _count(text: str) -> int:
 
 
 def gen_main(argv: list[str]) -> int:
-    from ml.data import generators
+    from accesslog import generators
 
     p = OneLineParser(
         prog="predis gen",
@@ -60,7 +60,7 @@ def gen_main(argv: list[str]) -> int:
         p.error("name a workload (see --list), or use --list or --validate FILE")
     if not args.output:
         p.error("-o FILE is required to generate")
-    from ml.data.log import write_log
+    from accesslog.log import write_log
 
     params = generators.parse_params(args.workload, args.param)
     started = time.perf_counter()
@@ -75,8 +75,8 @@ def gen_main(argv: list[str]) -> int:
 
 
 def _validate(path: str, plot: str | None, as_json: bool, predictability: bool) -> int:
-    from ml.data.log import read_log
-    from ml.data.validation import characterize, check_claims, format_report, plot_report
+    from accesslog.log import read_log
+    from accesslog.validation import characterize, check_claims, format_report, plot_report
 
     log = read_log(path)
     if len(log) == 0:
@@ -104,7 +104,7 @@ def _validate(path: str, plot: str | None, as_json: bool, predictability: bool) 
 
 
 def trace_main(argv: list[str]) -> int:
-    from ml.data.traces import FORMATS, TIME_UNITS
+    from accesslog.traces import FORMATS, TIME_UNITS
 
     p = OneLineParser(
         prog="predis trace",
@@ -140,13 +140,13 @@ def trace_main(argv: list[str]) -> int:
     exp.add_argument("-o", "--output", required=True)
     args = p.parse_args(argv)
     if args.action == "export":
-        from ml.data.log import read_log, write_log
+        from accesslog.log import read_log, write_log
 
         log = read_log(args.file)
         write_log(log, args.output)
         print(f"wrote {len(log):,} accesses to {args.output}", file=sys.stderr)
         return 0
-    from ml.data.traces import ImportOptions, import_trace
+    from accesslog.traces import ImportOptions, import_trace
 
     opts = ImportOptions(
         source=args.source or "",

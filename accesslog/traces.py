@@ -21,8 +21,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from ml.data.log import DEFAULT_BATCH_ROWS, LogWriter, _first_line, make_table
-from proxy.errors import DataError
+from accesslog.log import DEFAULT_BATCH_ROWS, LogWriter, _first_line, make_table
+from common.errors import DataError
 
 TIME_UNITS = {"s": 1.0, "ms": 1e3, "us": 1e6, "ns": 1e9}  # units per second
 DEFAULT_CLOCK_RATE = 1000.0  # requests per second of the synthetic clock given to untimed traces
@@ -434,7 +434,7 @@ def read_trace(path: str, fmt: str, opts: ImportOptions | None = None) -> Any:
     """Import into memory (for tests and small traces): returns an :class:`AccessLog`."""
     import tempfile
 
-    from ml.data.log import read_log
+    from accesslog.log import read_log
 
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "log.parquet")

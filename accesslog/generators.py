@@ -3,7 +3,7 @@
 Each generator is a function from (number of accesses, random generator, parameters) to a
 :class:`Draft`: int codes into a list of key names, and optionally its own clock, operations and client
 ids. :func:`generate` then applies the knobs every workload shares (random-access noise, read/write
-mix, per-key value sizes, the arrival process) and returns an :class:`~ml.data.log.AccessLog`.
+mix, per-key value sizes, the arrival process) and returns an :class:`~accesslog.log.AccessLog`.
 
 Ids inside key names are what an application would use (a user id, a product id, a sample index),
 drawn without relation to popularity or to the order of first appearance.
@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from ml.data.log import AccessLog, keys_from_codes, make_table
-from proxy.errors import DataError
+from accesslog.log import AccessLog, keys_from_codes, make_table
+from common.errors import DataError
 
 # Monday 2026-01-05 00:00 UTC: synthetic clocks start on a week's first midnight, so hour of day and
 # day of week mean what they say.

@@ -21,7 +21,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from proxy.errors import DataError
+from common.errors import DataError
 
 SCHEMA = pa.schema(
     [
