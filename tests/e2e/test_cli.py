@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import redis
 
 from proxy.embedded import free_port
@@ -87,7 +88,7 @@ def test_gpu_tier_without_cupy_is_one_line() -> None:
     except ImportError:
         pass
     else:
-        return  # CuPy present: the refusal cannot be shown on this machine
+        pytest.skip("CuPy is present: the refusal cannot be shown on this machine")
     out = run_predis("serve", "--hot-tier", "gpu", "--port", str(free_port()))
     lines = out.stderr.strip().splitlines()
     assert out.returncode == 2 and len(lines) == 1 and "--hot-tier gpu needs CuPy" in lines[0], out.stderr

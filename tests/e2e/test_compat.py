@@ -18,7 +18,8 @@ import redis
 import redis.asyncio as aioredis
 
 from proxy.embedded import EmbeddedRedis
-from proxy.resp import ReplyScanner, encode_command
+from proxy.resp import encode_command
+from tests.helpers import read_frames, read_until, split_frames
 
 PROTOCOLS = [2, 3]
 
@@ -128,23 +129,6 @@ def test_resp3_client_keeps_working_while_subscribed(proxy: Any, direct: redis.R
         frames = read_frames(s, 3)
         assert frames[0].startswith(b">3\r\n$7\r\nmessage")
         assert frames[1] == b"$1\r\nx\r\n" and b"# Predis" in frames[2]
-
-
-def read_frames(sock: socket.socket, count: int) -> list[bytes]:
-    """Read exactly ``count`` reply frames (pushes included) from a raw socket."""
-    scanner, buf, frames = ReplyScanner(), bytearray(), []
-    while len(frames) < count:
-        data = sock.recv(1 << 20)
-        if not data:
-            raise ConnectionError("closed")
-        base = len(buf)
-        buf += data
-        consumed = 0
-        for end, _ in scanner.feed(data):
-            frames.append(bytes(buf[consumed : base + end]))
-            consumed = base + end
-        del buf[:consumed]
-    return frames
 
 
 def test_blocking_command_does_not_stall_other_clients(proxy: Any, direct: redis.Redis) -> None:
@@ -331,26 +315,6 @@ def test_redis_cli(proxy: Any) -> None:
     )
     assert piped.stdout.split() == ["1", "2", "2"]
     assert run("-r", "3", "INCR", "rep").stdout.split() == ["1", "2", "3"]
-
-
-def read_until(sock: socket.socket, tail: bytes) -> bytes:
-    """Read until the stream ends with ``tail`` (a reply that closes a round)."""
-    got = b""
-    while not got.endswith(tail):
-        data = sock.recv(1 << 20)
-        if not data:
-            raise ConnectionError(f"closed after {got[-200:]!r}")
-        got += data
-    return got
-
-
-def split_frames(data: bytes) -> list[bytes]:
-    """Top-level frames of a whole stream (an attribute stays with the reply it precedes)."""
-    at, frames = 0, []
-    for end, _ in ReplyScanner().feed(data):
-        frames.append(data[at:end])
-        at = end
-    return frames
 
 
 ATTRIB = [b"DEBUG", b"PROTOCOL", b"attrib"]  # an attribute frame, then the command's reply

@@ -14,7 +14,7 @@ import redis
 
 from proxy.embedded import EmbeddedRedis, free_port
 from proxy.resp import encode_command
-from tests.e2e.test_compat import read_frames
+from tests.helpers import read_frames
 
 
 def busy_client_ok(proxy: Any, n: int = 100) -> None:

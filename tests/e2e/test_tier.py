@@ -15,32 +15,11 @@ import redis
 
 from prefetch.tier import entry_size
 from proxy.embedded import EmbeddedRedis, free_port
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.005)
+from tests.helpers import ShiftedClock, read_frames, wait_for
 
 
 def tier_of(proxy: Any) -> Any:
     return proxy.server.tier
-
-
-class ShiftedClock:
-    """The tier's clock plus an offset the test moves: the tier's time jumps forward without the
-    test sleeping, so bounds are crossed (or not) whatever the machine's speed."""
-
-    def __init__(self, base: Callable[[], float]) -> None:
-        self.base = base
-        self.offset = 0.0
-
-    def __call__(self) -> float:
-        return self.base() + self.offset
-
-    def advance(self, seconds: float) -> None:
-        self.offset += seconds
 
 
 def shift_clock(proxy: Any) -> ShiftedClock:
@@ -589,7 +568,6 @@ def test_reads_of_gets_only_take_the_fast_framing(
     import socket
 
     from proxy.resp import encode_command
-    from tests.e2e.test_compat import read_frames
 
     keys = [b"r%d" % i for i in range(20)] + [b"line\r\nbreak", b"\x00\xff$3\r\n", b""]
     direct.mset({k: b"v-" + k for k in keys})
@@ -636,7 +614,6 @@ def test_reads_of_sets_only_take_the_fast_framing(
     import socket
 
     from proxy.resp import encode_command
-    from tests.e2e.test_compat import read_frames
 
     keys = [b"w%d" % i for i in range(12)]
     direct.mset({k: b"old-" + k for k in keys})
@@ -676,7 +653,6 @@ def test_a_hit_waits_for_the_replies_ahead_of_it(tproxy: Any, direct: redis.Redi
     import socket
 
     from proxy.resp import encode_command
-    from tests.e2e.test_compat import read_frames
 
     direct.set("h", "v")
     cache(tproxy, tproxy.client(protocol=2), "h")
