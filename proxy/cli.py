@@ -7,19 +7,22 @@ import asyncio
 import json
 import signal
 import sys
-from collections.abc import Callable
 from typing import Any
 
 import structlog
 
+from common.cli import OneLineParser
 from common.errors import PredisError
 from proxy.config import load_settings
 
 log = structlog.get_logger("predis.cli")
 
-# Subcommands added by other packages: name -> ("module:function", help). Imported only when run, so
-# that `predis serve` never pays for pyarrow or torch. The function takes the remaining arguments.
-EXTERNAL: dict[str, tuple[str, str]] = {
+# Every subcommand: name -> ("module:function", help). The function takes the arguments after the
+# name and returns the exit status; its module is imported only when it runs, so that `predis serve`
+# never pays for pyarrow or torch. Each parses its own flags with common.cli.OneLineParser.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "serve": ("proxy.cli:serve_main", "run the proxy"),
+    "stats": ("proxy.cli:stats_main", "print a running proxy's figures (PREDIS STATS)"),
     "gen": (
         "accesslog.cli:gen_main",
         "generate a synthetic workload, list workloads, validate an access log",
@@ -30,8 +33,8 @@ EXTERNAL: dict[str, tuple[str, str]] = {
 }
 
 
-def _add_serve(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser("serve", help="run the proxy")
+def serve_main(argv: list[str]) -> int:
+    p = OneLineParser(prog="predis serve", description="Run the proxy.")
     p.add_argument("--config", help="TOML settings file ([predis] table)")
     p.add_argument("--host", help="listen address (default 127.0.0.1)")
     p.add_argument("--port", type=int, help="listen port (default 6380; 0 picks a free one)")
@@ -56,18 +59,18 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.add_argument("--hot-tier-max-batch", dest="hot_tier_max_batch", type=int)
     p.add_argument("--log-level", dest="log_level")
     p.add_argument("--log-format", dest="log_format", choices=["console", "json"])
-    p.set_defaults(func=cmd_serve)
+    return serve(p.parse_args(argv))
 
 
-def _add_stats(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser("stats", help="print a running proxy's figures (PREDIS STATS)")
+def stats_main(argv: list[str]) -> int:
+    p = OneLineParser(prog="predis stats", description="Print a running proxy's figures (PREDIS STATS).")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=6380)
     p.add_argument("--json", action="store_true", help="one JSON object")
-    p.set_defaults(func=cmd_stats)
+    return stats(p.parse_args(argv))
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
+def serve(args: argparse.Namespace) -> int:
     from proxy.embedded import EmbeddedRedis
     from proxy.log import configure_logging
     from proxy.server import ProxyServer, new_event_loop
@@ -128,7 +131,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_stats(args: argparse.Namespace) -> int:
+def stats(args: argparse.Namespace) -> int:
     import redis
 
     client = redis.Redis(host=args.host, port=args.port, socket_timeout=5)
@@ -148,41 +151,33 @@ def cmd_stats(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="predis", description="Redis-compatible cache proxy with an ML prefetcher"
+def usage() -> str:
+    width = max(map(len, COMMANDS))
+    lines = [f"  {name:<{width}}  {help_text}" for name, (_, help_text) in COMMANDS.items()]
+    return (
+        "usage: predis COMMAND [ARGS...]   (predis COMMAND --help for its flags)\n\n"
+        "Redis-compatible cache proxy with an ML prefetcher.\n\ncommands:\n" + "\n".join(lines) + "\n"
     )
-    sub = parser.add_subparsers(dest="command", required=True)
-    _add_serve(sub)
-    _add_stats(sub)
-    for name, (module, help_text) in EXTERNAL.items():
-        p = sub.add_parser(name, help=help_text, add_help=False)
-        p.add_argument("rest", nargs=argparse.REMAINDER)
-        p.set_defaults(func=_external(module))
-    return parser
 
 
-def _external(target: str) -> Callable[[argparse.Namespace], int]:
-    def run(args: argparse.Namespace) -> int:
-        import importlib
+def run_command(name: str, argv: list[str]) -> int:
+    import importlib
 
-        module, _, function = target.partition(":")
-        entry: Any = getattr(importlib.import_module(module), function or "main")
-        return int(entry(args.rest))
-
-    return run
+    module, _, function = COMMANDS[name][0].partition(":")
+    entry: Any = getattr(importlib.import_module(module), function)
+    return int(entry(argv))
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    parser = build_parser()
-    if argv and argv[0] in EXTERNAL:
-        # argparse's REMAINDER drops a leading option (`predis gen --list`), so hand the rest over whole.
-        args = argparse.Namespace(func=_external(EXTERNAL[argv[0]][0]), rest=argv[1:])
-    else:
-        args = parser.parse_args(argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage(), end="", file=sys.stdout if argv else sys.stderr)
+        return 0 if argv else 2
+    if argv[0] not in COMMANDS:
+        print(f"predis: unknown command {argv[0]!r}; commands: {', '.join(COMMANDS)}", file=sys.stderr)
+        return 2
     try:
-        return int(args.func(args))
+        return run_command(argv[0], argv[1:])
     except PredisError as exc:
         print(f"predis: {exc}", file=sys.stderr)
         return 2

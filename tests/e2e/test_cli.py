@@ -75,6 +75,8 @@ def test_bad_input_exits_with_one_line(tmp_path: Path) -> None:
         (("serve", "--log-level", "loud"), None, "log_level must be one of"),
         (("serve",), {"PREDIS_REDIS_SERVER": "no-such-redis-binary"}, "no-such-redis-binary not found"),
         (("stats", "--port", str(free_port())), None, "cannot reach a proxy"),
+        (("serve", "--port", "x"), None, "predis serve: argument --port: invalid int value"),
+        (("nope",), None, "unknown command 'nope'; commands: serve, stats, gen, trace, sim, train"),
     ]:
         out = run_predis(*args, env=env)
         assert out.returncode == 2, (args, out.stderr)
