@@ -13,7 +13,7 @@ pytest.importorskip("torch")
 
 from accesslog.generators import generate, parse_params  # noqa: E402
 from accesslog.log import write_log  # noqa: E402
-from ml.training.train import REPLAY_SHARES  # noqa: E402
+from ml.training.selection import REPLAY_SHARES  # noqa: E402
 
 PREDIS = [sys.executable, "-m", "proxy.cli"]
 

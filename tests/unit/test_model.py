@@ -196,7 +196,7 @@ def test_online_stepper_drops_the_least_recent_client(trained: tuple[Path, dict]
 
 
 def test_fallback_prefetcher_from_the_long_window_policy_from_the_latest_reads() -> None:
-    from ml.training.train import choose_fallback
+    from ml.training.selection import choose_fallback
 
     # cloudPhysicsIO's training window at 1%: the validation reads hit 2% and rank Markov first;
     # the long window ranks PG first by far. The policy under PG is the validation reads' choice.
@@ -503,17 +503,19 @@ class TickClock:
 def replays_cost_a_second(monkeypatch: pytest.MonkeyPatch) -> TickClock:
     """Two worker processes, and every replay charged one second of the tick clock (run for real,
     timed by the fake clock): the same budget arithmetic on any machine."""
+    import ml.training.selection as selection
     import ml.training.train as training
 
     clock = TickClock(1.0)
-    real = training._replays_in_parallel
+    real = selection.replays_in_parallel
 
     def charged(fn: Any, jobs: list[Any], **shared: Any) -> list[Any]:
         clock.advance(math.ceil(len(jobs) / 2))
         return real(fn, jobs, **shared)
 
-    monkeypatch.setattr(training, "_workers", lambda: 2)
-    monkeypatch.setattr(training, "_replays_in_parallel", charged)
+    for module in (training, selection):
+        monkeypatch.setattr(module, "workers", lambda: 2)
+    monkeypatch.setattr(selection, "replays_in_parallel", charged)
     return clock
 
 
