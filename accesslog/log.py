@@ -50,6 +50,9 @@ class AccessLog:
     table: pa.Table
     meta: dict[str, Any] = field(default_factory=dict)
     _codes: tuple[np.ndarray, pa.Array] | None = field(default=None, repr=False)
+    # What readers computed from this log, kept as long as it is (the ML arm's predictions for its
+    # trace, shared by its arms at several cache sizes): key -> value, the key naming its maker.
+    derived: dict[Any, Any] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         self.table = conform(self.table)

@@ -16,7 +16,7 @@ import time
 import numpy as np
 import torch
 
-from ml.inference import OnlineStepper
+from ml.inference.stepper import OnlineStepper, keep_freed_memory
 from ml.models.lstm.model import LSTMConfig, NextKeyLSTM
 from ml.training.data import SUCC_FEATURES
 from ml.vocab import Vocabulary
@@ -33,6 +33,7 @@ def main() -> None:
         "--successors", type=int, default=8, help="successor candidates per read (0: no successor head)"
     )
     args = ap.parse_args()
+    keep_freed_memory()  # (this process runs the stepper: set at its start, as the engine's will)
     torch.manual_seed(0)
     vocab = Vocabulary([f"item:{i}" for i in range(args.vocab - 2)], [f"t{i}:#" for i in range(100)])
     cfg = LSTMConfig(key_vocab=vocab.key_size, template_vocab=vocab.template_size, successors=args.successors)

@@ -10,6 +10,6 @@ def load_predictor(model_dir: str, log: Any = None, **params: Any) -> Any:
 
     if log is None:
         raise ConfigError("the ml arm needs the trace it will replay (simulator only, for now)")
-    from ml.inference import MLPredictor
+    from ml.inference.arm import MLPredictor
 
     return MLPredictor(model_dir, log, **params)

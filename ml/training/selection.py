@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from ml.inference import DISCOUNT_GATE, MERGE_GATE
+from ml.inference.arm import DISCOUNT_GATE, MERGE_GATE
 
 # Cache sizes (shares of distinct keys) the fallback is chosen at, about a factor of two apart: on
 # OLTP the best policy under PG flips between 1% and 5% of the training window, and the judged
@@ -120,7 +120,7 @@ def _gated_job(share: float, fallback: str, policy: str, gate: float, floor: flo
     """The fallback replays' hit ratio for the ML arm itself (``gate`` over ``fallback``, ``floor``
     under its scores), from the candidates computed for the log: the same window, cache size and
     scoring."""
-    from ml.inference import MLPredictor
+    from ml.inference.arm import MLPredictor
     from prefetch.sim import replay
 
     idx, warmup, capacity, keys, clients = _shared_window(share)
@@ -144,7 +144,7 @@ def choose_fallback(recent: dict[str, float], long: dict[str, float]) -> str:
 
 
 # Model first when its confidence is at least 0.5; both lists merged by score; merged with the
-# fallback's scores discounted by the model's confidence (ml.inference.DISCOUNT_GATE).
+# fallback's scores discounted by the model's confidence (ml.inference.arm.DISCOUNT_GATE).
 GATES = (0.5, MERGE_GATE, DISCOUNT_GATE)
 FLOORS = (0.1, 0.15, 0.2, 0.25, 0.3)  # score floors tried under the chosen gate (besides none)
 

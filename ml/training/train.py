@@ -108,7 +108,7 @@ def train(
 ) -> dict[str, Any]:
     """Train on ``log`` and save the model to ``out_dir``; returns its metrics. ``clock`` times
     the command against ``tcfg.max_seconds`` (ml.training.budget)."""
-    from ml.inference import predict_streams
+    from ml.inference.arm import predict_streams
     from ml.registry import next_version, save_model, set_current
     from ml.training.evaluate import score
 

@@ -15,7 +15,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from accesslog.log import AccessLog, make_table  # noqa: E402
-from ml.inference import predict_streams  # noqa: E402
+from ml.inference.arm import predict_streams  # noqa: E402
 from ml.registry import ModelError, load_model, next_version, resolve, save_model, set_current  # noqa: E402
 from ml.training.data import encode  # noqa: E402
 from ml.training.precision import bf16_failure  # noqa: E402
@@ -153,7 +153,7 @@ def test_vocabulary_is_bounded_and_open() -> None:
 def test_online_steps_match_the_batched_pass(trained: tuple[Path, dict]) -> None:
     # The proxy's path (one LSTM step per read, real-time features) and the simulator's (each
     # client's stream in one pass, offline features) name the same keys.
-    from ml.inference import OnlineStepper
+    from ml.inference.stepper import OnlineStepper
 
     model, vocab, _ = load_model(trained[0])
     log = planted_log(400)
@@ -172,7 +172,7 @@ def test_online_steps_match_the_batched_pass(trained: tuple[Path, dict]) -> None
 def test_online_stepper_drops_the_least_recent_client(trained: tuple[Path, dict]) -> None:
     """Past max_clients, the least recently active client's state row is reused: the others' states
     are untouched, and the dropped client starts over as a new one would."""
-    from ml.inference import OnlineStepper
+    from ml.inference.stepper import OnlineStepper
 
     model, vocab, _ = load_model(trained[0])
     cycle = [f"page:{i * 7 % 97}:body" for i in range(12)]
@@ -268,7 +268,7 @@ def test_models_saved_before_replay_slots_load_without_them(
 def test_score_floor_keeps_weak_candidates_back() -> None:
     """With a floor, the ML arm offers no candidate scored under it, in both gate modes, so the
     simulator's token bucket keeps the budget; without one, it offers them all."""
-    from ml.inference import MLPredictor
+    from ml.inference.arm import MLPredictor
 
     cands = [[("a", 0.6), ("b", 0.25), ("c", 0.05)]]
     conf = np.array([0.9], np.float32)
@@ -317,7 +317,7 @@ def test_successor_head_names_keys_outside_the_vocabulary(tmp_path: Path, precis
 def test_fallback_and_policy_follow_the_cache_size(trained: tuple[Path, dict]) -> None:
     """The ML arm takes the fallback and policy its training replay found best at the cache size
     nearest the simulator's; a fallback or policy named by the user stays."""
-    from ml.inference import MLPredictor
+    from ml.inference.arm import MLPredictor
 
     path, _ = trained
     manifest_path = path / "manifest.json"
@@ -572,7 +572,7 @@ def test_time_budget_spent_before_training_still_gives_a_safe_model(
 def test_discount_gate_weighs_the_fallback_by_the_models_doubt() -> None:
     """Gate -2: the fallback's candidates are scored times one minus the model's confidence; gate
     -1 merges the two lists as they are."""
-    from ml.inference import DISCOUNT_GATE, MERGE_GATE, MLPredictor
+    from ml.inference.arm import DISCOUNT_GATE, MERGE_GATE, MLPredictor
 
     def arm(gate: float, confidence: float) -> list[tuple[str, float]]:
         cands: list[list[tuple[str, float]]] = [[], [], [("a", 0.6)]]

@@ -1,8 +1,6 @@
-"""Turning the model's outputs into keys, and the ML predictor the simulator (and proxy) call.
-
-Candidates for the next read of a client are (a) the key head's most likely keys and (b) the
-template head's most likely templates filled with the numbers of the keys this client read last
-(see :mod:`ml.vocab`). A key reached both ways keeps the higher score.
+"""The model as the simulator's arm: every read's candidates computed up front in batches over the
+trace's client streams (``predict_streams``), served one read at a time behind the confidence
+gate and a fallback heuristic (``MLPredictor``).
 """
 
 from __future__ import annotations
@@ -10,7 +8,6 @@ from __future__ import annotations
 import heapq
 import math
 from collections import deque
-from collections.abc import Sequence
 from operator import itemgetter
 from pathlib import Path
 from typing import Any
@@ -18,100 +15,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from ml.training.data import RECENT, SUCC_FEATURES, SuccessorCandidates, replay_slots_of, with_successors
-from ml.vocab import Vocabulary, fill, numbers_of
-
-TOP_KEYS = 10  # key-head candidates per read
-TOP_TEMPLATES = 3  # template-head candidates per read
-
-
-# glibc returns freed memory above M_TRIM_THRESHOLD to the system and serves blocks above
-# M_MMAP_THRESHOLD with fresh mappings; its defaults (dynamic, a few MB) fall right at the size of one
-# step's logits and softmax (2 MB each at batch 64 and 8,192 keys), so every step faulted in about
-# 1,000 fresh pages, about 15% of the step (bench/RESULTS.md). Kept high, freed blocks are reused.
-TRIM_THRESHOLD = 256 << 20
-MMAP_THRESHOLD = 64 << 20
-
-
-def keep_freed_memory() -> bool:
-    """Tell glibc's malloc to keep freed memory for reuse (process-wide, as the MALLOC_TRIM_THRESHOLD_
-    and MALLOC_MMAP_THRESHOLD_ environment variables would); False where the C library is not glibc."""
-    import ctypes
-    import ctypes.util
-
-    name = ctypes.util.find_library("c")
-    try:
-        libc = ctypes.CDLL(name)
-        mallopt = libc.mallopt
-    except (OSError, AttributeError, TypeError):
-        return False
-    m_trim_threshold, m_mmap_threshold = -1, -3  # from glibc's malloc.h
-    return bool(mallopt(m_trim_threshold, TRIM_THRESHOLD)) and bool(mallopt(m_mmap_threshold, MMAP_THRESHOLD))
-
-
-def top_probs(logits: torch.Tensor, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """The k largest softmax probabilities over the last axis and their indices, as numpy arrays.
-    (On the CPU the fused softmax then top-k is faster than top-k of the logits and a logsumexp.)"""
-    top = torch.softmax(logits.float(), -1).topk(k, dim=-1)
-    return top.values.cpu().numpy(), top.indices.cpu().numpy()
-
+from ml.inference.compose import TOP_KEYS, TOP_TEMPLATES, compose, top_probs
+from ml.training.data import RECENT, replay_slots_of, with_successors
+from ml.vocab import Vocabulary
 
 _SCORE = itemgetter(1)
+
 # The ML arm's gate (``min_confidence``): at or above 0, the model's list first when its confidence
 # reaches it; -1, both lists merged by score; DISCOUNT_GATE, merged with the fallback's scores
 # multiplied by one minus the model's confidence.
 MERGE_GATE = -1.0
 DISCOUNT_GATE = -2.0
-
-
-def compose(
-    vocab: Vocabulary,
-    key_ids: Sequence[int],
-    key_probs: Sequence[float],
-    tpl_ids: Sequence[int],
-    tpl_probs: Sequence[float],
-    recent: Sequence[str],
-    k: int,
-    copy_probs: Sequence[float] = (),
-    succ_keys: Sequence[str] = (),
-    succ_probs: Sequence[float] = (),
-) -> list[tuple[str, float]]:
-    """Merge the key head's keys with templates filled in from recent reads. Filling template t
-    with the numbers of the j-th latest read scores p(t) x p(copy j), the copy head's chance that
-    the next key takes that read's numbers (``recent`` is oldest first, ``copy_probs`` latest first).
-    The successor head's candidates (keys seen to follow this one) score their slot's probability."""
-    scores: dict[str, float] = {}
-    key_of = vocab.key_of
-    for tok, p in zip(key_ids, key_probs, strict=True):
-        key = key_of(tok)
-        if key is not None and p > scores.get(key, 0.0):
-            scores[key] = p
-    for key, p in zip(succ_keys, succ_probs, strict=True):
-        if key and p > scores.get(key, 0.0):  # ("": an empty slot)
-            scores[key] = p
-    # Latest first, as copy_probs; each read's numbers are found once, when first needed.
-    weights = list(zip(reversed(recent), copy_probs, strict=False))  # (copy_probs ends with "none")
-    best_weight = max((w for _, w in weights), default=0.0)
-    numbers: dict[int, list[str]] = {}
-    just_read = recent[-1] if recent else None
-    for tok, p in zip(tpl_ids, tpl_probs, strict=True):
-        if p * best_weight <= 0.01:
-            continue  # (no read's numbers can lift this template over the floor)
-        template = vocab.template_name(tok)
-        if template is None or "#" not in template:
-            continue
-        for j, (prev, weight) in enumerate(weights):
-            score = p * weight
-            if score <= 0.01:
-                continue
-            found = numbers.get(j)
-            if found is None:
-                found = numbers[j] = numbers_of(prev)
-            key = fill(template, found)
-            if key is not None and key != just_read and score > scores.get(key, 0.0):
-                scores[key] = score
-    ranked = heapq.nlargest(k, scores.items(), key=_SCORE)  # (the same order as a stable sort)
-    return [(key, s if s < 1.0 else 1.0) for key, s in ranked]
 
 
 @torch.no_grad()
@@ -216,10 +130,6 @@ def predict_streams(
     return cands, conf, top_code
 
 
-# The last trace's predictions: (model dir, weights checksum, device) -> (log, candidates, confidences).
-_PREDICTIONS: dict[tuple[str, str, str], tuple[Any, list[list[tuple[str, float]]], np.ndarray]] = {}
-
-
 class MLPredictor:
     """The model as a simulator arm. Candidates for every read of the trace are computed up front in
     batches (the model's state depends only on the reads, not on the cache) and served one read at a
@@ -247,10 +157,17 @@ class MLPredictor:
         self._setup([], np.zeros(0, np.float32), manifest, fallback, min_confidence, policy, min_score)
 
         def compute() -> tuple[list[list[tuple[str, float]]], np.ndarray]:
-            key = (str(Path(model_dir).resolve()), str(manifest.get("weights_sha256")), device)
-            cached = _PREDICTIONS.get(key)
-            if cached is not None and cached[0] is log:
-                return cached[1], cached[2]
+            # Kept with the log (AccessLog.derived), so the arms of one trace share them and they
+            # go when the log does; no module-level cache.
+            key = (
+                "ml-predictions",
+                str(Path(model_dir).resolve()),
+                str(manifest.get("weights_sha256")),
+                device,
+            )
+            cached = log.derived.get(key)
+            if cached is not None:
+                return cached  # type: ignore[no-any-return]
             enc = encode(
                 log,
                 vocab,
@@ -258,8 +175,7 @@ class MLPredictor:
                 replay=replay_slots_of(model.cfg),
             )
             cands, conf, _ = predict_streams(model, vocab, enc, np.arange(len(enc)), device=device)
-            _PREDICTIONS.clear()  # (one trace's predictions at a time: they are large)
-            _PREDICTIONS[key] = (log, cands, conf)
+            log.derived[key] = (cands, conf)
             return cands, conf
 
         # Computed at the first prediction the gate lets through: an arm that training found to be
@@ -393,113 +309,3 @@ class MLPredictor:
 
     def footprint(self) -> int:
         return self.fallback.footprint() + 1
-
-
-class OnlineStepper:
-    """The model one read at a time, as the proxy will run it: each read advances its client's
-    LSTM state by one step (nothing is re-run), reads of different clients are stepped together in
-    one batch, and each gets its top-k next keys. Client states are kept for ``max_clients`` clients
-    (least recently active dropped), as rows of one pool tensor on the model's device: a step
-    gathers its clients' rows and scatters the new states back, two indexed copies instead of a
-    tensor per client."""
-
-    def __init__(
-        self, model: Any, vocab: Vocabulary, device: str = "cpu", max_clients: int = 100_000
-    ) -> None:
-        from collections import OrderedDict
-
-        from ml.features.realtime import RealtimeFeatures
-
-        self.model, self.vocab, self.device = model, vocab, device
-        keep_freed_memory()
-        self.features = RealtimeFeatures(pairs=False)  # (the model reads no co-occurrence counts)
-        slots = int(getattr(model.cfg, "successors", 0))
-        self.successors = SuccessorCandidates(slots, replay=replay_slots_of(model.cfg)) if slots else None
-        self.slot_of: OrderedDict[int, int] = OrderedDict()  # client -> its row in the pool
-        self.recent: dict[int, deque[str]] = {}
-        self.max_clients = max_clients
-        self.layers, self.hidden = model.cfg.layers, model.cfg.hidden
-        self.pool = torch.zeros(2, self.layers, 0, self.hidden, device=device)  # (h|c, L, rows, H)
-
-    def _slots(self, reads: Sequence[tuple[int, str, float]]) -> torch.Tensor:
-        """Pool rows for the reads' clients: a new client gets a zeroed row (the least recently
-        active client's once ``max_clients`` are kept)."""
-        slot_of = self.slot_of
-        if len(reads) > self.max_clients:
-            raise ValueError(f"a step of {len(reads)} reads needs max_clients >= {len(reads)}")
-        rows, fresh = [], []
-        for client, _, _ in reads:
-            row = slot_of.get(client)
-            if row is None:
-                if len(slot_of) >= self.max_clients:
-                    old, row = slot_of.popitem(last=False)
-                    self.recent.pop(old, None)
-                else:
-                    row = len(slot_of)
-                    if row >= self.pool.shape[2]:  # grow by doubling, up to max_clients rows
-                        size = min(self.max_clients, max(64, 2 * self.pool.shape[2]))
-                        grown = torch.zeros(2, self.layers, size, self.hidden, device=self.device)
-                        grown[:, :, : self.pool.shape[2]] = self.pool
-                        self.pool = grown
-                slot_of[client] = row
-                fresh.append(row)
-            else:
-                slot_of.move_to_end(client)
-            rows.append(row)
-        index = torch.tensor(rows, device=self.device)
-        if fresh:
-            self.pool[:, :, fresh] = 0.0
-        return index
-
-    @torch.no_grad()
-    def step(self, reads: Sequence[tuple[int, str, float]], k: int = 10) -> list[list[tuple[str, float]]]:
-        """One step for a batch of (client, key, t) reads of distinct clients."""
-        vocab = self.vocab
-        n = len(reads)
-        keys = torch.tensor([[vocab.key_token(key)] for _, key, _ in reads], device=self.device)
-        tpls = torch.tensor([[vocab.template_token(key)] for _, key, _ in reads], device=self.device)
-        values = self.features.values
-        feats = torch.as_tensor(
-            np.array([values(key, t) for _, key, t in reads], np.float32), device=self.device
-        ).unsqueeze(1)
-        succ_keys: list[list[str]] = [[] for _ in reads]
-        succ = None
-        if self.successors is not None:
-            found = [self.successors.after(key, client) for client, key, _ in reads]
-            succ_keys = [f[0] for f in found]
-            flat = np.array([f[1] for f in found], np.float32)  # (n, slots * SUCC_FEATURES)
-            succ = torch.as_tensor(flat.reshape(n, 1, -1, SUCC_FEATURES), device=self.device)
-        index = self._slots(reads)
-        state = self.pool.index_select(2, index)  # (2, L, n, H)
-        out, (h, c), _ = self.model(keys, tpls, feats, (state[0], state[1]), succ=succ)
-        self.pool.index_copy_(2, index, torch.stack((h, c)))
-        sp = torch.softmax(out["succ_logits"][:, 0].float(), -1).cpu().numpy() if succ is not None else None
-        kp, ki = top_probs(out["key_logits"][:, 0], TOP_KEYS)
-        copy = torch.softmax(out["copy_logits"][:, 0].float(), -1).cpu().numpy()
-        tp, ti = top_probs(out["template_logits"][:, 0], TOP_TEMPLATES)
-        results = []
-        ki_l, kp_l, ti_l, tp_l, copy_l = ki.tolist(), kp.tolist(), ti.tolist(), tp.tolist(), copy.tolist()
-        sp_l = sp.tolist() if sp is not None else None
-        recents = self.recent
-        for j, (client, key, _) in enumerate(reads):
-            recent = recents.get(client)
-            if recent is None:
-                recent = recents[client] = deque(maxlen=RECENT)
-            recent.append(key)
-            named = succ_keys[j]
-            results.append(
-                compose(
-                    vocab,
-                    ki_l[j],
-                    kp_l[j],
-                    ti_l[j],
-                    tp_l[j],
-                    recent,
-                    k,
-                    copy_l[j],
-                    named,
-                    sp_l[j][: len(named)] if sp_l is not None else [],
-                )
-            )
-        assert len(results) == n
-        return results
