@@ -22,7 +22,10 @@ log = structlog.get_logger("predis.server")
 
 
 class ProxyServer:
-    def __init__(self, settings: Settings, stats: Stats | None = None) -> None:
+    def __init__(
+        self, settings: Settings, stats: Stats | None = None, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        """``clock``: the hot tier's (expiry, the staleness bound, refreshes); tests move it by hand."""
         if not settings.upstream:
             raise ValueError("ProxyServer needs an upstream URL; the CLI starts an embedded Redis")
         self.settings = settings
@@ -42,6 +45,7 @@ class ProxyServer:
                 max_staleness=settings.hot_tier_max_staleness,
                 policy=settings.hot_tier_policy,
                 store=store,
+                clock=clock,
             )
             self.filler = Filler(self, self.tier)
             self.channel = InvalidationChannel(self, self.tier)

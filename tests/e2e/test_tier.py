@@ -22,12 +22,6 @@ def tier_of(proxy: Any) -> Any:
     return proxy.server.tier
 
 
-def shift_clock(proxy: Any) -> ShiftedClock:
-    clock = ShiftedClock(tier_of(proxy).clock)
-    tier_of(proxy).clock = clock  # (read on every use: the proxy's thread sees it at once)
-    return clock
-
-
 def active_proxy(make_proxy: Any, url: str, **kw: Any) -> Any:
     proxy = make_proxy(url, **kw)
     wait_for(lambda: tier_of(proxy).active)
@@ -271,8 +265,8 @@ def test_redis_eviction_invalidates(tproxy: Any, direct: redis.Redis) -> None:
 
 
 def test_max_staleness_bound(make_proxy: Any, redis_server: EmbeddedRedis, direct: redis.Redis) -> None:
-    proxy = active_proxy(make_proxy, redis_server.url, hot_tier_max_staleness=30)
-    clock = shift_clock(proxy)
+    clock = ShiftedClock(time.monotonic)
+    proxy = active_proxy(make_proxy, redis_server.url, hot_tier_max_staleness=30, clock=clock)
     r = proxy.client()
     direct.set("s", "v")
     cache(proxy, r, "s")
@@ -333,8 +327,8 @@ def test_refresh_ahead_keeps_a_hot_key_served(
 ) -> None:
     """A key read continuously is re-read in the background after half the staleness bound, so it
     stays in the tier across many bounds instead of missing once per bound; a write still shows."""
-    proxy = active_proxy(make_proxy, redis_server.url, hot_tier_max_staleness=30)
-    clock = shift_clock(proxy)
+    clock = ShiftedClock(time.monotonic)
+    proxy = active_proxy(make_proxy, redis_server.url, hot_tier_max_staleness=30, clock=clock)
     r = proxy.client()
     direct.set("hot", "v0")
     cache(proxy, r, "hot")
