@@ -43,18 +43,7 @@ def bf16_failure(device: str) -> str | None:
         }
         batch = {k: v.to(device) for k, v in batch.items()}
         with torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16):
-            out, _, loss = model(
-                batch["keys"],
-                batch["templates"],
-                batch["feats"],
-                None,
-                batch["next_keys"],
-                batch["next_templates"],
-                batch["next_copy"],
-                succ=batch["succ"],
-                next_succ=batch["next_succ"],
-            )
-        assert loss is not None
+            loss = model.batch_loss(batch)
         loss.backward()
         if not torch.isfinite(loss).item():
             return "the loss of a bf16 step is not finite"

@@ -83,19 +83,7 @@ def _loss(
 ) -> torch.Tensor:
     batch = {k: v[rows].to(device, non_blocking=True) for k, v in data.items() if k != "order"}
     with torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16, enabled=amp):
-        _, _, loss = model(
-            batch["keys"],
-            batch["templates"],
-            batch["feats"],
-            None,
-            batch["next_keys"],
-            batch["next_templates"],
-            batch["next_copy"],  # (the copy head went untrained before this was passed)
-            succ=batch.get("succ"),
-            next_succ=batch.get("next_succ"),
-        )
-    assert loss is not None
-    return loss
+        return model.batch_loss(batch)
 
 
 def train(

@@ -130,6 +130,23 @@ class NextKeyLSTM(nn.Module):
                 )
         return out, state, loss
 
+    def batch_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The training loss of a batch of windows, as ``ml.training.data.windows`` lays them out
+        (its keys; ``succ``/``next_succ`` only with the successor head)."""
+        _, _, loss = self(
+            batch["keys"],
+            batch["templates"],
+            batch["feats"],
+            None,
+            batch["next_keys"],
+            batch["next_templates"],
+            batch["next_copy"],  # (the copy head went untrained before this was passed)
+            succ=batch.get("succ"),
+            next_succ=batch.get("next_succ"),
+        )
+        assert loss is not None
+        return loss
+
 
 def confidence_target(
     key_logp: torch.Tensor,  # (B, T, V) log-probabilities of the key head
