@@ -1,1 +1,1 @@
-"""Benchmarks: load runs against Redis and the proxy, micro-benchmarks. See bench/RESULTS.md."""
+"""Benchmarks: load runs against Redis and the proxy, micro-benchmarks. Current figures: bench/RESULTS.md; how they came about: bench/HISTORY.md."""

@@ -46,6 +46,7 @@ def train_main(argv: list[str]) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch", type=int, default=64, help="windows of --length reads per step")
     p.add_argument("--length", type=int, default=64)
+    p.add_argument("--lr", type=float, default=3e-3, help="AdamW's learning rate")
     p.add_argument("--max-keys", type=int, default=8_192, help="key vocabulary size")
     p.add_argument(
         "--max-seconds",
@@ -61,13 +62,16 @@ def train_main(argv: list[str]) -> int:
     from common.errors import ConfigError
     from ml.training.train import TrainConfig, train
 
-    if args.epochs < 1 or args.batch < 1 or args.length < 2 or not 0 < args.split < 1:
-        raise ConfigError("--epochs and --batch must be at least 1, --length at least 2, --split in (0, 1)")
+    if args.epochs < 1 or args.batch < 1 or args.length < 2 or not 0 < args.split < 1 or not args.lr > 0:
+        raise ConfigError(
+            "--epochs and --batch must be at least 1, --length at least 2, --split in (0, 1), --lr positive"
+        )
     log = read_log(args.log)
     cfg = TrainConfig(
         epochs=args.epochs,
         batch=args.batch,
         length=args.length,
+        lr=args.lr,
         seed=args.seed,
         device=args.device,
         precision=args.precision,

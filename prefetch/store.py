@@ -145,7 +145,7 @@ class DeviceStore:
         On CuPy, one upload of the handles' output offsets and buffer offsets (two int64 per value)
         and one kernel launch, a thread block per value. Building a per-byte index on the host and
         uploading it (8 bytes per byte gathered) took 2.9 ms for 1,024 values of 512 bytes on an
-        H100, and building it on the device from the ends took five launches (bench/RESULTS.md).
+        H100, and building it on the device from the ends took five launches (bench/HISTORY.md).
         On NumPy (the CPU tests) the same result comes from a per-byte index.
         """
         xp = self.xp

@@ -38,7 +38,7 @@ from prefetch.store import HostStore, ValueStore
 # (tests/unit/test_tier.py holds it within a fifth).
 ENTRY_OVERHEAD = 560
 # Hits an entry must average before eviction for demand fills to pay for themselves: a fill is an
-# extra upstream MGET/PTTL and about three forwarded GETs' worth of proxy work (bench/RESULTS.md).
+# extra upstream MGET/PTTL and about three forwarded GETs' worth of proxy work (bench/HISTORY.md).
 FILL_PAYBACK = 3.0
 # An entry hit after a share of its staleness bound drawn in [REFRESH_AT, REFRESH_AT + REFRESH_JITTER)
 # is read again in the background. Each hot key costs one upstream read per that many seconds, so

@@ -53,7 +53,7 @@ class Settings:
     # No entry is served longer than this after it was read from Redis, whatever its TTL.
     hot_tier_max_staleness: float = 10.0
     # A read with more GETs than this is forwarded, not served: in Python, answering a long
-    # pipelined batch from the tier costs more CPU than Redis needs for it (bench/RESULTS.md).
+    # pipelined batch from the tier costs more CPU than Redis needs for it (bench/HISTORY.md).
     hot_tier_max_batch: int = 8
     log_level: str = "info"
     log_format: str = "console"

@@ -91,7 +91,7 @@ class TierMixin:
         (``_forward_writes``).
         Anything else (a mix of hits and misses included) returns False and takes the general
         path, which recounts it. Kept lean: on a hit this is all the proxy does, and against
-        Redis's C every statement shows in throughput (bench/RESULTS.md)."""
+        Redis's C every statement shows in throughput (bench/HISTORY.md)."""
         tier = self.tier
         assert tier is not None
         if (

@@ -18,7 +18,7 @@ from ml.vocab import Vocabulary
 # glibc returns freed memory above M_TRIM_THRESHOLD to the system and serves blocks above
 # M_MMAP_THRESHOLD with fresh mappings; its defaults (dynamic, a few MB) fall right at the size of one
 # step's logits and softmax (2 MB each at batch 64 and 8,192 keys), so every step faulted in about
-# 1,000 fresh pages, about 15% of the step (bench/RESULTS.md). Kept high, freed blocks are reused.
+# 1,000 fresh pages, about 15% of the step (bench/HISTORY.md). Kept high, freed blocks are reused.
 TRIM_THRESHOLD = 256 << 20
 MMAP_THRESHOLD = 64 << 20
 

@@ -21,7 +21,7 @@ from typing import Any
 # The loop gets at least this share of what the first part left, however long the rest would take.
 MIN_LOOP_SHARE = 0.5
 # A replay of the ML arm against one of a heuristic, on the same reads: 1.5x on web and 2.6x on
-# gaming at 1,000,000 reads (bench/RESULTS.md, "The budget": gate and floor replays 39.4 s and
+# gaming at 1,000,000 reads (bench/HISTORY.md, "The budget": gate and floor replays 39.4 s and
 # 58.3 s for 32 jobs, fallback replays 39.3 s and 33.0 s for 48).
 GATED_REPLAY_COST = 2.6
 # The model's predictions on the validation reads against one validation-loss pass over them

@@ -54,7 +54,7 @@ def bf16_failure(device: str) -> str | None:
 
 def native_bf16_cpu() -> bool:
     """Whether this CPU multiplies bf16 in hardware (avx512_bf16 or AMX): there, bf16 autocast
-    takes a fifth off a training step of the reference model (bench/RESULTS.md); elsewhere, where
+    takes a fifth off a training step of the reference model (bench/HISTORY.md); elsewhere, where
     it runs at all, it is emulated and slower than fp32. A speed hint for ``auto`` only: whether
     bf16 runs at all is ``bf16_failure``'s question."""
     try:

@@ -192,7 +192,7 @@ def choose_gate_and_floor(
         ml_replays[str(job[0])][str(job[3])] = hit
     # One gate for every size, the one whose replays hit most in total: at a single size the two
     # are often within a tenth of a point of each other, and such a near tie picked the gate that
-    # lost 2 points on the judged gaming trace (bench/RESULTS.md). Per size only the fallback
+    # lost 2 points on the judged gaming trace (bench/HISTORY.md). Per size only the fallback
     # alone ("off") can replace it, where the gated replay hit less than the fallback's.
     # (No replays at all, when the budget left none: the model is not used, its fallback never worse.)
     gate = max((str(g) for g in gates), key=lambda g: sum(h[g] for h in ml_replays.values()), default="off")

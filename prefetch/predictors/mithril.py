@@ -14,7 +14,7 @@ mines pairs whose time series line up:
   ``confidence`` of their paired timestamps are further than ``lookahead`` apart. Then b joins a's
   prefetch list (``pf_list`` long, oldest out first). With the defaults (two timestamps, confidence
   1) one close pair is enough, as in libCacheSim; requiring both pairs close halves the
-  prefetches and costs 4 points of hit ratio on cloudPhysicsIO at 5% (bench/RESULTS.md).
+  prefetches and costs 4 points of hit ratio on cloudPhysicsIO at 5% (bench/HISTORY.md).
 * Prefetch table: at most ``max_entries`` source keys, oldest replaced first.
 
 On a read of a, a's prefetch list is predicted.
