@@ -180,15 +180,26 @@ class HotTier:
             self._drop((db, key), entry)
             self.misses += 1
             return None
-        self.hits += 1
-        self.note_hit(entry)
-        entry.last = now
-        if self.touch is not None:
-            self.touch((db, key))
-        if now >= entry.refresh_at:
-            entry.refresh_at = math.inf
+        if self.hit(entry, now):
             self.due.append(key)
         return entry.handle if self.host_values else self.store.frame(entry.handle)
+
+    def hit(self, entry: Entry, now: float) -> bool:
+        """Count a hit on ``entry``, served at ``now``, whichever path served it: the tier's
+        counters and the entry's fields change here only. True if the entry is due for a
+        background re-read (refresh-ahead, asked for once), which the caller requests."""
+        self.hits += 1
+        entry.hits += 1
+        if entry.prefetched:
+            self.prefetched_hits += 1
+            entry.prefetched = False  # count a prefetch's first hit only
+        entry.last = now  # (what the LRU reads; other policies are told)
+        if self.touch is not None:
+            self.touch(entry.key)
+        if now >= entry.refresh_at:
+            entry.refresh_at = math.inf
+            return True
+        return False
 
     def get(self, db: int, key: bytes, user: str) -> bytes | None:
         """``get_frame``, as the value itself."""
@@ -210,12 +221,6 @@ class HotTier:
         return item in self.entries
 
     # ------------------------------------------------------------------ fills
-
-    def note_hit(self, entry: Entry) -> None:
-        entry.hits += 1
-        if entry.prefetched:
-            self.prefetched_hits += 1
-            entry.prefetched = False  # count a prefetch's first hit only
 
     def admit(self) -> bool:
         """Whether to fill a demand miss now (see ``admit_p``)."""

@@ -60,7 +60,7 @@ from proxy.session import (
     Capture,
     SessionState,
     Sync,
-    swallow,
+    discard_reply,
 )
 from proxy.tiering import TierMixin
 
@@ -133,7 +133,7 @@ class ClientConnection(asyncio.Protocol, TierMixin, SessionState):
         self.scanner = ReplyScanner()
         self.sync_token: bytes | None = None  # the ECHO payload that ends fast mode
         self.sync_frame = b""
-        self.holdback = b""  # tail bytes kept while a sync reply may be split across reads
+        self.sync_tail = b""  # tail bytes kept while a sync reply may be split across reads
         self.capture_parts: list[bytes] = []  # start of a captured reply frame split across reads
         # After SYNC/PSYNC the connection is a raw byte pipe both ways (``_enter_raw``).
         self.raw = False  # requests: forwarded as they arrive, never parsed
@@ -368,14 +368,14 @@ class ClientConnection(asyncio.Protocol, TierMixin, SessionState):
             self._forward(cmds, split_commands(cmds, raw))
             return
         if self.tier is not None:
-            written = None if not self.verified and not self.verify_pending else self._tier_light(cmds)
+            written = None if not self.verified and not self.verify_pending else self._plain_run_writes(cmds)
             if written is None:
                 self._forward(cmds, split_commands(cmds, raw))
                 return
             if written:
                 self._forward_writes(written, len(cmds), raw)
                 return
-        else:  # (with the tier, _tier_light has already ruled out special commands)
+        else:  # (with the tier, _plain_run_writes has already ruled out special commands)
             for args in cmds:
                 if args[0].upper() in SPECIAL:
                     self._forward(cmds, split_commands(cmds, raw))
@@ -641,7 +641,7 @@ class ClientConnection(asyncio.Protocol, TierMixin, SessionState):
         token = b"predis-sync-" + os.urandom(12).hex().encode()
         self.sync_token = token
         self.sync_frame = b"$%d\r\n%s\r\n" % (len(token), token)
-        self.pending.append(Sync(0.0, swallow))
+        self.pending.append(Sync(0.0, discard_reply))
         return encode_command([b"ECHO", token])
 
     def _leave_fast_mode_now(self) -> bytes | None:
@@ -700,10 +700,10 @@ class ClientConnection(asyncio.Protocol, TierMixin, SessionState):
         self.fast = False
         self.scanner = ReplyScanner()
         self.sync_token = None
-        self.holdback = b""
+        self.sync_tail = b""
         prelude = self._prelude()
         for _ in prelude:
-            self.pending.appendleft(Capture(_now(), swallow))
+            self.pending.appendleft(Capture(_now(), discard_reply))
         data = b"".join(prelude) + b"".join(self.outbox)
         self.outbox.clear()
         if "client_full" in self.paused and proto.transport is not None:
@@ -777,10 +777,10 @@ class ClientConnection(asyncio.Protocol, TierMixin, SessionState):
             self._write(data)
         else:
             # Keep back a sync frame's length of tail: the sync reply may straddle two reads.
-            buf = self.holdback + data
+            buf = self.sync_tail + data
             keep = len(self.sync_frame) - 1
             self._write(buf[:-keep])
-            self.holdback = buf[-keep:]
+            self.sync_tail = buf[-keep:]
 
     def _fast_resp3_replies(self, data: bytes) -> None:
         """``_fast_replies`` on a RESP3 connection. hiredis skips push frames by their type, but
@@ -851,7 +851,7 @@ class ClientConnection(asyncio.Protocol, TierMixin, SessionState):
             log.error("reply with no request pending", peer=self.peer, count=count)
 
     def _sync_reached(self, data: bytes) -> None:
-        buf = self.holdback + data
+        buf = self.sync_tail + data
         at = buf.find(self.sync_frame)
         if at < 0:  # cannot happen: hiredis just returned this frame
             self._bad_upstream_reply("sync reply not found")
@@ -865,7 +865,7 @@ class ClientConnection(asyncio.Protocol, TierMixin, SessionState):
         rest = buf[at + len(self.sync_frame) :]
         self.fast = False
         self.sync_token = None
-        self.holdback = b""
+        self.sync_tail = b""
         self.scanner = ReplyScanner()
         self._drain_markers()
         if rest:
@@ -1022,9 +1022,9 @@ class ClientConnection(asyncio.Protocol, TierMixin, SessionState):
     def _after_upstream_loss(self, message: str) -> None:
         # A reply cut in the middle cannot be finished with an error: the client's stream is broken.
         mid_frame = self.rep_reader.has_data() if self.fast else not self.scanner.at_boundary
-        if self.fast and self.holdback and self.sync_token is not None:
-            self._write(_strip_prefix_of(self.holdback, self.sync_frame))
-        self.holdback = b""
+        if self.fast and self.sync_tail and self.sync_token is not None:
+            self._write(_strip_prefix_of(self.sync_tail, self.sync_frame))
+        self.sync_tail = b""
         self.sync_token = None
         # State that a new connection cannot restore: close the client rather than lie to it.
         stateful = (

@@ -69,7 +69,9 @@ SPECIAL = frozenset(
 )  # fmt: skip
 
 
-def swallow(frame: bytes) -> None:
+def discard_reply(frame: bytes) -> None:
+    """The reply to a command the proxy sent itself (a sync ECHO, a replayed prelude): never the
+    client's; an error is logged."""
     if frame.startswith(b"-"):
         log.warning("proxy-issued command failed", reply=frame[:200])
     return None

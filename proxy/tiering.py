@@ -5,7 +5,6 @@ dropping what writes change. Mixed into ``ClientConnection``; the rules themselv
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from functools import partial
@@ -32,6 +31,14 @@ if TYPE_CHECKING:
 _now = time.perf_counter
 GET_NAMES = frozenset((b"GET", b"get", b"Get"))
 SET_NAMES = frozenset((b"SET", b"set", b"Set"))
+
+
+def worth_serving(present: int, count: int) -> bool:
+    """Whether a read of ``count`` GETs, ``present`` of them held by the tier, is worth serving in
+    part. Serving a few hits among misses costs more than it saves: interleaving local replies
+    with forwarded ones needs the reply side to find frame offsets. So only when at least half
+    the GETs can be served does the general path do it; otherwise the read is forwarded whole."""
+    return 2 * present >= count
 
 
 class TierMixin:
@@ -118,18 +125,9 @@ class TierMixin:
                 or now >= entry.until
             ):
                 return False
-            if entry.prefetched:
-                tier.note_hit(entry)
-            else:
-                entry.hits += 1
-            entry.last = now  # (what the LRU reads; other policies are also told)
-            if tier.touch is not None:
-                tier.touch(entry.key)
-            if now >= entry.refresh_at:
-                entry.refresh_at = math.inf
+            if tier.hit(entry, now):
                 self._request_fill(self.db, [entry.key[1]], entry.user, refresh=True)
             frame = entry.handle if tier.host_values else tier.store.frame(entry.handle)
-            tier.hits += 1
             stats = self.stats
             stats.commands_local += 1
             stats.bytes_out += len(frame)
@@ -161,7 +159,7 @@ class TierMixin:
             # general path serves it. (A GET that missed the index is not in the tier.)
             return False
         # The miss path: forward the client's bytes as one plain run and ask for a fill, as
-        # the general path would after hiredis, canonical sizes and _tier_light; skipping
+        # the general path would after hiredis, canonical sizes and _plain_run_writes; skipping
         # them keeps a miss through the tier as cheap as a GET through the core.
         tier.misses += 1
         self._request_fill(key[0], [name], self._user_name())
@@ -192,11 +190,8 @@ class TierMixin:
         found: list[Any] = list(map(tier.entries.get, keys))  # (Entry or None)
         present = count - found.count(None)
         if present < count:
-            if 2 * present >= count:
-                # Serving a few hits among misses costs more than it saves: interleaving local
-                # replies with forwarded ones needs the reply side to find frame offsets. Only
-                # when at least half the GETs can be served does the general path do it.
-                return False
+            if worth_serving(present, count):
+                return False  # (the general path serves the hits among the misses)
             tier.misses += count
             self._request_fill(db, names, self._user_name())
             self._forward_plain(count, data)
@@ -208,22 +203,15 @@ class TierMixin:
         for entry in found:
             if entry.user != user or now >= entry.until:
                 return False  # (before any hit is counted: the general path counts them)
-        touch = tier.touch
-        note_hit = tier.note_hit
+        hit = tier.hit
         for key, entry in zip(keys, found, strict=True):
-            note_hit(entry)
-            entry.last = now
-            if touch is not None:
-                touch(key)
-            if now >= entry.refresh_at:
-                entry.refresh_at = math.inf
+            if hit(entry, now):
                 self._request_fill(db, [key[1]], user, refresh=True)
         if tier.host_values:
             replies = [entry.handle for entry in found]
         else:
             frame_of = tier.store.frame
             replies = [frame_of(entry.handle) for entry in found]
-        tier.hits += count
         self.stats.commands_local += count
         self._write(b"".join(replies))
         self._served += 1
@@ -231,7 +219,7 @@ class TierMixin:
             tier.served_latency.record(tier.clock() - now)
         return True
 
-    def _tier_light(self, cmds: list[Any]) -> list[bytes] | None:
+    def _plain_run_writes(self, cmds: list[Any]) -> list[bytes] | None:
         """The keys these commands write, if they can be forwarded as one plain run: none special,
         writes only of named keys (not in MULTI), and every GET a miss (fills requested here).
         None sends them through the general path."""
@@ -280,13 +268,10 @@ class TierMixin:
         db = self.db
         user = self._user_name()
         if self.verified:
-            # Serving a few hits among misses costs more than it saves: interleaving local replies
-            # with forwarded ones needs the reply side to find frame offsets. Only when at least
-            # half the GETs can be served does the general path do it.
             # (Presence only: the general path's lookups count the hits and check expiry, so a
             # lookup here would note every hit twice.)
             entries = tier.entries
-            if 2 * sum(1 for key in gets if (db, key) in entries) >= len(gets):
+            if worth_serving(sum(1 for key in gets if (db, key) in entries), len(gets)):
                 return None
         tier.misses += len(gets)
         if not written:
