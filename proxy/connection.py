@@ -142,6 +142,8 @@ class ClientConnection(asyncio.Protocol, TierMixin, SessionState):
         self.paused: set[str] = set()
         self.peer = ""
         self.tier = server.tier
+        self.access = server.access  # told of every GET key's fate (server.AccessSink), or None
+        self.stream = next(server.streams)
         self.multi_effects: list[Any] = []  # keys written by commands queued in MULTI
         self._served = 0
         self.max_batch = server.settings.hot_tier_max_batch
@@ -381,7 +383,18 @@ class ClientConnection(asyncio.Protocol, TierMixin, SessionState):
                     self._forward(cmds, split_commands(cmds, raw))
                     return
         # Every command is a plain forward: one slot run for the lot, the client's own bytes.
+        if self.tier is None and self.access is not None:
+            self._access_forwarded(cmds)  # (with the tier, _plain_run_writes has told it)
         self._forward_plain(len(cmds), raw)
+
+    def _access_forwarded(self, cmds: Any) -> None:
+        """Tell the access sink of every well-formed GET and MGET in ``cmds``, forwarded to Redis
+        without the tier's say (the tier's own paths tell it in proxy.tiering)."""
+        access, stream, db = self.access, self.stream, self.db
+        for args in cmds:
+            name = args[0].upper()
+            if (name == b"GET" and len(args) == 2) or (name == b"MGET" and len(args) > 1):
+                access(stream, db, args[1:], False)
 
     def _forward_plain(self, count: int, raw: bytes) -> None:
         """Forward ``raw`` (``count`` commands, none special) as one slot run."""
@@ -404,6 +417,8 @@ class ClientConnection(asyncio.Protocol, TierMixin, SessionState):
         if keys is None:
             return False
         self._forward_plain(len(keys), data)
+        if parse is get_run_keys and self.access is not None:
+            self.access(self.stream, self.db, keys, False)
         return True
 
     def _forward(self, cmds: list[Any], encoded: list[bytes | None]) -> None:
@@ -436,6 +451,8 @@ class ClientConnection(asyncio.Protocol, TierMixin, SessionState):
                         continue
                 elif table is not None:
                     action = self._tier_write(name, args, table)
+            elif self.access is not None and (name == b"GET" or name == b"MGET") and not self.passthrough_req:
+                self._access_forwarded((args,))  # (with the tier, _tier_read tells it)
             if served and (pieces or name in SPECIAL):
                 self._write(b"".join(served))
                 served = []

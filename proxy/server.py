@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import structlog
@@ -20,12 +21,22 @@ from proxy.stats import Stats
 
 log = structlog.get_logger("predis.server")
 
+# Told of every read of GET/MGET keys, once per key, where its fate is decided: (the client
+# connection's stream id, db, the keys, whether the hot tier served them). The live prediction
+# engine and the A/B split attach here. Called on the event loop: it must only record.
+AccessSink = Callable[[int, int, Sequence[bytes], bool], None]
+
 
 class ProxyServer:
     def __init__(
-        self, settings: Settings, stats: Stats | None = None, clock: Callable[[], float] = time.monotonic
+        self,
+        settings: Settings,
+        stats: Stats | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        access: AccessSink | None = None,
     ) -> None:
-        """``clock``: the hot tier's (expiry, the staleness bound, refreshes); tests move it by hand."""
+        """``clock``: the hot tier's (expiry, the staleness bound, refreshes); tests move it by
+        hand. ``access``: told of every GET and MGET key every client reads (``AccessSink``)."""
         if not settings.upstream:
             raise ValueError("ProxyServer needs an upstream URL; the CLI starts an embedded Redis")
         self.settings = settings
@@ -33,6 +44,8 @@ class ProxyServer:
         self.stats = stats or Stats()
         self.stats.upstream_address = self.upstream.display()
         self.clients: set[ClientConnection] = set()
+        self.access = access
+        self.streams = itertools.count(1)  # each client connection's stream id, for ``access``
         self.tier: HotTier | None = None
         self.filler: Filler | None = None
         self.channel: InvalidationChannel | None = None

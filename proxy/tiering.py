@@ -6,7 +6,7 @@ dropping what writes change. Mixed into ``ClientConnection``; the rules themselv
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import partial
 from itertools import repeat
 from operator import itemgetter
@@ -58,6 +58,8 @@ class TierMixin:
     max_batch: int
     fast_framing: bool
     multi_effects: list[Any]
+    access: Any  # server.AccessSink or None
+    stream: int
     _served: int
     transport: Any
     paused: set[str]
@@ -82,6 +84,12 @@ class TierMixin:
 
     def _write(self, data: bytes) -> None:
         raise NotImplementedError
+
+    def _accessed(self, db: int, keys: Sequence[bytes], hit: bool) -> None:
+        """Tell the access sink (if any) the fate of a read's keys: every GET and MGET key passes
+        here or through the same call inlined on the hit and miss paths, once."""
+        if self.access is not None:
+            self.access(self.stream, db, keys, hit)
 
     def _user_name(self) -> str:
         """The ACL user this connection reads as (an entry is served to that user only)."""
@@ -137,6 +145,8 @@ class TierMixin:
             self._served += 1
             if not self._served & 7:  # latency: one read in eight is enough for percentiles
                 tier.served_latency.record(tier.clock() - now)
+            if self.access is not None:
+                self.access(self.stream, self.db, (entry.key[1],), True)
             return True
         if not data.startswith(GET_PREFIXES):
             if data.startswith(SET_PREFIXES):
@@ -164,6 +174,8 @@ class TierMixin:
         tier.misses += 1
         self._request_fill(key[0], [name], self._user_name())
         self._forward_plain(1, data)
+        if self.access is not None:
+            self.access(self.stream, key[0], (name,), False)
         return True
 
     def _forward_writes(self, keys: Any, count: int, raw: bytes) -> None:
@@ -184,6 +196,7 @@ class TierMixin:
         if count > self.max_batch:
             tier.bypassed += count  # a long read of GETs: forwarded whole
             self._forward_plain(count, data)
+            self._accessed(self.db, names, False)
             return True
         db = self.db
         keys = list(zip(repeat(db), names))
@@ -195,6 +208,7 @@ class TierMixin:
             tier.misses += count
             self._request_fill(db, names, self._user_name())
             self._forward_plain(count, data)
+            self._accessed(db, names, False)
             return True
         if self.pending:
             return False
@@ -214,6 +228,7 @@ class TierMixin:
             replies = [frame_of(entry.handle) for entry in found]
         self.stats.commands_local += count
         self._write(b"".join(replies))
+        self._accessed(db, names, True)
         self._served += 1
         if not self._served & 7:
             tier.served_latency.record(tier.clock() - now)
@@ -231,6 +246,7 @@ class TierMixin:
         names = set(map(itemgetter(0), cmds))
         if len(cmds) > self.max_batch and names <= GET_NAMES:
             tier.bypassed += len(cmds)  # a long read of GETs only: forwarded whole (checked at C speed)
+            self._accessed(self.db, [args[1] for args in cmds if len(args) == 2], False)
             return []
         if names <= SET_NAMES:
             try:
@@ -262,8 +278,10 @@ class TierMixin:
             return written
         if len(gets) > self.max_batch:
             tier.bypassed += len(gets)
+            self._accessed(self.db, gets, False)
             return written
         if self.state_pending or not tier.active:
+            self._accessed(self.db, gets, False)
             return written
         db = self.db
         user = self._user_name()
@@ -276,6 +294,7 @@ class TierMixin:
         tier.misses += len(gets)
         if not written:
             self._request_fill(db, gets, user)  # (a read that also writes fills nothing)
+        self._accessed(db, gets, False)
         return written
 
     def _tier_read(self, name: bytes, args: list[bytes], now: float) -> bytes | None:
@@ -288,13 +307,19 @@ class TierMixin:
         """
         tier = self.tier
         assert tier is not None
-        if self.state_pending or self.in_multi or not tier.active or len(args) < 2:
-            return None
-        if name == b"GET" and len(args) != 2:
-            return None
+        if len(args) < 2 or (name == b"GET" and len(args) != 2):
+            return None  # (an arity error from Redis, not a read)
         db = self.db
-        user = self._user_name()
         keys = args[1:]
+        reply = self._tier_reply(tier, name, keys, db, now)
+        self._accessed(db, keys, reply is not None)
+        return reply
+
+    def _tier_reply(self, tier: HotTier, name: bytes, keys: list[bytes], db: int, now: float) -> bytes | None:
+        """``_tier_read``'s reply for well-formed ``keys``: the frames, or None with fills asked for."""
+        if self.state_pending or self.in_multi or not tier.active:
+            return None
+        user = self._user_name()
         if not self.verified:
             self._request_fill(db, keys, user)
             return None

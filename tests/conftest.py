@@ -27,9 +27,9 @@ TEST_HOT_TIER = os.environ.get("PREDIS_TEST_HOT_TIER", "cpu")
 class RunningProxy:
     """A ProxyServer on a background thread's event loop (uvloop where installed)."""
 
-    def __init__(self, settings: Settings, clock: Any = None) -> None:
+    def __init__(self, settings: Settings, clock: Any = None, access: Any = None) -> None:
         self.loop = new_event_loop()
-        self.server = ProxyServer(settings, **({"clock": clock} if clock is not None else {}))
+        self.server = ProxyServer(settings, access=access, **({"clock": clock} if clock is not None else {}))
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self._thread.start()
         host, port = self.call(self.server.start())
@@ -82,12 +82,13 @@ def direct(redis_server: EmbeddedRedis) -> Iterator[redis.Redis]:
 def make_proxy() -> Iterator[Any]:
     proxies: list[RunningProxy] = []
 
-    def make(upstream: str, clock: Any = None, **overrides: Any) -> RunningProxy:
-        """A proxy on ``upstream`` with these settings; ``clock``: its tier's (default monotonic)."""
+    def make(upstream: str, clock: Any = None, access: Any = None, **overrides: Any) -> RunningProxy:
+        """A proxy on ``upstream`` with these settings; ``clock``: its tier's (default monotonic);
+        ``access``: its access sink (server.AccessSink)."""
         if overrides.get("hot_tier", "cpu") == "cpu":
             overrides["hot_tier"] = TEST_HOT_TIER
         settings = Settings(upstream=upstream, port=0, **overrides).validate()
-        proxy = RunningProxy(settings, clock)
+        proxy = RunningProxy(settings, clock, access)
         proxies.append(proxy)
         return proxy
 
