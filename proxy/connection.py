@@ -128,7 +128,7 @@ class ClientConnection(asyncio.Protocol, TierMixin, SessionState):
         self.up_state = DOWN
         self.outbox: list[bytes] = []  # requests written while the upstream connection opens
         self.fast = False  # reply mode: True = hiredis counts frames; False = scanner finds offsets
-        self.fast_resp3 = False  # fast mode began on a RESP3 connection (_fast_resp3_replies)
+        self.fast_resp3 = False  # fast mode began on a RESP3 connection (see _fast_replies)
         self.rep_reader = hiredis.Reader()
         self.scanner = ReplyScanner()
         self.sync_token: bytes | None = None  # the ECHO payload that ends fast mode
@@ -763,16 +763,25 @@ class ClientConnection(asyncio.Protocol, TierMixin, SessionState):
             self._release_raw()
 
     def _fast_replies(self, data: bytes) -> None:
-        """Count reply frames in C and pass the bytes through."""
-        if self.fast_resp3:
-            self._fast_resp3_replies(data)
+        """Count reply frames in C and pass the bytes through.
+
+        On a RESP3 connection hiredis skips push frames by their type, but returns an attribute
+        (metadata before a reply, which answers nothing) as a plain list, so a read that may hold
+        one (a ``|`` byte anywhere in it) is scanned instead. That needs a frame boundary where
+        the read starts, so there every read starts at one: fast mode begins at a boundary, and a
+        read that ends inside a frame hands over to the scanner, which is given that frame's
+        state. No sync is needed either: at a boundary the scanner simply takes over, and
+        discards the sync's reply as the capture it is."""
+        resp3 = self.fast_resp3
+        if resp3 and (self.sync_token is not None or b"|" in data):
+            self._scan_from_boundary(data)
             return
         reader = self.rep_reader
         try:
             reader.feed(data)
             count = 0
             token = self.sync_token
-            if token is None and not self.resp3:
+            if token is None and not self.resp3 and not resp3:
                 gets = reader.gets
                 while gets() is not False:
                     count += 1
@@ -785,7 +794,14 @@ class ClientConnection(asyncio.Protocol, TierMixin, SessionState):
                         self._sync_reached(data)
                         return
                     count += 1
-        except hiredis.ProtocolError as exc:
+            if resp3 and reader.has_data():
+                # The read ends inside a frame: the scanner, fed the read from its boundary,
+                # knows where that frame stands and reads on from there.
+                scanner = ReplyScanner()
+                scanner.feed(data)
+                self.fast = False
+                self.scanner = scanner
+        except (hiredis.ProtocolError, ValueError) as exc:  # (ValueError: the scanner's)
             self._bad_upstream_reply(str(exc))
             return
         if count:
@@ -798,42 +814,6 @@ class ClientConnection(asyncio.Protocol, TierMixin, SessionState):
             keep = len(self.sync_frame) - 1
             self._write(buf[:-keep])
             self.sync_tail = buf[-keep:]
-
-    def _fast_resp3_replies(self, data: bytes) -> None:
-        """``_fast_replies`` on a RESP3 connection. hiredis skips push frames by their type, but
-        returns an attribute (metadata before a reply, which answers nothing) as a plain list, so
-        a read that may hold one (a ``|`` byte anywhere in it) is scanned instead. That needs a
-        frame boundary where the read starts, so here every read starts at one: fast mode begins
-        at a boundary, and a read that ends inside a frame hands over to the scanner, which is
-        given that frame's state. A sync is not needed either: at a boundary the scanner simply
-        takes over, and swallows the sync's reply as the capture it is."""
-        if self.sync_token is not None or b"|" in data:
-            self._scan_from_boundary(data)
-            return
-        reader = self.rep_reader
-        count = 0
-        try:
-            reader.feed(data)
-            while (frame := reader.gets()) is not False:
-                if type(frame) is not _Push:
-                    count += 1
-        except hiredis.ProtocolError as exc:
-            self._bad_upstream_reply(str(exc))
-            return
-        if count:
-            self._consume_runs(count)
-        if reader.has_data():
-            # The read ends inside a frame: the scanner, fed the read from its boundary, knows
-            # where that frame stands and reads on from there.
-            scanner = ReplyScanner()
-            try:
-                scanner.feed(data)
-            except ValueError as exc:
-                self._bad_upstream_reply(str(exc))
-                return
-            self.fast = False
-            self.scanner = scanner
-        self._write(data)
 
     def _scan_from_boundary(self, data: bytes) -> None:
         """Leave fast mode at the start of ``data`` (a frame boundary) and scan it."""
