@@ -9,13 +9,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from bench.loadtest import ProxyProcess, compare, print_table
+from bench.loadtest import ProxyProcess, build_parser, compare, print_table
 from bench.tierbench import populate
 from proxy.embedded import EmbeddedRedis
 
 
 def main() -> int:
-    args = argparse.Namespace(requests=50_000, repeats=1, clients=50, tests="get,set", keyspace=10_000)
+    args = build_parser().parse_args(["--requests", "50000", "--repeats", "1"])
     with EmbeddedRedis() as upstream:
         print(f"started redis-server on port {upstream.port}; writing {args.keyspace} keys of 64 bytes")
         populate(upstream.port, args.keyspace)

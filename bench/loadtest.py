@@ -196,7 +196,8 @@ def print_table(rows: list[dict[str, Any]], targets: list[str]) -> None:
         print(line)
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The load run's flags (bench.demo takes its defaults from here too)."""
     parser = argparse.ArgumentParser(prog="python -m bench.loadtest", description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=100_000, help="requests per run (times -P)")
     parser.add_argument("--repeats", type=int, default=3)
@@ -222,7 +223,11 @@ def main(argv: list[str] | None = None) -> int:
         "--b-tree",
         help="also run Predis from this checkout (another version's worktree) as target 'predis-b'",
     )
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     if shutil.which("redis-benchmark") is None:
         print("bench: redis-benchmark not found (apt-get install redis-tools)", file=sys.stderr)
         return 2

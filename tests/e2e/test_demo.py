@@ -1,0 +1,23 @@
+"""The main job a new user runs (`bash scripts/demo`, that is `python -m bench.demo`): it must
+run to its end. It broke once when the load run it shares with bench.loadtest gained a flag."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("redis-benchmark") is None, reason="redis-benchmark is not installed")
+def test_demo_runs_to_its_summary() -> None:
+    root = Path(__file__).resolve().parents[2]
+    run = subprocess.run(
+        [sys.executable, "-m", "bench.demo"], cwd=root, capture_output=True, text=True, timeout=600
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "PREDIS STATS of the proxy with the tier" in run.stdout
+    assert "hot_tier_hits:" in run.stdout and "upstream_errors: 0" in run.stdout
