@@ -101,6 +101,8 @@ def test_bad_model_and_bad_flags(tmp_path: Path) -> None:
     )
     out = run("train", str(log), "-o", str(tmp_path / "m"), "--split", "1.5")
     assert out.returncode == 2 and "--split" in out.stderr
+    out = run("train", str(log), "-o", str(tmp_path / "m"), "--lr", "0")
+    assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1 and "--lr positive" in out.stderr
 
 
 def test_train_bf16_where_the_model_cannot_run_in_it_is_one_line(tmp_path: Path) -> None:
