@@ -139,6 +139,7 @@ class ClientConnection(asyncio.Protocol, TierMixin, SessionState):
         self.raw = False  # requests: forwarded as they arrive, never parsed
         self.raw_rep = False  # replies: written as they arrive, never scanned
         self.raw_held: list[bytes] | None = None  # raw requests waiting for the replies before them
+        self.raw_held_bytes = 0
         self.paused: set[str] = set()
         self.peer = ""
         self.tier = server.tier
@@ -585,6 +586,7 @@ class ClientConnection(asyncio.Protocol, TierMixin, SessionState):
         log.info("replication stream requested, the connection becomes a raw pipe", peer=self.peer)
         self.raw = True
         self.raw_held = [data]
+        self.raw_held_bytes = len(data)
         if self.up_state == DOWN:
             self._send_upstream(b"")  # connect (and replay the prelude) first
         self._release_raw()
@@ -592,6 +594,12 @@ class ClientConnection(asyncio.Protocol, TierMixin, SessionState):
     def _raw_request(self, data: bytes) -> None:
         if self.raw_held is not None:
             self.raw_held.append(data)
+            self.raw_held_bytes += len(data)
+            if self.raw_held_bytes > self.limits.max_query_buffer:
+                # Held bytes are this client's query buffer: bounded as Redis bounds it. Nothing
+                # held is sent; the replies owed go out, then the connection closes.
+                self.raw_held = None
+                self._protocol_error(ClientProtocolError("Protocol error: query buffer limit exceeded"))
         elif data:
             self._send_upstream(data)
 

@@ -146,3 +146,16 @@ def test_endless_header_line_is_cut_at_the_inline_limit() -> None:
     assert not w.client.closed
     w.conn.data_received(b"x" * 10_000)
     assert w.client.take() == b"-ERR Protocol error: too big mbulk count string\r\n" and w.client.closed
+
+
+def test_bytes_held_behind_a_sync_are_bounded_like_a_query_buffer() -> None:
+    """While SYNC waits for the replies before it, what the client sends after it is held: past
+    the query-buffer limit the client gets the error after the replies it is owed, nothing held
+    reaches Redis, and the connection closes."""
+    w = Wired(hot_tier="off", query_buffer_limit=10_000)
+    assert w.send([b"BLPOP", b"q", b"0"], [b"SYNC"]) == encode_command([b"BLPOP", b"q", b"0"])
+    w.conn.data_received(b"x" * 20_000)
+    assert w.redis.take() == b"" and w.client.take() == b""  # (BLPOP's reply comes first)
+    out = w.reply(b"*-1\r\n")
+    assert out == b"*-1\r\n-ERR Protocol error: query buffer limit exceeded\r\n"
+    assert w.client.closed and w.redis.take() == b"" and not w.conn.raw_rep
