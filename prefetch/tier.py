@@ -184,6 +184,20 @@ class HotTier:
             self.due.append(key)
         return entry.handle if self.host_values else self.store.frame(entry.handle)
 
+    def unservable(self, db: int, keys: list[bytes], user: str) -> list[bytes]:
+        """The keys ``get_frame`` would not serve now (not held, another user's, or past their
+        deadline), without counting anything or touching an entry."""
+        if not self.active:
+            return list(keys)
+        now = self.clock()
+        entries = self.entries
+        out = []
+        for key in keys:
+            entry = entries.get((db, key))
+            if entry is None or entry.user != user or now >= entry.until:
+                out.append(key)
+        return out
+
     def hit(self, entry: Entry, now: float) -> bool:
         """Count a hit on ``entry``, served at ``now``, whichever path served it: the tier's
         counters and the entry's fields change here only. True if the entry is due for a

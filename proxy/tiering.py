@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from functools import partial
 from itertools import repeat
 from operator import itemgetter
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from proxy.framing import (
     GET_PREFIXES,
@@ -335,22 +335,25 @@ class TierMixin:
                 tier.due = []
             tier.served_latency.record(_now() - now)
             return frame
-        frames = []
-        missing = []
-        for key in keys:
-            frame = tier.get_frame(db, key, user)
-            if frame is None:
-                missing.append(key)
-            else:
-                frames.append(frame)
+        # An MGET is served whole or forwarded whole: only when every key can be served are they
+        # looked up (and counted as hits); otherwise every key is a miss, and the ones the tier
+        # cannot serve are filled.
+        unservable = tier.unservable(db, keys, user)
+        if unservable:
+            tier.misses += len(keys)
+            self._request_fill(db, unservable, user)
+            return None
+        frames = [tier.get_frame(db, key, user) for key in keys]
         if tier.due:
             self._request_fill(db, tier.due, user, refresh=True)
             tier.due = []
-        if missing:
-            self._request_fill(db, missing, user)
+        if None in frames:  # (a deadline passed between the check and the lookups)
+            self._request_fill(
+                db, [key for key, frame in zip(keys, frames, strict=True) if frame is None], user
+            )
             return None
         tier.served_latency.record(_now() - now)
-        return b"*%d\r\n" % len(frames) + b"".join(frames)
+        return b"*%d\r\n" % len(frames) + b"".join(cast(list[bytes], frames))
 
     def _request_fill(self, db: int, keys: list[bytes], user: str, refresh: bool = False) -> None:
         """Ask the filler to read keys in; a refresh (of an entry being hit) skips admission."""

@@ -512,6 +512,23 @@ def test_staleness_checker(tproxy: Any, direct: redis.Redis, redis_server: Embed
     assert all(lag <= tier_of(tproxy).max_staleness for lag in lags), max(lags)
 
 
+def test_partly_held_mget_is_forwarded_whole_and_counted_as_misses(tproxy: Any, direct: redis.Redis) -> None:
+    """An MGET the tier cannot serve whole goes to Redis whole: none of its keys is a hit (no
+    counter, no LRU touch, no refresh), every one a miss, and the key not held is filled."""
+    direct.mset({"m1": "1", "m2": "2", "m3": "3"})
+    r = tproxy.client()
+    cache(tproxy, r, "m1", "m2")
+    tier = tier_of(tproxy)
+    hits, misses = tier.hits, tier.misses
+    last = tier.entries[(0, b"m1")].last
+    assert r.mget("m1", "m2", "m3") == [b"1", b"2", b"3"]
+    assert (tier.hits, tier.misses) == (hits, misses + 3)
+    assert tier.entries[(0, b"m1")].last == last
+    wait_for(lambda: (0, b"m3") in tier.entries)
+    assert r.mget("m1", "m2", "m3") == [b"1", b"2", b"3"]
+    assert tier.hits == hits + 3
+
+
 def test_long_get_batches_bypass_the_tier(tproxy: Any, direct: redis.Redis) -> None:
     direct.mset({f"b{i}": str(i) for i in range(12)})
     r = tproxy.client()
