@@ -184,19 +184,28 @@ class HotTier:
             self.due.append(key)
         return entry.handle if self.host_values else self.store.frame(entry.handle)
 
-    def unservable(self, db: int, keys: list[bytes], user: str) -> list[bytes]:
-        """The keys ``get_frame`` would not serve now (not held, another user's, or past their
-        deadline), without counting anything or touching an entry."""
-        if not self.active:
-            return list(keys)
-        now = self.clock()
+    def frames_of_all(self, db: int, keys: list[bytes], user: str) -> tuple[list[bytes] | None, list[bytes]]:
+        """An MGET's values, served whole or not at all: (the frames, []) when every key can be
+        served now, each counted as a hit (keys due for a refresh go to ``due``); otherwise (None,
+        the keys that cannot: not held, another user's, or past their deadline), with nothing
+        counted or touched. One lookup per key."""
         entries = self.entries
-        out = []
-        for key in keys:
-            entry = entries.get((db, key))
-            if entry is None or entry.user != user or now >= entry.until:
-                out.append(key)
-        return out
+        found = [entries.get((db, key)) for key in keys]
+        now = self.clock()
+        unservable = [
+            key
+            for key, entry in zip(keys, found, strict=True)
+            if entry is None or entry.user != user or now >= entry.until or not self.active
+        ]
+        if unservable:
+            return None, unservable
+        held = cast(list[Entry], found)
+        for key, entry in zip(keys, held, strict=True):
+            if self.hit(entry, now):
+                self.due.append(key)
+        if self.host_values:
+            return [entry.handle for entry in held], []
+        return [self.store.frame(entry.handle) for entry in held], []
 
     def hit(self, entry: Entry, now: float) -> bool:
         """Count a hit on ``entry``, served at ``now``, whichever path served it: the tier's

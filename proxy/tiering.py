@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from functools import partial
 from itertools import repeat
 from operator import itemgetter
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 from proxy.framing import (
     GET_PREFIXES,
@@ -87,7 +87,7 @@ class TierMixin:
 
     def _accessed(self, db: int, keys: Sequence[bytes], hit: bool) -> None:
         """Tell the access sink (if any) the fate of a read's keys: every GET and MGET key passes
-        here or through the same call inlined on the hit and miss paths, once."""
+        here, or through the same call inlined where a read of GETs is decided before hiredis, once."""
         if self.access is not None:
             self.access(self.stream, db, keys, hit)
 
@@ -196,7 +196,8 @@ class TierMixin:
         if count > self.max_batch:
             tier.bypassed += count  # a long read of GETs: forwarded whole
             self._forward_plain(count, data)
-            self._accessed(self.db, names, False)
+            if self.access is not None:
+                self.access(self.stream, self.db, names, False)
             return True
         db = self.db
         keys = list(zip(repeat(db), names))
@@ -208,7 +209,8 @@ class TierMixin:
             tier.misses += count
             self._request_fill(db, names, self._user_name())
             self._forward_plain(count, data)
-            self._accessed(db, names, False)
+            if self.access is not None:
+                self.access(self.stream, db, names, False)
             return True
         if self.pending:
             return False
@@ -228,7 +230,8 @@ class TierMixin:
             replies = [frame_of(entry.handle) for entry in found]
         self.stats.commands_local += count
         self._write(b"".join(replies))
-        self._accessed(db, names, True)
+        if self.access is not None:
+            self.access(self.stream, db, names, True)
         self._served += 1
         if not self._served & 7:
             tier.served_latency.record(tier.clock() - now)
@@ -246,7 +249,8 @@ class TierMixin:
         names = set(map(itemgetter(0), cmds))
         if len(cmds) > self.max_batch and names <= GET_NAMES:
             tier.bypassed += len(cmds)  # a long read of GETs only: forwarded whole (checked at C speed)
-            self._accessed(self.db, [args[1] for args in cmds if len(args) == 2], False)
+            if self.access is not None:
+                self.access(self.stream, self.db, [args[1] for args in cmds if len(args) == 2], False)
             return []
         if names <= SET_NAMES:
             try:
@@ -338,22 +342,16 @@ class TierMixin:
         # An MGET is served whole or forwarded whole: only when every key can be served are they
         # looked up (and counted as hits); otherwise every key is a miss, and the ones the tier
         # cannot serve are filled.
-        unservable = tier.unservable(db, keys, user)
-        if unservable:
+        frames, unservable = tier.frames_of_all(db, keys, user)
+        if frames is None:
             tier.misses += len(keys)
             self._request_fill(db, unservable, user)
             return None
-        frames = [tier.get_frame(db, key, user) for key in keys]
         if tier.due:
             self._request_fill(db, tier.due, user, refresh=True)
             tier.due = []
-        if None in frames:  # (a deadline passed between the check and the lookups)
-            self._request_fill(
-                db, [key for key, frame in zip(keys, frames, strict=True) if frame is None], user
-            )
-            return None
         tier.served_latency.record(_now() - now)
-        return b"*%d\r\n" % len(frames) + b"".join(cast(list[bytes], frames))
+        return b"*%d\r\n" % len(frames) + b"".join(frames)
 
     def _request_fill(self, db: int, keys: list[bytes], user: str, refresh: bool = False) -> None:
         """Ask the filler to read keys in; a refresh (of an entry being hit) skips admission."""

@@ -39,7 +39,7 @@ class TimeBudget:
         self.laps: dict[str, float] = {}
         self.workers = 1
         self.replay_seconds = 0.0  # one heuristic replay, as measured before the loop
-        self.after_loop_jobs: dict[str, int] = {}
+        self.plan_costs: dict[str, float] = dict.fromkeys(AFTER_LOOP_PLANS, 0.0)
         self.loop_start = 0.0
         self.val_windows_per_batch = 0.0
         self.val_seconds: float | None = None  # the last validation pass
@@ -81,7 +81,13 @@ class TimeBudget:
         per step."""
         self.workers = max(1, workers)
         self.replay_seconds = replay_seconds / max(1, math.ceil(replays_run / self.workers))
-        self.after_loop_jobs = after_loop_jobs
+        gates, floors = after_loop_jobs.get("gates", 0), after_loop_jobs.get("floors", 0)
+        self.plan_costs = {
+            "all": self.replay_cost(gates) + self.replay_cost(floors),
+            "no floors": self.replay_cost(gates),
+            "one gate": self.replay_cost(after_loop_jobs.get("one gate", 0)),
+            "none": 0.0,
+        }
         self.val_windows_per_batch = val_windows / max(1, batch)
         self.loop_start = self.now()
 
@@ -90,13 +96,8 @@ class TimeBudget:
         return math.ceil(jobs / self.workers) * self.replay_seconds * GATED_REPLAY_COST
 
     def plan_cost(self, plan: str) -> float:
-        jobs = self.after_loop_jobs
-        return {
-            "all": self.replay_cost(jobs.get("gates", 0)) + self.replay_cost(jobs.get("floors", 0)),
-            "no floors": self.replay_cost(jobs.get("gates", 0)),
-            "one gate": self.replay_cost(jobs.get("one gate", 0)),
-            "none": 0.0,
-        }[plan]
+        """Seconds the replays of ``plan`` (AFTER_LOOP_PLANS) take, as estimated at the loop's start."""
+        return self.plan_costs[plan]
 
     def loop_deadline(self, predict_seconds: float) -> float:
         """When the loop must have ended (seconds since the start): early enough for the

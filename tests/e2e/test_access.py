@@ -71,7 +71,7 @@ def test_every_get_key_passes_the_access_sink_once(
             roundtrip(proxy, payload, replies)
             want.update(keys)
         if tier == "cpu":  # (the first round's fills land before the next round reads)
-            wait_for(lambda: (0, b"k0") in proxy.server.tier.entries)
+            wait_for(lambda: (0, b"k0") in proxy.server.tier.entries, timeout=30)
     assert recorder.keys() == want
     hits = sum(1 for *_, hit in recorder.seen if hit)
     streams = {stream for stream, *_ in recorder.seen}
