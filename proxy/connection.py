@@ -826,7 +826,7 @@ class ClientConnection(asyncio.Protocol, TierMixin, SessionState):
     def _scan_from_boundary(self, data: bytes) -> None:
         """Leave fast mode at the start of ``data`` (a frame boundary) and scan it."""
         self.fast = False
-        self.sync_token = None  # (its Sync slot stays queued: the scanner swallows its reply)
+        self.sync_token = None  # (its Sync slot stays queued: the scanner discards its reply)
         self.scanner = ReplyScanner()
         self._slow_replies(data)
 
