@@ -19,6 +19,8 @@ def time_spent(metrics: dict[str, Any]) -> str:
             f"the loop stopped in epoch {budget['epochs']} at step {budget['steps_in_last_epoch']}"
             f" of {budget['steps_per_epoch']}"
         )
+    elif budget["stopped"]:
+        cut.append(f"the loop stopped after epoch {budget['epochs']}")
     if budget["replays_after_loop"] != "all":
         cut.append(f"replays after it: {budget['replays_after_loop']}")
     return f"predis train: {budget['seconds']:g} s of a {budget['max_seconds']:g} s budget ({phases})" + (

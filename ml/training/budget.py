@@ -48,6 +48,7 @@ class TimeBudget:
         self.epochs = 0  # epochs begun
         self.epoch_steps = 0  # steps run in the last epoch begun
         self.steps_per_epoch = 0
+        self.stopped = False  # the budget ended the loop (inside an epoch or between two)
         self.stopped_mid_epoch = False
         self.plan = "all"
 
@@ -105,7 +106,7 @@ class TimeBudget:
         floor = self.loop_start + MIN_LOOP_SHARE * (self.max_seconds - self.loop_start)
         return max(floor, self.max_seconds - predict_seconds - self.plan_cost("all"))
 
-    def stop_before_step(self) -> bool:
+    def _too_late(self) -> bool:
         """Whether another training step would end too late, counting the validation pass that
         follows it. The first step always runs (a model must come out)."""
         if not self.steps:
@@ -113,14 +114,24 @@ class TimeBudget:
         now = self.now()
         step = (now - self.loop_start - self.val_spent) / self.steps
         val = self.val_seconds if self.val_seconds is not None else self.val_windows_per_batch * step / 3
-        if now + step + val > self.loop_deadline(PREDICT_COST * val):
-            self.stopped_mid_epoch = True
+        return now + step + val > self.loop_deadline(PREDICT_COST * val)
+
+    def stop_before_step(self) -> bool:
+        """Whether the loop must stop before the next step of this epoch."""
+        if self._too_late():
+            self.stopped = self.stopped_mid_epoch = True
             return True
         return False
 
-    def epoch_begins(self) -> None:
+    def epoch_begins(self) -> bool:
+        """Start an epoch; False (and none started) if its first step would already end too late,
+        so that no validation pass runs over an epoch of no steps."""
+        if self._too_late():
+            self.stopped = True
+            return False
         self.epochs += 1
         self.epoch_steps = 0
+        return True
 
     def step_done(self) -> None:
         self.steps += 1
@@ -150,6 +161,7 @@ class TimeBudget:
             "epochs": self.epochs,
             "steps_in_last_epoch": self.epoch_steps,
             "steps_per_epoch": self.steps_per_epoch,
+            "stopped": self.stopped,
             "stopped_mid_epoch": self.stopped_mid_epoch,
             "replays_after_loop": self.plan,
         }

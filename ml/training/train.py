@@ -160,13 +160,14 @@ def train(
     best, best_state, stale, history = math.inf, None, 0, []
     steps_per_epoch = budget.steps_per_epoch = max(1, math.ceil(tr["keys"].shape[0] / tcfg.batch))
     for epoch in range(tcfg.epochs):
+        if not budget.epoch_begins():  # (the budget ends the loop between epochs too)
+            break
         model.train()
         perm = torch.randperm(tr["keys"].shape[0], generator=gen)
         bar = _progress(steps_per_epoch, f"epoch {epoch + 1}", tcfg.progress)
         total, done = 0.0, 0
-        budget.epoch_begins()
         for s in range(steps_per_epoch):
-            if budget.stop_before_step():  # checked before every step, not only between epochs
+            if s and budget.stop_before_step():  # checked before every step, not only between epochs
                 break
             rows = perm[s * tcfg.batch : (s + 1) * tcfg.batch]
             loss = _loss(model, tr, rows, device, amp)
@@ -204,7 +205,7 @@ def train(
         else:
             stale += 1
         # Stop when patience runs out, or when the budget stopped this epoch short.
-        if stale >= tcfg.patience or budget.stopped_mid_epoch:
+        if stale >= tcfg.patience or budget.stopped:
             break
     if best_state is not None:
         model.load_state_dict(best_state)

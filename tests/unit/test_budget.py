@@ -76,3 +76,19 @@ def test_the_first_step_always_runs() -> None:
     assert budget.plan_after_loop() == "none"
     report = budget.report()
     assert report["over_by"] == pytest.approx(42, abs=0.1) and report["steps"] == 1
+
+
+def test_a_budget_spent_at_an_epoch_boundary_starts_no_empty_epoch() -> None:
+    """When the next epoch's first step would already end too late, no epoch begins (so no
+    validation pass runs over an epoch of no steps), and the stop is not called mid-epoch."""
+    clock = HandClock()
+    budget = started(200, 24, clock)
+    assert budget.epoch_begins()
+    for _ in range(5):
+        clock.t += 1.0
+        budget.step_done()
+    clock.t += 150  # (a long validation pass, say)
+    assert not budget.epoch_begins()
+    report = budget.report()
+    assert report["stopped"] and not report["stopped_mid_epoch"]
+    assert (report["epochs"], report["steps_in_last_epoch"]) == (1, 5)
