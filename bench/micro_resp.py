@@ -12,7 +12,8 @@ from itertools import chain
 import hiredis
 
 from proxy.framing import canonical_size
-from proxy.resp import ReplyScanner, RequestParser, encode_command
+from proxy.resp import RequestParser, encode_command
+from proxy.scanner import ReplyScanner
 
 PIPELINE = 16
 

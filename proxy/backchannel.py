@@ -29,10 +29,10 @@ import structlog
 
 from common.errors import UpstreamError
 from proxy.resp import as_str, encode_command
+from proxy.upstream import UpstreamOpener
 
 if TYPE_CHECKING:
     from prefetch.tier import HotTier
-    from proxy.server import ProxyServer
 
 log = structlog.get_logger("predis.backchannel")
 
@@ -134,15 +134,15 @@ class RawConnection(asyncio.Protocol):
 
 
 async def open_raw(
-    server: ProxyServer,
+    opener: UpstreamOpener,
     identity: Identity,
     on_push: Callable[[Any], None] | None = None,
     resp3: bool = False,
     name: str = "",
 ) -> RawConnection:
-    settings = server.settings
+    settings = opener.settings
     async with asyncio.timeout(settings.connect_timeout):
-        _, conn = await server.open_upstream(lambda: RawConnection(on_push))
+        _, conn = await opener.open(lambda: RawConnection(on_push))
     conn = cast(RawConnection, conn)
     try:
         if resp3 or identity or name:
@@ -161,31 +161,31 @@ async def open_raw(
 class InvalidationChannel:
     """Keeps the invalidation connection up and the tier's ``active`` flag true only while it is."""
 
-    def __init__(self, server: ProxyServer, tier: HotTier) -> None:
-        self.server = server
+    def __init__(self, opener: UpstreamOpener, tier: HotTier) -> None:
+        self.opener = opener
         self.tier = tier
+        self.filler: Filler | None = None  # its connections' tracking redirects to this one
         self.conn: RawConnection | None = None
         self.connected_at = 0.0
         self.drops = 0
         self.client_id: int | None = None  # where the fillers redirect their invalidations
 
     async def run(self) -> None:
-        address = self.server.upstream
-        identity: Identity = ((address.username or "default"), address.password) if address.password else None
+        identity: Identity = self.opener.identity()
         while True:
             try:
                 conn = await open_raw(
-                    self.server, identity, on_push=self.on_push, resp3=True, name="predis-tracking"
+                    self.opener, identity, on_push=self.on_push, resp3=True, name="predis-tracking"
                 )
                 self.client_id = int(await conn.call("CLIENT", "ID"))
             except (TimeoutError, OSError, UpstreamError) as exc:
                 log.warning("invalidation channel unavailable; hot tier inactive", error=str(exc))
-                await asyncio.sleep(self.server.settings.health_interval)
+                await asyncio.sleep(self.opener.settings.health_interval)
                 continue
             self.conn = conn
             self.connected_at = time.monotonic()
-            if self.server.filler is not None:
-                self.server.filler.reset()  # their tracking must redirect to this connection
+            if self.filler is not None:
+                self.filler.reset()  # their tracking must redirect to this connection
             self.tier.flush()  # anything cached before tracking started cannot be trusted
             self.tier.active = True
             log.info("invalidation channel up; hot tier active")
@@ -198,7 +198,7 @@ class InvalidationChannel:
                 self.client_id = None
                 self.drops += 1
             log.warning("invalidation channel lost; hot tier flushed and inactive until it is back")
-            await asyncio.sleep(min(0.1, self.server.settings.health_interval))
+            await asyncio.sleep(min(0.1, self.opener.settings.health_interval))
 
     def on_push(self, push: list[Any]) -> None:
         if push and push[0] == b"message" and len(push) == 3 and push[1] == b"__redis__:invalidate":
@@ -222,9 +222,10 @@ REFRESH_DELAY = 0.05  # seconds a refresh may wait to join others
 class Filler:
     """Reads keys into the tier on the proxy's own connections, one per ACL identity."""
 
-    def __init__(self, server: ProxyServer, tier: HotTier) -> None:
-        self.server = server
+    def __init__(self, opener: UpstreamOpener, tier: HotTier, channel: InvalidationChannel) -> None:
+        self.opener = opener
         self.tier = tier
+        self.channel = channel  # the connection its tracking redirects to
         self.conns: dict[Identity, RawConnection] = {}
         self.connecting: dict[Identity, asyncio.Task[RawConnection]] = {}
         # (identity, user, db, prefetched) -> keys waiting for this event-loop turn
@@ -271,9 +272,10 @@ class Filler:
 
     async def prefetch(self, keys: list[bytes], db: int = 0) -> int:
         """Read keys into the tier as the upstream URL's user; returns how many were inserted."""
-        address = self.server.upstream
-        identity: Identity = ((address.username or "default"), address.password) if address.password else None
-        return await self._fill(identity, address.username or "default", db, list(dict.fromkeys(keys)), True)
+        identity: Identity = self.opener.identity()
+        return await self._fill(
+            identity, self.opener.address.username or "default", db, list(dict.fromkeys(keys)), True
+        )
 
     def reset(self) -> None:
         """Drop every filler connection: the next fill opens one tracked towards the current
@@ -283,10 +285,10 @@ class Filler:
         self.conns.clear()
 
     async def _open(self, identity: Identity) -> RawConnection:
-        channel = self.server.channel
-        if channel is None or channel.client_id is None:
+        channel = self.channel
+        if channel.client_id is None:
             raise UpstreamError("no invalidation connection to redirect tracking to")
-        conn = await open_raw(self.server, identity, name="predis-filler")
+        conn = await open_raw(self.opener, identity, name="predis-filler")
         try:
             await conn.call("CLIENT", "TRACKING", "ON", "REDIRECT", str(channel.client_id))
         except BaseException:
@@ -332,7 +334,7 @@ class Filler:
                 conn.db = db
             sent_at = tier.clock()
             group = conn.send_group(*commands)
-            async with asyncio.timeout(self.server.settings.command_timeout):
+            async with asyncio.timeout(self.opener.settings.command_timeout):
                 replies = await group
             if selects:
                 if isinstance(replies[0], hiredis.ReplyError):

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import itertools
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -15,16 +14,13 @@ from prefetch.store import make_store
 from prefetch.tier import HotTier
 from proxy.backchannel import Filler, InvalidationChannel, open_raw
 from proxy.config import Settings, UpstreamAddress, parse_upstream
-from proxy.connection import ClientConnection
+from proxy.connection import ClientConnection, Shared
 from proxy.keyspace import CommandTable
+from proxy.reads import AccessSink
 from proxy.stats import Stats
+from proxy.upstream import UpstreamOpener
 
 log = structlog.get_logger("predis.server")
-
-# Told of every read of GET/MGET keys, once per key, where its fate is decided: (the client
-# connection's stream id, db, the keys, whether the hot tier served them). The live prediction
-# engine and the A/B split attach here. Called on the event loop: it must only record.
-AccessSink = Callable[[int, int, Sequence[bytes], bool], None]
 
 
 class ProxyServer:
@@ -36,20 +32,18 @@ class ProxyServer:
         access: AccessSink | None = None,
     ) -> None:
         """``clock``: the hot tier's (expiry, the staleness bound, refreshes); tests move it by
-        hand. ``access``: told of every GET and MGET key every client reads (``AccessSink``)."""
+        hand. ``access``: told of every GET and MGET key every client reads (``proxy.reads.AccessSink``:
+        the live prediction engine and the A/B split attach here)."""
         if not settings.upstream:
             raise ValueError("ProxyServer needs an upstream URL; the CLI starts an embedded Redis")
         self.settings = settings
         self.upstream: UpstreamAddress = parse_upstream(settings.upstream)
         self.stats = stats or Stats()
         self.stats.upstream_address = self.upstream.display()
-        self.clients: set[ClientConnection] = set()
-        self.access = access
-        self.streams = itertools.count(1)  # each client connection's stream id, for ``access``
+        self.opener = UpstreamOpener(settings, self.upstream)
         self.tier: HotTier | None = None
         self.filler: Filler | None = None
         self.channel: InvalidationChannel | None = None
-        self.command_table: CommandTable | None = None
         if settings.hot_tier != "off":
             store = make_store(settings.hot_tier, settings.hot_tier_bytes, settings.hot_tier_max_entry)
             self.tier = HotTier(
@@ -60,24 +54,24 @@ class ProxyServer:
                 store=store,
                 clock=clock,
             )
-            self.filler = Filler(self, self.tier)
-            self.channel = InvalidationChannel(self, self.tier)
+            self.channel = InvalidationChannel(self.opener, self.tier)
+            self.filler = self.channel.filler = Filler(self.opener, self.tier, self.channel)
             self.stats.sections["hot_tier"] = self._tier_figures
+        self.shared = Shared(self.opener, self.stats, self.tier, self.filler, access)
+        self.clients = self.shared.clients
         self._server: asyncio.AbstractServer | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.address: tuple[str, int] | None = None
 
-    async def open_upstream(self, factory: Callable[[], Any]) -> tuple[asyncio.BaseTransport, Any]:
-        loop = asyncio.get_running_loop()
-        up = self.upstream
-        if up.unix_path:
-            return await loop.create_unix_connection(factory, up.unix_path)
-        return await loop.create_connection(factory, up.host, up.port)
+    @property
+    def command_table(self) -> CommandTable | None:
+        """Redis's command table (which writes touch which keys), once read."""
+        return self.shared.command_table
 
     async def start(self) -> tuple[str, int]:
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            lambda: ClientConnection(self), self.settings.host, self.settings.port, backlog=1024
+            lambda: ClientConnection(self.shared), self.settings.host, self.settings.port, backlog=1024
         )
         sock = self._server.sockets[0].getsockname()
         self.address = (sock[0], sock[1])
@@ -108,7 +102,7 @@ class ProxyServer:
         for client in list(self.clients):
             if client.transport is not None:
                 client.transport.abort()  # shutting down: do not wait for slow readers
-            client.close_upstream()
+            client.upstream.close()
         if self._server is not None:
             try:
                 await asyncio.wait_for(self._server.wait_closed(), 5)
@@ -118,21 +112,17 @@ class ProxyServer:
     async def _tier_loop(self) -> None:
         """Load Redis's command table (which writes touch which keys), then keep tracking up."""
         assert self.channel is not None
-        while self.command_table is None:
+        while self.shared.command_table is None:
             try:
-                conn = await open_raw(self, self._identity(), resp3=True)
+                conn = await open_raw(self.opener, self.opener.identity(), resp3=True)
                 try:
-                    self.command_table = CommandTable.from_reply(await conn.call("COMMAND"))
+                    self.shared.command_table = CommandTable.from_reply(await conn.call("COMMAND"))
                 finally:
                     conn.close()
             except (TimeoutError, OSError, UpstreamError, ValueError) as exc:
                 log.warning("cannot read Redis's command table; hot tier inactive", error=str(exc))
                 await asyncio.sleep(self.settings.health_interval)
         await self.channel.run()
-
-    def _identity(self) -> tuple[str, str] | None:
-        up = self.upstream
-        return ((up.username or "default"), up.password) if up.password else None
 
     def _tier_figures(self) -> dict[str, Any]:
         assert self.tier is not None and self.channel is not None

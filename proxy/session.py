@@ -1,59 +1,23 @@
 """Per-connection Redis state the proxy must follow: what each special command does to the reply
-stream, and what a reconnect must replay. No I/O here: ``ClientConnection`` mixes this in.
-
-Slots (entries of the reply queue):
-  [n, t]     a run of n forwarded requests sent at time t, one reply each (t == 0.0: blocking, no timeout)
-  bytes      a reply made by the proxy, written when it reaches the head
-  Capture    a forwarded request whose reply the proxy reads or rewrites
-  Sync       the proxy's own ECHO, sent to find a reply boundary; its reply is swallowed
-  _CLOSE / _PASSTHROUGH   markers acted upon when they reach the head
-  RAW        returned (never queued) for SYNC/PSYNC: the connection becomes a raw byte pipe
+stream (the slots it queues, see ``proxy.slots``), and what a reconnect must replay. No I/O here:
+``Session.special`` decides and returns; the connection acts.
 """
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Callable
 from functools import partial
 from typing import Any
 
-import structlog
-
 from proxy import commands
 from proxy.config import UpstreamAddress
-from proxy.resp import decode_reply, encode_bulk, encode_error, encode_verbatim
+from proxy.resp import encode_bulk, encode_command, encode_error, encode_verbatim
+from proxy.scanner import decode_reply
+from proxy.slots import NO_SLOT, PASSTHROUGH, RAW, Answer, Capture, Run
 from proxy.stats import Stats
 
-log = structlog.get_logger("predis.session")
-
-
-class Capture:
-    __slots__ = ("t", "fn")
-
-    def __init__(self, t: float, fn: Callable[[bytes], bytes | None]) -> None:
-        self.t = t
-        self.fn = fn  # receives the reply frame, returns what the client gets (None: nothing)
-
-
-class Sync(Capture):
-    __slots__ = ()
-
-
-class _Marker:
-    __slots__ = ("name",)
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-    def __repr__(self) -> str:
-        return self.name
-
-
-CLOSE = _Marker("CLOSE")
-PASSTHROUGH = _Marker("PASSTHROUGH")
-NO_SLOT = _Marker("NO_SLOT")
-RAW = _Marker("RAW")
 RESET_FRAME = b"+RESET\r\n"
+
 
 # Commands that leave the fast path: state tracking, local answers, special reply counts.
 SPECIAL = frozenset(
@@ -69,23 +33,16 @@ SPECIAL = frozenset(
 )  # fmt: skip
 
 
-def discard_reply(frame: bytes) -> None:
-    """The reply to a command the proxy sent itself (a sync ECHO, a replayed prelude): never the
-    client's; an error is logged."""
-    if frame.startswith(b"-"):
-        log.warning("proxy-issued command failed", reply=frame[:200])
-    return None
+class Session:
+    """One client connection's Redis state (AUTH, SELECT, HELLO, MULTI, subscriptions, CLIENT
+    REPLY) and what each special command does to it."""
 
-
-class SessionState:
-    """Connection state (AUTH, SELECT, HELLO, MULTI, subscriptions, CLIENT REPLY) and its effects."""
-
-    stats: Stats
-    pending: deque[Any]
-    upstream_address: UpstreamAddress
-
-    def init_state(self, address: UpstreamAddress) -> None:
+    def __init__(
+        self, address: UpstreamAddress, stats: Stats, on_db_change: Callable[[int], None] | None = None
+    ) -> None:
         self.upstream_address = address
+        self.stats = stats
+        self.on_db_change = on_db_change  # told of every change of ``db`` (the tier's per-db index)
         # Replayed on reconnect; updated only once Redis acknowledged the command that set it, so
         # the prelude never repeats a command still in flight.
         self.auth: tuple[str | bytes, str | bytes] | None = None
@@ -112,15 +69,9 @@ class SessionState:
         self.verified = False
         self.verify_pending = False
 
-    # Provided by ClientConnection.
-    def reply_local(self, reply: bytes, force: bool = False) -> None:
-        raise NotImplementedError
-
-    def close_after_replies(self) -> None:
-        raise NotImplementedError
-
     def db_changed(self) -> None:
-        """Called after every change of ``db`` (the hot tier keeps a per-db index)."""
+        if self.on_db_change is not None:
+            self.on_db_change(self.db)
 
     def default_state(self) -> None:
         """The state a new upstream connection starts from: the upstream URL's user and db."""
@@ -136,7 +87,7 @@ class SessionState:
 
         Returns the slot(s) for a forwarded command (one slot, or a tuple of slots), NO_SLOT for a
         forwarded command that gets no reply, RAW for one after which the connection is a raw
-        byte pipe, or None if the command is not forwarded.
+        byte pipe, or an Answer for a command the proxy answers itself (not forwarded).
         """
         if name in commands.REPLICATION and not self.in_multi and not self.passthrough_req:
             # (Inside MULTI Redis refuses it with an ordinary error; so it does while subscribed.)
@@ -146,8 +97,7 @@ class SessionState:
                 self.reset_request_state()
                 return self._state_capture(now, self.on_reset_reply)
             if name == b"QUIT":
-                self.close_after_replies()
-                return None
+                return Answer(None, close=True)
             return NO_SLOT
         if self.reply_mode != b"ON":
             # CLIENT REPLY OFF/SKIP: Redis sends no reply, so no slot is queued.
@@ -155,48 +105,44 @@ class SessionState:
                 mode = args[2].upper()
                 if mode in (b"ON", b"OFF", b"SKIP"):
                     self.reply_mode = mode
-                    return [1, now] if mode == b"ON" else NO_SLOT
+                    return Run(1, now) if mode == b"ON" else NO_SLOT
             if self.reply_mode == b"SKIP":
                 self.reply_mode = b"ON"
             if name == b"PREDIS":
-                return None
+                return Answer(None)
             if name == b"QUIT":
-                self.close_after_replies()
-                return None
+                return Answer(None, close=True)
             self.track_state(name, args, now)
             return NO_SLOT
         if name == b"PREDIS":
-            self.reply_local(self.predis_command(args))
-            return None
+            return Answer(self.predis_command(args))
         if name == b"QUIT":
-            self.reply_local(b"+OK\r\n")
-            self.close_after_replies()
-            return None
+            return Answer(b"+OK\r\n", close=True)
         if name == b"INFO":
             if self.in_multi or not commands.info_wants_predis(args):
-                return [1, now]
+                return Run(1, now)
             return Capture(now, self.append_info_section)
         if name == b"CLIENT" and len(args) >= 3 and args[1].upper() == b"REPLY":
             mode = args[2].upper()
             if mode in (b"ON", b"OFF", b"SKIP") and len(args) == 3:
                 self.reply_mode = mode
-                return [1, now] if mode == b"ON" else NO_SLOT
-            return [1, now]
+                return Run(1, now) if mode == b"ON" else NO_SLOT
+            return Run(1, now)
         if name in commands.BLOCKING or name in commands.MAYBE_BLOCKING:
-            return [1, 0.0] if commands.is_blocking(name, args) else [1, now]
+            return Run(1, 0.0) if commands.is_blocking(name, args) else Run(1, now)
         if name in commands.SUBSCRIBE:
             if len(args) < 2:
-                return [1, now]  # arity error: an ordinary error reply
+                return Run(1, now)  # arity error: an ordinary error reply
             if self.resp3:
                 return NO_SLOT  # RESP3: confirmations arrive as push frames
             # RESP2: one confirmation per channel, then the connection is a message stream.
             self.passthrough_req = True
-            return ([len(args) - 1, now], PASSTHROUGH)
+            return (Run(len(args) - 1, now), PASSTHROUGH)
         if name in commands.UNSUBSCRIBE and self.resp3:
             return NO_SLOT
         if name == b"MONITOR":
             self.passthrough_req = True
-            return ([1, now], PASSTHROUGH)
+            return (Run(1, now), PASSTHROUGH)
         return self.track_state(name, args, now)
 
     def track_state(self, name: bytes, args: list[bytes], now: float) -> Any:
@@ -229,7 +175,7 @@ class SessionState:
                 return Capture(now, partial(self.on_setname, name=args[2]))
             if sub == b"TRACKING":
                 self.tracking = args[2].upper() == b"ON"
-        return [1, now]
+        return Run(1, now)
 
     def _state_capture(self, now: float, fn: Callable[[bytes], bytes]) -> Capture:
         self.state_pending += 1
@@ -283,6 +229,29 @@ class SessionState:
             else:
                 i += 1
         return frame
+
+    def prelude(self) -> list[bytes]:
+        """Commands that put a fresh upstream connection in this client's state."""
+        out: list[bytes] = []
+        if self.replay_resp3 or (self.auth and self.client_name):
+            hello: list[Any] = [b"HELLO", b"3" if self.replay_resp3 else b"2"]
+            if self.auth:
+                hello += [b"AUTH", *self.auth]
+            if self.client_name:
+                hello += [b"SETNAME", self.client_name]
+            out.append(encode_command(hello))
+        else:
+            if self.auth:
+                out.append(encode_command([b"AUTH", *self.auth]))
+            if self.client_name:
+                out.append(encode_command([b"CLIENT", b"SETNAME", self.client_name]))
+        if self.db:
+            out.append(encode_command([b"SELECT", str(self.db).encode()]))
+        return out
+
+    def stateful(self) -> bool:
+        """Whether the connection holds state a new upstream connection cannot restore."""
+        return self.in_multi or self.watching or self.tracking or self.passthrough_req or self.passthrough_rep
 
     def reset_request_state(self) -> None:
         self.resp3 = False

@@ -84,7 +84,7 @@ def make_proxy() -> Iterator[Any]:
 
     def make(upstream: str, clock: Any = None, access: Any = None, **overrides: Any) -> RunningProxy:
         """A proxy on ``upstream`` with these settings; ``clock``: its tier's (default monotonic);
-        ``access``: its access sink (server.AccessSink)."""
+        ``access``: its access sink (proxy.reads.AccessSink)."""
         if overrides.get("hot_tier", "cpu") == "cpu":
             overrides["hot_tier"] = TEST_HOT_TIER
         settings = Settings(upstream=upstream, port=0, **overrides).validate()

@@ -7,7 +7,7 @@ import socket
 import time
 from collections.abc import Callable
 
-from proxy.resp import ReplyScanner
+from proxy.scanner import ReplyScanner
 
 
 def read_frames(sock: socket.socket, count: int) -> list[bytes]:

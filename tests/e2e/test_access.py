@@ -1,4 +1,4 @@
-"""The access sink (server.AccessSink, where the live prediction engine will attach): every GET
+"""The access sink (proxy.reads.AccessSink, where the live prediction engine will attach): every GET
 and MGET key a client reads passes it exactly once, hit or miss, tier on or off, whichever path
 the read takes through the proxy."""
 

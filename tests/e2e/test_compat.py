@@ -361,7 +361,7 @@ def test_resp3_pushes_and_attributes_are_not_counted_as_replies(
                 rounds.append(read_until(s, b"$5\r\nend-%d\r\n" % i))
                 if port == proxy.port and i == 1 and tier == "off":
                     (conn,) = proxy.server.clients
-                    assert conn.fast  # the plain round left the reply side in fast mode
+                    assert conn.replies.fast  # the plain round left the reply side in fast mode
             streams[port] = rounds
     want, got = streams[redis_server.port], streams[proxy.port]
     # Round 6's second reply: the proxy's statistics, against Redis's unknown-command error.

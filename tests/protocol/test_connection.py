@@ -8,9 +8,12 @@ import asyncio
 from typing import Any
 
 from proxy.config import Settings
-from proxy.connection import UP, ClientConnection, UpstreamProtocol
+from proxy.connection import ClientConnection
+from proxy.keyspace import CommandInfo, CommandTable, KeySpec
 from proxy.resp import encode_command
 from proxy.server import ProxyServer
+from proxy.session import Session
+from proxy.slots import NO_SLOT, Answer, Capture, Run
 
 
 class MemoryTransport(asyncio.Transport):
@@ -55,17 +58,29 @@ class MemoryTransport(asyncio.Transport):
 
 
 class Wired:
-    """A ClientConnection of a real (never started) ProxyServer, its upstream already connected."""
+    """A ClientConnection of a real (never started) ProxyServer, its upstream already connected.
+    With the tier on, the tier is made active and given a command table (the server's loop that
+    reads them never runs); ``seen``: what the access sink was told, per key."""
 
     def __init__(self, **settings: Any) -> None:
-        server = ProxyServer(Settings(upstream="redis://127.0.0.1:1", port=0, **settings).validate())
-        self.conn = ClientConnection(server)
+        self.seen: list[tuple[int, bytes, bool]] = []
+        server = ProxyServer(
+            Settings(upstream="redis://127.0.0.1:1", port=0, **settings).validate(),
+            access=lambda stream, db, keys, hit: self.seen.extend((db, k, hit) for k in keys),
+        )
+        self.tier = server.tier
+        if self.tier is not None:
+            self.tier.active = True
+            set_spec = KeySpec("index", index=1, find="range", lastkey=0)
+            server.shared.command_table = CommandTable({b"SET": CommandInfo(b"SET", True, [set_spec])})
+            server.shared.filler = None  # (fills need the loop and Redis: tests/e2e/test_tier.py)
+        self.conn = ClientConnection(server.shared)
         self.client = MemoryTransport()
         self.conn.connection_made(self.client)
         self.redis = MemoryTransport()
-        self.up = UpstreamProtocol(self.conn)
+        self.up = self.conn._new_upstream_protocol()
         self.up.connection_made(self.redis)
-        self.conn.up, self.conn.up_state = self.up, UP
+        self.conn.upstream.attach(self.up)
 
     def send(self, *cmds: list[bytes], raw: bytes = b"") -> bytes:
         """The client sends these commands; returns what reached Redis."""
@@ -90,10 +105,12 @@ def test_plain_pipeline_is_forwarded_and_answered_byte_for_byte() -> None:
 def test_select_changes_the_db_only_once_redis_accepts_it() -> None:
     w = Wired(hot_tier="off")
     w.send([b"SELECT", b"3"], [b"SELECT", b"99"])
-    assert w.conn.db == 0 and w.conn.state_pending == 2  # (the request side does not know yet)
-    assert w.reply(b"+OK\r\n") == b"+OK\r\n" and w.conn.db == 3
-    assert w.reply(b"-ERR DB index is out of range\r\n").startswith(b"-ERR") and w.conn.db == 3
-    assert w.conn.state_pending == 0
+    assert (
+        w.conn.session.db == 0 and w.conn.session.state_pending == 2
+    )  # (the request side does not know yet)
+    assert w.reply(b"+OK\r\n") == b"+OK\r\n" and w.conn.session.db == 3
+    assert w.reply(b"-ERR DB index is out of range\r\n").startswith(b"-ERR") and w.conn.session.db == 3
+    assert w.conn.session.state_pending == 0
 
 
 def test_resp3_attribute_is_not_a_reply_on_the_fast_path() -> None:
@@ -103,7 +120,7 @@ def test_resp3_attribute_is_not_a_reply_on_the_fast_path() -> None:
     w.send([b"HELLO", b"3"])
     w.reply(b"%1\r\n+proto\r\n:3\r\n")
     w.send([b"PING"])  # a plain round: the reply side is in fast mode from here
-    assert w.reply(b"+PONG\r\n") == b"+PONG\r\n" and w.conn.fast and w.conn.resp3
+    assert w.reply(b"+PONG\r\n") == b"+PONG\r\n" and w.conn.replies.fast and w.conn.session.resp3
     attrib = b"|1\r\n+key-popularity\r\n*2\r\n$1\r\na\r\n:90\r\n$2\r\nok\r\n"
     w.send([b"DEBUG", b"PROTOCOL", b"attrib"], [b"BLPOP", b"q", b"0"])
     assert w.reply(attrib) == attrib
@@ -124,7 +141,7 @@ def test_resp3_push_before_a_reply_answers_nothing() -> None:
     w.send([b"GET", b"a"], [b"GET", b"b"])
     push = b">2\r\n$7\r\nmessage\r\n$1\r\nx\r\n"
     assert w.reply(push + b"$1\r\n1\r\n") == push + b"$1\r\n1\r\n"
-    assert len(w.conn.pending) == 1 and w.conn.pending[0][0] == 1  # one GET still owed
+    assert len(w.conn.pending) == 1 and w.conn.pending[0].count == 1  # one GET still owed
 
 
 def test_sync_waits_for_earlier_replies_then_the_connection_is_a_raw_pipe() -> None:
@@ -159,3 +176,59 @@ def test_bytes_held_behind_a_sync_are_bounded_like_a_query_buffer() -> None:
     out = w.reply(b"*-1\r\n")
     assert out == b"*-1\r\n-ERR Protocol error: query buffer limit exceeded\r\n"
     assert w.client.closed and w.redis.take() == b"" and not w.conn.raw_rep
+
+
+def hold(w: Wired, key: bytes, value: bytes) -> None:
+    """Put ``key`` in the tier as a fill would (for the default user, db 0)."""
+    assert w.tier is not None
+    token = w.tier.begin_fill(0, key)
+    assert token is not None
+    assert w.tier.complete_fill(0, key, token, value, -1, w.tier.clock(), "default")
+
+
+def accepted(w: Wired) -> None:
+    """A first round trip: Redis accepts the connection as it is, so the tier may serve it."""
+    w.send([b"PING"])
+    assert w.reply(b"+PONG\r\n") == b"+PONG\r\n" and w.conn.session.verified
+
+
+def test_session_decides_and_the_connection_acts() -> None:
+    """Session.special returns what to do, it does nothing itself: a local answer, a slot, none."""
+    server = ProxyServer(Settings(upstream="redis://127.0.0.1:1", port=0).validate())
+    session = Session(server.upstream, server.stats)
+    quit_ = session.special(b"QUIT", [b"QUIT"], 1.0)
+    assert type(quit_) is Answer and quit_.reply == b"+OK\r\n" and quit_.close
+    select = session.special(b"SELECT", [b"SELECT", b"2"], 1.0)
+    assert type(select) is Capture and session.state_pending == 1 and session.db == 0
+    assert select.fn(b"+OK\r\n") == b"+OK\r\n" and session.db == 2 and session.state_pending == 0
+    assert session.prelude() == [encode_command([b"SELECT", b"2"])]  # what a reconnect replays
+    blocking = session.special(b"BLPOP", [b"BLPOP", b"q", b"0"], 1.0)
+    assert type(blocking) is Run and blocking.count == 1 and blocking.sent == 0.0  # no timeout
+    assert session.special(b"CLIENT", [b"CLIENT", b"REPLY", b"OFF"], 1.0) is NO_SLOT
+    predis = session.special(b"PREDIS", [b"PREDIS", b"STATS"], 1.0)
+    assert type(predis) is Answer and predis.reply is None and not predis.close  # (replies are off)
+
+
+def test_a_read_of_hits_is_served_and_a_miss_forwarded_each_told_once() -> None:
+    w = Wired(hot_tier="cpu")
+    accepted(w)
+    hold(w, b"a", b"1")
+    assert w.send([b"GET", b"a"]) == b"" and w.client.take() == b"$1\r\n1\r\n"  # served
+    assert w.send([b"GET", b"b"]) == encode_command([b"GET", b"b"])  # forwarded
+    assert [type(slot) for slot in w.conn.pending] == [Run]
+    assert w.reply(b"$-1\r\n") == b"$-1\r\n" and not w.conn.pending
+    two = [[b"GET", b"a"], [b"MGET", b"a", b"c"]]
+    w.send(*two)  # (a general-path read: a hit, then an MGET not all held, forwarded)
+    assert w.seen == [(0, b"a", True), (0, b"b", False), (0, b"a", True), (0, b"a", False), (0, b"c", False)]
+
+
+def test_with_replies_off_reads_are_still_told_and_writes_still_drop_their_keys() -> None:
+    """Under CLIENT REPLY OFF the tier serves nothing, but every GET still reaches the access sink
+    and a write through the proxy drops its key at once (before, on this path, the key stayed
+    held until Redis's tracking message came)."""
+    w = Wired(hot_tier="cpu")
+    accepted(w)
+    hold(w, b"k", b"old")
+    w.send([b"CLIENT", b"REPLY", b"OFF"], [b"GET", b"k"], [b"SET", b"k", b"new"])
+    assert w.seen == [(0, b"k", False)]
+    assert w.tier is not None and (0, b"k") not in w.tier.entries

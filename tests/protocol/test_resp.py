@@ -10,17 +10,8 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from common.errors import ClientProtocolError
-from proxy.resp import (
-    PUSH,
-    REPLY,
-    Limits,
-    ReplyScanner,
-    RequestParser,
-    UnfinishedRequest,
-    decode_reply,
-    encode_command,
-    split_inline,
-)
+from proxy.resp import Limits, RequestParser, UnfinishedRequest, encode_command, split_inline
+from proxy.scanner import PUSH, REPLY, ReplyScanner, decode_reply
 
 
 def parse_all(chunks: list[bytes], limits: Limits | None = None) -> list[tuple[list[bytes], bytes]]:

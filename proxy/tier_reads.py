@@ -1,12 +1,13 @@
-"""The hot tier's side of a client connection: serving GET/MGET hits, asking for fills, and
-dropping what writes change. Mixed into ``ClientConnection``; the rules themselves live in
-``prefetch.tier.HotTier`` and the command table in ``proxy.keyspace``.
+"""The hot tier's reads: ``TierReads`` decides, for one client connection, which reads of GETs the
+tier serves, which it misses (and fills), and drops what writes change (see ``proxy.reads`` for
+the verdicts and the access sink).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import Callable
 from functools import partial
 from itertools import repeat
 from operator import itemgetter
@@ -20,205 +21,165 @@ from proxy.framing import (
     single_get_key,
     single_set_key,
 )
-from proxy.keyspace import FLUSH_DB, KEYS
+from proxy.keyspace import FLUSH_DB, KEYS, CommandTable
+from proxy.reads import AccessSink, ForwardReads, worth_serving
 from proxy.resp import as_str
-from proxy.session import SPECIAL
+from proxy.session import SPECIAL, Session
+from proxy.slots import Run, Slot
+from proxy.stats import Stats
 
 if TYPE_CHECKING:
     from prefetch.tier import HotTier
-    from proxy.server import ProxyServer
 
 _now = time.perf_counter
 GET_NAMES = frozenset((b"GET", b"get", b"Get"))
 SET_NAMES = frozenset((b"SET", b"set", b"Set"))
+Effects = list[tuple[tuple[str, Any], int]]
 
 
-def worth_serving(present: int, count: int) -> bool:
-    """Whether a read of ``count`` GETs, ``present`` of them held by the tier, is worth serving in
-    part. Serving a few hits among misses costs more than it saves: interleaving local replies
-    with forwarded ones needs the reply side to find frame offsets. So only when at least half
-    the GETs can be served does the general path do it; otherwise the read is forwarded whole."""
-    return 2 * present >= count
+class TierReads(ForwardReads):
+    """The hot tier on: reads it can serve are served, misses ask for fills, writes drop keys."""
 
+    def __init__(
+        self,
+        session: Session,
+        stats: Stats,
+        pending: deque[Slot],
+        access: AccessSink | None,
+        stream: int,
+        fast_framing: bool,
+        tier: HotTier,
+        filler: Any,  # proxy.backchannel.Filler (or None: nothing is filled)
+        command_table: Callable[[], CommandTable | None],
+        max_batch: int,
+    ) -> None:
+        super().__init__(session, stats, pending, access, stream, fast_framing)
+        self.tier = tier
+        self.filler = filler
+        self.command_table = command_table  # Redis's, once loaded (which writes touch which keys)
+        self.max_batch = max_batch
+        self.multi_effects: Effects = []  # keys written by commands queued in MULTI
+        self._served = 0
+        self._user = "default"
+        self._user_of: Any = ()  # the credentials ``_user`` was computed from (() before the first)
+        # The tier's request index for the session's db (HotTier.request_index): a hit is the one
+        # lookup of the client's read in it.
+        self.hit_index = tier.request_index(session.db)
 
-class TierMixin:
-    # Provided by ClientConnection / SessionState.
-    tier: HotTier | None
-    server: ProxyServer
-    stats: Any
-    pending: Any
-    verified: bool
-    state_pending: int
-    in_multi: bool
-    passthrough_req: bool
-    reply_mode: bytes
-    req_parser: Any
-    db: int
-    auth: Any
-    max_batch: int
-    fast_framing: bool
-    multi_effects: list[Any]
-    access: Any  # server.AccessSink or None
-    stream: int
-    _served: int
-    transport: Any
-    paused: set[str]
-    _user: str = "default"
-    _user_of: Any = ()  # the credentials ``_user`` was computed from (() before the first call)
-    # The tier's request index for this connection's db (HotTier.request_index): a hit is the one
-    # lookup of the client's read in it.
-    hit_index: dict[bytes, Any] = {}  # noqa: RUF012 (never written: replaced per connection)
-
-    def db_changed(self) -> None:
-        if self.tier is not None:
-            self.hit_index = self.tier.request_index(self.db)
-
-    def _check_output_limit(self) -> None:
-        raise NotImplementedError
-
-    def _send_upstream(self, data: bytes) -> None:
-        raise NotImplementedError
-
-    def _forward_plain(self, count: int, raw: bytes) -> None:
-        raise NotImplementedError
-
-    def _write(self, data: bytes) -> None:
-        raise NotImplementedError
-
-    def _accessed(self, db: int, keys: Sequence[bytes], hit: bool) -> None:
-        """Tell the access sink (if any) the fate of a read's keys: every GET and MGET key passes
-        here, or through the same call inlined where a read of GETs is decided before hiredis, once."""
-        if self.access is not None:
-            self.access(self.stream, db, keys, hit)
+    def db_changed(self, db: int) -> None:
+        self.hit_index = self.tier.request_index(db)
 
     def _user_name(self) -> str:
         """The ACL user this connection reads as (an entry is served to that user only)."""
-        auth = self.auth
+        auth = self.session.auth
         if auth is not self._user_of:  # cached per credentials: the hit path asks on every read
             self._user = as_str(auth[0]) if auth is not None else "default"
             self._user_of = auth
         return self._user
 
-    def _serve_gets(self, data: bytes) -> bool:
+    def decide(self, data: bytes) -> bytes | Run | None:
         """The tier's request fast path, before hiredis: a read made only of GETs is served when
         every one is a hit, or forwarded as one plain run with fills asked for when most miss; a
-        read that is one plain SET, or a run of them, is forwarded with its keys dropped
-        (``_forward_writes``).
-        Anything else (a mix of hits and misses included) returns False and takes the general
-        path, which recounts it. Kept lean: on a hit this is all the proxy does, and against
-        Redis's C every statement shows in throughput (bench/HISTORY.md)."""
+        read that is one plain SET, or a run of them, is forwarded with its keys dropped.
+        Anything else (a mix of hits and misses included) is left to the general path, which
+        recounts it. Kept lean: on a hit this is all the proxy does, and against Redis's C every
+        statement shows in throughput (bench/HISTORY.md)."""
         tier = self.tier
-        assert tier is not None
+        s = self.session
         if (
             not tier.active
-            or not self.verified
-            or self.state_pending
-            or self.in_multi
-            or self.passthrough_req
-            or self.reply_mode != b"ON"
-            or self.req_parser is not None
+            or not s.verified
+            or s.state_pending
+            or s.in_multi
+            or s.passthrough_req
+            or s.reply_mode != b"ON"
             or not self.fast_framing
         ):
-            return False
+            return None
         entry = self.hit_index.get(data)
         if entry is not None:
             # One canonical GET of a key the tier holds (see HotTier.requests): served here if
             # the entry is fresh and this user's, and no reply is owed before it.
             if self.pending:
-                return False  # a hit must wait for the replies ahead of it: the general path orders them
+                return None  # a hit must wait for the replies ahead of it: the general path orders them
             now = tier.clock()
-            auth = self.auth
             if (
-                entry.user != (self._user if auth is self._user_of else self._user_name())
+                entry.user != (self._user if s.auth is self._user_of else self._user_name())
                 or now >= entry.until
             ):
-                return False
+                return None
             if tier.hit(entry, now):
-                self._request_fill(self.db, [entry.key[1]], entry.user, refresh=True)
+                self._request_fill(s.db, [entry.key[1]], entry.user, refresh=True)
             frame = entry.handle if tier.host_values else tier.store.frame(entry.handle)
-            stats = self.stats
-            stats.commands_local += 1
-            stats.bytes_out += len(frame)
-            self.transport.write(frame)
-            if self.paused:
-                self._check_output_limit()
+            self.stats.commands_local += 1
             self._served += 1
             if not self._served & 7:  # latency: one read in eight is enough for percentiles
                 tier.served_latency.record(tier.clock() - now)
             if self.access is not None:
-                self.access(self.stream, self.db, (entry.key[1],), True)
-            return True
+                self.access(self.stream, s.db, (entry.key[1],), True)
+            return frame  # type: ignore[no-any-return]
         if not data.startswith(GET_PREFIXES):
             if data.startswith(SET_PREFIXES):
                 # (SET's key is its first argument.) One SET, whatever its value; or a run of
                 # plain SETs with values under 64 KiB and free of CRLF, as pipelines send them.
                 if (written := single_set_key(data)) is not None:
-                    self._forward_writes((written,), 1, data)
-                    return True
+                    return self._writes_run((written,), 1)
                 if (keys := set_run_keys(data)) is not None:
-                    self._forward_writes(keys, len(keys), data)
-                    return True
-            return False  # (another write, say: the general path finds its keys)
+                    return self._writes_run(keys, len(keys))
+            return None  # (another write, say: the general path finds its keys)
         name = single_get_key(data)
         if name is None:
             keys = get_run_keys(data)
-            return keys is not None and self._serve_get_run(data, keys, tier)
-        key = (self.db, name)
-        if not data.startswith(b"GET", 8) and key in tier.entries:
+            return None if keys is None else self._decide_get_run(keys)
+        db = s.db
+        if not data.startswith(b"GET", 8) and (db, name) in tier.entries:
             # Held, but the request index holds only the spelling GET (not get, Get): the
             # general path serves it. (A GET that missed the index is not in the tier.)
-            return False
-        # The miss path: forward the client's bytes as one plain run and ask for a fill, as
-        # the general path would after hiredis, canonical sizes and _plain_run_writes; skipping
-        # them keeps a miss through the tier as cheap as a GET through the core.
+            return None
+        # The miss path: forwarded as one plain run with a fill asked for, as the general path
+        # would after hiredis, canonical sizes and _plain_run_writes; skipping them keeps a miss
+        # through the tier as cheap as a GET through the core.
         tier.misses += 1
-        self._request_fill(key[0], [name], self._user_name())
-        self._forward_plain(1, data)
+        self._request_fill(db, [name], self._user_name())
         if self.access is not None:
-            self.access(self.stream, key[0], (name,), False)
-        return True
+            self.access(self.stream, db, (name,), False)
+        return Run(1, _now())
 
-    def _forward_writes(self, keys: Any, count: int, raw: bytes) -> None:
-        """Forward ``raw`` (``count`` commands writing ``keys``) as one plain run. The keys are
-        dropped now, and again before any read of replies to this run reaches the client (the
-        run's action fires on every partial consumption too) if a fill began meanwhile: it may have
-        read the value from before the write."""
+    def _writes_run(self, keys: Any, count: int) -> Run:
+        """A run of ``count`` commands writing ``keys``, forwarded as it is. The keys are dropped
+        now, and again before any read of replies to this run reaches the client (the run's
+        ``on_reply`` fires on every partial consumption too) if a fill began meanwhile: it may
+        have read the value from before the write."""
         tier = self.tier
-        assert tier is not None
         tier.invalidate(keys)
-        self.pending.append([count, _now(), partial(tier.invalidate_if_filled, keys, tier.fills_begun)])
-        self.stats.commands_forwarded += count
-        self._send_upstream(raw)
+        return Run(count, _now(), partial(tier.invalidate_if_filled, keys, tier.fills_begun))
 
-    def _serve_get_run(self, data: bytes, names: list[bytes], tier: HotTier) -> bool:
-        """``_serve_gets`` for a read of several GETs (``names``, parsed by ``get_run_keys``)."""
+    def _decide_get_run(self, names: list[bytes]) -> bytes | Run | None:
+        """``decide`` for a read of several GETs (``names``, parsed by ``get_run_keys``)."""
+        tier = self.tier
+        db = self.session.db
         count = len(names)
         if count > self.max_batch:
             tier.bypassed += count  # a long read of GETs: forwarded whole
-            self._forward_plain(count, data)
-            if self.access is not None:
-                self.access(self.stream, self.db, names, False)
-            return True
-        db = self.db
+            self.on_access(db, names, False)
+            return Run(count, _now())
         keys = list(zip(repeat(db), names))
         found: list[Any] = list(map(tier.entries.get, keys))  # (Entry or None)
         present = count - found.count(None)
         if present < count:
             if worth_serving(present, count):
-                return False  # (the general path serves the hits among the misses)
+                return None  # (the general path serves the hits among the misses)
             tier.misses += count
             self._request_fill(db, names, self._user_name())
-            self._forward_plain(count, data)
-            if self.access is not None:
-                self.access(self.stream, db, names, False)
-            return True
+            self.on_access(db, names, False)
+            return Run(count, _now())
         if self.pending:
-            return False
+            return None
         user = self._user_name()
         now = tier.clock()
         for entry in found:
             if entry.user != user or now >= entry.until:
-                return False  # (before any hit is counted: the general path counts them)
+                return None  # (before any hit is counted: the general path counts them)
         hit = tier.hit
         for key, entry in zip(keys, found, strict=True):
             if hit(entry, now):
@@ -229,28 +190,38 @@ class TierMixin:
             frame_of = tier.store.frame
             replies = [frame_of(entry.handle) for entry in found]
         self.stats.commands_local += count
-        self._write(b"".join(replies))
-        if self.access is not None:
-            self.access(self.stream, db, names, True)
+        self.on_access(db, names, True)
         self._served += 1
         if not self._served & 7:
             tier.served_latency.record(tier.clock() - now)
-        return True
+        return b"".join(replies)
+
+    def decide_commands(self, cmds: list[Any]) -> Run | None:
+        """Commands parsed by hiredis: one plain run if ``_plain_run_writes`` finds they can be
+        forwarded as one (with the keys they write dropped), else the general path."""
+        s = self.session
+        if not s.verified and not s.verify_pending:
+            return None  # (the general path asks Redis whether it accepts this connection)
+        written = self._plain_run_writes(cmds)
+        if written is None:
+            return None
+        if written:
+            return self._writes_run(written, len(cmds))
+        return Run(len(cmds), _now())
 
     def _plain_run_writes(self, cmds: list[Any]) -> list[bytes] | None:
         """The keys these commands write, if they can be forwarded as one plain run: none special,
         writes only of named keys (not in MULTI), and every GET a miss (fills requested here).
         None sends them through the general path."""
         tier = self.tier
-        table = self.server.command_table
-        assert tier is not None
-        if self.in_multi:
+        s = self.session
+        table = self.command_table()
+        if s.in_multi:
             return None  # queued writes happen at EXEC: the general path drops their keys then too
         names = set(map(itemgetter(0), cmds))
         if len(cmds) > self.max_batch and names <= GET_NAMES:
             tier.bypassed += len(cmds)  # a long read of GETs only: forwarded whole (checked at C speed)
-            if self.access is not None:
-                self.access(self.stream, self.db, [args[1] for args in cmds if len(args) == 2], False)
+            self.on_access(s.db, [args[1] for args in cmds if len(args) == 2], False)
             return []
         if names <= SET_NAMES:
             try:
@@ -280,16 +251,16 @@ class TierMixin:
                 written += effect[1]
         if not gets:
             return written
+        db = s.db
         if len(gets) > self.max_batch:
             tier.bypassed += len(gets)
-            self._accessed(self.db, gets, False)
+            self.on_access(db, gets, False)
             return written
-        if self.state_pending or not tier.active:
-            self._accessed(self.db, gets, False)
+        if s.state_pending or not tier.active:
+            self.on_access(db, gets, False)
             return written
-        db = self.db
         user = self._user_name()
-        if self.verified:
+        if s.verified:
             # (Presence only: the general path's lookups count the hits and check expiry, so a
             # lookup here would note every hit twice.)
             entries = tier.entries
@@ -298,33 +269,34 @@ class TierMixin:
         tier.misses += len(gets)
         if not written:
             self._request_fill(db, gets, user)  # (a read that also writes fills nothing)
-        self._accessed(db, gets, False)
+        self.on_access(db, gets, False)
         return written
 
-    def _tier_read(self, name: bytes, args: list[bytes], now: float) -> bytes | None:
+    def read(self, name: bytes, args: list[bytes], now: float) -> bytes | None:
         """Serve GET/MGET from the tier (the reply), or schedule fills for what is missing.
 
         Fills are always safe to ask for: the filler reads with this connection's credentials on
         its own connection. Serving needs more: the db and user known on the request side (no
-        SELECT/AUTH/HELLO in flight), not inside MULTI, and Redis having accepted this connection
-        as it is (``verified``), so a connection that must AUTH first gets NOAUTH from Redis.
+        SELECT/AUTH/HELLO in flight), not inside MULTI, replies on (no CLIENT REPLY OFF/SKIP), and
+        Redis having accepted this connection as it is (``verified``), so a connection that must
+        AUTH first gets NOAUTH from Redis.
         """
-        tier = self.tier
-        assert tier is not None
         if len(args) < 2 or (name == b"GET" and len(args) != 2):
             return None  # (an arity error from Redis, not a read)
-        db = self.db
+        db = self.session.db
         keys = args[1:]
-        reply = self._tier_reply(tier, name, keys, db, now)
-        self._accessed(db, keys, reply is not None)
+        reply = self._reply(name, keys, db, now)
+        self.on_access(db, keys, reply is not None)
         return reply
 
-    def _tier_reply(self, tier: HotTier, name: bytes, keys: list[bytes], db: int, now: float) -> bytes | None:
-        """``_tier_read``'s reply for well-formed ``keys``: the frames, or None with fills asked for."""
-        if self.state_pending or self.in_multi or not tier.active:
+    def _reply(self, name: bytes, keys: list[bytes], db: int, now: float) -> bytes | None:
+        """``read``'s reply for well-formed ``keys``: the frames, or None with fills asked for."""
+        tier = self.tier
+        s = self.session
+        if s.state_pending or s.in_multi or s.reply_mode != b"ON" or not tier.active:
             return None
         user = self._user_name()
-        if not self.verified:
+        if not s.verified:
             self._request_fill(db, keys, user)
             return None
         if tier.due:  # (left by an earlier lookup whose caller did not serve)
@@ -355,39 +327,45 @@ class TierMixin:
 
     def _request_fill(self, db: int, keys: list[bytes], user: str, refresh: bool = False) -> None:
         """Ask the filler to read keys in; a refresh (of an entry being hit) skips admission."""
-        filler = self.server.filler
-        if filler is None or self.tier is None:
+        filler = self.filler
+        if filler is None:
             return
         if refresh:
             self.tier.refreshes += len(keys)
         elif not self.tier.admit():
             return
-        identity = None
-        if self.auth is not None:
-            identity = (as_str(self.auth[0]), as_str(self.auth[1]))
+        auth = self.session.auth
+        identity = None if auth is None else (as_str(auth[0]), as_str(auth[1]))
         if refresh:
             filler.request_later(db, keys, identity, user)
         else:
             filler.request(db, keys, identity, user)
 
-    def _tier_write(self, name: bytes, args: list[bytes], table: Any) -> Any:
+    def write(self, name: bytes, args: list[bytes]) -> Callable[[], None] | None:
         """Drop what a write may change now; return the action that drops it again on its reply."""
+        table = self.command_table()
+        if table is None:
+            return None
         effect = table.effect(name, args)
         if effect is None:
             return None
-        effects = [(effect, self.db)]
+        effects = [(effect, self.session.db)]
         self._apply_effects(effects)
-        if self.in_multi and name != b"EXEC":
+        if self.session.in_multi and name != b"EXEC":
             self.multi_effects.extend(effects)  # queued: it runs at EXEC
-        return self._effects_action(effects)
-
-    def _effects_action(self, effects: list[tuple[tuple[str, Any], int]]) -> Callable[[], None]:
         return partial(self._apply_effects, effects)
 
-    def _apply_effects(self, effects: list[tuple[tuple[str, Any], int]]) -> None:
+    def exec_action(self) -> Callable[[], None] | None:
+        if not self.multi_effects:
+            return None
+        effects, self.multi_effects = self.multi_effects, []
+        return partial(self._apply_effects, effects)
+
+    def discard(self) -> None:
+        self.multi_effects = []
+
+    def _apply_effects(self, effects: Effects) -> None:
         tier = self.tier
-        if tier is None:
-            return
         for (kind, keys), db in effects:
             if kind == KEYS:
                 tier.invalidate(keys)

@@ -1,0 +1,211 @@
+"""Request dispatch: what the proxy does with each command a client sends, given the session's
+state. Whole reads go upstream as one run of plain requests where they can (the reads decider
+says when); otherwise the general path takes them one command at a time: special commands
+through ``Session.special``, every GET and MGET through ``reads.read``, every write through
+``reads.write`` (which drops the keys it changes), each with the reply slot it needs.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+import hiredis
+
+from proxy.framing import split_commands
+from proxy.reads import ForwardReads
+from proxy.replies import ReplyStream
+from proxy.session import SPECIAL, Session
+from proxy.slots import NO_SLOT, RAW, Answer, Capture, Marker, Run
+from proxy.stats import Stats
+from proxy.tier_reads import TierReads
+
+_now = time.perf_counter
+_pack = hiredis.pack_command
+_PLAIN = Marker("PLAIN")  # a command that is no special one: it joins the current run
+
+
+class Dispatcher:
+    """Sends a client's commands upstream with their reply slots, or answers them locally.
+    ``on_close``: the client is to close once its replies are out (QUIT); ``on_raw``: SYNC/PSYNC
+    made the connection a raw pipe from these bytes on."""
+
+    def __init__(
+        self,
+        session: Session,
+        reads: ForwardReads,
+        replies: ReplyStream,
+        stats: Stats,
+        send: Callable[[bytes], None],
+        on_close: Callable[[], None],
+        on_raw: Callable[[bytes], None],
+    ) -> None:
+        self.session = session
+        self.reads = reads
+        self.replies = replies
+        self.pending = replies.pending
+        self.stats = stats
+        self.send = send
+        self.on_close = on_close
+        self.on_raw = on_raw
+
+    def forward_run(self, run: Run, raw: bytes) -> None:
+        """Forward ``raw`` (``run.count`` commands, none special) with one slot for their replies."""
+        self.pending.append(run)
+        self.stats.commands_forwarded += run.count
+        self.send(raw)
+
+    def commands(self, cmds: list[Any], raw: bytes) -> bool:
+        """Forward ``raw`` (the bytes of exactly ``cmds``) as one run if the reads decider says it
+        can go so, else take the general path. True if the connection became a raw pipe."""
+        session = self.session
+        if not session.passthrough_req and session.reply_mode == b"ON":
+            run = self.reads.decide_commands(cmds)
+            if run is not None:
+                self.forward_run(run, raw)
+                return False
+        return self.each(cmds, split_commands(cmds, raw))
+
+    def each(self, cmds: list[Any], encoded: list[bytes | None]) -> bool:
+        """The general path: one command at a time, specials and the hot tier handled.
+        ``encoded``: each command's bytes (None: encode it). True if the connection became a raw
+        pipe (SYNC/PSYNC)."""
+        now = _now()
+        pending = self.pending
+        session = self.session
+        replies = self.replies
+        reads = self.reads
+        send = self.send
+        verifies = isinstance(reads, TierReads)  # (only the tier needs Redis to accept the connection)
+        pieces: list[bytes] = []  # requests to send upstream, in order
+        served: list[bytes] = []  # tier replies not yet written (nothing is in flight before them)
+        run: Run | None = None  # the slot run that consecutive plain commands join
+        forwarded = 0
+        for i, args in enumerate(cmds):
+            name = args[0].upper()
+            action = None
+            if not session.passthrough_req:
+                if name == b"GET" or name == b"MGET":
+                    reply = reads.read(name, args, now)
+                    if reply is not None:
+                        if pending or pieces:
+                            if pieces:
+                                send(b"".join(pieces))
+                                pieces = []
+                            replies.queue_local(reply)
+                        else:
+                            served.append(reply)
+                        self.stats.commands_local += 1
+                        run = None
+                        continue
+                else:
+                    action = reads.write(name, args)
+            if served and (pieces or name in SPECIAL):
+                replies.write(b"".join(served))
+                served = []
+            slot: Any = _PLAIN
+            if name in SPECIAL or session.passthrough_req or session.reply_mode != b"ON":
+                if pieces:  # what came before goes first: a sync ECHO may be sent next
+                    send(b"".join(pieces))
+                    pieces = []
+                slot = session.special(name, args, now)
+                if slot is RAW:
+                    # This command and every one after it go as they are, once the replies
+                    # before them are in; the tier neither serves nor learns from the stream.
+                    rest = (encoded[j] or _pack(tuple(cmds[j])) for j in range(i, len(cmds)))
+                    self.stats.commands_forwarded += forwarded + 1
+                    self.on_raw(b"".join(rest))  # (pieces before it were sent above)
+                    return True
+                if type(slot) is Answer:  # answered by the proxy, not forwarded
+                    if slot.reply is not None:  # (an Answer has one only while replies are on)
+                        self.stats.commands_local += 1
+                        replies.queue_local(slot.reply)
+                    if slot.close:
+                        self.on_close()
+                    run = None
+                    if replies.closing:
+                        break
+                    continue
+                if replies.fast and (session.in_multi or session.reply_mode != b"ON"):
+                    # Inside MULTI a sync ECHO would be queued, under CLIENT REPLY OFF unanswered:
+                    # find frame offsets from before this command on.
+                    sync = replies.leave_fast_mode()
+                    if sync is not None:
+                        pieces.append(sync)
+                        run = None  # this command's slot goes after the sync's
+                if name == b"EXEC":
+                    action = reads.exec_action() or action
+                elif name == b"DISCARD":
+                    reads.discard()
+            if served:
+                replies.write(b"".join(served))
+                served = []
+            if (
+                action is not None
+                and slot is _PLAIN
+                and verifies
+                and not session.verified
+                and not session.verify_pending
+            ):
+                # A write that also tells whether Redis accepts this connection as it is.
+                session.verify_pending = True
+                sync = replies.leave_fast_mode()
+                if sync is not None:
+                    pieces.append(sync)
+                pending.append(Capture(now, partial(_then, action, session.on_verify)))
+                run = None
+            elif action is not None and (slot is _PLAIN or type(slot) is Run):
+                # A write: its own run, so its reply can drop the keys again before the client
+                # sees it (a fill that read the old value meanwhile must not survive the ack).
+                pending.append(Run(1, slot.sent if type(slot) is Run else now, action))
+                run = None
+            elif (
+                verifies
+                and not session.verified
+                and not session.verify_pending
+                and (slot is _PLAIN or (type(slot) is Run and slot.sent and slot.on_reply is None))
+            ):
+                # The first reply tells whether Redis takes this connection as it is (not NOAUTH).
+                session.verify_pending = True
+                sync = replies.leave_fast_mode()
+                if sync is not None:
+                    pieces.append(sync)
+                pending.append(Capture(now, session.on_verify))
+                run = None
+            elif slot is _PLAIN or (type(slot) is Run and slot.sent):
+                if run is None:
+                    run = Run(0, now)
+                    pending.append(run)
+                run.count += 1
+            elif slot is NO_SLOT:
+                run = None
+            elif type(slot) is Run:  # a blocking command: its own run, exempt from timeouts
+                pending.append(slot)
+                run = None
+            else:  # a reply to read, or markers: the reply side must find frame offsets
+                sync = replies.leave_fast_mode()
+                if sync is not None:
+                    pieces.append(sync)
+                if type(slot) is tuple:
+                    pending.extend(slot)
+                else:
+                    pending.append(slot)
+                run = None
+            raw = encoded[i]
+            pieces.append(raw if raw is not None else _pack(tuple(args)))
+            forwarded += 1
+            if replies.closing:
+                break
+        if served:
+            replies.write(b"".join(served))
+        self.stats.commands_forwarded += forwarded
+        if pieces:
+            send(b"".join(pieces))
+        return False
+
+
+def _then(first: Callable[[], None], then: Callable[[bytes], bytes], frame: bytes) -> bytes:
+    first()
+    return then(frame)

@@ -1,0 +1,167 @@
+"""The request side of one client connection: a client's bytes framed into commands, checked as
+Redis checks them, and handed on with the client's own bytes.
+
+Commands are parsed by ``hiredis.Reader``. A read that holds whole commands is handed on with
+the client's bytes for them (``on_commands``); hiredis gives no offsets, but clients encode
+canonically, so a command's length follows from its arguments (``canonical_size``, at C speed).
+Inline commands (telnet style) go through ``proxy.resp.RequestParser`` and are handed on with
+each command's bytes, None where it must be re-encoded (``on_each``). The bytes of an unfinished
+command at the end of a read (``tail``) are held back until it completes: it may turn out to be
+one the proxy answers itself, which must not reach Redis.
+
+Each handler returns True when the connection has become a raw byte pipe (SYNC/PSYNC): the bytes
+after the commands handed on are then no longer parsed but returned by ``feed``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from itertools import chain
+from typing import Any
+
+import hiredis
+
+from common.errors import ClientProtocolError
+from proxy.framing import canonical_size, drop_empty
+from proxy.resp import Limits, RequestParser, UnfinishedRequest
+
+_STAR = b"*"
+
+
+class RequestReader:
+    def __init__(
+        self,
+        limits: Limits,
+        on_commands: Callable[[list[Any], bytes], bool],
+        on_each: Callable[[list[Any], list[bytes | None]], bool],
+    ) -> None:
+        self.limits = limits
+        self.on_commands = on_commands  # (commands, the client's bytes of exactly them)
+        self.on_each = on_each  # (commands, each one's bytes or None)
+        self.reader = hiredis.Reader()
+        self.tail: list[bytes] = []  # bytes of the unfinished command at the end of the stream
+        self.unfinished = UnfinishedRequest(limits)  # checks the tail as it grows
+        self.parser: RequestParser | None = None  # in use while inline commands are being read
+
+    def feed(self, data: bytes) -> bytes | None:
+        """Frame ``data`` and hand its complete commands on. Returns the bytes after a command
+        that made the connection a raw pipe, else None. Raises ClientProtocolError for what Redis
+        would refuse, after handing on the commands before it."""
+        if self.parser is not None or (not self.tail and data[:1] != _STAR):
+            return self._inline_data(data)
+        reader = self.reader
+        reader.feed(data)
+        cmds: list[Any] = []
+        try:
+            while (cmd := reader.gets()) is not False:
+                cmds.append(cmd)
+        except hiredis.ProtocolError:
+            # Not a multibulk where one should start: an inline command, or garbage. Hand on the
+            # complete commands, then our own parser takes over from that boundary; it reads
+            # inline commands and words a real error as Redis does.
+            self.reader = hiredis.Reader()
+            stream = b"".join(self.tail) + data
+            self.tail = []
+            cmds, size = drop_empty(cmds)
+            size += self._checked_size(cmds)
+            if cmds and self.on_commands(cmds, stream[:size]):
+                return stream[size:]
+            return self._inline_data(stream[size:])
+        return self._frame_requests(cmds, data)
+
+    def _frame_requests(self, cmds: list[Any], data: bytes) -> bytes | None:
+        """Find the client's bytes for the commands hiredis returned, check them, hand them on."""
+        tail = self.tail
+        held = sum(map(len, tail))
+        if not cmds:
+            tail.append(data)
+            if held == 0:
+                self.unfinished = UnfinishedRequest(self.limits)
+            self._check_tail(data, held + len(data))
+            return None
+        cmds, size = drop_empty(cmds)
+        try:
+            size += self._checked_size(cmds)
+        except ClientProtocolError:
+            # Hand on the commands before the bad one, as Redis serves them, then fail.
+            good = cmds[: next(i for i, c in enumerate(cmds) if not self._acceptable(c))]
+            if good:
+                self.tail = []
+                self.on_commands(good, (b"".join(tail) + data)[: self._checked_size(good)])
+            raise
+        tail_len = held + len(data) - size
+        if tail_len < 0 or tail_len > len(data):
+            raise ClientProtocolError("Protocol error: non-canonical request encoding")
+        cut = len(data) - tail_len
+        raw = b"".join(tail) + data[:cut] if tail else (data if tail_len == 0 else data[:cut])
+        self.tail = [data[cut:]] if tail_len else []
+        if cmds and self.on_commands(cmds, raw):
+            # (What follows the SYNC is the raw stream's.)
+            self.reader = hiredis.Reader()
+            rest = b"".join(self.tail)
+            self.tail = []
+            return rest
+        if tail_len:
+            self.unfinished = UnfinishedRequest(self.limits)
+            self._check_tail(data[cut:], tail_len)
+        return None
+
+    def _checked_size(self, cmds: list[Any]) -> int:
+        """Canonical byte size of these commands; raises for anything Redis would refuse."""
+        limits = self.limits
+        if not cmds:
+            return 0
+        try:
+            args = list(chain.from_iterable(cmds))
+            sizes = list(map(len, args))  # TypeError: an argument that is not a string
+            if max(map(len, cmds)) > limits.max_multibulk_len:
+                raise ClientProtocolError("Protocol error: invalid multibulk length")
+            if max(sizes) > limits.max_bulk_len:
+                raise ClientProtocolError("Protocol error: invalid bulk length")
+            if sum(sizes) < 1 << 20:
+                b"".join(args)  # TypeError unless every argument is a byte string
+            elif any(type(a) is not bytes for a in args):
+                raise TypeError
+            return canonical_size(cmds, args, sizes)
+        except TypeError:
+            # A nested array or a non-string element: Redis accepts only bulk strings.
+            raise ClientProtocolError("Protocol error: expected '$', got something else") from None
+
+    def _acceptable(self, cmd: Any) -> bool:
+        limits = self.limits
+        return (
+            type(cmd) is list
+            and 0 < len(cmd) <= limits.max_multibulk_len
+            and all(type(a) is bytes and len(a) <= limits.max_bulk_len for a in cmd)
+        )
+
+    def _check_tail(self, new: bytes, tail_len: int) -> None:
+        """Check the unfinished command's new bytes ``new`` as Redis would (absurd lengths and
+        header lines without their CRLF past the inline limit fail at once, however the bytes
+        arrive), and hold it to the query-buffer limit."""
+        if tail_len > self.limits.max_query_buffer:
+            raise ClientProtocolError("Protocol error: query buffer limit exceeded")
+        if self.unfinished.feed(new):  # cannot happen for a canonical client: hiredis found none
+            raise ClientProtocolError("Protocol error: non-canonical request encoding")
+
+    def _inline_data(self, data: bytes) -> bytes | None:
+        """Requests through our own parser: inline commands, until the stream is at a boundary."""
+        parser = self.parser
+        if parser is None:
+            parser = self.parser = RequestParser(self.limits)
+        parser.feed(data)
+        cmds = parser.parse()
+        turned_raw = False
+        if cmds:
+            buf = parser.buffer
+            raw = [bytes(buf[s:e]) if s >= 0 else None for _, s, e in cmds]
+            turned_raw = self.on_each([c for c, _, _ in cmds], raw)
+        parser.consume()
+        if turned_raw:  # (the unparsed rest is the raw stream's)
+            self.parser = None
+            return bytes(parser.buffer)
+        if parser.error is not None:
+            raise parser.error
+        if parser.pending_bytes() == 0:
+            self.parser = None  # at a boundary: back to hiredis
+        return None
