@@ -226,8 +226,11 @@ class ClientConnection(asyncio.Protocol):
                     self.transport.write(verdict)  # type: ignore[union-attr]
                     if self.paused:
                         self._check_output_limit()
-                else:
-                    self.dispatch.forward_run(cast(Run, verdict), data)
+                else:  # forwarded as it is: one Run slot for its replies (Dispatcher.forward_run, inlined)
+                    run: Run = verdict  # type: ignore[assignment]
+                    self.pending.append(run)
+                    self.stats.commands_forwarded += run.count
+                    self.upstream.send(data)
                 return
         try:
             rest = requests.feed(data)
@@ -334,7 +337,11 @@ class ClientConnection(asyncio.Protocol):
         if self.raw_rep:
             self._write(data)
             return
-        self.replies.feed(data)
+        replies = self.replies
+        if replies.fast:
+            replies.fast_replies(data)
+        else:
+            replies.slow_replies(data)
         if self.raw_held is not None:
             self._release_raw()
 

@@ -52,7 +52,7 @@ class ReplyStream:
         self.on_close = on_close
         self.pending: deque[Slot] = deque()
         self.fast = False  # mode: True = hiredis counts frames; False = the scanner finds offsets
-        self.fast_resp3 = False  # fast mode began on a RESP3 connection (see _fast_replies)
+        self.fast_resp3 = False  # fast mode began on a RESP3 connection (see fast_replies)
         self.rep_reader = hiredis.Reader()
         self.scanner = ReplyScanner()
         self.sync_token: bytes | None = None  # the ECHO payload that ends fast mode
@@ -94,12 +94,6 @@ class ReplyStream:
 
     # ------------------------------------------------------------------ upstream's bytes
 
-    def feed(self, data: bytes) -> None:
-        if self.fast:
-            self._fast_replies(data)
-        else:
-            self._slow_replies(data)
-
     def restart(self, prelude: int) -> None:
         """A new upstream connection: it starts at a frame boundary, in slow mode, and its first
         ``prelude`` replies answer the replayed state's commands, not the client's."""
@@ -110,8 +104,9 @@ class ReplyStream:
         for _ in range(prelude):
             self.pending.appendleft(Capture(_now(), discard_reply))
 
-    def _fast_replies(self, data: bytes) -> None:
-        """Count reply frames in C and pass the bytes through.
+    def fast_replies(self, data: bytes) -> None:
+        """Upstream's bytes in fast mode (``fast``; else ``slow_replies``): count reply frames in C
+        and pass the bytes through.
 
         On a RESP3 connection hiredis skips push frames by their type, but returns an attribute
         (metadata before a reply, which answers nothing) as a plain list, so a read that may hold
@@ -168,7 +163,7 @@ class ReplyStream:
         self.fast = False
         self.sync_token = None  # (its Sync slot stays queued: the scanner discards its reply)
         self.scanner = ReplyScanner()
-        self._slow_replies(data)
+        self.slow_replies(data)
 
     def _consume_runs(self, count: int) -> None:
         pending = self.pending
@@ -215,11 +210,11 @@ class ReplyStream:
         if not self.drain_markers():
             return
         if rest:
-            self._slow_replies(rest)
+            self.slow_replies(rest)
         else:
             self._maybe_enter_fast_mode()
 
-    def _slow_replies(self, data: bytes) -> None:
+    def slow_replies(self, data: bytes) -> None:
         """Find each frame's end and give every slot its reply."""
         try:
             ends = self.scanner.feed(data)
