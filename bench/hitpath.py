@@ -1,12 +1,18 @@
 """The unpipelined tier hit in-process: what ``data_received`` costs per hit without the sockets.
 
     python -m bench.hitpath [--tree DIR] [--keys 10000] [--reads 200000] [--repeats 12]
+        [--prefetch SPEC] [--yield-every 64]
 
 Starts a Redis and a Predis server in this process, fills the tier through a real connection,
 then swaps that connection's transport for a sink and feeds it canonical ``GET`` reads of random
 held keys. Prints the interpreted opcodes of one hit (deterministic: a count of what the hit path
 executes, from ``sys.settrace``) and the best per-hit wall times of the repeats (noisy: the
 machine is shared). ``--tree`` imports the proxy from another checkout, to compare versions.
+
+``--prefetch SPEC`` runs the proxy with live prefetching (the access sink records every hit for
+the prediction engine): the difference from a run without it is what mirroring a GET costs the
+event loop. Every ``--yield-every`` reads the loop gets a turn (both runs alike), which is when
+the batched records go to the engine process and its answers are handled.
 """
 
 from __future__ import annotations
@@ -64,13 +70,20 @@ async def measure(port: int, args: argparse.Namespace) -> None:
     from proxy.server import ProxyServer
 
     # (A staleness bound of an hour: no entry comes due for a refresh or goes stale mid-run.)
+    extra = {"prefetch": args.prefetch} if args.prefetch else {}
     server = ProxyServer(
-        Settings(upstream=f"redis://127.0.0.1:{port}", port=0, hot_tier_max_staleness=3600.0)
+        Settings(upstream=f"redis://127.0.0.1:{port}", port=0, hot_tier_max_staleness=3600.0, **extra)
     )
     host, proxy_port = await server.start()
     try:
         deadline = time.monotonic() + 10
-        while server.tier is None or not server.tier.active or server.command_table is None:
+        engine = getattr(server, "prediction", None)
+        while (
+            server.tier is None
+            or not server.tier.active
+            or server.command_table is None
+            or (engine is not None and not engine.ready)
+        ):
             if time.monotonic() > deadline:
                 raise SystemExit("the tier did not become active in 10 s")
             await asyncio.sleep(0.05)
@@ -95,11 +108,17 @@ async def measure(port: int, args: argparse.Namespace) -> None:
             ops = opcodes(conn.data_received, reads[0])
             print(f"opcodes per hit: {sum(ops.values())} {dict(ops)}")
             times = []
+            every = args.yield_every
             for _ in range(args.repeats):
                 start = time.perf_counter()
-                for data in reads:
-                    conn.data_received(data)
+                for i in range(0, len(reads), every):
+                    for data in reads[i : i + every]:
+                        conn.data_received(data)
+                    await asyncio.sleep(0)
                 times.append((time.perf_counter() - start) / len(reads) * 1e9)
+            prediction = getattr(server, "prediction", None)
+            if prediction is not None:
+                print(f"prefetch figures: {prediction.figures()}")
             served = server.tier.hits - hits
             if served != sink.writes or served != 1 + args.repeats * args.reads:
                 raise SystemExit(f"not every read was a tier hit: {served} hits, {sink.writes} replies")
@@ -117,6 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keys", type=int, default=10_000)
     parser.add_argument("--reads", type=int, default=200_000)
     parser.add_argument("--repeats", type=int, default=12)
+    parser.add_argument("--prefetch", help="live prefetching on, with this predictor (e.g. obl)")
+    parser.add_argument("--yield-every", type=int, default=64, help="reads between turns of the loop")
     args = parser.parse_args(argv)
     if args.tree:
         sys.path.insert(0, args.tree)

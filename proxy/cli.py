@@ -57,6 +57,11 @@ def serve_main(argv: list[str]) -> int:
     p.add_argument("--hot-tier-max-entry", dest="hot_tier_max_entry", type=int)
     p.add_argument("--hot-tier-max-staleness", dest="hot_tier_max_staleness", type=float)
     p.add_argument("--hot-tier-max-batch", dest="hot_tier_max_batch", type=int)
+    p.add_argument("--prefetch", help="live prefetcher: none, a heuristic (markov, pg:lookahead=10...)")
+    p.add_argument("--ab", help="A/B experiment of prefetchers: A=SPEC,B=SPEC[,C=SPEC]")
+    p.add_argument("--ab-shares", dest="ab_shares", help="the arms' shares of the keys, e.g. 50,50")
+    p.add_argument("--ab-seed", dest="ab_seed", type=int, help="seed of the key hash that splits the arms")
+    p.add_argument("--prefetch-budget", dest="prefetch_budget", type=float, help="prefetches per GET")
     p.add_argument("--log-level", dest="log_level")
     p.add_argument("--log-format", dest="log_format", choices=["console", "json"])
     return serve(p.parse_args(argv))
@@ -94,6 +99,11 @@ def serve(args: argparse.Namespace) -> int:
             "hot_tier_max_entry",
             "hot_tier_max_staleness",
             "hot_tier_max_batch",
+            "prefetch",
+            "ab",
+            "ab_shares",
+            "ab_seed",
+            "prefetch_budget",
         )
     }
     settings = load_settings(args.config, overrides=overrides)
@@ -109,7 +119,13 @@ def serve(args: argparse.Namespace) -> int:
         log.info("started embedded redis-server", port=embedded.port, pid=embedded.process.pid)  # type: ignore[union-attr]
     loop = new_event_loop()
     asyncio.set_event_loop(loop)
-    server = ProxyServer(settings)
+    try:
+        server = ProxyServer(settings)
+    except BaseException:
+        loop.close()
+        if embedded is not None:
+            embedded.close()
+        raise
     stop = asyncio.Event()
 
     async def main() -> None:

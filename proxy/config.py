@@ -55,6 +55,18 @@ class Settings:
     # A read with more GETs than this is forwarded, not served: in Python, answering a long
     # pipelined batch from the tier costs more CPU than Redis needs for it (bench/HISTORY.md).
     hot_tier_max_batch: int = 8
+    # Live prefetching (needs the hot tier): one predictor spec the simulator knows ("none", a
+    # heuristic such as "markov" or "pg:lookahead=10"), or an A/B experiment "A=SPEC,B=SPEC" that
+    # splits keys among the arms by a seeded hash (ab_shares "50,50"; equal when empty).
+    prefetch: str = "none"
+    ab: str = ""
+    ab_shares: str = ""
+    ab_seed: int = 0
+    # Prefetches an arm may ask for per GET of its own keys (the simulator's budget).
+    prefetch_budget: float = 1.0
+    # Records go to the prediction engine in batches of at most this many, or after this long.
+    prefetch_max_batch: int = 256
+    prefetch_max_wait: float = 0.001
     log_level: str = "info"
     log_format: str = "console"
     # Seconds between health checks of the upstream (the PREDIS STATS upstream_status figure).
@@ -90,9 +102,37 @@ class Settings:
         for name in ("hot_tier_bytes", "hot_tier_max_entry", "hot_tier_max_staleness", "hot_tier_max_batch"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.prefetch_budget < 0 or self.prefetch_max_batch <= 0 or self.prefetch_max_wait <= 0:
+            raise ConfigError(
+                "prefetch_budget must be at least 0, prefetch_max_batch and prefetch_max_wait positive"
+            )
+        arms = self.prediction_arms()
+        if arms and self.hot_tier == "off":
+            raise ConfigError(
+                "live prefetching (prefetch, ab) needs the hot tier: hot_tier must be cpu or gpu"
+            )
+        if arms:
+            from prefetch.engine import parse_shares
+            from prefetch.predictors import make_predictor
+
+            for _, spec in arms:
+                make_predictor(spec)  # a bad spec stops the start with its one line, before anything runs
+            if self.ab.strip():
+                parse_shares(self.ab_shares, len(arms))
         if self.upstream:
             parse_upstream(self.upstream)
         return self
+
+    def prediction_arms(self) -> list[tuple[str, str]]:
+        """The arms live prefetching runs: the A/B experiment's, else the one ``prefetch`` arm
+        (none when it is "none" and there is no experiment)."""
+        from prefetch.engine import parse_arms
+
+        if self.ab.strip():
+            return parse_arms(self.ab)
+        if self.prefetch.strip() in ("", "none"):
+            return []
+        return [("prefetch", self.prefetch.strip())]
 
 
 _FIELDS = {f.name: f for f in fields(Settings) if f.name != "sources"}

@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import structlog
 
 from common.errors import UpstreamError
+from prefetch.engine import parse_shares
 from prefetch.store import make_store
 from prefetch.tier import HotTier
 from proxy.backchannel import Filler, InvalidationChannel, open_raw
 from proxy.config import Settings, UpstreamAddress, parse_upstream
 from proxy.connection import ClientConnection, Shared
 from proxy.keyspace import CommandTable
+from proxy.prediction import LivePrefetcher
 from proxy.reads import AccessSink
 from proxy.stats import Stats
 from proxy.upstream import UpstreamOpener
@@ -57,6 +59,26 @@ class ProxyServer:
             self.channel = InvalidationChannel(self.opener, self.tier)
             self.filler = self.channel.filler = Filler(self.opener, self.tier, self.channel)
             self.stats.sections["hot_tier"] = self._tier_figures
+        # Live prefetching: the prediction engine's proxy side is the access sink (before any
+        # other sink given, which it then passes on to).
+        self.prediction: LivePrefetcher | None = None
+        arms = settings.prediction_arms()
+        if arms:
+            assert self.tier is not None  # (validate: prefetching needs the tier)
+            self.prediction = LivePrefetcher(
+                arms,
+                self.tier,
+                self.filler,
+                self.opener,
+                shares=parse_shares(settings.ab_shares, len(arms)) if settings.ab else None,
+                seed=settings.ab_seed,
+                budget=settings.prefetch_budget,
+                max_batch=settings.prefetch_max_batch,
+                max_wait=settings.prefetch_max_wait,
+            )
+            self.stats.sections["prefetch"] = self.prediction.figures
+            self.stats.ab = self.prediction
+            access = self.prediction if access is None else _both(self.prediction, access)
         self.shared = Shared(self.opener, self.stats, self.tier, self.filler, access)
         self.clients = self.shared.clients
         self._server: asyncio.AbstractServer | None = None
@@ -81,6 +103,8 @@ class ProxyServer:
         ]
         if self.channel is not None:
             self._tasks.append(loop.create_task(self._tier_loop()))
+        if self.prediction is not None:
+            await self.prediction.start()
         log.info(
             "predis listening",
             host=self.address[0],
@@ -93,6 +117,8 @@ class ProxyServer:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.prediction is not None:
+            await self.prediction.close()
         if self.channel is not None:
             self.channel.close()
         if self.filler is not None:
@@ -175,6 +201,14 @@ class ProxyServer:
                 log.info("upstream status", status=status, upstream=up.display())
             self.stats.upstream_status = status
             await asyncio.sleep(self.settings.health_interval)
+
+
+def _both(first: AccessSink, second: AccessSink) -> AccessSink:
+    def sink(stream: int, db: int, keys: Sequence[bytes], hit: bool) -> None:
+        first(stream, db, keys, hit)
+        second(stream, db, keys, hit)
+
+    return sink
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:

@@ -5,6 +5,7 @@ stream (the slots it queues, see ``proxy.slots``), and what a reconnect must rep
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from functools import partial
 from typing import Any
@@ -272,6 +273,8 @@ class Session:
             return frame  # an error or something unexpected: pass it on untouched
         # hiredis strips the "txt:" format prefix of a RESP3 verbatim string.
         section = self.stats.info_text()
+        if self.stats.ab is not None:
+            section += b"\r\n" + self.stats.ab_text()
         text = reply + b"\r\n" + section if reply.strip() else section
         return encode_verbatim(text) if frame.startswith(b"=") else encode_bulk(text)
 
@@ -283,10 +286,22 @@ class Session:
             return encode_bulk(self.stats.info_text())
         if sub == b"STATS" and len(args) == 3 and args[2].upper() == b"JSON":
             return encode_bulk(self.stats.json_text())
+        if sub == b"AB" and len(args) == 2:
+            return encode_bulk(self.stats.ab_text())
+        if sub == b"AB" and len(args) == 3 and args[2].upper() == b"JSON":
+            return encode_bulk(json.dumps(self.stats.ab_report()).encode())
+        if sub == b"AB" and len(args) == 3 and args[2].upper() == b"RESET":
+            if self.stats.ab is None:
+                return encode_error("ERR no A/B experiment is running (predis serve --ab A=SPEC,B=SPEC)")
+            self.stats.ab.reset_ab()
+            return b"+OK\r\n"
         if sub == b"HELP":
             lines = [
                 b"PREDIS STATS: the # Predis section of INFO, as text",
                 b"PREDIS STATS JSON: the same figures as a JSON object",
+                b"PREDIS AB: the # Predis A/B section (live prefetching's arms and their tests)",
+                b"PREDIS AB JSON: the same as a JSON object (null when no experiment runs)",
+                b"PREDIS AB RESET: start the experiment's figures again",
             ]
             return b"*%d\r\n" % len(lines) + b"".join(b"+%s\r\n" % line for line in lines)
         text = sub.decode(errors="replace")

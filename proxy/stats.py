@@ -33,6 +33,8 @@ class Stats:
         self.forward_latency = LatencyHistogram()
         # Later subsystems (hot tier, prefetch, A/B arms) register a callable returning their figures.
         self.sections: dict[str, Callable[[], dict[str, Any]]] = {}
+        # The A/B experiment of live prefetching (proxy.prediction.LivePrefetcher), if one runs.
+        self.ab: Any = None
 
     def snapshot(self) -> dict[str, Any]:
         lat = self.forward_latency
@@ -70,6 +72,35 @@ class Stats:
             if isinstance(value, float):
                 value = f"{value:.1f}"
             lines.append(f"{key}:{value}")
+        return ("\r\n".join(lines) + "\r\n").encode()
+
+    def ab_report(self) -> dict[str, Any] | None:
+        return self.ab.ab() if self.ab is not None else None
+
+    def ab_text(self) -> bytes:
+        """The `# Predis A/B` section: per arm its figures, then the tests (``prefetch.abtest``)."""
+        report = self.ab_report()
+        lines = ["# Predis A/B"]
+        if report is None:
+            lines.append("ab_running:0")
+        else:
+            lines.append("ab_running:1")
+            for arm in report["arms"]:
+                figures = ",".join(
+                    f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
+                    for k, v in arm.items()
+                    if k != "name"
+                )
+                lines.append(f"arm_{arm['name']}:{figures}")
+            for k in ("chi2_p", "enough_data", "min_gets", "winner"):
+                lines.append(f"{k}:{report[k]}")
+            for c in report["comparisons"]:
+                ci = c["ci95"]
+                lines.append(
+                    f"compare_{c['arms']}:difference={c['difference']},"
+                    f"ci95_low={ci[0] if ci else None},ci95_high={ci[1] if ci else None},"
+                    f"sequential_p={c['sequential_p']}"
+                )
         return ("\r\n".join(lines) + "\r\n").encode()
 
     def json_text(self) -> bytes:

@@ -76,6 +76,11 @@ def test_bad_input_exits_with_one_line(tmp_path: Path) -> None:
         (("serve",), {"PREDIS_REDIS_SERVER": "no-such-redis-binary"}, "no-such-redis-binary not found"),
         (("stats", "--port", str(free_port())), None, "cannot reach a proxy"),
         (("serve", "--port", "x"), None, "predis serve: argument --port: invalid int value"),
+        (("serve", "--prefetch", "bogus"), None, "unknown prefetcher 'bogus'"),
+        (("serve", "--prefetch", "markov:order=x"), None, "prefetcher markov has no parameter 'order'"),
+        (("serve", "--ab", "A=markov"), None, "an A/B test needs at least two arms"),
+        (("serve", "--ab", "A=markov,B=pg", "--ab-shares", "50"), None, "one positive share per arm"),
+        (("serve", "--prefetch", "obl", "--hot-tier", "off"), None, "needs the hot tier"),
         (("nope",), None, "unknown command 'nope'; commands: serve, stats, gen, trace, sim, train"),
     ]:
         out = run_predis(*args, env=env)

@@ -1,0 +1,199 @@
+"""The live prediction engine's logic, without I/O: reads in, prefetches out, per arm.
+
+The proxy mirrors every GET and MGET key (stream, db, key, time, hit) to the engine in batches
+(``proxy.prediction``); the engine runs in its own process (``prefetch.engine_process``) so that
+its Python work never takes the proxy's event loop or GIL.
+
+An experiment has one or more arms, each a predictor spec the simulator knows (``none``, a
+heuristic, ``:param=value`` included). Reads are split among the arms by a stable, seeded hash of
+the key (``ArmSplit``: CRC-32 seeded, not Python's per-process ``hash``), so a key always belongs to
+the same arm, in every process and every run with the same seed. Every predictor observes the whole
+access stream (its context), but prefetches only keys of its own arm, spending a token bucket that
+gains ``budget`` tokens per read of its arm, as the simulator's replay does: no arm wins by
+reading more from upstream.
+
+Records older than ``max_age`` seconds when the engine reaches them are still observed (the
+heuristics are cheap) but not predicted from: their prefetches would come too late. They are
+counted as shed.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from common.errors import ConfigError
+from prefetch.predictors import make_predictor
+from prefetch.predictors.base import Predictor
+
+CANDIDATES = 4  # candidates asked of a predictor per read (as the simulator)
+SPLIT_BUCKETS = 10_000
+
+# One mirrored read: (stream, db, key, time it was read, whether the tier served it).
+Record = tuple[int, int, bytes, float, bool]
+# One prefetch: (db, key, arm index).
+Prefetch = tuple[int, bytes, int]
+
+
+def parse_arms(text: str) -> list[tuple[str, str]]:
+    """``A=SPEC,B=SPEC`` -> [(name, spec), ...]. A spec may hold ``:`` and ``=`` (its params)."""
+    arms: list[tuple[str, str]] = []
+    for part in text.split(","):
+        name, sep, spec = part.partition("=")
+        name, spec = name.strip(), spec.strip()
+        if not sep or not name or not spec:
+            raise ConfigError(f"A/B arm {part.strip()!r} is not of the form NAME=SPEC (as in A=markov,B=pg)")
+        if name in (n for n, _ in arms):
+            raise ConfigError(f"A/B arm {name!r} is named twice")
+        arms.append((name, spec))
+    if len(arms) < 2:
+        raise ConfigError("an A/B test needs at least two arms (NAME=SPEC,NAME=SPEC)")
+    return arms
+
+
+def parse_shares(text: str, arms: int) -> list[float]:
+    """``50,50`` -> fractions summing to 1, one per arm (empty text: equal shares)."""
+    if not text.strip():
+        return [1.0 / arms] * arms
+    try:
+        shares = [float(s) for s in text.split(",")]
+    except ValueError:
+        raise ConfigError(f"A/B shares {text!r} must be numbers, as in 50,50") from None
+    if len(shares) != arms or any(s <= 0 for s in shares):
+        raise ConfigError(f"A/B shares {text!r}: one positive share per arm ({arms} arms)")
+    total = sum(shares)
+    return [s / total for s in shares]
+
+
+class ArmSplit:
+    """Which arm a key belongs to: its seeded CRC-32 in ``SPLIT_BUCKETS`` buckets, cut by share."""
+
+    def __init__(self, shares: Sequence[float], seed: int = 0) -> None:
+        self.seed = seed & 0xFFFFFFFF
+        self.bounds: list[int] = []
+        edge = 0.0
+        for share in shares:
+            edge += share
+            self.bounds.append(round(edge * SPLIT_BUCKETS))
+        self.bounds[-1] = SPLIT_BUCKETS
+
+    def arm_of(self, key: bytes) -> int:
+        bucket = zlib.crc32(key, self.seed) % SPLIT_BUCKETS
+        for arm, bound in enumerate(self.bounds):
+            if bucket < bound:
+                return arm
+        return len(self.bounds) - 1  # (cannot happen: the last bound is SPLIT_BUCKETS)
+
+
+class ArmFigures:
+    """One arm's live figures, as the engine sees them."""
+
+    __slots__ = ("gets", "hits", "prefetches", "shed", "predict_errors")
+
+    def __init__(self) -> None:
+        self.gets = 0
+        self.hits = 0
+        self.prefetches = 0
+        self.shed = 0  # reads not predicted from: they reached the engine too late
+        self.predict_errors = 0  # predictor calls that raised (the arm prefetched nothing for them)
+
+    def as_dict(self) -> dict[str, int]:
+        return {name: getattr(self, name) for name in self.__slots__} | {"misses": self.gets - self.hits}
+
+
+class Engine:
+    """The arms' predictors, fed batches of records; returns the prefetches to issue."""
+
+    def __init__(
+        self,
+        specs: Sequence[tuple[str, str]],
+        shares: Sequence[float] | None = None,
+        seed: int = 0,
+        budget: float = 1.0,
+        max_age: float = 0.05,
+        recent: int = 10_000,
+        make: Callable[[str], Predictor] = make_predictor,
+    ) -> None:
+        if not specs:
+            raise ConfigError("the engine needs at least one arm")
+        self.names = [name for name, _ in specs]
+        self.specs = [spec for _, spec in specs]
+        self.predictors = [make(spec) for spec in self.specs]  # ConfigError names a bad spec
+        self.split = ArmSplit(shares or [1.0 / len(specs)] * len(specs), seed)
+        self.budget = budget
+        self.cap_tokens = max(2.0, 4 * budget)
+        self.tokens = [0.0] * len(specs)
+        self.max_age = max_age
+        self.figures = [ArmFigures() for _ in specs]
+        # Keys read or prefetched lately, per (db, key): a candidate among them is taken to be in
+        # the tier already and costs no token (the proxy checks the tier itself before filling).
+        self.recent: OrderedDict[tuple[int, bytes], None] = OrderedDict()
+        self.recent_max = recent
+
+    def _seen(self, db: int, key: bytes) -> None:
+        recent = self.recent
+        item = (db, key)
+        if item in recent:
+            recent.move_to_end(item)
+        else:
+            recent[item] = None
+            if len(recent) > self.recent_max:
+                recent.popitem(last=False)
+
+    def step(self, records: Sequence[Record], now: float) -> list[Prefetch]:
+        """Observe ``records`` in order; return the prefetches their arms' predictors ask for."""
+        out: list[Prefetch] = []
+        predictors = self.predictors
+        arm_of = self.split.arm_of
+        budget, cap = self.budget, self.cap_tokens
+        tokens = self.tokens
+        recent = self.recent
+        for stream, db, key, t, hit in records:
+            arm = arm_of(key)
+            figures = self.figures[arm]
+            figures.gets += 1
+            if hit:
+                figures.hits += 1
+            name = key.decode("utf-8", "surrogateescape")
+            for predictor in predictors:
+                predictor.observe(name, t, hit, stream)
+            self._seen(db, key)
+            if not budget:
+                continue
+            if now - t > self.max_age:
+                figures.shed += 1
+                continue
+            have = tokens[arm] + budget
+            tokens[arm] = have = cap if have > cap else have
+            if have < 1.0:
+                continue
+            try:
+                candidates = predictors[arm].predict(CANDIDATES)
+            except Exception:  # a predictor must never stop the engine: the arm skips this read
+                figures.predict_errors += 1
+                continue
+            for cand, _score in candidates:
+                ckey = cand.encode("utf-8", "surrogateescape")
+                if arm_of(ckey) != arm or (db, ckey) in recent:
+                    continue
+                self._seen(db, ckey)
+                out.append((db, ckey, arm))
+                figures.prefetches += 1
+                have -= 1.0
+                if have < 1.0:
+                    break
+            tokens[arm] = have
+        return out
+
+    def reset(self) -> None:
+        self.figures = [ArmFigures() for _ in self.figures]
+
+    def report(self) -> dict[str, Any]:
+        return {
+            "arms": [
+                {"name": name, "spec": spec, **figures.as_dict()}
+                for name, spec, figures in zip(self.names, self.specs, self.figures, strict=True)
+            ]
+        }

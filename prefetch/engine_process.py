@@ -1,0 +1,122 @@
+"""The prediction engine's process: ``python -m prefetch.engine_process --fd N --config JSON``.
+
+Started by the proxy (``proxy.prediction``) with one end of a socket pair as ``--fd``. Messages
+both ways are frames: a 4-byte big-endian length, then a pickled tuple. In: ``("reads",
+[records])``, ``("reset", None)`` (the experiment's figures start again). Out: ``("ready", report)`` once the arms' predictors are built, ``("error", line)``
+if they cannot be (then it exits), ``("prefetch", [(db, key, arm), ...])`` after each batch that
+asks for any, ``("report", report)`` at most every ``REPORT_EVERY`` seconds. It exits when the
+proxy closes its end. Only the proxy writes to the socket's other end, so pickle carries nothing
+that another party made.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pickle
+import socket
+import struct
+import sys
+import time
+from typing import Any
+
+from common.errors import ConfigError
+from prefetch.engine import Engine
+
+REPORT_EVERY = 0.2
+_LEN = struct.Struct(">I")
+
+
+def frame(message: Any) -> bytes:
+    body = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    return _LEN.pack(len(body)) + body
+
+
+class Frames:
+    """Splits a byte stream into messages."""
+
+    def __init__(self) -> None:
+        self.buffer = bytearray()
+
+    def feed(self, data: bytes) -> list[Any]:
+        self.buffer += data
+        out = []
+        buf = self.buffer
+        pos = 0
+        while len(buf) - pos >= 4:
+            (size,) = _LEN.unpack_from(buf, pos)
+            if len(buf) - pos - 4 < size:
+                break
+            out.append(pickle.loads(bytes(buf[pos + 4 : pos + 4 + size])))
+            pos += 4 + size
+        del buf[:pos]
+        return out
+
+
+def serve(sock: socket.socket, engine: Engine) -> None:
+    """Answer batches until the proxy closes the socket."""
+    sock.sendall(frame(("ready", engine.report())))
+    sock.settimeout(REPORT_EVERY)  # (an idle engine still reports what changed)
+    frames = Frames()
+    last_report = time.monotonic()
+    changed = False
+    while True:
+        out: list[Any] = []
+        try:
+            data = sock.recv(1 << 20)
+        except TimeoutError:
+            data = None
+        if data == b"":
+            return
+        for kind, payload in frames.feed(data or b""):
+            changed = True
+            if kind == "reads":
+                out += engine.step(payload, time.monotonic())
+            elif kind == "reset":
+                engine.reset()
+        now = time.monotonic()
+        message = b""
+        if out:
+            message += frame(("prefetch", out))
+        if changed and now - last_report >= REPORT_EVERY:
+            message += frame(("report", engine.report()))
+            last_report = now
+            changed = False
+        if message:
+            sock.settimeout(None)
+            sock.sendall(message)
+            sock.settimeout(REPORT_EVERY)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m prefetch.engine_process")
+    parser.add_argument("--fd", type=int, required=True)
+    parser.add_argument("--config", required=True, help="JSON: arms, shares, seed, budget, max_age")
+    args = parser.parse_args(argv)
+    sock = socket.socket(fileno=args.fd)
+    config = json.loads(args.config)
+    try:
+        os.nice(5)  # below the proxy: under load, the event loop is served first
+    except OSError:
+        pass
+    try:
+        engine = Engine(
+            [tuple(arm) for arm in config["arms"]],
+            shares=config.get("shares"),
+            seed=config.get("seed", 0),
+            budget=config.get("budget", 1.0),
+            max_age=config.get("max_age", 0.05),
+        )
+    except ConfigError as exc:
+        sock.sendall(frame(("error", str(exc))))
+        return 2
+    try:
+        serve(sock, engine)
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,304 @@
+"""Live prefetching: the proxy's side of the prediction engine.
+
+``LivePrefetcher`` is the access sink (``proxy.reads.AccessSink``): for every GET and MGET key it
+appends a record (stream, db, key, time, hit) to a bounded buffer and returns; that is all the
+request path pays. A timer drains the buffer in batches (at most ``max_batch`` records or
+``max_wait`` seconds) to the engine process (``prefetch.engine_process``) over a socket pair; its
+answers (keys to prefetch, per arm) go to the tier's filler, after the keys the tier already holds
+or is filling are dropped. Nothing here ever waits for the engine:
+
+* the buffer full, or the socket's send buffer past its bound (the engine behind, stalled or
+  dead): the records are dropped from prediction and counted (``predict_shed``);
+* the engine process dies, or stops answering for ``stall_after`` seconds while records wait: it
+  is killed if need be and started again with backoff, and every such fallback is counted by
+  reason. While it is down the arms prefetch nothing and the proxy serves as without prediction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import structlog
+
+from prefetch.abtest import SequentialTest
+from prefetch.abtest import report as ab_report
+from prefetch.engine import Engine
+from prefetch.engine_process import Frames, frame
+from prefetch.tier import HotTier
+from proxy.upstream import UpstreamOpener
+
+log = structlog.get_logger("predis.prediction")
+
+_mono = time.monotonic
+SEND_BUFFER_LIMIT = 1 << 20  # bytes waiting for the engine past which batches are shed
+BACKOFF_FIRST, BACKOFF_MAX = 0.2, 30.0
+
+
+class EngineProtocol(asyncio.Protocol):
+    """The socket to the engine process: frames in, handed to the prefetcher."""
+
+    def __init__(self, owner: LivePrefetcher) -> None:
+        self.owner = owner
+        self.frames = Frames()
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.owner.last_heard = _mono()
+        for message in self.frames.feed(data):
+            self.owner.on_message(message)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.owner.engine_lost(self)
+
+
+class LivePrefetcher:
+    def __init__(
+        self,
+        arms: Sequence[tuple[str, str]],
+        tier: HotTier,
+        filler: Any,  # proxy.backchannel.Filler
+        opener: UpstreamOpener,
+        shares: Sequence[float] | None = None,
+        seed: int = 0,
+        budget: float = 1.0,
+        max_batch: int = 256,
+        max_wait: float = 0.001,
+        max_age: float = 0.05,
+        buffer_limit: int = 65_536,
+        stall_after: float = 2.0,
+    ) -> None:
+        self.arms = list(arms)
+        self.shares = list(shares) if shares else [1.0 / len(arms)] * len(arms)
+        self.config = json.dumps(
+            {"arms": self.arms, "shares": self.shares, "seed": seed, "budget": budget, "max_age": max_age}
+        )
+        Engine(self.arms, self.shares, seed, budget)  # a bad spec stops the start with its one line
+        self.tier = tier
+        self.filler = filler
+        self.identity = opener.identity()
+        self.user = opener.address.username or "default"
+        self.max_batch = max_batch
+        self.max_wait = max_wait
+        self.buffer_limit = buffer_limit
+        self.stall_after = stall_after
+        self.buffer: list[tuple[int, int, bytes, float, bool]] = []
+        self.scheduled = False
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.proto: EngineProtocol | None = None
+        self.ready = False
+        self.closed = False
+        self.last_sent = 0.0  # when records last went to the engine
+        self.last_heard = 0.0  # when the engine last said anything
+        self.backoff = BACKOFF_FIRST
+        self.engine_report: dict[str, Any] = {"arms": []}
+        self.sequential = SequentialTest()
+        # Figures.
+        self.records = 0
+        self.sent = 0
+        self.shed = 0
+        self.requested = 0  # prefetch keys the engine asked for
+        self.already_held = 0  # ...of which the tier held or was filling already
+        self.starts = 0
+        self.fallbacks: dict[str, int] = {"engine_died": 0, "engine_stalled": 0, "engine_error": 0}
+        self.killing: str | None = None  # why the engine is being killed (its loss is counted so)
+        self.watchdog: asyncio.Task[None] | None = None
+
+    # ------------------------------------------------------------------ the request path
+
+    def __call__(self, stream: int, db: int, keys: Sequence[bytes], hit: bool) -> None:
+        """The access sink: record and return."""
+        buffer = self.buffer
+        if len(buffer) >= self.buffer_limit:
+            self.shed += len(keys)
+            return
+        t = _mono()
+        for key in keys:
+            buffer.append((stream, db, key, t, hit))
+        if not self.scheduled:
+            self.scheduled = True
+            self.loop.call_later(self.max_wait, self.flush)  # type: ignore[union-attr]
+        elif len(buffer) >= self.max_batch:
+            self.flush()
+
+    def flush(self) -> None:
+        """Send the buffered records to the engine, or shed them if it cannot take them now."""
+        self.scheduled = False
+        records, self.buffer = self.buffer, []
+        if not records:
+            return
+        self.records += len(records)
+        transport = self.proto.transport if self.proto is not None and self.ready else None
+        if (
+            transport is None
+            or transport.is_closing()
+            or transport.get_write_buffer_size() > SEND_BUFFER_LIMIT
+        ):
+            self.shed += len(records)
+            return
+        transport.write(frame(("reads", records)))
+        self.sent += len(records)
+        self.last_sent = _mono()
+
+    # ------------------------------------------------------------------ the engine's answers
+
+    def on_message(self, message: tuple[str, Any]) -> None:
+        kind, payload = message
+        if kind == "prefetch":
+            self._prefetch(payload)
+        elif kind == "report":
+            self.engine_report = payload
+        elif kind == "ready":
+            self.ready = True
+            self.backoff = BACKOFF_FIRST
+            self.engine_report = payload
+            log.info("prediction engine ready", arms=[f"{n}={s}" for n, s in self.arms])
+        elif kind == "error":
+            self.fallbacks["engine_error"] += 1
+            log.error("prediction engine failed to start", error=payload)
+
+    def _prefetch(self, prefetches: list[tuple[int, bytes, int]]) -> None:
+        tier = self.tier
+        entries, inflight = tier.entries, tier.inflight
+        by_db: dict[int, list[bytes]] = {}
+        for db, key, _arm in prefetches:
+            self.requested += 1
+            if (db, key) in entries or (db, key) in inflight:
+                self.already_held += 1
+                continue
+            by_db.setdefault(db, []).append(key)
+        if self.filler is None:
+            return
+        for db, keys in by_db.items():
+            self.filler.request(db, keys, self.identity, self.user, prefetched=True)
+
+    # ------------------------------------------------------------------ the engine's life
+
+    async def start(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        await self._spawn()
+        self.watchdog = self.loop.create_task(self._watch())
+
+    async def _spawn(self) -> None:
+        ours, theirs = socket.socketpair()
+        try:
+            env = dict(os.environ)
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "prefetch.engine_process",
+                    "--fd",
+                    str(theirs.fileno()),
+                    "--config",
+                    self.config,
+                ],
+                pass_fds=(theirs.fileno(),),
+                env=env,
+            )
+        finally:
+            theirs.close()
+        self.starts += 1
+        self.ready = False
+        self.last_heard = _mono()
+        assert self.loop is not None
+        _, proto = await self.loop.create_unix_connection(lambda: EngineProtocol(self), sock=ours)
+        self.proto = proto
+
+    def engine_lost(self, proto: EngineProtocol) -> None:
+        if proto is not self.proto:
+            return
+        self.proto = None
+        self.ready = False
+        if self.closed:
+            return
+        self.fallbacks[self.killing or "engine_died"] += 1
+        self.killing = None
+        log.warning("prediction engine gone; prefetching paused until it is back", backoff=self.backoff)
+        self._reap()
+        assert self.loop is not None
+        self.loop.call_later(self.backoff, lambda: self.loop.create_task(self._respawn()))  # type: ignore[union-attr]
+        self.backoff = min(BACKOFF_MAX, self.backoff * 2)
+
+    async def _respawn(self) -> None:
+        if self.closed or self.proto is not None:
+            return
+        try:
+            await self._spawn()
+        except OSError as exc:
+            log.error("cannot start the prediction engine", error=str(exc))
+
+    async def _watch(self) -> None:
+        """Kill an engine that has records to answer but has said nothing for ``stall_after``."""
+        while not self.closed:
+            await asyncio.sleep(min(0.5, self.stall_after / 2))
+            if self.proc is None or self.proto is None:
+                continue
+            now = _mono()
+            waiting = self.last_sent > self.last_heard or not self.ready
+            if waiting and now - self.last_heard > self.stall_after:
+                self.killing = "engine_stalled"  # (counted when the loss follows)
+                log.warning(
+                    "prediction engine stalled; restarting it", seconds=round(now - self.last_heard, 2)
+                )
+                self.proc.kill()
+
+    def _reap(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is not None:
+            try:
+                proc.kill()
+                proc.wait(timeout=1)
+            except (OSError, subprocess.TimeoutExpired):
+                pass
+
+    async def close(self) -> None:
+        self.closed = True
+        if self.watchdog is not None:
+            self.watchdog.cancel()
+        if self.proto is not None and self.proto.transport is not None:
+            self.proto.transport.close()
+        self._reap()
+
+    # ------------------------------------------------------------------ figures
+
+    def figures(self) -> dict[str, Any]:
+        arms = self.engine_report.get("arms", [])
+        engine_shed = sum(int(arm.get("shed", 0)) for arm in arms)
+        out: dict[str, Any] = {
+            "engine_up": int(self.ready),
+            "engine_starts": self.starts,
+            "records": self.records,
+            "records_sent": self.sent,
+            "predict_shed": self.shed + engine_shed,
+            "prefetch_requested": self.requested,
+            "prefetch_already_held": self.already_held,
+        }
+        for reason, count in self.fallbacks.items():
+            out[f"fallback_{reason}"] = count
+        return out
+
+    def reset_ab(self) -> None:
+        """Start the experiment's figures again (PREDIS AB RESET)."""
+        self.sequential.reset()
+        self.engine_report = {
+            "arms": [{**arm, "gets": 0, "hits": 0, "misses": 0} for arm in self.engine_report.get("arms", [])]
+        }
+        transport = self.proto.transport if self.proto is not None else None
+        if transport is not None and not transport.is_closing():
+            transport.write(frame(("reset", None)))
+
+    def ab(self) -> dict[str, Any]:
+        """The A/B report over the engine's latest per-arm figures."""
+        return ab_report(self.engine_report.get("arms", []), self.sequential)

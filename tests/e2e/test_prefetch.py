@@ -1,0 +1,99 @@
+"""Live prefetching through a real proxy, engine process and Redis: prefetched values are read
+before they are asked for and served correct; the A/B split's figures add up; a dead or stalled
+engine is counted, restarted, and never stops the proxy."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from typing import Any
+
+import pytest
+import redis
+
+from tests.helpers import wait_for
+
+N = 400
+
+
+def scan(client: redis.Redis, n: int = N, start: int = 0) -> list[bytes | None]:
+    return [client.get(f"seq:{i}") for i in range(start, start + n)]
+
+
+def ab(client: redis.Redis) -> dict[str, Any]:
+    return json.loads(client.execute_command("PREDIS", "AB", "JSON"))  # type: ignore[no-any-return]
+
+
+def test_a_sequential_scan_is_prefetched_and_served_correct(
+    make_proxy: Any, redis_server: Any, direct: redis.Redis
+) -> None:
+    direct.mset({f"seq:{i}": f"value-{i}" for i in range(N)})
+    proxy = make_proxy(redis_server.url, prefetch="obl:k=2:depth=4")
+    wait_for(lambda: proxy.server.tier.active and proxy.server.prediction.ready, timeout=30)
+    client = proxy.client()
+    got = scan(client)
+    assert got == [f"value-{i}".encode() for i in range(N)]
+    tier = proxy.server.tier
+    assert tier.prefetched_hits > N // 4, (tier.prefetched_hits, proxy.server.prediction.figures())
+    wait_for(lambda: proxy.server.prediction.figures()["records"] == N)  # (sent within a millisecond)
+    figures = proxy.server.prediction.figures()
+    assert figures["predict_shed"] == 0 and figures["fallback_engine_died"] == 0
+
+
+def test_ab_arms_split_the_keys_and_their_figures_add_up(
+    make_proxy: Any, redis_server: Any, direct: redis.Redis
+) -> None:
+    direct.mset({f"seq:{i}": f"value-{i}" for i in range(N)})
+    proxy = make_proxy(redis_server.url, ab="OBL=obl:k=2:depth=4,NONE=none", ab_seed=5)
+    wait_for(lambda: proxy.server.tier.active and proxy.server.prediction.ready, timeout=30)
+    client = proxy.client()
+    assert scan(client) == [f"value-{i}".encode() for i in range(N)]
+    wait_for(lambda: sum(arm["gets"] for arm in ab(client)["arms"]) == N, timeout=10)
+    report = ab(client)
+    obl, none = report["arms"]
+    split = proxy.server.prediction
+    from prefetch.engine import ArmSplit
+
+    mine = ArmSplit(split.shares, 5)
+    assert obl["gets"] == sum(mine.arm_of(b"seq:%d" % i) == 0 for i in range(N))
+    for arm in (obl, none):
+        assert arm["hits"] + arm["misses"] == arm["gets"]
+    assert none["prefetches"] == 0 and obl["prefetches"] > 0
+    assert obl["hit_ratio"] > none["hit_ratio"]  # (a scan: only prefetching can hit)
+    text = client.execute_command("PREDIS", "AB").decode()
+    assert text.startswith("# Predis A/B") and "arm_OBL:" in text and "chi2_p:" in text
+    assert "arm_OBL" in client.info()  # (INFO's # Predis A/B section)
+    assert client.execute_command("PREDIS", "AB", "RESET") == b"OK"
+    assert all(arm["gets"] == 0 for arm in ab(client)["arms"])
+
+
+@pytest.mark.parametrize("fault", ["kill", "stop"])
+def test_a_dead_or_stalled_engine_is_counted_restarted_and_never_stops_the_proxy(
+    make_proxy: Any, redis_server: Any, direct: redis.Redis, fault: str
+) -> None:
+    direct.mset({f"seq:{i}": f"value-{i}" for i in range(N)})
+    proxy = make_proxy(redis_server.url, prefetch="obl:k=2:depth=4")
+    prediction = proxy.server.prediction
+    wait_for(lambda: proxy.server.tier.active and prediction.ready, timeout=30)
+    prediction.stall_after = 0.5
+    pid = prediction.proc.pid
+    client = proxy.client()
+    os.kill(pid, signal.SIGKILL if fault == "kill" else signal.SIGSTOP)
+    try:
+        # Served all along, correct, while the engine is gone (its records are shed).
+        assert scan(client, 100) == [f"value-{i}".encode() for i in range(100)]
+        reason = "fallback_engine_died" if fault == "kill" else "fallback_engine_stalled"
+        wait_for(lambda: prediction.figures()[reason] == 1, timeout=10)
+        wait_for(lambda: prediction.ready and prediction.proc.pid != pid, timeout=20)
+    finally:
+        if fault == "stop":
+            try:
+                os.kill(pid, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+    figures = prediction.figures()
+    assert figures["engine_starts"] == 2 and figures["engine_up"] == 1
+    # Prefetching again: a scan of keys not yet read is partly served from prefetches.
+    assert scan(client, 200, 100) == [f"value-{i}".encode() for i in range(100, 300)]
+    wait_for(lambda: proxy.server.tier.prefetched_hits > 0, timeout=10)
