@@ -33,8 +33,8 @@ SPLIT_BUCKETS = 10_000
 
 # One mirrored read: (stream, db, key, time it was read, whether the tier served it).
 Record = tuple[int, int, bytes, float, bool]
-# One prefetch: (db, key, arm index).
-Prefetch = tuple[int, bytes, int]
+# One prefetch: (db, key, arm index, the time of the read it was predicted from).
+Prefetch = tuple[int, bytes, int, float]
 
 
 def parse_arms(text: str) -> list[tuple[str, str]]:
@@ -179,7 +179,7 @@ class Engine:
                 if arm_of(ckey) != arm or (db, ckey) in recent:
                     continue
                 self._seen(db, ckey)
-                out.append((db, ckey, arm))
+                out.append((db, ckey, arm, t))
                 figures.prefetches += 1
                 have -= 1.0
                 if have < 1.0:

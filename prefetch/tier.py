@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 import random
 import time
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from typing import Any, cast
 
 from common.histogram import LatencyHistogram
@@ -75,6 +75,7 @@ class Entry:
         "prefetched",
         "hits",
         "last",
+        "part",
     )
 
     def __init__(
@@ -89,6 +90,7 @@ class Entry:
         prefetched: bool,
         refresh_at: float = math.inf,
         max_staleness: float = math.inf,
+        part: int = 0,
     ) -> None:
         self.key = key  # (db, key), the same tuple as the entries' dict key
         self.request = request  # get_request(key): its slot in the db's request index
@@ -99,6 +101,7 @@ class Entry:
         self.prefetched = prefetched
         self.hits = 0  # times served
         self.last = filled  # last access, for the eviction policy (StampedLRU reads it)
+        self.part = part  # the tier partition (an A/B arm's share) it counts against
 
     def renew(self, expires: float, filled: float, max_staleness: float, refresh_at: float) -> None:
         """Set the deadlines of a value read at ``filled`` (a fill, or a refresh that found it
@@ -121,16 +124,32 @@ class HotTier:
         store: ValueStore | None = None,
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
+        partitions: Sequence[float] | None = None,
+        partition_of: Callable[[bytes], int] | None = None,
     ) -> None:
+        """``partitions``: shares of the capacity, one per partition, and ``partition_of`` the
+        partition of a key (an A/B test's arms: each arm's entries are held to its share, and
+        evicting for one never takes another's)."""
         if capacity_bytes <= 0:
             raise ValueError("hot tier capacity must be positive")
+        shares = list(partitions) if partitions else [1.0]
+        if len(shares) > 1 and partition_of is None:
+            raise ValueError("partitions need partition_of")
         self.capacity = capacity_bytes
         self.max_entry_bytes = max_entry_bytes
         self.max_staleness = max_staleness
-        self.policy: EvictionPolicy = make_policy(policy, capacity_bytes, stamp=self._last_access)
+        self.partition_of = partition_of if len(shares) > 1 else None
+        self.part_capacity = [max(1, int(capacity_bytes * share / sum(shares))) for share in shares]
+        self.part_used = [0] * len(shares)
+        self.policies: list[EvictionPolicy] = [
+            make_policy(policy, cap, stamp=self._last_access) for cap in self.part_capacity
+        ]
+        self.policy = self.policies[0]
         # What a hit calls on the policy, if anything: every hit stamps ``Entry.last``, which
         # StampedLRU (the LRU here) reads at eviction instead of being called per hit.
-        self.touch: Callable[[Key], None] | None = None if self.policy.reads_stamps else self.policy.touch
+        self.touch: Callable[[Key], None] | None = None
+        if not self.policy.reads_stamps:
+            self.touch = self.policy.touch if len(shares) == 1 else self._touch_partitioned
         self.store: ValueStore = store or HostStore()
         self.host_values = isinstance(self.store, HostStore)  # the handle is the reply frame itself
         self.clock = clock
@@ -157,6 +176,8 @@ class HotTier:
         self.demand_fills = 0
         self.prefetch_fills = 0
         self.prefetched_hits = 0
+        self.part_prefetch_fills = [0] * len(shares)  # per partition (arm): its precision's parts
+        self.part_prefetched_hits = [0] * len(shares)
         self.fills_dropped = 0
         self.bypassed = 0  # GETs in reads too long to serve from the tier (hot_tier_max_batch)
         self.evictions = 0
@@ -215,6 +236,7 @@ class HotTier:
         entry.hits += 1
         if entry.prefetched:
             self.prefetched_hits += 1
+            self.part_prefetched_hits[entry.part] += 1
             entry.prefetched = False  # count a prefetch's first hit only
         entry.last = now  # (what the LRU reads; other policies are told)
         if self.touch is not None:
@@ -231,6 +253,9 @@ class HotTier:
 
     def _last_access(self, key: Hashable) -> float:
         return self.entries[cast(Key, key)].last
+
+    def _touch_partitioned(self, key: Key) -> None:
+        self.policies[self.entries[key].part].touch(key)
 
     def request_index(self, db: int) -> dict[bytes, Entry]:
         """Database ``db``'s request index: a dict that lives as long as the tier (connections
@@ -299,20 +324,24 @@ class HotTier:
                 return True
             self._drop((db, key), old)  # the new read replaces it
         size = entry_size(key, value)
-        if size > self.max_entry_bytes or size > self.capacity or len(value) > self.store.max_value:
+        part = self.partition_of(key) if self.partition_of is not None else 0
+        room = self.part_capacity[part]
+        if size > self.max_entry_bytes or size > room or len(value) > self.store.max_value:
             return False
-        while self.used + size > self.capacity and self.entries:
-            self._evict_one()
+        used = self.part_used
+        while used[part] + size > room and used[part]:
+            self._evict_one(part)
         while True:
             try:
                 handle = self.store.put(value)
                 break
             except MemoryError:
                 # The device store has no free block of this value's size (power-of-two rounding,
-                # or free memory in pieces): evict in policy order until freeing makes one.
-                if not self.entries:
+                # or free memory in pieces): evict in policy order until freeing makes one (only
+                # this partition's entries: another arm's are never evicted for this one).
+                if not used[part]:
                     return False
-                self._evict_one()
+                self._evict_one(part)
         filled = self.clock()
         name = (db, key)
         request = get_request(key)
@@ -327,12 +356,15 @@ class HotTier:
             prefetched,
             self._refresh_at(filled),
             self.max_staleness,
+            part,
         )
         self.request_index(db)[request] = entry
         self.used += size
-        self.policy.insert(name, size)
+        used[part] += size
+        self.policies[part].insert(name, size)
         if prefetched:
             self.prefetch_fills += 1
+            self.part_prefetch_fills[part] += 1
         else:
             self.demand_fills += 1
         return True
@@ -384,14 +416,15 @@ class HotTier:
             self._drop(k, e)
         self.invalidations_flush += 1
 
-    def _evict_one(self) -> None:
-        victim = cast(Key, self.policy.victim())
+    def _evict_one(self, part: int = 0) -> None:
+        victim = cast(Key, self.policies[part].victim())
         self._drop(victim, self.entries[victim], evicted=True)
 
     def _drop(self, key: Key, entry: Entry, evicted: bool = False) -> None:
         del self.entries[key]
         del self.requests[key[0]][entry.request]
         self.used -= entry.size
+        self.part_used[entry.part] -= entry.size
         self.store.free(entry.handle)
         if evicted:
             self.evictions += 1
@@ -405,7 +438,7 @@ class HotTier:
                     self.admit_p = min(self.admit_p * 2, 1.0)
                 self._window_evictions = self._window_hits = 0
         else:
-            self.policy.remove(key)
+            self.policies[entry.part].remove(key)
 
     # ------------------------------------------------------------------ figures
 
@@ -431,6 +464,7 @@ class HotTier:
             "invalidations_flush": self.invalidations_flush,
             "bytes_used": self.used,
             "bytes_capacity": self.capacity,
+            "partitions": len(self.policies),
             "entries": len(self.entries),
             "fills_in_flight": len(self.inflight),
             "fill_admission": round(self.admit_p, 4),

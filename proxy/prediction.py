@@ -28,6 +28,7 @@ from typing import Any
 
 import structlog
 
+from common.histogram import LatencyHistogram
 from prefetch.abtest import SequentialTest
 from prefetch.abtest import report as ab_report
 from prefetch.engine import Engine
@@ -109,7 +110,9 @@ class LivePrefetcher:
         self.sent = 0
         self.shed = 0
         self.requested = 0  # prefetch keys the engine asked for
-        self.already_held = 0  # ...of which the tier held or was filling already
+        self.already_held = 0  # ...of which the tier held already
+        self.late = [0] * len(self.arms)  # ...of which a fill was in flight: read (and missed) first
+        self.latency = [LatencyHistogram() for _ in self.arms]  # read received -> prefetch sent
         self.starts = 0
         self.fallbacks: dict[str, int] = {"engine_died": 0, "engine_stalled": 0, "engine_error": 0}
         self.killing: str | None = None  # why the engine is being killed (its loss is counted so)
@@ -168,15 +171,22 @@ class LivePrefetcher:
             self.fallbacks["engine_error"] += 1
             log.error("prediction engine failed to start", error=payload)
 
-    def _prefetch(self, prefetches: list[tuple[int, bytes, int]]) -> None:
+    def _prefetch(self, prefetches: list[tuple[int, bytes, int, float]]) -> None:
         tier = self.tier
         entries, inflight = tier.entries, tier.inflight
         by_db: dict[int, list[bytes]] = {}
-        for db, key, _arm in prefetches:
+        now = _mono()
+        for db, key, arm, t in prefetches:
             self.requested += 1
-            if (db, key) in entries or (db, key) in inflight:
+            if (db, key) in entries:
                 self.already_held += 1
                 continue
+            if (db, key) in inflight:
+                # Being filled already: a read of it came first and missed (or a prefetch of it
+                # is still on its way); this prefetch is too late to be of use.
+                self.late[arm] += 1
+                continue
+            self.latency[arm].record(now - t)
             by_db.setdefault(db, []).append(key)
         if self.filler is None:
             return
@@ -284,6 +294,7 @@ class LivePrefetcher:
             "predict_shed": self.shed + engine_shed,
             "prefetch_requested": self.requested,
             "prefetch_already_held": self.already_held,
+            "prefetch_late": sum(self.late),
         }
         for reason, count in self.fallbacks.items():
             out[f"fallback_{reason}"] = count
@@ -299,6 +310,29 @@ class LivePrefetcher:
         if transport is not None and not transport.is_closing():
             transport.write(frame(("reset", None)))
 
+    def arm_figures(self) -> list[dict[str, Any]]:
+        """Per arm: the engine's figures (GETs, hits, misses, prefetches asked, shed, predictor
+        errors) with the proxy's (prefetches filled, their first hits and precision, late ones,
+        prediction latency from the read to the prefetch's send, p50 and p99 in microseconds)."""
+        tier = self.tier
+        partitioned = len(tier.policies) == len(self.arms)
+        out = []
+        for i, arm in enumerate(self.engine_report.get("arms", [])):
+            fills = tier.part_prefetch_fills[i] if partitioned else None
+            hits = tier.part_prefetched_hits[i] if partitioned else None
+            out.append(
+                {
+                    **arm,
+                    "prefetch_fills": fills,
+                    "prefetched_hits": hits,
+                    "precision": round(hits / fills, 4) if fills and hits is not None else None,
+                    "late": self.late[i],
+                    "prediction_p50_us": self.latency[i].percentile(50),
+                    "prediction_p99_us": self.latency[i].percentile(99),
+                }
+            )
+        return out
+
     def ab(self) -> dict[str, Any]:
-        """The A/B report over the engine's latest per-arm figures."""
-        return ab_report(self.engine_report.get("arms", []), self.sequential)
+        """The A/B report over the arms' latest figures."""
+        return ab_report(self.arm_figures(), self.sequential)

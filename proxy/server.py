@@ -10,7 +10,7 @@ from typing import Any
 import structlog
 
 from common.errors import UpstreamError
-from prefetch.engine import parse_shares
+from prefetch.engine import ArmSplit, parse_shares
 from prefetch.store import make_store
 from prefetch.tier import HotTier
 from proxy.backchannel import Filler, InvalidationChannel, open_raw
@@ -46,8 +46,13 @@ class ProxyServer:
         self.tier: HotTier | None = None
         self.filler: Filler | None = None
         self.channel: InvalidationChannel | None = None
+        arms = settings.prediction_arms()
+        shares = parse_shares(settings.ab_shares, len(arms)) if settings.ab else None
         if settings.hot_tier != "off":
             store = make_store(settings.hot_tier, settings.hot_tier_bytes, settings.hot_tier_max_entry)
+            # An A/B test's arms each hold their share of the tier: no arm wins by memory, and
+            # prefetching for one never evicts another's entries.
+            split = ArmSplit(shares, settings.ab_seed) if shares else None
             self.tier = HotTier(
                 settings.hot_tier_bytes,
                 max_entry_bytes=settings.hot_tier_max_entry,
@@ -55,6 +60,8 @@ class ProxyServer:
                 policy=settings.hot_tier_policy,
                 store=store,
                 clock=clock,
+                partitions=shares,
+                partition_of=split.arm_of if split else None,
             )
             self.channel = InvalidationChannel(self.opener, self.tier)
             self.filler = self.channel.filler = Filler(self.opener, self.tier, self.channel)
@@ -62,7 +69,6 @@ class ProxyServer:
         # Live prefetching: the prediction engine's proxy side is the access sink (before any
         # other sink given, which it then passes on to).
         self.prediction: LivePrefetcher | None = None
-        arms = settings.prediction_arms()
         if arms:
             assert self.tier is not None  # (validate: prefetching needs the tier)
             self.prediction = LivePrefetcher(
@@ -70,7 +76,7 @@ class ProxyServer:
                 self.tier,
                 self.filler,
                 self.opener,
-                shares=parse_shares(settings.ab_shares, len(arms)) if settings.ab else None,
+                shares=shares,
                 seed=settings.ab_seed,
                 budget=settings.prefetch_budget,
                 max_batch=settings.prefetch_max_batch,

@@ -60,6 +60,11 @@ def test_ab_arms_split_the_keys_and_their_figures_add_up(
     for arm in (obl, none):
         assert arm["hits"] + arm["misses"] == arm["gets"]
     assert none["prefetches"] == 0 and obl["prefetches"] > 0
+    # Each arm holds its half of the tier; the prefetches, and their first hits, are OBL's only.
+    tier = proxy.server.tier
+    assert tier.part_capacity[0] == tier.part_capacity[1] == tier.capacity // 2
+    assert none["prefetch_fills"] == 0 and obl["prefetch_fills"] > 0
+    assert 0 < obl["prefetched_hits"] <= obl["prefetch_fills"] and 0 < obl["precision"] <= 1
     assert obl["hit_ratio"] > none["hit_ratio"]  # (a scan: only prefetching can hit)
     text = client.execute_command("PREDIS", "AB").decode()
     assert text.startswith("# Predis A/B") and "arm_OBL:" in text and "chi2_p:" in text

@@ -623,3 +623,27 @@ def test_fill_admission_backs_off_when_thrashing_and_recovers() -> None:
         for _ in range(8):
             tier.get(0, key, "default")
     assert tier.admit_p > low
+
+
+def test_partitions_hold_each_arm_to_its_share_and_never_evict_anothers() -> None:
+    """An A/B test's arms split the tier: filling one arm far past its share evicts only its own
+    entries, and the other arm's stay."""
+    part_of = {b"a": 0, b"b": 1}
+    tier = HotTier(
+        100_000, partitions=[0.25, 0.75], partition_of=lambda key: part_of[key[:1]], max_staleness=3600.0
+    )
+    tier.active = True
+
+    def fill(key: bytes) -> None:
+        token = tier.begin_fill(0, key)
+        assert token is not None and tier.complete_fill(0, key, token, b"v" * 100, -1, tier.clock(), "default")
+
+    for i in range(50):
+        fill(b"b%d" % i)
+    held_b = {k for k in tier.entries if k[1][:1] == b"b"}
+    for i in range(2_000):  # far more than arm a's 25,000 bytes hold
+        fill(b"a%d" % i)
+    assert {k for k in tier.entries if k[1][:1] == b"b"} == held_b  # arm b lost nothing
+    assert tier.part_used[0] <= tier.part_capacity[0] == 25_000 and tier.part_used[1] <= 75_000
+    assert tier.evictions > 0 and tier.used == sum(tier.part_used)
+    assert tier.used == sum(e.size for e in tier.entries.values())
