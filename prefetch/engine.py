@@ -113,7 +113,7 @@ class Engine:
         seed: int = 0,
         budget: float = 1.0,
         max_age: float = 0.05,
-        recent: int = 10_000,
+        recent: int = 1_024,
         make: Callable[[str], Predictor] = make_predictor,
     ) -> None:
         if not specs:

@@ -30,6 +30,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "trace": ("accesslog.cli:trace_main", "import a real cache trace into an access log, or export one"),
     "sim": ("prefetch.cli:sim_main", "replay an access log through the cache with prefetcher arms"),
     "train": ("ml.cli:train_main", "train the LSTM next-key model on an access log"),
+    "replay": ("proxy.replay:replay_main", "replay an access log through a running proxy; A/B report"),
 }
 
 

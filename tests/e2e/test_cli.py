@@ -81,7 +81,7 @@ def test_bad_input_exits_with_one_line(tmp_path: Path) -> None:
         (("serve", "--ab", "A=markov"), None, "an A/B test needs at least two arms"),
         (("serve", "--ab", "A=markov,B=pg", "--ab-shares", "50"), None, "one positive share per arm"),
         (("serve", "--prefetch", "obl", "--hot-tier", "off"), None, "needs the hot tier"),
-        (("nope",), None, "unknown command 'nope'; commands: serve, stats, gen, trace, sim, train"),
+        (("nope",), None, "unknown command 'nope'; commands: serve, stats, gen, trace, sim, train, replay"),
     ]:
         out = run_predis(*args, env=env)
         assert out.returncode == 2, (args, out.stderr)

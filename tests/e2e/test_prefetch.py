@@ -102,3 +102,67 @@ def test_a_dead_or_stalled_engine_is_counted_restarted_and_never_stops_the_proxy
     # Prefetching again: a scan of keys not yet read is partly served from prefetches.
     assert scan(client, 200, 100) == [f"value-{i}".encode() for i in range(100, 300)]
     wait_for(lambda: proxy.server.tier.prefetched_hits > 0, timeout=10)
+
+
+def test_predis_replay_drives_an_ab_proxy_and_reports(
+    make_proxy: Any, redis_server: Any, direct: redis.Redis, tmp_path: Any
+) -> None:
+    """predis replay loads the log's values, replays it through the proxy and prints the A/B
+    report; against plain Redis it reports its own figures only."""
+    import subprocess
+    import sys
+
+    log = tmp_path / "web.parquet"
+    subprocess.run(
+        [sys.executable, "-m", "proxy.cli", "gen", "web", "-n", "3000", "--seed", "4", "-o", str(log)],
+        check=True,
+    )
+    proxy = make_proxy(redis_server.url, ab="M=markov,N=none", ab_seed=1)
+    wait_for(lambda: proxy.server.tier.active and proxy.server.prediction.ready, timeout=30)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "proxy.cli",
+            "replay",
+            str(log),
+            "--port",
+            str(proxy.port),
+            "--max",
+            "--load-values",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    result = json.loads(out.stdout)
+    assert result["requests"] == 3000 and result["errors"] == 0
+    arms = {arm["name"]: arm for arm in result["ab"]["arms"]}
+    gets = sum(
+        1
+        for op in __import__("accesslog.log", fromlist=["read_log"]).read_log(log).column("op")
+        if op == "GET"
+    )
+    assert arms["M"]["gets"] + arms["N"]["gets"] == gets  # every GET of the replay, in one arm
+    assert direct.get(next(iter(direct.scan_iter(count=10)))) is not None  # (values were loaded)
+    plain = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "proxy.cli",
+            "replay",
+            str(log),
+            "--port",
+            str(redis_server.port),
+            "--max",
+            "--limit",
+            "500",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    assert "500 requests" in plain.stdout and "A/B" not in plain.stdout

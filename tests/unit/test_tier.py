@@ -636,7 +636,9 @@ def test_partitions_hold_each_arm_to_its_share_and_never_evict_anothers() -> Non
 
     def fill(key: bytes) -> None:
         token = tier.begin_fill(0, key)
-        assert token is not None and tier.complete_fill(0, key, token, b"v" * 100, -1, tier.clock(), "default")
+        assert token is not None and tier.complete_fill(
+            0, key, token, b"v" * 100, -1, tier.clock(), "default"
+        )
 
     for i in range(50):
         fill(b"b%d" % i)
