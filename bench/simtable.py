@@ -1,7 +1,7 @@
 """Hit ratios of every arm on every shared trace at 1%, 5% and 10% of the unique keys, beside
 libCacheSim's reference figures (issue 5), as a Markdown table.
 
-    python -m bench.simtable [--traces ../shared/traces] [--budget 1] [--json OUT]
+    python -m bench.simtable [--traces ../shared/traces] [--budget 1] [--writes drop|read] [--json OUT]
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ REFERENCE = {
 COLUMNS = ["none", "none@s3fifo", "frequency", "obl", "markov", "pg", "mithril", "oracle", "belady"]
 
 
-def run(traces: str, budget: float) -> list[dict[str, Any]]:
+def run(traces: str, budget: float, writes: str = "drop") -> list[dict[str, Any]]:
     rows = []
     for name, file, fmt in TRACES:
         path = os.path.join(traces, file)
@@ -43,7 +43,7 @@ def run(traces: str, budget: float) -> list[dict[str, Any]]:
             continue
         log = read_trace(path, fmt)
         for size in ("1%", "5%", "10%"):
-            report = simulate(log, size, ARMS, budget=budget)
+            report = simulate(log, size, ARMS, budget=budget, writes=writes)
             add_plain_arm(report, log, "s3fifo")
             arms = {a.arm: a for a in report.arms}
             rows.append(
@@ -82,8 +82,9 @@ def main() -> None:
     ap.add_argument("--traces", default=os.environ.get("PREDIS_TRACES", str(default)))
     ap.add_argument("--budget", type=float, default=1.0)
     ap.add_argument("--json", help="also write the figures as JSON here")
+    ap.add_argument("--writes", choices=["drop", "read"], default="drop", help="as predis sim --writes")
     args = ap.parse_args()
-    rows = run(args.traces, args.budget)
+    rows = run(args.traces, args.budget, args.writes)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
     print(markdown(rows))

@@ -51,6 +51,13 @@ def sim_main(argv: list[str]) -> int:
         "--warmup", type=float, default=0.0, help="share of the trace that warms up but is not scored"
     )
     p.add_argument("--no-belady", action="store_true", help="skip Belady's MIN (libCacheSim)")
+    p.add_argument(
+        "--writes",
+        choices=["drop", "read"],
+        default="drop",
+        help="drop: a write removes its key and is not scored, as the proxy's tier does (default); "
+        "read: every access is a read (libCacheSim's convention for block traces)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument(
         "--plot", metavar="DIR", help="also write hit-ratio curves over cache sizes (PNG) into DIR"
@@ -77,6 +84,7 @@ def sim_main(argv: list[str]) -> int:
             budget=args.budget,
             warmup=args.warmup,
             with_belady=not args.no_belady,
+            writes=args.writes,
         )
         reports.append(report)
         if not args.json:

@@ -1,7 +1,9 @@
 """Trace-driven simulator: replay an access log through a cache with a prefetcher, arm by arm.
 
 The cache is the proxy's own eviction policy (:mod:`prefetch.policies`) over equal-size objects, its
-capacity in entries. A read the cache holds is a hit; a miss is filled on demand. After each read the
+capacity in entries. A read the cache holds is a hit; a miss is filled on demand. A write (any
+access whose op is not a read: SET, DEL...) removes its key from the cache, as the live tier drops
+a written key, and is not scored; the predictors still observe it. After each read the
 arm's predictor observes it and may prefetch: every candidate not already cached is an upstream read
 and costs one token of a bucket that gains ``budget`` tokens per request (so at most ``budget``
 prefetches per request on average, the same for every arm). The first ``warmup`` share of the trace
@@ -98,8 +100,10 @@ def replay(
     times: Sequence[float] | None = None,
     clients: Sequence[int] | None = None,
     also_from: int | None = None,
+    writes: Sequence[bool] | None = None,
 ) -> ArmResult:
     """Replay ``keys`` through a ``capacity``-entry cache with ``predictor``; score from ``warmup`` on.
+    ``writes``: which accesses are writes (None: all are reads); a write drops its key.
     With ``also_from`` (at most ``warmup``), ``extra["hits_from"]`` also counts the hits from that
     read on, for a second, longer scoring window of the same replay."""
     if capacity < 1:
@@ -109,7 +113,7 @@ def replay(
         raise ValueError("also_from must not be after warmup")
     early_hits = 0  # hits in [early, warmup)
     cache = make_policy(policy, capacity)
-    insert, touch = cache.insert, cache.touch
+    insert, touch, remove = cache.insert, cache.touch, cache.remove
     victim = cast(Callable[[], str], cache.victim)
     observe, predict = predictor.observe, predictor.predict
     present: dict[str, int] = {}  # key -> 0 demand-filled, 1 prefetched in warm-up, 2 prefetched when scored
@@ -118,9 +122,19 @@ def replay(
     cap_tokens = max(2.0, 4 * budget)  # unused budget is lost beyond a short burst
     clock = times if times is not None else range(len(keys))
     streams = clients if clients is not None else [0] * len(keys)
+    is_write = writes if writes is not None else [False] * len(keys)
+    written = 0  # writes while scoring
     started = time.perf_counter()
-    for i, (key, t, client) in enumerate(zip(keys, clock, streams, strict=True)):
+    for i, (key, t, client, write) in enumerate(zip(keys, clock, streams, is_write, strict=True)):
         scored = i >= warmup
+        if write:
+            if key in present:
+                del present[key]
+                remove(key)
+            observe(key, t, False, client)
+            if scored:
+                written += 1
+            continue
         flag = present.get(key)
         if flag is not None:
             hit = True
@@ -163,7 +177,7 @@ def replay(
         prefetcher=predictor.name,
         policy=policy,
         capacity=capacity,
-        requests=max(0, len(keys) - warmup),
+        requests=max(0, len(keys) - warmup) - written,
         hits=hits,
         prefetches=prefetches,
         prefetch_hits=prefetch_hits,
@@ -172,6 +186,8 @@ def replay(
     )
     if also_from is not None:
         result.extra["hits_from"] = hits + early_hits
+    if writes is not None:
+        result.extra["writes"] = written
     return result
 
 
@@ -185,8 +201,10 @@ def next_use(codes: np.ndarray) -> np.ndarray:
     return nxt
 
 
-def belady(codes: np.ndarray, capacity: int, warmup: int = 0) -> ArmResult:
-    """Belady's MIN without prefetching, by libCacheSim (it evicts the key used furthest ahead)."""
+def belady(codes: np.ndarray, capacity: int, warmup: int = 0, writes: np.ndarray | None = None) -> ArmResult:
+    """Belady's MIN without prefetching, by libCacheSim (it evicts the key used furthest ahead).
+    ``writes``: a write removes its key (``remove``) and is not scored; a read whose key is next
+    written before it is read again is never reused."""
     import libcachesim as lcs
 
     cache = lcs.Belady(cache_size=capacity)
@@ -194,27 +212,42 @@ def belady(codes: np.ndarray, capacity: int, warmup: int = 0) -> ArmResult:
     req.obj_size = 1
     nxt = next_use(codes)
     never = np.iinfo(np.int64).max
+    is_write = np.zeros(codes.size, bool) if writes is None else np.asarray(writes, bool)
+    if writes is not None:
+        nxt = np.where((nxt >= 0) & is_write[np.maximum(nxt, 0)], -1, nxt)
     hits = 0
+    written = 0
     started = time.perf_counter()
-    for i, (key, n) in enumerate(zip(codes.tolist(), nxt.tolist(), strict=True)):
+    for i, (key, n, write) in enumerate(zip(codes.tolist(), nxt.tolist(), is_write.tolist(), strict=True)):
+        if write:
+            cache.remove(key)
+            written += i >= warmup
+            continue
         req.obj_id = key
         req.next_access_vtime = n if n >= 0 else never
         if cache.get(req) and i >= warmup:
             hits += 1
-    result = ArmResult("belady", "belady", "min", capacity, requests=codes.size - warmup, hits=hits)
+    result = ArmResult("belady", "belady", "min", capacity, requests=codes.size - warmup - written, hits=hits)
     result.seconds = time.perf_counter() - started
     return result
 
 
-def libcachesim_lru(codes: np.ndarray, capacity: int, warmup: int = 0) -> int:
-    """libCacheSim's LRU hit count on the same key sequence (per-request ``get``): the cross-check."""
+def libcachesim_lru(
+    codes: np.ndarray, capacity: int, warmup: int = 0, writes: np.ndarray | None = None
+) -> int:
+    """libCacheSim's LRU hit count on the same key sequence (per-request ``get``, a write a
+    ``remove``): the cross-check."""
     import libcachesim as lcs
 
     cache = lcs.LRU(cache_size=capacity)
     req = lcs.Request()
     req.obj_size = 1
     hits = 0
-    for i, key in enumerate(codes.tolist()):
+    is_write = [False] * codes.size if writes is None else np.asarray(writes, bool).tolist()
+    for i, (key, write) in enumerate(zip(codes.tolist(), is_write, strict=True)):
+        if write:
+            cache.remove(key)
+            continue
         req.obj_id = key
         if cache.get(req) and i >= warmup:
             hits += 1
@@ -246,7 +279,7 @@ def parse_capacity(spec: str, unique: int) -> int:
 @dataclass
 class SimReport:
     trace: str
-    requests: int
+    requests: int  # every access, reads and writes
     unique_keys: int
     capacity: int
     cache: str
@@ -254,6 +287,7 @@ class SimReport:
     warmup: float
     arms: list[ArmResult]
     best_heuristic: str = ""
+    writes: int = 0  # accesses that write (not scored; they drop their key)
 
     def as_dict(self) -> dict[str, Any]:
         out = {k: v for k, v in asdict(self).items() if k != "arms"}
@@ -290,8 +324,11 @@ def simulate(
     budget: float = 1.0,
     warmup: float = 0.0,
     with_belady: bool = True,
+    writes: str = "drop",
 ) -> SimReport:
-    """Run every (prefetcher, policy) arm over ``log`` at one cache size; arms see the same trace."""
+    """Run every (prefetcher, policy) arm over ``log`` at one cache size; arms see the same trace.
+    ``writes``: "drop" (a write removes its key and is not scored, as the live tier does) or
+    "read" (every access is a read: libCacheSim's convention for block traces)."""
     codes, names = log.key_codes()
     n = int(codes.size)
     if n == 0:
@@ -307,6 +344,10 @@ def simulate(
     keys = log.keys()
     times = [float(i) for i in range(n)]
     clients = log.clients().tolist()
+    if writes not in ("drop", "read"):
+        raise ConfigError(f"writes must be drop or read, not {writes!r}")
+    write_mask = log_writes(log) if writes == "drop" else np.zeros(n, bool)
+    write_flags = write_mask.tolist() if write_mask.any() else None
     warm = int(warmup * n)
     specs = list(dict.fromkeys(["none", *prefetchers]))
     for spec in specs:  # fail on a bad spec before any arm runs (the ML arm's load is the check)
@@ -332,15 +373,26 @@ def simulate(
                 warmup=warm,
                 times=times,
                 clients=clients,
+                writes=write_flags,
             )
             result.arm = spec if len(policies) == 1 and own in ("", policy) else f"{spec}@{own or policy}"
             if choose is not None:  # (with several policies every arm runs under each: say which it chose)
                 result.extra["chosen_policy"] = getattr(predictor, "policy", "") or policy
             arms.append(result)
     if with_belady:
-        arms.append(belady(codes, capacity, warm))
+        arms.append(belady(codes, capacity, warm, write_mask if write_flags is not None else None))
     best = compare(arms)
-    return SimReport(log.source, n, len(names), capacity, cache, budget, warmup, arms, best)
+    return SimReport(
+        log.source, n, len(names), capacity, cache, budget, warmup, arms, best, int(write_mask.sum())
+    )
+
+
+def log_writes(log: Any) -> np.ndarray:
+    """Which accesses of ``log`` write (their op is not a read), as a bool array."""
+    from accesslog.log import READ_OPS
+
+    ops = log.column("op")
+    return ~np.isin(ops.astype(str), list(READ_OPS))
 
 
 def add_plain_arm(report: SimReport, log: Any, policy: str) -> None:
@@ -354,6 +406,7 @@ def add_plain_arm(report: SimReport, log: Any, policy: str) -> None:
         budget=report.budget,
         warmup=report.warmup,
         with_belady=False,
+        writes="drop" if report.writes or not log_writes(log).any() else "read",
     )
     arm = plain.arms[0]
     arm.arm = f"none@{policy}"
@@ -363,7 +416,8 @@ def add_plain_arm(report: SimReport, log: Any, policy: str) -> None:
 
 def format_table(report: SimReport) -> str:
     head = (
-        f"{report.trace}: {report.requests:,} requests, {report.unique_keys:,} unique keys, cache {report.cache} = "
+        f"{report.trace}: {report.requests:,} requests ({report.requests - report.writes:,} reads scored, "
+        f"{report.writes:,} writes dropping their keys), {report.unique_keys:,} unique keys, cache {report.cache} = "
         f"{report.capacity:,} entries, budget {report.budget:g} prefetch/request, warm-up {report.warmup:.0%}; "
         f"best heuristic: {report.best_heuristic}"
     )

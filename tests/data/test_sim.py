@@ -6,6 +6,7 @@ import random
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pytest
 
 from accesslog.generators import generate, parse_params
@@ -13,7 +14,7 @@ from accesslog.log import AccessLog, make_table
 from accesslog.traces import read_trace
 from common.errors import ConfigError
 from prefetch.predictors import make_predictor
-from prefetch.sim import belady, libcachesim_lru, next_use, parse_capacity, replay, simulate
+from prefetch.sim import belady, libcachesim_lru, log_writes, next_use, parse_capacity, replay, simulate
 
 SHARES = ["1%", "5%", "10%"]
 
@@ -28,7 +29,9 @@ def assert_lru_matches_libcachesim(log: AccessLog, share: str) -> None:
     report = simulate(log, share, [], with_belady=False)
     (none,) = report.arms
     codes, _ = log.key_codes()
-    assert none.hits == libcachesim_lru(codes, report.capacity), f"{log.source} at {share}"
+    writes = log_writes(log)
+    assert none.hits == libcachesim_lru(codes, report.capacity, writes=writes), f"{log.source} at {share}"
+    assert none.requests == len(log) - int(writes.sum()) == len(log) - report.writes
 
 
 @pytest.mark.parametrize("share", SHARES)
@@ -71,7 +74,7 @@ def test_bounds_and_arms_on_a_structured_workload() -> None:
     arms = {a.arm: a for a in report.arms}
     assert set(arms) >= {"none@lru", "markov@s3fifo", "oracle@lru", "belady"}
     for a in report.arms:
-        assert a.requests == 40_000
+        assert a.requests == 40_000 - report.writes and report.writes > 0  # (gaming has writes)
         assert a.prefetch_hits <= a.prefetches <= 1.0 * a.requests + 8
     assert arms["oracle@lru"].hit_ratio > max(
         a.hit_ratio for a in report.arms if a.arm != "oracle@lru" and "oracle" not in a.arm
@@ -218,3 +221,20 @@ def test_simbench_floor_replays_recorded_answers_exactly() -> None:
         )
     with pytest.raises(SystemExit, match="mithril"):
         record("mithril", keys)
+
+
+def test_a_write_drops_its_key_and_is_not_scored() -> None:
+    """As the live tier does: a written key leaves the cache, the write is no read (issue 20: a
+    web log with 15% writes used to be scored as 100% reads, every SET a hit or a miss)."""
+    ops = ["GET", "GET", "SET", "GET", "DEL", "GET"]
+    keys = ["a", "b", "a", "a", "b", "b"]
+    log = AccessLog(make_table(np.arange(6, dtype=float), keys, pa.array(ops), 1, "hand"), {"source": "hand"})
+    report = simulate(log, "1", [], with_belady=True)
+    none, bound = report.arms
+    assert report.writes == 2 and none.requests == bound.requests == 4
+    assert none.hits == 0  # (a, b miss; a after its SET misses; b after its DEL misses)
+    codes, _ = log.key_codes()
+    assert libcachesim_lru(codes, 1, writes=log_writes(log)) == 0
+    assert bound.hits == 0  # (Belady cannot keep what a write removes either)
+    reads_only = AccessLog(make_table(np.arange(4, dtype=float), ["a", "b", "a", "b"], "GET", 1, "h"), {})
+    assert simulate(reads_only, "1", [], with_belady=False).writes == 0
