@@ -113,7 +113,7 @@ class Engine:
         seed: int = 0,
         budget: float = 1.0,
         max_age: float = 0.05,
-        recent: int = 1_024,
+        shadow: int = 1_024,
         make: Callable[[str], Predictor] = make_predictor,
     ) -> None:
         if not specs:
@@ -127,20 +127,30 @@ class Engine:
         self.tokens = [0.0] * len(specs)
         self.max_age = max_age
         self.figures = [ArmFigures() for _ in specs]
-        # Keys read or prefetched lately, per (db, key): a candidate among them is taken to be in
-        # the tier already and costs no token (the proxy checks the tier itself before filling).
-        self.recent: OrderedDict[tuple[int, bytes], None] = OrderedDict()
-        self.recent_max = recent
+        # Per arm, a shadow of its part of the tier: an LRU of the (db, key)s it read or
+        # prefetched, as many as the live tier's partition holds entries (``resize``, from the
+        # proxy). A candidate in it is taken to be held and costs no token, as a candidate already
+        # cached costs none in the simulator; the proxy checks the real tier before filling.
+        self.shadows: list[OrderedDict[tuple[int, bytes], None]] = [OrderedDict() for _ in specs]
+        self.shadow_sizes = [shadow] * len(specs)
 
-    def _seen(self, db: int, key: bytes) -> None:
-        recent = self.recent
+    def resize(self, entries: Sequence[int]) -> None:
+        """The live tier's entries per arm: the shadows follow them (at least 16 each)."""
+        for arm, size in enumerate(entries[: len(self.shadows)]):
+            self.shadow_sizes[arm] = max(16, int(size))
+            shadow = self.shadows[arm]
+            while len(shadow) > self.shadow_sizes[arm]:
+                shadow.popitem(last=False)
+
+    def _hold(self, arm: int, db: int, key: bytes) -> None:
+        shadow = self.shadows[arm]
         item = (db, key)
-        if item in recent:
-            recent.move_to_end(item)
+        if item in shadow:
+            shadow.move_to_end(item)
         else:
-            recent[item] = None
-            if len(recent) > self.recent_max:
-                recent.popitem(last=False)
+            shadow[item] = None
+            if len(shadow) > self.shadow_sizes[arm]:
+                shadow.popitem(last=False)
 
     def step(self, records: Sequence[Record], now: float) -> list[Prefetch]:
         """Observe ``records`` in order; return the prefetches their arms' predictors ask for."""
@@ -149,7 +159,7 @@ class Engine:
         arm_of = self.split.arm_of
         budget, cap = self.budget, self.cap_tokens
         tokens = self.tokens
-        recent = self.recent
+        shadows = self.shadows
         for stream, db, key, t, hit in records:
             arm = arm_of(key)
             figures = self.figures[arm]
@@ -159,7 +169,7 @@ class Engine:
             name = key.decode("utf-8", "surrogateescape")
             for predictor in predictors:
                 predictor.observe(name, t, hit, stream)
-            self._seen(db, key)
+            self._hold(arm, db, key)
             if not budget:
                 continue
             if now - t > self.max_age:
@@ -174,11 +184,12 @@ class Engine:
             except Exception:  # a predictor must never stop the engine: the arm skips this read
                 figures.predict_errors += 1
                 continue
+            shadow = shadows[arm]
             for cand, _score in candidates:
                 ckey = cand.encode("utf-8", "surrogateescape")
-                if arm_of(ckey) != arm or (db, ckey) in recent:
+                if arm_of(ckey) != arm or (db, ckey) in shadow:
                     continue
-                self._seen(db, ckey)
+                self._hold(arm, db, ckey)
                 out.append((db, ckey, arm, t))
                 figures.prefetches += 1
                 have -= 1.0

@@ -2,7 +2,8 @@
 
 Started by the proxy (``proxy.prediction``) with one end of a socket pair as ``--fd``. Messages
 both ways are frames: a 4-byte big-endian length, then a pickled tuple. In: ``("reads",
-[records])``, ``("reset", None)`` (the experiment's figures start again). Out: ``("ready", report)`` once the arms' predictors are built, ``("error", line)``
+[records])``, ``("reset", None)`` (the experiment's figures start again), ``("resize", [entries per arm])`` (the
+live tier's, which the engine's shadows of it follow). Out: ``("ready", report)`` once the arms' predictors are built, ``("error", line)``
 if they cannot be (then it exits), ``("prefetch", [(db, key, arm, read time), ...])`` after each batch that
 asks for any, ``("report", report)`` at most every ``REPORT_EVERY`` seconds. It exits when the
 proxy closes its end. Only the proxy writes to the socket's other end, so pickle carries nothing
@@ -75,6 +76,8 @@ def serve(sock: socket.socket, engine: Engine) -> None:
                 out += engine.step(payload, time.monotonic())
             elif kind == "reset":
                 engine.reset()
+            elif kind == "resize":
+                engine.resize(payload)
         now = time.monotonic()
         message = b""
         if out:

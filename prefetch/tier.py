@@ -141,6 +141,7 @@ class HotTier:
         self.partition_of = partition_of if len(shares) > 1 else None
         self.part_capacity = [max(1, int(capacity_bytes * share / sum(shares))) for share in shares]
         self.part_used = [0] * len(shares)
+        self.part_entries = [0] * len(shares)
         self.policies: list[EvictionPolicy] = [
             make_policy(policy, cap, stamp=self._last_access) for cap in self.part_capacity
         ]
@@ -361,6 +362,7 @@ class HotTier:
         self.request_index(db)[request] = entry
         self.used += size
         used[part] += size
+        self.part_entries[part] += 1
         self.policies[part].insert(name, size)
         if prefetched:
             self.prefetch_fills += 1
@@ -425,6 +427,7 @@ class HotTier:
         del self.requests[key[0]][entry.request]
         self.used -= entry.size
         self.part_used[entry.part] -= entry.size
+        self.part_entries[entry.part] -= 1
         self.store.free(entry.handle)
         if evicted:
             self.evictions += 1

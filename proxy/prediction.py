@@ -250,11 +250,20 @@ class LivePrefetcher:
             log.error("cannot start the prediction engine", error=str(exc))
 
     async def _watch(self) -> None:
-        """Kill an engine that has records to answer but has said nothing for ``stall_after``."""
+        """Tell the engine how many entries each arm's part of the tier holds (its shadows of
+        them follow), and kill an engine that has records to answer but has said nothing for
+        ``stall_after``."""
+        told: list[int] = []
         while not self.closed:
             await asyncio.sleep(min(0.5, self.stall_after / 2))
             if self.proc is None or self.proto is None:
+                told = []
                 continue
+            entries = list(self.tier.part_entries)
+            transport = self.proto.transport
+            if self.ready and entries != told and transport is not None and not transport.is_closing():
+                transport.write(frame(("resize", entries)))
+                told = entries
             now = _mono()
             waiting = self.last_sent > self.last_heard or not self.ready
             if waiting and now - self.last_heard > self.stall_after:

@@ -21,3 +21,5 @@ def test_demo_runs_to_its_summary() -> None:
     assert run.returncode == 0, run.stderr[-2000:]
     assert "PREDIS STATS of the proxy with the tier" in run.stdout
     assert "hot_tier_hits:" in run.stdout and "upstream_errors: 0" in run.stdout
+    # The A/B story: a live experiment, its report and its significance.
+    assert "A/B test:" in run.stdout and "NONE" in run.stdout and "chi-square p" in run.stdout

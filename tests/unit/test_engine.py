@@ -39,7 +39,7 @@ def test_the_split_is_stable_seeded_and_fair() -> None:
 
 
 def test_each_arm_prefetches_only_its_own_keys_within_its_budget() -> None:
-    engine = Engine([("A", "obl:k=2"), ("B", "obl:k=2")], seed=3, budget=1.0, recent=50)
+    engine = Engine([("A", "obl:k=2"), ("B", "obl:k=2")], seed=3, budget=1.0, shadow=50)
     records = [(1, 0, k, 100.0 + i * 0.001, False) for i, k in enumerate(keys(2_000))]
     out = engine.step(records, now=100.0)
     assert out, "a sequential scan makes OBL predict"
