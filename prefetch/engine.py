@@ -8,9 +8,9 @@ An experiment has one or more arms, each a predictor spec the simulator knows (`
 heuristic, ``:param=value`` included). Reads are split among the arms by a stable, seeded hash of
 the key (``ArmSplit``: CRC-32 seeded, not Python's per-process ``hash``), so a key always belongs to
 the same arm, in every process and every run with the same seed. Every predictor observes the whole
-access stream (its context), but prefetches only keys of its own arm, spending a token bucket that
-gains ``budget`` tokens per read of its arm, as the simulator's replay does: no arm wins by
-reading more from upstream.
+access stream (its context) and predicts after every read, but prefetches only keys of its own
+arm, spending a token bucket that gains ``budget`` tokens per read of its own keys, as the
+simulator's replay does per read: no arm wins by reading more from upstream.
 
 Records older than ``max_age`` seconds when the engine reaches them are still observed (the
 heuristics are cheap) but not predicted from: their prefetches would come too late. They are
@@ -26,7 +26,7 @@ from typing import Any
 
 from common.errors import ConfigError
 from prefetch.predictors import make_predictor
-from prefetch.predictors.base import Predictor
+from prefetch.predictors.base import NoPrefetch, Predictor
 
 CANDIDATES = 4  # candidates asked of a predictor per read (as the simulator)
 SPLIT_BUCKETS = 10_000
@@ -127,6 +127,7 @@ class Engine:
         self.tokens = [0.0] * len(specs)
         self.max_age = max_age
         self.figures = [ArmFigures() for _ in specs]
+        self.silent = [isinstance(p, NoPrefetch) for p in self.predictors]  # (never asked)
         # Per arm, a shadow of its part of the tier: an LRU of the (db, key)s it read or
         # prefetched, as many as the live tier's partition holds entries (``resize``, from the
         # proxy). A candidate in it is taken to be held and costs no token, as a candidate already
@@ -175,27 +176,31 @@ class Engine:
             if now - t > self.max_age:
                 figures.shed += 1
                 continue
-            have = tokens[arm] + budget
-            tokens[arm] = have = cap if have > cap else have
-            if have < 1.0:
-                continue
-            try:
-                candidates = predictors[arm].predict(CANDIDATES)
-            except Exception:  # a predictor must never stop the engine: the arm skips this read
-                figures.predict_errors += 1
-                continue
-            shadow = shadows[arm]
-            for cand, _score in candidates:
-                ckey = cand.encode("utf-8", "surrogateescape")
-                if arm_of(ckey) != arm or (db, ckey) in shadow:
+            have = tokens[arm] + budget  # (tokens come with the reads of the arm's own keys)
+            tokens[arm] = cap if have > cap else have
+            # Every arm whose predictor can spend a token predicts after every read (each saw it),
+            # and prefetches only its own keys.
+            for a, predictor in enumerate(predictors):
+                if tokens[a] < 1.0 or self.silent[a]:
                     continue
-                self._hold(arm, db, ckey)
-                out.append((db, ckey, arm, t))
-                figures.prefetches += 1
-                have -= 1.0
-                if have < 1.0:
-                    break
-            tokens[arm] = have
+                try:
+                    candidates = predictor.predict(CANDIDATES)
+                except Exception:  # a predictor must never stop the engine: the arm skips this read
+                    self.figures[a].predict_errors += 1
+                    continue
+                shadow = shadows[a]
+                have = tokens[a]
+                for cand, _score in candidates:
+                    ckey = cand.encode("utf-8", "surrogateescape")
+                    if arm_of(ckey) != a or (db, ckey) in shadow:
+                        continue
+                    self._hold(a, db, ckey)
+                    out.append((db, ckey, a, t))
+                    self.figures[a].prefetches += 1
+                    have -= 1.0
+                    if have < 1.0:
+                        break
+                tokens[a] = have
         return out
 
     def reset(self) -> None:

@@ -2,7 +2,7 @@
 
 Started by the proxy (``proxy.prediction``) with one end of a socket pair as ``--fd``. Messages
 both ways are frames: a 4-byte big-endian length, then a pickled tuple. In: ``("reads",
-[records])``, ``("reset", None)`` (the experiment's figures start again), ``("resize", [entries per arm])`` (the
+(batch time, [(stream, db, keys, hit), ...]))``, ``("reset", None)`` (the experiment's figures start again), ``("resize", [entries per arm])`` (the
 live tier's, which the engine's shadows of it follow). Out: ``("ready", report)`` once the arms' predictors are built, ``("error", line)``
 if they cannot be (then it exits), ``("prefetch", [(db, key, arm, read time), ...])`` after each batch that
 asks for any, ``("report", report)`` at most every ``REPORT_EVERY`` seconds. It exits when the
@@ -23,7 +23,7 @@ import time
 from typing import Any
 
 from common.errors import ConfigError
-from prefetch.engine import Engine
+from prefetch.engine import Engine, Record
 
 REPORT_EVERY = 0.2
 _LEN = struct.Struct(">I")
@@ -55,6 +55,12 @@ class Frames:
         return out
 
 
+def expand(t: float, reads: list[tuple[int, int, Any, bool]]) -> list[Record]:
+    """A batch as the proxy sends it (its time, then one (stream, db, keys, hit) per read) as the
+    engine's records, one per key."""
+    return [(stream, db, key, t, hit) for stream, db, keys, hit in reads for key in keys]
+
+
 def serve(sock: socket.socket, engine: Engine) -> None:
     """Answer batches until the proxy closes the socket."""
     sock.sendall(frame(("ready", engine.report())))
@@ -73,7 +79,7 @@ def serve(sock: socket.socket, engine: Engine) -> None:
         for kind, payload in frames.feed(data or b""):
             changed = True
             if kind == "reads":
-                out += engine.step(payload, time.monotonic())
+                out += engine.step(expand(*payload), time.monotonic())
             elif kind == "reset":
                 engine.reset()
             elif kind == "resize":
@@ -92,6 +98,19 @@ def serve(sock: socket.socket, engine: Engine) -> None:
             sock.settimeout(REPORT_EVERY)
 
 
+def set_priority(priority: str) -> None:
+    """``idle``: only CPU time nothing else wants (SCHED_IDLE): under load the proxy, Redis and
+    their clients are served first and the engine falls behind and sheds, but its prefetches come
+    late even under light load. ``low``: nice 19. ``normal``: as the proxy."""
+    try:
+        if priority == "idle":
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+        elif priority == "low":
+            os.nice(19)
+    except (AttributeError, OSError):
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m prefetch.engine_process")
     parser.add_argument("--fd", type=int, required=True)
@@ -99,10 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     sock = socket.socket(fileno=args.fd)
     config = json.loads(args.config)
-    try:
-        os.nice(5)  # below the proxy: under load, the event loop is served first
-    except OSError:
-        pass
+    set_priority(config.get("priority", "low"))
     try:
         engine = Engine(
             [tuple(arm) for arm in config["arms"]],

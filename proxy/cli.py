@@ -63,6 +63,12 @@ def serve_main(argv: list[str]) -> int:
     p.add_argument("--ab-shares", dest="ab_shares", help="the arms' shares of the keys, e.g. 50,50")
     p.add_argument("--ab-seed", dest="ab_seed", type=int, help="seed of the key hash that splits the arms")
     p.add_argument("--prefetch-budget", dest="prefetch_budget", type=float, help="prefetches per GET")
+    p.add_argument(
+        "--prefetch-engine-priority",
+        dest="prefetch_engine_priority",
+        choices=["idle", "low", "normal"],
+        help="the prediction engine's CPU priority (default low)",
+    )
     p.add_argument("--log-level", dest="log_level")
     p.add_argument("--log-format", dest="log_format", choices=["console", "json"])
     return serve(p.parse_args(argv))
@@ -105,6 +111,7 @@ def serve(args: argparse.Namespace) -> int:
             "ab_shares",
             "ab_seed",
             "prefetch_budget",
+            "prefetch_engine_priority",
         )
     }
     settings = load_settings(args.config, overrides=overrides)

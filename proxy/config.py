@@ -67,6 +67,9 @@ class Settings:
     # Records go to the prediction engine in batches of at most this many, or after this long.
     prefetch_max_batch: int = 256
     prefetch_max_wait: float = 0.001
+    # The engine process's CPU priority: "idle" (only spare CPU: never slows the proxy, but its
+    # prefetches come late even under light load), "low" (nice 19) or "normal".
+    prefetch_engine_priority: str = "low"
     log_level: str = "info"
     log_format: str = "console"
     # Seconds between health checks of the upstream (the PREDIS STATS upstream_status figure).
@@ -105,6 +108,10 @@ class Settings:
         if self.prefetch_budget < 0 or self.prefetch_max_batch <= 0 or self.prefetch_max_wait <= 0:
             raise ConfigError(
                 "prefetch_budget must be at least 0, prefetch_max_batch and prefetch_max_wait positive"
+            )
+        if self.prefetch_engine_priority not in ("idle", "low", "normal"):
+            raise ConfigError(
+                f"prefetch_engine_priority must be idle, low or normal, got {self.prefetch_engine_priority!r}"
             )
         arms = self.prediction_arms()
         if arms and self.hot_tier == "off":

@@ -1,7 +1,7 @@
 """Live prefetching: the proxy's side of the prediction engine.
 
-``LivePrefetcher`` is the access sink (``proxy.reads.AccessSink``): for every GET and MGET key it
-appends a record (stream, db, key, time, hit) to a bounded buffer and returns; that is all the
+``LivePrefetcher`` is the access sink (``proxy.reads.AccessSink``): for every read of GET and MGET
+keys it appends a record (stream, db, keys, hit) to a bounded buffer and returns; that is all the
 request path pays. A timer drains the buffer in batches (at most ``max_batch`` records or
 ``max_wait`` seconds) to the engine process (``prefetch.engine_process``) over a socket pair; its
 answers (keys to prefetch, per arm) go to the tier's filler, after the keys the tier already holds
@@ -24,6 +24,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
+from operator import itemgetter
 from typing import Any
 
 import structlog
@@ -41,6 +42,9 @@ log = structlog.get_logger("predis.prediction")
 _mono = time.monotonic
 SEND_BUFFER_LIMIT = 1 << 20  # bytes waiting for the engine past which batches are shed
 BACKOFF_FIRST, BACKOFF_MAX = 0.2, 30.0
+
+
+_keys_of = itemgetter(2)
 
 
 class EngineProtocol(asyncio.Protocol):
@@ -78,11 +82,19 @@ class LivePrefetcher:
         max_age: float = 0.05,
         buffer_limit: int = 65_536,
         stall_after: float = 2.0,
+        priority: str = "low",
     ) -> None:
         self.arms = list(arms)
         self.shares = list(shares) if shares else [1.0 / len(arms)] * len(arms)
         self.config = json.dumps(
-            {"arms": self.arms, "shares": self.shares, "seed": seed, "budget": budget, "max_age": max_age}
+            {
+                "arms": self.arms,
+                "shares": self.shares,
+                "seed": seed,
+                "budget": budget,
+                "max_age": max_age,
+                "priority": priority,
+            }
         )
         Engine(self.arms, self.shares, seed, budget)  # a bad spec stops the start with its one line
         self.tier = tier
@@ -93,8 +105,9 @@ class LivePrefetcher:
         self.max_wait = max_wait
         self.buffer_limit = buffer_limit
         self.stall_after = stall_after
-        self.buffer: list[tuple[int, int, bytes, float, bool]] = []
+        self.buffer: list[tuple[int, int, Sequence[bytes], bool]] = []
         self.scheduled = False
+        self.batch_started = 0.0
         self.loop: asyncio.AbstractEventLoop | None = None
         self.proc: subprocess.Popen[bytes] | None = None
         self.proto: EngineProtocol | None = None
@@ -121,19 +134,20 @@ class LivePrefetcher:
     # ------------------------------------------------------------------ the request path
 
     def __call__(self, stream: int, db: int, keys: Sequence[bytes], hit: bool) -> None:
-        """The access sink: record and return."""
+        """The access sink: record and return. One record per call (a read's keys together), no
+        clock read: a batch carries the time its first record came (``batch_started``), which is
+        what the engine's staleness bound and the latency figures need."""
         buffer = self.buffer
-        if len(buffer) >= self.buffer_limit:
+        if len(buffer) < self.buffer_limit:
+            buffer.append((stream, db, keys, hit))
+            if not self.scheduled:
+                self.scheduled = True
+                self.batch_started = _mono()
+                self.loop.call_later(self.max_wait, self.flush)  # type: ignore[union-attr]
+            elif len(buffer) >= self.max_batch:
+                self.flush()
+        else:
             self.shed += len(keys)
-            return
-        t = _mono()
-        for key in keys:
-            buffer.append((stream, db, key, t, hit))
-        if not self.scheduled:
-            self.scheduled = True
-            self.loop.call_later(self.max_wait, self.flush)  # type: ignore[union-attr]
-        elif len(buffer) >= self.max_batch:
-            self.flush()
 
     def flush(self) -> None:
         """Send the buffered records to the engine, or shed them if it cannot take them now."""
@@ -141,17 +155,18 @@ class LivePrefetcher:
         records, self.buffer = self.buffer, []
         if not records:
             return
-        self.records += len(records)
+        count = sum(map(len, map(_keys_of, records)))
+        self.records += count
         transport = self.proto.transport if self.proto is not None and self.ready else None
         if (
             transport is None
             or transport.is_closing()
             or transport.get_write_buffer_size() > SEND_BUFFER_LIMIT
         ):
-            self.shed += len(records)
+            self.shed += count
             return
-        transport.write(frame(("reads", records)))
-        self.sent += len(records)
+        transport.write(frame(("reads", (self.batch_started, records))))
+        self.sent += count
         self.last_sent = _mono()
 
     # ------------------------------------------------------------------ the engine's answers
