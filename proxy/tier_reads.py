@@ -306,10 +306,7 @@ class TierReads(ForwardReads):
             if frame is None:
                 self._request_fill(db, keys, user)
                 return None
-            if tier.due:
-                self._request_fill(db, tier.due, user, refresh=True)
-                tier.due = []
-            tier.served_latency.record(_now() - now)
+            self._after_serving(db, user, now)
             return frame
         # An MGET is served whole or forwarded whole: only when every key can be served are they
         # looked up (and counted as hits); otherwise every key is a miss, and the ones the tier
@@ -319,11 +316,16 @@ class TierReads(ForwardReads):
             tier.misses += len(keys)
             self._request_fill(db, unservable, user)
             return None
+        self._after_serving(db, user, now)
+        return b"*%d\r\n" % len(frames) + b"".join(frames)
+
+    def _after_serving(self, db: int, user: str, now: float) -> None:
+        """After a served read: the refreshes its lookups found due are asked for, its latency noted."""
+        tier = self.tier
         if tier.due:
             self._request_fill(db, tier.due, user, refresh=True)
             tier.due = []
         tier.served_latency.record(_now() - now)
-        return b"*%d\r\n" % len(frames) + b"".join(frames)
 
     def _request_fill(self, db: int, keys: list[bytes], user: str, refresh: bool = False) -> None:
         """Ask the filler to read keys in; a refresh (of an entry being hit) skips admission."""

@@ -125,56 +125,28 @@ def test_predis_replay_drives_an_ab_proxy_and_reports(
 ) -> None:
     """predis replay loads the log's values, replays it through the proxy and prints the A/B
     report; against plain Redis it reports its own figures only."""
-    import subprocess
-    import sys
-
     log = tmp_path / "web.parquet"
-    subprocess.run(
-        [sys.executable, "-m", "proxy.cli", "gen", "web", "-n", "3000", "--seed", "4", "-o", str(log)],
-        check=True,
-    )
+    predis("gen", "web", "-n", "3000", "--seed", "4", "-o", str(log))
     proxy = make_proxy(redis_server.url, ab="M=markov,N=none", ab_seed=1)
     wait_for(lambda: proxy.server.tier.active and proxy.server.prediction.ready, timeout=30)
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "proxy.cli",
-            "replay",
-            str(log),
-            "--port",
-            str(proxy.port),
-            "--max",
-            "--load-values",
-            "--json",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
+    result = json.loads(
+        predis("replay", str(log), "--port", str(proxy.port), "--max", "--load-values", "--json")
     )
-    result = json.loads(out.stdout)
     assert result["requests"] == 3000 and result["errors"] == 0
     arms = {arm["name"]: arm for arm in result["ab"]["arms"]}
     gets = sum(1 for op in read_log(log).column("op") if op == "GET")
     assert arms["M"]["gets"] + arms["N"]["gets"] == gets  # every GET of the replay, in one arm
     assert direct.get(next(iter(direct.scan_iter(count=10)))) is not None  # (values were loaded)
-    plain = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "proxy.cli",
-            "replay",
-            str(log),
-            "--port",
-            str(redis_server.port),
-            "--max",
-            "--limit",
-            "500",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
+    plain = predis("replay", str(log), "--port", str(redis_server.port), "--max", "--limit", "500")
+    assert "500 requests" in plain and "A/B" not in plain
+
+
+def predis(*args: str) -> str:
+    """``predis ARGS`` in a subprocess; its standard output."""
+    import subprocess
+    import sys
+
+    run = subprocess.run(
+        [sys.executable, "-m", "proxy.cli", *args], capture_output=True, text=True, timeout=120, check=True
     )
-    assert "500 requests" in plain.stdout and "A/B" not in plain.stdout
+    return run.stdout
