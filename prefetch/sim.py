@@ -19,6 +19,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from itertools import repeat
 from typing import Any, cast
 
 import numpy as np
@@ -122,7 +123,7 @@ def replay(
     cap_tokens = max(2.0, 4 * budget)  # unused budget is lost beyond a short burst
     clock = times if times is not None else range(len(keys))
     streams = clients if clients is not None else [0] * len(keys)
-    is_write = writes if writes is not None else [False] * len(keys)
+    is_write = writes if writes is not None else repeat(False, len(keys))
     written = 0  # writes while scoring
     started = time.perf_counter()
     for i, (key, t, client, write) in enumerate(zip(keys, clock, streams, is_write, strict=True)):

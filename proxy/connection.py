@@ -60,6 +60,19 @@ class Shared:
         self.command_table: CommandTable | None = None  # Redis's, once the server has read it
         self.clients: set[ClientConnection] = set()
         self.streams = itertools.count(1)  # each connection's stream id, for ``access``
+        settings = self.settings
+        self.limits = Limits(
+            settings.max_bulk_len,
+            settings.max_multibulk_len,
+            settings.max_inline_len,
+            settings.query_buffer_limit,
+        )
+        # The GET and SET fast paths check no limits: they need limits above any one read (which
+        # holds a few hundred KiB at most) and three-argument commands.
+        self.fast_framing = (
+            min(settings.max_bulk_len, settings.query_buffer_limit) >= 1 << 20
+            and settings.max_multibulk_len >= 3
+        )
 
     def table(self) -> CommandTable | None:
         return self.command_table
@@ -70,12 +83,7 @@ class ClientConnection(asyncio.Protocol):
         self.shared = shared
         stats = self.stats = shared.stats
         settings = shared.settings
-        self.limits = Limits(
-            settings.max_bulk_len,
-            settings.max_multibulk_len,
-            settings.max_inline_len,
-            settings.query_buffer_limit,
-        )
+        self.limits = shared.limits
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self.closing = False  # no more requests are read; the connection closes once replies drain
@@ -89,12 +97,7 @@ class ClientConnection(asyncio.Protocol):
             self.session, stats, self._write, self.upstream.send, self._bad_upstream_reply, self._close_now
         )
         self.pending = self.replies.pending
-        # The GET and SET fast paths check no limits: they need limits above any one read (which
-        # holds a few hundred KiB at most) and three-argument commands.
-        fast_framing = (
-            min(settings.max_bulk_len, settings.query_buffer_limit) >= 1 << 20
-            and settings.max_multibulk_len >= 3
-        )
+        fast_framing = shared.fast_framing
         stream = next(shared.streams)
         self.reads: ForwardReads
         if shared.tier is None:

@@ -78,7 +78,9 @@ class Dispatcher:
         replies = self.replies
         reads = self.reads
         send = self.send
-        verifies = isinstance(reads, TierReads)  # (only the tier needs Redis to accept the connection)
+        # With the tier: writes drop what they change, and Redis must accept the connection
+        # before the tier serves it. Without, neither applies.
+        tiered = isinstance(reads, TierReads)
         pieces: list[bytes] = []  # requests to send upstream, in order
         served: list[bytes] = []  # tier replies not yet written (nothing is in flight before them)
         run: Run | None = None  # the slot run that consecutive plain commands join
@@ -100,7 +102,7 @@ class Dispatcher:
                         self.stats.commands_local += 1
                         run = None
                         continue
-                else:
+                elif tiered:
                     action = reads.write(name, args)
             if served and (pieces or name in SPECIAL):
                 replies.write(b"".join(served))
@@ -145,7 +147,7 @@ class Dispatcher:
             if (
                 action is not None
                 and slot is _PLAIN
-                and verifies
+                and tiered
                 and not session.verified
                 and not session.verify_pending
             ):
@@ -162,7 +164,7 @@ class Dispatcher:
                 pending.append(Run(1, slot.sent if type(slot) is Run else now, action))
                 run = None
             elif (
-                verifies
+                tiered
                 and not session.verified
                 and not session.verify_pending
                 and (slot is _PLAIN or (type(slot) is Run and slot.sent and slot.on_reply is None))

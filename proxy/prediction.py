@@ -32,7 +32,6 @@ import structlog
 from common.histogram import LatencyHistogram
 from prefetch.abtest import SequentialTest
 from prefetch.abtest import report as ab_report
-from prefetch.engine import Engine
 from prefetch.engine_process import Frames, frame
 from prefetch.tier import HotTier
 from proxy.upstream import UpstreamOpener
@@ -96,7 +95,6 @@ class LivePrefetcher:
                 "priority": priority,
             }
         )
-        Engine(self.arms, self.shares, seed, budget)  # a bad spec stops the start with its one line
         self.tier = tier
         self.filler = filler
         self.identity = opener.identity()
