@@ -67,6 +67,9 @@ class Settings:
     # Records go to the prediction engine in batches of at most this many, or after this long.
     prefetch_max_batch: int = 256
     prefetch_max_wait: float = 0.001
+    # A read older than this when the engine reaches it is not predicted from (its prefetches
+    # would come too late): it is shed and counted.
+    prefetch_max_age: float = 0.05
     # The engine process's CPU priority: "idle" (only spare CPU: never slows the proxy, but its
     # prefetches come late even under light load), "low" (nice 19) or "normal".
     prefetch_engine_priority: str = "low"
@@ -105,9 +108,14 @@ class Settings:
         for name in ("hot_tier_bytes", "hot_tier_max_entry", "hot_tier_max_staleness", "hot_tier_max_batch"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
-        if self.prefetch_budget < 0 or self.prefetch_max_batch <= 0 or self.prefetch_max_wait <= 0:
+        if (
+            self.prefetch_budget < 0
+            or self.prefetch_max_batch <= 0
+            or self.prefetch_max_wait <= 0
+            or self.prefetch_max_age <= 0
+        ):
             raise ConfigError(
-                "prefetch_budget must be at least 0, prefetch_max_batch and prefetch_max_wait positive"
+                "prefetch_budget must be at least 0; prefetch_max_batch, prefetch_max_wait and prefetch_max_age positive"
             )
         if self.prefetch_engine_priority not in ("idle", "low", "normal"):
             raise ConfigError(

@@ -81,6 +81,7 @@ class ProxyServer:
                 budget=settings.prefetch_budget,
                 max_batch=settings.prefetch_max_batch,
                 max_wait=settings.prefetch_max_wait,
+                max_age=settings.prefetch_max_age,
                 priority=settings.prefetch_engine_priority,
             )
             self.stats.sections["prefetch"] = self.prediction.figures
