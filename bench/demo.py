@@ -63,55 +63,33 @@ def main() -> int:
 
 
 def ab_story(accesses: int = 30_000, rate: float = 3_000.0) -> None:
-    """Pick the best heuristic offline, then test it live against no prefetching."""
+    """Pick the best heuristic offline, then test it live against no prefetching (one repeat of
+    ``bench.liveab``)."""
     import tempfile
-
-    import numpy as np
 
     from accesslog.generators import generate
     from accesslog.log import write_log
+    from bench.liveab import run_live, tier_bytes_for
     from prefetch.sim import simulate
-    from proxy.replay import replay_main
 
+    seen = generate("web", accesses, seed=1)
+    report = simulate(seen, "5%", ["obl", "markov", "pg", "frequency"], with_belady=False)
+    best = report.best_heuristic
+    print(
+        f"\nA/B: on a web workload (seed 1, {accesses:,} accesses) the simulator's best heuristic at a 5% "
+        f"cache is {best}"
+    )
+    live = generate("web", accesses, seed=2)
+    tier_bytes = tier_bytes_for(live, 0.05)
+    arms = f"{best.upper()}={best},NONE=none"
+    print(
+        f"starting predis with --ab {arms} and a {tier_bytes:,}-byte tier; replaying seed 2 at "
+        f"{rate:,.0f} requests/s\n"
+    )
     with tempfile.TemporaryDirectory() as tmp:
-        seen = generate("web", accesses, seed=1)
-        report = simulate(seen, "5%", ["obl", "markov", "pg", "frequency"], with_belady=False)
-        best = report.best_heuristic
-        print(
-            f"\nA/B: on a web workload (seed 1, {accesses:,} accesses) the simulator's best heuristic at a 5% "
-            f"cache is {best}"
-        )
-        live = generate("web", accesses, seed=2)
         path = f"{tmp}/web-seed2.parquet"
         write_log(live, path)
-        # The tier: 5% of the keys' entries (key twice, value, the tier's per-entry overhead).
-        sizes: dict[str, int] = dict(zip(live.keys(), live.column("size").tolist(), strict=True))
-        entry = float(np.mean([2 * len(k) + v + 570 for k, v in sizes.items()]))
-        tier_bytes = int(entry * len(sizes) * 0.05)
-        with EmbeddedRedis() as upstream:
-            proxy = ProxyProcess(
-                upstream.url,
-                ["--hot-tier-bytes", str(tier_bytes), "--ab", f"{best.upper()}={best},NONE=none"],
-            )
-            print(
-                f"started predis with --ab {best.upper()}={best},NONE=none and a {tier_bytes:,}-byte tier; "
-                f"replaying seed 2 at {rate:,.0f} requests/s\n"
-            )
-            try:
-                replay_main(
-                    [
-                        path,
-                        "--port",
-                        str(proxy.port),
-                        "--rate",
-                        str(rate),
-                        "--load-values",
-                        "--connections",
-                        "2000",
-                    ]
-                )
-            finally:
-                proxy.close()
+        run_live(path, tier_bytes, arms, rate)
 
 
 if __name__ == "__main__":

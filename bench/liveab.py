@@ -1,0 +1,101 @@
+"""A live A/B test of two prefetchers beside the simulator on the same log and cache size.
+
+    python -m bench.liveab [--workload web] [--accesses 30000] [--seed 2] [--cache 5%]
+        [--arms A=markov,B=none] [--rate 3000] [--repeats 3]
+
+Generates the workload (``--seed``), replays it in the simulator (each arm's spec alone, the whole
+cache), then ``--repeats`` times starts Redis and a proxy whose tier holds ``--cache`` of the keys'
+entries, split 50/50 between the arms, and drives the log through it with ``predis replay`` at
+``--rate`` requests/s, one connection per client stream. Prints each live repeat's per-arm hit
+ratio, the medians, and the simulator's figures for the same arms. ``bench.demo`` runs one repeat.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+from typing import Any
+
+from bench.loadtest import ProxyProcess
+from proxy.embedded import EmbeddedRedis
+
+
+def tier_bytes_for(log: Any, share: float) -> int:
+    """Bytes for ``share`` of the log's keys' entries (key twice, value, the tier's overhead)."""
+    import numpy as np
+
+    sizes: dict[str, int] = dict(zip(log.keys(), log.column("size").tolist(), strict=True))
+    entry = float(np.mean([2 * len(k) + v + 570 for k, v in sizes.items()]))
+    return int(entry * len(sizes) * share)
+
+
+def run_live(path: str, tier_bytes: int, arms: str, rate: float, quiet: bool = False) -> dict[str, Any]:
+    """One live run: Redis, a proxy with ``--ab arms``, ``predis replay`` of ``path``; its result."""
+    with EmbeddedRedis() as upstream:
+        proxy = ProxyProcess(upstream.url, ["--hot-tier-bytes", str(tier_bytes), "--ab", arms])
+        try:
+            cmd = [sys.executable, "-m", "proxy.cli", "replay", path, "--port", str(proxy.port)]
+            cmd += ["--rate", str(rate), "--load-values", "--connections", "2000", "--json"]
+            out = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=600)
+        finally:
+            proxy.close()
+    result: dict[str, Any] = json.loads(out.stdout)
+    if not quiet:
+        from proxy.replay import format_result
+
+        print(format_result(result))
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.liveab", description=__doc__.splitlines()[0])
+    p.add_argument("--workload", default="web")
+    p.add_argument("--accesses", type=int, default=30_000)
+    p.add_argument("--seed", type=int, default=2)
+    p.add_argument("--cache", default="5%")
+    p.add_argument("--arms", default="MARKOV=markov,NONE=none")
+    p.add_argument("--rate", type=float, default=3_000.0)
+    p.add_argument("--repeats", type=int, default=3)
+    args = p.parse_args(argv)
+    from accesslog.generators import generate
+    from accesslog.log import write_log
+    from prefetch.engine import parse_arms
+    from prefetch.sim import simulate
+
+    arms = parse_arms(args.arms)
+    log = generate(args.workload, args.accesses, seed=args.seed)
+    report = simulate(log, args.cache, [spec for _, spec in arms], with_belady=False)
+    offline = {a.arm: 100 * a.hit_ratio for a in report.arms}
+    tier_bytes = tier_bytes_for(log, float(args.cache.rstrip("%")) / 100)
+    live: dict[str, list[float]] = {name: [] for name, _ in arms}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = f"{tmp}/{args.workload}-seed{args.seed}.parquet"
+        write_log(log, path)
+        for repeat in range(args.repeats):
+            result = run_live(path, tier_bytes, args.arms, args.rate, quiet=True)
+            for arm in result["ab"]["arms"]:
+                live[arm["name"]].append(100 * arm["hit_ratio"])
+            figures = ", ".join(f"{n} {v[-1]:.2f}" for n, v in live.items())
+            print(f"repeat {repeat + 1}: live hit % {figures}; shed {result['prefetch']['predict_shed']}")
+    print(
+        f"\n{args.workload} seed {args.seed}, {args.accesses:,} accesses ({report.requests - report.writes:,} "
+        f"reads), cache {args.cache} ({tier_bytes:,} bytes live, {report.capacity:,} entries simulated), "
+        f"{args.rate:,.0f} requests/s, {args.repeats} live repeats\n"
+    )
+    print("| arm | spec | live hit %, median (range) | simulator hit % | live - simulator |")
+    print("|---|---|---|---|---|")
+    for name, spec in arms:
+        median = statistics.median(live[name])
+        print(
+            f"| {name} | {spec} | {median:.2f} ({min(live[name]):.2f}-{max(live[name]):.2f}) | "
+            f"{offline[spec]:.2f} | {median - offline[spec]:+.2f} |"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
