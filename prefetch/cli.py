@@ -58,6 +58,14 @@ def sim_main(argv: list[str]) -> int:
         help="drop: a write removes its key and is not scored, as the proxy's tier does (default); "
         "read: every access is a read (libCacheSim's convention for block traces)",
     )
+    p.add_argument(
+        "--prefetch-delay",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="a prefetch reaches the cache this long (in the log's time) after the read it was "
+        "predicted from, as live prediction and the upstream read take time (default 0: at once)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument(
         "--plot", metavar="DIR", help="also write hit-ratio curves over cache sizes (PNG) into DIR"
@@ -85,6 +93,7 @@ def sim_main(argv: list[str]) -> int:
             warmup=args.warmup,
             with_belady=not args.no_belady,
             writes=args.writes,
+            delay=args.prefetch_delay,
         )
         reports.append(report)
         if not args.json:

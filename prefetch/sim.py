@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from itertools import repeat
@@ -102,9 +103,15 @@ def replay(
     clients: Sequence[int] | None = None,
     also_from: int | None = None,
     writes: Sequence[bool] | None = None,
+    delay: float = 0.0,
+    arrivals: Sequence[float] | None = None,
 ) -> ArmResult:
     """Replay ``keys`` through a ``capacity``-entry cache with ``predictor``; score from ``warmup`` on.
     ``writes``: which accesses are writes (None: all are reads); a write drops its key.
+    ``delay``: a prefetch reaches the cache this long after the read it was predicted from, in the
+    time of ``arrivals`` (each access's time in the log), as a live proxy's prediction and upstream
+    read take time; a read of the key before then misses (``extra["late"]`` counts those). 0: at
+    once, before the next access.
     With ``also_from`` (at most ``warmup``), ``extra["hits_from"]`` also counts the hits from that
     read on, for a second, longer scoring window of the same replay."""
     if capacity < 1:
@@ -125,9 +132,29 @@ def replay(
     streams = clients if clients is not None else [0] * len(keys)
     is_write = writes if writes is not None else repeat(False, len(keys))
     written = 0  # writes while scoring
+    if delay and arrivals is None:
+        raise ValueError("a prefetch delay needs the accesses' times (arrivals)")
+    pending: deque[tuple[float, str, int]] = deque()  # prefetches on their way: (due, key, flag)
+    coming: set[str] = set()
+    late = 0
     started = time.perf_counter()
     for i, (key, t, client, write) in enumerate(zip(keys, clock, streams, is_write, strict=True)):
         scored = i >= warmup
+        if delay:
+            now = arrivals[i]  # type: ignore[index]
+            while pending and pending[0][0] <= now:
+                _, cand, due_flag = pending.popleft()
+                coming.discard(cand)
+                if cand in present:
+                    continue  # (read, and filled, before it came: counted late then)
+                if len(present) >= capacity:
+                    del present[victim()]
+                present[cand] = due_flag
+                insert(cand, 1)
+            if key in coming and not write and key not in present:
+                coming.discard(key)  # (its prefetch, when it comes, finds the key read and held)
+                if scored:
+                    late += 1
         if write:
             if key in present:
                 del present[key]
@@ -163,6 +190,17 @@ def replay(
                 for cand, _score in predict(CANDIDATES):
                     if cand in present:
                         continue
+                    if delay:
+                        if cand in coming:
+                            continue
+                        coming.add(cand)
+                        pending.append((now + delay, cand, 2 if scored else 1))
+                        tokens -= 1.0
+                        if scored:
+                            prefetches += 1
+                        if tokens < 1.0:
+                            break
+                        continue
                     if len(present) >= capacity:
                         del present[victim()]
                     present[cand] = 2 if scored else 1
@@ -189,6 +227,8 @@ def replay(
         result.extra["hits_from"] = hits + early_hits
     if writes is not None:
         result.extra["writes"] = written
+    if delay:
+        result.extra["late"] = late
     return result
 
 
@@ -326,10 +366,12 @@ def simulate(
     warmup: float = 0.0,
     with_belady: bool = True,
     writes: str = "drop",
+    delay: float = 0.0,
 ) -> SimReport:
     """Run every (prefetcher, policy) arm over ``log`` at one cache size; arms see the same trace.
     ``writes``: "drop" (a write removes its key and is not scored, as the live tier does) or
-    "read" (every access is a read: libCacheSim's convention for block traces)."""
+    "read" (every access is a read: libCacheSim's convention for block traces). ``delay``: seconds
+    of the log's time between a read and the arrival of the prefetches predicted from it."""
     codes, names = log.key_codes()
     n = int(codes.size)
     if n == 0:
@@ -344,6 +386,9 @@ def simulate(
     capacity = parse_capacity(cache, len(names))
     keys = log.keys()
     times = [float(i) for i in range(n)]
+    if delay < 0:
+        raise ConfigError(f"prefetch delay must be at least 0, not {delay}")
+    arrivals = log.timestamps().tolist() if delay else None
     clients = log.clients().tolist()
     if writes not in ("drop", "read"):
         raise ConfigError(f"writes must be drop or read, not {writes!r}")
@@ -375,6 +420,8 @@ def simulate(
                 times=times,
                 clients=clients,
                 writes=write_flags,
+                delay=delay,
+                arrivals=arrivals,
             )
             result.arm = spec if len(policies) == 1 and own in ("", policy) else f"{spec}@{own or policy}"
             if choose is not None:  # (with several policies every arm runs under each: say which it chose)

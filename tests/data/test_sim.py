@@ -238,3 +238,27 @@ def test_a_write_drops_its_key_and_is_not_scored() -> None:
     assert bound.hits == 0  # (Belady cannot keep what a write removes either)
     reads_only = AccessLog(make_table(np.arange(4, dtype=float), ["a", "b", "a", "b"], "GET", 1, "h"), {})
     assert simulate(reads_only, "1", [], with_belady=False).writes == 0
+
+
+def test_a_prefetch_that_comes_after_its_read_is_late() -> None:
+    """With a delay, a prefetch lands that long after the read it came from: a sequential scan
+    read every 10 ms gains everything from OBL when its prefetches take 5 ms, nothing when they
+    take 15 ms (each next block is read before it comes, and counted late); with no delay, as the simulator
+    has always replayed it, as with the short one."""
+    keys = [f"block:{i}" for i in range(2000)]
+    arrivals = [0.01 * i for i in range(len(keys))]
+
+    def run(delay: float) -> object:
+        return replay(keys, 100, make_predictor("obl"), delay=delay, arrivals=arrivals)
+
+    instant, early, late = run(0.0), run(0.005), run(0.015)
+    assert instant.hits == early.hits >= len(keys) - 10  # (all but the first few: OBL sees the run)
+    assert early.extra["late"] == 0 and "late" not in instant.extra
+    assert late.hits == 0 and late.extra["late"] == early.prefetch_hits
+    with pytest.raises(ValueError, match="arrivals"):
+        replay(keys, 100, make_predictor("obl"), delay=0.01)
+    log = AccessLog(make_table(np.array(arrivals), keys, "GET", 100, "scan"), {"source": "scan"})
+    by_delay = {d: simulate(log, "5%", ["obl"], with_belady=False, delay=d).arms[1] for d in (0.0, 0.015)}
+    assert by_delay[0.0].hit_ratio > 0.99 and by_delay[0.015].hit_ratio == 0.0
+    with pytest.raises(ConfigError, match="delay"):
+        simulate(log, "5%", ["obl"], delay=-1.0)
