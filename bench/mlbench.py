@@ -32,9 +32,20 @@ def main() -> None:
     ap.add_argument(
         "--successors", type=int, default=8, help="successor candidates per read (0: no successor head)"
     )
+    ap.add_argument("--model", help="a trained model (directory or registry): step --log's reads through it")
+    ap.add_argument(
+        "--log", help="with --model: the access log whose reads are stepped, in batches of --batch"
+    )
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--repeats", type=int, default=3, help="with --model: passes over the log, each timed")
     args = ap.parse_args()
     keep_freed_memory()  # (this process runs the stepper: set at its start, as the engine's will)
     torch.manual_seed(0)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.model:
+        on_log(args)
+        return
     vocab = Vocabulary([f"item:{i}" for i in range(args.vocab - 2)], [f"t{i}:#" for i in range(100)])
     cfg = LSTMConfig(key_vocab=vocab.key_size, template_vocab=vocab.template_size, successors=args.successors)
     model = NextKeyLSTM(cfg).to(args.device).eval()
@@ -46,7 +57,7 @@ def main() -> None:
         reads = [(c, f"item:{int(rng.integers(args.vocab - 2))}", t + c * 1e-4) for c in range(args.batch)]
         t += 0.01
         start = time.perf_counter()
-        stepper.step(reads)
+        stepper.run(reads)
         if args.device == "cuda":
             torch.cuda.synchronize()
         if step >= 10:
@@ -93,6 +104,55 @@ def main() -> None:
         if step >= 3:
             spans.append(time.perf_counter() - start)
     print(f"training, batch {B} x length {T}, {args.device}: {B / statistics.median(spans):,.0f} sequences/s")
+
+
+def on_log(args: argparse.Namespace) -> None:
+    """A trained model over a log's reads, as the live engine runs it: batches of ``--batch``
+    reads in time order (each client's several reads in a batch included), by the batched stepper
+    (``OnlineStepper.run``: host work once per batch, the LSTM in waves, the heads once) and by one
+    ``step`` per read (the per-read path it replaced), alternating, a fresh stepper per pass.
+    Reports the median over ``--repeats`` passes of each, in microseconds per read, and whether
+    the two named the same keys."""
+    from accesslog.log import READ_OPS, read_log
+    from ml.registry import load_model
+
+    if not args.log:
+        raise SystemExit("mlbench: --model needs --log")
+    model, vocab, _ = load_model(args.model, args.device)
+    log = read_log(args.log)
+    ops = log.column("op")
+    rows = [
+        (int(c), k, float(t))
+        for k, t, c, op in zip(log.keys(), log.timestamps(), log.clients(), ops, strict=True)
+        if op in READ_OPS  # (the proxy mirrors reads only)
+    ]
+    batches = [rows[i : i + args.batch] for i in range(0, len(rows), args.batch)]
+    spans: dict[str, list[float]] = {"batched": [], "per read": []}
+    named: dict[str, list[list[str]]] = {}
+    for _ in range(args.repeats):
+        for how in spans:
+            stepper = OnlineStepper(model, vocab, args.device)
+            got: list[list[str]] = []
+            start = time.perf_counter()
+            for batch in batches:
+                if how == "batched":
+                    cands, _ = stepper.run(batch)
+                else:
+                    cands = [stepper.step([read])[0] for read in batch]
+                got += [[k for k, _ in c] for c in cands]
+            if args.device == "cuda":
+                torch.cuda.synchronize()
+            spans[how].append(time.perf_counter() - start)
+            named[how] = got
+    n = len(rows)
+    same = sum(a == b for a, b in zip(named["batched"], named["per read"], strict=True))
+    print(
+        f"{args.model} over {n:,} reads of {args.log} in batches of {args.batch}, {args.device}, "
+        f"{torch.get_num_threads()} torch threads, median of {args.repeats}:"
+    )
+    for how, times in spans.items():
+        print(f"  {how:>9}: {statistics.median(times) / n * 1e6:6.1f} us per read")
+    print(f"  the same keys named for {same:,} of {n:,} reads")
 
 
 if __name__ == "__main__":

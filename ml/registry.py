@@ -68,6 +68,28 @@ def save_model(model: Any, vocab: Any, out_dir: str | os.PathLike[str], **manife
     return out
 
 
+def check_model(model_dir: str | os.PathLike[str]) -> tuple[Path, dict[str, Any]]:
+    """(the model's directory, its manifest) once the manifest reads, names this format and the
+    weights match its checksum; without torch (the proxy checks a model spec with it and leaves
+    loading to the prediction engine's process)."""
+    path = resolve(model_dir)
+    try:
+        doc = json.loads((path / MANIFEST).read_text())
+    except FileNotFoundError:
+        raise ModelError(f"{path}: no {MANIFEST}: not a Predis model directory") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ModelError(f"{path}/{MANIFEST} is corrupt: {exc}") from None
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        found = doc.get("format") if isinstance(doc, dict) else None
+        raise ModelError(f"{path}: model format {found!r}, this Predis reads {FORMAT!r}")
+    weights = path / WEIGHTS
+    if not weights.exists():
+        raise ModelError(f"{path}: {WEIGHTS} is missing")
+    if _sha256(weights) != doc.get("weights_sha256"):
+        raise ModelError(f"{weights} does not match its manifest (truncated or replaced)")
+    return path, doc
+
+
 def load_model(model_dir: str | os.PathLike[str], device: str = "cpu") -> tuple[Any, Any, dict[str, Any]]:
     """(model in eval mode, vocabulary, manifest) from a model directory or a registry."""
     from safetensors import SafetensorError
@@ -76,20 +98,8 @@ def load_model(model_dir: str | os.PathLike[str], device: str = "cpu") -> tuple[
     from ml.models.lstm.model import LSTMConfig, NextKeyLSTM
     from ml.vocab import Vocabulary
 
-    path = resolve(model_dir)
-    try:
-        doc = json.loads((path / MANIFEST).read_text())
-    except FileNotFoundError:
-        raise ModelError(f"{path}: no {MANIFEST}: not a Predis model directory") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ModelError(f"{path}/{MANIFEST} is corrupt: {exc}") from None
-    if doc.get("format") != FORMAT:
-        raise ModelError(f"{path}: model format {doc.get('format')!r}, this Predis reads {FORMAT!r}")
+    path, doc = check_model(model_dir)
     weights = path / WEIGHTS
-    if not weights.exists():
-        raise ModelError(f"{path}: {WEIGHTS} is missing")
-    if _sha256(weights) != doc.get("weights_sha256"):
-        raise ModelError(f"{weights} does not match its manifest (truncated or replaced)")
     try:
         # (Models saved before replay slots existed had none; the dataclass default is for new ones.)
         cfg = LSTMConfig(**{"replay_slots": 0, **doc["config"]})

@@ -100,3 +100,28 @@ def make_proxy() -> Iterator[Any]:
 @pytest.fixture
 def proxy(make_proxy: Any, redis_server: EmbeddedRedis, direct: redis.Redis) -> RunningProxy:
     return make_proxy(redis_server.url)  # type: ignore[no-any-return]
+
+
+@pytest.fixture(scope="session")
+def planted_model(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A small model trained on the planted cycle (tests.helpers.CYCLE), for the live engine's tests."""
+    pytest.importorskip("torch")
+    from ml.training.train import TrainConfig, train
+    from tests.helpers import planted_log
+
+    out = tmp_path_factory.mktemp("planted-model")
+    train(
+        planted_log(3000),
+        out,
+        TrainConfig(
+            epochs=10,
+            batch=16,
+            length=32,
+            lr=1e-2,
+            progress=False,
+            patience=10,
+            max_keys=64,
+            precision="fp32",
+        ),
+    )
+    return out

@@ -6,6 +6,7 @@ from __future__ import annotations
 import socket
 import time
 from collections.abc import Callable
+from typing import Any
 
 from proxy.scanner import ReplyScanner
 
@@ -67,3 +68,33 @@ class ShiftedClock:
 
     def advance(self, seconds: float) -> None:
         self.offset += seconds
+
+
+# The planted sequence the model tests train on: each client walks these 12 keys in order.
+CYCLE = [f"page:{i * 7 % 97}:body" for i in range(12)]
+
+
+def walk(cycle: list[str], n: int, starts: list[int], rng: Any, source: str) -> Any:
+    """Clients (one per start) each walk ``cycle`` from their own place, interleaved at random."""
+    import numpy as np
+
+    from accesslog.log import AccessLog, make_table
+
+    pos = list(starts)
+    keys, client = [], []
+    for _ in range(n):
+        c = int(rng.integers(len(pos)))
+        keys.append(cycle[pos[c] % len(cycle)])
+        pos[c] += 1
+        client.append(c)
+    return AccessLog(
+        make_table(np.arange(n) * 0.01, keys, "GET", 100, source, client=np.array(client)),
+        {"source": source},
+    )
+
+
+def planted_log(n: int = 6000, clients: int = 4) -> Any:
+    """Each client walks the planted cycle of 12 keys, starting at its own place, interleaved."""
+    import numpy as np
+
+    return walk(CYCLE, n, list(range(clients)), np.random.default_rng(0), "planted")

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ml.inference.compose import TOP_KEYS, TOP_TEMPLATES, compose, top_probs
+from ml.inference.compose import TOP_KEYS, TOP_TEMPLATES, BatchComposer, compose, top_probs
 from ml.training.data import RECENT, SUCC_FEATURES, SuccessorCandidates, replay_slots_of
 from ml.vocab import Vocabulary
 
@@ -65,6 +65,7 @@ class OnlineStepper:
         self.max_clients = max_clients
         self.layers, self.hidden = model.cfg.layers, model.cfg.hidden
         self.pool = torch.zeros(2, self.layers, 0, self.hidden, device=device)  # (h|c, L, rows, H)
+        self.composer = BatchComposer(vocab)
 
     def _slots(self, reads: Sequence[tuple[int, str, float]]) -> torch.Tensor:
         """Pool rows for the reads' clients: a new client gets a zeroed row (the least recently
@@ -97,8 +98,85 @@ class OnlineStepper:
         return index
 
     @torch.no_grad()
+    def run(
+        self, reads: Sequence[tuple[int, str, float]], k: int = 10
+    ) -> tuple[list[list[tuple[str, float]]], np.ndarray]:
+        """A batch of (client, key, t) reads in the order they came, a client's several reads
+        included: each read's top-k and confidence, as many ``step`` calls of one read each would
+        give them. The host work runs once over the batch in read order (tokens, feature rows,
+        successor candidates); the LSTM runs in waves (the first read of every client in the batch,
+        then the second...), each wave one batched call; the heads and their top-k run once over
+        the whole batch."""
+        n = len(reads)
+        if not n:
+            return [], np.zeros(0, np.float32)
+        vocab, device, model = self.vocab, self.device, self.model
+        key_token, template_token = vocab.key_token, vocab.template_token
+        keys = torch.tensor([key_token(key) for _, key, _ in reads], device=device)
+        tpls = torch.tensor([template_token(key) for _, key, _ in reads], device=device)
+        values = self.features.values
+        feats = torch.as_tensor(np.array([values(key, t) for _, key, t in reads], np.float32), device=device)
+        succ_keys: list[list[str]] = [[] for _ in reads]
+        succ = None
+        if self.successors is not None:
+            after = self.successors.after
+            found = [after(key, client) for client, key, _ in reads]
+            succ_keys = [f[0] for f in found]
+            flat = np.array([f[1] for f in found], np.float32)
+            succ = torch.as_tensor(flat.reshape(n, 1, -1, SUCC_FEATURES), device=device)
+        # Waves: wave w holds each client's w-th read of the batch, so a client's state advances in
+        # the order of its reads and no wave holds a client twice.
+        waves: list[list[int]] = []
+        seen: dict[int, int] = {}
+        for j, (client, _, _) in enumerate(reads):
+            w = seen.get(client, 0)
+            seen[client] = w + 1
+            if w == len(waves):
+                waves.append([])
+            waves[w].append(j)
+        if len(seen) > self.max_clients:
+            raise ValueError(f"a batch of {len(seen)} clients needs max_clients >= {len(seen)}")
+        x = model.inputs(keys, tpls, feats)
+        if len(waves) == 1:
+            index = self._slots(reads)
+            state = self.pool.index_select(2, index)
+            h, (hn, cn) = model.step(x, (state[0], state[1]))
+            self.pool.index_copy_(2, index, torch.stack((hn, cn)))
+        else:
+            h = torch.empty(n, self.hidden, device=device)
+            for wave in waves:
+                at = torch.tensor(wave, device=device)
+                index = self._slots([reads[j] for j in wave])
+                state = self.pool.index_select(2, index)
+                hw, (hn, cn) = model.step(x[at], (state[0], state[1]))
+                self.pool.index_copy_(2, index, torch.stack((hn, cn)))
+                h[at] = hw
+        out = model.heads(h[:, None], succ)
+        sp = torch.softmax(out["succ_logits"][:, 0].float(), -1).cpu().numpy() if succ is not None else None
+        kp, ki = top_probs(out["key_logits"][:, 0], TOP_KEYS)
+        copy = torch.softmax(out["copy_logits"][:, 0].float(), -1).cpu().numpy()
+        tp, ti = top_probs(out["template_logits"][:, 0], TOP_TEMPLATES)
+        conf = torch.sigmoid(out["confidence"][:, 0].float()).cpu().numpy()
+        recents = self.recent
+        latest = []
+        for client, key, _ in reads:
+            recent = recents.get(client)
+            if recent is None:
+                recent = recents[client] = deque(maxlen=RECENT)
+            recent.append(key)
+            latest.append(tuple(reversed(recent)))
+        return self.composer(ki, kp, ti, tp, copy, latest, k, succ_keys, sp), conf
+
     def step(self, reads: Sequence[tuple[int, str, float]], k: int = 10) -> list[list[tuple[str, float]]]:
-        """One step for a batch of (client, key, t) reads of distinct clients."""
+        """One step for a batch of (client, key, t) reads of distinct clients: each read's top-k."""
+        return self.step_scored(reads, k)[0]
+
+    @torch.no_grad()
+    def step_scored(
+        self, reads: Sequence[tuple[int, str, float]], k: int = 10
+    ) -> tuple[list[list[tuple[str, float]]], np.ndarray]:
+        """``step``, with the confidence head's probability that each read's top prediction is
+        right (the gate the ML arm applies, as the simulator's ``predict_streams`` gives it)."""
         vocab = self.vocab
         n = len(reads)
         keys = torch.tensor([[vocab.key_token(key)] for _, key, _ in reads], device=self.device)
@@ -118,10 +196,24 @@ class OnlineStepper:
         state = self.pool.index_select(2, index)  # (2, L, n, H)
         out, (h, c), _ = self.model(keys, tpls, feats, (state[0], state[1]), succ=succ)
         self.pool.index_copy_(2, index, torch.stack((h, c)))
-        sp = torch.softmax(out["succ_logits"][:, 0].float(), -1).cpu().numpy() if succ is not None else None
+        return self._compose(reads, out, succ_keys, succ is not None, k)
+
+    def _compose(
+        self,
+        reads: Sequence[tuple[int, str, float]],
+        out: dict[str, torch.Tensor],
+        succ_keys: list[list[str]],
+        with_succ: bool,
+        k: int,
+    ) -> tuple[list[list[tuple[str, float]]], np.ndarray]:
+        """The heads' outputs (one time step per read) as each read's top-k keys, and confidence."""
+        vocab = self.vocab
+        n = len(reads)
+        sp = torch.softmax(out["succ_logits"][:, 0].float(), -1).cpu().numpy() if with_succ else None
         kp, ki = top_probs(out["key_logits"][:, 0], TOP_KEYS)
         copy = torch.softmax(out["copy_logits"][:, 0].float(), -1).cpu().numpy()
         tp, ti = top_probs(out["template_logits"][:, 0], TOP_TEMPLATES)
+        conf = torch.sigmoid(out["confidence"][:, 0].float()).cpu().numpy()
         results = []
         ki_l, kp_l, ti_l, tp_l, copy_l = ki.tolist(), kp.tolist(), ti.tolist(), tp.tolist(), copy.tolist()
         sp_l = sp.tolist() if sp is not None else None
@@ -147,4 +239,4 @@ class OnlineStepper:
                 )
             )
         assert len(results) == n
-        return results
+        return results, conf

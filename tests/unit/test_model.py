@@ -21,27 +21,7 @@ from ml.training.data import encode  # noqa: E402
 from ml.training.precision import bf16_failure  # noqa: E402
 from ml.training.train import TrainConfig, train  # noqa: E402
 from ml.vocab import UNK, Vocabulary, fill, template_of  # noqa: E402
-
-
-def walk(cycle: list[str], n: int, starts: list[int], rng: np.random.Generator, source: str) -> AccessLog:
-    """Clients (one per start) each walk ``cycle`` from their own place, interleaved at random."""
-    pos = list(starts)
-    keys, client = [], []
-    for _ in range(n):
-        c = int(rng.integers(len(pos)))
-        keys.append(cycle[pos[c] % len(cycle)])
-        pos[c] += 1
-        client.append(c)
-    return AccessLog(
-        make_table(np.arange(n) * 0.01, keys, "GET", 100, source, client=np.array(client)),
-        {"source": source},
-    )
-
-
-def planted_log(n: int = 6000, clients: int = 4) -> AccessLog:
-    """Each client walks the same planted cycle of 12 keys, starting at its own place, interleaved."""
-    cycle = [f"page:{i * 7 % 97}:body" for i in range(12)]
-    return walk(cycle, n, list(range(clients)), np.random.default_rng(0), "planted")
+from tests.helpers import CYCLE, planted_log, walk  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -169,13 +149,165 @@ def test_online_steps_match_the_batched_pass(trained: tuple[Path, dict]) -> None
     assert [[k for k, _ in row] for row in online] == [[k for k, _ in row] for row in batched]
 
 
+def test_batched_stepper_names_what_one_step_per_read_names(trained: tuple[Path, dict]) -> None:
+    """The engine's path (``run``: a batch in read order, a client's several reads in it, the LSTM
+    in waves and the heads once) against the per-read path it replaced (``step_scored``, one read
+    at a time): the same keys in the same order for every read; scores and confidence equal within
+    float rounding (the two batch the matrix products differently)."""
+    from ml.inference.stepper import OnlineStepper
+
+    model, vocab, _ = load_model(trained[0])
+    log = planted_log(600, clients=5)
+    reads = [
+        (int(c), k, float(t))
+        for k, t, c in zip(log.keys(), log.timestamps(), log.column("client"), strict=True)
+    ]
+    batched, single = OnlineStepper(model, vocab), OnlineStepper(model, vocab)
+    sizes = [1, 7, 64, 3, 128, 256]  # batches of several sizes, most holding a client many times
+    got: list[list[tuple[str, float]]] = []
+    conf_b: list[float] = []
+    at = 0
+    for size in sizes * 4:
+        cands, conf = batched.run(reads[at : at + size])
+        got += cands
+        conf_b += conf.tolist()
+        at += size
+        if at >= len(reads):
+            break
+    want: list[list[tuple[str, float]]] = []
+    conf_s: list[float] = []
+    for read in reads[: len(got)]:
+        cands, conf = single.step_scored([read])
+        want += cands
+        conf_s += conf.tolist()
+    assert len(got) == len(want) >= 600
+    assert [[k for k, _ in row] for row in got] == [[k for k, _ in row] for row in want]
+    assert (
+        max(abs(a - b) for g, w in zip(got, want, strict=True) for (_, a), (_, b) in zip(g, w, strict=True))
+        < 1e-5
+    )
+    assert np.allclose(conf_b, conf_s, atol=1e-5)
+    # The planted cycle is learnt: the batched path names the next key first for most reads.
+    cycle = CYCLE
+    follows = {cycle[i]: cycle[(i + 1) % 12] for i in range(12)}
+    right = sum(row[0][0] == follows[r[1]] for row, r in zip(got, reads, strict=False) if row)
+    assert right > 0.9 * len(got)
+
+
+def test_batch_composer_is_compose_exactly() -> None:
+    """BatchComposer against compose, read by read, on outputs where every path is taken:
+    key-head names with PAD and UNK among them, successor keys overlapping them, templates filled
+    from each read's recent keys (over and under the floor, with slot counts that do not match)."""
+    from ml.inference.compose import BatchComposer, compose
+
+    rng = np.random.default_rng(3)
+    keys = [f"user:{i}:cart" for i in range(40)] + [f"item:{i}" for i in range(40)] + ["home"]
+    vocab = Vocabulary(keys, ["user:#:cart", "item:#", "order:#:line:#", "home", "page:{x}:#"])
+    n, width = 200, 8
+    ki = np.stack([rng.permutation(vocab.key_size)[:10] for _ in range(n)])  # (distinct, as top-k's)
+    kp = rng.dirichlet(np.ones(10), n).astype(np.float32)
+    ti = rng.integers(0, vocab.template_size, (n, 3))
+    tp = rng.dirichlet(np.ones(3) * 0.3, n).astype(np.float32)
+    copy = rng.dirichlet(np.ones(width + 1) * 0.2, n).astype(np.float32)
+    latest = [
+        tuple(
+            rng.choice(keys + ["order:7:line:9", "page:{x}:3"], size=int(rng.integers(1, width + 1))).tolist()
+        )
+        for _ in range(n)
+    ]
+    succ = [[str(k) if k else "" for k in rng.choice(keys + [""], size=4)] for _ in range(n)]
+    sp = rng.dirichlet(np.ones(5), n).astype(np.float32)
+    got = BatchComposer(vocab)(ki, kp, ti, tp, copy, latest, 6, succ, sp)
+    for j in range(n):
+        want = compose(
+            vocab,
+            ki[j].tolist(),
+            kp[j].tolist(),
+            ti[j].tolist(),
+            tp[j].tolist(),
+            list(reversed(latest[j])),
+            6,
+            copy[j].tolist(),
+            succ[j],
+            sp[j, : len(succ[j])].tolist(),
+        )
+        assert got[j] == want, j
+    # Templates were filled: keys no key-head token or successor slot named.
+    named = {vocab.key_of(int(t)) for row in ki for t in row} | {k for row in succ for k in row}
+    assert any(k not in named for row in got for k, _ in row)
+
+
+def test_the_model_as_a_live_engine_arm(trained: tuple[Path, dict], tmp_path: Path) -> None:
+    """The ``ml:`` spec in the live engine: the model steps over each batch and its arm prefetches
+    the planted cycle's next keys (each its own arm's); stale reads reach only the fallback; a
+    model that cannot load, or raises, leaves the arm its fallback heuristic, counted by reason."""
+    from ml.inference.live import LiveMLPredictor
+    from prefetch.engine import Engine
+
+    cycle = CYCLE
+    follows = {cycle[i]: cycle[(i + 1) % 12] for i in range(12)}
+    log = planted_log(800, clients=4)
+    records = [
+        (int(c), 0, k.encode(), float(t), False)
+        for k, t, c in zip(log.keys(), log.timestamps(), log.column("client"), strict=True)
+    ]
+    engine = Engine([("ML", f"ml:{trained[0]}::device=cpu"), ("NONE", "none")], max_age=1.0)
+    ml = engine.predictors[0]
+    assert isinstance(ml, LiveMLPredictor) and ml.stepper is not None
+    asked = []
+    for at in range(0, len(records), 50):
+        batch = records[at : at + 50]
+        engine.shadows[0].clear()  # (the 12 keys fit the shadow of the tier: held, never asked again)
+        out = engine.step(batch, now=batch[-1][3])
+        asked += [(key.decode(), t) for _, key, arm, t in out if arm == 0]
+    # Every prefetch is a key of the ML arm's; the NONE arm asks for nothing.
+    assert all(engine.split.arm_of(k.encode()) == 0 for k, _ in asked) and len(asked) > 50
+    assert engine.figures[1].prefetches == 0
+    # The arm's first candidate after a read is the planted successor (the model's, through the
+    # gate the manifest recorded), as the simulator's arm would name it.
+    live = LiveMLPredictor(str(trained[0]), device="cpu")
+    batch = [(c, key.decode(), t, True) for c, _, key, t, _ in records[:400]]
+    live.prepare(batch)
+    right = 0
+    for c, key, t, _ in batch:
+        live.observe(key, t, False, c)
+        right += live.predict(1)[0][0] == follows[key]
+    assert right > 0.9 * len(batch)
+    report = engine.report()["arms"][0]
+    assert report["predictor"]["model"] == "loaded" and report["predictor"]["model_reads"] == len(records)
+    assert report["predictor"]["fallbacks"] == {"model_load": 0, "model_error": 0}
+
+    # Stale reads (older than max_age when stepped) are shed: the model does not step over them.
+    before = ml.model_reads
+    engine.step(records[:10], now=records[9][3] + 5.0)
+    assert ml.model_reads == before and engine.figures[0].shed + engine.figures[1].shed == 10
+
+    # A model that raises: its batches are served by the fallback alone, counted per read.
+    def broken(*_: Any, **__: Any) -> Any:
+        raise RuntimeError("CUDA error: an illegal memory access")
+
+    ml.stepper.run = broken
+    engine.step(records[:20], now=records[19][3])
+    assert ml.reasons["model_error"] == 20 and ml.model_errors == 1
+
+    # A model that cannot be loaded (gone since the proxy checked it): the fallback alone.
+    gone = LiveMLPredictor(str(tmp_path / "absent"), device="cpu")
+    assert gone.stepper is None and gone.reasons["model_load"] == 1
+    assert "no such model directory" in gone.figures()["load_error"]
+    assert gone.fallback_spec == "markov"
+    gone.prepare([(0, cycle[0], 0.0, True), (0, cycle[1], 0.1, True), (0, cycle[0], 0.2, True)])
+    for key, t in ((cycle[0], 0.0), (cycle[1], 0.1), (cycle[0], 0.2)):
+        gone.observe(key, t, False, 0)
+    assert gone.predict(4)[0][0] == cycle[1]  # (Markov's: cycle[1] followed cycle[0])
+
+
 def test_online_stepper_drops_the_least_recent_client(trained: tuple[Path, dict]) -> None:
     """Past max_clients, the least recently active client's state row is reused: the others' states
     are untouched, and the dropped client starts over as a new one would."""
     from ml.inference.stepper import OnlineStepper
 
     model, vocab, _ = load_model(trained[0])
-    cycle = [f"page:{i * 7 % 97}:body" for i in range(12)]
+    cycle = CYCLE
     reads = [(0, cycle[0]), (1, cycle[3]), (2, cycle[6]), (1, cycle[4]), (2, cycle[7])]
     bounded, unbounded = OnlineStepper(model, vocab, max_clients=2), OnlineStepper(model, vocab)
     for t, (client, key) in enumerate(reads):

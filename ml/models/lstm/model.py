@@ -70,22 +70,50 @@ class NextKeyLSTM(nn.Module):
         # head's, whichever is surer) is right.
         self.confidence_head = nn.Linear(cfg.hidden, 1)
 
-    def forward(
+    def trunk(
         self,
-        keys: torch.Tensor,  # (B, T) key tokens
-        templates: torch.Tensor,  # (B, T) template tokens
-        feats: torch.Tensor,  # (B, T, F)
-        state: tuple[torch.Tensor, torch.Tensor] | None = None,  # ((L, B, H), (L, B, H))
-        next_keys: torch.Tensor | None = None,  # (B, T) targets: the key token read next, PAD for none
-        next_templates: torch.Tensor | None = None,  # (B, T)
-        next_copy: torch.Tensor | None = None,  # (B, T) copy slot targets, -100 for none
-        succ: torch.Tensor | None = None,  # (B, T, S, SUCC_FEATURES) successor candidates' features
-        next_succ: torch.Tensor | None = None,  # (B, T) successor slot targets (S: none), -100 for none
-    ) -> tuple[dict[str, torch.Tensor], tuple[torch.Tensor, torch.Tensor], torch.Tensor | None]:
-        x = torch.cat(
+        keys: torch.Tensor,
+        templates: torch.Tensor,
+        feats: torch.Tensor,
+        state: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """The embeddings and the LSTM: its outputs (B, T, H) and final state."""
+        h, state = self.lstm(self.inputs(keys, templates, feats), state)  # (B, T, H)
+        return h, state
+
+    def inputs(self, keys: torch.Tensor, templates: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
+        """The LSTM's input: the key and template embeddings and the projected features, (..., D)."""
+        return torch.cat(
             [self.key_emb(keys), self.template_emb(templates), F.gelu(self.feature_proj(feats))], dim=-1
         )
-        h, state = self.lstm(x, state)  # (B, T, H)
+
+    def step(
+        self,
+        x: torch.Tensor,  # (B, D) inputs (``inputs``)
+        state: tuple[torch.Tensor, torch.Tensor],  # ((L, B, H), (L, B, H))
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """The LSTM for one time step, in inference: a fused cell per layer, which at the small
+        batches of a live step costs about half the whole LSTM's call (the same function, within
+        float rounding). Returns the top layer's output (B, H) and the new state."""
+        lstm = self.lstm
+        hs, cs = [], []
+        for layer in range(self.cfg.layers):
+            h, c = torch.lstm_cell(
+                x,
+                (state[0][layer], state[1][layer]),
+                getattr(lstm, f"weight_ih_l{layer}"),
+                getattr(lstm, f"weight_hh_l{layer}"),
+                getattr(lstm, f"bias_ih_l{layer}"),
+                getattr(lstm, f"bias_hh_l{layer}"),
+            )
+            hs.append(h)
+            cs.append(c)
+            x = h
+        return x, (torch.stack(hs), torch.stack(cs))
+
+    def heads(self, h: torch.Tensor, succ: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Every head's logits from the LSTM's outputs ``h`` (..., H); ``succ`` the successor
+        candidates' features (..., S, SUCC_FEATURES)."""
         out = {
             "key_logits": self.key_head(h),  # (B, T, V)
             "template_logits": self.template_head(h),  # (B, T, K)
@@ -98,6 +126,22 @@ class NextKeyLSTM(nn.Module):
             )  # (B, T, S, succ_dim)
             scores = self.succ_out(z).squeeze(-1).masked_fill(succ[..., 1] == 0, -1e4)  # (B, T, S)
             out["succ_logits"] = torch.cat([scores, self.succ_none(h)], -1)  # (B, T, S + 1)
+        return out
+
+    def forward(
+        self,
+        keys: torch.Tensor,  # (B, T) key tokens
+        templates: torch.Tensor,  # (B, T) template tokens
+        feats: torch.Tensor,  # (B, T, F)
+        state: tuple[torch.Tensor, torch.Tensor] | None = None,  # ((L, B, H), (L, B, H))
+        next_keys: torch.Tensor | None = None,  # (B, T) targets: the key token read next, PAD for none
+        next_templates: torch.Tensor | None = None,  # (B, T)
+        next_copy: torch.Tensor | None = None,  # (B, T) copy slot targets, -100 for none
+        succ: torch.Tensor | None = None,  # (B, T, S, SUCC_FEATURES) successor candidates' features
+        next_succ: torch.Tensor | None = None,  # (B, T) successor slot targets (S: none), -100 for none
+    ) -> tuple[dict[str, torch.Tensor], tuple[torch.Tensor, torch.Tensor], torch.Tensor | None]:
+        h, state = self.trunk(keys, templates, feats, state)
+        out = self.heads(h, succ)
         loss = None
         if next_keys is not None and next_templates is not None:
             # log_softmax once, for the loss and the confidence's target (cross_entropy would compute
