@@ -18,6 +18,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+from collections.abc import Sequence
 from typing import Any
 
 from bench.loadtest import ProxyProcess
@@ -33,10 +34,12 @@ def tier_bytes_for(log: Any, share: float) -> int:
     return int(entry * len(sizes) * share)
 
 
-def run_live(path: str, tier_bytes: int, arms: str, rate: float, quiet: bool = False) -> dict[str, Any]:
+def run_live(
+    path: str, tier_bytes: int, arms: str, rate: float, quiet: bool = False, proxy_args: Sequence[str] = ()
+) -> dict[str, Any]:
     """One live run: Redis, a proxy with ``--ab arms``, ``predis replay`` of ``path``; its result."""
     with EmbeddedRedis() as upstream:
-        proxy = ProxyProcess(upstream.url, ["--hot-tier-bytes", str(tier_bytes), "--ab", arms])
+        proxy = ProxyProcess(upstream.url, ["--hot-tier-bytes", str(tier_bytes), "--ab", arms, *proxy_args])
         try:
             cmd = [sys.executable, "-m", "proxy.cli", "replay", path, "--port", str(proxy.port)]
             cmd += ["--rate", str(rate), "--load-values", "--connections", "2000", "--json"]
@@ -60,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--arms", default="MARKOV=markov,NONE=none")
     p.add_argument("--rate", type=float, default=3_000.0)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--proxy-args", default="", help="more flags for predis serve, space-separated")
     args = p.parse_args(argv)
     from accesslog.generators import generate
     from accesslog.log import write_log
@@ -69,16 +73,22 @@ def main(argv: list[str] | None = None) -> int:
     arms = parse_arms(args.arms)
     log = generate(args.workload, args.accesses, seed=args.seed)
     report = simulate(log, args.cache, [spec for _, spec in arms], with_belady=False)
-    offline = {a.arm: 100 * a.hit_ratio for a in report.arms}
+    # (an arm that chose its own eviction policy is named SPEC@POLICY by the simulator)
+    offline = {_arm_key(a.arm): 100 * a.hit_ratio for a in report.arms}
     tier_bytes = tier_bytes_for(log, float(args.cache.rstrip("%")) / 100)
     live: dict[str, list[float]] = {name: [] for name, _ in arms}
+    span = float(log.timestamps()[-1] - log.timestamps()[0])
+    delays: list[float] = []  # per repeat: a prefetch's delay after its read, in the log's time
     with tempfile.TemporaryDirectory() as tmp:
         path = f"{tmp}/{args.workload}-seed{args.seed}.parquet"
         write_log(log, path)
         for repeat in range(args.repeats):
-            result = run_live(path, tier_bytes, args.arms, args.rate, quiet=True)
+            result = run_live(
+                path, tier_bytes, args.arms, args.rate, quiet=True, proxy_args=args.proxy_args.split()
+            )
             for arm in result["ab"]["arms"]:
                 live[arm["name"]].append(100 * arm["hit_ratio"])
+            delays.append(live_delay(result, span))
             figures = ", ".join(f"{n} {v[-1]:.2f}" for n, v in live.items())
             print(f"repeat {repeat + 1}: live hit % {figures}; shed {result['prefetch']['predict_shed']}")
     print(
@@ -86,15 +96,45 @@ def main(argv: list[str] | None = None) -> int:
         f"reads), cache {args.cache} ({tier_bytes:,} bytes live, {report.capacity:,} entries simulated), "
         f"{args.rate:,.0f} requests/s, {args.repeats} live repeats\n"
     )
-    print("| arm | spec | live hit %, median (range) | simulator hit % | live - simulator |")
-    print("|---|---|---|---|---|")
+    # The simulator again with prefetches that take as long as the live ones did (in the log's
+    # time): how much of the gap is timing.
+    delay = statistics.median(delays)
+    late_report = simulate(log, args.cache, [spec for _, spec in arms], with_belady=False, delay=delay)
+    delayed = {_arm_key(a.arm): 100 * a.hit_ratio for a in late_report.arms}
+    print(
+        f"simulator with delay: each prefetch lands {delay * 1e3:.2f} ms of the log's time after its read "
+        "(the live runs' median prediction latency plus a GET's, scaled by the replay's speed-up)\n"
+    )
+    print(
+        "| arm | spec | live hit %, median (range) | simulator hit % | live - simulator "
+        "| simulator with delay | live - delayed |"
+    )
+    print("|---|---|---|---|---|---|---|")
     for name, spec in arms:
         median = statistics.median(live[name])
         print(
             f"| {name} | {spec} | {median:.2f} ({min(live[name]):.2f}-{max(live[name]):.2f}) | "
-            f"{offline[spec]:.2f} | {median - offline[spec]:+.2f} |"
+            f"{offline[spec]:.2f} | {median - offline[spec]:+.2f} | {delayed[spec]:.2f} | "
+            f"{median - delayed[spec]:+.2f} |"
         )
     return 0
+
+
+def _arm_key(arm: str) -> str:
+    """The spec of a simulator arm's name (an arm that chose its own policy is SPEC@POLICY)."""
+    return arm if "::" in arm else arm.partition("@")[0]
+
+
+def live_delay(result: dict[str, Any], span: float) -> float:
+    """A live run's typical delay between a read and its prefetch landing in the tier, in the log's
+    time: the arms' median prediction latency (read received to prefetch sent) plus the replay's
+    median GET latency (the prefetch's own upstream read), times the replay's speed-up over the log."""
+    arms = [a for a in result["ab"]["arms"] if a.get("prediction_p50_us")]
+    if not arms or not result.get("seconds"):
+        return 0.0
+    predict = statistics.median(a["prediction_p50_us"] for a in arms)
+    speedup = span / float(result["seconds"])
+    return (predict + float(result["latency_p50_us"])) / 1e6 * speedup
 
 
 if __name__ == "__main__":

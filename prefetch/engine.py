@@ -114,20 +114,30 @@ class Engine:
         budget: float = 1.0,
         max_age: float = 0.05,
         shadow: int = 1_024,
-        make: Callable[[str], Predictor] = make_predictor,
+        make: Callable[..., Predictor] = make_predictor,
+        loader_defaults: dict[str, Any] | None = None,
     ) -> None:
         if not specs:
             raise ConfigError("the engine needs at least one arm")
         self.names = [name for name, _ in specs]
         self.specs = [spec for _, spec in specs]
-        self.predictors = [make(spec) for spec in self.specs]  # ConfigError names a bad spec
-        self.split = ArmSplit(shares or [1.0 / len(specs)] * len(specs), seed)
+        # ConfigError names a bad spec; a model arm's loader takes ``loader_defaults`` (its device).
+        self.predictors = [make(spec, loader_defaults=loader_defaults) for spec in self.specs]
+        self.shares = list(shares or [1.0 / len(specs)] * len(specs))
+        self.split = ArmSplit(self.shares, seed)
         self.budget = budget
         self.cap_tokens = max(2.0, 4 * budget)
         self.tokens = [0.0] * len(specs)
         self.max_age = max_age
         self.figures = [ArmFigures() for _ in specs]
         self.silent = [isinstance(p, NoPrefetch) for p in self.predictors]  # (never asked)
+        # Predictors that work a batch at a time (the model: ``prepare`` steps it over the batch
+        # before the reads are observed one by one; see ml.inference.live).
+        self.preparers = [
+            (a, p.prepare)
+            for a, p in enumerate(self.predictors)
+            if hasattr(p, "prepare") and not self.silent[a]
+        ]
         # Per arm, a shadow of its part of the tier: an LRU of the (db, key)s it read or
         # prefetched, as many as the live tier's partition holds entries (``resize``, from the
         # proxy). A candidate in it is taken to be held and costs no token, as a candidate already
@@ -142,6 +152,12 @@ class Engine:
             shadow = self.shadows[arm]
             while len(shadow) > self.shadow_sizes[arm]:
                 shadow.popitem(last=False)
+            choose = getattr(self.predictors[arm], "choose", None)
+            if choose is not None and size > 0:
+                # (the model's gate, floor and fallback for the cache size, as the simulator's arm:
+                # its part of the tier holds its share of the keys, as a whole cache this many
+                # times larger would hold them all)
+                choose(size / self.shares[arm])
 
     def _hold(self, arm: int, db: int, key: bytes) -> None:
         shadow = self.shadows[arm]
@@ -161,13 +177,23 @@ class Engine:
         budget, cap = self.budget, self.cap_tokens
         tokens = self.tokens
         shadows = self.shadows
-        for stream, db, key, t, hit in records:
+        names = [r[2].decode("utf-8", "surrogateescape") for r in records]
+        if self.preparers and budget:
+            max_age = self.max_age
+            batch = [
+                (r[0], name, r[3], now - r[3] <= max_age) for r, name in zip(records, names, strict=True)
+            ]
+            for a, prepare in self.preparers:
+                try:
+                    prepare(batch)
+                except Exception:  # (as predict's below: the arm prefetches nothing for the batch)
+                    self.figures[a].predict_errors += len(records)
+        for (stream, db, key, t, hit), name in zip(records, names, strict=True):
             arm = arm_of(key)
             figures = self.figures[arm]
             figures.gets += 1
             if hit:
                 figures.hits += 1
-            name = key.decode("utf-8", "surrogateescape")
             for predictor in predictors:
                 predictor.observe(name, t, hit, stream)
             self._hold(arm, db, key)
@@ -207,9 +233,13 @@ class Engine:
         self.figures = [ArmFigures() for _ in self.figures]
 
     def report(self) -> dict[str, Any]:
-        return {
-            "arms": [
-                {"name": name, "spec": spec, **figures.as_dict()}
-                for name, spec, figures in zip(self.names, self.specs, self.figures, strict=True)
-            ]
-        }
+        arms = []
+        for name, spec, figures, predictor in zip(
+            self.names, self.specs, self.figures, self.predictors, strict=True
+        ):
+            arm: dict[str, Any] = {"name": name, "spec": spec, **figures.as_dict()}
+            own = getattr(predictor, "figures", None)
+            if own is not None:  # (the model's: loaded or not, its fallback, fallbacks by reason)
+                arm["predictor"] = own()
+            arms.append(arm)
+        return {"arms": arms}

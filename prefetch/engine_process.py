@@ -61,6 +61,27 @@ def expand(t: float, reads: list[tuple[int, int, Any, bool]]) -> list[Record]:
     return [(stream, db, key, t, hit) for stream, db, keys, hit in reads for key in keys]
 
 
+def drain(sock: socket.socket, limit: int = 8 << 20) -> bytes:
+    """What else the socket holds now, without waiting (at most ``limit`` bytes)."""
+    chunks: list[bytes] = []
+    size = 0
+    timeout = sock.gettimeout()
+    sock.setblocking(False)
+    try:
+        while size < limit:
+            try:
+                chunk = sock.recv(1 << 20)
+            except (BlockingIOError, InterruptedError):
+                break
+            if not chunk:
+                break  # (the proxy closed its end: the next blocking recv says so)
+            chunks.append(chunk)
+            size += len(chunk)
+    finally:
+        sock.settimeout(timeout)
+    return b"".join(chunks)
+
+
 def serve(sock: socket.socket, engine: Engine) -> None:
     """Answer batches until the proxy closes the socket."""
     sock.sendall(frame(("ready", engine.report())))
@@ -76,14 +97,26 @@ def serve(sock: socket.socket, engine: Engine) -> None:
             data = None
         if data == b"":
             return
+        if data:
+            data += drain(sock)
+        # The batches that arrived while the last step ran are stepped together: a model's step
+        # costs about as much for one read as for dozens, so an engine that fell behind catches
+        # up in one larger step instead of many small ones.
+        pending: list[Record] = []
         for kind, payload in frames.feed(data or b""):
             changed = True
             if kind == "reads":
-                out += engine.step(expand(*payload), time.monotonic())
-            elif kind == "reset":
+                pending += expand(*payload)
+                continue
+            if pending:
+                out += engine.step(pending, time.monotonic())
+                pending = []
+            if kind == "reset":
                 engine.reset()
             elif kind == "resize":
                 engine.resize(payload)
+        if pending:
+            out += engine.step(pending, time.monotonic())
         now = time.monotonic()
         message = b""
         if out:
@@ -126,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
             seed=config.get("seed", 0),
             budget=config.get("budget", 1.0),
             max_age=config.get("max_age", 0.05),
+            loader_defaults={"device": config.get("device", "auto")},
         )
     except ConfigError as exc:
         sock.sendall(frame(("error", str(exc))))

@@ -69,6 +69,12 @@ def serve_main(argv: list[str]) -> int:
         choices=["idle", "low", "normal"],
         help="the prediction engine's CPU priority (default low)",
     )
+    p.add_argument(
+        "--device",
+        dest="prefetch_device",
+        choices=["auto", "cpu", "cuda"],
+        help="where a model arm (ml:MODEL_DIR) runs (default auto: a GPU where torch sees one)",
+    )
     p.add_argument("--log-level", dest="log_level")
     p.add_argument("--log-format", dest="log_format", choices=["console", "json"])
     return serve(p.parse_args(argv))
@@ -112,6 +118,7 @@ def serve(args: argparse.Namespace) -> int:
             "ab_seed",
             "prefetch_budget",
             "prefetch_engine_priority",
+            "prefetch_device",
         )
     }
     settings = load_settings(args.config, overrides=overrides)

@@ -73,6 +73,8 @@ class Settings:
     # The engine process's CPU priority: "idle" (only spare CPU: never slows the proxy, but its
     # prefetches come late even under light load), "low" (nice 19) or "normal".
     prefetch_engine_priority: str = "low"
+    # Where a model arm (ml:MODEL_DIR) runs: "auto" (a CUDA GPU where torch sees one), "cpu", "cuda".
+    prefetch_device: str = "auto"
     log_level: str = "info"
     log_format: str = "console"
     # Seconds between health checks of the upstream (the PREDIS STATS upstream_status figure).
@@ -121,6 +123,8 @@ class Settings:
             raise ConfigError(
                 f"prefetch_engine_priority must be idle, low or normal, got {self.prefetch_engine_priority!r}"
             )
+        if self.prefetch_device not in ("auto", "cpu", "cuda"):
+            raise ConfigError(f"prefetch_device must be auto, cpu or cuda, got {self.prefetch_device!r}")
         arms = self.prediction_arms()
         if arms and self.hot_tier == "off":
             raise ConfigError(
@@ -131,7 +135,9 @@ class Settings:
             from prefetch.predictors import make_predictor
 
             for _, spec in arms:
-                make_predictor(spec)  # a bad spec stops the start with its one line, before anything runs
+                # A bad spec or model stops the start with its one line, before anything runs (a
+                # model is checked, not loaded: the engine's process loads it).
+                make_predictor(spec, check_only=True)
             if self.ab.strip():
                 parse_shares(self.ab_shares, len(arms))
         if self.upstream:

@@ -82,6 +82,8 @@ class LivePrefetcher:
         buffer_limit: int = 65_536,
         stall_after: float = 2.0,
         priority: str = "low",
+        device: str = "auto",
+        start_within: float = 120.0,
     ) -> None:
         self.arms = list(arms)
         self.shares = list(shares) if shares else [1.0 / len(arms)] * len(arms)
@@ -93,6 +95,7 @@ class LivePrefetcher:
                 "budget": budget,
                 "max_age": max_age,
                 "priority": priority,
+                "device": device,
             }
         )
         self.tier = tier
@@ -103,6 +106,7 @@ class LivePrefetcher:
         self.max_wait = max_wait
         self.buffer_limit = buffer_limit
         self.stall_after = stall_after
+        self.start_within = start_within
         self.buffer: list[tuple[int, int, Sequence[bytes], bool]] = []
         self.scheduled = False
         self.batch_started = 0.0
@@ -121,8 +125,9 @@ class LivePrefetcher:
         self.sent = 0
         self.shed = 0
         self.requested = 0  # prefetch keys the engine asked for
-        self.already_held = 0  # ...of which the tier held already
-        self.late = [0] * len(self.arms)  # ...of which a fill was in flight: read (and missed) first
+        self.already_held = 0  # ...of which the tier held already (from before the read they follow)
+        # ...of which the key was read (and missed) first: its fill in flight, or done since
+        self.late = [0] * len(self.arms)
         self.latency = [LatencyHistogram() for _ in self.arms]  # read received -> prefetch sent
         self.starts = 0
         self.fallbacks: dict[str, int] = {"engine_died": 0, "engine_stalled": 0, "engine_error": 0}
@@ -191,8 +196,14 @@ class LivePrefetcher:
         now = _mono()
         for db, key, arm, t in prefetches:
             self.requested += 1
-            if (db, key) in entries:
-                self.already_held += 1
+            entry = entries.get((db, key))
+            if entry is not None:
+                if not entry.prefetched and entry.filled >= t:
+                    # Read, missed and filled on demand after the read this was predicted from,
+                    # before this came: late (the simulator's --prefetch-delay counts the same).
+                    self.late[arm] += 1
+                else:
+                    self.already_held += 1
                 continue
             if (db, key) in inflight:
                 # Being filled already: a read of it came first and missed (or a prefetch of it
@@ -278,8 +289,11 @@ class LivePrefetcher:
                 transport.write(frame(("resize", entries)))
                 told = entries
             now = _mono()
+            # Starting, the engine imports its predictors (torch and a model: seconds): it has
+            # ``start_within`` to say it is ready; running, ``stall_after`` to answer records.
+            bound = self.stall_after if self.ready else max(self.stall_after, self.start_within)
             waiting = self.last_sent > self.last_heard or not self.ready
-            if waiting and now - self.last_heard > self.stall_after:
+            if waiting and now - self.last_heard > bound:
                 self.killing = "engine_stalled"  # (counted when the loss follows)
                 log.warning(
                     "prediction engine stalled; restarting it", seconds=round(now - self.last_heard, 2)

@@ -83,6 +83,7 @@ class ProxyServer:
                 max_wait=settings.prefetch_max_wait,
                 max_age=settings.prefetch_max_age,
                 priority=settings.prefetch_engine_priority,
+                device=settings.prefetch_device,
             )
             self.stats.sections["prefetch"] = self.prediction.figures
             self.stats.ab = self.prediction

@@ -76,9 +76,19 @@ def _number(text: str) -> Any:
     return text
 
 
-def make_predictor(spec: str, *, trace_keys: Sequence[str] | None = None, log: Any = None) -> Predictor:
+def make_predictor(
+    spec: str,
+    *,
+    trace_keys: Sequence[str] | None = None,
+    log: Any = None,
+    loader_defaults: dict[str, Any] | None = None,
+    check_only: bool = False,
+) -> Predictor:
     """The predictor named by ``spec``; ``trace_keys`` (the oracle) and ``log`` (the ML arm, which
-    computes its candidates for the whole trace up front) exist in the simulator only."""
+    computes its candidates for the whole trace up front) exist in the simulator only.
+    ``loader_defaults``: parameters a loader's spec gets unless it names them (the live engine's
+    ``device``). ``check_only``: a loader checks its spec and what it names (a model directory)
+    without building anything heavy, and returns None (the proxy's check at start)."""
     prefix, sep, rest = spec.partition(":")
     if sep and prefix not in HEURISTICS and prefix not in SIMULATOR_ONLY:
         loader = _loader(prefix)
@@ -89,6 +99,9 @@ def make_predictor(spec: str, *, trace_keys: Sequence[str] | None = None, log: A
             )
         arg, _, tail = rest.partition("::")  # ``PREFIX:ARG::k=v:k=v`` (ARG, a directory, may hold ':')
         _, params = parse_spec(prefix + ":" + tail) if tail else (prefix, {})
+        params = {**(loader_defaults or {}), **params}
+        if check_only:
+            return loader(arg, log, check_only=True, **params)  # type: ignore[no-any-return]
         return loader(arg, log, **params)  # type: ignore[no-any-return]
     name, params = parse_spec(spec)
     if name == "oracle":

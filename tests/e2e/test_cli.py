@@ -81,6 +81,10 @@ def test_bad_input_exits_with_one_line(tmp_path: Path) -> None:
         (("serve", "--ab", "A=markov"), None, "an A/B test needs at least two arms"),
         (("serve", "--ab", "A=markov,B=pg", "--ab-shares", "50"), None, "one positive share per arm"),
         (("serve", "--prefetch", "obl", "--hot-tier", "off"), None, "needs the hot tier"),
+        (("serve", "--prefetch", "ml:/nonexistent/model"), None, "no such model directory"),
+        (("serve", "--ab", "A=ml:/nonexistent/m::device=tpu,B=pg"), None, "device must be auto, cpu or cuda"),
+        (("serve", "--prefetch", "ml:/x::gate=1"), None, "the ml arm has no parameter 'gate'"),
+        (("serve", "--prefetch", "markov", "--device", "tpu"), None, "invalid choice: 'tpu'"),
         (("nope",), None, "unknown command 'nope'; commands: serve, stats, gen, trace, sim, train, replay"),
     ]:
         out = run_predis(*args, env=env)
@@ -119,3 +123,17 @@ class socket_listening:
 
     def __exit__(self, *exc: object) -> None:
         self.sock.close()
+
+
+def test_a_corrupt_model_stops_serve_with_one_line(tmp_path: Path, planted_model: Path) -> None:
+    """The proxy checks a model arm's directory at start (manifest, format, the weights' checksum)
+    without loading torch; a truncated model stops it with one line, as `predis sim` does."""
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(planted_model, model)
+    weights = model / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    out = run_predis("serve", "--prefetch", f"ml:{model}", "--port", str(free_port()))
+    lines = out.stderr.strip().splitlines()
+    assert out.returncode == 2 and len(lines) == 1 and "does not match its manifest" in lines[0], out.stderr

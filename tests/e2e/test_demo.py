@@ -21,5 +21,9 @@ def test_demo_runs_to_its_summary() -> None:
     assert run.returncode == 0, run.stderr[-2000:]
     assert "PREDIS STATS of the proxy with the tier" in run.stdout
     assert "hot_tier_hits:" in run.stdout and "upstream_errors: 0" in run.stdout
-    # The A/B story: a live experiment, its report and its significance.
-    assert "A/B test:" in run.stdout and "NONE" in run.stdout and "chi-square p" in run.stdout
+    # The A/B story: a model trained, a live experiment of it against the best heuristic, its
+    # report and its significance, and the simulator's figures beside the live ones.
+    assert "top-1 next-key accuracy" in run.stdout and "predis train:" in run.stdout
+    assert "A/B test:" in run.stdout and "chi-square p" in run.stdout
+    (ml,) = [line for line in run.stdout.splitlines() if line.strip().startswith("ML: live hit ratio")]
+    assert "simulator" in ml and "prediction latency p50" in ml

@@ -154,3 +154,45 @@ def predis(*args: str) -> str:
         [sys.executable, "-m", "proxy.cli", *args], capture_output=True, text=True, timeout=120, check=True
     )
     return run.stdout
+
+
+def test_the_model_prefetches_keys_never_read_here_and_falls_back_when_it_cannot_load(
+    make_proxy: Any, redis_server: Any, direct: redis.Redis, planted_model: Any, tmp_path: Any
+) -> None:
+    """``--prefetch ml:DIR``: the model names each next key of the cycle it was trained on the
+    first time the proxy sees the cycle (no heuristic can: none has seen a transition), so each
+    comes into the tier before its read, with Redis's value. Then the model is deleted and the
+    engine killed: the restarted engine cannot load it, counts that, and the arm goes on as its
+    fallback heuristic while the proxy serves."""
+    import shutil
+
+    from tests.helpers import CYCLE
+
+    model = tmp_path / "model"
+    shutil.copytree(planted_model, model)
+    direct.mset({key: f"v-{key}" for key in CYCLE})
+    proxy = make_proxy(redis_server.url, prefetch=f"ml:{model}", prefetch_device="cpu", **UNHURRIED)
+    prediction = proxy.server.prediction
+    wait_for(lambda: proxy.server.tier.active and prediction.ready, timeout=120)  # (torch's import)
+    client = proxy.client()
+    tier = proxy.server.tier
+    for i, key in enumerate(CYCLE):
+        assert client.get(key) == f"v-{key}".encode()
+        if i < len(CYCLE) - 1:
+            wait_for(lambda i=i: (0, CYCLE[i + 1].encode()) in tier.entries, timeout=30)
+    assert tier.prefetched_hits >= len(CYCLE) - 1
+    wait_for(lambda: ab(client)["arms"][0]["gets"] == len(CYCLE), timeout=10)
+    (arm,) = ab(client)["arms"]
+    assert arm["predictor"]["model"] == "loaded" and arm["predictor"]["model_reads"] == len(CYCLE)
+    assert arm["predictor"]["fallbacks"] == {"model_load": 0, "model_error": 0}
+
+    shutil.rmtree(model)
+    pid = prediction.proc.pid
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: prediction.ready and prediction.proc.pid != pid, timeout=120)
+    assert [client.get(key) for key in CYCLE] == [f"v-{key}".encode() for key in CYCLE]
+    wait_for(lambda: ab(client)["arms"][0].get("gets") == len(CYCLE), timeout=10)
+    (arm,) = ab(client)["arms"]
+    assert arm["predictor"]["model"] == "failed" and arm["predictor"]["fallbacks"]["model_load"] == 1
+    assert "no such model directory" in arm["predictor"]["load_error"]
+    assert prediction.figures()["fallback_engine_died"] == 1

@@ -75,7 +75,7 @@ class Failing:
 
 
 def test_a_predictor_that_raises_costs_its_arm_the_read_not_the_engine() -> None:
-    engine = Engine([("A", "x")], make=lambda spec: Failing())
+    engine = Engine([("A", "x")], make=lambda spec, **_: Failing())
     assert engine.step([(1, 0, b"a", 1.0, False), (1, 0, b"b", 1.0, True)], now=1.0) == []
     figures = engine.figures[0].as_dict()
     assert figures["predict_errors"] == 2 and figures["gets"] == 2 and figures["misses"] == 1
