@@ -29,6 +29,17 @@ from prefetch.predictors import make_predictor
 from prefetch.predictors.base import NoPrefetch, Predictor
 
 CANDIDATES = 4  # candidates asked of a predictor per read (as the simulator)
+# Hints (see proxy.prediction): the keys the arms named after a read of a key, each arm's first
+# few (the proxy checks each on every read of the key: kept short, it costs the request path little),
+# for at most this many keys (the proxy keeps as many).
+HINTS_PER_ARM = 2
+HINT_SOURCES = 65_536
+# A candidate becomes a hint only at this score or above: it will be fetched on later misses of
+# the key, so it must be a plausible next read, not one guess among dozens (a random reader's
+# successors churn the proxy's table with every read). On web, 0.05 kept most of what hints gain
+# for the model (33.1% hit ratio live, against 33.2% with 0.25 on every read and 31.9% with 0.25
+# on misses; 29.6% without hints), one run each at 1,500 requests/s.
+HINT_MIN_SCORE = 0.05
 SPLIT_BUCKETS = 10_000
 
 # One mirrored read: (stream, db, key, time it was read, whether the tier served it).
@@ -144,20 +155,25 @@ class Engine:
         # cached costs none in the simulator; the proxy checks the real tier before filling.
         self.shadows: list[OrderedDict[tuple[int, bytes], None]] = [OrderedDict() for _ in specs]
         self.shadow_sizes = [shadow] * len(specs)
+        self.hints_sent: OrderedDict[tuple[int, bytes], tuple[bytes, ...]] = OrderedDict()
+        self.new_hints: list[tuple[int, bytes, tuple[bytes, ...]]] = []
 
-    def resize(self, entries: Sequence[int]) -> None:
-        """The live tier's entries per arm: the shadows follow them (at least 16 each)."""
+    def resize(self, entries: Sequence[int], capacities: Sequence[float] | None = None) -> None:
+        """The live tier's entries per arm: the shadows follow them (at least 16 each). And how many
+        entries each arm's part holds when full (``capacities``, estimated by the proxy from its
+        bytes and the mean entry's size): the size the model's gate is chosen for."""
         for arm, size in enumerate(entries[: len(self.shadows)]):
             self.shadow_sizes[arm] = max(16, int(size))
             shadow = self.shadows[arm]
             while len(shadow) > self.shadow_sizes[arm]:
                 shadow.popitem(last=False)
             choose = getattr(self.predictors[arm], "choose", None)
-            if choose is not None and size > 0:
+            full = capacities[arm] if capacities is not None and arm < len(capacities) else 0
+            if choose is not None and full > 0:
                 # (the model's gate, floor and fallback for the cache size, as the simulator's arm:
                 # its part of the tier holds its share of the keys, as a whole cache this many
                 # times larger would hold them all)
-                choose(size / self.shares[arm])
+                choose(full / self.shares[arm])
 
     def _hold(self, arm: int, db: int, key: bytes) -> None:
         shadow = self.shadows[arm]
@@ -204,10 +220,11 @@ class Engine:
                 continue
             have = tokens[arm] + budget  # (tokens come with the reads of the arm's own keys)
             tokens[arm] = cap if have > cap else have
-            # Every arm whose predictor can spend a token predicts after every read (each saw it),
-            # and prefetches only its own keys.
+            # Every arm predicts after every read (each saw it) and names only its own keys: as
+            # hints of this key (every time), and as prefetches while it has tokens.
+            named: list[bytes] = []
             for a, predictor in enumerate(predictors):
-                if tokens[a] < 1.0 or self.silent[a]:
+                if self.silent[a]:
                     continue
                 try:
                     candidates = predictor.predict(CANDIDATES)
@@ -216,18 +233,43 @@ class Engine:
                     continue
                 shadow = shadows[a]
                 have = tokens[a]
-                for cand, _score in candidates:
+                own = 0
+                for cand, score in candidates:
                     ckey = cand.encode("utf-8", "surrogateescape")
-                    if arm_of(ckey) != a or (db, ckey) in shadow:
+                    if arm_of(ckey) != a:
+                        continue
+                    own += 1
+                    if own <= HINTS_PER_ARM and score >= HINT_MIN_SCORE:
+                        named.append(ckey)
+                    if have < 1.0 or (db, ckey) in shadow:
                         continue
                     self._hold(a, db, ckey)
                     out.append((db, ckey, a, t))
                     self.figures[a].prefetches += 1
                     have -= 1.0
-                    if have < 1.0:
-                        break
                 tokens[a] = have
+            self._hint(db, key, tuple(named))
         return out
+
+    def _hint(self, db: int, key: bytes, named: tuple[bytes, ...]) -> None:
+        """Note what the arms named after a read of ``key``, to tell the proxy if it changed."""
+        sent = self.hints_sent
+        source = (db, key)
+        before = sent.get(source)
+        if before == named or (before is None and not named) or (before and set(before) == set(named)):
+            if before is not None:
+                sent.move_to_end(source)
+            return
+        sent[source] = named
+        sent.move_to_end(source)
+        if len(sent) > HINT_SOURCES:
+            sent.popitem(last=False)
+        self.new_hints.append((db, key, named))
+
+    def take_hints(self) -> list[tuple[int, bytes, tuple[bytes, ...]]]:
+        """The hints that changed since the last call: (db, key, keys the arms named after it)."""
+        hints, self.new_hints = self.new_hints, []
+        return hints
 
     def reset(self) -> None:
         self.figures = [ArmFigures() for _ in self.figures]

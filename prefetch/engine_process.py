@@ -2,10 +2,11 @@
 
 Started by the proxy (``proxy.prediction``) with one end of a socket pair as ``--fd``. Messages
 both ways are frames: a 4-byte big-endian length, then a pickled tuple. In: ``("reads",
-(batch time, [(stream, db, keys, hit), ...]))``, ``("reset", None)`` (the experiment's figures start again), ``("resize", [entries per arm])`` (the
+(batch time, [(stream, db, keys, hit), ...]))``, ``("reset", None)`` (the experiment's figures start again), ``("resize", ([entries per arm], [entries each arm's part holds when full]))`` (the
 live tier's, which the engine's shadows of it follow). Out: ``("ready", report)`` once the arms' predictors are built, ``("error", line)``
-if they cannot be (then it exits), ``("prefetch", [(db, key, arm, read time), ...])`` after each batch that
-asks for any, ``("report", report)`` at most every ``REPORT_EVERY`` seconds. It exits when the
+if they cannot be (then it exits), ``("hints", [(db, key, (keys named after it...)), ...])`` when
+what the arms name after a key with some confidence changed (empty: nothing now), ``("prefetch", [(db, key, arm, read time), ...])``
+after each batch that asks for any, ``("report", report)`` at most every ``REPORT_EVERY`` seconds. It exits when the
 proxy closes its end. Only the proxy writes to the socket's other end, so pickle carries nothing
 that another party made.
 """
@@ -114,11 +115,14 @@ def serve(sock: socket.socket, engine: Engine) -> None:
             if kind == "reset":
                 engine.reset()
             elif kind == "resize":
-                engine.resize(payload)
+                engine.resize(*payload)
         if pending:
             out += engine.step(pending, time.monotonic())
         now = time.monotonic()
         message = b""
+        hints = engine.take_hints()
+        if hints:  # (before the prefetches: the proxy's table is current when they come)
+            message += frame(("hints", hints))
         if out:
             message += frame(("prefetch", out))
         if changed and now - last_report >= REPORT_EVERY:

@@ -23,6 +23,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections import OrderedDict
 from collections.abc import Sequence
 from operator import itemgetter
 from typing import Any
@@ -32,6 +33,7 @@ import structlog
 from common.histogram import LatencyHistogram
 from prefetch.abtest import SequentialTest
 from prefetch.abtest import report as ab_report
+from prefetch.engine import ArmSplit
 from prefetch.engine_process import Frames, frame
 from prefetch.tier import HotTier
 from proxy.upstream import UpstreamOpener
@@ -84,6 +86,7 @@ class LivePrefetcher:
         priority: str = "low",
         device: str = "auto",
         start_within: float = 120.0,
+        hint_limit: int = 65_536,
     ) -> None:
         self.arms = list(arms)
         self.shares = list(shares) if shares else [1.0 / len(arms)] * len(arms)
@@ -133,6 +136,23 @@ class LivePrefetcher:
         self.fallbacks: dict[str, int] = {"engine_died": 0, "engine_stalled": 0, "engine_error": 0}
         self.killing: str | None = None  # why the engine is being killed (its loss is counted so)
         self.watchdog: asyncio.Task[None] | None = None
+        # Hints: for a key the engine predicted from, the likely next keys it named then (a few
+        # per arm). A miss of that key reads them beside its own fill, from the access sink,
+        # without waiting for the engine: its answer lands milliseconds after a read, and in a
+        # burst of reads (a page's product, inventory and reviews, 0.5 ms apart) the next read
+        # comes sooner than that; the fills land together, before the client can ask for the
+        # next key. (On a miss only: a hit's path pays nothing for hints.) Bounded (least recently
+        # named key dropped). Hinted fetches and the engine's prefetches spend one token bucket
+        # per arm that gains ``budget`` per GET of the arm's keys (the simulator's rule), so hints
+        # add no upstream reads past the budget.
+        self.hints: OrderedDict[tuple[int, bytes], tuple[bytes, ...]] = OrderedDict()
+        self.hint_limit = hint_limit
+        self.budget = budget
+        self.cap_tokens = max(2.0, 4 * budget)
+        self.tokens = [0.0] * len(self.arms)
+        self.arm_of = ArmSplit(self.shares, seed).arm_of if len(self.arms) > 1 else None
+        self.hinted = [0] * len(self.arms)  # keys fetched on a hint
+        self.over_budget = [0] * len(self.arms)  # prefetches the engine asked for without a token left
 
     # ------------------------------------------------------------------ the request path
 
@@ -151,6 +171,12 @@ class LivePrefetcher:
                 self.flush()
         else:
             self.shed += len(keys)
+        if not hit and self.hints:  # a miss: its hinted keys are read beside its own fill
+            hints = self.hints
+            for key in keys:
+                hinted = hints.get((db, key))
+                if hinted is not None:
+                    self._fetch_hinted(db, hinted)
 
     def flush(self) -> None:
         """Send the buffered records to the engine, or shed them if it cannot take them now."""
@@ -159,6 +185,19 @@ class LivePrefetcher:
         if not records:
             return
         count = sum(map(len, map(_keys_of, records)))
+        # The arms' token buckets gain ``budget`` per GET of their keys (here, once per batch:
+        # nothing on a hit's path).
+        tokens, budget, cap = self.tokens, self.budget, self.cap_tokens
+        if self.arm_of is None:
+            have = tokens[0] + budget * count
+            tokens[0] = cap if have > cap else have
+        else:
+            arm_of = self.arm_of
+            for record in records:
+                for key in record[2]:
+                    arm = arm_of(key)
+                    have = tokens[arm] + budget
+                    tokens[arm] = cap if have > cap else have
         self.records += count
         transport = self.proto.transport if self.proto is not None and self.ready else None
         if (
@@ -178,6 +217,8 @@ class LivePrefetcher:
         kind, payload = message
         if kind == "prefetch":
             self._prefetch(payload)
+        elif kind == "hints":
+            self._hints(payload)
         elif kind == "report":
             self.engine_report = payload
         elif kind == "ready":
@@ -189,9 +230,41 @@ class LivePrefetcher:
             self.fallbacks["engine_error"] += 1
             log.error("prediction engine failed to start", error=payload)
 
+    def _fetch_hinted(self, db: int, hinted: tuple[bytes, ...]) -> None:
+        """Fetch the keys hinted after a read of a key, those the tier neither holds nor is
+        filling, as the arm's tokens allow."""
+        tier = self.tier
+        entries, inflight, tokens = tier.entries, tier.inflight, self.tokens
+        arm_of = self.arm_of
+        wanted = []
+        for key in hinted:
+            name = (db, key)
+            if name in entries or name in inflight:
+                continue
+            arm = arm_of(key) if arm_of is not None else 0
+            if tokens[arm] < 1.0:
+                continue
+            tokens[arm] -= 1.0
+            self.hinted[arm] += 1
+            wanted.append(key)
+        if wanted and self.filler is not None:
+            self.filler.request(db, wanted, self.identity, self.user, prefetched=True)
+
+    def _hints(self, hints: list[tuple[int, bytes, tuple[bytes, ...]]]) -> None:
+        table = self.hints
+        for db, source, keys in hints:
+            name = (db, source)
+            if not keys:  # (nothing likely follows it now)
+                table.pop(name, None)
+                continue
+            table[name] = keys
+            table.move_to_end(name)
+        while len(table) > self.hint_limit:
+            table.popitem(last=False)
+
     def _prefetch(self, prefetches: list[tuple[int, bytes, int, float]]) -> None:
         tier = self.tier
-        entries, inflight = tier.entries, tier.inflight
+        entries, inflight, tokens = tier.entries, tier.inflight, self.tokens
         by_db: dict[int, list[bytes]] = {}
         now = _mono()
         for db, key, arm, t in prefetches:
@@ -210,6 +283,10 @@ class LivePrefetcher:
                 # is still on its way); this prefetch is too late to be of use.
                 self.late[arm] += 1
                 continue
+            if tokens[arm] < 1.0:  # (hinted fetches spent them)
+                self.over_budget[arm] += 1
+                continue
+            tokens[arm] -= 1.0
             self.latency[arm].record(now - t)
             by_db.setdefault(db, []).append(key)
         if self.filler is None:
@@ -286,7 +363,13 @@ class LivePrefetcher:
             entries = list(self.tier.part_entries)
             transport = self.proto.transport
             if self.ready and entries != told and transport is not None and not transport.is_closing():
-                transport.write(frame(("resize", entries)))
+                tier = self.tier
+                # Entries each part holds when full: its bytes over the mean entry's (0 while empty).
+                full = [
+                    round(cap * n / used) if used else 0
+                    for cap, n, used in zip(tier.part_capacity, entries, tier.part_used, strict=False)
+                ]
+                transport.write(frame(("resize", (entries, full))))
                 told = entries
             now = _mono()
             # Starting, the engine imports its predictors (torch and a model: seconds): it has
@@ -363,6 +446,8 @@ class LivePrefetcher:
                     "prefetched_hits": hits,
                     "precision": round(hits / fills, 4) if fills and hits is not None else None,
                     "late": self.late[i],
+                    "hinted": self.hinted[i],
+                    "over_budget": self.over_budget[i],
                     "prediction_p50_us": self.latency[i].percentile(50),
                     "prediction_p99_us": self.latency[i].percentile(99),
                 }

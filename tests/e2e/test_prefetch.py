@@ -171,7 +171,11 @@ def test_the_model_prefetches_keys_never_read_here_and_falls_back_when_it_cannot
     model = tmp_path / "model"
     shutil.copytree(planted_model, model)
     direct.mset({key: f"v-{key}" for key in CYCLE})
-    proxy = make_proxy(redis_server.url, prefetch=f"ml:{model}", prefetch_device="cpu", **UNHURRIED)
+    # (The gate pinned: for a tier that holds the whole 12-key cycle, training found the model adds
+    # nothing and recorded its gate as off, which the engine would take once the proxy tells it the
+    # tier's size.)
+    spec = f"ml:{model}::min_confidence=0.5"
+    proxy = make_proxy(redis_server.url, prefetch=spec, prefetch_device="cpu", **UNHURRIED)
     prediction = proxy.server.prediction
     wait_for(lambda: proxy.server.tier.active and prediction.ready, timeout=120)  # (torch's import)
     client = proxy.client()
@@ -196,3 +200,36 @@ def test_the_model_prefetches_keys_never_read_here_and_falls_back_when_it_cannot
     assert arm["predictor"]["model"] == "failed" and arm["predictor"]["fallbacks"]["model_load"] == 1
     assert "no such model directory" in arm["predictor"]["load_error"]
     assert prediction.figures()["fallback_engine_died"] == 1
+
+
+def test_hints_fetch_on_the_read_itself_without_waiting_for_the_engine(
+    make_proxy: Any, redis_server: Any, direct: redis.Redis
+) -> None:
+    """What the engine named after a key (its hint) is fetched by the proxy when the key is read
+    again, without the engine: here it is stopped (SIGSTOP) and the hinted keys still come in,
+    within the arm's token budget, with Redis's current values."""
+    direct.mset({f"seq:{i}": f"value-{i}" for i in range(N)})
+    proxy = make_proxy(redis_server.url, prefetch="obl:k=2:depth=4", **UNHURRIED)
+    prediction = proxy.server.prediction
+    wait_for(lambda: proxy.server.tier.active and prediction.ready, timeout=30)
+    client = proxy.client()
+    tier = proxy.server.tier
+    scan(client, 60)
+    wait_for(lambda: all((0, b"seq:%d" % i) in prediction.hints for i in range(5, 55)), timeout=20)
+    assert (b"seq:21" in prediction.hints[(0, b"seq:20")]) and len(prediction.hints[(0, b"seq:20")]) <= 2
+    # New values, written directly: tracking drops the tier's copies.
+    direct.mset({f"seq:{i}": f"new-{i}" for i in range(60)})
+    # (The keys read below: far from the scan's end, none has a prefetch still on its way.)
+    used = [b"seq:%d" % i for j in (20, 30, 40) for i in (j, j + 1)]
+    wait_for(lambda: not any((0, key) in tier.entries for key in used), timeout=10)
+    pid = prediction.proc.pid
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        before = sum(prediction.hinted)
+        for i in (20, 30, 40):
+            assert client.get(f"seq:{i}") == f"new-{i}".encode()
+            wait_for(lambda i=i: (0, b"seq:%d" % (i + 1)) in tier.entries, timeout=10)
+            assert client.get(f"seq:{i + 1}") == f"new-{i + 1}".encode()  # (served from the tier)
+        assert sum(prediction.hinted) > before and tier.prefetched_hits >= 3
+    finally:
+        os.kill(pid, signal.SIGCONT)

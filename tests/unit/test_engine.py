@@ -51,6 +51,15 @@ def test_each_arm_prefetches_only_its_own_keys_within_its_budget() -> None:
         assert 0 < figures.prefetches <= figures.gets * 1.0 + engine.cap_tokens
     # Every predictor saw the whole stream: each arm's OBL followed the scan across both arms' keys.
     assert {k for _, k, _, _ in out} <= set(keys(2_010))
+    # Hints: after each read, the keys the arms named (each arm's own), sent once until they change.
+    hints = engine.take_hints()
+    assert len(hints) == 2_000 - 2 and engine.take_hints() == []  # (OBL names nothing before a run)
+    for db, source, named in hints:
+        assert db == 0 and named and all(0 < int(k[2:]) - int(source[2:]) <= 4 for k in named)
+        assert {split.arm_of(k) for k in named} <= {0, 1}
+    engine._hint(0, b"k:7", (b"k:8",))  # (the same keys named again: nothing new to tell)
+    engine._hint(0, b"k:7", (b"k:9",))
+    assert engine.take_hints() == [(0, b"k:7", (b"k:9",))]
 
 
 def test_stale_records_are_observed_but_not_predicted_from() -> None:
