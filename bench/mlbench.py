@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from typing import Any
 
 import numpy as np
 import torch
@@ -38,6 +39,11 @@ def main() -> None:
     )
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--repeats", type=int, default=3, help="with --model: passes over the log, each timed")
+    ap.add_argument(
+        "--parts",
+        action="store_true",
+        help="with --model: one more batched pass, timing each part of the step",
+    )
     args = ap.parse_args()
     keep_freed_memory()  # (this process runs the stepper: set at its start, as the engine's will)
     torch.manual_seed(0)
@@ -153,6 +159,53 @@ def on_log(args: argparse.Namespace) -> None:
     for how, times in spans.items():
         print(f"  {how:>9}: {statistics.median(times) / n * 1e6:6.1f} us per read")
     print(f"  the same keys named for {same:,} of {n:,} reads")
+    if args.parts:
+        parts(model, vocab, batches, args.device, n)
+
+
+def parts(model: Any, vocab: Any, batches: list[Any], device: str, n: int) -> None:
+    """One batched pass with a timer around each part of the step (the timers' own cost lands in
+    "the rest"): the model's matrix work, and the host's Python."""
+    from ml.inference import stepper as stepper_module
+
+    spent: dict[str, float] = {}
+
+    def timed(name: str, fn: Any) -> Any:
+        def run(*a: Any, **k: Any) -> Any:
+            start = time.perf_counter()
+            try:
+                return fn(*a, **k)
+            finally:
+                spent[name] = spent.get(name, 0.0) + time.perf_counter() - start
+
+        return run
+
+    stepper = OnlineStepper(model, vocab, device)
+    model.inputs = timed("model: embeddings and feature projection", model.inputs)
+    model.step = timed("model: LSTM cells (per wave)", model.step)
+    model.heads = timed("model: heads (key logits over the vocabulary...)", model.heads)
+    top_probs = stepper_module.top_probs
+    stepper_module.top_probs = timed("model: softmax and top-k", top_probs)
+    stepper.features.values = timed("host: feature rows", stepper.features.values)
+    if stepper.successors is not None:
+        stepper.successors.after = timed("host: successor candidates", stepper.successors.after)
+    stepper.composer = timed("host: composing keys (templates, merge, top-k)", stepper.composer)
+    try:
+        start = time.perf_counter()
+        for batch in batches:
+            stepper.run(batch)
+        total = time.perf_counter() - start
+    finally:
+        stepper_module.top_probs = top_probs
+        for name in ("inputs", "step", "heads"):
+            model.__dict__.pop(name, None)
+    print(f"  one batched pass, by part ({total / n * 1e6:.1f} us per read in all):")
+    for name, seconds in spent.items():
+        print(f"    {name:<52} {seconds / n * 1e6:6.1f} us per read")
+    rest = total - sum(spent.values())
+    print(
+        f"    {'host: the rest (tokens, tensors, waves, snapshots, timers)':<52} {rest / n * 1e6:6.1f} us per read"
+    )
 
 
 if __name__ == "__main__":
