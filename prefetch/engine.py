@@ -44,8 +44,8 @@ SPLIT_BUCKETS = 10_000
 
 # One mirrored read: (stream, db, key, time it was read, whether the tier served it).
 Record = tuple[int, int, bytes, float, bool]
-# One prefetch: (db, key, arm index, the time of the read it was predicted from).
-Prefetch = tuple[int, bytes, int, float]
+# One prefetch: (db, key, arm index, the time of the read it was predicted from, that read's stream).
+Prefetch = tuple[int, bytes, int, float, int]
 
 
 def parse_arms(text: str) -> list[tuple[str, str]]:
@@ -244,7 +244,7 @@ class Engine:
                     if have < 1.0 or (db, ckey) in shadow:
                         continue
                     self._hold(a, db, ckey)
-                    out.append((db, ckey, a, t))
+                    out.append((db, ckey, a, t, stream))
                     self.figures[a].prefetches += 1
                     have -= 1.0
                 tokens[a] = have

@@ -23,6 +23,7 @@ log = structlog.get_logger("predis.cli")
 COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("proxy.cli:serve_main", "run the proxy"),
     "stats": ("proxy.cli:stats_main", "print a running proxy's figures (PREDIS STATS)"),
+    "ab": ("proxy.cli:ab_main", "print a running proxy's A/B test: its arms and tests (PREDIS AB)"),
     "gen": (
         "accesslog.cli:gen_main",
         "generate a synthetic workload, list workloads, validate an access log",
@@ -86,6 +87,16 @@ def stats_main(argv: list[str]) -> int:
     p.add_argument("--port", type=int, default=6380)
     p.add_argument("--json", action="store_true", help="one JSON object")
     return stats(p.parse_args(argv))
+
+
+def ab_main(argv: list[str]) -> int:
+    p = OneLineParser(
+        prog="predis ab", description="Print a running proxy's A/B test: its arms and tests (PREDIS AB)."
+    )
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=6380)
+    p.add_argument("--json", action="store_true", help="one JSON object (null when no experiment runs)")
+    return stats(p.parse_args(argv), section="AB")
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -162,22 +173,23 @@ def serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def stats(args: argparse.Namespace) -> int:
+def stats(args: argparse.Namespace, section: str = "STATS") -> int:
+    """``PREDIS STATS`` (or ``PREDIS AB``) of the proxy at --host/--port, as text or JSON."""
     import redis
 
     client = redis.Redis(host=args.host, port=args.port, socket_timeout=5)
     try:
         if args.json:
-            raw = client.execute_command("PREDIS", "STATS", "JSON")  # type: ignore[no-untyped-call]
+            raw = client.execute_command("PREDIS", section, "JSON")  # type: ignore[no-untyped-call]
             print(json.dumps(json.loads(raw), indent=2, sort_keys=True))
         else:
-            text = client.execute_command("PREDIS", "STATS")  # type: ignore[no-untyped-call]
+            text = client.execute_command("PREDIS", section)  # type: ignore[no-untyped-call]
             print(text.decode().replace("\r\n", "\n"), end="")
     except redis.ConnectionError as exc:
         raise PredisError(f"cannot reach a proxy at {args.host}:{args.port}: {exc}") from None
     except redis.ResponseError as exc:
         raise PredisError(
-            f"{args.host}:{args.port} did not answer PREDIS STATS ({exc}): is it a Predis proxy?"
+            f"{args.host}:{args.port} did not answer PREDIS {section} ({exc}): is it a Predis proxy?"
         ) from None
     return 0
 

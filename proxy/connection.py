@@ -60,6 +60,7 @@ class Shared:
         self.command_table: CommandTable | None = None  # Redis's, once the server has read it
         self.clients: set[ClientConnection] = set()
         self.streams = itertools.count(1)  # each connection's stream id, for ``access``
+        self.readers: dict[int, Session] = {}  # stream id -> its connection's session (live ones)
         settings = self.settings
         self.limits = Limits(
             settings.max_bulk_len,
@@ -98,7 +99,7 @@ class ClientConnection(asyncio.Protocol):
         )
         self.pending = self.replies.pending
         fast_framing = shared.fast_framing
-        stream = next(shared.streams)
+        stream = self.stream = next(shared.streams)
         self.reads: ForwardReads
         if shared.tier is None:
             self.reads = ForwardReads(self.session, stats, self.pending, shared.access, stream, fast_framing)
@@ -154,11 +155,13 @@ class ClientConnection(asyncio.Protocol):
             transport.close()
             return
         clients.add(self)
+        self.shared.readers[self.stream] = self.session
         self.stats.connected_clients = len(clients)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.shared.clients.discard(self)
+        self.shared.readers.pop(self.stream, None)
         self.stats.connected_clients = len(self.shared.clients)
         self.upstream.close()
 

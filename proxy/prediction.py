@@ -24,7 +24,7 @@ import subprocess
 import sys
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from operator import itemgetter
 from typing import Any
 
@@ -105,6 +105,8 @@ class LivePrefetcher:
         self.filler = filler
         self.identity = opener.identity()
         self.user = opener.address.username or "default"
+        # stream -> (credentials, ACL user) of its client, while connected (the server sets it).
+        self.reader_of: Callable[[int], tuple[Any, str] | None] | None = None
         self.max_batch = max_batch
         self.max_wait = max_wait
         self.buffer_limit = buffer_limit
@@ -176,7 +178,7 @@ class LivePrefetcher:
             for key in keys:
                 hinted = hints.get((db, key))
                 if hinted is not None:
-                    self._fetch_hinted(db, hinted)
+                    self._fetch_hinted(stream, db, hinted)
 
     def flush(self) -> None:
         """Send the buffered records to the engine, or shed them if it cannot take them now."""
@@ -230,25 +232,37 @@ class LivePrefetcher:
             self.fallbacks["engine_error"] += 1
             log.error("prediction engine failed to start", error=payload)
 
-    def _fetch_hinted(self, db: int, hinted: tuple[bytes, ...]) -> None:
+    def _fetch_hinted(self, stream: int, db: int, hinted: tuple[bytes, ...]) -> None:
         """Fetch the keys hinted after a read of a key, those the tier neither holds nor is
         filling, as the arm's tokens allow."""
         tier = self.tier
         entries, inflight, tokens = tier.entries, tier.inflight, self.tokens
         arm_of = self.arm_of
+        # (The GETs buffered since the last flush, this miss's included, bring their arms their
+        # tokens when the batch is flushed: they may be spent now, ahead of it. With several arms
+        # this lends one arm what another's GETs bring until the flush settles it.)
+        floor = 1.0 - self.budget * len(self.buffer)
         wanted = []
         for key in hinted:
             name = (db, key)
             if name in entries or name in inflight:
                 continue
             arm = arm_of(key) if arm_of is not None else 0
-            if tokens[arm] < 1.0:
+            if tokens[arm] < floor:
                 continue
             tokens[arm] -= 1.0
             self.hinted[arm] += 1
             wanted.append(key)
         if wanted and self.filler is not None:
-            self.filler.request(db, wanted, self.identity, self.user, prefetched=True)
+            identity, user = self.reader(stream)
+            self.filler.request(db, wanted, identity, user, prefetched=True)
+
+    def reader(self, stream: int) -> tuple[Any, str]:
+        """Whom a prefetch for a read of ``stream`` reads as: that client's ACL identity (its entry
+        then serves that user, as a fill of its own miss would), or the upstream URL's when the
+        client has gone."""
+        found = self.reader_of(stream) if self.reader_of is not None else None
+        return found if found is not None else (self.identity, self.user)
 
     def _hints(self, hints: list[tuple[int, bytes, tuple[bytes, ...]]]) -> None:
         table = self.hints
@@ -262,12 +276,12 @@ class LivePrefetcher:
         while len(table) > self.hint_limit:
             table.popitem(last=False)
 
-    def _prefetch(self, prefetches: list[tuple[int, bytes, int, float]]) -> None:
+    def _prefetch(self, prefetches: list[tuple[int, bytes, int, float, int]]) -> None:
         tier = self.tier
         entries, inflight, tokens = tier.entries, tier.inflight, self.tokens
-        by_db: dict[int, list[bytes]] = {}
+        by_reader: dict[tuple[int, int], list[bytes]] = {}
         now = _mono()
-        for db, key, arm, t in prefetches:
+        for db, key, arm, t, stream in prefetches:
             self.requested += 1
             entry = entries.get((db, key))
             if entry is not None:
@@ -288,11 +302,12 @@ class LivePrefetcher:
                 continue
             tokens[arm] -= 1.0
             self.latency[arm].record(now - t)
-            by_db.setdefault(db, []).append(key)
+            by_reader.setdefault((stream, db), []).append(key)
         if self.filler is None:
             return
-        for db, keys in by_db.items():
-            self.filler.request(db, keys, self.identity, self.user, prefetched=True)
+        for (stream, db), keys in by_reader.items():
+            identity, user = self.reader(stream)
+            self.filler.request(db, keys, identity, user, prefetched=True)
 
     # ------------------------------------------------------------------ the engine's life
 

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from common.cli import OneLineParser
@@ -36,6 +38,9 @@ def replay_main(argv: list[str]) -> int:
     p.add_argument("--load-values", action="store_true", help="SET every key first")
     p.add_argument("--no-reset", action="store_true", help="keep the A/B figures from before")
     p.add_argument("--json", action="store_true", help="one JSON object")
+    p.add_argument(
+        "--plot", metavar="DIR", help="also write each A/B arm's hit ratio over the replay (PNG) into DIR"
+    )
     args = p.parse_args(argv)
     if args.rate is not None and args.rate <= 0:
         raise ConfigError(f"--rate must be positive, got {args.rate}")
@@ -48,11 +53,49 @@ def replay_main(argv: list[str]) -> int:
     if n == 0:
         raise ConfigError(f"{args.log}: no accesses to replay")
     result = asyncio.run(_replay(log, n, args))
+    if args.plot:
+        result["plot"] = plot_arms(result.get("samples", []), args.plot, Path(args.log).stem)
     if args.json:
         print(json.dumps(result, sort_keys=True))
     else:
         print(format_result(result))
+        if args.plot:
+            print(f"wrote {result['plot']}" if result["plot"] else "no A/B test ran: nothing to plot")
     return 0
+
+
+def plot_arms(samples: list[dict[str, Any]], out_dir: str, name: str) -> str | None:
+    """Each arm's hit ratio over the replay from the sampled A/B figures: per interval (the GETs
+    between two samples) and cumulative. The PNG's path, or None without an A/B test."""
+    series: dict[str, list[tuple[float, int, int]]] = {}
+    for sample in samples:
+        for arm in sample["arms"]:
+            series.setdefault(arm["name"], []).append((sample["t"], int(arm["gets"]), int(arm["hits"])))
+    if not series:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    os.makedirs(out_dir, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for arm, points in series.items():
+        xs, window, total = [], [], []
+        for (_, g0, h0), (t, g1, h1) in zip(points, points[1:], strict=False):
+            if g1 > g0:
+                xs.append(t)
+                window.append(100 * (h1 - h0) / (g1 - g0))
+                total.append(100 * h1 / g1)
+        (line,) = ax.plot(xs, window, alpha=0.4, label=f"{arm}, per interval")
+        ax.plot(xs, total, color=line.get_color(), label=f"{arm}, cumulative")
+    ax.set(xlabel="seconds into the replay", ylabel="hit ratio (%)", title=f"A/B arms: {name}")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = os.path.join(out_dir, f"{name}-ab-hit-ratio.png")
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
 
 
 async def _replay(log: Any, n: int, args: Any) -> dict[str, Any]:
@@ -129,9 +172,13 @@ async def _replay(log: Any, n: int, args: Any) -> dict[str, Any]:
         groups[j % len(conns)].append(rows)
     # A connection carrying several streams interleaves them in time order.
     merged = [sorted(i for rows in group for i in rows) for group in groups]
+    samples: list[dict[str, Any]] = []
+    sampler = asyncio.create_task(_sample(admin, start, samples)) if has_ab and args.plot else None
     try:
         await asyncio.gather(*(run(rows, conn) for rows, conn in zip(merged, conns, strict=True)))
     finally:
+        if sampler is not None:
+            sampler.cancel()
         if progress is not None:
             progress.close()
         for conn in conns:
@@ -158,8 +205,25 @@ async def _replay(log: Any, n: int, args: Any) -> dict[str, Any]:
             result["ab"] = json.loads(await admin.execute_command("PREDIS", "AB", "JSON"))  # type: ignore[no-untyped-call]
         except ResponseError:
             pass
+        if args.plot and result.get("ab"):
+            samples.append({"t": round(time.monotonic() - start, 3), "arms": result["ab"]["arms"]})
+            result["samples"] = samples
     await admin.aclose()
     return result
+
+
+async def _sample(admin: Any, start: float, samples: list[dict[str, Any]], every: float = 0.5) -> None:
+    """The A/B figures every ``every`` seconds, for --plot."""
+    from redis.exceptions import ResponseError
+
+    while True:
+        try:
+            report = json.loads(await admin.execute_command("PREDIS", "AB", "JSON"))
+        except (ResponseError, OSError):
+            return
+        if report:
+            samples.append({"t": round(time.monotonic() - start, 3), "arms": report["arms"]})
+        await asyncio.sleep(every)
 
 
 def _value(key: str, size: int) -> bytes:

@@ -89,6 +89,14 @@ class ProxyServer:
             self.stats.ab = self.prediction
             access = self.prediction if access is None else _both(self.prediction, access)
         self.shared = Shared(self.opener, self.stats, self.tier, self.filler, access)
+        if self.prediction is not None:
+            readers = self.shared.readers
+
+            def reader_of(stream: int) -> tuple[Any, str] | None:
+                session = readers.get(stream)
+                return session.reader() if session is not None else None
+
+            self.prediction.reader_of = reader_of
         self.clients = self.shared.clients
         self._server: asyncio.AbstractServer | None = None
         self._tasks: list[asyncio.Task[None]] = []

@@ -12,7 +12,7 @@ from typing import Any
 
 from proxy import commands
 from proxy.config import UpstreamAddress
-from proxy.resp import encode_bulk, encode_command, encode_error, encode_verbatim
+from proxy.resp import as_str, encode_bulk, encode_command, encode_error, encode_verbatim
 from proxy.scanner import decode_reply
 from proxy.slots import NO_SLOT, PASSTHROUGH, RAW, Answer, Capture, Run
 from proxy.stats import Stats
@@ -73,6 +73,15 @@ class Session:
     def db_changed(self) -> None:
         if self.on_db_change is not None:
             self.on_db_change(self.db)
+
+    def reader(self) -> tuple[tuple[str, str] | None, str]:
+        """Whom this client reads as: the credentials a fill on its behalf authenticates with
+        (None: the connection's default user), and the ACL user name its tier entries carry."""
+        auth = self.auth
+        if auth is None:
+            return None, "default"
+        user = as_str(auth[0])
+        return (user, as_str(auth[1])), user
 
     def default_state(self) -> None:
         """The state a new upstream connection starts from: the upstream URL's user and db."""

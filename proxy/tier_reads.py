@@ -336,8 +336,7 @@ class TierReads(ForwardReads):
             self.tier.refreshes += len(keys)
         elif not self.tier.admit():
             return
-        auth = self.session.auth
-        identity = None if auth is None else (as_str(auth[0]), as_str(auth[1]))
+        identity = self.session.reader()[0]
         if refresh:
             filler.request_later(db, keys, identity, user)
         else:

@@ -141,6 +141,15 @@ def test_predis_replay_drives_an_ab_proxy_and_reports(
     gets = sum(1 for op in read_log(log).column("op") if op == "GET")
     assert arms["M"]["gets"] + arms["N"]["gets"] == gets  # every GET of the replay, in one arm
     assert direct.get(next(iter(direct.scan_iter(count=10)))) is not None  # (values were loaded)
+    # predis ab prints the same report, as JSON or as INFO's section.
+    report = json.loads(predis("ab", "--port", str(proxy.port), "--json"))
+    assert [a["gets"] for a in report["arms"]] == [a["gets"] for a in result["ab"]["arms"]]
+    text = predis("ab", "--port", str(proxy.port))
+    assert text.startswith("# Predis A/B") and "chi2_p" in text
+    # --plot: each arm's hit ratio over the replay, sampled from PREDIS AB, as a PNG.
+    out = predis("replay", str(log), "--port", str(proxy.port), "--rate", "3000", "--plot", str(tmp_path / "p"))
+    png = tmp_path / "p" / "web-ab-hit-ratio.png"
+    assert f"wrote {png}" in out and png.read_bytes().startswith(b"\x89PNG")
     plain = predis("replay", str(log), "--port", str(redis_server.port), "--max", "--limit", "500")
     assert "500 requests" in plain and "A/B" not in plain
 
@@ -232,4 +241,33 @@ def test_hints_fetch_on_the_read_itself_without_waiting_for_the_engine(
             assert client.get(f"seq:{i + 1}") == f"new-{i + 1}".encode()  # (served from the tier)
         assert sum(prediction.hinted) > before and tier.prefetched_hits >= 3
     finally:
-        os.kill(pid, signal.SIGCONT)
+        try:
+            os.kill(pid, signal.SIGCONT)
+        except ProcessLookupError:
+            pass  # (killed meanwhile as stalled, and restarted)
+
+
+def test_prefetches_read_as_the_reading_client_and_serve_it(
+    make_proxy: Any, redis_server: Any, direct: redis.Redis
+) -> None:
+    """A client logged in as an ACL user: what is prefetched for its reads (by the engine, and on
+    hints) is read as that user, so the entries are that user's and its next reads hit them (an
+    entry is served to its user only); a user without the right to the keys gets Redis's refusal,
+    never a prefetched value."""
+    direct.acl_setuser("alice", enabled=True, passwords=["+a"], keys=["seq:*"], commands=["+@all"])
+    direct.acl_setuser("bob", enabled=True, passwords=["+b"], keys=["other:*"], commands=["+@all"])
+    direct.mset({f"seq:{i}": f"value-{i}" for i in range(N)})
+    proxy = make_proxy(redis_server.url, prefetch="obl:k=2:depth=4", **UNHURRIED)
+    prediction = proxy.server.prediction
+    wait_for(lambda: proxy.server.tier.active and prediction.ready, timeout=30)
+    alice = proxy.client(username="alice", password="a")
+    tier = proxy.server.tier
+    for i in range(40):
+        assert alice.get(f"seq:{i}") == f"value-{i}".encode()
+        if 3 <= i < 39:
+            wait_for(lambda i=i: (0, b"seq:%d" % (i + 1)) in tier.entries, timeout=10)
+            assert tier.entries[(0, b"seq:%d" % (i + 1))].user == "alice"
+    assert tier.prefetched_hits >= 35  # (alice's reads hit alice's prefetched entries)
+    bob = proxy.client(username="bob", password="b")
+    with pytest.raises(redis.exceptions.NoPermissionError):
+        bob.get("seq:39")

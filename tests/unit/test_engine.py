@@ -44,13 +44,13 @@ def test_each_arm_prefetches_only_its_own_keys_within_its_budget() -> None:
     out = engine.step(records, now=100.0)
     assert out, "a sequential scan makes OBL predict"
     split = engine.split
-    assert all(split.arm_of(key) == arm for _, key, arm, _ in out)
+    assert all(split.arm_of(key) == arm and stream == 1 for _, key, arm, _, stream in out)
     for arm in (0, 1):
         figures = engine.figures[arm]
         assert figures.gets == sum(split.arm_of(k) == arm for k in keys(2_000))
         assert 0 < figures.prefetches <= figures.gets * 1.0 + engine.cap_tokens
     # Every predictor saw the whole stream: each arm's OBL followed the scan across both arms' keys.
-    assert {k for _, k, _, _ in out} <= set(keys(2_010))
+    assert {k for _, k, _, _, _ in out} <= set(keys(2_010))
     # Hints: after each read, the keys the arms named (each arm's own), sent once until they change.
     hints = engine.take_hints()
     assert len(hints) == 2_000 - 2 and engine.take_hints() == []  # (OBL names nothing before a run)

@@ -259,7 +259,7 @@ def test_the_model_as_a_live_engine_arm(trained: tuple[Path, dict], tmp_path: Pa
         batch = records[at : at + 50]
         engine.shadows[0].clear()  # (the 12 keys fit the shadow of the tier: held, never asked again)
         out = engine.step(batch, now=batch[-1][3])
-        asked += [(key.decode(), t) for _, key, arm, t in out if arm == 0]
+        asked += [(key.decode(), t) for _, key, arm, t, _ in out if arm == 0]
     # Every prefetch is a key of the ML arm's; the NONE arm asks for nothing.
     assert all(engine.split.arm_of(k.encode()) == 0 for k, _ in asked) and len(asked) > 50
     assert engine.figures[1].prefetches == 0
