@@ -5,7 +5,7 @@
 #                                           # (ignored through .git/info/exclude)
 #   run(command="bash bench/gpu_machine.sh", carry=[".dev"], timeout_s=600)   # on the lent machine
 #   REPEATS=12 bash bench/gpu_machine.sh store tests tierside-cpu   # only the steps named
-#       (store, tests, tierside-cpu, tierside-gpu, ml; REPEATS: tierside's repeats, default 3)
+#       (store, tests, tierside-cpu, tierside-gpu, ml, engine, engine-e2e; REPEATS: tierside's repeats, default 3)
 #
 # That machine has torch, CuPy, numpy and pytest but no Redis and no package registry, so --prepare
 # gathers what the tier's tests and benchmarks need: redis-server, redis-benchmark and redis-cli from this
@@ -20,6 +20,8 @@
 #                      (PREDIS_TEST_HOT_TIER=gpu) and the CuPy cases of the store tests
 #   3. tierside_cpu.txt, tierside_gpu.txt   redis-benchmark GET, direct against the proxy's tier
 #   4. gpu_check.txt   torch features, batched inference, training steps, a real train()
+#   5. engine.txt      the live engine's batched model step on the GPU, at batch 64 and 1,024
+#   6. engine_e2e.txt  the live prefetching tests (the model arm's included) on that machine
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -76,4 +78,11 @@ repeats=${REPEATS:-3}
 want tierside-cpu && step $((20 * repeats)) tierside_cpu.txt python3 -m bench.tierside --repeats "$repeats" --pin
 want tierside-gpu && step $((20 * repeats)) tierside_gpu.txt python3 -m bench.tierside --repeats "$repeats" --pin -- --hot-tier gpu
 want ml && step 270 gpu_check.txt python3 -m bench.gpu_check --only features,inference,training --train-seconds 100 --out ""
+# The live engine's batched step on the GPU (issue 20's 5 us a read at batch 1,024): a web model
+# trained here, stepped over another seed's reads.
+want engine && step 200 engine.txt sh -c 'set -e; d=$(mktemp -d)
+    python3 -m proxy.cli gen web -n 30000 --seed 1 -o $d/w1.parquet; python3 -m proxy.cli gen web -n 30000 --seed 2 -o $d/w2.parquet
+    python3 -m proxy.cli train $d/w1.parquet -o $d/m --epochs 3 --quiet --device cuda --max-seconds 60
+    for b in 64 1024; do python3 -m bench.mlbench --model $d/m --log $d/w2.parquet --batch $b --device cuda --repeats 3 --batched-only; done'
+want engine-e2e && step 120 engine_e2e.txt python3 -m pytest -q -p no:cacheprovider tests/e2e/test_prefetch.py tests/unit/test_engine.py
 exit 0  # each step's own exit status is in its file

@@ -90,6 +90,7 @@ class LivePrefetcher:
     ) -> None:
         self.arms = list(arms)
         self.shares = list(shares) if shares else [1.0 / len(arms)] * len(arms)
+        self.seed = seed
         self.config = json.dumps(
             {
                 "arms": self.arms,
@@ -470,5 +471,9 @@ class LivePrefetcher:
         return out
 
     def ab(self) -> dict[str, Any]:
-        """The A/B report over the arms' latest figures."""
-        return ab_report(self.arm_figures(), self.sequential)
+        """The A/B report over the arms' latest figures, and the split (so that a client can tell
+        which arm a key is in: ``predis replay`` measures each arm's GET latency so)."""
+        return {
+            **ab_report(self.arm_figures(), self.sequential),
+            "split": {"shares": self.shares, "seed": self.seed},
+        }

@@ -137,6 +137,19 @@ async def _replay(log: Any, n: int, args: Any) -> dict[str, Any]:
         for _ in range(min(args.connections, len(streams)))
     ]
     latency = LatencyHistogram()
+    # Each arm's GET latency as this client sees it (the split from the proxy's report).
+    arm_of, by_arm = None, []
+    if has_ab:
+        try:
+            report = json.loads(await admin.execute_command("PREDIS", "AB", "JSON"))  # type: ignore[no-untyped-call]
+        except ResponseError:
+            report = None
+        if report and report.get("split"):
+            from prefetch.engine import ArmSplit
+
+            split = report["split"]
+            arm_of = ArmSplit(split["shares"], int(split["seed"])).arm_of
+            by_arm = [LatencyHistogram() for _ in split["shares"]]  # (the arms' figures may not be in yet)
     done = [0, 0]  # requests, errors
     start = time.monotonic()
     deadline = start + args.duration if args.duration else float("inf")
@@ -162,7 +175,10 @@ async def _replay(log: Any, n: int, args: Any) -> dict[str, Any]:
                     await conn.set(key, _value(key, int(sizes[i])))
             except (ResponseError, RedisConnectionError, OSError):
                 done[1] += 1
-            latency.record(time.monotonic() - sent)
+            took = time.monotonic() - sent
+            latency.record(took)
+            if arm_of is not None and op in ("GET", "MGET"):
+                by_arm[arm_of(key.encode())].record(took)
             done[0] += 1
             if progress is not None:
                 progress.update(1)
@@ -205,6 +221,9 @@ async def _replay(log: Any, n: int, args: Any) -> dict[str, Any]:
             result["ab"] = json.loads(await admin.execute_command("PREDIS", "AB", "JSON"))  # type: ignore[no-untyped-call]
         except ResponseError:
             pass
+        for arm, histogram in zip(result.get("ab", {}).get("arms", []), by_arm, strict=False):
+            arm["get_p50_us"] = histogram.percentile(50)
+            arm["get_p99_us"] = histogram.percentile(99)
         if args.plot and result.get("ab"):
             samples.append({"t": round(time.monotonic() - start, 3), "arms": result["ab"]["arms"]})
             result["samples"] = samples
@@ -224,6 +243,10 @@ async def _sample(admin: Any, start: float, samples: list[dict[str, Any]], every
         if report:
             samples.append({"t": round(time.monotonic() - start, 3), "arms": report["arms"]})
         await asyncio.sleep(every)
+
+
+def _pair(p50: float | None, p99: float | None) -> str:
+    return "-" if p50 is None or p99 is None else f"{p50:.0f}/{p99:.0f}"
 
 
 def _value(key: str, size: int) -> bytes:
@@ -279,7 +302,7 @@ def format_result(result: dict[str, Any]) -> str:
         lines.append("A/B test:")
         lines.append(
             f"  {'arm':<10} {'spec':<24} {'GETs':>9} {'hit ratio':>9} {'prefetch':>9} {'precision':>9} "
-            f"{'late':>6} {'p99 us':>8}"
+            f"{'late':>6} {'predict p99 us':>14} {'GET p50/p99 us':>15}"
         )
         for arm in ab["arms"]:
             precision = arm.get("precision")
@@ -287,7 +310,8 @@ def format_result(result: dict[str, Any]) -> str:
                 f"  {arm['name']:<10} {arm['spec'][:24]:<24} {arm['gets']:>9,} {arm['hit_ratio']:>9.4f} "
                 f"{arm.get('prefetch_fills') or 0:>9,} "
                 f"{(f'{precision:.3f}' if precision is not None else '-'):>9} {arm.get('late', 0):>6,} "
-                f"{arm.get('prediction_p99_us', 0):>8.0f}"
+                f"{arm.get('prediction_p99_us') or 0:>14.0f} "
+                f"{_pair(arm.get('get_p50_us'), arm.get('get_p99_us')):>15}"
             )
         p = ab.get("chi2_p")
         lines.append(f"  chi-square p = {p:.3g}" if p is not None else "  chi-square p: not yet defined")

@@ -88,7 +88,7 @@ class Stats:
             for arm in report["arms"]:
                 figures = ",".join(
                     f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
-                    for k, v in arm.items()
+                    for k, v in _flat(arm)
                     if k != "name"
                 )
                 lines.append(f"arm_{arm['name']}:{figures}")
@@ -105,3 +105,17 @@ class Stats:
 
     def json_text(self) -> bytes:
         return json.dumps(self.snapshot(), sort_keys=True).encode()
+
+
+def _flat(figures: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    """An arm's figures as INFO's k=v pairs: nested ones (a model arm's ``predictor``) as
+    ``predictor_fallbacks_model_load=0``; text stripped of the separators INFO's readers split on."""
+    out: list[tuple[str, Any]] = []
+    for key, value in figures.items():
+        if isinstance(value, dict):
+            out += _flat(value, f"{prefix}{key}_")
+        elif isinstance(value, str):
+            out.append((prefix + key, value.replace(",", ";").replace("\r", " ").replace("\n", " ")))
+        else:
+            out.append((prefix + key, value))
+    return out

@@ -85,7 +85,11 @@ def test_bad_input_exits_with_one_line(tmp_path: Path) -> None:
         (("serve", "--ab", "A=ml:/nonexistent/m::device=tpu,B=pg"), None, "device must be auto, cpu or cuda"),
         (("serve", "--prefetch", "ml:/x::gate=1"), None, "the ml arm has no parameter 'gate'"),
         (("serve", "--prefetch", "markov", "--device", "tpu"), None, "invalid choice: 'tpu'"),
-        (("nope",), None, "unknown command 'nope'; commands: serve, stats, ab, gen, trace, sim, train, replay"),
+        (
+            ("nope",),
+            None,
+            "unknown command 'nope'; commands: serve, stats, ab, gen, trace, sim, train, replay",
+        ),
     ]:
         out = run_predis(*args, env=env)
         assert out.returncode == 2, (args, out.stderr)

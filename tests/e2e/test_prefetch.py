@@ -140,6 +140,9 @@ def test_predis_replay_drives_an_ab_proxy_and_reports(
     arms = {arm["name"]: arm for arm in result["ab"]["arms"]}
     gets = sum(1 for op in read_log(log).column("op") if op == "GET")
     assert arms["M"]["gets"] + arms["N"]["gets"] == gets  # every GET of the replay, in one arm
+    # Each arm's GET latency as the replaying client saw it (the proxy's report names the split).
+    assert all(0 < arm["get_p50_us"] <= arm["get_p99_us"] for arm in arms.values())
+    assert result["ab"]["split"] == {"shares": [0.5, 0.5], "seed": 1}
     assert direct.get(next(iter(direct.scan_iter(count=10)))) is not None  # (values were loaded)
     # predis ab prints the same report, as JSON or as INFO's section.
     report = json.loads(predis("ab", "--port", str(proxy.port), "--json"))
@@ -147,7 +150,9 @@ def test_predis_replay_drives_an_ab_proxy_and_reports(
     text = predis("ab", "--port", str(proxy.port))
     assert text.startswith("# Predis A/B") and "chi2_p" in text
     # --plot: each arm's hit ratio over the replay, sampled from PREDIS AB, as a PNG.
-    out = predis("replay", str(log), "--port", str(proxy.port), "--rate", "3000", "--plot", str(tmp_path / "p"))
+    out = predis(
+        "replay", str(log), "--port", str(proxy.port), "--rate", "3000", "--plot", str(tmp_path / "p")
+    )
     png = tmp_path / "p" / "web-ab-hit-ratio.png"
     assert f"wrote {png}" in out and png.read_bytes().startswith(b"\x89PNG")
     plain = predis("replay", str(log), "--port", str(redis_server.port), "--max", "--limit", "500")
@@ -198,6 +203,9 @@ def test_the_model_prefetches_keys_never_read_here_and_falls_back_when_it_cannot
     (arm,) = ab(client)["arms"]
     assert arm["predictor"]["model"] == "loaded" and arm["predictor"]["model_reads"] == len(CYCLE)
     assert arm["predictor"]["fallbacks"] == {"model_load": 0, "model_error": 0}
+    # INFO's section flattens the model's own figures into k=v pairs redis-py's reader parses.
+    info = client.info()["arm_prefetch"]
+    assert info["predictor_model"] == "loaded" and info["predictor_fallbacks_model_load"] == 0
 
     shutil.rmtree(model)
     pid = prediction.proc.pid
