@@ -14,32 +14,15 @@ still predicted. Memory is bounded by the two sizes whatever the number of disti
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from common.keyshape import fill, numbers_of, template_of
+
 PAD, UNK = 0, 1
-_DIGITS = re.compile(r"\d+")
 
-
-def template_of(key: str) -> str:
-    return _DIGITS.sub("#", key)
-
-
-def numbers_of(key: str) -> list[str]:
-    return _DIGITS.findall(key)
-
-
-def fill(template: str, numbers: Sequence[str]) -> str | None:
-    """The template with its slots filled by ``numbers`` (None if the counts differ)."""
-    parts = template.split("#")
-    if len(parts) - 1 != len(numbers):
-        return None
-    out = [parts[0]]
-    for number, part in zip(numbers, parts[1:], strict=True):
-        out += [number, part]
-    return "".join(out)
+__all__ = ["PAD", "UNK", "Vocabulary", "fill", "numbers_of", "template_of"]
 
 
 class Vocabulary:

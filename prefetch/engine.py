@@ -25,6 +25,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from common.errors import ConfigError
+from common.keyshape import fill, numbers_of, template_of
 from prefetch.predictors import make_predictor
 from prefetch.predictors.base import NoPrefetch, Predictor
 
@@ -40,6 +41,12 @@ HINT_SOURCES = 65_536
 # for the model (33.1% hit ratio live, against 33.2% with 0.25 on every read and 31.9% with 0.25
 # on misses; 29.6% without hints), one run each at 1,500 requests/s.
 HINT_MIN_SCORE = 0.05
+# Template rules (see proxy.prediction): an arm whose predictor names keys by their shape (the
+# model: ``template_hints``) teaches the proxy "after a key of template T, the key of template U with
+# the same numbers" once it has named such a key this many times, at most this many U per T.
+RULE_SUPPORT = 3
+RULES_PER_TEMPLATE = 2
+RULE_COUNTS = 16_384
 SPLIT_BUCKETS = 10_000
 
 # One mirrored read: (stream, db, key, time it was read, whether the tier served it).
@@ -157,6 +164,10 @@ class Engine:
         self.shadow_sizes = [shadow] * len(specs)
         self.hints_sent: OrderedDict[tuple[int, bytes], tuple[bytes, ...]] = OrderedDict()
         self.new_hints: list[tuple[int, bytes, tuple[bytes, ...]]] = []
+        self.shaped = [bool(getattr(p, "template_hints", False)) for p in self.predictors]
+        self.rule_counts: OrderedDict[tuple[int, str, str], int] = OrderedDict()
+        self.rules_taught: dict[tuple[int, str], list[str]] = {}
+        self.new_rules: list[tuple[int, str, str]] = []
 
     def resize(self, entries: Sequence[int], capacities: Sequence[float] | None = None) -> None:
         """The live tier's entries per arm: the shadows follow them (at least 16 each). And how many
@@ -248,6 +259,8 @@ class Engine:
                     self.figures[a].prefetches += 1
                     have -= 1.0
                 tokens[a] = have
+                if self.shaped[a]:
+                    self._learn_rules(a, name, candidates)
             self._hint(db, key, tuple(named))
         return out
 
@@ -265,6 +278,37 @@ class Engine:
         if len(sent) > HINT_SOURCES:
             sent.popitem(last=False)
         self.new_hints.append((db, key, named))
+
+    def _learn_rules(self, arm: int, name: str, candidates: Sequence[tuple[str, float]]) -> None:
+        """Count the candidates that are ``name``'s numbers in another template; teach a pair once
+        it reaches RULE_SUPPORT."""
+        numbers = numbers_of(name)
+        if not numbers:
+            return
+        source = template_of(name)
+        counts = self.rule_counts
+        for cand, score in candidates:
+            if score < HINT_MIN_SCORE or cand == name:
+                continue
+            target = template_of(cand)
+            if target == cand or fill(target, numbers) != cand:
+                continue
+            pair = (arm, source, target)
+            seen = counts.get(pair, 0) + 1
+            counts[pair] = seen
+            counts.move_to_end(pair)
+            if len(counts) > RULE_COUNTS:
+                counts.popitem(last=False)
+            if seen == RULE_SUPPORT:
+                taught = self.rules_taught.setdefault((arm, source), [])
+                if target not in taught and len(taught) < RULES_PER_TEMPLATE:
+                    taught.append(target)
+                    self.new_rules.append(pair)
+
+    def take_rules(self) -> list[tuple[int, str, str]]:
+        """The template rules taught since the last call: (arm, source template, target template)."""
+        rules, self.new_rules = self.new_rules, []
+        return rules
 
     def take_hints(self) -> list[tuple[int, bytes, tuple[bytes, ...]]]:
         """The hints that changed since the last call: (db, key, keys the arms named after it)."""

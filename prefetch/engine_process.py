@@ -5,7 +5,9 @@ both ways are frames: a 4-byte big-endian length, then a pickled tuple. In: ``("
 (batch time, [(stream, db, keys, hit), ...]))``, ``("reset", None)`` (the experiment's figures start again), ``("resize", ([entries per arm], [entries each arm's part holds when full]))`` (the
 live tier's, which the engine's shadows of it follow). Out: ``("ready", report)`` once the arms' predictors are built, ``("error", line)``
 if they cannot be (then it exits), ``("hints", [(db, key, (keys named after it...)), ...])`` when
-what the arms name after a key with some confidence changed (empty: nothing now), ``("prefetch", [(db, key, arm, read time, read stream), ...])``
+what the arms name after a key with some confidence changed (empty: nothing now), ``("rules",
+[(arm, template, template named after it with the same numbers), ...])`` when a shape-aware arm
+(the model) has taught one, ``("prefetch", [(db, key, arm, read time, read stream), ...])``
 after each batch that asks for any, ``("report", report)`` at most every ``REPORT_EVERY`` seconds. It exits when the
 proxy closes its end. Only the proxy writes to the socket's other end, so pickle carries nothing
 that another party made.
@@ -120,6 +122,9 @@ def serve(sock: socket.socket, engine: Engine) -> None:
             out += engine.step(pending, time.monotonic())
         now = time.monotonic()
         message = b""
+        rules = engine.take_rules()
+        if rules:
+            message += frame(("rules", rules))
         hints = engine.take_hints()
         if hints:  # (before the prefetches: the proxy's table is current when they come)
             message += frame(("hints", hints))

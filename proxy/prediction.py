@@ -31,6 +31,7 @@ from typing import Any
 import structlog
 
 from common.histogram import LatencyHistogram
+from common.keyshape import fill_bytes, shape_of
 from prefetch.abtest import SequentialTest
 from prefetch.abtest import report as ab_report
 from prefetch.engine import ArmSplit
@@ -155,6 +156,11 @@ class LivePrefetcher:
         self.tokens = [0.0] * len(self.arms)
         self.arm_of = ArmSplit(self.shares, seed).arm_of if len(self.arms) > 1 else None
         self.hinted = [0] * len(self.arms)  # keys fetched on a hint
+        # Template rules an arm's model taught (prefetch.engine): after a miss of a key of template
+        # T, the keys of templates U with its numbers. A few per template, kept for the proxy's life
+        # (the engine teaches each once).
+        self.rules: dict[bytes, list[tuple[int, bytes]]] = {}
+        self.ruled = 0  # keys a rule named (fetched when not held and the arm had a token)
         self.over_budget = [0] * len(self.arms)  # prefetches the engine asked for without a token left
 
     # ------------------------------------------------------------------ the request path
@@ -180,6 +186,9 @@ class LivePrefetcher:
                 hinted = hints.get((db, key))
                 if hinted is not None:
                     self._fetch_hinted(stream, db, hinted)
+        if not hit and self.rules:  # ...and the keys its shape's rules name
+            for key in keys:
+                self._apply_rules(stream, db, key)
 
     def flush(self) -> None:
         """Send the buffered records to the engine, or shed them if it cannot take them now."""
@@ -222,6 +231,8 @@ class LivePrefetcher:
             self._prefetch(payload)
         elif kind == "hints":
             self._hints(payload)
+        elif kind == "rules":
+            self._rules(payload)
         elif kind == "report":
             self.engine_report = payload
         elif kind == "ready":
@@ -264,6 +275,30 @@ class LivePrefetcher:
         client has gone."""
         found = self.reader_of(stream) if self.reader_of is not None else None
         return found if found is not None else (self.identity, self.user)
+
+    def _apply_rules(self, stream: int, db: int, key: bytes) -> None:
+        """A missed key's template rules: the keys of the templates an arm's model names after
+        this one, filled with its numbers, each fetched when it is that arm's."""
+        template, numbers = shape_of(key)
+        targets = self.rules.get(template)
+        if targets is None:
+            return
+        arm_of = self.arm_of
+        named = []
+        for arm, target in targets:
+            other = fill_bytes(target, numbers)
+            if other is not None and (arm_of is None or arm_of(other) == arm):
+                named.append(other)
+        if named:
+            self.ruled += len(named)
+            self._fetch_hinted(stream, db, tuple(named))
+
+    def _rules(self, rules: list[tuple[int, str, str]]) -> None:
+        for arm, source, target in rules:
+            rule = (arm, target.encode())
+            known = self.rules.setdefault(source.encode(), [])
+            if rule not in known:  # (a restarted engine teaches its rules again)
+                known.append(rule)
 
     def _hints(self, hints: list[tuple[int, bytes, tuple[bytes, ...]]]) -> None:
         table = self.hints
@@ -430,6 +465,9 @@ class LivePrefetcher:
             "prefetch_requested": self.requested,
             "prefetch_already_held": self.already_held,
             "prefetch_late": sum(self.late),
+            "prefetch_hinted": sum(self.hinted),
+            "prefetch_rules": sum(map(len, self.rules.values())),
+            "prefetch_ruled": self.ruled,
         }
         for reason, count in self.fallbacks.items():
             out[f"fallback_{reason}"] = count

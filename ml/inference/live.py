@@ -39,6 +39,10 @@ def resolve_device(device: str) -> str:
 class LiveMLPredictor(MLPredictor):
     """``MLPredictor`` fed batch by batch instead of from a whole trace."""
 
+    # The model names keys by their shape (a template filled with a recent read's numbers): the
+    # engine may teach the proxy the template rules it follows (prefetch.engine, "rules").
+    template_hints = True
+
     def __init__(
         self,
         model_dir: str,

@@ -279,3 +279,37 @@ def test_prefetches_read_as_the_reading_client_and_serve_it(
     bob = proxy.client(username="bob", password="b")
     with pytest.raises(redis.exceptions.NoPermissionError):
         bob.get("seq:39")
+
+
+def test_the_models_template_rules_fetch_keys_never_seen_on_their_miss(
+    make_proxy: Any, redis_server: Any, direct: redis.Redis, profiles_model: Any
+) -> None:
+    """A model that names user:N:orders after user:N:profile (its template, filled with the
+    profile's number) teaches the proxy that rule; a miss of a profile never read before then
+    reads its orders key beside it, without the engine (stopped here), with Redis's value."""
+    direct.mset({f"user:{n}:{part}": f"{part}-{n}" for n in range(10_000) for part in ("profile", "orders")})
+    spec = f"ml:{profiles_model}::min_confidence=0.5"
+    proxy = make_proxy(redis_server.url, prefetch=spec, prefetch_device="cpu", **UNHURRIED)
+    prediction = proxy.server.prediction
+    wait_for(lambda: proxy.server.tier.active and prediction.ready, timeout=120)
+    client = proxy.client()
+    tier = proxy.server.tier
+    for n in range(40):
+        client.get(f"user:{n}:profile")
+        client.get(f"user:{n}:orders")
+    wait_for(lambda: (0, b"user:#:orders") in prediction.rules.get(b"user:#:profile", []), timeout=30)
+    pid = prediction.proc.pid
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        ruled = prediction.ruled
+        for n in (5_000, 6_000, 7_000):  # never read here, nor in training's numbers (0-2,999)
+            assert client.get(f"user:{n}:profile") == f"profile-{n}".encode()
+            wait_for(lambda n=n: (0, b"user:%d:orders" % n) in tier.entries, timeout=10)
+            assert client.get(f"user:{n}:orders") == f"orders-{n}".encode()  # (from the tier)
+        assert prediction.ruled >= ruled + 3
+        assert prediction.figures()["prefetch_rules"] >= 1
+    finally:
+        try:
+            os.kill(pid, signal.SIGCONT)
+        except ProcessLookupError:
+            pass  # (killed meanwhile as stalled, and restarted)

@@ -11,6 +11,7 @@ import pytest
 from common.errors import ConfigError
 from prefetch.abtest import MIN_GETS, SequentialTest, chi_square, difference, report
 from prefetch.engine import ArmSplit, Engine, parse_arms, parse_shares
+from prefetch.predictors.markov import Markov
 
 
 def keys(n: int, prefix: str = "k:") -> list[bytes]:
@@ -154,3 +155,41 @@ def test_the_sequential_p_value_never_rises_and_rarely_fires_on_equal_arms() -> 
             last = p
         fired += last < 0.01
     assert fired <= 2
+
+
+class Shaped:
+    """A predictor that names keys by their shape, as the model does: after user:N:profile,
+    user:N:orders."""
+
+    name = "shaped"
+    max_footprint = 0
+    template_hints = True
+
+    def __init__(self) -> None:
+        self.last = ""
+
+    def observe(self, key: str, t: float, hit: bool, client: int = 0) -> None:
+        self.last = key
+
+    def predict(self, k: int) -> list[tuple[str, float]]:
+        if self.last.endswith(":profile"):
+            return [(self.last.replace(":profile", ":orders"), 0.9), ("home", 0.5)]
+        return []
+
+    def footprint(self) -> int:
+        return 0
+
+
+def test_a_shaped_arm_teaches_the_template_rules_it_follows() -> None:
+    """Once a shape-aware predictor has named user:N:orders after user:N:profile three times (for
+    any N), the engine teaches the rule user:#:profile -> user:#:orders once; a heuristic arm
+    teaches none."""
+    engine = Engine(
+        [("S", "x"), ("M", "markov")], make=lambda spec, **_: Shaped() if spec == "x" else Markov()
+    )
+    records = [(1, 0, b"user:%d:profile" % n, 1.0, False) for n in (7, 8)]
+    engine.step(records, now=1.0)
+    assert engine.take_rules() == []  # (named twice: not yet)
+    engine.step([(1, 0, b"user:9:profile", 1.0, False), (1, 0, b"user:10:profile", 1.0, False)], now=1.0)
+    assert engine.take_rules() == [(0, "user:#:profile", "user:#:orders")]
+    assert engine.take_rules() == []
