@@ -1,11 +1,15 @@
 """Live prefetching: the proxy's side of the prediction engine.
 
 ``LivePrefetcher`` is the access sink (``proxy.reads.AccessSink``): for every read of GET and MGET
-keys it appends a record (stream, db, keys, hit) to a bounded buffer and returns; that is all the
-request path pays. A timer drains the buffer in batches (at most ``max_batch`` records or
-``max_wait`` seconds) to the engine process (``prefetch.engine_process``) over a socket pair; its
-answers (keys to prefetch, per arm) go to the tier's filler, after the keys the tier already holds
-or is filling are dropped. Nothing here ever waits for the engine:
+keys it appends a record (stream, db, keys, hit) to a bounded buffer and returns; that is all a
+hit pays. A timer drains the buffer in batches (at most ``max_batch`` records or ``max_wait``
+seconds) to the engine process (``prefetch.engine_process``) over a socket pair; its answers (keys
+to prefetch, per arm) go to the tier's filler as the reading client's ACL user, after the keys the
+tier already holds or is filling are dropped. Its answers land milliseconds after their read, so
+the engine also sends what can be applied without it: hints (the likely next keys after a key) and
+template rules (the model's "after a key of template T, the key of template U with its numbers"),
+which a miss applies at once, its reads going out beside its own fill. One token bucket per arm
+bounds all of them. Nothing here ever waits for the engine:
 
 * the buffer full, or the socket's send buffer past its bound (the engine behind, stalled or
   dead): the records are dropped from prediction and counted (``predict_shed``);
