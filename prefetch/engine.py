@@ -47,6 +47,7 @@ HINT_MIN_SCORE = 0.05
 RULE_SUPPORT = 3
 RULES_PER_TEMPLATE = 2
 RULE_COUNTS = 16_384
+RULES_MAX = 4_096  # rules taught in all (the proxy keeps them for its life: bounded here)
 SPLIT_BUCKETS = 10_000
 
 # One mirrored read: (stream, db, key, time it was read, whether the tier served it).
@@ -168,6 +169,7 @@ class Engine:
         self.rule_counts: OrderedDict[tuple[int, str, str], int] = OrderedDict()
         self.rules_taught: dict[tuple[int, str], list[str]] = {}
         self.new_rules: list[tuple[int, str, str]] = []
+        self.rules_count = 0
 
     def resize(self, entries: Sequence[int], capacities: Sequence[float] | None = None) -> None:
         """The live tier's entries per arm: the shadows follow them (at least 16 each). And how many
@@ -299,9 +301,10 @@ class Engine:
             counts.move_to_end(pair)
             if len(counts) > RULE_COUNTS:
                 counts.popitem(last=False)
-            if seen == RULE_SUPPORT:
+            if seen == RULE_SUPPORT and self.rules_count < RULES_MAX:
                 taught = self.rules_taught.setdefault((arm, source), [])
                 if target not in taught and len(taught) < RULES_PER_TEMPLATE:
+                    self.rules_count += 1
                     taught.append(target)
                     self.new_rules.append(pair)
 

@@ -193,3 +193,9 @@ def test_a_shaped_arm_teaches_the_template_rules_it_follows() -> None:
     engine.step([(1, 0, b"user:9:profile", 1.0, False), (1, 0, b"user:10:profile", 1.0, False)], now=1.0)
     assert engine.take_rules() == [(0, "user:#:profile", "user:#:orders")]
     assert engine.take_rules() == []
+    # Rules are bounded in all (the proxy keeps what it is taught): none past RULES_MAX.
+    import prefetch.engine as engine_module
+
+    engine.rules_count = engine_module.RULES_MAX
+    engine.step([(1, 0, b"shop:%d:profile" % n, 1.0, False) for n in range(5)], now=1.0)
+    assert engine.take_rules() == []
