@@ -166,6 +166,10 @@ class LivePrefetcher:
         self.rules: dict[bytes, list[tuple[int, bytes]]] = {}
         self.ruled = 0  # keys a rule named (fetched when not held and the arm had a token)
         self.over_budget = [0] * len(self.arms)  # prefetches the engine asked for without a token left
+        self.fetched = [0] * len(self.arms)  # keys read upstream ahead of a read: prefetches and hints
+        # The tier's per-arm prefetch counts when the experiment's figures last started again.
+        self.fills_base = [0] * len(self.arms)
+        self.prefetched_hits_base = [0] * len(self.arms)
 
     # ------------------------------------------------------------------ the request path
 
@@ -268,6 +272,7 @@ class LivePrefetcher:
                 continue
             tokens[arm] -= 1.0
             self.hinted[arm] += 1
+            self.fetched[arm] += 1
             wanted.append(key)
         if wanted and self.filler is not None:
             identity, user = self.reader(stream)
@@ -341,6 +346,7 @@ class LivePrefetcher:
                 self.over_budget[arm] += 1
                 continue
             tokens[arm] -= 1.0
+            self.fetched[arm] += 1
             self.latency[arm].record(now - t)
             by_reader.setdefault((stream, db), []).append(key)
         if self.filler is None:
@@ -480,6 +486,12 @@ class LivePrefetcher:
     def reset_ab(self) -> None:
         """Start the experiment's figures again (PREDIS AB RESET)."""
         self.sequential.reset()
+        n = len(self.arms)
+        self.late, self.hinted, self.over_budget, self.fetched = [0] * n, [0] * n, [0] * n, [0] * n
+        self.latency = [LatencyHistogram() for _ in self.arms]
+        if len(self.tier.policies) == n:
+            self.fills_base = list(self.tier.part_prefetch_fills)
+            self.prefetched_hits_base = list(self.tier.part_prefetched_hits)
         self.engine_report = {
             "arms": [{**arm, "gets": 0, "hits": 0, "misses": 0} for arm in self.engine_report.get("arms", [])]
         }
@@ -490,13 +502,16 @@ class LivePrefetcher:
     def arm_figures(self) -> list[dict[str, Any]]:
         """Per arm: the engine's figures (GETs, hits, misses, prefetches asked, shed, predictor
         errors) with the proxy's (prefetches filled, their first hits and precision, late ones,
-        prediction latency from the read to the prefetch's send, p50 and p99 in microseconds)."""
+        hinted reads, upstream reads per GET, prediction latency from the read to the prefetch's
+        send, p50 and p99 in microseconds), all since the experiment's figures last started."""
         tier = self.tier
         partitioned = len(tier.policies) == len(self.arms)
         out = []
         for i, arm in enumerate(self.engine_report.get("arms", [])):
-            fills = tier.part_prefetch_fills[i] if partitioned else None
-            hits = tier.part_prefetched_hits[i] if partitioned else None
+            fills = tier.part_prefetch_fills[i] - self.fills_base[i] if partitioned else None
+            hits = tier.part_prefetched_hits[i] - self.prefetched_hits_base[i] if partitioned else None
+            gets = int(arm.get("gets", 0))
+            upstream = int(arm.get("misses", 0)) + self.fetched[i]
             out.append(
                 {
                     **arm,
@@ -506,6 +521,8 @@ class LivePrefetcher:
                     "late": self.late[i],
                     "hinted": self.hinted[i],
                     "over_budget": self.over_budget[i],
+                    # Upstream reads per GET: its misses' and those read ahead (no arm wins by more).
+                    "upstream_per_get": round(upstream / gets, 4) if gets else None,
                     "prediction_p50_us": self.latency[i].percentile(50),
                     "prediction_p99_us": self.latency[i].percentile(99),
                 }

@@ -80,11 +80,17 @@ def test_ab_arms_split_the_keys_and_their_figures_add_up(
     assert none["prefetch_fills"] == 0 and obl["prefetch_fills"] > 0
     assert 0 < obl["prefetched_hits"] <= obl["prefetch_fills"] and 0 < obl["precision"] <= 1
     assert obl["hit_ratio"] > none["hit_ratio"]  # (a scan: only prefetching can hit)
+    # Upstream reads per GET: NONE's are its misses; OBL's add what it read ahead.
+    assert none["upstream_per_get"] == round(none["misses"] / none["gets"], 4)
+    assert obl["upstream_per_get"] > obl["misses"] / obl["gets"]
     text = client.execute_command("PREDIS", "AB").decode()
     assert text.startswith("# Predis A/B") and "arm_OBL:" in text and "chi2_p:" in text
     assert "arm_OBL" in client.info()  # (INFO's # Predis A/B section)
     assert client.execute_command("PREDIS", "AB", "RESET") == b"OK"
     assert all(arm["gets"] == 0 for arm in ab(client)["arms"])
+    # The proxy's own per-arm figures start again too.
+    assert all(arm["prefetch_fills"] == 0 and arm["prefetched_hits"] == 0 for arm in ab(client)["arms"])
+    assert all(arm["prediction_p99_us"] == 0.0 for arm in ab(client)["arms"])  # (no samples yet)
 
 
 @pytest.mark.parametrize("fault", ["kill", "stop"])
