@@ -77,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     offline = {_arm_key(a.arm): 100 * a.hit_ratio for a in report.arms}
     tier_bytes = tier_bytes_for(log, float(args.cache.rstrip("%")) / 100)
     live: dict[str, list[float]] = {name: [] for name, _ in arms}
+    upstream: dict[str, list[float]] = {name: [] for name, _ in arms}
     span = float(log.timestamps()[-1] - log.timestamps()[0])
     delays: list[float] = []  # per repeat: a prefetch's delay after its read, in the log's time
     with tempfile.TemporaryDirectory() as tmp:
@@ -88,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             for arm in result["ab"]["arms"]:
                 live[arm["name"]].append(100 * arm["hit_ratio"])
+                upstream[arm["name"]].append(arm.get("upstream_per_get") or 0.0)
             delays.append(live_delay(result, span))
             figures = ", ".join(f"{n} {v[-1]:.2f}" for n, v in live.items())
             print(f"repeat {repeat + 1}: live hit % {figures}; shed {result['prefetch']['predict_shed']}")
@@ -107,15 +109,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(
         "| arm | spec | live hit %, median (range) | simulator hit % | live - simulator "
-        "| simulator with delay | live - delayed |"
+        "| simulator with delay | live - delayed | live upstream reads per GET |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     for name, spec in arms:
         median = statistics.median(live[name])
         print(
             f"| {name} | {spec} | {median:.2f} ({min(live[name]):.2f}-{max(live[name]):.2f}) | "
             f"{offline[spec]:.2f} | {median - offline[spec]:+.2f} | {delayed[spec]:.2f} | "
-            f"{median - delayed[spec]:+.2f} |"
+            f"{median - delayed[spec]:+.2f} | {statistics.median(upstream[name]):.3f} |"
         )
     return 0
 
