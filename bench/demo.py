@@ -113,8 +113,10 @@ def ab_story(accesses: int = 30_000, rate: float = 1_500.0) -> None:
                 f"prediction latency p50 {arm['prediction_p50_us'] or 0:,.0f} us, p99 {arm['prediction_p99_us'] or 0:,.0f} us"
             )
     print(
-        "  (live, a prefetch lands milliseconds after its read; in this workload most predictable reads come "
-        "within a millisecond of the read before them: see bench/RESULTS.md, live against the simulator)"
+        "  (live, the engine's prefetches land milliseconds after their read, and in this workload most "
+        "predictable reads come within a millisecond of the read before them; what comes in time is read "
+        "beside a miss: the hints, and the template rules the model taught the proxy. See bench/RESULTS.md, "
+        "live against the simulator)"
     )
 
 
