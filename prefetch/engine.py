@@ -20,7 +20,7 @@ counted as shed.
 from __future__ import annotations
 
 import zlib
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -43,8 +43,12 @@ HINT_SOURCES = 65_536
 HINT_MIN_SCORE = 0.05
 # Template rules (see proxy.prediction): an arm whose predictor names keys by their shape (the
 # model: ``template_hints``) teaches the proxy "after a key of template T, the key of template U with
-# the same numbers" once it has named such a key this many times, at most this many U per T.
+# the same numbers" once such a key it named was then read by the same client this many times, and
+# at least RULE_PRECISION of the times it named one; at most this many U per T. (Counting names
+# alone taught rules the model's copy head gets wrong: a product's number in a user key.)
 RULE_SUPPORT = 3
+RULE_PRECISION = 0.25
+RULE_WINDOW = 8  # a named key counts as read when its client reads it within its next few reads
 RULES_PER_TEMPLATE = 2
 RULE_COUNTS = 16_384
 RULES_MAX = 4_096  # rules taught in all (the proxy keeps them for its life: bounded here)
@@ -166,7 +170,9 @@ class Engine:
         self.hints_sent: OrderedDict[tuple[int, bytes], tuple[bytes, ...]] = OrderedDict()
         self.new_hints: list[tuple[int, bytes, tuple[bytes, ...]]] = []
         self.shaped = [bool(getattr(p, "template_hints", False)) for p in self.predictors]
-        self.rule_counts: OrderedDict[tuple[int, str, str], int] = OrderedDict()
+        self.rule_counts: OrderedDict[tuple[int, str, str], list[int]] = OrderedDict()  # [named, read]
+        # Per client, the keys a shaped arm named after its last reads, with the rule they follow.
+        self.pending: OrderedDict[int, deque[tuple[tuple[int, str, str], str]]] = OrderedDict()
         self.rules_taught: dict[tuple[int, str], list[str]] = {}
         self.new_rules: list[tuple[int, str, str]] = []
         self.rules_count = 0
@@ -225,6 +231,8 @@ class Engine:
                 figures.hits += 1
             for predictor in predictors:
                 predictor.observe(name, t, hit, stream)
+            if self.pending:
+                self._confirm(stream, name)
             self._hold(arm, db, key)
             if not budget:
                 continue
@@ -262,7 +270,7 @@ class Engine:
                     have -= 1.0
                 tokens[a] = have
                 if self.shaped[a]:
-                    self._learn_rules(a, name, candidates)
+                    self._learn_rules(a, name, candidates, stream)
             self._hint(db, key, tuple(named))
         return out
 
@@ -281,9 +289,9 @@ class Engine:
             sent.popitem(last=False)
         self.new_hints.append((db, key, named))
 
-    def _learn_rules(self, arm: int, name: str, candidates: Sequence[tuple[str, float]]) -> None:
-        """Count the candidates that are ``name``'s numbers in another template; teach a pair once
-        it reaches RULE_SUPPORT."""
+    def _learn_rules(self, arm: int, name: str, candidates: Sequence[tuple[str, float]], stream: int) -> None:
+        """Count the candidates that are ``name``'s numbers in another template, and wait for the
+        client to read them (``_confirm``)."""
         numbers = numbers_of(name)
         if not numbers:
             return
@@ -296,17 +304,42 @@ class Engine:
             if target == cand or fill(target, numbers) != cand:
                 continue
             pair = (arm, source, target)
-            seen = counts.get(pair, 0) + 1
-            counts[pair] = seen
-            counts.move_to_end(pair)
-            if len(counts) > RULE_COUNTS:
-                counts.popitem(last=False)
-            if seen == RULE_SUPPORT and self.rules_count < RULES_MAX:
-                taught = self.rules_taught.setdefault((arm, source), [])
-                if target not in taught and len(taught) < RULES_PER_TEMPLATE:
-                    self.rules_count += 1
-                    taught.append(target)
-                    self.new_rules.append(pair)
+            seen = counts.get(pair)
+            if seen is None:
+                seen = counts[pair] = [0, 0]
+                if len(counts) > RULE_COUNTS:
+                    counts.popitem(last=False)
+            else:
+                counts.move_to_end(pair)
+            seen[0] += 1
+            waiting = self.pending.get(stream)
+            if waiting is None:
+                waiting = self.pending[stream] = deque(maxlen=RULE_WINDOW)
+                if len(self.pending) > HINT_SOURCES:
+                    self.pending.popitem(last=False)
+            waiting.append((pair, cand))
+
+    def _confirm(self, stream: int, name: str) -> None:
+        """A client's read: the rules whose named key it is are confirmed once more; one confirmed
+        often enough, and often enough for the times it was named, is taught."""
+        waiting = self.pending.get(stream)
+        if not waiting:
+            return
+        for item in [item for item in waiting if item[1] == name]:
+            waiting.remove(item)
+            pair = item[0]
+            seen = self.rule_counts.get(pair)
+            if seen is None:
+                continue
+            seen[1] += 1
+            if seen[1] < RULE_SUPPORT or seen[1] < RULE_PRECISION * seen[0] or self.rules_count >= RULES_MAX:
+                continue
+            arm, source, target = pair
+            taught = self.rules_taught.setdefault((arm, source), [])
+            if target not in taught and len(taught) < RULES_PER_TEMPLATE:
+                self.rules_count += 1
+                taught.append(target)
+                self.new_rules.append(pair)
 
     def take_rules(self) -> list[tuple[int, str, str]]:
         """The template rules taught since the last call: (arm, source template, target template)."""

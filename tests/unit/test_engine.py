@@ -173,7 +173,12 @@ class Shaped:
 
     def predict(self, k: int) -> list[tuple[str, float]]:
         if self.last.endswith(":profile"):
-            return [(self.last.replace(":profile", ":orders"), 0.9), ("home", 0.5)]
+            # (the orders key is read next; the ghost key, the same number in another template, never)
+            return [
+                (self.last.replace(":profile", ":orders"), 0.9),
+                (self.last.replace(":profile", ":ghost"), 0.8),
+                ("home", 0.5),
+            ]
         return []
 
     def footprint(self) -> int:
@@ -181,21 +186,31 @@ class Shaped:
 
 
 def test_a_shaped_arm_teaches_the_template_rules_it_follows() -> None:
-    """Once a shape-aware predictor has named user:N:orders after user:N:profile three times (for
-    any N), the engine teaches the rule user:#:profile -> user:#:orders once; a heuristic arm
-    teaches none."""
+    """Once a shape-aware predictor has named user:N:orders after user:N:profile and the client
+    then read it, three times (for any N), the engine teaches the rule user:#:profile ->
+    user:#:orders once; user:N:ghost, named as often but never read, is never taught; a heuristic
+    arm teaches none."""
     engine = Engine(
         [("S", "x"), ("M", "markov")], make=lambda spec, **_: Shaped() if spec == "x" else Markov()
     )
-    records = [(1, 0, b"user:%d:profile" % n, 1.0, False) for n in (7, 8)]
-    engine.step(records, now=1.0)
-    assert engine.take_rules() == []  # (named twice: not yet)
-    engine.step([(1, 0, b"user:9:profile", 1.0, False), (1, 0, b"user:10:profile", 1.0, False)], now=1.0)
+
+    def visit(*numbers: int, client: int = 1) -> list[tuple[int, int, bytes, float, bool]]:
+        parts = (b"profile", b"orders")
+        return [(client, 0, b"user:%d:%s" % (n, part), 1.0, False) for n in numbers for part in parts]
+
+    engine.step(visit(7, 8), now=1.0)
+    assert engine.take_rules() == []  # (read after it twice: not yet)
+    engine.step([(1, 0, b"user:9:profile", 1.0, False), (2, 0, b"user:9:orders", 1.0, False)], now=1.0)
+    assert engine.take_rules() == []  # (another client read it: not what was named for client 1)
+    engine.step(visit(10, 11, 12), now=1.0)
     assert engine.take_rules() == [(0, "user:#:profile", "user:#:orders")]
     assert engine.take_rules() == []
     # Rules are bounded in all (the proxy keeps what it is taught): none past RULES_MAX.
     import prefetch.engine as engine_module
 
     engine.rules_count = engine_module.RULES_MAX
-    engine.step([(1, 0, b"shop:%d:profile" % n, 1.0, False) for n in range(5)], now=1.0)
+    engine.step(
+        [(1, 0, b"shop:%d:%s" % (n, p), 1.0, False) for n in range(5) for p in (b"profile", b"orders")],
+        now=1.0,
+    )
     assert engine.take_rules() == []
