@@ -80,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     upstream: dict[str, list[float]] = {name: [] for name, _ in arms}
     span = float(log.timestamps()[-1] - log.timestamps()[0])
     delays: list[float] = []  # per repeat: a prefetch's delay after its read, in the log's time
+    rules: list[dict[str, str]] = []
     with tempfile.TemporaryDirectory() as tmp:
         path = f"{tmp}/{args.workload}-seed{args.seed}.parquet"
         write_log(log, path)
@@ -91,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
                 live[arm["name"]].append(100 * arm["hit_ratio"])
                 upstream[arm["name"]].append(arm.get("upstream_per_get") or 0.0)
             delays.append(live_delay(result, span))
+            rules = result["ab"].get("rules", [])
             figures = ", ".join(f"{n} {v[-1]:.2f}" for n, v in live.items())
             print(f"repeat {repeat + 1}: live hit % {figures}; shed {result['prefetch']['predict_shed']}")
     print(
@@ -101,6 +103,9 @@ def main(argv: list[str] | None = None) -> int:
     # The simulator again with prefetches that take as long as the live ones did (in the log's
     # time): how much of the gap is timing.
     delay = statistics.median(delays)
+    if rules:  # (the last repeat's)
+        taught = "; ".join(f"{r['arm']}: {r['from']} -> {r['to']}" for r in rules)
+        print(f"template rules the models taught (last repeat): {taught}")
     late_report = simulate(log, args.cache, [spec for _, spec in arms], with_belady=False, delay=delay)
     delayed = {_arm_key(a.arm): 100 * a.hit_ratio for a in late_report.arms}
     print(

@@ -532,7 +532,13 @@ class LivePrefetcher:
     def ab(self) -> dict[str, Any]:
         """The A/B report over the arms' latest figures, and the split (so that a client can tell
         which arm a key is in: ``predis replay`` measures each arm's GET latency so)."""
+        rules = [
+            {"arm": self.arms[arm][0], "from": source.decode(), "to": target.decode()}
+            for source, targets in self.rules.items()
+            for arm, target in targets
+        ]
         return {
             **ab_report(self.arm_figures(), self.sequential),
             "split": {"shares": self.shares, "seed": self.seed},
+            "rules": rules,  # the template rules the arms' models taught (see _apply_rules)
         }

@@ -314,6 +314,8 @@ def test_the_models_template_rules_fetch_keys_never_seen_on_their_miss(
             assert client.get(f"user:{n}:orders") == f"orders-{n}".encode()  # (from the tier)
         assert prediction.ruled >= ruled + 3
         assert prediction.figures()["prefetch_rules"] >= 1
+        taught = {"arm": "prefetch", "from": "user:#:profile", "to": "user:#:orders"}
+        assert taught in prediction.ab()["rules"]
     finally:
         try:
             os.kill(pid, signal.SIGCONT)
