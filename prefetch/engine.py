@@ -37,9 +37,8 @@ HINTS_PER_ARM = 2
 HINT_SOURCES = 65_536
 # A candidate becomes a hint only at this score or above: it will be fetched on later misses of
 # the key, so it must be a plausible next read, not one guess among dozens (a random reader's
-# successors churn the proxy's table with every read). On web, 0.05 kept most of what hints gain
-# for the model (33.1% hit ratio live, against 33.2% with 0.25 on every read and 31.9% with 0.25
-# on misses; 29.6% without hints), one run each at 1,500 requests/s.
+# successors churn the proxy's table with every read). (Chosen on web from single trial runs of
+# 0.05 and 0.25, not kept as a benchmark: bench/HISTORY.md, "Hints and template rules".)
 HINT_MIN_SCORE = 0.05
 # Template rules (see proxy.prediction): an arm whose predictor names keys by their shape (the
 # model: ``template_hints``) teaches the proxy "after a key of template T, the key of template U with
