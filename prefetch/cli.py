@@ -110,14 +110,10 @@ def sim_main(argv: list[str]) -> int:
 def plot_curves(
     log: Any, arms: list[str], policies: list[str], budget: float, warmup: float, out_dir: str
 ) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    from common.plots import axes, save
     from prefetch.sim import simulate
 
-    os.makedirs(out_dir, exist_ok=True)
+    os.makedirs(out_dir, exist_ok=True)  # (before the replays: an unusable directory fails at once)
     curves: dict[str, list[tuple[float, float]]] = {}
     unique = len(log.key_codes()[1])
     for size in PLOT_SIZES:
@@ -126,14 +122,9 @@ def plot_curves(
         report = simulate(log, size, arms, policies=policies, budget=budget, warmup=warmup)
         for arm in report.arms:
             curves.setdefault(arm.arm, []).append((float(size[:-1]), 100 * arm.hit_ratio))
-    fig, ax = plt.subplots(figsize=(8, 5))
+    fig, ax = axes()
     for name, points in curves.items():
         xs, ys = zip(*points, strict=True)
         ax.plot(xs, ys, marker="o", label=name, linestyle="--" if name in ("oracle", "belady") else "-")
     ax.set(xscale="log", xlabel="cache size (% of unique keys)", ylabel="hit ratio (%)", title=log.source)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = os.path.join(out_dir, f"{log.source or 'trace'}-hit-ratio.png")
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    return path
+    return save(fig, ax, out_dir, f"{log.source or 'trace'}-hit-ratio.png")

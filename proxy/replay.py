@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -73,13 +72,9 @@ def plot_arms(samples: list[dict[str, Any]], out_dir: str, name: str) -> str | N
             series.setdefault(arm["name"], []).append((sample["t"], int(arm["gets"]), int(arm["hits"])))
     if not series:
         return None
-    import matplotlib
+    from common.plots import axes, save
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    os.makedirs(out_dir, exist_ok=True)
-    fig, ax = plt.subplots(figsize=(8, 5))
+    fig, ax = axes()
     for arm, points in series.items():
         xs, window, total = [], [], []
         for (_, g0, h0), (t, g1, h1) in zip(points, points[1:], strict=False):
@@ -90,12 +85,7 @@ def plot_arms(samples: list[dict[str, Any]], out_dir: str, name: str) -> str | N
         (line,) = ax.plot(xs, window, alpha=0.4, label=f"{arm}, per interval")
         ax.plot(xs, total, color=line.get_color(), label=f"{arm}, cumulative")
     ax.set(xlabel="seconds into the replay", ylabel="hit ratio (%)", title=f"A/B arms: {name}")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = os.path.join(out_dir, f"{name}-ab-hit-ratio.png")
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    return path
+    return save(fig, ax, out_dir, f"{name}-ab-hit-ratio.png")
 
 
 async def _replay(log: Any, n: int, args: Any) -> dict[str, Any]:

@@ -129,27 +129,15 @@ def planted_model(tmp_path_factory: pytest.TempPathFactory) -> Any:
 
 @pytest.fixture(scope="session")
 def profiles_model(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    """A small model trained on clients reading user:N:profile then user:N:orders for a random N:
-    it names the orders key by its template filled with the profile's number."""
+    """A small model trained on tests.helpers.profiles_log: it names the orders key by its template
+    filled with the profile's number."""
     pytest.importorskip("torch")
-    import numpy as np
-
-    from accesslog.log import AccessLog, make_table
     from ml.training.train import TrainConfig, train
+    from tests.helpers import profiles_log
 
-    rng = np.random.default_rng(5)
-    keys, client = [], []
-    for c in rng.integers(0, 4, 3000).tolist():
-        n = int(rng.integers(3000))
-        keys += [f"user:{n}:profile", f"user:{n}:orders"]
-        client += [c, c]
-    log = AccessLog(
-        make_table(np.arange(len(keys)) * 0.01, keys, "GET", 100, "profiles", client=np.array(client)),
-        {"source": "profiles"},
-    )
     out = tmp_path_factory.mktemp("profiles-model")
     train(
-        log,
+        profiles_log(),
         out,
         TrainConfig(
             epochs=16, batch=16, length=32, lr=1e-2, progress=False, max_keys=8, precision="fp32", patience=16

@@ -98,3 +98,22 @@ def planted_log(n: int = 6000, clients: int = 4) -> Any:
     import numpy as np
 
     return walk(CYCLE, n, list(range(clients)), np.random.default_rng(0), "planted")
+
+
+def profiles_log() -> Any:
+    """Clients (4) each reading user:N:profile then user:N:orders for a random N among 3,000: the
+    orders key is named only by its template filled with the profile's number."""
+    import numpy as np
+
+    from accesslog.log import AccessLog, make_table
+
+    rng = np.random.default_rng(5)
+    keys, client = [], []
+    for c in rng.integers(0, 4, 3000).tolist():
+        n = int(rng.integers(3000))
+        keys += [f"user:{n}:profile", f"user:{n}:orders"]
+        client += [c, c]
+    return AccessLog(
+        make_table(np.arange(len(keys)) * 0.01, keys, "GET", 100, "profiles", client=np.array(client)),
+        {"source": "profiles"},
+    )

@@ -14,14 +14,13 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from accesslog.log import AccessLog, make_table  # noqa: E402
 from ml.inference.arm import predict_streams  # noqa: E402
 from ml.registry import ModelError, load_model, next_version, resolve, save_model, set_current  # noqa: E402
 from ml.training.data import encode  # noqa: E402
 from ml.training.precision import bf16_failure  # noqa: E402
 from ml.training.train import TrainConfig, train  # noqa: E402
 from ml.vocab import UNK, Vocabulary, fill, template_of  # noqa: E402
-from tests.helpers import CYCLE, planted_log, walk  # noqa: E402
+from tests.helpers import CYCLE, planted_log, profiles_log, walk  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -557,16 +556,7 @@ def test_confidence_counts_keys_named_by_template_and_copy(tmp_path: Path) -> No
     profile read it is sure, after an orders read (a random next user) it is not, and it is
     calibrated over both (taught only the key and successor heads' guesses, it said about 0 after
     profiles too, an error of about one half)."""
-    rng = np.random.default_rng(5)
-    keys, client = [], []
-    for c in rng.integers(0, 4, 3000).tolist():
-        n = int(rng.integers(3000))
-        keys += [f"user:{n}:profile", f"user:{n}:orders"]
-        client += [c, c]
-    log = AccessLog(
-        make_table(np.arange(len(keys)) * 0.01, keys, "GET", 100, "profiles", client=np.array(client)),
-        {"source": "profiles"},
-    )
+    log = profiles_log()
     torch.set_num_threads(2)
     metrics = train(
         log,
