@@ -23,7 +23,6 @@ from proxy.framing import (
 )
 from proxy.keyspace import FLUSH_DB, KEYS, CommandTable
 from proxy.reads import AccessSink, ForwardReads, worth_serving
-from proxy.resp import as_str
 from proxy.session import SPECIAL, Session
 from proxy.slots import Run, Slot
 from proxy.stats import Stats
@@ -73,7 +72,7 @@ class TierReads(ForwardReads):
         """The ACL user this connection reads as (an entry is served to that user only)."""
         auth = self.session.auth
         if auth is not self._user_of:  # cached per credentials: the hit path asks on every read
-            self._user = as_str(auth[0]) if auth is not None else "default"
+            self._user = self.session.reader()[1]
             self._user_of = auth
         return self._user
 
