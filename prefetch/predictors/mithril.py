@@ -9,22 +9,39 @@ mines pairs whose time series line up:
 * Mining table: keys with ``min_support`` to ``max_support`` timestamps. A key that reaches
   ``max_support`` is frequent, not sporadic, and is dropped. When the mining table holds
   ``mining_size`` keys, it is mined and cleared.
-* Mining: keys sorted by first timestamp; a and b (b's first timestamp within ``lookahead`` after
-  a's) are associated when their timestamp counts differ by at most ``confidence`` and at most
-  ``confidence`` of their paired timestamps are further than ``lookahead`` apart. Then b joins a's
-  prefetch list (``pf_list`` long, oldest out first). With the defaults (two timestamps, confidence
-  1) one close pair is enough, as in libCacheSim; requiring both pairs close halves the
-  prefetches and costs 4 points of hit ratio on cloudPhysicsIO at 5% (bench/HISTORY.md).
+* Mining: keys sorted by first timestamp; b (its first timestamp within ``lookahead`` after a's) is
+  a candidate for a when their timestamp counts differ by at most ``confidence`` and at most
+  ``confidence`` of their paired timestamps are further than ``lookahead`` apart. Of a's
+  candidates, the first (the nearest) joins a's prefetch list, and so does any other one with a
+  timestamp exactly 1 from a's (read right after it), as in libCacheSim; the list is ``pf_list``
+  long, oldest out first. Associating every candidate filled the list with the farthest ones (the
+  last added): on the sequential P6 trace a read of block n fetched n+19 and n+20, so the first 19
+  blocks of every run missed (46.6% hit ratio at 5% against 88.3%, bench/RESULTS.md). With the
+  defaults (two timestamps, confidence 1) one close pair is enough, as in libCacheSim; requiring
+  both pairs close halves the prefetches and costs 4 points of hit ratio on cloudPhysicsIO at 5%
+  (bench/HISTORY.md).
 * Prefetch table: at most ``max_entries`` source keys, oldest replaced first.
+* Sizes: the recording table and the prefetch table grow with the cache (``choose``, called with
+  the cache's entries by the simulator and the live engine), as libCacheSim gives them 2% and 10%
+  of the cache's bytes: with 4 KiB blocks, ``RECORDING_PER_ENTRY`` and ``TABLE_PER_ENTRY`` rows per
+  cache entry, never fewer than the defaults (or the sizes a spec names).
 
 On a read of a, a's prefetch list is predicted.
 """
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 
 import numpy as np
+
+# Rows per cache entry, as libCacheSim sizes its tables for 4 KiB blocks: 2% of the cache's bytes in
+# 14-byte recording rows, 10% in 28-byte prefetch rows (two targets).
+RECORDING_PER_ENTRY = 6
+TABLE_PER_ENTRY = 15
+RECORDING_SIZE = 100_000
+MAX_ENTRIES = 100_000
 
 
 class Mithril:
@@ -38,8 +55,8 @@ class Mithril:
         confidence: int = 1,
         pf_list: int = 2,
         mining_size: int = 2560,
-        recording_size: int = 100_000,
-        max_entries: int = 100_000,
+        recording_size: int | None = None,
+        max_entries: int | None = None,
         record: str = "miss",
     ) -> None:
         if not 1 <= min_support <= max_support:
@@ -52,16 +69,38 @@ class Mithril:
         self.confidence = confidence
         self.pf_list = pf_list
         self.mining_size = mining_size
-        self.recording_size = recording_size
-        self.max_entries = max_entries
+        if (recording_size is not None and recording_size < 1) or (
+            max_entries is not None and max_entries < 1
+        ):
+            raise ValueError("mithril needs recording_size >= 1 and max_entries >= 1")
+        self.fixed = (recording_size, max_entries)  # (sizes a spec named: choose keeps them)
+        self.recording_size = recording_size or RECORDING_SIZE
+        self.max_entries = max_entries or MAX_ENTRIES
         self.record_hits = record == "each"
-        self.max_footprint = recording_size + mining_size + max_entries * (pf_list + 1)
+        self._bound()
         self.ts = 0
         self.recording: OrderedDict[str, list[int]] = OrderedDict()
         self.mining: dict[str, list[int]] = {}
         self.table: OrderedDict[str, list[str]] = OrderedDict()
         self.last: str | None = None
         self.minings = 0
+
+    def _bound(self) -> None:
+        self.max_footprint = self.recording_size + self.mining_size + self.max_entries * (self.pf_list + 1)
+
+    def choose(self, capacity: float) -> None:
+        """Size the tables for a cache of ``capacity`` entries (see the module's "Sizes"); a table
+        that shrinks drops its oldest rows at once."""
+        recording, entries = self.fixed
+        if capacity <= 0:
+            return
+        self.recording_size = recording or max(RECORDING_SIZE, math.ceil(RECORDING_PER_ENTRY * capacity))
+        self.max_entries = entries or max(MAX_ENTRIES, math.ceil(TABLE_PER_ENTRY * capacity))
+        while len(self.recording) > self.recording_size:
+            self.recording.popitem(last=False)
+        while len(self.table) > self.max_entries:
+            self.table.popitem(last=False)
+        self._bound()
 
     def observe(self, key: str, t: float, hit: bool, client: int = 0) -> None:
         self.ts += 1
@@ -111,17 +150,22 @@ class Mithril:
         la, conf = self.lookahead, self.confidence
         cols = np.arange(width)
         names = [key for key, _ in rows]
+        first = np.ones(n, bool)  # no key after row i has been a candidate yet
         for d in range(1, min(la, n - 1) + 1):
             a, b = ts[:-d], ts[d:]
             la_len, lb_len = lengths[:-d], lengths[d:]
             near = (b[:, 0] - a[:, 0]) <= la
             if not near.any():
                 break
-            alike = np.abs(la_len - lb_len) <= conf
+            alike = near & (np.abs(la_len - lb_len) <= conf)
             shorter = np.minimum(la_len, lb_len)
             compared = cols[None, :] < shorter[:, None]
-            misses = ((np.abs(a - b) > la) & compared).sum(axis=1)
-            for i in np.flatnonzero(near & alike & (misses <= conf)).tolist():
+            gaps = np.abs(a - b)
+            misses = ((gaps > la) & compared).sum(axis=1)
+            adjacent = ((gaps == 1) & compared).any(axis=1)
+            chosen = alike & (misses <= conf) & (first[:-d] | adjacent)
+            first[:-d] &= ~alike
+            for i in np.flatnonzero(chosen).tolist():
                 self._associate(names[i], names[i + d])
 
     def _associate(self, a: str, b: str) -> None:

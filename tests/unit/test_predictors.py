@@ -165,6 +165,34 @@ def test_mithril_mines_sporadic_pairs_and_drops_frequent_keys() -> None:
     assert r.predict(2) == [] and r.minings == 0
 
 
+def test_mithril_keeps_the_nearest_follower_not_the_farthest() -> None:
+    """A run b0..b9 read twice: every later block of the run is a candidate for b3 (within the
+    lookahead), but only the nearest (b4, read right after it) joins its list, as in libCacheSim.
+    Associating every candidate kept the last two added, the farthest (b7, b8): a reader of b3
+    would then miss b4, b5 and b6."""
+    run = [f"b{i}" for i in range(10)]
+    keys = run + [f"x{i}" for i in range(3)] + run
+    p = Mithril(lookahead=5, min_support=2, max_support=4, mining_size=10)
+    feed(p, keys)
+    assert p.minings == 1
+    p.observe("b3", 0.0, True)
+    assert p.predict(2) == [("b4", 1.0)]
+
+
+def test_mithril_sizes_its_tables_for_the_cache() -> None:
+    p = Mithril()
+    small = p.max_footprint
+    p.choose(38_688)  # P6 at 5%
+    assert (p.recording_size, p.max_entries) == (6 * 38_688, 15 * 38_688)
+    assert p.max_footprint > small
+    p.choose(100)  # a small cache keeps the defaults
+    assert (p.recording_size, p.max_entries) == (100_000, 100_000) and p.max_footprint == small
+    q = Mithril(recording_size=30, max_entries=20, mining_size=16)
+    feed(q, stream(5_000))
+    q.choose(1_000_000)  # sizes a spec names are kept
+    assert (q.recording_size, q.max_entries) == (30, 20) and q.footprint() <= q.max_footprint
+
+
 def test_oracle_reads_ahead() -> None:
     keys = ["a", "b", "b", "c", "d"]
     p = Oracle(keys, window=3)
