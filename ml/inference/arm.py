@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ml.inference.compose import TOP_KEYS, TOP_TEMPLATES, compose, top_probs
+from ml.inference.compose import TOP_KEYS, TOP_TEMPLATES, BatchComposer, top_probs
 from ml.training.data import RECENT, replay_slots_of, with_successors
 from ml.vocab import Vocabulary
 
@@ -59,6 +59,8 @@ def predict_streams(
     ends = np.r_[starts[1:], order.size]
     streams = [order[s:e] for s, e in zip(starts, ends, strict=True)]
     states: dict[int, Any] = {}
+    names, codes = enc.names, enc.codes
+    composer = BatchComposer(vocab)
     rounds = max((len(s) + length - 1) // length for s in streams) if streams else 0
     budget = batch * length  # reads per forward pass, padding included
     for r in range(rounds):
@@ -97,36 +99,42 @@ def predict_streams(
             tp, ti = top_probs(out["template_logits"], TOP_TEMPLATES)
             cf = torch.sigmoid(out["confidence"].float()).cpu().numpy()
             sp = torch.softmax(out["succ_logits"].float(), -1).cpu().numpy() if slots else None
+            # Every read of the group composed in one batch (BatchComposer: the same keys, scores
+            # and order as ``compose`` read by read): its client's reads, latest first, for the
+            # templates; its successor slots by name ("" for an empty one).
+            at_j: list[int] = []
+            at_t: list[int] = []
+            reads: list[int] = []
+            latest: list[tuple[str, ...]] = []
             for j, chunk in enumerate(chunks):
-                recent: deque[str] = deque(maxlen=RECENT)
                 stream = streams[group[j]]
-                for prev in stream[max(0, r * length - RECENT) : r * length]:
-                    recent.append(enc.names[enc.codes[prev]])
-                for t, read in enumerate(chunk):
-                    recent.append(enc.names[enc.codes[read]])
-                    succ_keys: list[str] = []
-                    succ_probs: list[float] = []
-                    if sp is not None:
-                        found = enc.succ_codes[read]
-                        present = found >= 0
-                        succ_keys = [enc.names[c] for c in found[present]]
-                        succ_probs = sp[j, t, :slots][present].tolist()
-                    cands[read] = composed = compose(
-                        vocab,
-                        ki[j, t].tolist(),
-                        kp[j, t].tolist(),
-                        ti[j, t].tolist(),
-                        tp[j, t].tolist(),
-                        recent,
-                        k,
-                        copy[j, t].tolist(),
-                        succ_keys,
-                        succ_probs,
-                    )
-                    conf[read] = cf[j, t]
-                    # The top prediction the confidence is about: the composed list's first, from
-                    # whichever head named it (the key head, a successor, a filled template).
-                    top_code[read] = code_of.get(composed[0][0], -1) if composed else -1
+                recent: deque[str] = deque(
+                    (names[codes[prev]] for prev in stream[max(0, r * length - RECENT) : r * length]),
+                    maxlen=RECENT,
+                )
+                for t, read in enumerate(chunk.tolist()):
+                    recent.append(names[codes[read]])
+                    latest.append(tuple(reversed(recent)))
+                    at_j.append(j)
+                    at_t.append(t)
+                    reads.append(read)
+            jj, tt = np.array(at_j), np.array(at_t)
+            succ_keys: list[list[str]] = []
+            succ_probs = None
+            if sp is not None:
+                succ_keys = [
+                    [names[c] if c >= 0 else "" for c in row] for row in enc.succ_codes[reads].tolist()
+                ]
+                succ_probs = sp[jj, tt]
+            composed = composer(
+                ki[jj, tt], kp[jj, tt], ti[jj, tt], tp[jj, tt], copy[jj, tt], latest, k, succ_keys, succ_probs
+            )
+            for read, c, got in zip(reads, cf[jj, tt].tolist(), composed, strict=True):
+                cands[read] = got
+                conf[read] = c
+                # The top prediction the confidence is about: the composed list's first, from
+                # whichever head named it (the key head, a successor, a filled template).
+                top_code[read] = code_of.get(got[0][0], -1) if got else -1
     return cands, conf, top_code
 
 
