@@ -99,7 +99,9 @@ def test_obl_and_mithril_equal_libcachesims(share: str) -> None:
     arms = {a.arm: a for a in report.arms}
     keys = block_ids(log).tolist()
     size = 4096
-    assert arms["obl"].hits == obl(keys, report.capacity * size, size, size)
+    assert arms["obl"].hits == obl(keys, report.capacity * size, size, size, k=1)
+    four = simulate(log, share, ["obl:k=4"], budget=2.0, with_belady=False, writes="read").arms[1]
+    assert four.hits == obl(keys, report.capacity * size, size, size, k=4) < arms["obl"].hits
     assert arms[mining].hits == mithril(
         keys, report.capacity * size, size, mining_threshold=128, cycle_time=1
     )
