@@ -20,6 +20,7 @@ from prefetch.predictors.mithril import Mithril
 from prefetch.predictors.obl import OBL
 from prefetch.predictors.oracle import Oracle
 from prefetch.predictors.pg import ProbabilityGraph
+from prefetch.predictors.ranker import Ranker
 
 HEURISTICS: dict[str, Callable[..., Predictor]] = {
     "none": NoPrefetch,
@@ -28,6 +29,7 @@ HEURISTICS: dict[str, Callable[..., Predictor]] = {
     "markov": Markov,
     "pg": ProbabilityGraph,
     "mithril": Mithril,
+    "rank": Ranker,
 }
 # Arms only the simulator can run: they need the whole trace.
 SIMULATOR_ONLY = ("oracle",)

@@ -21,6 +21,7 @@ SMALL = {
     "markov": "markov:max_keys=50:max_successors=3",
     "pg": "pg:lookahead=5:max_nodes=40:max_arcs=4",
     "mithril": "mithril:mining_size=16:recording_size=30:max_entries=20",
+    "rank": "rank:sources=obl+markov+pg:refit=500:window=1000:max_keys=64",
 }
 
 

@@ -1,0 +1,313 @@
+"""A learned ranker over the heuristics' candidates (issue 21).
+
+No single heuristic wins everywhere: OBL on sequential block runs, Mithril and Markov on repeated
+associations, PG on file-system traces, and which one wins changes within a trace. The ranker runs
+several of them (``sources``) on the same reads, takes the union of their candidates after every read
+and scores each candidate with a small model trained on what it has seen: whether a candidate named
+at a read was read within the next ``horizon`` reads. Features per candidate: each source's score for
+it and its rank there (zero where the source did not name it), each naming source's recent precision
+(the share of its top candidates read within the horizon, a moving average), how many sources named
+it, how long ago and how often it was read, and the recent hit ratio of the reads. The best-scored
+candidates at or above ``min_score`` are offered.
+
+The model is a multilayer perceptron with one hidden layer (``hidden`` units), trained with Adam on
+a window of the latest labelled candidates (``window``) every ``refit`` reads, warm-started
+from its last weights: a few thousand weights, scored in NumPy in microseconds per read, no torch
+(the package never imports the model package, and the proxy's engine runs it as it runs the other
+heuristics). A gradient-boosted model would rank as well on such features, but its per-read call
+costs far more in Python than one small matrix product, and it cannot be warm-started. Before its
+first fit the ranker offers the candidates by their best source score weighted by that source's
+precision. ``freeze_after``: stop training after that many reads (the "train on the first part,
+then freeze" baseline); 0 keeps learning while replaying.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections import OrderedDict, deque
+from operator import itemgetter
+from typing import Any
+
+import numpy as np
+
+DEFAULT_SOURCES = "obl+markov+pg+mithril"
+MIN_EXAMPLES = 1_000  # labelled candidates before the first fit
+_SCORE = itemgetter(1)
+
+
+class TinyMLP:
+    """One hidden layer of ReLU units and a sigmoid output, trained by Adam on log loss; inputs are
+    standardized with the mean and spread of the data of the last fit."""
+
+    def __init__(self, inputs: int, hidden: int, lr: float, seed: int) -> None:
+        self.rng = np.random.default_rng(seed)
+        self.params = [
+            self.rng.normal(0.0, 1.0 / math.sqrt(inputs), (inputs, hidden)),
+            np.zeros(hidden),
+            self.rng.normal(0.0, 1.0 / math.sqrt(hidden), (hidden, 1)),
+            np.zeros(1),
+        ]
+        self.moments = [(np.zeros_like(p), np.zeros_like(p)) for p in self.params]
+        self.steps = 0
+        self.lr = lr
+        self.mean = np.zeros(inputs)
+        self.scale = np.ones(inputs)
+        self.fitted = False
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """Probabilities for the rows of ``x`` (the standardization folded into the first layer at
+        the fit: four array operations a call)."""
+        h = x @ self.w1 + self.b1
+        np.maximum(h, 0.0, out=h)
+        z = h @ self.w2 + self.b2
+        return np.tanh(z * 0.5) * 0.5 + 0.5  # type: ignore[no-any-return]
+
+    def _fold(self) -> None:
+        w1, b1, w2, b2 = self.params
+        self.w1 = w1 / self.scale[:, None]
+        self.b1 = b1 - (self.mean / self.scale) @ w1
+        self.w2, self.b2 = w2[:, 0], float(b2[0])
+
+    def fit(self, x: np.ndarray, y: np.ndarray, epochs: int, batch: int = 256) -> float:
+        """Minibatch Adam over (x, y) from the current weights; returns the last epoch's mean loss."""
+        self.mean = x.mean(0)
+        self.scale = x.std(0) + 1e-6
+        xs = (x - self.mean) / self.scale
+        n = len(xs)
+        loss = 0.0
+        for _ in range(epochs):
+            order = self.rng.permutation(n)
+            total = 0.0
+            for start in range(0, n, batch):
+                idx = order[start : start + batch]
+                total += self._step(xs[idx], y[idx]) * len(idx)
+            loss = total / max(1, n)
+        self._fold()
+        self.fitted = True
+        return loss
+
+    def _step(self, x: np.ndarray, y: np.ndarray) -> float:
+        w1, b1, w2, b2 = self.params
+        pre = x @ w1 + b1
+        h = np.maximum(pre, 0.0)
+        z = (h @ w2 + b2)[:, 0]
+        p = 1.0 / (1.0 + np.exp(-np.clip(z, -30.0, 30.0)))
+        eps = 1e-7
+        loss = float(-np.mean(y * np.log(p + eps) + (1 - y) * np.log(1 - p + eps)))
+        dz = ((p - y) / len(y))[:, None]  # (n, 1)
+        dh = (dz @ w2.T) * (pre > 0)
+        grads = [x.T @ dh, dh.sum(0), h.T @ dz, dz.sum(0)]
+        self.steps += 1
+        b1m, b2m = 0.9, 0.999
+        for p_, g, (m, v) in zip(self.params, grads, self.moments, strict=True):
+            m *= b1m
+            m += (1 - b1m) * g
+            v *= b2m
+            v += (1 - b2m) * g * g
+            mhat = m / (1 - b1m**self.steps)
+            vhat = v / (1 - b2m**self.steps)
+            p_ -= self.lr * mhat / (np.sqrt(vhat) + 1e-8)
+        return loss
+
+
+class _Pending:
+    """Things waiting to be read within a horizon: ``add(key, expires, payload)``; ``read(key, t)``
+    takes the live ones for ``key``; ``expire(t)`` takes the ones whose time ran out unread."""
+
+    def __init__(self) -> None:
+        self.by_key: dict[str, deque[tuple[int, Any]]] = {}
+        self.order: deque[tuple[int, str]] = deque()
+
+    def add(self, key: str, expires: int, payload: Any) -> None:
+        q = self.by_key.get(key)
+        if q is None:
+            q = self.by_key[key] = deque()
+        q.append((expires, payload))
+        self.order.append((expires, key))
+
+    def read(self, key: str, t: int) -> list[Any]:
+        q = self.by_key.pop(key, None)
+        if not q:
+            return []
+        return [payload for expires, payload in q if expires >= t]
+
+    def expire(self, t: int) -> list[Any]:
+        out = []
+        order, by_key = self.order, self.by_key
+        while order and order[0][0] < t:
+            expires, key = order.popleft()
+            q = by_key.get(key)
+            while q and q[0][0] < t:
+                out.append(q.popleft()[1])
+            if q is not None and not q:
+                del by_key[key]
+        return out
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+
+class Ranker:
+    name = "rank"
+
+    def __init__(
+        self,
+        sources: str = DEFAULT_SOURCES,
+        per_source: int = 4,
+        horizon: int = 16,
+        hidden: int = 16,
+        refit: int = 5_000,
+        window: int = 40_000,
+        epochs: int = 1,
+        lr: float = 0.01,
+        freeze_after: int = 0,
+        min_score: float = 0.05,
+        max_keys: int = 65_536,
+        seed: int = 0,
+    ) -> None:
+        from prefetch.predictors import make_predictor
+
+        names = [s for s in str(sources).split("+") if s]
+        if not names or "rank" in names:
+            raise ValueError("rank needs sources named as NAME+NAME (heuristics, not rank itself)")
+        if min(per_source, horizon, hidden, refit, window, epochs) < 1:
+            raise ValueError("rank needs per_source, horizon, hidden, refit, window and epochs >= 1")
+        self.sources = [make_predictor(n) for n in names]
+        self.source_names = names
+        self.per_source, self.horizon = per_source, horizon
+        self.refit, self.window, self.epochs = refit, window, epochs
+        self.freeze_after, self.min_score = freeze_after, min_score
+        self.max_keys = max_keys
+        s = len(self.sources)
+        self.n_features = 3 * s + 5
+        self.model = TinyMLP(self.n_features, hidden, lr, seed)
+        self.precision = [0.5] * s  # each source's recent precision (moving average)
+        self.hit_rate = 0.5
+        self.t = 0
+        self.key: str | None = None
+        self.seen: OrderedDict[str, list[int]] = OrderedDict()  # key -> [last read, reads]
+        self.pending = _Pending()
+        # The latest labelled candidates, feature rows with their label last: a ring of ``window``
+        # rows, filled at each fit from the rows labelled since (``fresh``).
+        self.fresh: list[list[float]] = []
+        self.ring = np.zeros((window, self.n_features + 1))
+        self.filled = 0
+        self.fits = 0
+        self.max_footprint = (
+            sum(int(getattr(p, "max_footprint", 0)) for p in self.sources)
+            + max_keys
+            + window
+            + 2 * horizon * (s * per_source + s)
+        )
+
+    def choose(self, capacity: float) -> None:
+        for p in self.sources:
+            choose = getattr(p, "choose", None)
+            if choose is not None:
+                choose(capacity)
+
+    # --- learning -------------------------------------------------------------------------------
+
+    def _label(self, payload: Any, right: bool) -> None:
+        """A source index (its top candidate's outcome: its precision), or an example's feature
+        row (to the training window with its label, unless frozen)."""
+        if type(payload) is int:
+            self.precision[payload] += 0.02 * (float(right) - self.precision[payload])
+        elif not self.frozen:
+            payload.append(1.0 if right else 0.0)
+            self.fresh.append(payload)
+
+    def observe(self, key: str, t: float, hit: bool, client: int = 0) -> None:
+        self.t += 1
+        now = self.t
+        label = self._label
+        for payload in self.pending.expire(now):  # (first: what read() leaves is live)
+            label(payload, False)
+        for payload in self.pending.read(key, now):
+            label(payload, True)
+        for p in self.sources:
+            p.observe(key, t, hit, client)
+        self.hit_rate += 0.01 * (float(hit) - self.hit_rate)
+        entry = self.seen.get(key)
+        if entry is None:
+            if len(self.seen) >= self.max_keys:
+                self.seen.popitem(last=False)
+            self.seen[key] = [now, 1]
+        else:
+            entry[0] = now
+            entry[1] += 1
+            self.seen.move_to_end(key)
+        self.key = key
+        if now % self.refit == 0 and not self.frozen:
+            self._fit()
+
+    def _fit(self) -> None:
+        fresh, self.fresh = self.fresh, []
+        rows = np.array(fresh[-self.window :]) if fresh else np.zeros((0, self.n_features + 1))
+        at = self.filled % self.window
+        first = min(len(rows), self.window - at)
+        self.ring[at : at + first] = rows[:first]
+        self.ring[: len(rows) - first] = rows[first:]
+        self.filled += len(rows)
+        n = min(self.filled, self.window)
+        if n >= min(MIN_EXAMPLES, self.window):
+            data = self.ring[:n]
+            self.model.fit(data[:, :-1], data[:, -1], self.epochs)
+            self.fits += 1
+
+    @property
+    def frozen(self) -> bool:
+        return bool(self.freeze_after) and self.t > self.freeze_after
+
+    # --- ranking --------------------------------------------------------------------------------
+
+    def predict(self, k: int) -> list[tuple[str, float]]:
+        s = len(self.sources)
+        named: dict[str, list[float]] = {}
+        expires = self.t + self.horizon
+        pending = self.pending
+        precision = self.precision
+        for i, p in enumerate(self.sources):
+            found = p.predict(self.per_source)
+            for r, (cand, score) in enumerate(found):
+                row = named.get(cand)
+                if row is None:
+                    row = named[cand] = [0.0] * (3 * s)
+                row[i] = score
+                row[s + i] = 1.0 / (r + 1)
+                row[2 * s + i] = precision[i]
+            if found:
+                pending.add(found[0][0], expires, i)
+        if self.key is not None:
+            named.pop(self.key, None)  # (the key just read is held already)
+        if not named:
+            return []
+        now, seen, hit_rate = self.t, self.seen, self.hit_rate
+        keys = list(named)
+        rows = []
+        for cand in keys:
+            row = named[cand]
+            entry = seen.get(cand)
+            row.append(sum(1 for v in row[s : 2 * s] if v) / s)
+            if entry is None:
+                row += (0.0, 0.0, 0.0, hit_rate)
+            else:
+                row += (1.0, math.log1p(now - entry[0]), math.log1p(entry[1]), hit_rate)
+            rows.append(row)
+            pending.add(cand, expires, row)  # (labelled when read, or unread at expiry)
+        if self.model.fitted:
+            scores = self.model.predict(np.array(rows)).tolist()
+        else:  # before the first fit: the best source score weighted by that source's precision
+            scores = [max(row[i] * precision[i] for i in range(s)) for row in rows]
+        ranked = heapq.nlargest(k, zip(keys, scores, strict=True), key=_SCORE)
+        return [(c, min(1.0, max(0.0, sc))) for c, sc in ranked if sc >= self.min_score]
+
+    def footprint(self) -> int:
+        return (
+            sum(p.footprint() for p in self.sources)
+            + len(self.seen)
+            + min(self.filled, self.window)
+            + len(self.fresh)
+            + len(self.pending)
+        )
