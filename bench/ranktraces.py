@@ -48,8 +48,7 @@ def main() -> None:
         speed = 0.0
         for a in report.arms:
             spec, _, policy = a.arm.partition("@")
-            spec = "none" if spec == "none" else spec
-            if a.hit_ratio > best.get(spec, (-1.0, ""))[0]:
+            if 100 * a.hit_ratio > best.get(spec, (-1.0, ""))[0]:
                 best[spec] = (100 * a.hit_ratio, policy or policies[0])
             if spec == args.rank:
                 speed = max(speed, a.requests_per_s)
