@@ -121,6 +121,13 @@ def make_predictor(
         raise ConfigError(
             f"prefetcher {name} has no parameter {unknown[0]!r}; it takes {', '.join(sorted(accepted)) or 'none'}"
         )
+    composes = getattr(factory, "composes", None)
+    if composes is not None:  # (a predictor over others: build the ones its parameter names)
+        param, default = composes
+        names = [n for n in str(params.get(param, default)).split("+") if n]
+        if not names or name in names:
+            raise ConfigError(f"prefetcher {spec!r}: {param} names other predictors as NAME+NAME")
+        params[param] = [make_predictor(n) for n in names]
     try:
         return factory(**params)
     except (TypeError, ValueError) as exc:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import heapq
 import math
 from collections import OrderedDict, deque
+from collections.abc import Sequence
 from operator import itemgetter
 from typing import Any
 
@@ -150,10 +151,13 @@ class _Pending:
 
 class Ranker:
     name = "rank"
+    # The parameter make_predictor fills with the predictors its value names ("obl+markov"; the
+    # registry builds them, so this module needs no import of it).
+    composes = ("sources", DEFAULT_SOURCES)
 
     def __init__(
         self,
-        sources: str = DEFAULT_SOURCES,
+        sources: Sequence[Any],
         per_source: int = 4,
         horizon: int = 16,
         hidden: int = 16,
@@ -166,15 +170,11 @@ class Ranker:
         max_keys: int = 65_536,
         seed: int = 0,
     ) -> None:
-        from prefetch.predictors import make_predictor
-
-        names = [s for s in str(sources).split("+") if s]
-        if not names or "rank" in names:
-            raise ValueError("rank needs sources named as NAME+NAME (heuristics, not rank itself)")
+        if not sources:
+            raise ValueError("rank needs sources named as NAME+NAME (heuristics)")
         if min(per_source, horizon, hidden, refit, window, epochs) < 1:
             raise ValueError("rank needs per_source, horizon, hidden, refit, window and epochs >= 1")
-        self.sources = [make_predictor(n) for n in names]
-        self.source_names = names
+        self.sources = list(sources)
         self.per_source, self.horizon = per_source, horizon
         self.refit, self.window, self.epochs = refit, window, epochs
         self.freeze_after, self.min_score = freeze_after, min_score
@@ -305,7 +305,7 @@ class Ranker:
 
     def footprint(self) -> int:
         return (
-            sum(p.footprint() for p in self.sources)
+            sum(int(p.footprint()) for p in self.sources)
             + len(self.seen)
             + min(self.filled, self.window)
             + len(self.fresh)
