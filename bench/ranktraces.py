@@ -27,32 +27,38 @@ def main() -> None:
     ap.add_argument("--policies", default="lru,s3fifo")
     ap.add_argument("--rank", default="rank", help="the ranker's spec (rank:param=value...)")
     ap.add_argument("--no-frozen", action="store_true", help="skip the frozen baseline")
+    ap.add_argument("--heuristics", default=",".join(HEURISTICS), help="the heuristics to beat")
+    ap.add_argument("--rank-policies", default="", help="the ranker's policies (default: --policies)")
     args = ap.parse_args()
     log = read_trace(args.trace, args.format)
     warm = int(args.share * len(log))
-    arms = [*HEURISTICS, args.rank]
+    heuristics = [h for h in args.heuristics.split(",") if h]
+    ranks = [args.rank]
     if not args.no_frozen:
-        arms.append(f"{args.rank}:freeze_after={warm}" if ":" in args.rank else f"rank:freeze_after={warm}")
+        ranks.append(f"{args.rank}:freeze_after={warm}" if ":" in args.rank else f"rank:freeze_after={warm}")
     policies = [p for p in args.policies.split(",") if p]
+    rank_policies = [p for p in args.rank_policies.split(",") if p] or policies
     print(
         f"{log.source}: {len(log):,} requests, judged after the first {args.share:.0%}; every access a "
-        f"read; hit %, best of {', '.join(policies)} for each arm"
+        f"read; hit %, best of {', '.join(policies)} for each heuristic and of {', '.join(rank_policies)} "
+        "for the ranker"
     )
     print("| cache | best heuristic | rank | rank - best | rank frozen | rank reads/s |")
     print("|---|---|---|---|---|---|")
     for size in args.cache.split(","):
-        report = simulate(
-            log, size, arms, policies=policies, warmup=args.share, with_belady=False, writes="read"
-        )
+        found = [
+            simulate(log, size, arms, policies=ps, warmup=args.share, with_belady=False, writes="read").arms
+            for arms, ps in ((heuristics, policies), (ranks, rank_policies))
+        ]
         best: dict[str, tuple[float, str]] = {}
         speed = 0.0
-        for a in report.arms:
+        for a in found[0] + found[1]:
             spec, _, policy = a.arm.partition("@")
             if 100 * a.hit_ratio > best.get(spec, (-1.0, ""))[0]:
                 best[spec] = (100 * a.hit_ratio, policy or policies[0])
             if spec == args.rank:
                 speed = max(speed, a.requests_per_s)
-        heur = max((v + (k,) for k, v in best.items() if k in ["none", *HEURISTICS]), key=lambda v: v[0])
+        heur = max((v + (k,) for k, v in best.items() if k in ["none", *heuristics]), key=lambda v: v[0])
         rank = best[args.rank][0]
         frozen = next((v[0] for k, v in best.items() if "freeze_after" in k), float("nan"))
         print(

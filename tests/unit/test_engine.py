@@ -3,6 +3,7 @@ without processes or sockets."""
 
 from __future__ import annotations
 
+import random
 import subprocess
 import sys
 
@@ -61,6 +62,30 @@ def test_each_arm_prefetches_only_its_own_keys_within_its_budget() -> None:
     engine._hint(0, b"k:7", (b"k:8",))  # (the same keys named again: nothing new to tell)
     engine._hint(0, b"k:7", (b"k:9",))
     assert engine.take_hints() == [(0, b"k:7", (b"k:9",))]
+
+
+def test_the_ranker_runs_as_a_live_arm() -> None:
+    """``rank`` is built from its sources by the same registry the engine uses: against plain
+    Markov on a stream of repeated pairs it prefetches, within its budget, keys of its own arm."""
+    engine = Engine(
+        [("R", "rank:sources=obl+markov:refit=200:window=1000"), ("M", "markov")],
+        seed=3,
+        budget=1.0,
+        shadow=20,
+    )
+    rng = random.Random(0)
+    pairs = [(f"a:{rng.randrange(10**6)}".encode(), f"b:{rng.randrange(10**6)}".encode()) for _ in range(50)]
+    stream = [key for _ in range(20) for pair in pairs for key in pair]
+    out = []
+    for start in range(0, len(stream), 100):
+        batch = stream[start : start + 100]
+        t = 100.0 + start * 0.001
+        out += engine.step([(1, 0, k, t, False) for k in batch], now=t)
+    ranked = [key for _, key, arm, _, _ in out if arm == 0]
+    assert ranked and all(engine.split.arm_of(k) == 0 for k in ranked)
+    figures = engine.figures[0]
+    assert 0 < figures.prefetches <= figures.gets + engine.cap_tokens
+    assert engine.predictors[0].fits > 0  # (it learned while serving)
 
 
 def test_stale_records_are_observed_but_not_predicted_from() -> None:
