@@ -15,12 +15,19 @@ def load_predictor(model_dir: str, log: Any = None, check_only: bool = False, **
     from common.errors import ConfigError
     from ml.registry import ModelError, check_model
 
+    rank = params.pop("rank", None)
     if log is not None:
         from ml.inference.arm import MLPredictor
 
         accepted = set(inspect.signature(MLPredictor).parameters) - {"model_dir", "log"}
         _check_params(params, accepted)
+        if rank:
+            return _ranked(model_dir, log, rank, params)
         return MLPredictor(model_dir, log, **params)
+    if rank:
+        raise ConfigError(
+            "ml arm: rank runs in the simulator only so far (the live engine steps the model alone)"
+        )
     _check_params(params, set(LIVE_PARAMS))
     if params.get("device", "auto") not in ("auto", "cpu", "cuda") and not str(params["device"]).startswith(
         "cuda:"
@@ -41,6 +48,20 @@ def load_predictor(model_dir: str, log: Any = None, check_only: bool = False, **
 
     keep_freed_memory()  # (called in the engine's process only, the one that runs the stepper)
     return LiveMLPredictor(model_dir, **params)
+
+
+def _ranked(model_dir: str, log: Any, rank: Any, params: dict[str, Any]) -> Any:
+    """``ml:DIR::rank=1`` (or ``rank=obl+pg``, the heuristics beside it): the learned ranker over the
+    heuristics' candidates and the model's own (its key, successor and template candidates, no
+    gate, no floor, no fallback), each scored by the ranker (prefetch.predictors.ranker)."""
+    from ml.inference.arm import MLPredictor
+    from prefetch.predictors import make_predictor
+    from prefetch.predictors.ranker import DEFAULT_SOURCES, Ranker
+
+    names = DEFAULT_SOURCES if rank in (1, "1") else str(rank)
+    heuristics = [make_predictor(n) for n in names.split("+") if n]
+    own = {"fallback": "none", "min_confidence": 0.0, "min_score": 0.0, **params}
+    return Ranker([*heuristics, MLPredictor(model_dir, log, **own)])
 
 
 def _check_params(params: dict[str, Any], accepted: set[str]) -> None:

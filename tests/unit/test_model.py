@@ -236,6 +236,26 @@ def test_batch_composer_is_compose_exactly() -> None:
     assert any(k not in named for row in got for k, _ in row)
 
 
+def test_the_ranker_takes_the_model_as_a_source(profiles_model: Path) -> None:
+    """``ml:DIR::rank=1`` in the simulator: the learned ranker over the heuristics and the model.
+    On profiles then orders of random users (the orders key is new each time: only the model's
+    template names it) it prefetches what the model names, far above the heuristics alone; live
+    it is refused in one line."""
+    from common.errors import ConfigError
+    from prefetch.predictors import make_predictor
+    from prefetch.predictors.ranker import Ranker
+    from prefetch.sim import simulate
+
+    log = profiles_log()
+    spec = f"ml:{profiles_model}::rank=1"
+    assert isinstance(make_predictor(spec, log=log), Ranker)
+    report = simulate(log, "100", ["rank", spec], with_belady=False, warmup=0.3)
+    arms = {a.arm.partition("@")[0]: a for a in report.arms}
+    assert arms[spec].hit_ratio > arms["rank"].hit_ratio + 0.2, {k: a.hit_ratio for k, a in arms.items()}
+    with pytest.raises(ConfigError, match="simulator only"):
+        make_predictor(spec)
+
+
 def test_the_model_as_a_live_engine_arm(trained: tuple[Path, dict], tmp_path: Path) -> None:
     """The ``ml:`` spec in the live engine: the model steps over each batch and its arm prefetches
     the planted cycle's next keys (each its own arm's); stale reads reach only the fallback; a
