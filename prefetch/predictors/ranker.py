@@ -114,40 +114,36 @@ class TinyMLP:
 
 
 class _Pending:
-    """Things waiting to be read within a horizon: ``add(key, expires, payload)``; ``read(key, t)``
-    takes the live ones for ``key``; ``expire(t)`` takes the ones whose time ran out unread."""
+    """What the reads of the last ``horizon`` named, waiting to be read: per read, its expiry and
+    each named key's payloads. ``read(key, t)`` takes ``key``'s payloads from every read still
+    live; ``expire(t)`` takes those of the reads whose time ran out (unread). One dict per read,
+    so a read costs a lookup per live read, not a structure per candidate."""
 
     def __init__(self) -> None:
-        self.by_key: dict[str, deque[tuple[int, Any]]] = {}
-        self.order: deque[tuple[int, str]] = deque()
+        self.reads: deque[tuple[int, dict[str, list[Any]]]] = deque()
 
-    def add(self, key: str, expires: int, payload: Any) -> None:
-        q = self.by_key.get(key)
-        if q is None:
-            q = self.by_key[key] = deque()
-        q.append((expires, payload))
-        self.order.append((expires, key))
+    def add(self, expires: int, named: dict[str, list[Any]]) -> None:
+        self.reads.append((expires, named))
 
     def read(self, key: str, t: int) -> list[Any]:
-        q = self.by_key.pop(key, None)
-        if not q:
-            return []
-        return [payload for expires, payload in q if expires >= t]
+        out: list[Any] = []
+        for expires, named in self.reads:
+            if expires >= t:
+                got = named.pop(key, None)
+                if got:
+                    out += got
+        return out
 
     def expire(self, t: int) -> list[Any]:
-        out = []
-        order, by_key = self.order, self.by_key
-        while order and order[0][0] < t:
-            expires, key = order.popleft()
-            q = by_key.get(key)
-            while q and q[0][0] < t:
-                out.append(q.popleft()[1])
-            if q is not None and not q:
-                del by_key[key]
+        out: list[Any] = []
+        reads = self.reads
+        while reads and reads[0][0] < t:
+            for got in reads.popleft()[1].values():
+                out += got
         return out
 
     def __len__(self) -> int:
-        return len(self.order)
+        return sum(len(named) for _, named in self.reads)
 
 
 class Ranker:
@@ -271,6 +267,7 @@ class Ranker:
         expires = self.t + self.horizon
         pending = self.pending
         precision = self.precision
+        waiting: dict[str, list[Any]] = {}  # key -> what waits on its read: rows, sources' tops
         for i, p in enumerate(self.sources):
             found = p.predict(self.per_source)
             for r, (cand, score) in enumerate(found):
@@ -282,10 +279,17 @@ class Ranker:
                 row[2 * s + i] = precision[i]
                 row[3 * s] += 1.0 / s  # (the share of the sources that named it)
             if found:
-                pending.add(found[0][0], expires, i)
+                top = found[0][0]
+                payloads = waiting.get(top)
+                if payloads is None:
+                    waiting[top] = [i]
+                else:
+                    payloads.append(i)
         if self.key is not None:
             named.pop(self.key, None)  # (the key just read is held already)
         if not named:
+            if waiting:
+                pending.add(expires, waiting)
             return []
         now, seen, hit_rate = self.t, self.seen, self.hit_rate
         keys = list(named)
@@ -300,8 +304,14 @@ class Ranker:
                 row += (1.0, log1p(now - entry[0]), log1p(entry[1]), hit_rate)
             rows.append(row)
         if now % self.sample == 0 and not self.frozen:  # (the reads whose candidates are examples)
-            for cand, row in zip(keys, rows, strict=True):
-                pending.add(cand, expires, row)  # (labelled when read, or unread at expiry)
+            for cand, row in zip(keys, rows, strict=True):  # (labelled when read, or unread at expiry)
+                payloads = waiting.get(cand)
+                if payloads is None:
+                    waiting[cand] = [row]
+                else:
+                    payloads.append(row)
+        if waiting:
+            pending.add(expires, waiting)
         if self.model.fitted:
             scores = self.model.predict(np.array(rows)).tolist()
         else:  # before the first fit: the best source score weighted by that source's precision

@@ -99,13 +99,14 @@ def test_ranker_bad_specs(spec: str, message: str) -> None:
 
 
 def test_pending_labels_reads_within_the_horizon_and_expires_the_rest() -> None:
-    q = _Pending()  # (entries come in order of their expiry, as the ranker adds them)
-    q.add("b", 3, "y")
-    q.add("a", 5, "x")
-    q.add("a", 9, "z")
+    q = _Pending()  # (reads come in order of their expiry, as the ranker adds them)
+    q.add(3, {"b": ["y"]})
+    q.add(5, {"a": ["x"], "c": ["w"]})
+    q.add(9, {"a": ["z", 1]})
     assert q.expire(4) == ["y"]  # b's time ran out unread
-    assert q.read("a", 6) == ["z"]  # a's first entry expired at 5: only the live one is taken
-    assert q.expire(100) == [] and len(q) == 0
+    assert q.read("a", 5) == ["x", "z", 1]  # every live read that named a
+    assert q.read("a", 6) == [] and len(q) == 1
+    assert q.expire(100) == ["w"] and len(q) == 0
 
 
 def test_tiny_mlp_learns_a_nonlinear_rule() -> None:
