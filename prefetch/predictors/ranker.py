@@ -12,15 +12,16 @@ candidates at or above ``min_score`` are offered.
 
 The model is a multilayer perceptron with one hidden layer (``hidden`` units), trained with Adam on
 a window of the latest labelled candidates (``window``) every ``refit`` reads, warm-started
-from its last weights: a few thousand weights, scored in NumPy in microseconds per read, no torch
-(the package never imports the model package, and the proxy's engine runs it as it runs the other
-heuristics). A gradient-boosted model would rank as well on such features, but its per-read call
-costs far more in Python than one small matrix product, and it cannot be warm-started. Before its
-first fit the ranker offers the candidates by their best source score weighted by that source's
-precision. ``sample``: every read's candidates are training examples (1), or every n-th read's
-(2 cost a point of hit ratio on cloudPhysicsIO for a tenth of the time). ``freeze_after``: stop
-training after that many reads (the "train on the first part,
-then freeze" baseline); 0 keeps learning while replaying.
+from its last weights: about 300 weights with the four default sources, scored in NumPy in
+microseconds per read, no torch (the package never imports the model package, and the proxy's
+engine runs it as it runs the other heuristics). A gradient-boosted model might rank as well on
+such features (not tried), but a call per read costs more in Python than one small matrix product,
+and continuing its training on a sliding window is less simple than a few more Adam steps. Before
+its first fit the ranker offers the candidates by their best source score weighted by that
+source's precision. ``sample``: every read's candidates are training examples (1), or every n-th
+read's (2 cost a point of hit ratio on cloudPhysicsIO for a tenth of the time). ``freeze_after``:
+stop training after that many reads (the "train on the first part, then freeze" baseline); 0 keeps
+learning while replaying.
 """
 
 from __future__ import annotations
