@@ -109,6 +109,18 @@ def _add_ts(word: int, ts: int) -> int:
     return (word & ((1 << 60) - 1)) | (n << 60)
 
 
+def _append_ts(row: list[int], ts: int) -> int:
+    """Add ``ts`` to the first of the row's words with room (four timestamps a word), as both of
+    libCacheSim's tables do; returns the count it found before (of the full words and that one)."""
+    length = 0
+    for i in range(1, len(row)):
+        length += _count(row[i])
+        if _count(row[i]) < 4:
+            row[i] = _add_ts(row[i], ts)
+            break
+    return length
+
+
 def _total(row: list[int]) -> int:
     total = 0
     for word in row[1:]:
@@ -200,13 +212,7 @@ class MithrilRef:
                     row[i] = 0
         elif index < 0:
             row = self.mining[-index - 1]
-            length = 0
-            for i in range(1, self.mrow_len):
-                length += _count(row[i])
-                if _count(row[i]) < 4:
-                    row[i] = _add_ts(row[i], ts)
-                    break
-            if length == self.max_support:
+            if _append_ts(row, ts) == self.max_support:
                 del where[row[0]]
                 last = self.mining.pop()
                 if -index - 1 != len(self.mining):
@@ -215,13 +221,7 @@ class MithrilRef:
                 self.n_avail -= 1
         else:
             row = self.rtable[index]
-            length = 0
-            for i in range(1, self.rrow_len):
-                length += _count(row[i])
-                if _count(row[i]) < 4:
-                    row[i] = _add_ts(row[i], ts)
-                    break
-            if length == self.min_support - 1:
+            if _append_ts(row, ts) == self.min_support - 1:
                 self.mining.append(row[:] + [0] * (self.mrow_len - self.rrow_len))
                 self.n_avail += 1
                 last = self.rtable[self.rcur - 1]
