@@ -43,7 +43,8 @@ class ArmResult:
     hits: int = 0
     prefetches: int = 0  # prefetches issued while scoring
     prefetch_hits: int = 0  # prefetched entries read before their eviction
-    seconds: float = 0.0
+    seconds: float = 0.0  # the whole replay's, warm-up included
+    replayed: int = 0  # accesses replayed, warm-up included: the arm does the same work on all
     footprint: int = 0
     # Filled in by compare():
     coverage: float = 0.0
@@ -73,7 +74,8 @@ class ArmResult:
 
     @property
     def requests_per_s(self) -> float:
-        return self.requests / self.seconds if self.seconds else 0.0
+        """Replay speed: accesses replayed (warm-up included) per second of the replay."""
+        return (self.replayed or self.requests) / self.seconds if self.seconds else 0.0
 
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -221,6 +223,7 @@ def replay(
         prefetches=prefetches,
         prefetch_hits=prefetch_hits,
         seconds=seconds,
+        replayed=len(keys),
         footprint=predictor.footprint(),
     )
     if also_from is not None:

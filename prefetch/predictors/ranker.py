@@ -29,6 +29,7 @@ from __future__ import annotations
 import math
 from collections import OrderedDict, deque
 from collections.abc import Sequence
+from itertools import chain
 from operator import itemgetter
 from typing import Any
 
@@ -37,6 +38,7 @@ import numpy as np
 DEFAULT_SOURCES = "obl+markov+pg+mithril"
 MIN_EXAMPLES = 1_000  # labelled candidates before the first fit
 _SCORE = itemgetter(1)
+_flatten = chain.from_iterable
 
 
 class TinyMLP:
@@ -58,13 +60,17 @@ class TinyMLP:
         self.scale = np.ones(inputs)
         self.fitted = False
 
-    def predict(self, x: np.ndarray) -> np.ndarray:
-        """Probabilities for the rows of ``x`` (the standardization folded into the first layer at
-        the fit: four array operations a call)."""
-        h = x @ self.w1 + self.b1
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        """Log-odds for the rows of ``x`` (the standardization folded into the first layer at the
+        fit: four array operations a call)."""
+        h = x @ self.w1
+        h += self.b1
         np.maximum(h, 0.0, out=h)
-        z = h @ self.w2 + self.b2
-        return np.tanh(z * 0.5) * 0.5 + 0.5  # type: ignore[no-any-return]
+        return h @ self.w2 + self.b2  # type: ignore[no-any-return]
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """Probabilities for the rows of ``x``."""
+        return np.tanh(self.logits(x) * 0.5) * 0.5 + 0.5  # type: ignore[no-any-return]
 
     def _fold(self) -> None:
         w1, b1, w2, b2 = self.params
@@ -178,6 +184,12 @@ class Ranker:
         self.per_source, self.horizon = per_source, horizon
         self.refit, self.window, self.epochs = refit, window, epochs
         self.freeze_after, self.min_score = freeze_after, min_score
+        # The floor as log-odds (scores are compared before the sigmoid; it keeps their order).
+        self.min_logit = (
+            math.log(min_score / (1.0 - min_score))
+            if 0.0 < min_score < 1.0
+            else (-math.inf if min_score <= 0.0 else math.inf)
+        )
         self.max_keys = max_keys
         s = len(self.sources)
         self.n_features = 3 * s + 5
@@ -313,10 +325,16 @@ class Ranker:
                     payloads.append(row)
         if waiting:
             pending.add(expires, waiting)
-        if self.model.fitted:
-            scores = self.model.predict(np.array(rows)).tolist()
-        else:  # before the first fit: the best source score weighted by that source's precision
-            scores = [max(row[i] * precision[i] for i in range(s)) for row in rows]
+        if self.model.fitted:  # (log-odds against the floor's; a probability only for what is offered)
+            width = len(rows[0])
+            x = np.fromiter(_flatten(rows), float, len(rows) * width).reshape(len(rows), width)
+            logits = self.model.logits(x).tolist()
+            ranked = sorted(zip(keys, logits, strict=True), key=_SCORE, reverse=True)[:k]
+            floor = self.min_logit
+            exp = math.exp
+            return [(c, 1.0 / (1.0 + exp(-z)) if z > -700.0 else 0.0) for c, z in ranked if z >= floor]
+        # Before the first fit: the best source score weighted by that source's precision.
+        scores = [max(row[i] * precision[i] for i in range(s)) for row in rows]
         ranked = sorted(zip(keys, scores, strict=True), key=_SCORE, reverse=True)[:k]
         return [(c, min(1.0, max(0.0, sc))) for c, sc in ranked if sc >= self.min_score]
 

@@ -159,6 +159,8 @@ def test_warmup_is_not_scored() -> None:
     assert r.requests == 3 and r.hits == 0
     r = replay(["a", "a", "a", "a"], 1, make_predictor("none"), warmup=2)
     assert (r.requests, r.hits) == (2, 2)
+    # The speed counts every access replayed: the warm-up costs the arm the same work.
+    assert r.replayed == 4 and r.requests_per_s == 4 / r.seconds
 
 
 def test_second_scoring_window_counts_the_same_replay() -> None:

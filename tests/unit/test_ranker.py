@@ -89,6 +89,25 @@ def test_ranker_prediction_shape_and_bounds() -> None:
     assert min(p.filled, p.window) <= 200
 
 
+def test_ranker_floor_is_applied_to_the_probabilities_it_offers() -> None:
+    """Scores are compared as log-odds against the floor's; what is offered is still a probability
+    at or above the floor, the model's own for that candidate."""
+    offered = {}
+    for floor in (0.0, 0.3):
+        p = make_predictor(f"rank:sources=obl+markov:refit=50:window=200:min_score={floor}")
+        rng = random.Random(0)
+        got: list[tuple[str, float]] = []
+        for i in range(2000):
+            key = f"b:{i}" if i % 3 else f"r:{rng.randrange(50)}"
+            p.observe(key, float(i), False)
+            got += p.predict(4)
+        assert p.model.fitted and all(floor <= s <= 1.0 for _, s in got)
+        offered[floor] = len(got)
+    assert 0 < offered[0.3] < offered[0.0]
+    x = p.model.mean + p.model.scale * np.random.default_rng(0).normal(size=(50, p.n_features))
+    assert np.allclose(p.model.predict(x), 1.0 / (1.0 + np.exp(-p.model.logits(x))))
+
+
 @pytest.mark.parametrize(
     ("spec", "message"),
     [("rank:sources=", "sources"), ("rank:sources=rank", "sources"), ("rank:horizon=0", ">= 1")],
