@@ -466,8 +466,10 @@ def add_plain_arm(report: SimReport, log: Any, policy: str) -> None:
 
 
 def format_table(report: SimReport) -> str:
+    # (the reads after the warm-up: every arm scores the same ones)
+    scored = report.arms[0].requests if report.arms else report.requests - report.writes
     head = (
-        f"{report.trace}: {report.requests:,} requests ({report.requests - report.writes:,} reads scored, "
+        f"{report.trace}: {report.requests:,} requests ({scored:,} reads scored, "
         f"{report.writes:,} writes dropping their keys), {report.unique_keys:,} unique keys, cache {report.cache} = "
         f"{report.capacity:,} entries, budget {report.budget:g} prefetch/request, warm-up {report.warmup:.0%}; "
         f"best heuristic: {report.best_heuristic}"

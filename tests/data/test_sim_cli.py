@@ -9,6 +9,7 @@ from pathlib import Path
 
 from accesslog.generators import generate
 from accesslog.log import write_log
+from prefetch.sim import log_writes
 
 PREDIS = [sys.executable, "-m", "proxy.cli"]
 
@@ -19,7 +20,8 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
 
 def test_sim_table_json_and_plot(tmp_path: Path) -> None:
     path = tmp_path / "g.parquet"
-    write_log(generate("gaming", 20_000, seed=3), path)
+    log = generate("gaming", 20_000, seed=3)
+    write_log(log, path)
     out = run(
         "sim",
         str(path),
@@ -34,6 +36,9 @@ def test_sim_table_json_and_plot(tmp_path: Path) -> None:
     )
     assert out.returncode == 0, out.stderr
     assert "best heuristic" in out.stdout and "markov@s3fifo" in out.stdout and "belady" in out.stdout
+    # the header counts the reads scored after the 10% warm-up (gaming's writes are not scored)
+    scored = int(out.stdout.split(" reads scored")[0].rsplit("(", 1)[1].replace(",", ""))
+    assert scored == int((~log_writes(log)[2_000:]).sum())
     out = run(
         "sim", str(path), "--cache", "5%", "--prefetch", "markov", "--json", "--plot", str(tmp_path / "plots")
     )
