@@ -193,6 +193,11 @@ class Ranker:
         self.max_keys = max_keys
         s = len(self.sources)
         self.n_features = 3 * s + 5
+        # A candidate's row before its sources fill it (scores, inverse ranks, precisions, share),
+        # what one naming source adds to the share, and the inverse of each rank.
+        self._blank = [0.0] * (3 * s + 1)
+        self._share = 1.0 / s
+        self._inverse = [1.0 / (r + 1) for r in range(per_source)]
         self.model = TinyMLP(self.n_features, hidden, lr, seed)
         self.precision = [0.5] * s  # each source's recent precision (moving average)
         self.hit_rate = 0.5
@@ -221,23 +226,23 @@ class Ranker:
 
     # --- learning -------------------------------------------------------------------------------
 
-    def _label(self, payload: Any, right: bool) -> None:
-        """A source index (its top candidate's outcome: its precision), or an example's feature
-        row (to the training window with its label, unless frozen)."""
-        if type(payload) is int:
-            self.precision[payload] += 0.02 * (float(right) - self.precision[payload])
-        elif not self.frozen:
-            payload.append(1.0 if right else 0.0)
-            self.fresh.append(payload)
-
     def observe(self, key: str, t: float, hit: bool, client: int = 0) -> None:
         self.t += 1
         now = self.t
-        label = self._label
-        for payload in self.pending.expire(now):  # (first: what read() leaves is live)
-            label(payload, False)
-        for payload in self.pending.read(key, now):
-            label(payload, True)
+        frozen = self.frozen
+        precision, fresh = self.precision, self.fresh
+        # Labels: a source index (its top candidate's outcome) moves that source's precision; an
+        # example's feature row goes to the training window with its label, unless frozen.
+        for right, payloads in (
+            (0.0, self.pending.expire(now)),  # (first: what read() leaves is live)
+            (1.0, self.pending.read(key, now)),
+        ):
+            for payload in payloads:
+                if type(payload) is int:
+                    precision[payload] += 0.02 * (right - precision[payload])
+                elif not frozen:
+                    payload.append(right)
+                    fresh.append(payload)
         for p in self.sources:
             p.observe(key, t, hit, client)
         self.hit_rate += 0.01 * (float(hit) - self.hit_rate)
@@ -255,8 +260,9 @@ class Ranker:
             self._fit()
 
     def _fit(self) -> None:
-        fresh, self.fresh = self.fresh, []
-        rows = np.array(fresh[-self.window :]) if fresh else np.zeros((0, self.n_features + 1))
+        fresh, self.fresh = self.fresh[-self.window :], []
+        width = self.n_features + 1
+        rows = np.fromiter(_flatten(fresh), float, len(fresh) * width).reshape(len(fresh), width)
         at = self.filled % self.window
         first = min(len(rows), self.window - at)
         self.ring[at : at + first] = rows[:first]
@@ -281,16 +287,18 @@ class Ranker:
         pending = self.pending
         precision = self.precision
         waiting: dict[str, list[Any]] = {}  # key -> what waits on its read: rows, sources' tops
+        blank, share, inverse = self._blank, self._share, self._inverse
         for i, p in enumerate(self.sources):
             found = p.predict(self.per_source)
+            at_rank, at_precision, own = s + i, 2 * s + i, precision[i]
             for r, (cand, score) in enumerate(found):
                 row = named.get(cand)
                 if row is None:
-                    row = named[cand] = [0.0] * (3 * s + 1)
+                    row = named[cand] = blank[:]
                 row[i] = score
-                row[s + i] = 1.0 / (r + 1)
-                row[2 * s + i] = precision[i]
-                row[3 * s] += 1.0 / s  # (the share of the sources that named it)
+                row[at_rank] = inverse[r]
+                row[at_precision] = own
+                row[-1] += share  # (the share of the sources that named it)
             if found:
                 top = found[0][0]
                 payloads = waiting.get(top)
