@@ -148,6 +148,38 @@ def test_online_steps_match_the_batched_pass(trained: tuple[Path, dict]) -> None
     assert [[k for k, _ in row] for row in online] == [[k for k, _ in row] for row in batched]
 
 
+def test_batched_replay_hits_what_the_per_read_path_hits(trained: tuple[Path, dict]) -> None:
+    """The simulator's ML arm (every read's candidates computed up front, in batches over the
+    clients' streams) against the same arm fed one read at a time through the stepper, as the live
+    engine would at batch one (``LiveMLPredictor``): the same hits and prefetches in a replay."""
+    from ml.inference.arm import MLPredictor
+    from ml.inference.live import LiveMLPredictor
+    from prefetch.sim import replay
+
+    class OneReadAtATime(LiveMLPredictor):
+        def observe(self, key: str, t: float, hit: bool, client: int = 0) -> None:
+            self.prepare([(client, key, t, True)])
+            super().observe(key, t, hit, client)
+
+    log = planted_log(900, clients=5)
+    keys, times, clients = log.keys(), log.timestamps().tolist(), log.column("client").tolist()
+    params = {"fallback": "markov", "min_confidence": 0.5}
+    results = []
+    for arm in (
+        MLPredictor(str(trained[0]), log, **params),
+        OneReadAtATime(str(trained[0]), device="cpu", **params),
+    ):
+        results.append(replay(keys, 5, arm, times=times, clients=clients))
+    batched, per_read = results
+    plain = replay(keys, 5, MLPredictor(str(trained[0]), log, fallback="none", min_confidence=math.inf))
+    assert batched.prefetches > 0 and batched.hits > 2 * plain.hits  # (the model's prefetches count)
+    assert (batched.hits, batched.prefetches, batched.prefetch_hits) == (
+        per_read.hits,
+        per_read.prefetches,
+        per_read.prefetch_hits,
+    )
+
+
 def test_batched_stepper_names_what_one_step_per_read_names(trained: tuple[Path, dict]) -> None:
     """The engine's path (``run``: a batch in read order, a client's several reads in it, the LSTM
     in waves and the heads once) against the per-read path it replaced (``step_scored``, one read
