@@ -76,6 +76,10 @@ def serve_main(argv: list[str]) -> int:
         choices=["auto", "cpu", "cuda"],
         help="where a model arm (ml:MODEL_DIR) runs (default auto: a GPU where torch sees one)",
     )
+    p.add_argument(
+        "--admin",
+        help="[HOST:]PORT of the admin HTTP listener (/metrics for Prometheus, /healthz); default none",
+    )
     p.add_argument("--log-level", dest="log_level")
     p.add_argument("--log-format", dest="log_format", choices=["console", "json"])
     return serve(p.parse_args(argv))
@@ -130,6 +134,7 @@ def serve(args: argparse.Namespace) -> int:
             "prefetch_budget",
             "prefetch_engine_priority",
             "prefetch_device",
+            "admin",
         )
     }
     settings = load_settings(args.config, overrides=overrides)

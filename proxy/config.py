@@ -75,6 +75,9 @@ class Settings:
     prefetch_engine_priority: str = "low"
     # Where a model arm (ml:MODEL_DIR) runs: "auto" (a CUDA GPU where torch sees one), "cpu", "cuda".
     prefetch_device: str = "auto"
+    # The admin HTTP listener (/metrics for Prometheus, /healthz), as [HOST:]PORT ("9121" is
+    # 127.0.0.1:9121; port 0 picks a free one); empty: none.
+    admin: str = ""
     log_level: str = "info"
     log_format: str = "console"
     # Seconds between health checks of the upstream (the PREDIS STATS upstream_status figure).
@@ -142,6 +145,8 @@ class Settings:
                 parse_shares(self.ab_shares, len(arms))
         if self.upstream:
             parse_upstream(self.upstream)
+        if self.admin:
+            parse_listen(self.admin)
         return self
 
     def prediction_arms(self) -> list[tuple[str, str]]:
@@ -256,6 +261,17 @@ def parse_upstream(url: str) -> UpstreamAddress:
         raise ConfigError(f"upstream URL {url!r} has no host")
     db = _parse_db(parts.path.lstrip("/"), url) if parts.path.strip("/") else 0
     return UpstreamAddress(parts.hostname, port or 6379, db, user, password)
+
+
+def parse_listen(text: str, default_host: str = "127.0.0.1") -> tuple[str, int]:
+    """``[HOST:]PORT`` (an IPv6 host in brackets) as (host, port); loopback when no host is given."""
+    host, sep, port = text.strip().rpartition(":")
+    if not sep:
+        host = default_host
+    host = host.strip("[]") or default_host
+    if not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"admin address must be [HOST:]PORT with a port 0-65535, got {text!r}")
+    return host, int(port)
 
 
 def _parse_db(text: str, url: str) -> int:

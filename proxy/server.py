@@ -14,7 +14,7 @@ from prefetch.engine import ArmSplit, parse_shares
 from prefetch.store import make_store
 from prefetch.tier import HotTier
 from proxy.backchannel import Filler, InvalidationChannel, open_raw
-from proxy.config import Settings, UpstreamAddress, parse_upstream
+from proxy.config import Settings, UpstreamAddress, parse_listen, parse_upstream
 from proxy.connection import ClientConnection, Shared
 from proxy.keyspace import CommandTable
 from proxy.prediction import LivePrefetcher
@@ -98,6 +98,14 @@ class ProxyServer:
 
             self.prediction.reader_of = reader_of
         self.clients = self.shared.clients
+        # The admin HTTP listener (/metrics, /healthz), when an address is set; aiohttp and
+        # prometheus_client are imported only then.
+        self.admin: Any = None
+        if settings.admin:
+            from proxy.admin import AdminListener
+
+            host, port = parse_listen(settings.admin)
+            self.admin = AdminListener(host, port, self.figures, self.health)
         self._server: asyncio.AbstractServer | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.address: tuple[str, int] | None = None
@@ -122,6 +130,8 @@ class ProxyServer:
             self._tasks.append(loop.create_task(self._tier_loop()))
         if self.prediction is not None:
             await self.prediction.start()
+        if self.admin is not None:
+            await self.admin.start()
         log.info(
             "predis listening",
             host=self.address[0],
@@ -134,6 +144,8 @@ class ProxyServer:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.admin is not None:
+            await self.admin.close()
         if self.prediction is not None:
             await self.prediction.close()
         if self.channel is not None:
@@ -173,6 +185,39 @@ class ProxyServer:
         figures["tracking_drops"] = self.channel.drops
         figures["fill_errors"] = self.filler.errors if self.filler else 0
         return figures
+
+    def figures(self) -> Any:
+        """What a metrics scrape reads (proxy.metrics.Figures): the snapshot PREDIS STATS gives,
+        the A/B report PREDIS AB gives, and the latency histograms themselves."""
+        from proxy.metrics import Figures
+
+        histograms = {
+            "forward_latency_seconds": (
+                "From a forwarded command's send to Redis to its reply (sampled).",
+                self.stats.forward_latency,
+            )
+        }
+        if self.tier is not None:
+            histograms["hot_tier_served_latency_seconds"] = (
+                "From a read's arrival to its answer from the hot tier (one read in eight).",
+                self.tier.served_latency,
+            )
+        arm_latency = {}
+        if self.prediction is not None:
+            arm_latency = {
+                name: hist
+                for (name, _), hist in zip(self.prediction.arms, self.prediction.latency, strict=True)
+            }
+        return Figures(self.stats.snapshot(), self.stats.ab_report(), histograms, arm_latency)
+
+    def health(self) -> dict[str, Any]:
+        """``/healthz``: the upstream's status, and the tier's and the engine's."""
+        out: dict[str, Any] = {"upstream": self.stats.upstream_status}
+        if self.tier is not None:
+            out["hot_tier_active"] = bool(self.tier.active)
+        if self.prediction is not None:
+            out["engine_up"] = bool(self.prediction.ready)
+        return out
 
     async def prefetch(self, keys: list[bytes], db: int = 0) -> int:
         """Read keys into the hot tier ahead of demand; returns how many were inserted."""

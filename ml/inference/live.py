@@ -57,12 +57,13 @@ class LiveMLPredictor(MLPredictor):
         import torch
 
         from ml.inference.stepper import OnlineStepper
-        from ml.registry import load_model
+        from ml.registry import load_model, resolve
 
         self.reasons = {"model_load": 0, "model_error": 0}
         self.load_error = ""
         self.stepper: Any = None
         self.device = device
+        self.version = ""  # which model: its directory's name (a registry's version) and weights' hash
         manifest: dict[str, Any] = {}
         if threads > 0:
             torch.set_num_threads(threads)  # (the engine's own process: the proxy and Redis share the cores)
@@ -70,6 +71,8 @@ class LiveMLPredictor(MLPredictor):
             self.device = resolve_device(device)
             model, vocab, manifest = load_model(model_dir, self.device)
             self.stepper = OnlineStepper(model, vocab, self.device, max_clients)
+            sha = str(manifest.get("weights_sha256", ""))[:12]
+            self.version = f"{resolve(model_dir).name}@{sha}" if sha else resolve(model_dir).name
         except Exception as exc:  # a model error, a device error: the arm is its fallback alone
             self.reasons["model_load"] += 1
             self.load_error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
@@ -108,6 +111,7 @@ class LiveMLPredictor(MLPredictor):
         """What the engine reports of this arm beside its own counts."""
         out: dict[str, Any] = {
             "model": "loaded" if self.stepper is not None else "failed",
+            "model_version": self.version,
             "device": self.device,
             "fallback": self.fallback_spec,
             "model_reads": self.model_reads,

@@ -209,6 +209,8 @@ def test_the_model_prefetches_keys_never_read_here_and_falls_back_when_it_cannot
     (arm,) = ab(client)["arms"]
     assert arm["predictor"]["model"] == "loaded" and arm["predictor"]["model_reads"] == len(CYCLE)
     assert arm["predictor"]["fallbacks"] == {"model_load": 0, "model_error": 0}
+    sha = json.loads((model / "manifest.json").read_text())["weights_sha256"]
+    assert arm["predictor"]["model_version"] == f"model@{sha[:12]}"  # (which model serves)
     # INFO's section flattens the model's own figures into k=v pairs redis-py's reader parses.
     info = client.info()["arm_prefetch"]
     assert info["predictor_model"] == "loaded" and info["predictor_fallbacks_model_load"] == 0

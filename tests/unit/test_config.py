@@ -8,7 +8,7 @@ import pytest
 
 from common.errors import ConfigError
 from common.histogram import LatencyHistogram
-from proxy.config import Settings, load_settings, parse_upstream
+from proxy.config import Settings, load_settings, parse_listen, parse_upstream
 from proxy.stats import Stats
 
 
@@ -58,6 +58,15 @@ def test_parse_upstream() -> None:
     assert parse_upstream("redis://h").port == 6379
     u = parse_upstream("unix:///tmp/r.sock?db=2")
     assert (u.unix_path, u.db) == ("/tmp/r.sock", 2)
+
+
+def test_admin_address() -> None:
+    assert parse_listen("9121") == ("127.0.0.1", 9121)
+    assert parse_listen("0.0.0.0:9121") == ("0.0.0.0", 9121)
+    assert parse_listen("[::1]:0") == ("::1", 0)
+    for bad in ("", "x", "host:", "host:70000", "host:-1"):
+        with pytest.raises(ConfigError, match="admin address"):
+            Settings(upstream="redis://h", admin=bad or ":").validate()
 
 
 def test_latency_histogram_percentiles() -> None:

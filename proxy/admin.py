@@ -1,0 +1,78 @@
+"""The admin HTTP listener: ``/metrics`` for Prometheus and ``/healthz`` for a load balancer or an
+orchestrator, served by aiohttp on the proxy's own event loop, on its own address (``admin``
+setting, loopback by default, off unless set).
+
+A scrape reads the proxy's figures once (``proxy.metrics``), so the request path pays nothing for
+it; the process's own figures (resident memory, open file descriptors, CPU seconds, garbage
+collections) come from ``prometheus_client``'s standard collectors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+from aiohttp import web
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.gc_collector import GCCollector
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
+
+from proxy.metrics import Figures, ProxyCollector
+
+log = structlog.get_logger("predis.admin")
+
+
+class AdminListener:
+    def __init__(
+        self, host: str, port: int, read: Callable[[], Figures], health: Callable[[], dict[str, Any]]
+    ) -> None:
+        """``read``: the figures of a scrape; ``health``: ``{"upstream": "up"|"down"|...}`` and
+        anything else worth a glance (200 while the upstream is up, 503 otherwise)."""
+        self.host, self.port = host, port
+        self.health = health
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(ProxyCollector(read))
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        GCCollector(registry=self.registry)
+        self.runner: web.AppRunner | None = None
+        self.address: tuple[str, int] | None = None
+        self.scrapes = 0
+
+    async def start(self) -> tuple[str, int]:
+        app = web.Application()
+        app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/", self._index)
+        self.runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, self.host, self.port, reuse_address=True)
+        await site.start()
+        server = site._server  # (aiohttp keeps the asyncio server there; the bound port is on it)
+        sockets = getattr(server, "sockets", None) or []
+        bound = sockets[0].getsockname() if sockets else (self.host, self.port)
+        self.address = (bound[0], bound[1])
+        log.info("admin listening", host=self.address[0], port=self.address[1], paths="/metrics /healthz")
+        return self.address
+
+    async def close(self) -> None:
+        if self.runner is not None:
+            await self.runner.cleanup()
+            self.runner = None
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        self.scrapes += 1
+        body = generate_latest(self.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        state = self.health()
+        return web.json_response(state, status=200 if state.get("upstream") == "up" else 503)
+
+    async def _index(self, request: web.Request) -> web.Response:
+        return web.Response(
+            text="Predis admin listener: /metrics (Prometheus), /healthz (200 while the upstream is up)\n"
+        )
