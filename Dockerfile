@@ -8,5 +8,5 @@ COPY prefetch prefetch
 COPY ml ml
 COPY bench bench
 RUN pip install --no-cache-dir .
-EXPOSE 6380
+EXPOSE 6380 9121
 ENTRYPOINT ["predis", "serve", "--host", "0.0.0.0", "--port", "6380"]

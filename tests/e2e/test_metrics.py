@@ -5,8 +5,10 @@ process's own figures beside them; /healthz 200 while the upstream is up and 503
 from __future__ import annotations
 
 import json
+import re
 import urllib.error
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 import redis
@@ -15,6 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from proxy.embedded import EmbeddedRedis
 from tests.helpers import wait_for
 
+ROOT = Path(__file__).resolve().parents[2]
 UNHURRIED = {"prefetch_engine_priority": "normal", "prefetch_max_age": 60.0}
 
 
@@ -105,6 +108,16 @@ def test_metrics_carry_the_ab_test(make_proxy: Any, redis_server: Any, direct: r
     # OBL's prefetches were sent: its prediction latency histogram has them.
     assert one(samples, "predis_arm_prediction_latency_seconds_count", arm="OBL") > 0
     assert one(samples, "predis_prefetch_engine_up") == 1.0
+    # Every metric the Grafana dashboard plots is one this proxy serves (a model arm's own
+    # fallbacks aside: this experiment has no model).
+    dashboard = json.loads((ROOT / "deploy/grafana/dashboards/predis.json").read_text())
+    used = {
+        name
+        for panel in dashboard["panels"]
+        for target in panel["targets"]
+        for name in re.findall(r"\b(?:predis|process)_[a-z0-9_]+", target["expr"])
+    }
+    assert len(used) > 20 and used - set(samples) == {"predis_arm_model_fallbacks_total"}
 
 
 def test_healthz_turns_503_when_the_upstream_goes(make_proxy: Any) -> None:
