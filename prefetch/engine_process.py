@@ -11,6 +11,10 @@ what the arms name after a key with some confidence changed (empty: nothing now)
 after each batch that asks for any, ``("report", report)`` at most every ``REPORT_EVERY`` seconds. It exits when the
 proxy closes its end. Only the proxy writes to the socket's other end, so pickle carries nothing
 that another party made.
+
+With ``access_log`` in the config (``accesslog.recorder.AccessRecorder``'s arguments), every read
+that comes is also recorded, here and not on the proxy's event loop, and the report carries the
+recorder's figures.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import sys
 import time
 from typing import Any
 
+from accesslog.recorder import AccessRecorder
 from common.errors import ConfigError
 from prefetch.engine import Engine, Record
 
@@ -85,9 +90,31 @@ def drain(sock: socket.socket, limit: int = 8 << 20) -> bytes:
     return b"".join(chunks)
 
 
-def serve(sock: socket.socket, engine: Engine) -> None:
-    """Answer batches until the proxy closes the socket."""
-    sock.sendall(frame(("ready", engine.report())))
+RECORD_EVERY = 1.0  # seconds between the access recorder's writes
+
+
+def serve(sock: socket.socket, engine: Engine, recorder: AccessRecorder | None = None) -> None:
+    """Answer batches until the proxy closes the socket; with a recorder, record every read that
+    comes (before any is shed from prediction) and write them every ``RECORD_EVERY`` seconds."""
+    try:
+        _serve(sock, engine, recorder)
+    finally:
+        if recorder is not None:
+            recorder.close()
+
+
+def _report(engine: Engine, recorder: AccessRecorder | None) -> dict[str, Any]:
+    report = engine.report()
+    if recorder is not None:
+        report["access_log"] = recorder.figures()
+    return report
+
+
+def _serve(sock: socket.socket, engine: Engine, recorder: AccessRecorder | None) -> None:
+    sock.sendall(frame(("ready", _report(engine, recorder))))
+    # The proxy's batch times are its monotonic clock (the same clock here); the log's are epoch.
+    to_epoch = time.time() - time.monotonic()
+    last_write = time.monotonic()
     sock.settimeout(REPORT_EVERY)  # (an idle engine still reports what changed)
     frames = Frames()
     last_report = time.monotonic()
@@ -110,6 +137,8 @@ def serve(sock: socket.socket, engine: Engine) -> None:
             changed = True
             if kind == "reads":
                 pending += expand(*payload)
+                if recorder is not None:
+                    recorder.add(payload[0] + to_epoch, payload[1])
                 continue
             if pending:
                 out += engine.step(pending, time.monotonic())
@@ -121,6 +150,13 @@ def serve(sock: socket.socket, engine: Engine) -> None:
         if pending:
             out += engine.step(pending, time.monotonic())
         now = time.monotonic()
+        if recorder is not None and now - last_write >= RECORD_EVERY:
+            if recorder.keys:
+                recorder.flush()
+                changed = True  # (its figures moved: the next report carries them)
+            else:
+                recorder.flush()  # (a file past its age is closed even when nothing waits)
+            last_write = now
         message = b""
         rules = engine.take_rules()
         if rules:
@@ -131,7 +167,7 @@ def serve(sock: socket.socket, engine: Engine) -> None:
         if out:
             message += frame(("prefetch", out))
         if changed and now - last_report >= REPORT_EVERY:
-            message += frame(("report", engine.report()))
+            message += frame(("report", _report(engine, recorder)))
             last_report = now
             changed = False
         if message:
@@ -170,11 +206,12 @@ def main(argv: list[str] | None = None) -> int:
             max_age=config.get("max_age", 0.05),
             loader_defaults={"device": config.get("device", "auto")},
         )
-    except ConfigError as exc:
-        sock.sendall(frame(("error", str(exc))))
+        recorder = AccessRecorder(**config["access_log"]) if config.get("access_log") else None
+    except (ConfigError, ValueError, OSError) as exc:
+        sock.sendall(frame(("error", str(exc).splitlines()[0] if str(exc) else type(exc).__name__)))
         return 2
     try:
-        serve(sock, engine)
+        serve(sock, engine, recorder)
     except (BrokenPipeError, ConnectionResetError):
         pass
     return 0

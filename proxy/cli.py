@@ -77,6 +77,20 @@ def serve_main(argv: list[str]) -> int:
         help="where a model arm (ml:MODEL_DIR) runs (default auto: a GPU where torch sees one)",
     )
     p.add_argument(
+        "--access-log-dir",
+        dest="access_log_dir",
+        help="record reads for retraining: rotating access-log Parquet files in this directory",
+    )
+    p.add_argument(
+        "--access-log-sample", dest="access_log_sample", type=float, help="share of client streams recorded"
+    )
+    p.add_argument("--access-log-max-bytes", dest="access_log_max_bytes", type=int)
+    p.add_argument(
+        "--access-log-salt",
+        dest="access_log_salt",
+        help="secret: record keys as keyed pseudonyms of the same shape (better in PREDIS_ACCESS_LOG_SALT)",
+    )
+    p.add_argument(
         "--admin",
         help="[HOST:]PORT of the admin HTTP listener (/metrics for Prometheus, /healthz); default none",
     )
@@ -135,6 +149,10 @@ def serve(args: argparse.Namespace) -> int:
             "prefetch_engine_priority",
             "prefetch_device",
             "admin",
+            "access_log_dir",
+            "access_log_sample",
+            "access_log_max_bytes",
+            "access_log_salt",
         )
     }
     settings = load_settings(args.config, overrides=overrides)

@@ -75,6 +75,15 @@ class Settings:
     prefetch_engine_priority: str = "low"
     # Where a model arm (ml:MODEL_DIR) runs: "auto" (a CUDA GPU where torch sees one), "cpu", "cuda".
     prefetch_device: str = "auto"
+    # Recording reads for retraining: rotating access-log Parquet files in this directory, written
+    # by the prediction engine's process (started for it if no arm runs); empty: no recording.
+    access_log_dir: str = ""
+    access_log_sample: float = 1.0  # the share of client streams recorded (each one whole)
+    access_log_rotate_rows: int = 1_000_000  # a file is closed after this many rows...
+    access_log_rotate_seconds: float = 3600.0  # ...or this long
+    access_log_max_bytes: int = 1 << 30  # the oldest files go while the directory holds more
+    # A secret: when set, keys are recorded as keyed pseudonyms of the same shape.
+    access_log_salt: str = ""
     # The admin HTTP listener (/metrics for Prometheus, /healthz), as [HOST:]PORT ("9121" is
     # 127.0.0.1:9121; port 0 picks a free one); empty: none.
     admin: str = ""
@@ -147,7 +156,35 @@ class Settings:
             parse_upstream(self.upstream)
         if self.admin:
             parse_listen(self.admin)
+        if self.access_log_dir:
+            if not 0.0 < self.access_log_sample <= 1.0:
+                raise ConfigError(f"access_log_sample must be in (0, 1], got {self.access_log_sample}")
+            if (
+                min(self.access_log_rotate_rows, self.access_log_max_bytes) <= 0
+                or self.access_log_rotate_seconds <= 0
+            ):
+                raise ConfigError(
+                    "access_log_rotate_rows, access_log_rotate_seconds and access_log_max_bytes must be positive"
+                )
+            if self.hot_tier == "off":
+                raise ConfigError(
+                    "the access log is recorded by the prediction engine, which needs the hot tier: hot_tier must be cpu or gpu"
+                )
         return self
+
+    def access_log(self) -> dict[str, Any] | None:
+        """The recorder's arguments (accesslog.recorder.AccessRecorder), or None: no recording."""
+        if not self.access_log_dir:
+            return None
+        return {
+            "directory": os.path.abspath(self.access_log_dir),
+            "sample": self.access_log_sample,
+            "seed": self.ab_seed,
+            "rotate_rows": self.access_log_rotate_rows,
+            "rotate_seconds": self.access_log_rotate_seconds,
+            "max_bytes": self.access_log_max_bytes,
+            "salt": self.access_log_salt,
+        }
 
     def prediction_arms(self) -> list[tuple[str, str]]:
         """The arms live prefetching runs: the A/B experiment's, else the one ``prefetch`` arm
@@ -157,7 +194,8 @@ class Settings:
         if self.ab.strip():
             return parse_arms(self.ab)
         if self.prefetch.strip() in ("", "none"):
-            return []
+            # (recording reads needs the engine's process: it runs with an arm that prefetches nothing)
+            return [("prefetch", "none")] if self.access_log_dir else []
         return [("prefetch", self.prefetch.strip())]
 
 

@@ -66,6 +66,9 @@ GAUGES = {
     "hot_tier_fill_admission": "The share of fills admitted when fills outrun the tier.",
     "prefetch_engine_up": "1 while the prediction engine process answers, else 0.",
     "prefetch_prefetch_rules": "Template rules the arms' models have taught the proxy.",
+    "prefetch_access_log_waiting": "Recorded reads waiting for the access log's next write.",
+    "prefetch_access_log_files": "Closed access-log files in the recording directory.",
+    "prefetch_access_log_bytes": "Bytes of the closed access-log files.",
 }
 # Figures an A/B arm reports that go up and down; its other numbers count.
 ARM_GAUGES = {

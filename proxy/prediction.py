@@ -92,7 +92,10 @@ class LivePrefetcher:
         device: str = "auto",
         start_within: float = 120.0,
         hint_limit: int = 65_536,
+        access_log: dict[str, Any] | None = None,
     ) -> None:
+        """``access_log``: the engine process also records the reads it gets (the arguments of
+        ``accesslog.recorder.AccessRecorder``); None: it does not."""
         self.arms = list(arms)
         self.shares = list(shares) if shares else [1.0 / len(arms)] * len(arms)
         self.seed = seed
@@ -105,6 +108,7 @@ class LivePrefetcher:
                 "max_age": max_age,
                 "priority": priority,
                 "device": device,
+                "access_log": access_log,
             }
         )
         self.tier = tier
@@ -453,12 +457,18 @@ class LivePrefetcher:
             except (OSError, subprocess.TimeoutExpired):
                 pass
 
-    async def close(self) -> None:
+    async def close(self, grace: float = 5.0) -> None:
+        """Close the engine's socket and give its process ``grace`` seconds to finish on its own
+        (its access recorder writes what waits and closes its file), then kill it."""
         self.closed = True
         if self.watchdog is not None:
             self.watchdog.cancel()
         if self.proto is not None and self.proto.transport is not None:
             self.proto.transport.close()
+        proc = self.proc
+        deadline = _mono() + grace
+        while proc is not None and proc.poll() is None and _mono() < deadline:
+            await asyncio.sleep(0.01)
         self._reap()
 
     # ------------------------------------------------------------------ figures
@@ -481,6 +491,8 @@ class LivePrefetcher:
         }
         for reason, count in self.fallbacks.items():
             out[f"fallback_{reason}"] = count
+        for key, value in self.engine_report.get("access_log", {}).items():
+            out[f"access_log_{key}"] = value
         return out
 
     def reset_ab(self) -> None:

@@ -84,6 +84,7 @@ class ProxyServer:
                 max_age=settings.prefetch_max_age,
                 priority=settings.prefetch_engine_priority,
                 device=settings.prefetch_device,
+                access_log=settings.access_log(),
             )
             self.stats.sections["prefetch"] = self.prediction.figures
             self.stats.ab = self.prediction
