@@ -150,8 +150,10 @@ def median_run(runs: list[Run]) -> Run:
     )
 
 
-def compare(targets: dict[str, int], args: argparse.Namespace, pipeline: int) -> list[dict[str, Any]]:
-    """Run every target once per repeat, interleaved; ratios are taken within a repeat."""
+def compare(
+    targets: dict[str, int], args: argparse.Namespace, pipeline: int, baseline: str = "direct"
+) -> list[dict[str, Any]]:
+    """Run every target once per repeat, interleaved; ratios to ``baseline`` are taken within a repeat."""
     results: dict[tuple[str, str], list[Run]] = {}
     for _ in range(args.repeats):
         for target, port in targets.items():
@@ -167,7 +169,7 @@ def compare(targets: dict[str, int], args: argparse.Namespace, pipeline: int) ->
                 results.setdefault((target, run.test), []).append(run)
     rows = []
     for test in sorted({t for _, t in results}):
-        direct = results[("direct", test)]
+        direct = results[(baseline, test)]
         row: dict[str, Any] = {"test": test, "pipeline": pipeline}
         for target in targets:
             runs = results[(target, test)]
@@ -175,7 +177,7 @@ def compare(targets: dict[str, int], args: argparse.Namespace, pipeline: int) ->
             row[f"{target}_rps"] = round(m.rps)
             row[f"{target}_p50_ms"] = m.p50_ms
             row[f"{target}_p99_ms"] = m.p99_ms
-            if target != "direct":
+            if target != baseline:
                 ratios = [r.rps / d.rps for d, r in zip(direct, runs, strict=True)]
                 row[f"{target}_ratio"] = round(statistics.median(ratios), 3)
         rows.append(row)
