@@ -99,3 +99,119 @@ def train_main(argv: list[str]) -> int:
     print(json.dumps(summary, indent=1))
     print(time_spent(metrics), file=sys.stderr)
     return 0
+
+
+def retrain_main(argv: list[str]) -> int:
+    p = OneLineParser(
+        prog="predis retrain",
+        description="Retrain the model on reads a proxy recorded (--access-log-dir), promoting it only past the gate.",
+    )
+    p.add_argument("--logs", required=True, help="the recording directory (predis serve --access-log-dir)")
+    p.add_argument("--registry", required=True, help="the model registry (numbered versions, 'current')")
+    p.add_argument("--holdout", type=float, default=0.2, help="newest share of the reads the gate replays")
+    p.add_argument(
+        "--cache", default="5%", help="cache size of the gate's replay (share of keys, or entries)"
+    )
+    p.add_argument(
+        "--margin", type=float, default=0.005, help="hit ratio the candidate must gain to be promoted"
+    )
+    p.add_argument("--min-reads", type=int, default=20_000, help="fewer recorded reads: no retraining")
+    p.add_argument("--max-seconds", type=float, default=600.0, help="training's time budget")
+    p.add_argument("--epochs", type=int, default=8)
+    p.add_argument("--max-keys", type=int, default=8_192)
+    p.add_argument("--watch", action="store_true", help="keep going: retrain on new reads or an old model")
+    p.add_argument(
+        "--every-reads", type=int, default=200_000, help="with --watch: new reads that trigger a round"
+    )
+    p.add_argument(
+        "--max-age", type=float, default=0.0, help="with --watch: seconds after which a model is retrained"
+    )
+    p.add_argument("--interval", type=float, default=30.0, help="with --watch: seconds between checks")
+    args = p.parse_args(argv)
+    from pathlib import Path
+
+    from common.errors import ConfigError
+    from ml.training.retrain import RetrainConfig, retrain_once, watch
+
+    if not 0 < args.holdout < 1 or args.min_reads < 2 or args.every_reads < 1 or args.interval <= 0:
+        raise ConfigError(
+            "--holdout must be in (0, 1), --min-reads at least 2, --every-reads and --interval positive"
+        )
+    if not Path(args.logs).is_dir():
+        raise ConfigError(f"--logs {args.logs}: no such directory")
+    cfg = RetrainConfig(
+        holdout=args.holdout,
+        cache=args.cache,
+        margin=args.margin,
+        min_reads=args.min_reads,
+        max_seconds=args.max_seconds,
+        epochs=args.epochs,
+        max_keys=args.max_keys,
+    )
+
+    def say(decision: dict[str, Any]) -> None:
+        print(json.dumps({k: v for k, v in decision.items() if k != "config"}, sort_keys=True), flush=True)
+
+    if args.watch:
+        watch(args.logs, args.registry, cfg, args.every_reads, args.max_age, args.interval, say=say)
+        return 0
+    say(retrain_once(args.logs, args.registry, cfg))
+    return 0
+
+
+def model_main(argv: list[str]) -> int:
+    p = OneLineParser(prog="predis model", description="List a model registry's versions, or roll back.")
+    p.add_argument("action", choices=["list", "rollback"])
+    p.add_argument("--registry", required=True)
+    p.add_argument("--to", help="rollback: this version (default: the one before the current)")
+    args = p.parse_args(argv)
+    import time
+    from pathlib import Path
+
+    from common.errors import ConfigError
+    from ml.registry import ModelError, resolve, set_current, versions
+    from ml.training.retrain import DECISIONS
+
+    found = versions(args.registry)
+    if not found:
+        raise ConfigError(f"{args.registry}: no model versions")
+    try:
+        current = resolve(args.registry)
+    except ModelError:
+        current = None
+    if args.action == "list":
+        for version in found:
+            doc = json.loads((version / "manifest.json").read_text())
+            gate = doc.get("gate") or {}
+            line = f"{'*' if current == version else ' '} {version.name}  created {doc.get('created', '?')}"
+            if gate:
+                line += (
+                    f"  gate: candidate {gate.get('candidate_hit_ratio')} against current "
+                    f"{gate.get('current_hit_ratio')} on {gate.get('held_out_reads')} held-out reads"
+                )
+            print(line)
+        return 0
+    if args.to:
+        target = Path(args.registry) / args.to
+        if target not in found:
+            raise ConfigError(f"{args.registry}: no version {args.to!r}")
+    else:
+        if current is None or current not in found or found.index(current) == 0:
+            raise ConfigError(f"{args.registry}: no version before the current one to roll back to")
+        target = found[found.index(current) - 1]
+    set_current(args.registry, target)
+    with open(Path(args.registry) / DECISIONS, "a") as fh:
+        fh.write(
+            json.dumps(
+                {
+                    "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                    "rollback": True,
+                    "from": current.name if current else None,
+                    "version": target.name,
+                },
+                sort_keys=True,
+            )
+            + "\n"
+        )
+    print(f"current: {target.name} (was {current.name if current else 'none'})")
+    return 0

@@ -139,6 +139,8 @@ def _serve(sock: socket.socket, engine: Engine, recorder: AccessRecorder | None)
                 pending += expand(*payload)
                 if recorder is not None:
                     recorder.add(payload[0] + to_epoch, payload[1])
+                    if len(recorder.keys) >= recorder.buffer_rows // 2:
+                        recorder.flush()  # (under heavy reads, before the buffer fills)
                 continue
             if pending:
                 out += engine.step(pending, time.monotonic())

@@ -31,6 +31,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "trace": ("accesslog.cli:trace_main", "import a real cache trace into an access log, or export one"),
     "sim": ("prefetch.cli:sim_main", "replay an access log through the cache with prefetcher arms"),
     "train": ("ml.cli:train_main", "train the LSTM next-key model on an access log"),
+    "retrain": (
+        "ml.cli:retrain_main",
+        "retrain the model on recorded reads; promote it only if it beats the current one",
+    ),
+    "model": ("ml.cli:model_main", "list a model registry's versions, or roll back to an earlier one"),
     "replay": ("proxy.replay:replay_main", "replay an access log through a running proxy; A/B report"),
 }
 

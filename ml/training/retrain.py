@@ -1,0 +1,207 @@
+"""Retraining from recorded reads, behind a promotion gate (issue 22).
+
+``retrain_once`` takes the closed access-log files a recording proxy wrote (``accesslog.recorder``),
+keeps the newest ``holdout`` share of the reads aside, trains a candidate on the rest within a time
+budget, and replays the candidate and the registry's current model on the held-out reads in the
+simulator (each as its ML arm: gate, fallback and floor as training chose them), at one cache size.
+The candidate becomes the registry's next version, and current, only if its hit ratio beats the
+current model's by ``margin`` (or there is no current model). Every decision, promoted or not, is
+one JSON line in the registry's ``decisions.jsonl``, and a promoted version's manifest carries its
+own. With fewer than ``min_reads`` recorded reads it says so and keeps the current model.
+
+``watch`` runs it again whenever enough new reads were recorded (``every_reads``) or the current
+model is older than ``max_age`` seconds, at a low CPU priority, until stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from accesslog.log import AccessLog
+from accesslog.recorder import SUFFIX, read_recorded
+
+DECISIONS = "decisions.jsonl"
+
+
+@dataclass
+class RetrainConfig:
+    holdout: float = 0.2  # the newest share of the reads: the gate's replay, never trained on
+    cache: str = "5%"  # the cache size the gate replays at (a share of the held-out keys, or entries)
+    margin: float = 0.005  # the candidate must beat the current model's hit ratio by this much
+    min_reads: int = 20_000  # fewer recorded reads: no retraining
+    max_seconds: float = 600.0  # training's budget (predis train --max-seconds)
+    epochs: int = 8
+    max_keys: int = 8_192
+    seed: int = 0
+
+
+def recorded_log(directory: str | os.PathLike[str]) -> AccessLog:
+    table = read_recorded(directory)
+    return AccessLog(table, {"source": f"recorded:{Path(directory).name}"})
+
+
+def gate(
+    candidate: str | os.PathLike[str],
+    current: str | os.PathLike[str] | None,
+    held_out: AccessLog,
+    cache: str,
+    margin: float,
+) -> dict[str, Any]:
+    """Replay the candidate and the current model (if any) on ``held_out``; the verdict and its
+    figures."""
+    from prefetch.sim import simulate
+
+    arms = [f"ml:{candidate}"] + ([f"ml:{current}"] if current is not None else [])
+    report = simulate(held_out, cache, arms, with_belady=False, writes="read")
+    ratios = {a.arm: a.hit_ratio for a in report.arms}
+    cand = ratios[f"ml:{candidate}"]
+    cur = ratios.get(f"ml:{current}") if current is not None else None
+    promote = cur is None or cand >= cur + margin
+    return {
+        "candidate_hit_ratio": round(cand, 5),
+        "current_hit_ratio": round(cur, 5) if cur is not None else None,
+        "no_prefetch_hit_ratio": round(ratios["none"], 5),
+        "margin": margin,
+        "cache": cache,
+        "capacity": report.capacity,
+        "held_out_reads": len(held_out),
+        "promote": promote,
+    }
+
+
+def retrain_once(
+    logs: str | os.PathLike[str], registry: str | os.PathLike[str], cfg: RetrainConfig | None = None
+) -> dict[str, Any]:
+    """One round: train a candidate on the recorded reads and promote it only if the gate says
+    so. Returns the decision (also appended to the registry's decisions.jsonl)."""
+    from ml.registry import ModelError, next_version, resolve, set_current
+    from ml.training.train import TrainConfig, train
+
+    cfg = cfg or RetrainConfig()
+    root = Path(registry)
+    root.mkdir(parents=True, exist_ok=True)
+    try:
+        current: Path | None = resolve(root)
+    except ModelError:
+        current = None
+    log = recorded_log(logs)
+    decision: dict[str, Any] = {
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "reads": len(log),
+        "current": current.name if current is not None else None,
+        "config": asdict(cfg),
+    }
+    if len(log) < cfg.min_reads:
+        decision.update(
+            promote=False, reason=f"too little data: {len(log)} reads recorded, {cfg.min_reads} needed"
+        )
+        return _record(root, decision)
+    cut = int(len(log) * (1.0 - cfg.holdout))
+    train_part = AccessLog(log.table.slice(0, cut), dict(log.meta))
+    held_out = AccessLog(log.table.slice(cut), dict(log.meta))
+    with tempfile.TemporaryDirectory(prefix="predis-candidate-", dir=root) as tmp:
+        started = time.monotonic()
+        metrics = train(
+            train_part,
+            tmp,
+            TrainConfig(
+                epochs=cfg.epochs,
+                max_keys=cfg.max_keys,
+                max_seconds=cfg.max_seconds,
+                seed=cfg.seed,
+                progress=False,
+            ),
+        )
+        decision["train_seconds"] = round(time.monotonic() - started, 1)
+        decision["candidate_top1"] = metrics["model"].get("top1")
+        verdict = gate(tmp, current, held_out, cfg.cache, cfg.margin)
+        decision.update(verdict)
+        if verdict["promote"]:
+            version = next_version(root)
+            shutil.copytree(tmp, version)
+            manifest = json.loads((version / "manifest.json").read_text())
+            manifest["gate"] = {k: v for k, v in decision.items() if k != "config"}
+            (version / "manifest.json").write_text(json.dumps(manifest, indent=1))
+            set_current(root, version)
+            decision["version"] = version.name
+            decision["reason"] = (
+                "no current model"
+                if current is None
+                else f"candidate {verdict['candidate_hit_ratio']:.4f} >= current {verdict['current_hit_ratio']:.4f} + {cfg.margin}"
+            )
+        else:
+            decision["reason"] = (
+                f"candidate {verdict['candidate_hit_ratio']:.4f} < current {verdict['current_hit_ratio']:.4f} + {cfg.margin}"
+            )
+    return _record(root, decision)
+
+
+def _record(root: Path, decision: dict[str, Any]) -> dict[str, Any]:
+    with open(root / DECISIONS, "a") as fh:
+        fh.write(json.dumps(decision, sort_keys=True) + "\n")
+    return decision
+
+
+def recorded_reads(logs: str | os.PathLike[str]) -> int:
+    """Rows in the closed files (from their footers: no data read)."""
+    import pyarrow.parquet as pq
+
+    return sum(pq.ParquetFile(p).metadata.num_rows for p in Path(logs).glob(f"access-*{SUFFIX}"))
+
+
+def watch(
+    logs: str | os.PathLike[str],
+    registry: str | os.PathLike[str],
+    cfg: RetrainConfig,
+    every_reads: int,
+    max_age: float,
+    interval: float = 30.0,
+    rounds: int = 0,
+    say: Callable[[dict[str, Any]], None] = lambda d: None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> None:
+    """Retrain whenever ``every_reads`` new reads were recorded since the last round, or the current
+    model is older than ``max_age`` seconds (0: never by age); checks every ``interval`` seconds.
+    ``rounds``: stop after that many rounds (0: never)."""
+    from ml.registry import ModelError, resolve
+
+    try:
+        os.nice(10)  # (training never competes with the proxy for the CPU)
+    except OSError:
+        pass
+    seen = recorded_reads(logs)  # (what was recorded before the watch started counts as old...)
+    try:
+        resolve(registry)
+    except ModelError:
+        seen = 0  # (...unless there is no model yet: then it is what the first one learns from)
+    done = 0
+    while not rounds or done < rounds:
+        total = recorded_reads(logs)
+        age = _model_age(registry)
+        if total - seen >= every_reads or (max_age and age is not None and age >= max_age) or age is None:
+            decision = retrain_once(logs, registry, cfg)
+            say(decision)
+            seen = total
+            done += 1
+            if age is None and not decision.get("promote"):
+                sleep(interval)  # (no model and too little data: wait for more)
+            continue
+        sleep(interval)
+
+
+def _model_age(registry: str | os.PathLike[str]) -> float | None:
+    from ml.registry import ModelError, resolve
+
+    try:
+        current = resolve(registry)
+    except ModelError:
+        return None
+    return time.time() - (current / "manifest.json").stat().st_mtime
