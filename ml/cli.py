@@ -165,12 +165,8 @@ def model_main(argv: list[str]) -> int:
     p.add_argument("--registry", required=True)
     p.add_argument("--to", help="rollback: this version (default: the one before the current)")
     args = p.parse_args(argv)
-    import time
-    from pathlib import Path
-
     from common.errors import ConfigError
-    from ml.registry import ModelError, resolve, set_current, versions
-    from ml.training.retrain import DECISIONS
+    from ml.registry import ModelError, resolve, rollback, versions
 
     found = versions(args.registry)
     if not found:
@@ -191,27 +187,9 @@ def model_main(argv: list[str]) -> int:
                 )
             print(line)
         return 0
-    if args.to:
-        target = Path(args.registry) / args.to
-        if target not in found:
-            raise ConfigError(f"{args.registry}: no version {args.to!r}")
-    else:
-        if current is None or current not in found or found.index(current) == 0:
-            raise ConfigError(f"{args.registry}: no version before the current one to roll back to")
-        target = found[found.index(current) - 1]
-    set_current(args.registry, target)
-    with open(Path(args.registry) / DECISIONS, "a") as fh:
-        fh.write(
-            json.dumps(
-                {
-                    "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                    "rollback": True,
-                    "from": current.name if current else None,
-                    "version": target.name,
-                },
-                sort_keys=True,
-            )
-            + "\n"
-        )
-    print(f"current: {target.name} (was {current.name if current else 'none'})")
+    try:
+        was, now = rollback(args.registry, args.to)
+    except ModelError as exc:
+        raise ConfigError(str(exc)) from None
+    print(f"current: {now} (was {was or 'none'})")
     return 0

@@ -161,3 +161,38 @@ def resolve(path: str | os.PathLike[str]) -> Path:
     if not p.exists():
         raise ModelError(f"{p}: no such model directory")
     raise ModelError(f"{p}: neither a model directory nor a registry with a 'current' version")
+
+
+def rollback(registry: str | os.PathLike[str], to: str | None = None) -> tuple[str | None, str]:
+    """Make ``to`` (default: the version before the current one) the registry's current version;
+    returns (the version it was, the version it is)."""
+    found = versions(registry)
+    if not found:
+        raise ModelError(f"{registry}: no model versions")
+    try:
+        current: Path | None = resolve(registry)
+    except ModelError:
+        current = None
+    if to:
+        target = Path(registry) / to
+        if target not in found:
+            raise ModelError(f"{registry}: no version {to!r}")
+    else:
+        if current is None or current not in found or found.index(current) == 0:
+            raise ModelError(f"{registry}: no version before the current one to roll back to")
+        target = found[found.index(current) - 1]
+    set_current(registry, target)
+    with open(Path(registry) / "decisions.jsonl", "a") as fh:
+        fh.write(
+            json.dumps(
+                {
+                    "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                    "rollback": True,
+                    "from": current.name if current is not None else None,
+                    "version": target.name,
+                },
+                sort_keys=True,
+            )
+            + "\n"
+        )
+    return (current.name if current is not None else None), target.name

@@ -304,6 +304,14 @@ class Session:
                 return encode_error("ERR no A/B experiment is running (predis serve --ab A=SPEC,B=SPEC)")
             self.stats.ab.reset_ab()
             return b"+OK\r\n"
+        if sub == b"MODEL" and len(args) == 2:
+            return encode_bulk(json.dumps(self.stats.model_report()).encode())
+        if sub == b"MODEL" and len(args) == 3 and args[2].upper() == b"ROLLBACK":
+            try:
+                changes = self.stats.model_rollback()
+            except ValueError as exc:
+                return encode_error(f"ERR {exc}")
+            return encode_bulk(json.dumps(changes).encode())
         if sub == b"HELP":
             lines = [
                 b"PREDIS STATS: the # Predis section of INFO, as text",
@@ -311,6 +319,8 @@ class Session:
                 b"PREDIS AB: the # Predis A/B section (live prefetching's arms and their tests)",
                 b"PREDIS AB JSON: the same as a JSON object (null when no experiment runs)",
                 b"PREDIS AB RESET: start the experiment's figures again",
+                b"PREDIS MODEL: each model arm's model (version, when loaded, swaps, gate figures) as JSON",
+                b"PREDIS MODEL ROLLBACK: make each model arm's registry current at its version before",
             ]
             return b"*%d\r\n" % len(lines) + b"".join(b"+%s\r\n" % line for line in lines)
         text = sub.decode(errors="replace")

@@ -77,6 +77,37 @@ class Stats:
     def ab_report(self) -> dict[str, Any] | None:
         return self.ab.ab() if self.ab is not None else None
 
+    def model_report(self) -> list[dict[str, Any]]:
+        """Each model arm (``ml:...``): its spec and its model's figures from the engine (version,
+        when loaded, swaps, the gate figures of its promotion...)."""
+        report = self.ab_report() or {"arms": []}
+        return [
+            {"arm": arm["name"], "spec": arm.get("spec", ""), **arm.get("predictor", {})}
+            for arm in report["arms"]
+            if str(arm.get("spec", "")).startswith("ml:")
+        ]
+
+    def model_rollback(self) -> list[dict[str, Any]]:
+        """Point each model arm's registry at its version before the current one (the arm's engine
+        loads it within seconds, as it loads a promoted one); ValueError when none can be."""
+        from ml.registry import ModelError, rollback
+
+        if self.ab is None:
+            raise ValueError("no live prefetching with a model arm runs")
+        registries = dict.fromkeys(
+            spec[3:].split("::", 1)[0] for _, spec in self.ab.arms if spec.startswith("ml:")
+        )
+        if not registries:
+            raise ValueError("no model arm runs (ml:REGISTRY)")
+        out = []
+        for registry in registries:
+            try:
+                was, now = rollback(registry)
+            except ModelError as exc:
+                raise ValueError(str(exc)) from None
+            out.append({"registry": registry, "from": was, "to": now})
+        return out
+
     def ab_text(self) -> bytes:
         """The `# Predis A/B` section: per arm its figures, then the tests (``prefetch.abtest``)."""
         report = self.ab_report()

@@ -15,7 +15,11 @@ fallback alone. Each is counted by reason (``fallbacks``), and the engine report
 from __future__ import annotations
 
 import math
+import threading
+import time
+from collections import deque
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -53,32 +57,115 @@ class LiveMLPredictor(MLPredictor):
         min_score: float | None = None,
         max_clients: int = 16_384,
         threads: int = 1,
+        check_every: float = 2.0,
+        warm_reads: int = 4_096,
     ) -> None:
+        """``model_dir``: a model, or a registry whose current version is followed: every
+        ``check_every`` seconds the arm looks at the registry's ``current`` file and, when it names
+        another version, loads it in a thread, warms its clients' states on the latest
+        ``warm_reads`` reads, and swaps it in between two batches; the old model serves until then."""
         import torch
 
-        from ml.inference.stepper import OnlineStepper
-        from ml.registry import load_model, resolve
+        from ml.registry import ModelError, resolve
 
         self.reasons = {"model_load": 0, "model_error": 0}
         self.load_error = ""
         self.stepper: Any = None
         self.device = device
+        self.max_clients = max_clients
+        self.model_dir = model_dir
         self.version = ""  # which model: its directory's name (a registry's version) and weights' hash
+        self.path = ""  # the model directory loaded
+        self.loaded_at = ""
+        self.swaps = 0
+        self.swap_errors = 0
+        self.check_every = check_every
+        self.next_check = time.monotonic() + check_every
+        self.recent: deque[tuple[int, str, float]] = deque(maxlen=warm_reads)
+        self.swapping: threading.Thread | None = None
+        self.ready_swap: tuple[Any, dict[str, Any], str, str] | None = None
+        self.capacity = 0.0
+        self.fixed_params = {"fallback": fallback, "policy": policy}
         manifest: dict[str, Any] = {}
         if threads > 0:
             torch.set_num_threads(threads)  # (the engine's own process: the proxy and Redis share the cores)
         try:
             self.device = resolve_device(device)
-            model, vocab, manifest = load_model(model_dir, self.device)
-            self.stepper = OnlineStepper(model, vocab, self.device, max_clients)
-            sha = str(manifest.get("weights_sha256", ""))[:12]
-            self.version = f"{resolve(model_dir).name}@{sha}" if sha else resolve(model_dir).name
-        except Exception as exc:  # a model error, a device error: the arm is its fallback alone
+            self.stepper, manifest, self.path, self.version = self._load(resolve(model_dir))
+        except (ModelError, Exception) as exc:  # a model error, a device error: the arm is its fallback alone
             self.reasons["model_load"] += 1
             self.load_error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         self._setup([], np.zeros(0, np.float32), manifest, fallback, min_confidence, policy, min_score)
         self.model_reads = 0  # reads the model stepped over
         self.model_errors = 0  # batches whose step raised
+
+    def _load(self, path: Path) -> tuple[Any, dict[str, Any], str, str]:
+        from ml.inference.stepper import OnlineStepper
+        from ml.registry import load_model
+
+        model, vocab, manifest = load_model(path, self.device)
+        stepper = OnlineStepper(model, vocab, self.device, self.max_clients)
+        sha = str(manifest.get("weights_sha256", ""))[:12]
+        self.loaded_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        return stepper, manifest, str(path), f"{path.name}@{sha}" if sha else path.name
+
+    def choose(self, capacity: float) -> None:
+        self.capacity = capacity  # (a swapped-in model takes its own choices at the same size)
+        super().choose(capacity)
+
+    def _check(self) -> None:
+        """Start loading the registry's current version if it changed (in a thread)."""
+        from ml.registry import ModelError, resolve
+
+        self.next_check = time.monotonic() + self.check_every
+        if self.swapping is not None or self.ready_swap is not None:
+            return
+        try:
+            path = resolve(self.model_dir)
+        except ModelError:
+            return  # (a registry being written, or gone: keep the model in hand)
+        if str(path) == self.path:
+            return
+        warm = list(self.recent)
+
+        def load() -> None:
+            try:
+                stepper, manifest, where, version = self._load(path)
+                for at in range(0, len(warm), 256):  # (its clients' states, on the latest reads)
+                    stepper.run(warm[at : at + 256], 1)
+                self.ready_swap = (stepper, manifest, where, version)
+            except Exception as exc:
+                self.swap_errors += 1
+                self.load_error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                self.path = str(path)  # (not tried again until current names another version)
+            finally:
+                self.swapping = None
+
+        self.swapping = threading.Thread(target=load, name="model-swap", daemon=True)
+        self.swapping.start()
+
+    def _swap(self) -> None:
+        assert self.ready_swap is not None
+        stepper, manifest, where, version = self.ready_swap
+        self.ready_swap = None
+        fixed_gate, fixed_floor, confidence, floor = (
+            self.fixed_gate,
+            self.fixed_floor,
+            self.min_confidence,
+            self.min_score,
+        )
+        self.stepper, self.manifest, self.path, self.version = stepper, manifest, where, version
+        # The new model's own fallback (kept, with its state, when it is the same), policy, gate
+        # and floor at this cache size, unless the arm's spec fixed them.
+        if fixed_gate:
+            self.min_confidence = confidence
+        elif not manifest.get("gate_by_capacity"):
+            self.min_confidence = 0.5
+        if fixed_floor:
+            self.min_score = floor
+        if self.capacity:
+            self.choose(self.capacity)
+        self.swaps += 1
 
     def prepare(self, reads: Sequence[tuple[int, str, float, bool]]) -> None:
         """The batch the engine is about to observe, in order: (client, key, time, fresh). The model
@@ -88,6 +175,11 @@ class LiveMLPredictor(MLPredictor):
         self.i = -1
         self.cands = [[]] * n  # (never mutated: predict reads them)
         self.conf = np.zeros(n, np.float32)
+        if self.ready_swap is not None:
+            self._swap()
+        self.recent.extend(read[:3] for read in reads)
+        if time.monotonic() >= self.next_check:
+            self._check()
         if self.stepper is None or self.min_confidence == math.inf:
             return
         fresh = [j for j, read in enumerate(reads) if read[3]]
@@ -112,6 +204,9 @@ class LiveMLPredictor(MLPredictor):
         out: dict[str, Any] = {
             "model": "loaded" if self.stepper is not None else "failed",
             "model_version": self.version,
+            "loaded_at": self.loaded_at,
+            "swaps": self.swaps,
+            "swap_errors": self.swap_errors,
             "device": self.device,
             "fallback": self.fallback_spec,
             "model_reads": self.model_reads,

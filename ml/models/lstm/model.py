@@ -189,7 +189,7 @@ class NextKeyLSTM(nn.Module):
             next_succ=batch.get("next_succ"),
         )
         assert loss is not None
-        return loss
+        return loss  # type: ignore[no-any-return]
 
 
 def confidence_target(
