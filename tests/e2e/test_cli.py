@@ -88,8 +88,17 @@ def test_bad_input_exits_with_one_line(tmp_path: Path) -> None:
         (
             ("nope",),
             None,
-            "unknown command 'nope'; commands: serve, stats, ab, gen, trace, sim, train, replay",
+            "unknown command 'nope'; commands: serve, stats, ab, gen, trace, sim, train, retrain, model, replay",
         ),
+        (("serve", "--admin", "localhost:x"), None, "admin address must be [HOST:]PORT"),
+        (
+            ("serve", "--access-log-dir", "/tmp", "--access-log-sample", "2"),
+            None,
+            "access_log_sample must be in",
+        ),
+        (("retrain", "--logs", "/nonexistent/logs", "--registry", "/tmp/r"), None, "no such directory"),
+        (("model", "list", "--registry", "/nonexistent/registry"), None, "no model versions"),
+        (("model", "undo", "--registry", "/tmp"), None, "invalid choice: 'undo'"),
     ]:
         out = run_predis(*args, env=env)
         assert out.returncode == 2, (args, out.stderr)
