@@ -26,6 +26,7 @@ from typing import Any
 
 from common.errors import ConfigError
 from common.keyshape import fill, numbers_of, template_of
+from prefetch.drift import DriftMonitor
 from prefetch.predictors import make_predictor
 from prefetch.predictors.base import NoPrefetch, Predictor
 
@@ -138,6 +139,7 @@ class Engine:
         shadow: int = 1_024,
         make: Callable[..., Predictor] = make_predictor,
         loader_defaults: dict[str, Any] | None = None,
+        drift_window: int = 10_000,
     ) -> None:
         if not specs:
             raise ConfigError("the engine needs at least one arm")
@@ -152,6 +154,8 @@ class Engine:
         self.tokens = [0.0] * len(specs)
         self.max_age = max_age
         self.figures = [ArmFigures() for _ in specs]
+        # The shape of the traffic (issue 22's drift): template popularity, window against window.
+        self.drift = DriftMonitor(drift_window)
         self.silent = [isinstance(p, NoPrefetch) for p in self.predictors]  # (never asked)
         # Predictors that work a batch at a time (the model: ``prepare`` steps it over the batch
         # before the reads are observed one by one; see ml.inference.live).
@@ -222,7 +226,9 @@ class Engine:
                     prepare(batch)
                 except Exception:  # (as predict's below: the arm prefetches nothing for the batch)
                     self.figures[a].predict_errors += len(records)
+        observe_drift = self.drift.observe
         for (stream, db, key, t, hit), name in zip(records, names, strict=True):
+            observe_drift(name)
             arm = arm_of(key)
             figures = self.figures[arm]
             figures.gets += 1
@@ -352,6 +358,7 @@ class Engine:
 
     def reset(self) -> None:
         self.figures = [ArmFigures() for _ in self.figures]
+        self.drift.rebase()
 
     def report(self) -> dict[str, Any]:
         arms = []
@@ -363,4 +370,4 @@ class Engine:
             if own is not None:  # (the model's: loaded or not, its fallback, fallbacks by reason)
                 arm["predictor"] = own()
             arms.append(arm)
-        return {"arms": arms}
+        return {"arms": arms, "drift": self.drift.figures()}

@@ -84,6 +84,17 @@ class Settings:
     access_log_max_bytes: int = 1 << 30  # the oldest files go while the directory holds more
     # A secret: when set, keys are recorded as keyed pseudonyms of the same shape.
     access_log_salt: str = ""
+    # Alert thresholds (0 turns one off; see proxy/alerts.py): an arm's hit ratio under its own
+    # baseline by this much, its prediction p99 over this (ms), its prefetch precision under this,
+    # the key-template mix's drift over this (Jensen-Shannon), a model's live recall under its
+    # trained recall by this much, this share of reads shed from prediction; engine restarts.
+    alert_hit_ratio_drop: float = 0.05
+    alert_prediction_p99_ms: float = 50.0
+    alert_precision_min: float = 0.05
+    alert_drift_max: float = 0.2
+    alert_recall_drop: float = 0.15
+    alert_shed_share: float = 0.5
+    alert_engine_restarts: float = 1.0
     # The admin HTTP listener (/metrics for Prometheus, /healthz), as [HOST:]PORT ("9121" is
     # 127.0.0.1:9121; port 0 picks a free one); empty: none.
     admin: str = ""
@@ -156,6 +167,19 @@ class Settings:
             parse_upstream(self.upstream)
         if self.admin:
             parse_listen(self.admin)
+        for name in (
+            "alert_hit_ratio_drop",
+            "alert_prediction_p99_ms",
+            "alert_precision_min",
+            "alert_drift_max",
+            "alert_recall_drop",
+            "alert_shed_share",
+            "alert_engine_restarts",
+        ):
+            if getattr(self, name) < 0:
+                raise ConfigError(
+                    f"{name} must be at least 0 (0 turns the alert off), got {getattr(self, name)}"
+                )
         if self.access_log_dir:
             if not 0.0 < self.access_log_sample <= 1.0:
                 raise ConfigError(f"access_log_sample must be in (0, 1], got {self.access_log_sample}")
@@ -171,6 +195,9 @@ class Settings:
                     "the access log is recorded by the prediction engine, which needs the hot tier: hot_tier must be cpu or gpu"
                 )
         return self
+
+    def alert_thresholds(self) -> dict[str, float]:
+        return {name[len("alert_") :]: float(getattr(self, name)) for name in _FIELDS_ALERTS}
 
     def access_log(self) -> dict[str, Any] | None:
         """The recorder's arguments (accesslog.recorder.AccessRecorder), or None: no recording."""
@@ -200,6 +227,7 @@ class Settings:
 
 
 _FIELDS = {f.name: f for f in fields(Settings) if f.name != "sources"}
+_FIELDS_ALERTS = [name for name in _FIELDS if name.startswith("alert_")]
 
 
 def _coerce(name: str, value: Any, origin: str) -> Any:

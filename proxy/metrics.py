@@ -66,6 +66,7 @@ GAUGES = {
     "hot_tier_fill_admission": "The share of fills admitted when fills outrun the tier.",
     "prefetch_engine_up": "1 while the prediction engine process answers, else 0.",
     "prefetch_prefetch_rules": "Template rules the arms' models have taught the proxy.",
+    "prefetch_drift_js": "Jensen-Shannon divergence of the latest window's key-template mix from the reference window's.",
     "prefetch_access_log_waiting": "Recorded reads waiting for the access log's next write.",
     "prefetch_access_log_files": "Closed access-log files in the recording directory.",
     "prefetch_access_log_bytes": "Bytes of the closed access-log files.",
@@ -89,6 +90,7 @@ class Figures:
     ab: dict[str, Any] | None = None
     histograms: dict[str, tuple[str, LatencyHistogram]] = field(default_factory=dict)
     arm_latency: dict[str, LatencyHistogram] = field(default_factory=dict)
+    alerts: Any = None  # proxy.alerts.Alerts, when live prediction runs
 
 
 # Figures whose INFO names read badly as metric names.
@@ -129,10 +131,13 @@ def families(figures: Figures) -> Iterator[Metric]:
         if isinstance(value, str):
             info[key] = value
             continue
+        if value is None and key in GAUGES:  # (not measured yet: the drift before two windows)
+            yield GaugeMetricFamily(_name(key), GAUGES[key], value=math.nan)
+            continue
         if isinstance(value, bool) or not isinstance(value, int | float):
             continue
-        if key.startswith("prefetch_fallback_"):
-            continue  # (below, by reason)
+        if key.startswith(("prefetch_fallback_", "alerts_")):
+            continue  # (below, by reason; the alerts by rule)
         if key in GAUGES:
             yield GaugeMetricFamily(_name(key), GAUGES[key], value=float(value))
         else:
@@ -160,6 +165,35 @@ def families(figures: Figures) -> Iterator[Metric]:
         yield _histogram(_name(name), doc, [([], hist)], [])
     if figures.ab is not None:
         yield from _ab_families(figures.ab, figures.arm_latency)
+    if figures.alerts is not None:
+        yield from _alert_families(figures.alerts)
+
+
+def _alert_families(alerts: Any) -> Iterator[Metric]:
+    firing = GaugeMetricFamily(
+        _name("alert_firing"),
+        "1 for each alert firing now (its rule, and its arm for the per-arm rules); see the README's Alerts.",
+        labels=["alert", "arm"],
+    )
+    value = GaugeMetricFamily(
+        _name("alert_value"), "The figure that set each firing alert off.", labels=["alert", "arm"]
+    )
+    for f in alerts.firing.values():
+        firing.add_metric([f.rule, f.arm], 1.0)
+        value.add_metric([f.rule, f.arm], float(f.value))
+    fired = CounterMetricFamily(
+        _name("alerts_fired"), "Times each alert rule started firing.", labels=["alert"]
+    )
+    threshold = GaugeMetricFamily(
+        _name("alert_threshold"), "Each alert rule's threshold (0: off).", labels=["alert"]
+    )
+    for rule, count in sorted(alerts.fired.items()):
+        fired.add_metric([rule], float(count))
+        threshold.add_metric([rule], float(alerts.thresholds.get(rule, 0.0)))
+    yield firing
+    yield value
+    yield fired
+    yield threshold
 
 
 def _ab_families(report: dict[str, Any], latency: dict[str, LatencyHistogram]) -> Iterator[Metric]:

@@ -493,6 +493,7 @@ class LivePrefetcher:
             out[f"fallback_{reason}"] = count
         for key, value in self.engine_report.get("access_log", {}).items():
             out[f"access_log_{key}"] = value
+        out.update(self.engine_report.get("drift", {}))
         return out
 
     def reset_ab(self) -> None:

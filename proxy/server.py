@@ -13,6 +13,7 @@ from common.errors import UpstreamError
 from prefetch.engine import ArmSplit, parse_shares
 from prefetch.store import make_store
 from prefetch.tier import HotTier
+from proxy.alerts import Alerts
 from proxy.backchannel import Filler, InvalidationChannel, open_raw
 from proxy.config import Settings, UpstreamAddress, parse_listen, parse_upstream
 from proxy.connection import ClientConnection, Shared
@@ -99,6 +100,12 @@ class ProxyServer:
 
             self.prediction.reader_of = reader_of
         self.clients = self.shared.clients
+        # Alerts on live prediction's figures, looked at every second (logged, in PREDIS STATS and
+        # the metrics).
+        self.alerts: Alerts | None = None
+        if self.prediction is not None:
+            self.alerts = Alerts(settings.alert_thresholds())
+            self.stats.sections["alerts"] = self.alerts.figures
         # The admin HTTP listener (/metrics, /healthz), when an address is set; aiohttp and
         # prometheus_client are imported only then.
         self.admin: Any = None
@@ -129,6 +136,8 @@ class ProxyServer:
         ]
         if self.channel is not None:
             self._tasks.append(loop.create_task(self._tier_loop()))
+        if self.alerts is not None:
+            self._tasks.append(loop.create_task(self._alert_loop()))
         if self.prediction is not None:
             await self.prediction.start()
         if self.admin is not None:
@@ -209,7 +218,7 @@ class ProxyServer:
                 name: hist
                 for (name, _), hist in zip(self.prediction.arms, self.prediction.latency, strict=True)
             }
-        return Figures(self.stats.snapshot(), self.stats.ab_report(), histograms, arm_latency)
+        return Figures(self.stats.snapshot(), self.stats.ab_report(), histograms, arm_latency, self.alerts)
 
     def health(self) -> dict[str, Any]:
         """``/healthz``: the upstream's status, and the tier's and the engine's."""
@@ -234,6 +243,20 @@ class ProxyServer:
             now = time.perf_counter()
             for client in list(self.clients):
                 client.check_timeout(now, timeout)
+
+    async def _alert_loop(self, every: float = 1.0) -> None:
+        assert self.alerts is not None
+        while True:
+            await asyncio.sleep(every)
+            started, stopped = self.alerts.evaluate(self.stats.snapshot(), self.stats.ab_report())
+            for f in started:
+                log.warning(
+                    "alert firing", alert=f.rule, arm=f.arm, value=round(f.value, 4), threshold=f.threshold
+                )
+            for f in stopped:
+                log.info(
+                    "alert resolved", alert=f.rule, arm=f.arm, lasted=round(self.alerts.clock() - f.since, 1)
+                )
 
     async def _health_loop(self) -> None:
         up = self.upstream

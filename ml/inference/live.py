@@ -31,6 +31,14 @@ from ml.inference.arm import MLPredictor
 MODEL_CANDIDATES = 10
 
 
+RECALL_K, RECALL_WINDOW = 10, 10  # live recall@10 within 10 reads, as training's metric
+
+
+def _trained_recall(manifest: dict[str, Any]) -> float | None:
+    value = (manifest.get("metrics") or {}).get("model", {}).get(f"recall@{RECALL_K}_within_{RECALL_WINDOW}")
+    return round(float(value), 4) if value is not None else None
+
+
 def resolve_device(device: str) -> str:
     """``auto``: CUDA where torch sees a GPU, else the CPU."""
     import torch
@@ -86,6 +94,9 @@ class LiveMLPredictor(MLPredictor):
         self.ready_swap: tuple[Any, dict[str, Any], str, str] | None = None
         self.capacity = 0.0
         self.fixed_params = {"fallback": fallback, "policy": policy}
+        self.named: dict[int, deque[set[str]]] = {}  # client -> the model's top 10 after its latest reads
+        self.recall_reads = self.recalled = 0
+        self.trained_recall: float | None = None
         manifest: dict[str, Any] = {}
         if threads > 0:
             torch.set_num_threads(threads)  # (the engine's own process: the proxy and Redis share the cores)
@@ -96,6 +107,7 @@ class LiveMLPredictor(MLPredictor):
             self.reasons["model_load"] += 1
             self.load_error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         self._setup([], np.zeros(0, np.float32), manifest, fallback, min_confidence, policy, min_score)
+        self.trained_recall = _trained_recall(manifest)
         self.model_reads = 0  # reads the model stepped over
         self.model_errors = 0  # batches whose step raised
 
@@ -155,6 +167,8 @@ class LiveMLPredictor(MLPredictor):
             self.min_score,
         )
         self.stepper, self.manifest, self.path, self.version = stepper, manifest, where, version
+        self.trained_recall = _trained_recall(manifest)
+        self.named, self.recall_reads, self.recalled = {}, 0, 0  # (the new model's own recall)
         # The new model's own fallback (kept, with its state, when it is the same), policy, gate
         # and floor at this cache size, unless the arm's spec fixed them.
         if fixed_gate:
@@ -192,6 +206,7 @@ class LiveMLPredictor(MLPredictor):
             self.reasons["model_error"] += len(fresh)
             return
         self.model_reads += len(fresh)
+        self._recall([reads[j] for j in fresh], cands)
         if len(fresh) == n:
             self.cands, self.conf = cands, conf
             return
@@ -199,11 +214,32 @@ class LiveMLPredictor(MLPredictor):
             self.cands[j] = cands[got]
         self.conf[fresh] = conf
 
+    def _recall(
+        self, reads: Sequence[tuple[int, str, float, bool]], cands: list[list[tuple[str, float]]]
+    ) -> None:
+        """Live recall@10 within 10 reads, as training measured it (ml.training.evaluate): a read
+        counts as recalled when its key was among the model's top 10 after one of its client's 10
+        previous reads."""
+        named = self.named
+        for (client, key, _, _), got in zip(reads, cands, strict=True):
+            recent = named.get(client)
+            if recent is None:
+                if len(named) >= self.max_clients:
+                    named.clear()
+                recent = named[client] = deque(maxlen=RECALL_WINDOW)
+            self.recall_reads += 1
+            if any(key in s for s in recent):
+                self.recalled += 1
+            recent.append({k for k, _ in got[:RECALL_K]})
+
     def figures(self) -> dict[str, Any]:
         """What the engine reports of this arm beside its own counts."""
         out: dict[str, Any] = {
             "model": "loaded" if self.stepper is not None else "failed",
             "model_version": self.version,
+            # Recall@10 within 10 reads: live (since this model was loaded) and at training.
+            "live_recall": round(self.recalled / self.recall_reads, 4) if self.recall_reads else None,
+            "trained_recall": self.trained_recall,
             "loaded_at": self.loaded_at,
             "swaps": self.swaps,
             "swap_errors": self.swap_errors,

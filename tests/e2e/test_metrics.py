@@ -117,7 +117,13 @@ def test_metrics_carry_the_ab_test(make_proxy: Any, redis_server: Any, direct: r
         for target in panel["targets"]
         for name in re.findall(r"\b(?:predis|process)_[a-z0-9_]+", target["expr"])
     }
-    assert len(used) > 20 and used - set(samples) == {"predis_arm_model_fallbacks_total"}
+    # (a model arm's own figures, and the alerts firing now: none in this run)
+    absent = {"predis_arm_model_fallbacks_total", "predis_alert_firing"}
+    assert len(used) > 20 and used - set(samples) == absent
+    # The alerts: each rule's count and threshold.
+    assert one(samples, "predis_alerts_fired_total", alert="drift_max") == 0
+    assert one(samples, "predis_alert_threshold", alert="hit_ratio_drop") == 0.05
+    assert "predis_prefetch_drift_js" in samples
 
 
 def test_healthz_turns_503_when_the_upstream_goes(make_proxy: Any) -> None:

@@ -130,3 +130,17 @@ def test_ab_report_per_arm() -> None:
     assert out["predis_ab_difference"][(("bound", "low"), ("comparison", "ML-MARKOV"))] == 0.1
     assert out["predis_ab_sequential_p"][(("comparison", "ML-MARKOV"),)] == 0.2
     assert out["predis_arm_prediction_latency_seconds_count"][(("arm", "ML"),)] == 1
+
+
+def test_alert_families() -> None:
+    from proxy.alerts import Alerts
+
+    alerts = Alerts({"drift_max": 0.2, "hit_ratio_drop": 0.05})
+    alerts.evaluate({"prefetch_drift_js": 0.5}, None)
+    out = exposition(Figures(snapshot={"alerts_active": 1, "prefetch_drift_js": None}, alerts=alerts))
+    assert out["predis_alert_firing"] == {(("alert", "drift_max"), ("arm", "")): 1}
+    assert out["predis_alert_value"][(("alert", "drift_max"), ("arm", ""))] == 0.5
+    assert out["predis_alerts_fired_total"][(("alert", "drift_max"),)] == 1
+    assert out["predis_alert_threshold"][(("alert", "precision_min"),)] == 0  # (off)
+    assert math.isnan(out["predis_prefetch_drift_js"][()])  # (not measured yet)
+    assert "predis_alerts_active" not in out  # (in the alert families, not as a snapshot figure)
