@@ -1,6 +1,7 @@
-"""The admin HTTP listener: ``/metrics`` for Prometheus and ``/healthz`` for a load balancer or an
-orchestrator, served by aiohttp on the proxy's own event loop, on its own address (``admin``
-setting, loopback by default, off unless set).
+"""The admin HTTP listener: ``/metrics`` for Prometheus, ``/healthz`` for a load balancer or an
+orchestrator, and ``/dashboard`` for a person (its history at ``/api/history``), served by aiohttp
+on the proxy's own event loop, on its own address (``admin`` setting, loopback by default, off
+unless set).
 
 A scrape reads the proxy's figures once (``proxy.metrics``), so the request path pays nothing for
 it; the process's own figures (resident memory, open file descriptors, CPU seconds, garbage
@@ -9,6 +10,8 @@ collections) come from ``prometheus_client``'s standard collectors.
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -20,6 +23,8 @@ from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
+from proxy.dashboard import PAGE, plotly_js
+from proxy.history import History
 from proxy.metrics import Figures, ProxyCollector
 
 log = structlog.get_logger("predis.admin")
@@ -38,15 +43,21 @@ class AdminListener:
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
         GCCollector(registry=self.registry)
+        self.read = read
         self.runner: web.AppRunner | None = None
         self.address: tuple[str, int] | None = None
         self.scrapes = 0
+        self.history = History()
+        self.sampler: asyncio.Task[None] | None = None
 
     async def start(self) -> tuple[str, int]:
         app = web.Application()
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/", self._index)
+        app.router.add_get("/dashboard", self._dashboard)
+        app.router.add_get("/api/history", self._history)
+        app.router.add_get("/static/plotly.min.js", self._plotly)
         self.runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self.runner.setup()
         site = web.TCPSite(self.runner, self.host, self.port, reuse_address=True)
@@ -55,10 +66,27 @@ class AdminListener:
         sockets = getattr(server, "sockets", None) or []
         bound = sockets[0].getsockname() if sockets else (self.host, self.port)
         self.address = (bound[0], bound[1])
-        log.info("admin listening", host=self.address[0], port=self.address[1], paths="/metrics /healthz")
+        self.sampler = asyncio.get_running_loop().create_task(self._sample())
+        log.info(
+            "admin listening",
+            host=self.address[0],
+            port=self.address[1],
+            paths="/metrics /healthz /dashboard",
+        )
         return self.address
 
+    async def _sample(self, every: float = 1.0) -> None:
+        """The dashboard's history: one sample of the figures a second."""
+        while True:
+            figures = self.read()
+            self.history.add(time.time(), figures.snapshot, figures.ab, figures.alerts)
+            await asyncio.sleep(every)
+
     async def close(self) -> None:
+        if self.sampler is not None:
+            self.sampler.cancel()
+            await asyncio.gather(self.sampler, return_exceptions=True)
+            self.sampler = None
         if self.runner is not None:
             await self.runner.cleanup()
             self.runner = None
@@ -74,5 +102,22 @@ class AdminListener:
 
     async def _index(self, request: web.Request) -> web.Response:
         return web.Response(
-            text="Predis admin listener: /metrics (Prometheus), /healthz (200 while the upstream is up)\n"
+            text="Predis admin listener: /metrics (Prometheus), /healthz (200 while the upstream is up), "
+            "/dashboard\n"
         )
+
+    async def _dashboard(self, request: web.Request) -> web.Response:
+        return web.Response(text=PAGE, content_type="text/html")
+
+    async def _history(self, request: web.Request) -> web.Response:
+        try:
+            since = float(request.query.get("since", "0"))
+        except ValueError:
+            raise web.HTTPBadRequest(text="since must be a number (seconds since the epoch)") from None
+        return web.json_response(self.history.since(since))
+
+    async def _plotly(self, request: web.Request) -> web.StreamResponse:
+        path = plotly_js()
+        if path is None:
+            raise web.HTTPNotFound(text="the dashboard needs the plotly package (pip install plotly)")
+        return web.FileResponse(path, headers={"Cache-Control": "max-age=86400"})

@@ -16,6 +16,9 @@ packages=()
 command -v redis-server >/dev/null 2>&1 || packages+=(redis-server)
 command -v redis-benchmark >/dev/null 2>&1 || packages+=(redis-tools)
 "$PY" -c 'import ensurepip, venv' >/dev/null 2>&1 || packages+=(python3-venv)
+# The dashboard's browser test (headless Chromium driven by selenium).
+command -v chromium >/dev/null 2>&1 || packages+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || packages+=(chromium-driver)
 if [ ${#packages[@]} -gt 0 ]; then
     sudo=""
     [ "$(id -u)" -eq 0 ] || sudo="sudo"

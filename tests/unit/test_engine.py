@@ -182,6 +182,28 @@ def test_the_sequential_p_value_never_rises_and_rarely_fires_on_equal_arms() -> 
     assert fired <= 2
 
 
+def test_the_sequential_p_value_is_not_fooled_by_the_first_reads() -> None:
+    """Two equal arms at a 95% hit ratio, watched from their very first reads (as a dashboard
+    does): a few reads in, one arm can be all hits and the other not, which a plug-in variance
+    reads as overwhelming evidence; the always-valid p-value must still rarely fire."""
+    import random
+
+    fired = 0
+    for seed in range(40):
+        rng = random.Random(seed)
+        test = SequentialTest()
+        a, b = [0, 0], [0, 0]
+        p = 1.0
+        for step in range(3_000):
+            for arm in (a, b):
+                hit = rng.random() < 0.95
+                arm[0 if hit else 1] += 1
+            if step < 300 or step % 100 == 0:
+                p = test.look("A-B", (a[0], a[1]), (b[0], b[1]))
+        fired += p < 0.01
+    assert fired <= 2
+
+
 class Shaped:
     """A predictor that names keys by their shape, as the model does: after user:N:profile,
     user:N:orders."""

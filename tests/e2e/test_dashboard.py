@@ -1,0 +1,96 @@
+"""The dashboard in a real browser: headless Chromium (Debian's, driven by selenium through its
+chromedriver) opens /dashboard on a proxy running an A/B test while a client reads; the charts fill
+with samples of the running proxy, the arms and the test's figures are on the page, the browser logs
+no error, and a screenshot is saved. The page's JavaScript comes from the proxy itself."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from selenium import webdriver
+from selenium.webdriver.chrome.options import Options
+from selenium.webdriver.chrome.service import Service
+
+from tests.helpers import wait_for
+
+UNHURRIED = {"prefetch_engine_priority": "normal", "prefetch_max_age": 60.0}
+
+
+@pytest.fixture
+def browser() -> Any:
+    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    assert chromium and driver, "Debian's chromium and chromium-driver (scripts/setup.sh installs them)"
+    options = Options()
+    options.binary_location = chromium
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--disable-gpu",
+        "--window-size=1400,1100",
+    ):
+        options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    chrome = webdriver.Chrome(service=Service(driver), options=options)
+    yield chrome
+    chrome.quit()
+
+
+def test_the_dashboard_shows_a_running_ab_test(
+    make_proxy: Any, redis_server: Any, direct: redis.Redis, browser: Any, tmp_path: Path
+) -> None:
+    direct.mset({f"seq:{i}": f"value-{i}" for i in range(50_000)})  # (a scan that never wraps)
+    proxy = make_proxy(redis_server.url, admin="127.0.0.1:0", ab="OBL=obl,NONE=none", **UNHURRIED)
+    wait_for(lambda: proxy.server.tier.active and proxy.server.prediction.ready, timeout=30)
+    stop = threading.Event()
+
+    def reader() -> None:
+        client = proxy.client()
+        i = 0
+        while not stop.is_set():
+            client.get(f"seq:{i % 50_000}")
+            i += 1
+
+    thread = threading.Thread(target=reader, daemon=True)
+    thread.start()
+    try:
+        host, port = proxy.server.admin.address
+        browser.get(f"http://{host}:{port}/dashboard")
+        script = browser.execute_script
+        wait_for(lambda: script("return window.predisSamples.length") >= 4, timeout=60)
+        # Both arms' hit ratio traces, with the samples' points.
+        wait_for(
+            lambda: script(
+                "const d = document.getElementById('hit').data;"
+                "return d && d.length == 2 && d.every(t => t.x.length >= 3 && t.y.some(v => v !== null));"
+            ),
+            timeout=30,
+        )
+        names = script("return document.getElementById('hit').data.map(t => t.name).sort()")
+        assert names == ["NONE", "OBL"]
+        for chart in ("latency", "precision", "tier", "drift"):
+            assert script(f"return document.getElementById('{chart}').data.length") >= 1, chart
+        # OBL's prefetches of a scan hit; NONE's cannot (no key is read twice): the latest figures say so.
+        last = script("return window.predisSamples[window.predisSamples.length - 1].arms")
+        assert last["OBL"]["hit_ratio_total"] > last["NONE"]["hit_ratio_total"]
+        assert "chi-square p" in browser.find_element("id", "ab").text
+        rows = [r.text for r in browser.find_elements("css selector", "#models tbody tr")]
+        assert len(rows) == 2 and any(r.startswith("OBL obl") for r in rows)
+        assert (
+            "No alert firing" in browser.find_element("id", "alerts").text
+            or "Alerts firing" in browser.find_element("id", "alerts").text
+        )
+        shot = Path(os.environ.get("PREDIS_SCREENSHOT_DIR", tmp_path)) / "dashboard.png"
+        assert browser.save_screenshot(str(shot))
+        assert shot.read_bytes()[:4] == b"\x89PNG" and shot.stat().st_size > 20_000
+        errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+        assert errors == [], errors
+    finally:
+        stop.set()
+        thread.join(10)
