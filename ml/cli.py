@@ -119,6 +119,9 @@ def retrain_main(argv: list[str]) -> int:
     p.add_argument("--max-seconds", type=float, default=600.0, help="training's time budget")
     p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--max-keys", type=int, default=8_192)
+    p.add_argument("--batch", type=int, default=64, help="windows of --length reads per step")
+    p.add_argument("--length", type=int, default=64)
+    p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--watch", action="store_true", help="keep going: retrain on new reads or an old model")
     p.add_argument(
         "--every-reads", type=int, default=200_000, help="with --watch: new reads that trigger a round"
@@ -147,6 +150,9 @@ def retrain_main(argv: list[str]) -> int:
         max_seconds=args.max_seconds,
         epochs=args.epochs,
         max_keys=args.max_keys,
+        batch=args.batch,
+        length=args.length,
+        lr=args.lr,
     )
 
     def say(decision: dict[str, Any]) -> None:

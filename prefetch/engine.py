@@ -356,6 +356,16 @@ class Engine:
         hints, self.new_hints = self.new_hints, []
         return hints
 
+    def tick(self) -> bool:
+        """Let the arms' predictors that keep time do it between batches (a model arm following
+        its registry swaps a new model in); True when one changed what the report says."""
+        changed = False
+        for predictor in self.predictors:
+            tick = getattr(predictor, "tick", None)
+            if tick is not None:
+                changed |= bool(tick())
+        return changed
+
     def reset(self) -> None:
         self.figures = [ArmFigures() for _ in self.figures]
         self.drift.rebase()

@@ -151,6 +151,8 @@ def _serve(sock: socket.socket, engine: Engine, recorder: AccessRecorder | None)
                 engine.resize(*payload)
         if pending:
             out += engine.step(pending, time.monotonic())
+        if engine.tick():
+            changed = True
         now = time.monotonic()
         if recorder is not None and now - last_write >= RECORD_EVERY:
             if recorder.keys:
@@ -207,6 +209,7 @@ def main(argv: list[str] | None = None) -> int:
             budget=config.get("budget", 1.0),
             max_age=config.get("max_age", 0.05),
             loader_defaults={"device": config.get("device", "auto")},
+            drift_window=config.get("drift_window", 10_000),
         )
         recorder = AccessRecorder(**config["access_log"]) if config.get("access_log") else None
     except (ConfigError, ValueError, OSError) as exc:

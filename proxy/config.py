@@ -88,6 +88,7 @@ class Settings:
     # baseline by this much, its prediction p99 over this (ms), its prefetch precision under this,
     # the key-template mix's drift over this (Jensen-Shannon), a model's live recall under its
     # trained recall by this much, this share of reads shed from prediction; engine restarts.
+    drift_window: int = 10_000  # reads per window of the key-template drift measure
     alert_hit_ratio_drop: float = 0.05
     alert_prediction_p99_ms: float = 50.0
     alert_precision_min: float = 0.05
@@ -167,6 +168,8 @@ class Settings:
             parse_upstream(self.upstream)
         if self.admin:
             parse_listen(self.admin)
+        if self.drift_window < 1:
+            raise ConfigError(f"drift_window must be at least 1, got {self.drift_window}")
         for name in (
             "alert_hit_ratio_drop",
             "alert_prediction_p99_ms",

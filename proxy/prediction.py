@@ -93,6 +93,7 @@ class LivePrefetcher:
         start_within: float = 120.0,
         hint_limit: int = 65_536,
         access_log: dict[str, Any] | None = None,
+        drift_window: int = 10_000,
     ) -> None:
         """``access_log``: the engine process also records the reads it gets (the arguments of
         ``accesslog.recorder.AccessRecorder``); None: it does not."""
@@ -109,6 +110,7 @@ class LivePrefetcher:
                 "priority": priority,
                 "device": device,
                 "access_log": access_log,
+                "drift_window": drift_window,
             }
         )
         self.tier = tier

@@ -86,6 +86,7 @@ class ProxyServer:
                 priority=settings.prefetch_engine_priority,
                 device=settings.prefetch_device,
                 access_log=settings.access_log(),
+                drift_window=settings.drift_window,
             )
             self.stats.sections["prefetch"] = self.prediction.figures
             self.stats.ab = self.prediction

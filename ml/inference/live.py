@@ -214,6 +214,18 @@ class LiveMLPredictor(MLPredictor):
             self.cands[j] = cands[got]
         self.conf[fresh] = conf
 
+    def tick(self) -> bool:
+        """Between batches, reads or none (the engine calls it every fraction of a second): swap in
+        a model that finished loading, look at the registry when due. True when a model was
+        swapped in (the engine reports it then)."""
+        swapped = False
+        if self.ready_swap is not None:
+            self._swap()
+            swapped = True
+        if time.monotonic() >= self.next_check:
+            self._check()
+        return swapped
+
     def _recall(
         self, reads: Sequence[tuple[int, str, float, bool]], cands: list[list[tuple[str, float]]]
     ) -> None:

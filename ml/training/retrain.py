@@ -41,6 +41,10 @@ class RetrainConfig:
     epochs: int = 8
     max_keys: int = 8_192
     seed: int = 0
+    batch: int = 64  # predis train's --batch, --length and --lr
+    length: int = 64
+    lr: float = 3e-3
+    precision: str = "auto"
 
 
 def recorded_log(directory: str | os.PathLike[str]) -> AccessLog:
@@ -117,6 +121,10 @@ def retrain_once(
                 max_keys=cfg.max_keys,
                 max_seconds=cfg.max_seconds,
                 seed=cfg.seed,
+                batch=cfg.batch,
+                length=cfg.length,
+                lr=cfg.lr,
+                precision=cfg.precision,
                 progress=False,
             ),
         )

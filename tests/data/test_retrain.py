@@ -41,7 +41,8 @@ def test_retrain_gate_and_rollback(tmp_path: Path, planted_model: Any, capsys: A
     set_current(registry, registry / "v0001")
     recorded(logs, planted_log(4000))
     assert len(recorded_log(logs)) == 4000
-    quick = {"max_seconds": 120.0, "epochs": 3, "max_keys": 64, "cache": "4"}
+    quick: dict[str, Any] = {"max_seconds": 120.0, "epochs": 3, "max_keys": 64, "cache": "4"}
+    quick.update(batch=16, length=32, lr=1e-2, precision="fp32")
 
     # Too little data: no training, the current model stays.
     d = retrain_once(logs, registry, RetrainConfig(min_reads=10_000, **quick))
