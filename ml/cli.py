@@ -122,6 +122,9 @@ def retrain_main(argv: list[str]) -> int:
     p.add_argument("--batch", type=int, default=64, help="windows of --length reads per step")
     p.add_argument("--length", type=int, default=64)
     p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument(
+        "--patience", type=int, default=2, help="epochs without a better validation loss before stopping"
+    )
     p.add_argument("--watch", action="store_true", help="keep going: retrain on new reads or an old model")
     p.add_argument(
         "--every-reads", type=int, default=200_000, help="with --watch: new reads that trigger a round"
@@ -153,6 +156,7 @@ def retrain_main(argv: list[str]) -> int:
         batch=args.batch,
         length=args.length,
         lr=args.lr,
+        patience=args.patience,
     )
 
     def say(decision: dict[str, Any]) -> None:

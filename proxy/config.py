@@ -80,7 +80,7 @@ class Settings:
     access_log_dir: str = ""
     access_log_sample: float = 1.0  # the share of client streams recorded (each one whole)
     access_log_rotate_rows: int = 1_000_000  # a file is closed after this many rows...
-    access_log_rotate_seconds: float = 3600.0  # ...or this long
+    access_log_rotate_seconds: float = 300.0  # ...or this long (retraining reads closed files only)
     access_log_max_bytes: int = 1 << 30  # the oldest files go while the directory holds more
     # A secret: when set, keys are recorded as keyed pseudonyms of the same shape.
     access_log_salt: str = ""

@@ -45,6 +45,7 @@ class RetrainConfig:
     length: int = 64
     lr: float = 3e-3
     precision: str = "auto"
+    patience: int = 2  # epochs without a better validation loss before training stops
 
 
 def recorded_log(directory: str | os.PathLike[str]) -> AccessLog:
@@ -125,6 +126,7 @@ def retrain_once(
                 length=cfg.length,
                 lr=cfg.lr,
                 precision=cfg.precision,
+                patience=cfg.patience,
                 progress=False,
             ),
         )
