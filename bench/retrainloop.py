@@ -41,6 +41,8 @@ from proxy.embedded import EmbeddedRedis
 
 A = ("user:{}:profile", "user:{}:orders")
 B = ("acct:{}:login", "acct:{}:prefs")
+# The tier holds about this many entries; the gate replays at that size, as the proxy will run the model.
+TIER_ENTRIES = 200
 
 
 def pairs(pattern: tuple[str, str], n: int, first: int) -> list[str]:
@@ -128,6 +130,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--new-reads", type=int, default=2_000, help="reads of the new pattern before the round"
     )
+    parser.add_argument(
+        "--recent", type=int, default=3_000, help="the round trains on the newest this many (0: all)"
+    )
     args = parser.parse_args(argv)
     import torch
 
@@ -165,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
                 "--prefetch-engine-priority",
                 "normal",
                 "--hot-tier-bytes",
-                str(200 * 700),
+                str(TIER_ENTRIES * 700),
                 "--access-log-dir",
                 str(logs),
             ],
@@ -188,7 +193,14 @@ def main(argv: list[str] | None = None) -> int:
             decision = retrain_once(
                 logs,
                 registry,
-                RetrainConfig(min_reads=1_000, holdout=0.2, cache="10", max_seconds=300, **quick),
+                RetrainConfig(
+                    min_reads=1_000,
+                    holdout=0.2,
+                    cache=str(TIER_ENTRIES),
+                    max_seconds=300,
+                    recent=args.recent,
+                    **quick,
+                ),
             )
             t_promoted = time.monotonic()
             print(
@@ -201,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
             t_swapped = time.monotonic()
             wait(reader.drained, 900)
             t_end_b = time.monotonic()
+            after_b = reader.arm()
             # The reference: a model trained from scratch on B alone, swapped in, read as long.
             train(
                 log_of(pairs(B, n, 4 * 10**6)), registry, TrainConfig(progress=False, **quick), registry=True
@@ -230,6 +243,16 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"hit ratio: pattern A {hit_a:.3f}; after the change, old model {hit_b_old:.3f}; new model {hit_b_new:.3f}; "
         f"a model trained from scratch on B {hit_ref:.3f}"
+    )
+    print(
+        "the arm after B: "
+        + json.dumps(
+            {k: after_b.get(k) for k in ("gets", "hits", "prefetches", "shed", "late", "prefetch_fills")}
+        )
+        + " "
+        + json.dumps(
+            {k: after_b["predictor"].get(k) for k in ("model_version", "swaps", "model_reads", "live_recall")}
+        )
     )
     back = f"{recovered:.1f}" if recovered is not None else "never"
     print(

@@ -125,6 +125,9 @@ def retrain_main(argv: list[str]) -> int:
     p.add_argument(
         "--patience", type=int, default=2, help="epochs without a better validation loss before stopping"
     )
+    p.add_argument(
+        "--recent", type=int, default=0, help="use the newest this many recorded reads only (0: all)"
+    )
     p.add_argument("--watch", action="store_true", help="keep going: retrain on new reads or an old model")
     p.add_argument(
         "--every-reads", type=int, default=200_000, help="with --watch: new reads that trigger a round"
@@ -157,6 +160,7 @@ def retrain_main(argv: list[str]) -> int:
         length=args.length,
         lr=args.lr,
         patience=args.patience,
+        recent=args.recent,
     )
 
     def say(decision: dict[str, Any]) -> None:

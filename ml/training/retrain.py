@@ -46,6 +46,7 @@ class RetrainConfig:
     lr: float = 3e-3
     precision: str = "auto"
     patience: int = 2  # epochs without a better validation loss before training stops
+    recent: int = 0  # train and judge on the newest this many recorded reads only (0: all of them)
 
 
 def recorded_log(directory: str | os.PathLike[str]) -> AccessLog:
@@ -98,6 +99,8 @@ def retrain_once(
     except ModelError:
         current = None
     log = recorded_log(logs)
+    if cfg.recent and len(log) > cfg.recent:  # (a new pattern is not drowned by weeks of the old one)
+        log = AccessLog(log.table.slice(len(log) - cfg.recent), dict(log.meta))
     decision: dict[str, Any] = {
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "reads": len(log),

@@ -109,7 +109,7 @@ def test_drift_retrain_promote_swap_recover(
         RetrainConfig(
             min_reads=1_000,
             holdout=0.2,
-            cache="10",
+            cache="200",  # (the live tier holds about 200 entries: the gate judges the model at that size)
             max_seconds=120,
             epochs=10,
             patience=10,
