@@ -72,6 +72,7 @@ class Reader(threading.Thread):
         self.lock = threading.Lock()
         self.samples: list[tuple[float, int, int]] = []  # (time, gets, hits)
         self.errors = 0
+        self.latency: list[tuple[float, float]] = []  # (when, seconds) per read
         self.stop = threading.Event()
 
     def feed(self, keys: list[str]) -> None:
@@ -90,8 +91,10 @@ class Reader(threading.Thread):
                 time.sleep(0.01)
             else:
                 try:
+                    started = time.monotonic()
                     if self.client.get(key) != f"v-{key}".encode():
                         self.errors += 1
+                    self.latency.append((started, time.monotonic() - started))
                 except redis.RedisError:
                     self.errors += 1
                 self.at += 1
@@ -253,6 +256,16 @@ def main(argv: list[str] | None = None) -> int:
         + json.dumps(
             {k: after_b["predictor"].get(k) for k in ("model_version", "swaps", "model_reads", "live_recall")}
         )
+    )
+
+    def p99(start: float, end: float) -> str:
+        got = sorted(d for t, d in reader.latency if start <= t < end)
+        return f"{1e3 * got[int(0.99 * (len(got) - 1))]:.2f} ms ({len(got)} reads)" if got else "-"
+
+    print(
+        f"GET latency p99: the 10 s before the change {p99(t_change - 10, t_change)}; from the end of the round "
+        f"to 2 s after the swap (loading, warming, swapping) {p99(t_promoted, t_swapped + 2)}; the 10 s after "
+        f"that {p99(t_swapped + 2, t_swapped + 12)}"
     )
     back = f"{recovered:.1f}" if recovered is not None else "never"
     print(
