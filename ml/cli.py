@@ -28,6 +28,25 @@ def time_spent(metrics: dict[str, Any]) -> str:
     )
 
 
+def training_flags(p: Any) -> None:
+    """The training flags predis train and predis retrain share (ml.training.train.TrainConfig's)."""
+    p.add_argument("--epochs", type=int, default=8)
+    p.add_argument("--batch", type=int, default=64, help="windows of --length reads per step")
+    p.add_argument("--length", type=int, default=64)
+    p.add_argument("--lr", type=float, default=3e-3, help="AdamW's learning rate")
+    p.add_argument(
+        "--patience", type=int, default=2, help="epochs without a better validation loss before stopping"
+    )
+    p.add_argument("--max-keys", type=int, default=8_192, help="key vocabulary size")
+    p.add_argument(
+        "--max-seconds",
+        type=float,
+        default=600.0,
+        help="time budget of training: the loop stops (between steps) in time for what follows, "
+        "and the replays after it shrink to what is left",
+    )
+
+
 def train_main(argv: list[str]) -> int:
     p = OneLineParser(prog="predis train", description="Train the LSTM next-key model on an access log.")
     p.add_argument("log", help="an access log (Parquet or Predis CSV)")
@@ -37,7 +56,7 @@ def train_main(argv: list[str]) -> int:
         action="store_true",
         help="add a new numbered version to the registry at -o and make it current",
     )
-    p.add_argument("--epochs", type=int, default=8)
+    training_flags(p)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument(
         "--precision",
@@ -46,17 +65,6 @@ def train_main(argv: list[str]) -> int:
         help="autocast to bf16 (auto: on a GPU, and on a CPU with native bf16, where the model runs in it)",
     )
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch", type=int, default=64, help="windows of --length reads per step")
-    p.add_argument("--length", type=int, default=64)
-    p.add_argument("--lr", type=float, default=3e-3, help="AdamW's learning rate")
-    p.add_argument("--max-keys", type=int, default=8_192, help="key vocabulary size")
-    p.add_argument(
-        "--max-seconds",
-        type=float,
-        default=600.0,
-        help="time budget of the whole command: the loop stops (between steps) in time for what follows, "
-        "and the replays after it shrink to what is left",
-    )
     p.add_argument("--split", type=float, default=0.8, help="share of the log (by time) used for training")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
@@ -79,6 +87,7 @@ def train_main(argv: list[str]) -> int:
         precision=args.precision,
         max_keys=args.max_keys,
         max_seconds=args.max_seconds,
+        patience=args.patience,
         split=args.split,
         progress=not args.quiet and sys.stderr.isatty(),
     )
@@ -110,21 +119,15 @@ def retrain_main(argv: list[str]) -> int:
     p.add_argument("--registry", required=True, help="the model registry (numbered versions, 'current')")
     p.add_argument("--holdout", type=float, default=0.2, help="newest share of the reads the gate replays")
     p.add_argument(
-        "--cache", default="5%", help="cache size of the gate's replay (share of keys, or entries)"
+        "--cache",
+        default="5%",
+        help="the gate replays at this cache size: give the live tier's, in entries (or a share of the keys)",
     )
     p.add_argument(
         "--margin", type=float, default=0.005, help="hit ratio the candidate must gain to be promoted"
     )
     p.add_argument("--min-reads", type=int, default=20_000, help="fewer recorded reads: no retraining")
-    p.add_argument("--max-seconds", type=float, default=600.0, help="training's time budget")
-    p.add_argument("--epochs", type=int, default=8)
-    p.add_argument("--max-keys", type=int, default=8_192)
-    p.add_argument("--batch", type=int, default=64, help="windows of --length reads per step")
-    p.add_argument("--length", type=int, default=64)
-    p.add_argument("--lr", type=float, default=3e-3)
-    p.add_argument(
-        "--patience", type=int, default=2, help="epochs without a better validation loss before stopping"
-    )
+    training_flags(p)
     p.add_argument(
         "--recent", type=int, default=0, help="use the newest this many recorded reads only (0: all)"
     )

@@ -196,6 +196,14 @@ def _alert_families(alerts: Any) -> Iterator[Metric]:
     yield threshold
 
 
+def _arm_counter(counters: dict[str, CounterMetricFamily], key: str, doc: str) -> CounterMetricFamily:
+    """The per-arm counter family of ``key``, made on first use."""
+    counter = counters.get(key)
+    if counter is None:
+        counter = counters[key] = CounterMetricFamily(_name(f"arm_{key}"), doc, labels=["arm"])
+    return counter
+
+
 def _ab_families(report: dict[str, Any], latency: dict[str, LatencyHistogram]) -> Iterator[Metric]:
     arms = report.get("arms", [])
     counters: dict[str, CounterMetricFamily] = {}
@@ -224,14 +232,8 @@ def _ab_families(report: dict[str, Any], latency: dict[str, LatencyHistogram]) -
                     )
                 family.add_metric([name], float(value))
             else:
-                counter = counters.get(key)
-                if counter is None:
-                    counter = counters[key] = CounterMetricFamily(
-                        _name(f"arm_{key}"),
-                        f"The arm's {key.replace('_', ' ')} since the experiment started.",
-                        labels=["arm"],
-                    )
-                counter.add_metric([name], float(value))
+                doc = f"The arm's {key.replace('_', ' ')} since the experiment started."
+                _arm_counter(counters, key, doc).add_metric([name], float(value))
         own = arm.get("predictor")
         if isinstance(own, dict):
             for key, value in own.items():
@@ -241,14 +243,8 @@ def _ab_families(report: dict[str, Any], latency: dict[str, LatencyHistogram]) -
                 elif isinstance(value, str):
                     labels[key] = value
                 elif isinstance(value, int | float) and not isinstance(value, bool):
-                    counter = counters.get(key)
-                    if counter is None:
-                        counter = counters[key] = CounterMetricFamily(
-                            _name(f"arm_{key}"),
-                            f"The arm's predictor's {key.replace('_', ' ')}.",
-                            labels=["arm"],
-                        )
-                    counter.add_metric([name], float(value))
+                    doc = f"The arm's predictor's {key.replace('_', ' ')}."
+                    _arm_counter(counters, key, doc).add_metric([name], float(value))
         arm_info.add_metric([name], labels)
     yield arm_info
     yield from counters.values()
