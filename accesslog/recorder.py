@@ -240,9 +240,13 @@ class AccessRecorder:
         self.last_error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
     def _open_file(self, now: float) -> None:
-        self.serial += 1
         stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(now))
-        self.path = self.dir / f"access-{stamp}-{os.getpid()}-{self.serial:04d}{SUFFIX}{PARTIAL}"
+        while True:  # (another recorder of this process may have used the name this second)
+            self.serial += 1
+            name = f"access-{stamp}-{os.getpid()}-{self.serial:04d}{SUFFIX}"
+            if not (self.dir / name).exists() and not (self.dir / (name + PARTIAL)).exists():
+                break
+        self.path = self.dir / (name + PARTIAL)
         meta = {"source": self.source, "recorded_by": "predis", "pseudonymized": self.pseudonym is not None}
         self.writer = pq.ParquetWriter(
             str(self.path), SCHEMA.with_metadata(_meta_bytes(meta)), compression="zstd"

@@ -139,11 +139,21 @@ def retrain_main(argv: list[str]) -> int:
         "--max-age", type=float, default=0.0, help="with --watch: seconds after which a model is retrained"
     )
     p.add_argument("--interval", type=float, default=30.0, help="with --watch: seconds between checks")
+    p.add_argument(
+        "--drift-from",
+        help="with --watch: a proxy's metrics URL (http://HOST:PORT/metrics): its drift alert triggers a round",
+    )
+    p.add_argument(
+        "--after-drift-reads",
+        type=int,
+        default=20_000,
+        help="with --drift-from: recorded reads of the new traffic a drift-triggered round waits for",
+    )
     args = p.parse_args(argv)
     from pathlib import Path
 
     from common.errors import ConfigError
-    from ml.training.retrain import RetrainConfig, retrain_once, watch
+    from ml.training.retrain import RetrainConfig, drift_alerts, retrain_once, watch
 
     if not 0 < args.holdout < 1 or args.min_reads < 2 or args.every_reads < 1 or args.interval <= 0:
         raise ConfigError(
@@ -170,7 +180,18 @@ def retrain_main(argv: list[str]) -> int:
         print(json.dumps({k: v for k, v in decision.items() if k != "config"}, sort_keys=True), flush=True)
 
     if args.watch:
-        watch(args.logs, args.registry, cfg, args.every_reads, args.max_age, args.interval, say=say)
+        drift = drift_alerts(args.drift_from) if args.drift_from else None
+        watch(
+            args.logs,
+            args.registry,
+            cfg,
+            args.every_reads,
+            args.max_age,
+            args.interval,
+            say=say,
+            drift=drift,
+            min_new_reads=args.after_drift_reads,
+        )
         return 0
     say(retrain_once(args.logs, args.registry, cfg))
     return 0

@@ -180,10 +180,16 @@ def watch(
     rounds: int = 0,
     say: Callable[[dict[str, Any]], None] = lambda d: None,
     sleep: Callable[[float], None] = time.sleep,
+    drift: Callable[[], int | None] | None = None,
+    min_new_reads: int = 0,
+    round_once: Callable[..., dict[str, Any]] | None = None,
 ) -> None:
-    """Retrain whenever ``every_reads`` new reads were recorded since the last round, or the current
-    model is older than ``max_age`` seconds (0: never by age); checks every ``interval`` seconds.
-    ``rounds``: stop after that many rounds (0: never)."""
+    """Retrain whenever ``every_reads`` new reads were recorded since the last round, the current
+    model is older than ``max_age`` seconds (0: never by age), or the proxy's drift alert started
+    firing again since the last look (``drift``: how many times it has, None when the proxy cannot
+    be reached), once ``min_new_reads`` reads came after it (the new pattern, to learn from);
+    checks every ``interval`` seconds. ``rounds``: stop after that many rounds (0: never)."""
+    round_once = round_once or retrain_once
     from ml.registry import ModelError, resolve
 
     try:
@@ -196,11 +202,28 @@ def watch(
     except ModelError:
         seen = 0  # (...unless there is no model yet: then it is what the first one learns from)
     done = 0
+    drifts = drift() if drift is not None else None  # (alerts before the watch started are old)
+    drifted_at: int | None = None  # recorded reads when the latest drift alert was seen
     while not rounds or done < rounds:
         total = recorded_reads(logs)
         age = _model_age(registry)
-        if total - seen >= every_reads or (max_age and age is not None and age >= max_age) or age is None:
-            decision = retrain_once(logs, registry, cfg)
+        if drift is not None:
+            now_drifts = drift()
+            if now_drifts is not None and drifts is not None and now_drifts > drifts:
+                drifted_at = total
+            if now_drifts is not None:
+                drifts = now_drifts
+        by_drift = drifted_at is not None and total - drifted_at >= min_new_reads
+        if (
+            total - seen >= every_reads
+            or (max_age and age is not None and age >= max_age)
+            or age is None
+            or by_drift
+        ):
+            drifted_at = None
+            decision = round_once(logs, registry, cfg)
+            if by_drift:
+                decision["trigger"] = "drift"
             say(decision)
             seen = total
             done += 1
@@ -208,6 +231,28 @@ def watch(
                 sleep(interval)  # (no model and too little data: wait for more)
             continue
         sleep(interval)
+
+
+def drift_alerts(url: str) -> Callable[[], int | None]:
+    """How many times the proxy's drift alert started firing, read from its metrics at ``url``
+    (``predis serve --admin``'s ``/metrics``); None while it cannot be read."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    def read() -> int | None:
+        try:
+            with urllib.request.urlopen(url, timeout=10) as response:
+                text = response.read().decode()
+        except OSError:
+            return None
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == "predis_alerts_fired_total" and sample.labels.get("alert") == "drift_max":
+                    return int(sample.value)
+        return None
+
+    return read
 
 
 def _model_age(registry: str | os.PathLike[str]) -> float | None:

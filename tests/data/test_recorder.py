@@ -110,3 +110,11 @@ def test_pseudonyms_keep_shapes_and_shared_numbers() -> None:
     assert len(p.digits("1" * 40)) == 40
     with pytest.raises(ValueError):
         Pseudonymizer(b"")
+
+
+def test_two_recorders_of_one_process_never_write_over_each_other(tmp_path: Path) -> None:
+    for start in (0, 3):  # (the same second, the same process: names must still differ)
+        rec = AccessRecorder(tmp_path, clock=lambda: 1_000_000.0)
+        rec.add(1.0, batch(range(10), start))
+        rec.close()
+    assert len(list(tmp_path.iterdir())) == 2 and len(read_recorded(tmp_path)) == 60

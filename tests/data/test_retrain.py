@@ -83,3 +83,47 @@ def test_retrain_gate_and_rollback(tmp_path: Path, planted_model: Any, capsys: A
     assert listing[0].startswith("  v0001") and listing[1].startswith("* v0002") and "gate:" in listing[1]
     assert model_main(["rollback", "--registry", str(registry)]) == 0
     assert resolve(registry).name == "v0001" and decisions(registry)[-1]["rollback"] is True
+
+
+def test_watch_rounds_on_new_reads_on_age_and_on_drift(tmp_path: Path, planted_model: Any) -> None:
+    """--watch's triggers, with the rounds themselves stubbed (their training is tested above): new
+    reads past --every-reads, and a drift alert of the proxy once enough reads came after it."""
+    from ml.training.retrain import watch
+
+    registry, logs = tmp_path / "registry", tmp_path / "logs"
+    shutil.copytree(planted_model, registry / "v0001")
+    set_current(registry, registry / "v0001")
+    recorded(logs, planted_log(1_000))
+    rounds: list[int] = []
+    drifts = [0]
+    steps = iter(range(100))
+
+    def round_once(*_: Any) -> dict[str, Any]:
+        rounds.append(next(steps))
+        return {"promote": False}
+
+    def tick(_: float) -> None:  # each check: 1,000 more reads recorded; the alert fires once
+        step = next(steps)
+        recorded(logs, planted_log(1_000))
+        if step == 3:
+            drifts[0] += 1
+
+    decisions: list[dict[str, Any]] = []
+    watch(
+        logs,
+        registry,
+        RetrainConfig(),
+        every_reads=10_000,  # (never reached here)
+        max_age=0.0,
+        interval=1.0,
+        rounds=1,
+        say=decisions.append,
+        sleep=tick,
+        drift=lambda: drifts[0],
+        min_new_reads=2_000,
+        round_once=round_once,
+    )
+    # The alert is seen at the check after step 3 (5,000 reads recorded); the round waits for 2,000
+    # more, so it runs two checks later, at step 6.
+    assert len(rounds) == 1 and decisions[0]["trigger"] == "drift"
+    assert rounds[0] == 6
