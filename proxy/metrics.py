@@ -78,6 +78,15 @@ ARM_GAUGES = {
     "upstream_per_get": "Upstream reads (misses and prefetches) per GET of the arm's keys.",
 }
 ARM_SKIP = {"name", "spec", "prediction_p50_us", "prediction_p99_us", "predictor"}
+# A model arm's own figures that are levels, not counts (the rest of its numbers count up).
+MODEL_GAUGES = {
+    "live_recall": "The model's recall@10 within 10 reads since it was loaded.",
+    "trained_recall": "The model's recall@10 within 10 reads measured at its training.",
+    "trained_top1": "The model's top-1 accuracy measured at its training.",
+    "gate_candidate_hit_ratio": "The hit ratio the promotion gate measured for this model on held-out reads.",
+    "gate_current_hit_ratio": "The hit ratio the gate measured, on the same reads, for the model it replaced.",
+    "gate_held_out_reads": "The held-out reads the promotion gate replayed.",
+}
 
 
 @dataclass
@@ -242,6 +251,13 @@ def _ab_families(report: dict[str, Any], latency: dict[str, LatencyHistogram]) -
                         model_fallbacks.add_metric([name, str(reason)], float(count))
                 elif isinstance(value, str):
                     labels[key] = value
+                elif key in MODEL_GAUGES and isinstance(value, int | float):
+                    family = gauges.get(key)
+                    if family is None:
+                        family = gauges[key] = GaugeMetricFamily(
+                            _name(f"arm_{key}"), MODEL_GAUGES[key], labels=["arm"]
+                        )
+                    family.add_metric([name], float(value))
                 elif isinstance(value, int | float) and not isinstance(value, bool):
                     doc = f"The arm's predictor's {key.replace('_', ' ')}."
                     _arm_counter(counters, key, doc).add_metric([name], float(value))

@@ -261,6 +261,16 @@ class LiveMLPredictor(MLPredictor):
             "model_first": self.model_first,
             "fallbacks": dict(self.reasons),
         }
+        # Its training's figures and, for a version predis retrain promoted, its gate's.
+        trained = (self.manifest.get("metrics") or {}).get("model", {})
+        if trained.get("top1") is not None:
+            out["trained_top1"] = round(float(trained["top1"]), 4)
+        gate = self.manifest.get("gate") or {}
+        for key in ("candidate_hit_ratio", "current_hit_ratio", "held_out_reads"):
+            if gate.get(key) is not None:
+                out[f"gate_{key}"] = gate[key]
+        if gate.get("time"):
+            out["gate_time"] = str(gate["time"])
         if self.load_error:
             out["load_error"] = self.load_error
         return out

@@ -125,6 +125,10 @@ def test_drift_retrain_promote_swap_recover(
     }
     assert decision["candidate_hit_ratio"] > decision["current_hit_ratio"] + 0.1
     wait_for(lambda: arm(client)["predictor"]["model_version"].startswith("v0002@"), timeout=60)
+    # Which model serves, and the gate's figures that promoted it (PREDIS MODEL shows them too).
+    (serving,) = json.loads(client.execute_command("PREDIS", "MODEL"))
+    assert serving["gate_candidate_hit_ratio"] == decision["candidate_hit_ratio"]
+    assert serving["gate_current_hit_ratio"] == decision["current_hit_ratio"] and serving["swaps"] == 1
 
     recovered = read_phase(proxy, client, phases["b2"])
     assert recovered > 0.3 and recovered > changed + 0.25, (changed, recovered)

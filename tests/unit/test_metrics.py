@@ -99,6 +99,9 @@ def test_ab_report_per_arm() -> None:
                     "model": "loaded",
                     "device": "cpu",
                     "model_reads": 9,
+                    "live_recall": None,
+                    "trained_recall": 0.5,
+                    "gate_candidate_hit_ratio": 0.42,
                     "fallbacks": {"model_load": 0},
                 },
             },
@@ -122,6 +125,11 @@ def test_ab_report_per_arm() -> None:
     assert out["predis_arm_hit_ratio"][(("arm", "MARKOV"),)] == 0.25
     assert out["predis_arm_precision"] == {(("arm", "MARKOV"),): 0.5}  # (None: no sample)
     assert out["predis_arm_model_reads_total"] == {(("arm", "ML"),): 9}
+    # A model's levels are gauges (its recall, its gate's figures); one not measured yet is left out.
+    assert out["predis_arm_trained_recall"] == {(("arm", "ML"),): 0.5}
+    assert out["predis_arm_gate_candidate_hit_ratio"] == {(("arm", "ML"),): 0.42}
+    assert "predis_arm_live_recall" not in out and "predis_arm_trained_recall_total" not in out
+    assert ("predis_arm_gate_candidate_hit_ratio", "gauge") in {k[0] for k in out["__types__"]}
     assert out["predis_arm_model_fallbacks_total"] == {(("arm", "ML"), ("reason", "model_load")): 0}
     infos = {dict(k)["arm"]: dict(k) for k in out["predis_arm_info"]}
     assert infos["ML"] == {"arm": "ML", "spec": "ml:/m", "model": "loaded", "device": "cpu"}
