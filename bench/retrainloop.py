@@ -200,9 +200,8 @@ def main(argv: list[str] | None = None) -> int:
                     min_reads=1_000,
                     holdout=0.2,
                     cache=str(TIER_ENTRIES),
-                    max_seconds=300,
                     recent=args.recent,
-                    **quick,
+                    train=TrainConfig(progress=False, max_seconds=300, **quick),
                 ),
             )
             t_promoted = time.monotonic()

@@ -47,6 +47,22 @@ def training_flags(p: Any) -> None:
     )
 
 
+def train_config(args: Any, **more: Any) -> Any:
+    """ml.training.train.TrainConfig from the flags ``training_flags`` added, and ``more``."""
+    from ml.training.train import TrainConfig
+
+    return TrainConfig(
+        epochs=args.epochs,
+        batch=args.batch,
+        length=args.length,
+        lr=args.lr,
+        patience=args.patience,
+        max_keys=args.max_keys,
+        max_seconds=args.max_seconds,
+        **more,
+    )
+
+
 def train_main(argv: list[str]) -> int:
     p = OneLineParser(prog="predis train", description="Train the LSTM next-key model on an access log.")
     p.add_argument("log", help="an access log (Parquet or Predis CSV)")
@@ -70,24 +86,18 @@ def train_main(argv: list[str]) -> int:
     args = p.parse_args(argv)
     from accesslog.log import read_log
     from common.errors import ConfigError
-    from ml.training.train import TrainConfig, train
+    from ml.training.train import train
 
     if args.epochs < 1 or args.batch < 1 or args.length < 2 or not 0 < args.split < 1 or not args.lr > 0:
         raise ConfigError(
             "--epochs and --batch must be at least 1, --length at least 2, --split in (0, 1), --lr positive"
         )
     log = read_log(args.log)
-    cfg = TrainConfig(
-        epochs=args.epochs,
-        batch=args.batch,
-        length=args.length,
-        lr=args.lr,
+    cfg = train_config(
+        args,
         seed=args.seed,
         device=args.device,
         precision=args.precision,
-        max_keys=args.max_keys,
-        max_seconds=args.max_seconds,
-        patience=args.patience,
         split=args.split,
         progress=not args.quiet and sys.stderr.isatty(),
     )
@@ -166,14 +176,8 @@ def retrain_main(argv: list[str]) -> int:
         cache=args.cache,
         margin=args.margin,
         min_reads=args.min_reads,
-        max_seconds=args.max_seconds,
-        epochs=args.epochs,
-        max_keys=args.max_keys,
-        batch=args.batch,
-        length=args.length,
-        lr=args.lr,
-        patience=args.patience,
         recent=args.recent,
+        train=train_config(args, progress=False),
     )
 
     def say(decision: dict[str, Any]) -> None:

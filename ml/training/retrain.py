@@ -21,12 +21,13 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from accesslog.log import AccessLog
 from accesslog.recorder import SUFFIX, read_recorded
+from ml.training.train import TrainConfig
 
 DECISIONS = "decisions.jsonl"
 
@@ -34,19 +35,12 @@ DECISIONS = "decisions.jsonl"
 @dataclass
 class RetrainConfig:
     holdout: float = 0.2  # the newest share of the reads: the gate's replay, never trained on
-    cache: str = "5%"  # the cache size the gate replays at (a share of the held-out keys, or entries)
+    cache: str = "5%"  # the cache size the gate replays at: the live tier's, in entries (or a share)
     margin: float = 0.005  # the candidate must beat the current model's hit ratio by this much
     min_reads: int = 20_000  # fewer recorded reads: no retraining
-    max_seconds: float = 600.0  # training's budget (predis train --max-seconds)
-    epochs: int = 8
-    max_keys: int = 8_192
-    seed: int = 0
-    batch: int = 64  # predis train's --batch, --length and --lr
-    length: int = 64
-    lr: float = 3e-3
-    precision: str = "auto"
-    patience: int = 2  # epochs without a better validation loss before training stops
     recent: int = 0  # train and judge on the newest this many recorded reads only (0: all of them)
+    # How the candidate is trained: predis train's settings (epochs, batch, budget...).
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(progress=False))
 
 
 def recorded_log(directory: str | os.PathLike[str]) -> AccessLog:
@@ -89,7 +83,7 @@ def retrain_once(
     """One round: train a candidate on the recorded reads and promote it only if the gate says
     so. Returns the decision (also appended to the registry's decisions.jsonl)."""
     from ml.registry import ModelError, next_version, resolve, set_current
-    from ml.training.train import TrainConfig, train
+    from ml.training.train import train
 
     cfg = cfg or RetrainConfig()
     root = Path(registry)
@@ -120,18 +114,7 @@ def retrain_once(
         metrics = train(
             train_part,
             tmp,
-            TrainConfig(
-                epochs=cfg.epochs,
-                max_keys=cfg.max_keys,
-                max_seconds=cfg.max_seconds,
-                seed=cfg.seed,
-                batch=cfg.batch,
-                length=cfg.length,
-                lr=cfg.lr,
-                precision=cfg.precision,
-                patience=cfg.patience,
-                progress=False,
-            ),
+            cfg.train,
         )
         decision["train_seconds"] = round(time.monotonic() - started, 1)
         decision["candidate_top1"] = metrics["model"].get("top1")

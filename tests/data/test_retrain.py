@@ -19,6 +19,7 @@ from accesslog.recorder import AccessRecorder  # noqa: E402
 from ml.cli import model_main  # noqa: E402
 from ml.registry import load_model, resolve, save_model, set_current  # noqa: E402
 from ml.training.retrain import DECISIONS, RetrainConfig, gate, recorded_log, retrain_once  # noqa: E402
+from ml.training.train import TrainConfig  # noqa: E402
 from tests.helpers import planted_log  # noqa: E402
 
 
@@ -41,8 +42,10 @@ def test_retrain_gate_and_rollback(tmp_path: Path, planted_model: Any, capsys: A
     set_current(registry, registry / "v0001")
     recorded(logs, planted_log(4000))
     assert len(recorded_log(logs)) == 4000
-    quick: dict[str, Any] = {"max_seconds": 120.0, "epochs": 3, "max_keys": 64, "cache": "4"}
-    quick.update(batch=16, length=32, lr=1e-2, precision="fp32")
+    train = TrainConfig(
+        max_seconds=120.0, epochs=3, max_keys=64, batch=16, length=32, lr=1e-2, precision="fp32"
+    )
+    quick: dict[str, Any] = {"cache": "4", "train": train}
 
     # Too little data: no training, the current model stays.
     d = retrain_once(logs, registry, RetrainConfig(min_reads=10_000, **quick))

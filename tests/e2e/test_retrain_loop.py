@@ -110,14 +110,7 @@ def test_drift_retrain_promote_swap_recover(
             min_reads=1_000,
             holdout=0.2,
             cache="200",  # (the live tier holds about 200 entries: the gate judges the model at that size)
-            max_seconds=120,
-            epochs=10,
-            patience=10,
-            max_keys=1_024,
-            batch=16,
-            length=32,
-            lr=1e-2,
-            precision="fp32",
+            train=TrainConfig(max_seconds=120, **{**QUICK, "epochs": 10, "patience": 10}),
         ),
     )
     assert decision["promote"] is True and decision["version"] == "v0002", {
