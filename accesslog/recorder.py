@@ -286,7 +286,7 @@ class AccessRecorder:
 
     def files(self) -> list[Path]:
         """The closed files, oldest first."""
-        return sorted(self.dir.glob(f"access-*{SUFFIX}"), key=lambda p: (p.stat().st_mtime, p.name))
+        return closed_files(self.dir)
 
     def _trim(self) -> None:
         files = self.files()
@@ -319,10 +319,14 @@ class AccessRecorder:
         }
 
 
+def closed_files(directory: str | os.PathLike[str]) -> list[Path]:
+    """A recording directory's closed (whole) files, oldest first."""
+    return sorted(Path(directory).glob(f"access-*{SUFFIX}"), key=lambda p: (p.stat().st_mtime, p.name))
+
+
 def read_recorded(directory: str | os.PathLike[str]) -> pa.Table:
     """Every closed file of a recording directory, oldest first, as one table."""
     from accesslog.log import read_log
 
-    paths = sorted(Path(directory).glob(f"access-*{SUFFIX}"), key=lambda p: (p.stat().st_mtime, p.name))
-    tables = [read_log(p).table for p in paths]
+    tables = [read_log(p).table for p in closed_files(directory)]
     return pa.concat_tables(tables) if tables else SCHEMA.empty_table()

@@ -10,8 +10,6 @@ collections) come from ``prometheus_client``'s standard collectors.
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -47,8 +45,7 @@ class AdminListener:
         self.runner: web.AppRunner | None = None
         self.address: tuple[str, int] | None = None
         self.scrapes = 0
-        self.history = History()
-        self.sampler: asyncio.Task[None] | None = None
+        self.history = History()  # (the server adds a sample a second)
 
     async def start(self) -> tuple[str, int]:
         app = web.Application()
@@ -66,7 +63,6 @@ class AdminListener:
         sockets = getattr(server, "sockets", None) or []
         bound = sockets[0].getsockname() if sockets else (self.host, self.port)
         self.address = (bound[0], bound[1])
-        self.sampler = asyncio.get_running_loop().create_task(self._sample())
         log.info(
             "admin listening",
             host=self.address[0],
@@ -75,18 +71,7 @@ class AdminListener:
         )
         return self.address
 
-    async def _sample(self, every: float = 1.0) -> None:
-        """The dashboard's history: one sample of the figures a second."""
-        while True:
-            figures = self.read()
-            self.history.add(time.time(), figures.snapshot, figures.ab, figures.alerts)
-            await asyncio.sleep(every)
-
     async def close(self) -> None:
-        if self.sampler is not None:
-            self.sampler.cancel()
-            await asyncio.gather(self.sampler, return_exceptions=True)
-            self.sampler = None
         if self.runner is not None:
             await self.runner.cleanup()
             self.runner = None

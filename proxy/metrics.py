@@ -205,12 +205,12 @@ def _alert_families(alerts: Any) -> Iterator[Metric]:
     yield threshold
 
 
-def _arm_counter(counters: dict[str, CounterMetricFamily], key: str, doc: str) -> CounterMetricFamily:
-    """The per-arm counter family of ``key``, made on first use."""
-    counter = counters.get(key)
-    if counter is None:
-        counter = counters[key] = CounterMetricFamily(_name(f"arm_{key}"), doc, labels=["arm"])
-    return counter
+def _arm_family(families: dict[str, Any], kind: Any, key: str, doc: str) -> Any:
+    """The per-arm family (``kind``: gauge or counter) of ``key``, made on first use."""
+    family = families.get(key)
+    if family is None:
+        family = families[key] = kind(_name(f"arm_{key}"), doc, labels=["arm"])
+    return family
 
 
 def _ab_families(report: dict[str, Any], latency: dict[str, LatencyHistogram]) -> Iterator[Metric]:
@@ -234,15 +234,10 @@ def _ab_families(report: dict[str, Any], latency: dict[str, LatencyHistogram]) -
             if not isinstance(value, int | float):
                 continue
             if key in ARM_GAUGES:
-                family = gauges.get(key)
-                if family is None:
-                    family = gauges[key] = GaugeMetricFamily(
-                        _name(f"arm_{key}"), ARM_GAUGES[key], labels=["arm"]
-                    )
-                family.add_metric([name], float(value))
+                _arm_family(gauges, GaugeMetricFamily, key, ARM_GAUGES[key]).add_metric([name], float(value))
             else:
                 doc = f"The arm's {key.replace('_', ' ')} since the experiment started."
-                _arm_counter(counters, key, doc).add_metric([name], float(value))
+                _arm_family(counters, CounterMetricFamily, key, doc).add_metric([name], float(value))
         own = arm.get("predictor")
         if isinstance(own, dict):
             for key, value in own.items():
@@ -252,15 +247,12 @@ def _ab_families(report: dict[str, Any], latency: dict[str, LatencyHistogram]) -
                 elif isinstance(value, str):
                     labels[key] = value
                 elif key in MODEL_GAUGES and isinstance(value, int | float):
-                    family = gauges.get(key)
-                    if family is None:
-                        family = gauges[key] = GaugeMetricFamily(
-                            _name(f"arm_{key}"), MODEL_GAUGES[key], labels=["arm"]
-                        )
-                    family.add_metric([name], float(value))
+                    _arm_family(gauges, GaugeMetricFamily, key, MODEL_GAUGES[key]).add_metric(
+                        [name], float(value)
+                    )
                 elif isinstance(value, int | float) and not isinstance(value, bool):
                     doc = f"The arm's predictor's {key.replace('_', ' ')}."
-                    _arm_counter(counters, key, doc).add_metric([name], float(value))
+                    _arm_family(counters, CounterMetricFamily, key, doc).add_metric([name], float(value))
         arm_info.add_metric([name], labels)
     yield arm_info
     yield from counters.values()

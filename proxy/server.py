@@ -137,8 +137,8 @@ class ProxyServer:
         ]
         if self.channel is not None:
             self._tasks.append(loop.create_task(self._tier_loop()))
-        if self.alerts is not None:
-            self._tasks.append(loop.create_task(self._alert_loop()))
+        if self.alerts is not None or self.admin is not None:
+            self._tasks.append(loop.create_task(self._look_loop()))
         if self.prediction is not None:
             await self.prediction.start()
         if self.admin is not None:
@@ -245,11 +245,16 @@ class ProxyServer:
             for client in list(self.clients):
                 client.check_timeout(now, timeout)
 
-    async def _alert_loop(self, every: float = 1.0) -> None:
-        assert self.alerts is not None
+    async def _look_loop(self, every: float = 1.0) -> None:
+        """Once a second, one look at the figures: the alerts judge it, the dashboard keeps it."""
         while True:
             await asyncio.sleep(every)
-            started, stopped = self.alerts.evaluate(self.stats.snapshot(), self.stats.ab_report())
+            figures = self.figures()
+            if self.admin is not None:
+                self.admin.history.add(time.time(), figures.snapshot, figures.ab, figures.alerts)
+            if self.alerts is None:
+                continue
+            started, stopped = self.alerts.evaluate(figures.snapshot, figures.ab)
             for f in started:
                 log.warning(
                     "alert firing", alert=f.rule, arm=f.arm, value=round(f.value, 4), threshold=f.threshold

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from accesslog.log import AccessLog
-from accesslog.recorder import SUFFIX, read_recorded
+from accesslog.recorder import closed_files, read_recorded
 from ml.training.train import TrainConfig
 
 DECISIONS = "decisions.jsonl"
@@ -150,7 +150,7 @@ def recorded_reads(logs: str | os.PathLike[str]) -> int:
     """Rows in the closed files (from their footers: no data read)."""
     import pyarrow.parquet as pq
 
-    return sum(pq.ParquetFile(p).metadata.num_rows for p in Path(logs).glob(f"access-*{SUFFIX}"))
+    return sum(pq.ParquetFile(p).metadata.num_rows for p in closed_files(logs))
 
 
 def watch(
