@@ -83,10 +83,22 @@ def train_main(argv: list[str]) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--split", type=float, default=0.8, help="share of the log (by time) used for training")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--init-from",
+        default="",
+        help="fine-tune this model (directory or registry) on the log instead of training from scratch",
+    )
     args = p.parse_args(argv)
     from accesslog.log import read_log
     from common.errors import ConfigError
+    from ml.registry import ModelError, resolve
     from ml.training.train import train
+
+    if args.init_from:
+        try:
+            resolve(args.init_from)
+        except ModelError as exc:
+            raise ConfigError(f"--init-from: {exc}") from None
 
     if args.epochs < 1 or args.batch < 1 or args.length < 2 or not 0 < args.split < 1 or not args.lr > 0:
         raise ConfigError(
@@ -100,6 +112,7 @@ def train_main(argv: list[str]) -> int:
         precision=args.precision,
         split=args.split,
         progress=not args.quiet and sys.stderr.isatty(),
+        init_from=args.init_from,
     )
     metrics = train(log, args.output, cfg, registry=args.registry)
     summary = {
@@ -107,6 +120,7 @@ def train_main(argv: list[str]) -> int:
         "train_seconds": metrics["train_seconds"],
         "model": metrics["model"],
         "heuristics": metrics["heuristics"],
+        "warm_start": metrics["warm_start"],
         "fallback": metrics["fallback"],
         "policy": metrics["policy"],
         "fallback_hit_ratios": metrics["fallback_hit_ratios"],
@@ -140,6 +154,11 @@ def retrain_main(argv: list[str]) -> int:
     training_flags(p)
     p.add_argument(
         "--recent", type=int, default=0, help="use the newest this many recorded reads only (0: all)"
+    )
+    p.add_argument(
+        "--fine-tune",
+        action="store_true",
+        help="start from the current model (its weights; its vocabulary grown by the new keys) instead of from scratch",
     )
     p.add_argument("--watch", action="store_true", help="keep going: retrain on new reads or an old model")
     p.add_argument(
@@ -177,6 +196,7 @@ def retrain_main(argv: list[str]) -> int:
         margin=args.margin,
         min_reads=args.min_reads,
         recent=args.recent,
+        fine_tune=args.fine_tune,
         train=train_config(args, progress=False),
     )
 

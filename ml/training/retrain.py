@@ -2,7 +2,7 @@
 
 ``retrain_once`` takes the closed access-log files a recording proxy wrote (``accesslog.recorder``),
 keeps the newest ``holdout`` share of the reads aside, trains a candidate on the rest within a time
-budget, and replays the candidate and the registry's current model on the held-out reads in the
+budget (from scratch, or with ``fine_tune`` starting from the current model), and replays the candidate and the registry's current model on the held-out reads in the
 simulator (each as its ML arm: gate, fallback and floor as training chose them), at one cache size.
 The candidate becomes the registry's next version, and current, only if its hit ratio beats the
 current model's by ``margin`` (or there is no current model). Every decision, promoted or not, is
@@ -21,7 +21,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,13 @@ class RetrainConfig:
     margin: float = 0.005  # the candidate must beat the current model's hit ratio by this much
     min_reads: int = 20_000  # fewer recorded reads: no retraining
     recent: int = 0  # train and judge on the newest this many recorded reads only (0: all of them)
+    # Fine-tune the current model (its weights, its vocabulary grown by the new keys) rather than
+    # train a candidate from scratch; from scratch when there is no current model.
+    fine_tune: bool = False
+    # The gate replays the held-out reads after this many reads before them (not scored), as the
+    # live arm warms a new model's client states on its latest 4,096 reads: a model whose state
+    # goes wrong over a long stream is judged as it will serve, not from a fresh start.
+    warm_reads: int = 4_096
     # How the candidate is trained: predis train's settings (epochs, batch, budget...).
     train: TrainConfig = field(default_factory=lambda: TrainConfig(progress=False))
 
@@ -54,13 +61,21 @@ def gate(
     held_out: AccessLog,
     cache: str,
     margin: float,
+    warm: AccessLog | None = None,
 ) -> dict[str, Any]:
-    """Replay the candidate and the current model (if any) on ``held_out``; the verdict and its
-    figures."""
+    """Replay the candidate and the current model (if any) on ``held_out``, after ``warm`` (reads
+    just before it: replayed, not scored, as a live arm warms a swapped-in model's client states on
+    its latest reads before it serves); the verdict and its figures."""
+    import pyarrow as pa
+
     from prefetch.sim import simulate
 
     arms = [f"ml:{candidate}"] + ([f"ml:{current}"] if current is not None else [])
-    report = simulate(held_out, cache, arms, with_belady=False, writes="read")
+    replayed, share = held_out, 0.0
+    if warm is not None and len(warm):
+        table = pa.concat_tables([warm.table, held_out.table.cast(warm.table.schema)])
+        replayed, share = AccessLog(table, dict(held_out.meta)), len(warm) / (len(warm) + len(held_out))
+    report = simulate(replayed, cache, arms, with_belady=False, writes="read", warmup=share)
     ratios = {a.arm: a.hit_ratio for a in report.arms}
     cand = ratios[f"ml:{candidate}"]
     cur = ratios.get(f"ml:{current}") if current is not None else None
@@ -73,6 +88,7 @@ def gate(
         "cache": cache,
         "capacity": report.capacity,
         "held_out_reads": len(held_out),
+        "warm_reads": len(warm) if warm is not None else 0,
         "promote": promote,
     }
 
@@ -111,14 +127,15 @@ def retrain_once(
     held_out = AccessLog(log.table.slice(cut), dict(log.meta))
     with tempfile.TemporaryDirectory(prefix="predis-candidate-", dir=root) as tmp:
         started = time.monotonic()
-        metrics = train(
-            train_part,
-            tmp,
-            cfg.train,
-        )
+        tcfg = cfg.train
+        if cfg.fine_tune and current is not None:
+            tcfg = replace(cfg.train, init_from=str(current))
+        decision["mode"] = "fine-tune" if tcfg.init_from else "full"
+        metrics = train(train_part, tmp, tcfg)
         decision["train_seconds"] = round(time.monotonic() - started, 1)
         decision["candidate_top1"] = metrics["model"].get("top1")
-        verdict = gate(tmp, current, held_out, cfg.cache, cfg.margin)
+        warm = AccessLog(train_part.table.slice(max(0, cut - cfg.warm_reads)), dict(log.meta))
+        verdict = gate(tmp, current, held_out, cfg.cache, cfg.margin, warm)
         decision.update(verdict)
         if verdict["promote"]:
             version = next_version(root)

@@ -10,7 +10,7 @@ import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +55,9 @@ class TrainConfig:
     device: str = "auto"
     precision: str = "auto"  # bf16 autocast on a GPU and on a CPU with native bf16, where the model runs in it (precision.py)
     progress: bool = True
+    # Fine-tuning: start from this model (a model directory or registry) instead of from scratch: its
+    # weights, and its vocabulary grown by the new reads' keys (ml.training.warmstart).
+    init_from: str = ""
 
 
 def fingerprint(log: AccessLog) -> str:
@@ -114,8 +117,17 @@ def train(
     budget = TimeBudget(tcfg.max_seconds, clock)
     codes, names = log.key_codes()
     train_names = names.take(codes[:cut]).to_pylist()  # the vocabulary sees the training part only
-    vocab = Vocabulary.build(train_names, tcfg.max_keys, tcfg.max_templates)
-    mcfg = mcfg or LSTMConfig()
+    old: tuple[Any, Any, Any] | None = None
+    if tcfg.init_from:
+        from ml.registry import load_model, resolve
+        from ml.training.warmstart import grown_vocabulary
+
+        old = load_model(tcfg.init_from)
+        vocab = grown_vocabulary(old[1], train_names, tcfg.max_keys, tcfg.max_templates)
+        mcfg = replace(old[0].cfg)  # (the architecture is the old model's; only the vocabulary grows)
+    else:
+        vocab = Vocabulary.build(train_names, tcfg.max_keys, tcfg.max_templates)
+        mcfg = mcfg or LSTMConfig()
     enc = encode(log, vocab, successors=mcfg.successors, replay=replay_slots_of(mcfg))
     train_idx, val_idx = np.arange(cut), np.arange(cut, n)
     tr = windows(enc, train_idx, tcfg.length)
@@ -155,6 +167,12 @@ def train(
     )
     mcfg.key_vocab, mcfg.template_vocab = vocab.key_size, vocab.template_size
     model = NextKeyLSTM(mcfg).to(device)
+    warm_start = None
+    if old is not None:
+        from ml.training.warmstart import carry_weights
+
+        carried = carry_weights(old[0], old[1], model, vocab)
+        warm_start = {"from": str(resolve(tcfg.init_from)), "keys_carried": carried}
     opt = torch.optim.AdamW(model.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
     gen = torch.Generator().manual_seed(tcfg.seed)
     best, best_state, stale, history = math.inf, None, 0, []
@@ -225,6 +243,7 @@ def train(
     metrics = {
         "model": score(enc, val_idx, cands, conf, top_code),
         "heuristics": heuristics,
+        "warm_start": warm_start,
         "fallback": fallback,
         "policy": policy,
         "fallback_hit_ratios": replays,

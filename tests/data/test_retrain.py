@@ -130,3 +130,83 @@ def test_watch_rounds_on_new_reads_on_age_and_on_drift(tmp_path: Path, planted_m
     # more, so it runs two checks later, at step 6.
     assert len(rounds) == 1 and decisions[0]["trigger"] == "drift"
     assert rounds[0] == 6
+
+
+def pairs_log(first: str, second: str, pairs: int, seed: int) -> AccessLog:
+    """Four clients, each reading ``first`` then ``second`` filled with the same random number."""
+    import numpy as np
+
+    from accesslog.log import make_table
+
+    rng = np.random.default_rng(seed)
+    keys, client = [], []
+    for c in rng.integers(0, 4, pairs).tolist():
+        n = int(rng.integers(3000))
+        keys += [first.format(n), second.format(n)]
+        client += [c, c]
+    return AccessLog(
+        make_table(np.arange(len(keys)) * 0.01, keys, "GET", 100, "pairs", client=np.array(client)), {}
+    )
+
+
+def test_fine_tuning_starts_from_the_current_model_and_learns_a_new_pattern_sooner(
+    tmp_path: Path, profiles_model: Any
+) -> None:
+    """The profiles model (user:N:profile, then user:N:orders) fine-tuned on acct:N:login, then
+    acct:N:prefs: its vocabulary grows by the new templates and keeps the old, and in two epochs its
+    validation loss falls far below that of the same model trained from scratch as long (it has
+    learnt already that the second key copies the first's number). retrain_once with fine_tune
+    does the same and says so."""
+    from ml.training.train import train
+
+    new = pairs_log("acct:{}:login", "acct:{}:prefs", 1000, seed=7)
+    quick = {
+        "epochs": 2,
+        "patience": 2,
+        "batch": 16,
+        "length": 32,
+        "lr": 1e-2,
+        "max_keys": 8,
+        "precision": "fp32",
+    }
+    tuned = train(
+        new, tmp_path / "tuned", TrainConfig(progress=False, init_from=str(profiles_model), **quick)
+    )
+    scratch = train(new, tmp_path / "scratch", TrainConfig(progress=False, **quick))
+    assert tuned["warm_start"]["from"] == str(profiles_model) and scratch["warm_start"] is None
+    _, vocab, _ = load_model(tmp_path / "tuned")
+    assert {"acct:#:login", "acct:#:prefs", "user:#:profile", "user:#:orders"} <= set(vocab.templates)
+    assert tuned["history"][-1]["val_loss"] < 0.5 * scratch["history"][-1]["val_loss"]
+
+    registry, logs = tmp_path / "registry", tmp_path / "logs"
+    shutil.copytree(profiles_model, registry / "v0001")
+    set_current(registry, registry / "v0001")
+    recorded(logs, new)
+    d = retrain_once(
+        logs,
+        registry,
+        RetrainConfig(
+            min_reads=1_000,
+            margin=-1.0,
+            cache="50",
+            fine_tune=True,
+            train=TrainConfig(progress=False, **quick),
+        ),
+    )
+    assert d["mode"] == "fine-tune" and d["promote"] is True
+    metrics = json.loads((registry / d["version"] / "metrics.json").read_text())
+    assert metrics["warm_start"]["from"] == str(registry / "v0001")
+
+
+def test_the_gate_warms_the_models_on_the_reads_before_the_held_out_ones(planted_model: Any) -> None:
+    """As a live arm warms a swapped-in model's client states (and the tier fills) on its latest
+    reads before serving, the gate replays reads before the held-out ones unscored: here the
+    11 most recent keys of the planted cycle's 12 are then in the cache before the first scored
+    read, and a key read once more before the cut misses one read less."""
+    log = planted_log(2000)
+    warm, held_out = AccessLog(log.table.slice(0, 1000), {}), AccessLog(log.table.slice(1000), {})
+    cold = gate(planted_model, None, held_out, "11", margin=0.0)
+    warmed = gate(planted_model, None, held_out, "11", margin=0.0, warm=warm)
+    assert cold["warm_reads"] == 0 and warmed["warm_reads"] == 1000
+    assert cold["held_out_reads"] == warmed["held_out_reads"] == 1000
+    assert warmed["no_prefetch_hit_ratio"] > cold["no_prefetch_hit_ratio"]

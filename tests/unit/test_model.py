@@ -760,3 +760,57 @@ def test_discount_gate_weighs_the_fallback_by_the_models_doubt() -> None:
     assert arm(MERGE_GATE, 0.9) == [("b", 1.0), ("a", 0.6)]
     assert arm(DISCOUNT_GATE, 0.9) == [("a", 0.6), ("b", pytest.approx(0.1))]
     assert arm(DISCOUNT_GATE, 0.2) == [("b", pytest.approx(0.8)), ("a", 0.6)]
+
+
+def test_grown_vocabulary_puts_the_new_reads_first_and_keeps_what_fits() -> None:
+    from ml.training.warmstart import grown_vocabulary
+
+    old = Vocabulary(["a:1", "a:2", "a:3"], ["a:#"])
+    grown = grown_vocabulary(old, ["b:1", "b:1", "b:2", "a:2"], max_keys=4, max_templates=8)
+    assert grown.keys == [
+        "b:1",
+        "b:2",
+        "a:2",
+        "a:1",
+    ]  # (the new reads by frequency, then the old, to the bound)
+    assert grown.templates == ["b:#", "a:#"]
+
+
+def test_carry_weights_moves_each_tokens_rows_to_its_new_place() -> None:
+    from ml.models.lstm.model import LSTMConfig, NextKeyLSTM
+    from ml.training.warmstart import TOKEN_ROWS, carry_weights
+
+    old_vocab = Vocabulary(["a:1", "a:2", "a:3"], ["a:#"])
+    new_vocab = Vocabulary(["b:1", "a:3", "a:1"], ["b:#", "a:#"])
+    small = {"key_dim": 4, "template_dim": 2, "feature_dim": 2, "hidden": 8, "succ_dim": 4}
+    torch.manual_seed(0)
+    old = NextKeyLSTM(
+        LSTMConfig(key_vocab=old_vocab.key_size, template_vocab=old_vocab.template_size, **small)
+    )
+    new = NextKeyLSTM(
+        LSTMConfig(key_vocab=new_vocab.key_size, template_vocab=new_vocab.template_size, **small)
+    )
+    before = {k: v.clone() for k, v in new.state_dict().items()}
+    assert carry_weights(old, old_vocab, new, new_vocab) == 2
+    o, n = old.state_dict(), new.state_dict()
+    for name, which in TOKEN_ROWS:
+        if which == "keys":
+            for key in ("a:1", "a:3"):
+                assert torch.equal(n[name][new_vocab.key_token(key)], o[name][old_vocab.key_token(key)])
+            # b:1 is new: its row keeps the new model's initialisation.
+            assert torch.equal(n[name][new_vocab.key_token("b:1")], before[name][new_vocab.key_token("b:1")])
+            assert torch.equal(n[name][UNK], o[name][UNK])
+        else:
+            assert torch.equal(
+                n[name][new_vocab.template_index["a:#"]], o[name][old_vocab.template_index["a:#"]]
+            )
+    for name, tensor in n.items():
+        if name not in dict(TOKEN_ROWS):
+            assert torch.equal(tensor, o[name]), name
+    wrong = NextKeyLSTM(
+        LSTMConfig(
+            key_vocab=new_vocab.key_size, template_vocab=new_vocab.template_size, **{**small, "hidden": 6}
+        )
+    )
+    with pytest.raises(ValueError, match="shape"):
+        carry_weights(old, old_vocab, wrong, new_vocab)
