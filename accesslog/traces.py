@@ -236,6 +236,11 @@ def read_libcachesim_csv(fh: IO[bytes], opts: ImportOptions, clock: _Clock) -> I
         yield make_table(ts, batch.column(key_col), op, size, opts.source)
 
 
+# An ARC line's block count above this is refused, not expanded (the shared ARC traces' longest run
+# is 128 blocks).
+MAX_ARC_RUN = 1 << 20
+
+
 def read_arc(fh: IO[bytes], opts: ImportOptions, clock: _Clock) -> Iterator[pa.Table]:
     names = ["start", "nblocks", "ignore", "reqno"]
     reader = _csv_reader(fh, names=names, delimiter=" ", types=dict.fromkeys(names, pa.int64()))
@@ -244,6 +249,10 @@ def read_arc(fh: IO[bytes], opts: ImportOptions, clock: _Clock) -> Iterator[pa.T
         nblocks = batch.column("nblocks").to_numpy(zero_copy_only=False)
         if (nblocks < 1).any():
             raise DataError("ARC trace line with a block count below 1")
+        if (nblocks > MAX_ARC_RUN).any():  # (fuzzing found one line asking for 248 GiB)
+            raise DataError(
+                f"ARC trace line with a run of {int(nblocks.max()):,} blocks: more than {MAX_ARC_RUN:,}"
+            )
         total = int(nblocks.sum())
         first = np.repeat(np.cumsum(nblocks) - nblocks, nblocks)
         blocks = np.repeat(start, nblocks) + (np.arange(total) - first)

@@ -110,7 +110,10 @@ def load_model(model_dir: str | os.PathLike[str], device: str = "cpu") -> tuple[
         raise ModelError(
             f"{path}: the vocabulary ({vocab.key_size} keys, {vocab.template_size} templates) does not match the config"
         )
-    model = NextKeyLSTM(cfg)
+    try:
+        model = NextKeyLSTM(cfg)
+    except (ValueError, TypeError, RuntimeError, OverflowError) as exc:  # (layers: 0, a size of -1...)
+        raise ModelError(f"{path}/{MANIFEST}: its config cannot build a model: {exc}") from None
     try:
         state = load_file(str(weights), device=device)
         model.load_state_dict(state, strict=True)

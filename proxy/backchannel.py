@@ -88,7 +88,7 @@ class RawConnection(asyncio.Protocol):
                     waiter = self.waiters.popleft()
                     if not waiter.done():
                         waiter.set_result(reply)
-        except hiredis.ProtocolError:
+        except (hiredis.ProtocolError, TypeError):  # (TypeError: a map hiredis cannot build)
             if self.transport is not None:
                 self.transport.abort()
 

@@ -26,6 +26,7 @@ from proxy.framing import canonical_size, drop_empty
 from proxy.resp import Limits, RequestParser, UnfinishedRequest
 
 _STAR = b"*"
+_PUSH = b"\r\n>"
 
 
 class RequestReader:
@@ -42,6 +43,7 @@ class RequestReader:
         self.tail: list[bytes] = []  # bytes of the unfinished command at the end of the stream
         self.unfinished = UnfinishedRequest(limits)  # checks the tail as it grows
         self.parser: RequestParser | None = None  # in use while inline commands are being read
+        self.edge = b""  # the last two bytes fed to hiredis (a push header may straddle reads)
 
     def feed(self, data: bytes) -> bytes | None:
         """Frame ``data`` and hand its complete commands on. Returns the bytes after a command
@@ -49,16 +51,32 @@ class RequestReader:
         would refuse, after handing on the commands before it."""
         if self.parser is not None or (not self.tail and data[:1] != _STAR):
             return self._inline_data(data)
+        edge, self.edge = self.edge, data[-2:]
+        if (
+            _PUSH in data
+            or (data[:1] == b">" and edge == b"\r\n")
+            or (data[:2] == b"\n>" and edge[-1:] == b"\r")
+        ):
+            # A push header inside a request (never valid; or ">" after CRLF inside a value):
+            # hiredis allocates a push's declared element count at once, so one 30-byte request
+            # could take gigabytes (fuzzing found it). Our own parser reads it instead, exactly.
+            return self._exact(data)
         reader = self.reader
         reader.feed(data)
         cmds: list[Any] = []
         try:
             while (cmd := reader.gets()) is not False:
                 cmds.append(cmd)
-        except hiredis.ProtocolError:
-            # Not a multibulk where one should start: an inline command, or garbage. Hand on the
-            # complete commands, then our own parser takes over from that boundary; it reads
-            # inline commands and words a real error as Redis does.
+            if cmds and not self._plain(cmds, data):
+                return self._exact(data)
+        except (hiredis.ProtocolError, TypeError, MemoryError):
+            # (MemoryError: hiredis refuses an array length past 2**31 so, not as a protocol error)
+            if not self._plain(cmds, data):
+                return self._exact(data)
+            # Not a multibulk where one should start: an inline command, or garbage (hiredis also
+            # raises TypeError building a RESP3 map whose key is an array or a push: fuzzing found
+            # it). Hand on the complete commands, then our own parser takes over from that
+            # boundary; it reads inline commands and words a real error as Redis does.
             self.reader = hiredis.Reader()
             stream = b"".join(self.tail) + data
             self.tail = []
@@ -68,6 +86,29 @@ class RequestReader:
                 return stream[size:]
             return self._inline_data(stream[size:])
         return self._frame_requests(cmds, data)
+
+    def _plain(self, cmds: list[Any], data: bytes) -> bool:
+        """Whether hiredis's replies are surely the multibulk commands Redis reads: every one a
+        non-empty array. hiredis reads more than Redis does at a command's start: a null
+        (``*-1``, ``$-1``, ``_``) or empty array (``*0``, ``~0``) cannot be told apart by size,
+        a set (``~``) reads as an array, a push (``>``) as an array of its own type, and a
+        scalar is no command; Redis reads any of those but ``*-1`` and ``*0`` as an inline
+        command (fuzzing against our own parser found each)."""
+        return (
+            None not in cmds
+            and [] not in cmds
+            and all(type(c) is list for c in cmds)
+            and b"~" not in data
+            and not any(b"~" in t for t in self.tail)
+        )
+
+    def _exact(self, data: bytes) -> bytes | None:
+        """The stream since the last command boundary through our own parser, which reads it as
+        Redis does (inline commands, its error wording); hiredis starts afresh after it."""
+        self.reader = hiredis.Reader()
+        stream = b"".join(self.tail) + data
+        self.tail = []
+        return self._inline_data(stream)
 
     def _frame_requests(self, cmds: list[Any], data: bytes) -> bytes | None:
         """Find the client's bytes for the commands hiredis returned, check them, hand them on."""
@@ -82,19 +123,30 @@ class RequestReader:
         cmds, size = drop_empty(cmds)
         try:
             size += self._checked_size(cmds)
-        except ClientProtocolError:
-            # Hand on the commands before the bad one, as Redis serves them, then fail.
+        except ClientProtocolError as exc:
+            # Hand on the commands before the bad one, as Redis serves them, then fail with
+            # Redis's words for the bad one.
             good = cmds[: next(i for i, c in enumerate(cmds) if not self._acceptable(c))]
+            stream = b"".join(tail) + data
+            start = self._checked_size(good)
             if good:
                 self.tail = []
-                self.on_commands(good, (b"".join(tail) + data)[: self._checked_size(good)])
-            raise
+                self.on_commands(good, stream[:start])
+            raise self._worded(stream[start:], exc) from None
         tail_len = held + len(data) - size
         if tail_len < 0 or tail_len > len(data):
             raise ClientProtocolError("Protocol error: non-canonical request encoding")
         cut = len(data) - tail_len
         raw = b"".join(tail) + data[:cut] if tail else (data if tail_len == 0 else data[:cut])
         self.tail = [data[cut:]] if tail_len else []
+        if raw.count(b"$") < sum(map(len, cmds)):
+            # An argument without its "$" header: a simple string (+), a big number or a verbatim
+            # string, which hiredis reads as bytes like a bulk string and Redis refuses (fuzzing
+            # found it; the bytes' sizes no longer match the commands'). Our own parser reads it.
+            self.reader = hiredis.Reader()
+            stream = raw + b"".join(self.tail)
+            self.tail = []
+            return self._inline_data(stream)
         if cmds and self.on_commands(cmds, raw):
             # (What follows the SYNC is the raw stream's.)
             self.reader = hiredis.Reader()
@@ -102,6 +154,12 @@ class RequestReader:
             self.tail = []
             return rest
         if tail_len:
+            if data[cut : cut + 1] != _STAR:
+                # An inline command next: Redis ends one at a bare LF, hiredis waits for a CRLF
+                # that may never come (fuzzing found it). Our own parser reads it, as Redis does.
+                self.reader = hiredis.Reader()
+                self.tail = []
+                return self._inline_data(data[cut:])
             self.unfinished = UnfinishedRequest(self.limits)
             self._check_tail(data[cut:], tail_len)
         return None
@@ -126,6 +184,17 @@ class RequestReader:
         except TypeError:
             # A nested array or a non-string element: Redis accepts only bulk strings.
             raise ClientProtocolError("Protocol error: expected '$', got something else") from None
+
+    def _worded(self, rest: bytes, found: ClientProtocolError) -> ClientProtocolError:
+        """The error our own parser, which words errors as Redis does ("expected '$', got '~'"),
+        finds in ``rest`` (the bytes from the bad command on); ``found`` if it finds none."""
+        parser = RequestParser(self.limits)
+        parser.feed(rest)
+        try:
+            parser.parse()
+        except ClientProtocolError as exact:
+            return exact
+        return parser.error or found
 
     def _acceptable(self, cmd: Any) -> bool:
         limits = self.limits
