@@ -51,9 +51,10 @@ def redis_benchmark(
     keyspace: int,
     cpus: set[int] | None = None,
     resp3: bool = False,
+    extra: list[str] | None = None,
 ) -> list[Run]:
     """One redis-benchmark run; ``cpus``: the CPUs it may run on (default: any); ``resp3``: its
-    connections say HELLO 3 first."""
+    connections say HELLO 3 first; ``extra``: more of its flags (--tls and its certificates)."""
     cmd = [
         "redis-benchmark",
         "-p",
@@ -72,6 +73,7 @@ def redis_benchmark(
         "64",
         "--csv",
         *(["-3"] if resp3 else []),
+        *(extra or []),
     ]
     out = subprocess.run(
         cmd,

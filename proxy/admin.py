@@ -10,7 +10,8 @@ collections) come from ``prometheus_client``'s standard collectors.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import hmac
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import structlog
@@ -28,13 +29,26 @@ from proxy.metrics import Figures, ProxyCollector
 log = structlog.get_logger("predis.admin")
 
 
+# What a load balancer and a browser fetch without the token: the health check, and the public
+# plotly.js library the dashboard page loads.
+OPEN_PATHS = frozenset({"/healthz", "/static/plotly.min.js"})
+
+
 class AdminListener:
     def __init__(
-        self, host: str, port: int, read: Callable[[], Figures], health: Callable[[], dict[str, Any]]
+        self,
+        host: str,
+        port: int,
+        read: Callable[[], Figures],
+        health: Callable[[], dict[str, Any]],
+        token: str = "",
     ) -> None:
         """``read``: the figures of a scrape; ``health``: ``{"upstream": "up"|"down"|...}`` and
-        anything else worth a glance (200 while the upstream is up, 503 otherwise)."""
+        anything else worth a glance (200 while the upstream is up, 503 otherwise); ``token``: the
+        bearer token every page but /healthz and the plotly library asks for (empty: none)."""
         self.host, self.port = host, port
+        self.token = token
+        self.refused = 0
         self.health = health
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(ProxyCollector(read))
@@ -47,8 +61,23 @@ class AdminListener:
         self.scrapes = 0
         self.history = History()  # (the server adds a sample a second)
 
+    @web.middleware
+    async def _check_token(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        if self.token and request.path not in OPEN_PATHS:
+            given = request.headers.get("Authorization", "")
+            given = given[7:] if given.startswith("Bearer ") else request.query.get("token", "")
+            if not hmac.compare_digest(given.encode(), self.token.encode()):
+                self.refused += 1
+                raise web.HTTPUnauthorized(
+                    text="this admin listener needs its token: Authorization: Bearer TOKEN (or ?token=TOKEN)\n",
+                    headers={"WWW-Authenticate": 'Bearer realm="predis"'},
+                )
+        return await handler(request)
+
     async def start(self) -> tuple[str, int]:
-        app = web.Application()
+        app = web.Application(middlewares=[self._check_token])
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/", self._index)

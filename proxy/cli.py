@@ -37,6 +37,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "model": ("ml.cli:model_main", "list a model registry's versions, or roll back to an earlier one"),
     "replay": ("proxy.replay:replay_main", "replay an access log through a running proxy; A/B report"),
+    "report": ("proxy.report:report_main", "one self-contained HTML page of a run's figures (--run-dir)"),
 }
 
 
@@ -99,6 +100,41 @@ def serve_main(argv: list[str]) -> int:
         "--admin",
         help="[HOST:]PORT of the admin HTTP listener (/metrics for Prometheus, /healthz); default none",
     )
+    p.add_argument(
+        "--admin-users",
+        dest="admin_users",
+        help="ACL users allowed PREDIS AB RESET and PREDIS MODEL ROLLBACK, comma-separated (default: default)",
+    )
+    p.add_argument(
+        "--admin-token",
+        dest="admin_token",
+        help="bearer token the admin listener's pages ask for (better in PREDIS_ADMIN_TOKEN); /healthz stays open",
+    )
+    p.add_argument("--tls-port", dest="tls_port", type=int, help="port of the TLS listener (default 0: none)")
+    p.add_argument("--tls-cert-file", dest="tls_cert_file", help="the TLS listener's certificate (PEM)")
+    p.add_argument("--tls-key-file", dest="tls_key_file", help="its private key (PEM)")
+    p.add_argument(
+        "--tls-ca-cert-file",
+        dest="tls_ca_cert_file",
+        help="CA that clients' certificates and a rediss:// upstream's are checked against",
+    )
+    p.add_argument(
+        "--tls-auth-clients",
+        dest="tls_auth_clients",
+        choices=["yes", "optional", "no"],
+        help="whether TLS clients must present a certificate (default yes)",
+    )
+    p.add_argument(
+        "--tls-client-cert-file",
+        dest="tls_client_cert_file",
+        help="certificate presented to a rediss:// upstream (default: --tls-cert-file)",
+    )
+    p.add_argument("--tls-client-key-file", dest="tls_client_key_file", help="its private key")
+    p.add_argument(
+        "--run-dir",
+        dest="run_dir",
+        help="directory where the proxy leaves its figures over time (history.jsonl, latency.json) for predis report",
+    )
     p.add_argument("--log-level", dest="log_level")
     p.add_argument("--log-format", dest="log_format", choices=["console", "json"])
     return serve(p.parse_args(argv))
@@ -154,6 +190,16 @@ def serve(args: argparse.Namespace) -> int:
             "prefetch_engine_priority",
             "prefetch_device",
             "admin",
+            "admin_users",
+            "admin_token",
+            "tls_port",
+            "tls_cert_file",
+            "tls_key_file",
+            "tls_ca_cert_file",
+            "tls_auth_clients",
+            "tls_client_cert_file",
+            "tls_client_key_file",
+            "run_dir",
             "access_log_dir",
             "access_log_sample",
             "access_log_max_bytes",

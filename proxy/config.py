@@ -99,6 +99,27 @@ class Settings:
     # The admin HTTP listener (/metrics for Prometheus, /healthz), as [HOST:]PORT ("9121" is
     # 127.0.0.1:9121; port 0 picks a free one); empty: none.
     admin: str = ""
+    # TLS, with Redis's own option names (proxy.tls). The listener: tls_port (0: none) serving
+    # tls_cert_file and tls_key_file, checking clients' certificates against tls_ca_cert_file
+    # (tls_auth_clients: yes, optional or no). A rediss:// upstream is verified against
+    # tls_ca_cert_file (the system's CAs when empty), presenting tls_client_cert_file and
+    # tls_client_key_file (default, as Redis does: tls_cert_file and tls_key_file) if it asks.
+    tls_port: int = 0
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    tls_ca_cert_file: str = ""
+    tls_auth_clients: str = "yes"
+    tls_client_cert_file: str = ""
+    tls_client_key_file: str = ""
+    # ACL users allowed the commands that change the proxy (PREDIS AB RESET, PREDIS MODEL
+    # ROLLBACK), comma-separated; a client is the user it authenticated as, or the upstream URL's.
+    admin_users: str = "default"
+    # With an admin listener: the bearer token its pages ask for (Authorization: Bearer TOKEN, or
+    # ?token=TOKEN); /healthz stays open. Empty: none (the listener is on loopback by default).
+    admin_token: str = ""
+    # A directory where the proxy leaves its figures over time for predis report (proxy.rundir);
+    # empty: none.
+    run_dir: str = ""
     log_level: str = "info"
     log_format: str = "console"
     # Seconds between health checks of the upstream (the PREDIS STATS upstream_status figure).
@@ -168,6 +189,9 @@ class Settings:
             parse_upstream(self.upstream)
         if self.admin:
             parse_listen(self.admin)
+        from proxy.tls import check_tls
+
+        check_tls(self, bool(self.upstream) and parse_upstream(self.upstream).tls)
         if self.drift_window < 1:
             raise ConfigError(f"drift_window must be at least 1, got {self.drift_window}")
         for name in (
@@ -301,14 +325,16 @@ class UpstreamAddress:
     username: str | None = None
     password: str | None = None
     unix_path: str | None = None
+    tls: bool = False  # rediss://
 
     def display(self) -> str:
-        where = f"unix://{self.unix_path}" if self.unix_path else f"redis://{self.host}:{self.port}"
+        scheme = "rediss" if self.tls else "redis"
+        where = f"unix://{self.unix_path}" if self.unix_path else f"{scheme}://{self.host}:{self.port}"
         return where + (f"/{self.db}" if self.db else "")
 
 
 def parse_upstream(url: str) -> UpstreamAddress:
-    """Parse redis://[user:pass@]host[:port][/db] or unix:///path[?db=N]."""
+    """Parse redis://[user:pass@]host[:port][/db] (rediss:// for TLS) or unix:///path[?db=N]."""
     try:
         parts = urlsplit(url)
         port = parts.port
@@ -324,12 +350,12 @@ def parse_upstream(url: str) -> UpstreamAddress:
             if item.startswith("db="):
                 db = _parse_db(item[3:], url)
         return UpstreamAddress(db=db, username=user, password=password, unix_path=parts.path)
-    if parts.scheme != "redis":
-        raise ConfigError(f"upstream URL {url!r} must start with redis:// or unix://")
+    if parts.scheme not in ("redis", "rediss"):
+        raise ConfigError(f"upstream URL {url!r} must start with redis://, rediss:// (TLS) or unix://")
     if not parts.hostname:
         raise ConfigError(f"upstream URL {url!r} has no host")
     db = _parse_db(parts.path.lstrip("/"), url) if parts.path.strip("/") else 0
-    return UpstreamAddress(parts.hostname, port or 6379, db, user, password)
+    return UpstreamAddress(parts.hostname, port or 6379, db, user, password, tls=parts.scheme == "rediss")
 
 
 def parse_listen(text: str, default_host: str = "127.0.0.1") -> tuple[str, int]:

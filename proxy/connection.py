@@ -62,6 +62,7 @@ class Shared:
         self.streams = itertools.count(1)  # each connection's stream id, for ``access``
         self.readers: dict[int, Session] = {}  # stream id -> its connection's session (live ones)
         settings = self.settings
+        self.admin_users = frozenset(u.strip() for u in settings.admin_users.split(",") if u.strip())
         self.limits = Limits(
             settings.max_bulk_len,
             settings.max_multibulk_len,
@@ -90,7 +91,7 @@ class ClientConnection(asyncio.Protocol):
         self.closing = False  # no more requests are read; the connection closes once replies drain
         self.paused: set[str] = set()
         self.peer = ""
-        self.session = Session(shared.opener.address, stats)
+        self.session = Session(shared.opener.address, stats, admin_users=shared.admin_users)
         self.upstream = UpstreamLink(
             shared.opener, stats, self._new_upstream_protocol, self._upstream_up, self._upstream_failed
         )

@@ -104,7 +104,8 @@ function render() {
 let since = 0;
 async function poll() {
   try {
-    const got = await (await fetch("/api/history?since=" + since)).json();
+    const token = new URLSearchParams(location.search).get("token");  // (an admin_token, if the page had one)
+    const got = await (await fetch("/api/history?since=" + since + (token ? "&token=" + encodeURIComponent(token) : ""))).json();
     if (got.length) {
       since = got[got.length - 1].t;
       window.predisSamples.push(...got);

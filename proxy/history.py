@@ -38,6 +38,7 @@ class History:
             sample["arms"][name] = {
                 "spec": arm.get("spec", ""),
                 "gets": gets,
+                "hits": hits,
                 "hit_ratio": round((hits - h0) / window, 4) if window else None,
                 "hit_ratio_total": round(arm.get("hit_ratio", 0.0), 4),
                 "precision": arm.get("precision"),

@@ -17,6 +17,7 @@ from proxy.alerts import Alerts
 from proxy.backchannel import Filler, InvalidationChannel, open_raw
 from proxy.config import Settings, UpstreamAddress, parse_listen, parse_upstream
 from proxy.connection import ClientConnection, Shared
+from proxy.history import History
 from proxy.keyspace import CommandTable
 from proxy.prediction import LivePrefetcher
 from proxy.reads import AccessSink
@@ -114,8 +115,17 @@ class ProxyServer:
             from proxy.admin import AdminListener
 
             host, port = parse_listen(settings.admin)
-            self.admin = AdminListener(host, port, self.figures, self.health)
+            self.admin = AdminListener(host, port, self.figures, self.health, settings.admin_token)
+        # The run directory predis report reads (history.jsonl, latency.json), when one is set.
+        self.run_dir: Any = None
+        if settings.run_dir:
+            from proxy.rundir import RunDirectory
+
+            self.run_dir = RunDirectory(settings.run_dir)
+        self.history = self.admin.history if self.admin is not None else History()
         self._server: asyncio.AbstractServer | None = None
+        self._tls_server: asyncio.AbstractServer | None = None
+        self.tls_address: tuple[str, int] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.address: tuple[str, int] | None = None
 
@@ -131,13 +141,25 @@ class ProxyServer:
         )
         sock = self._server.sockets[0].getsockname()
         self.address = (sock[0], sock[1])
+        if self.settings.tls_port:  # the TLS listener: the same connections, over TLS (proxy.tls)
+            from proxy.tls import server_context
+
+            self._tls_server = await loop.create_server(
+                lambda: ClientConnection(self.shared),
+                self.settings.host,
+                self.settings.tls_port,
+                backlog=1024,
+                ssl=server_context(self.settings),
+            )
+            tls_sock = self._tls_server.sockets[0].getsockname()
+            self.tls_address = (tls_sock[0], tls_sock[1])
         self._tasks = [
             loop.create_task(self._timeout_loop()),
             loop.create_task(self._health_loop()),
         ]
         if self.channel is not None:
             self._tasks.append(loop.create_task(self._tier_loop()))
-        if self.alerts is not None or self.admin is not None:
+        if self.alerts is not None or self.admin is not None or self.run_dir is not None:
             self._tasks.append(loop.create_task(self._look_loop()))
         if self.prediction is not None:
             await self.prediction.start()
@@ -147,6 +169,7 @@ class ProxyServer:
             "predis listening",
             host=self.address[0],
             port=self.address[1],
+            tls_port=self.tls_address[1] if self.tls_address else None,
             upstream=self.upstream.display(),
         )
         return self.address
@@ -157,21 +180,26 @@ class ProxyServer:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self.admin is not None:
             await self.admin.close()
+        if self.run_dir is not None:
+            self.run_dir.close(self.figures())
         if self.prediction is not None:
             await self.prediction.close()
         if self.channel is not None:
             self.channel.close()
         if self.filler is not None:
             self.filler.close()
-        if self._server is not None:
-            self._server.close()
+        for server in (self._server, self._tls_server):
+            if server is not None:
+                server.close()
         for client in list(self.clients):
             if client.transport is not None:
                 client.transport.abort()  # shutting down: do not wait for slow readers
             client.upstream.close()
-        if self._server is not None:
+        for server in (self._server, self._tls_server):
+            if server is None:
+                continue
             try:
-                await asyncio.wait_for(self._server.wait_closed(), 5)
+                await asyncio.wait_for(server.wait_closed(), 5)
             except TimeoutError:
                 log.warning("connections still open at shutdown")
 
@@ -250,8 +278,10 @@ class ProxyServer:
         while True:
             await asyncio.sleep(every)
             figures = self.figures()
-            if self.admin is not None:
-                self.admin.history.add(time.time(), figures.snapshot, figures.ab, figures.alerts)
+            if self.admin is not None or self.run_dir is not None:
+                sample = self.history.add(time.time(), figures.snapshot, figures.ab, figures.alerts)
+                if self.run_dir is not None:
+                    self.run_dir.add(sample, figures)
             if self.alerts is None:
                 continue
             started, stopped = self.alerts.evaluate(figures.snapshot, figures.ab)
@@ -273,10 +303,7 @@ class ProxyServer:
             status = "down"
             writer = None
             try:
-                if up.unix_path:
-                    conn = asyncio.open_unix_connection(up.unix_path)
-                else:
-                    conn = asyncio.open_connection(up.host, up.port)
+                conn = self.opener.open_stream()
                 async with asyncio.timeout(self.settings.connect_timeout):
                     reader, writer = await conn
                     writer.write(prelude + b"PING\r\n")

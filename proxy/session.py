@@ -39,10 +39,15 @@ class Session:
     REPLY) and what each special command does to it."""
 
     def __init__(
-        self, address: UpstreamAddress, stats: Stats, on_db_change: Callable[[int], None] | None = None
+        self,
+        address: UpstreamAddress,
+        stats: Stats,
+        on_db_change: Callable[[int], None] | None = None,
+        admin_users: frozenset[str] = frozenset({"default"}),
     ) -> None:
         self.upstream_address = address
         self.stats = stats
+        self.admin_users = admin_users  # who may run the PREDIS commands that change the proxy
         self.on_db_change = on_db_change  # told of every change of ``db`` (the tier's per-db index)
         # Replayed on reconnect; updated only once Redis acknowledged the command that set it, so
         # the prelude never repeats a command still in flight.
@@ -287,6 +292,21 @@ class Session:
         text = reply + b"\r\n" + section if reply.strip() else section
         return encode_verbatim(text) if frame.startswith(b"=") else encode_bulk(text)
 
+    def admin_refusal(self, what: str) -> bytes | None:
+        """None if this connection may run ``what`` (a command that changes the proxy), else the
+        error it gets: its ACL user (the one it authenticated as, or the upstream URL's) must be one
+        of ``admin_users``, and, with no credentials at all, Redis must be taking connections
+        without them (the health check's unauthenticated PING is answered) or have accepted this
+        one."""
+        if self.state_pending:
+            return encode_error(f"ERR {what}: an AUTH, HELLO or RESET of this connection is still in flight")
+        creds, user = self.reader()
+        if user not in self.admin_users:
+            return encode_error(f"NOPERM user '{user}' may not run {what} (the proxy's admin_users)")
+        if creds is None and not self.verified and self.stats.upstream_status != "up":
+            return encode_error("NOAUTH Authentication required.")
+        return None
+
     def predis_command(self, args: list[bytes]) -> bytes:
         if self.in_multi:
             return encode_error("ERR PREDIS is not allowed inside MULTI")
@@ -299,6 +319,10 @@ class Session:
             return encode_bulk(self.stats.ab_text())
         if sub == b"AB" and len(args) == 3 and args[2].upper() == b"JSON":
             return encode_bulk(json.dumps(self.stats.ab_report()).encode())
+        if sub in (b"AB", b"MODEL") and len(args) == 3 and args[2].upper() in (b"RESET", b"ROLLBACK"):
+            refused = self.admin_refusal(f"PREDIS {sub.decode()} {args[2].upper().decode()}")
+            if refused is not None:
+                return refused
         if sub == b"AB" and len(args) == 3 and args[2].upper() == b"RESET":
             if self.stats.ab is None:
                 return encode_error("ERR no A/B experiment is running (predis serve --ab A=SPEC,B=SPEC)")

@@ -11,6 +11,7 @@ is the connection's.
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -32,13 +33,31 @@ class UpstreamOpener:
     def __init__(self, settings: Settings, address: UpstreamAddress) -> None:
         self.settings = settings
         self.address = address
+        self.ssl: ssl.SSLContext | None = None  # a rediss:// upstream's (proxy.tls)
+        if address.tls:
+            from proxy.tls import client_context
+
+            self.ssl = client_context(settings)
 
     async def open(self, factory: Callable[[], Any]) -> tuple[asyncio.BaseTransport, Any]:
         loop = asyncio.get_running_loop()
         up = self.address
         if up.unix_path:
             return await loop.create_unix_connection(factory, up.unix_path)
+        if self.ssl is not None:
+            return await loop.create_connection(
+                factory, up.host, up.port, ssl=self.ssl, server_hostname=up.host
+            )
         return await loop.create_connection(factory, up.host, up.port)
+
+    async def open_stream(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """The same connection as asyncio streams (the health check's)."""
+        up = self.address
+        if up.unix_path:
+            return await asyncio.open_unix_connection(up.unix_path)
+        if self.ssl is not None:
+            return await asyncio.open_connection(up.host, up.port, ssl=self.ssl, server_hostname=up.host)
+        return await asyncio.open_connection(up.host, up.port)
 
     def identity(self) -> tuple[str, str] | None:
         """The upstream URL's credentials, as (user, password), or None."""

@@ -19,6 +19,8 @@ command -v redis-benchmark >/dev/null 2>&1 || packages+=(redis-tools)
 # The dashboard's browser test (headless Chromium driven by selenium).
 command -v chromium >/dev/null 2>&1 || packages+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || packages+=(chromium-driver)
+# The TLS tests make their certificates with the openssl command.
+command -v openssl >/dev/null 2>&1 || packages+=(openssl)
 if [ ${#packages[@]} -gt 0 ]; then
     sudo=""
     [ "$(id -u)" -eq 0 ] || sudo="sudo"

@@ -53,6 +53,8 @@ class RunningProxy:
         return redis.Redis(host=self.host, port=self.port, **kwargs)
 
     def close(self) -> None:
+        if self.loop.is_closed():
+            return
         self.call(self.server.close())
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(10)
@@ -144,3 +146,30 @@ def profiles_model(tmp_path_factory: pytest.TempPathFactory) -> Any:
         ),
     )
     return out
+
+
+@pytest.fixture
+def browser() -> Iterator[Any]:
+    """Headless Chromium (Debian's chromium, driven by selenium through its chromedriver)."""
+    import shutil
+
+    from selenium import webdriver
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+
+    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    assert chromium and driver, "Debian's chromium and chromium-driver (scripts/setup.sh installs them)"
+    options = Options()
+    options.binary_location = chromium
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--disable-gpu",
+        "--window-size=1400,1100",
+    ):
+        options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    chrome = webdriver.Chrome(service=Service(driver), options=options)
+    yield chrome
+    chrome.quit()

@@ -6,40 +6,15 @@ no error, and a screenshot is saved. The page's JavaScript comes from the proxy 
 from __future__ import annotations
 
 import os
-import shutil
 import threading
 from pathlib import Path
 from typing import Any
 
-import pytest
 import redis
-from selenium import webdriver
-from selenium.webdriver.chrome.options import Options
-from selenium.webdriver.chrome.service import Service
 
 from tests.helpers import wait_for
 
 UNHURRIED = {"prefetch_engine_priority": "normal", "prefetch_max_age": 60.0}
-
-
-@pytest.fixture
-def browser() -> Any:
-    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
-    assert chromium and driver, "Debian's chromium and chromium-driver (scripts/setup.sh installs them)"
-    options = Options()
-    options.binary_location = chromium
-    for arg in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-dev-shm-usage",
-        "--disable-gpu",
-        "--window-size=1400,1100",
-    ):
-        options.add_argument(arg)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    chrome = webdriver.Chrome(service=Service(driver), options=options)
-    yield chrome
-    chrome.quit()
 
 
 def test_the_dashboard_shows_a_running_ab_test(
