@@ -69,10 +69,11 @@ def request_parser(data: bytes) -> None:
         try:
             for args in whole:
                 reply = reader.gets()
-                while reply == [] or reply is None:  # (*0 and *-1: Redis skips them, hiredis reads them)
-                    reply = reader.gets()
-                if not isinstance(reply, list):
-                    break  # (an inline command: hiredis reads RESP only; the comparison stops there)
+                if not isinstance(reply, list) or reply == []:
+                    # An inline command (hiredis reads RESP only), or a null or empty one: *-1 and
+                    # *0 Redis skips, but =-1, $-1, _ and ~0 it reads as inline commands, and
+                    # hiredis reads them all alike. The comparison stops there.
+                    break
                 assert reply == args, (reply, args)
         except (hiredis.ProtocolError, TypeError):
             pass  # (the same; or a map hiredis cannot build, which the parser refused too)

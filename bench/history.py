@@ -1,0 +1,111 @@
+"""A history of operations on keys, and its check (sans I/O): what a Jepsen-style test records and
+judges while faults are injected.
+
+Each key has one writer at a time and its values are increasing sequence numbers, so "newer" is a
+number comparison. An operation is recorded with its invoke and completion times (one clock for
+all threads), what it did, and whether it was acknowledged:
+
+* a write through the proxy (``proxied=True``) or straight to Redis (``proxied=False``) of ``seq``;
+* a read through the proxy, of ``seq`` (None: the key was absent).
+
+``check`` finds:
+
+* stale reads: a read through the proxy that returned a value older than a write through the proxy
+  acknowledged before the read began (never allowed);
+* the delay after direct writes: for a read that returned a value older than a direct write
+  acknowledged before it began, how long before the read that newer value had been acknowledged
+  (bounded by the tracking invalidation's trip; its maximum is reported);
+* lost writes: an acknowledged write whose value (or a newer one) is not what the key holds at the
+  end (``final``: each key's value read straight from Redis once the faults are over).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Op:
+    kind: str  # "write" or "read"
+    key: str
+    seq: int | None  # written, or read (None: absent)
+    invoke: float
+    complete: float
+    ok: bool  # acknowledged (a write) or answered (a read)
+    proxied: bool = True
+
+
+@dataclass
+class Verdict:
+    operations: int = 0
+    reads: int = 0
+    writes_acked: int = 0
+    errors: int = 0
+    stale: list[tuple[Op, int]] = field(default_factory=list)  # (the read, the newest acked seq)
+    lost: list[tuple[str, int, int | None]] = field(default_factory=list)  # (key, acked, final)
+    direct_delay_max: float = 0.0  # seconds
+    direct_lagging_reads: int = 0
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "operations": self.operations,
+            "reads": self.reads,
+            "writes_acked": self.writes_acked,
+            "errors": self.errors,
+            "stale_reads": len(self.stale),
+            "lost_writes": len(self.lost),
+            "direct_lagging_reads": self.direct_lagging_reads,
+            "direct_delay_max_ms": round(self.direct_delay_max * 1000, 2),
+        }
+
+
+class History:
+    """Operations recorded from several threads."""
+
+    def __init__(self, clock: Any = time.monotonic) -> None:
+        self.clock = clock
+        self.ops: list[Op] = []
+        self._lock = threading.Lock()
+
+    def record(self, op: Op) -> None:
+        with self._lock:
+            self.ops.append(op)
+
+
+def check(ops: list[Op], final: dict[str, int | None]) -> Verdict:
+    v = Verdict(operations=len(ops))
+    writes: dict[tuple[str, bool], list[Op]] = {}
+    for op in ops:
+        if not op.ok:
+            v.errors += 1
+        elif op.kind == "write":
+            v.writes_acked += 1
+            writes.setdefault((op.key, op.proxied), []).append(op)
+    for acked in writes.values():
+        acked.sort(key=lambda o: o.complete)
+    for op in ops:
+        if op.kind != "read" or not op.ok:
+            continue
+        v.reads += 1
+        got = -1 if op.seq is None else op.seq
+        newest = max(
+            (w.seq or 0 for w in writes.get((op.key, True), []) if w.complete < op.invoke), default=-1
+        )
+        if got < newest:
+            v.stale.append((op, newest))
+        lagging = [
+            w for w in writes.get((op.key, False), []) if w.complete < op.invoke and (w.seq or 0) > got
+        ]
+        if lagging:
+            v.direct_lagging_reads += 1
+            first = min(w.complete for w in lagging)
+            v.direct_delay_max = max(v.direct_delay_max, op.invoke - first)
+    for (key, _), acked in writes.items():
+        top = max(w.seq or 0 for w in acked)
+        have = final.get(key)
+        if have is None or have < top:
+            v.lost.append((key, top, have))
+    return v
