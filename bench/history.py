@@ -21,10 +21,16 @@ all threads), what it did, and whether it was acknowledged:
 
 from __future__ import annotations
 
+import random
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
+
+import redis
+
+PROXIED = [f"p{i}" for i in range(4)]  # the Workload's keys written through the proxy
+DIRECT = [f"d{i}" for i in range(4)]  # ...and straight to Redis
 
 
 @dataclass(frozen=True)
@@ -109,3 +115,70 @@ def check(ops: list[Op], final: dict[str, int | None]) -> Verdict:
         if have is None or have < top:
             v.lost.append((key, top, have))
     return v
+
+
+class Workload:
+    """Writers (one a key group: values are increasing numbers) and readers, recording a history."""
+
+    def __init__(self, proxy_port: int, redis_port: int, readers: int = 2, pace: float = 0.0) -> None:
+        """``pace``: seconds each thread waits between its operations (a long soak's history stays
+        a size the check can hold)."""
+        self.proxy_port, self.redis_port = proxy_port, redis_port
+        self.pace = pace
+        self.history = History()
+        self.stop = threading.Event()
+        self.threads = [
+            threading.Thread(target=self._writer, args=(PROXIED, proxy_port, True), daemon=True),
+            threading.Thread(target=self._writer, args=(DIRECT, redis_port, False), daemon=True),
+            *(threading.Thread(target=self._reader, args=(seed,), daemon=True) for seed in range(readers)),
+        ]
+
+    def _client(self, port: int) -> redis.Redis:
+        return redis.Redis(port=port, socket_timeout=5, socket_connect_timeout=2, protocol=2)
+
+    def _writer(self, keys: list[str], port: int, proxied: bool) -> None:
+        client, seq, clock = self._client(port), 0, self.history.clock
+        while not self.stop.is_set():
+            seq += 1
+            key = keys[seq % len(keys)]
+            started = clock()
+            try:
+                ok = bool(client.set(key, seq))
+            except redis.RedisError:
+                ok = False
+                time.sleep(0.005)
+            self.history.record(Op("write", key, seq, started, clock(), ok, proxied))
+            if self.pace:
+                time.sleep(self.pace)
+
+    def _reader(self, seed: int) -> None:
+        client, rng, clock = self._client(self.proxy_port), random.Random(seed), self.history.clock
+        keys = PROXIED + DIRECT
+        while not self.stop.is_set():
+            key = rng.choice(keys)
+            started = clock()
+            try:
+                got = client.get(key)
+                ok, seq = True, None if got is None else int(got)
+            except redis.RedisError:
+                ok, seq = False, None
+                time.sleep(0.005)
+            self.history.record(Op("read", key, seq, started, clock(), ok))
+            if self.pace:
+                time.sleep(self.pace)
+
+    def acked(self) -> int:
+        return sum(1 for op in list(self.history.ops) if op.ok)
+
+    def errors(self) -> int:
+        return sum(1 for op in list(self.history.ops) if not op.ok)
+
+    def __enter__(self) -> Workload:
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(15)

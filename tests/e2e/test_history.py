@@ -11,22 +11,17 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import signal
-import threading
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
 
-from bench.history import History, Op, check
+from bench.history import DIRECT, PROXIED, Op, Workload, check
 from proxy.embedded import EmbeddedRedis, free_port
 from tests.helpers import wait_for
 
-PROXIED = [f"p{i}" for i in range(4)]  # written through the proxy
-DIRECT = [f"d{i}" for i in range(4)]  # written straight to Redis
 DURABLE = ["--appendonly", "yes", "--appendfsync", "always"]
 
 
@@ -49,66 +44,6 @@ def test_the_check_finds_stale_reads_lost_writes_and_the_direct_delay() -> None:
     assert v.direct_lagging_reads == 1 and v.direct_delay_max == pytest.approx(0.5)
     assert v.errors == 1 and v.reads == 6 and v.writes_acked == 3
     assert check(ops[:4], {"a": 2}).stale == [] and check(ops[:4], {"a": 2}).lost == []
-
-
-class Workload:
-    """Writers (one a key group: values are increasing numbers) and readers, recording a history."""
-
-    def __init__(self, proxy_port: int, redis_port: int) -> None:
-        self.proxy_port, self.redis_port = proxy_port, redis_port
-        self.history = History()
-        self.stop = threading.Event()
-        self.threads = [
-            threading.Thread(target=self._writer, args=(PROXIED, proxy_port, True), daemon=True),
-            threading.Thread(target=self._writer, args=(DIRECT, redis_port, False), daemon=True),
-            *(threading.Thread(target=self._reader, args=(seed,), daemon=True) for seed in range(2)),
-        ]
-
-    def _client(self, port: int) -> redis.Redis:
-        return redis.Redis(port=port, socket_timeout=5, socket_connect_timeout=2, protocol=2)
-
-    def _writer(self, keys: list[str], port: int, proxied: bool) -> None:
-        client, seq, clock = self._client(port), 0, self.history.clock
-        while not self.stop.is_set():
-            seq += 1
-            key = keys[seq % len(keys)]
-            started = clock()
-            try:
-                ok = bool(client.set(key, seq))
-            except redis.RedisError:
-                ok = False
-                time.sleep(0.005)
-            self.history.record(Op("write", key, seq, started, clock(), ok, proxied))
-
-    def _reader(self, seed: int) -> None:
-        client, rng, clock = self._client(self.proxy_port), random.Random(seed), self.history.clock
-        keys = PROXIED + DIRECT
-        while not self.stop.is_set():
-            key = rng.choice(keys)
-            started = clock()
-            try:
-                got = client.get(key)
-                ok, seq = True, None if got is None else int(got)
-            except redis.RedisError:
-                ok, seq = False, None
-                time.sleep(0.005)
-            self.history.record(Op("read", key, seq, started, clock(), ok))
-
-    def acked(self) -> int:
-        return sum(1 for op in list(self.history.ops) if op.ok)
-
-    def errors(self) -> int:
-        return sum(1 for op in list(self.history.ops) if not op.ok)
-
-    def __enter__(self) -> Workload:
-        for t in self.threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        for t in self.threads:
-            t.join(15)
 
 
 def until(condition: Any, timeout: float = 90) -> None:
