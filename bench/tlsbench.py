@@ -41,6 +41,17 @@ def make_certs(directory: Path) -> dict[str, str]:
     return {p.stem + p.suffix.replace(".", "_"): str(p) for p in directory.iterdir()}
 
 
+def server_flags(certs: dict[str, str], port: int) -> list[str]:
+    """A TLS listener's flags: redis-server's and predis serve's are the same."""
+    return ["--tls-port", str(port), "--tls-cert-file", certs["server_crt"], "--tls-key-file", certs["server_key"],
+            "--tls-ca-cert-file", certs["ca_crt"]]  # fmt: skip
+
+
+def client_flags(certs: dict[str, str]) -> list[str]:
+    """A TLS client's flags presenting the client certificate: redis-cli's and redis-benchmark's."""
+    return ["--tls", "--cacert", certs["ca_crt"], "--cert", certs["client_crt"], "--key", certs["client_key"]]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.tlsbench", description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
@@ -49,41 +60,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pipeline", type=int, default=1)
     args = parser.parse_args(argv)
     certs = make_certs(Path(tempfile.mkdtemp(prefix="predis-tlsbench-")))
-    tls_flags = [
-        "--tls",
-        "--cacert",
-        certs["ca_crt"],
-        "--cert",
-        certs["client_crt"],
-        "--key",
-        certs["client_key"],
-    ]
+    tls_flags = client_flags(certs)
     redis_tls, proxy_tls = free_port(), free_port()
     results: dict[str, dict[str, list[float]]] = {}
-    with EmbeddedRedis(
-        extra_args=[
-            "--tls-port",
-            str(redis_tls),
-            "--tls-cert-file",
-            certs["server_crt"],
-            "--tls-key-file",
-            certs["server_key"],
-            "--tls-ca-cert-file",
-            certs["ca_crt"],
-        ]  # fmt: skip
-    ) as upstream:
+    with EmbeddedRedis(extra_args=server_flags(certs, redis_tls)) as upstream:
         proxy = ProxyProcess(
             upstream.url,
-            [
-                "--tls-port",
-                str(proxy_tls),
-                "--tls-cert-file",
-                certs["server_crt"],
-                "--tls-key-file",
-                certs["server_key"],
-                "--tls-ca-cert-file",
-                certs["ca_crt"],
-            ],  # fmt: skip
+            server_flags(certs, proxy_tls),
         )
         try:
             targets = {

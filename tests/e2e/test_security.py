@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import redis
 
-from bench.tlsbench import make_certs
+from bench.tlsbench import client_flags, make_certs, server_flags
 from common.errors import ConfigError
 from proxy.config import Settings
 from proxy.embedded import EmbeddedRedis, free_port
@@ -38,20 +38,7 @@ def tls_redis(certs: dict[str, str]) -> Any:
     """redis-server with a TLS port that requires client certificates (its plain port stays for
     the test's own checks)."""
     port = free_port()
-    with EmbeddedRedis(
-        extra_args=[
-            "--tls-port",
-            str(port),
-            "--tls-cert-file",
-            certs["server_crt"],
-            "--tls-key-file",
-            certs["server_key"],
-            "--tls-ca-cert-file",
-            certs["ca_crt"],
-            "--tls-auth-clients",
-            "yes",
-        ]  # fmt: skip
-    ) as server:
+    with EmbeddedRedis(extra_args=[*server_flags(certs, port), "--tls-auth-clients", "yes"]) as server:
         server.tls_port = port  # type: ignore[attr-defined]
         yield server
 
@@ -91,23 +78,10 @@ def test_tls_on_both_sides(make_proxy: Any, tls_redis: Any, certs: dict[str, str
     wait_for(lambda: client.get("secret") == b"changed", timeout=10)
     # redis-cli --tls, as an operator would.
     cli = subprocess.run(
-        [
-            "redis-cli",
-            "--tls",
-            "--cacert",
-            certs["ca_crt"],
-            "--cert",
-            certs["client_crt"],
-            "--key",
-            certs["client_key"],
-            "-p",
-            str(listen),
-            "GET",
-            "secret",
-        ],  # fmt: skip
+        ["redis-cli", *client_flags(certs), "-p", str(listen), "GET", "secret"],
         capture_output=True,
         text=True,
-        timeout=30,  # fmt: skip
+        timeout=30,
     )
     assert cli.returncode == 0 and cli.stdout.strip() == "changed", cli.stderr
     # Plain TCP on its own port still works.
