@@ -14,7 +14,7 @@ import redis
 
 from proxy.embedded import EmbeddedRedis, free_port
 from proxy.resp import encode_command
-from tests.helpers import read_frames
+from tests.helpers import read_frames, wait_for
 
 
 def busy_client_ok(proxy: Any, n: int = 100) -> None:
@@ -307,3 +307,38 @@ def test_stateful_client_is_closed_not_silently_reset(make_proxy: Any, tmp_path:
         # later on a connection that never saw WATCH.
         assert s.recv(1000) in (b"", b"-ERR Predis: upstream connection lost\r\n")
     server.close()
+
+
+def test_a_flood_of_half_commands_past_max_clients_leaves_the_others_served(
+    make_proxy: Any, redis_server: Any, direct: redis.Redis
+) -> None:
+    """Hostile clients: as many connections as max_clients allows, each holding half a command
+    (a bulk string's header and a few of its bytes) and never sending the rest, and more past the
+    limit: those are refused with Redis's error, the held bytes stay bounded by the query buffer
+    limit, and a client that already had its connection is still served."""
+    limit = 60
+    proxy = make_proxy(redis_server.url, max_clients=limit, query_buffer_limit=1 << 20)
+    keeper = proxy.client()
+    keeper.set("k", "v")
+    held: list[socket.socket] = []
+    try:
+        for _ in range(limit - 1):  # (the keeper holds one)
+            s = socket.create_connection((proxy.host, proxy.port), timeout=5)
+            s.sendall(b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$2000000\r\n" + b"x" * 1000)
+            held.append(s)
+        wait_for(lambda: proxy.server.stats.connected_clients == limit, timeout=10)
+        for _ in range(5):
+            with socket.create_connection((proxy.host, proxy.port), timeout=5) as extra:
+                assert extra.recv(100) == b"-ERR max number of clients reached\r\n"
+        assert keeper.get("k") == b"v"  # (the half-written SETs never reached Redis)
+        for i in range(100):
+            keeper.set(f"other{i}", i)
+            assert keeper.get(f"other{i}") == str(i).encode()
+        # Past the query buffer limit, a client holding more is cut off, as Redis does.
+        held[0].sendall(b"x" * (1 << 20))
+        held[0].settimeout(5)
+        assert b"query buffer limit" in held[0].recv(1000)
+    finally:
+        for s in held:
+            s.close()
+    assert direct.get("k") == b"v"
