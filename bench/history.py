@@ -120,10 +120,17 @@ def check(ops: list[Op], final: dict[str, int | None]) -> Verdict:
 class Workload:
     """Writers (one a key group: values are increasing numbers) and readers, recording a history."""
 
-    def __init__(self, proxy_port: int, redis_port: int, readers: int = 2, pace: float = 0.0) -> None:
+    def __init__(
+        self,
+        proxy_port: int,
+        redis_port: int,
+        readers: int = 2,
+        pace: float = 0.0,
+        redis_host: str = "127.0.0.1",
+    ) -> None:
         """``pace``: seconds each thread waits between its operations (a long soak's history stays
-        a size the check can hold)."""
-        self.proxy_port, self.redis_port = proxy_port, redis_port
+        a size the check can hold); ``redis_host``: where the direct writer finds Redis."""
+        self.proxy_port, self.redis_port, self.redis_host = proxy_port, redis_port, redis_host
         self.pace = pace
         self.history = History()
         self.stop = threading.Event()
@@ -134,7 +141,8 @@ class Workload:
         ]
 
     def _client(self, port: int) -> redis.Redis:
-        return redis.Redis(port=port, socket_timeout=5, socket_connect_timeout=2, protocol=2)
+        host = self.redis_host if port == self.redis_port else "127.0.0.1"
+        return redis.Redis(host=host, port=port, socket_timeout=5, socket_connect_timeout=2, protocol=2)
 
     def _writer(self, keys: list[str], port: int, proxied: bool) -> None:
         client, seq, clock = self._client(port), 0, self.history.clock

@@ -1,0 +1,183 @@
+"""Network faults on the proxy-to-Redis link, with the history checker (bench.history): Redis runs in
+a network namespace the test creates for itself, reached over a veth pair on private addresses
+that exist only for the test; while the history runs (tier and live prefetching on), ``tc netem``
+adds latency then loss on both ends of the link where the kernel has netem (the dev machine's VM
+kernel has not: those phases are left out there, and the test says so), then both ends go down
+(a partition: packets lost, connections left open) and come back. Every run: no read through the
+proxy older than a write through it acknowledged before the read began, no acknowledged write lost
+(appendfsync always), errors only while the partition lasts, recovery by itself once it heals.
+
+Needs root (namespaces, links and qdiscs) and iproute2's ``ip`` and ``tc``."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from bench.history import DIRECT, PROXIED, Workload, check
+from proxy.embedded import free_port
+from tests.helpers import wait_for
+
+pytestmark = pytest.mark.skipif(
+    os.geteuid() != 0 or not shutil.which("ip") or not shutil.which("tc"),
+    reason="network namespaces, veth links and netem need root and iproute2",
+)
+
+
+def sh(*args: str) -> None:
+    subprocess.run(args, check=True, capture_output=True, timeout=30)
+
+
+class Link:
+    """A namespace with one end of a veth pair; this side holds the other."""
+
+    def __init__(self) -> None:
+        n = os.getpid() % 250 + 1
+        self.ns, self.outer, self.inner = f"predis-t{os.getpid()}", f"pdA{os.getpid()}", f"pdB{os.getpid()}"
+        self.host, self.redis_ip = f"10.213.{n}.1", f"10.213.{n}.2"
+        sh("ip", "netns", "add", self.ns)
+        sh("ip", "link", "add", self.outer, "type", "veth", "peer", "name", self.inner)
+        sh("ip", "link", "set", self.inner, "netns", self.ns)
+        sh("ip", "addr", "add", f"{self.host}/30", "dev", self.outer)
+        sh("ip", "link", "set", self.outer, "up")
+        self.inside("ip", "addr", "add", f"{self.redis_ip}/30", "dev", self.inner)
+        self.inside("ip", "link", "set", self.inner, "up")
+        self.inside("ip", "link", "set", "lo", "up")
+
+    def inside(self, *args: str) -> None:
+        sh("ip", "netns", "exec", self.ns, *args)
+
+    def netem(self, *spec: str) -> None:
+        """The same netem on both ends of the link (no spec: none)."""
+        for run, dev in ((sh, self.outer), (self.inside, self.inner)):
+            if spec:
+                run("tc", "qdisc", "replace", "dev", dev, "root", "netem", *spec)
+            else:
+                run("tc", "qdisc", "del", "dev", dev, "root")
+
+    def partition(self, cut: bool) -> None:
+        """Both ends of the link down (packets go nowhere, connections stay open), or up again."""
+        state = "down" if cut else "up"
+        sh("ip", "link", "set", self.outer, state)
+        self.inside("ip", "link", "set", self.inner, state)
+        if not cut:
+            sh("ip", "addr", "replace", f"{self.host}/30", "dev", self.outer)
+            self.inside("ip", "addr", "replace", f"{self.redis_ip}/30", "dev", self.inner)
+
+    def has_netem(self) -> bool:
+        """Whether this kernel has the netem qdisc (a VM's kernel may be built without it)."""
+        tried = subprocess.run(
+            ["tc", "qdisc", "replace", "dev", self.outer, "root", "netem", "delay", "1ms"],
+            capture_output=True,
+        )
+        if tried.returncode == 0:
+            sh("tc", "qdisc", "del", "dev", self.outer, "root")
+        return tried.returncode == 0
+
+    def close(self) -> None:
+        subprocess.run(["ip", "netns", "del", self.ns], capture_output=True, timeout=30)
+        subprocess.run(["ip", "link", "del", self.outer], capture_output=True, timeout=30)
+
+
+@pytest.fixture
+def link() -> Iterator[Link]:
+    made = Link()
+    try:
+        yield made
+    finally:
+        made.close()
+
+
+def redis_in(link: Link, workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            "ip",
+            "netns",
+            "exec",
+            link.ns,
+            "redis-server",
+            "--bind",
+            link.redis_ip,
+            "--port",
+            str(port),
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "always",
+            "--save",
+            "",
+            "--dir",
+            str(workdir),
+            "--protected-mode",  # (its address exists only between the test and its namespace)
+            "no",
+        ],
+        stdout=subprocess.DEVNULL,
+    )
+
+    def up() -> bool:
+        try:
+            socket.create_connection((link.redis_ip, port), timeout=0.5).close()
+            return True
+        except OSError:
+            return False
+
+    wait_for(up, timeout=20)
+    return proc, port
+
+
+def test_history_through_a_partition_and_latency_and_loss_where_netem_is(
+    make_proxy: Any, link: Link, tmp_path: Path
+) -> None:
+    netem = link.has_netem()
+    server, port = redis_in(link, tmp_path)
+    try:
+        proxy = make_proxy(
+            f"redis://{link.redis_ip}:{port}",
+            connect_timeout=0.5,
+            command_timeout=1.0,
+            health_interval=0.1,
+            prefetch="markov",
+            prefetch_engine_priority="normal",
+        )
+        wait_for(lambda: proxy.server.tier.active and proxy.server.prediction.ready, timeout=30)
+        with Workload(proxy.port, port, redis_host=link.redis_ip) as load:
+            wait_for(lambda: load.acked() >= 2_000, timeout=90)
+            if netem:
+                link.netem("delay", "20ms", "5ms")  # latency
+                done = load.acked()
+                wait_for(lambda: load.acked() >= done + 300, timeout=90)
+                link.netem("delay", "5ms", "loss", "10%")  # loss: TCP retransmits
+                done = load.acked()
+                wait_for(lambda: load.acked() >= done + 300, timeout=90)
+                link.netem()
+            errors = load.errors()
+            link.partition(True)  # a partition, past the command timeout
+            wait_for(lambda: load.errors() > errors + 4, timeout=90)
+            link.partition(False)  # healed
+            healed = load.acked()
+            wait_for(lambda: load.acked() >= healed + 3_000, timeout=120)
+        ops = load.history.ops
+        values = redis.Redis(host=link.redis_ip, port=port).mget(PROXIED + DIRECT)
+        final = {k: (None if v is None else int(v)) for k, v in zip(PROXIED + DIRECT, values, strict=True)}
+        verdict = check(ops, final)
+        print(
+            f"\nlink faults (netem latency and loss: {'yes' if netem else 'not in this kernel'}): "
+            + json.dumps(verdict.summary())
+        )
+        assert verdict.stale == [], verdict.stale[:3]
+        assert verdict.lost == [], verdict.lost[:3]
+        assert verdict.errors > 0  # (the partition was seen, as errors)
+        assert all(op.ok for op in ops[-1_000:])  # (recovered by itself)
+    finally:
+        server.terminate()
+        server.wait(10)
