@@ -24,7 +24,9 @@ from __future__ import annotations
 import random
 import threading
 import time
+from bisect import bisect_left, bisect_right
 from dataclasses import dataclass, field
+from itertools import accumulate
 from typing import Any
 
 import redis
@@ -82,6 +84,8 @@ class History:
 
 
 def check(ops: list[Op], final: dict[str, int | None]) -> Verdict:
+    """The verdict on ``ops``; O(n log n): each key's acknowledged writes sorted by completion, with
+    the newest value acknowledged so far beside each, searched by each read's start."""
     v = Verdict(operations=len(ops))
     writes: dict[tuple[str, bool], list[Op]] = {}
     for op in ops:
@@ -90,25 +94,28 @@ def check(ops: list[Op], final: dict[str, int | None]) -> Verdict:
         elif op.kind == "write":
             v.writes_acked += 1
             writes.setdefault((op.key, op.proxied), []).append(op)
-    for acked in writes.values():
+    done: dict[tuple[str, bool], list[float]] = {}  # completion times, ascending
+    newest: dict[tuple[str, bool], list[int]] = {}  # the newest value acknowledged by then
+    for name, acked in writes.items():
         acked.sort(key=lambda o: o.complete)
+        done[name] = [w.complete for w in acked]
+        newest[name] = list(accumulate((w.seq or 0 for w in acked), max))
     for op in ops:
         if op.kind != "read" or not op.ok:
             continue
         v.reads += 1
         got = -1 if op.seq is None else op.seq
-        newest = max(
-            (w.seq or 0 for w in writes.get((op.key, True), []) if w.complete < op.invoke), default=-1
-        )
-        if got < newest:
-            v.stale.append((op, newest))
-        lagging = [
-            w for w in writes.get((op.key, False), []) if w.complete < op.invoke and (w.seq or 0) > got
-        ]
-        if lagging:
+        name = (op.key, True)
+        before = bisect_left(done.get(name, []), op.invoke)  # (writes acknowledged before the read began)
+        if before and newest[name][before - 1] > got:
+            v.stale.append((op, newest[name][before - 1]))
+        name = (op.key, False)
+        before = bisect_left(done.get(name, []), op.invoke)
+        if before and newest[name][before - 1] > got:
+            # The first direct write newer than what was read (where the running maximum passes it).
+            first = bisect_right(newest[name], got, 0, before)
             v.direct_lagging_reads += 1
-            first = min(w.complete for w in lagging)
-            v.direct_delay_max = max(v.direct_delay_max, op.invoke - first)
+            v.direct_delay_max = max(v.direct_delay_max, op.invoke - done[name][first])
     for (key, _), acked in writes.items():
         top = max(w.seq or 0 for w in acked)
         have = final.get(key)
