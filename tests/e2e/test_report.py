@@ -57,11 +57,16 @@ def test_report_of_a_run(
     client = proxy.client()
     for i in range(6_000):  # (each key once: NONE never hits; OBL reads ahead of the scan)
         client.get(f"seq:{i}")
-    wait_for(
-        lambda: (
-            (run / "history.jsonl").exists() and len((run / "history.jsonl").read_text().splitlines()) >= 3
-        )
-    )
+    # Events, not durations: every read counted in the arms' figures, then one more sample written.
+    arms = proxy.server.stats.ab_report
+    wait_for(lambda: sum(a["gets"] for a in arms()["arms"]) == 6_000, timeout=60)
+
+    def lines() -> int:
+        path = run / "history.jsonl"
+        return len(path.read_text().splitlines()) if path.exists() else 0
+
+    seen = lines()
+    wait_for(lambda: lines() >= max(3, seen + 2), timeout=60)
     proxy.close()
     samples = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
     assert samples[-1]["arms"]["OBL"]["gets"] + samples[-1]["arms"]["NONE"]["gets"] == 6_000
