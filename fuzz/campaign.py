@@ -47,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"-max_total_time={args.seconds}",
                 "-max_len=4096",
                 "-timeout=30",
+                "-rss_limit_mb=4096",
                 "-print_final_stats=1",
             ],  # fmt: skip
             cwd=root,

@@ -17,6 +17,11 @@ from pathlib import Path
 import atheris
 
 SEEDS = Path(__file__).parent / "seeds"
+LAZY = {
+    "model_manifest": ("ml.registry",),
+    "trace_readers": ("accesslog.traces",),
+    "tracking_messages": ("prefetch.tier", "proxy.backchannel"),
+}
 
 
 def main(argv: list[str]) -> int:
@@ -26,13 +31,14 @@ def main(argv: list[str]) -> int:
     name, rest = argv[0], argv[1:]
     corpus = rest.pop(0) if rest and not rest[0].startswith("-") else tempfile.mkdtemp(prefix=f"fuzz-{name}-")
     with atheris.instrument_imports(include=["proxy", "prefetch", "accesslog", "ml", "common"]):
-        # What the targets import only when they run, instrumented too.
-        import accesslog.traces  # noqa: F401
-        import ml.registry  # noqa: F401
-        import prefetch.tier  # noqa: F401
-        import proxy.backchannel  # noqa: F401
+        import importlib
+
         from fuzz.targets import TARGETS, tiny_model
 
+        # What a target imports only when it runs, instrumented too (and only its own: the
+        # manifest's pulls in torch, which no other target needs).
+        for module in LAZY.get(name, ()):
+            importlib.import_module(module)
     if name not in TARGETS:
         print(f"fuzz.run: unknown target {name!r}; targets: {', '.join(TARGETS)}", file=sys.stderr)
         return 2
