@@ -7,8 +7,6 @@ follows from its arguments; ``canonical_size`` computes it for a whole read in C
 
 from __future__ import annotations
 
-from typing import Any
-
 # The bytes before a GET's key length, as clients send them (redis-benchmark, redis-py, hiredis).
 GET_PREFIXES = (b"*2\r\n$3\r\nGET\r\n$", b"*2\r\n$3\r\nget\r\n$", b"*2\r\n$3\r\nGet\r\n$")
 # The decimal form of every length below 65536 (a GET's key length, checked without int()).
@@ -155,14 +153,6 @@ def canonical_size(cmds: list[list[bytes]], args: list[bytes], sizes: list[int])
     except IndexError:  # an argument of 64 KiB or more
         digits = sum(len(str(len(c))) for c in cmds) + sum(len(str(n)) for n in sizes)
     return 3 * len(cmds) + 5 * len(args) + digits + sum(sizes)
-
-
-def drop_empty(cmds: list[Any]) -> tuple[list[Any], int]:
-    """Remove ``*-1`` and ``*0`` (Redis ignores them); return the rest and the bytes removed."""
-    if None not in cmds and [] not in cmds:
-        return cmds, 0
-    size = 5 * cmds.count(None) + 4 * cmds.count([])
-    return [c for c in cmds if c], size
 
 
 def split_commands(cmds: list[list[bytes]], raw: bytes) -> list[bytes | None]:

@@ -22,7 +22,7 @@ from typing import Any
 import hiredis
 
 from common.errors import ClientProtocolError
-from proxy.framing import canonical_size, drop_empty
+from proxy.framing import canonical_size
 from proxy.resp import Limits, RequestParser, UnfinishedRequest
 
 _STAR = b"*"
@@ -80,8 +80,7 @@ class RequestReader:
             self.reader = hiredis.Reader()
             stream = b"".join(self.tail) + data
             self.tail = []
-            cmds, size = drop_empty(cmds)
-            size += self._checked_size(cmds)
+            size = self._checked_size(cmds)  # (_plain: no *-1 or *0 among them)
             if cmds and self.on_commands(cmds, stream[:size]):
                 return stream[size:]
             return self._inline_data(stream[size:])
@@ -120,9 +119,9 @@ class RequestReader:
                 self.unfinished = UnfinishedRequest(self.limits)
             self._check_tail(data, held + len(data))
             return None
-        cmds, size = drop_empty(cmds)
+        # (No *-1 or *0 among them: _plain sent those to our own parser.)
         try:
-            size += self._checked_size(cmds)
+            size = self._checked_size(cmds)
         except ClientProtocolError as exc:
             # Hand on the commands before the bad one, as Redis serves them, then fail with
             # Redis's words for the bad one.
@@ -138,15 +137,12 @@ class RequestReader:
             raise ClientProtocolError("Protocol error: non-canonical request encoding")
         cut = len(data) - tail_len
         raw = b"".join(tail) + data[:cut] if tail else (data if tail_len == 0 else data[:cut])
-        self.tail = [data[cut:]] if tail_len else []
         if raw.count(b"$") < sum(map(len, cmds)):
             # An argument without its "$" header: a simple string (+), a big number or a verbatim
             # string, which hiredis reads as bytes like a bulk string and Redis refuses (fuzzing
             # found it; the bytes' sizes no longer match the commands'). Our own parser reads it.
-            self.reader = hiredis.Reader()
-            stream = raw + b"".join(self.tail)
-            self.tail = []
-            return self._inline_data(stream)
+            return self._exact(data)
+        self.tail = [data[cut:]] if tail_len else []
         if cmds and self.on_commands(cmds, raw):
             # (What follows the SYNC is the raw stream's.)
             self.reader = hiredis.Reader()

@@ -378,7 +378,7 @@ def _run_reference(data: bytes, spellings: tuple[bytes, ...], argc: int) -> list
     try:
         while (cmd := reader.gets()) is not False:
             cmds.append(cmd)
-    except hiredis.ProtocolError:
+    except (hiredis.ProtocolError, TypeError):  # (TypeError: a RESP3 map keyed by an array)
         return None
     # A changed count can nest one command inside another ("*3 ... *2 ..."): such a read is
     # not a run of plain commands, and there is no canonical encoding to compare with.
