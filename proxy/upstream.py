@@ -11,7 +11,9 @@ is the connection's.
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
+import struct
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -24,6 +26,17 @@ log = structlog.get_logger("predis.upstream")
 
 # A client's upstream connection's states.
 DOWN, CONNECTING, UP = 0, 1, 2
+
+
+def discard_unsent(transport: asyncio.BaseTransport) -> None:
+    """Make closing ``transport``'s TCP socket drop what the kernel has not sent yet (SO_LINGER 0:
+    a reset) rather than deliver it later; a Unix socket's bytes are delivered at once."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        except OSError:  # (already closed)
+            pass
 
 
 class UpstreamOpener:
@@ -168,10 +181,16 @@ class UpstreamLink:
         return True
 
     def drop(self) -> None:
-        """Give up on the current connection (a timeout, garbage): aborted, its late events ignored."""
+        """Give up on the current connection (a timeout, garbage): reset, its late events ignored.
+
+        Reset, not closed: a closed socket's unsent bytes stay in the kernel, which goes on
+        retransmitting them, and a write the client was told had failed reached Redis seconds
+        after a partition healed, over newer writes (a stale read in the history test).
+        SO_LINGER 0 makes the kernel discard them and send a reset instead."""
         proto, self.proto = self.proto, None
         self.state = DOWN
         if proto is not None and proto.transport is not None:
+            discard_unsent(proto.transport)
             proto.transport.abort()
 
     def close(self) -> None:
