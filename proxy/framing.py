@@ -27,7 +27,12 @@ def single_get_key(data: bytes) -> bytes | None:
         return None
     key = data[eol + 2 : -2]
     n = len(key)
-    if n >= 65536 or eol - 14 != len(digits := LENGTH_DIGITS[n]) or not data.startswith(digits, 14):
+    if (
+        n >= 65536
+        or eol - 14 != len(digits := LENGTH_DIGITS[n])
+        or not data.startswith(digits, 14)
+        or len(data) != eol + 4 + n  # (the length line's CRLF is not also the key's: "$0\r\n" ends)
+    ):
         return None
     return key
 
