@@ -53,6 +53,12 @@ def serve_main(argv: list[str]) -> int:
     p.add_argument("--connect-timeout", dest="connect_timeout", type=float)
     p.add_argument("--command-timeout", dest="command_timeout", type=float)
     p.add_argument("--max-clients", dest="max_clients", type=int)
+    p.add_argument(
+        "--upstream-pool",
+        dest="upstream_pool",
+        type=int,
+        help="N shared upstream connections for clients in the default state (0: one per client)",
+    )
     p.add_argument("--output-buffer-limit", dest="output_buffer_limit", type=int)
     p.add_argument(
         "--hot-tier",
@@ -173,6 +179,7 @@ def serve(args: argparse.Namespace) -> int:
             "connect_timeout",
             "command_timeout",
             "max_clients",
+            "upstream_pool",
             "output_buffer_limit",
             "log_level",
             "log_format",

@@ -34,6 +34,11 @@ class Settings:
     # upstream connection is replaced (BLPOP, XREAD BLOCK, WAIT... are exempt).
     command_timeout: float = 10.0
     max_clients: int = 10000
+    # Upstream connections: N > 0 pipelines the requests of clients in Redis's default connection
+    # state over N shared connections (per protocol), and gives a client its own connection while
+    # it holds state (MULTI, SUBSCRIBE, AUTH, SELECT...; proxy.multiplex); 0 gives each client its
+    # own (1:1). One shared connection forwarded the most in bench.muxbench.
+    upstream_pool: int = 1
     # Request limits, Redis's defaults (see proxy/resp.py).
     max_bulk_len: int = MAX_BULK_LEN
     max_multibulk_len: int = MAX_MULTIBULK_LEN
@@ -148,6 +153,10 @@ class Settings:
         ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.upstream_pool < 0:
+            raise ConfigError(
+                f"upstream_pool must be 0 (a connection per client) or more, got {self.upstream_pool}"
+            )
         if self.hot_tier not in ("off", "cpu", "gpu"):
             raise ConfigError(f"hot_tier must be off, cpu or gpu, got {self.hot_tier!r}")
         if self.hot_tier_policy not in ("lru", "s3fifo"):

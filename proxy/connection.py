@@ -27,6 +27,7 @@ from common.errors import ClientProtocolError
 from prefetch.tier import HotTier
 from proxy.dispatch import Dispatcher
 from proxy.keyspace import CommandTable
+from proxy.multiplex import MuxLink, UpstreamPool
 from proxy.reads import AccessSink, ForwardReads
 from proxy.replies import ReplyStream
 from proxy.requests import RequestReader
@@ -59,6 +60,10 @@ class Shared:
         self.access = access  # told of every GET and MGET key every client reads
         self.command_table: CommandTable | None = None  # Redis's, once the server has read it
         self.clients: set[ClientConnection] = set()
+        # Shared upstream connections (settings.upstream_pool > 0), else one per client.
+        self.pool = (
+            UpstreamPool(opener, stats, self.settings.upstream_pool) if self.settings.upstream_pool else None
+        )
         self.streams = itertools.count(1)  # each connection's stream id, for ``access``
         self.readers: dict[int, Session] = {}  # stream id -> its connection's session (live ones)
         settings = self.settings
@@ -92,15 +97,29 @@ class ClientConnection(asyncio.Protocol):
         self.paused: set[str] = set()
         self.peer = ""
         self.session = Session(shared.opener.address, stats, admin_users=shared.admin_users)
-        self.upstream = UpstreamLink(
+        stream = self.stream = next(shared.streams)
+        own = UpstreamLink(
             shared.opener, stats, self._new_upstream_protocol, self._upstream_up, self._upstream_failed
         )
+        self.upstream: UpstreamLink | MuxLink = own
+        self.mux: MuxLink | None = None
+        if shared.pool is not None:
+            self.upstream = self.mux = MuxLink(
+                shared.pool,
+                own,
+                stream,
+                self.pooled_data,
+                self.upstream_lost,
+                self._upstream_failed,
+                self.set_paused,
+                self._can_pool,
+                self._speaks_resp3,
+            )
         self.replies = ReplyStream(
             self.session, stats, self._write, self.upstream.send, self._bad_upstream_reply, self._close_now
         )
         self.pending = self.replies.pending
         fast_framing = shared.fast_framing
-        stream = self.stream = next(shared.streams)
         self.reads: ForwardReads
         if shared.tier is None:
             self.reads = ForwardReads(self.session, stats, self.pending, shared.access, stream, fast_framing)
@@ -127,6 +146,7 @@ class ClientConnection(asyncio.Protocol):
             self.upstream.send,
             self.close_after_replies,
             self._enter_raw,
+            self.mux.before_special if self.mux is not None else None,
         )
         self.requests = RequestReader(self.limits, self.dispatch.commands, self.dispatch.each)
         # After SYNC/PSYNC the connection is a raw byte pipe both ways (``_enter_raw``).
@@ -237,7 +257,7 @@ class ClientConnection(asyncio.Protocol):
                     run: Run = verdict  # type: ignore[assignment]
                     self.pending.append(run)
                     self.stats.commands_forwarded += run.count
-                    self.upstream.send(data)
+                    self.upstream.send(data, run.count)
                 return
         try:
             rest = requests.feed(data)
@@ -289,7 +309,7 @@ class ClientConnection(asyncio.Protocol):
         self.raw_held = [data]
         self.raw_held_bytes = len(data)
         if self.upstream.state == DOWN:
-            self.upstream.send(b"")  # connect (and replay the prelude) first
+            self.upstream.send(b"", 0)  # connect (and replay the prelude) first
         self._release_raw()
 
     def _raw_request(self, data: bytes) -> None:
@@ -302,7 +322,7 @@ class ClientConnection(asyncio.Protocol):
                 self.raw_held = None
                 self._protocol_error(ClientProtocolError("Protocol error: query buffer limit exceeded"))
         elif data:
-            self.upstream.send(data)
+            self.upstream.send(data, 0)
 
     def _release_raw(self) -> None:
         """Send the held raw bytes once nothing is owed before them."""
@@ -313,17 +333,32 @@ class ClientConnection(asyncio.Protocol):
         held, self.raw_held = self.raw_held, None
         self.raw_rep = True
         self.replies.leave_fast_mode_raw()
-        self.upstream.send(b"".join(held))
+        self.upstream.send(b"".join(held), 0)
 
     # ------------------------------------------------------------------ upstream events
+
+    def _speaks_resp3(self) -> bool:
+        return self.session.resp3
+
+    def _can_pool(self) -> bool:
+        """Whether this client may go back to the shared connections: nothing owed, nothing
+        held, and its Redis state the default (proxy.multiplex)."""
+        return not self.pending and not self.raw and not self.closing and self.session.poolable()
 
     def _new_upstream_protocol(self) -> UpstreamProtocol:
         return UpstreamProtocol(self.upstream_data, self.upstream_lost, self.set_paused)
 
     def _upstream_up(self, proto: UpstreamProtocol, waiting: bytes) -> None:
-        """A new upstream connection: the session's state is replayed before what waited."""
+        """A new upstream connection: the session's state is replayed before what waited (for a
+        pooled client just pinned, the state it had on the pool: its reply stream goes on where
+        the pool left it)."""
         prelude = self.session.prelude()
-        self.replies.restart(len(prelude))
+        mux = self.mux
+        if mux is not None and mux.fresh_pin:
+            mux.fresh_pin = False
+            self.replies.switch_connection(len(prelude))
+        else:
+            self.replies.restart(len(prelude))
         transport = proto.transport
         if transport is None:
             return
@@ -336,9 +371,11 @@ class ClientConnection(asyncio.Protocol):
             self._release_raw()
 
     def _upstream_failed(self, reason: str) -> None:
+        if self.mux is not None:
+            self.mux.fresh_pin = False
         self.replies.fail_all(f"ERR Predis: upstream Redis unavailable ({reason})")
 
-    def upstream_data(self, proto: UpstreamProtocol, data: bytes) -> None:
+    def upstream_data(self, proto: Any, data: bytes) -> None:
         if proto is not self.upstream.proto or self.closed:
             return
         if self.raw_rep:
@@ -351,8 +388,20 @@ class ClientConnection(asyncio.Protocol):
             replies.slow_replies(data)
         if self.raw_held is not None:
             self._release_raw()
+        elif self.mux is not None and self.mux.pinned and not self.pending:
+            self.mux.unpin_if_idle()
 
-    def upstream_lost(self, proto: UpstreamProtocol, exc: Exception | None) -> None:
+    def pooled_data(self, proto: Any, data: bytes, frames: int, whole: bool) -> None:
+        """Bytes of this client's replies from a pooled connection, whose scanner counted
+        ``frames`` ends in them (``whole``: they end at a frame boundary): passed through
+        without counting them again where the reply stream allows it."""
+        if proto is not self.upstream.proto or self.closed:
+            return
+        if whole and frames and not self.raw_rep and self.replies.counted_replies(data, frames):
+            return
+        self.upstream_data(proto, data)
+
+    def upstream_lost(self, proto: Any, exc: Exception | None) -> None:
         if not self.upstream.lost(proto) or self.closed:
             return
         self.stats.upstream_errors += 1

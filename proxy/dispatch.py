@@ -38,10 +38,14 @@ class Dispatcher:
         reads: ForwardReads,
         replies: ReplyStream,
         stats: Stats,
-        send: Callable[[bytes], None],
+        send: Callable[[bytes, int], None],
         on_close: Callable[[], None],
         on_raw: Callable[[bytes], None],
+        before_special: Callable[[bytes, list[bytes]], None] | None = None,
     ) -> None:
+        """``send(data, frames)``: requests upstream, and how many replies they ask for;
+        ``before_special``: told of each special command before it is decided (the pool pins
+        the client there, proxy.multiplex)."""
         self.session = session
         self.reads = reads
         self.replies = replies
@@ -50,12 +54,13 @@ class Dispatcher:
         self.send = send
         self.on_close = on_close
         self.on_raw = on_raw
+        self.before_special = before_special
 
     def forward_run(self, run: Run, raw: bytes) -> None:
         """Forward ``raw`` (``run.count`` commands, none special) with one slot for their replies."""
         self.pending.append(run)
         self.stats.commands_forwarded += run.count
-        self.send(raw)
+        self.send(raw, run.count)
 
     def commands(self, cmds: list[Any], raw: bytes) -> bool:
         """Forward ``raw`` (the bytes of exactly ``cmds``) as one run if the reads decider says it
@@ -94,7 +99,7 @@ class Dispatcher:
                     if reply is not None:
                         if pending or pieces:
                             if pieces:
-                                send(b"".join(pieces))
+                                send(b"".join(pieces), len(pieces))
                                 pieces = []
                             replies.queue_local(reply)
                         else:
@@ -110,8 +115,10 @@ class Dispatcher:
             slot: Any = _PLAIN
             if name in SPECIAL or session.passthrough_req or session.reply_mode != b"ON":
                 if pieces:  # what came before goes first: a sync ECHO may be sent next
-                    send(b"".join(pieces))
+                    send(b"".join(pieces), len(pieces))
                     pieces = []
+                if self.before_special is not None:
+                    self.before_special(name, args)
                 slot = session.special(name, args, now)
                 if slot is RAW:
                     # This command and every one after it go as they are, once the replies
@@ -204,7 +211,7 @@ class Dispatcher:
             replies.write(b"".join(served))
         self.stats.commands_forwarded += forwarded
         if pieces:
-            send(b"".join(pieces))
+            send(b"".join(pieces), len(pieces))
         return False
 
 

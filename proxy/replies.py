@@ -40,7 +40,7 @@ class ReplyStream:
         session: Session,
         stats: Stats,
         write: Callable[[bytes], None],
-        send: Callable[[bytes], None],
+        send: Callable[[bytes, int], None],
         on_bad_reply: Callable[[str], None],
         on_close: Callable[[], None],
     ) -> None:
@@ -104,6 +104,15 @@ class ReplyStream:
         for _ in range(prelude):
             self.pending.appendleft(Capture(_now(), discard_reply))
 
+    def switch_connection(self, prelude: int) -> None:
+        """``restart``, for a client whose requests move to a connection of its own while its
+        stream is at a frame boundary (pinned from a pool): bytes kept back in case they began a
+        sync reply go out first (the sync was sent on the new connection, so they did not)."""
+        if self.sync_tail:
+            self.write(self.sync_tail)
+            self.sync_tail = b""
+        self.restart(prelude)
+
     def fast_replies(self, data: bytes) -> None:
         """Upstream's bytes in fast mode (``fast``; else ``slow_replies``): count reply frames in C
         and pass the bytes through.
@@ -157,6 +166,22 @@ class ReplyStream:
             keep = len(self.sync_frame) - 1
             self.write(buf[:-keep])
             self.sync_tail = buf[-keep:]
+
+    def counted_replies(self, data: bytes, count: int) -> bool:
+        """``count`` whole reply frames, counted already (by a pooled connection's scanner):
+        passed through uncounted in fast mode on a RESP2 connection with no frame half read and
+        no sync awaited. False if they must take ``fast_replies`` or ``slow_replies``."""
+        if (
+            not self.fast
+            or self.sync_token is not None
+            or self.fast_resp3
+            or self.session.resp3
+            or self.rep_reader.has_data()
+        ):
+            return False
+        self._consume_runs(count)
+        self.write(data)
+        return True
 
     def _scan_from_boundary(self, data: bytes) -> None:
         """Leave fast mode at the start of ``data`` (a frame boundary) and scan it."""
@@ -380,7 +405,7 @@ class ReplyStream:
     def leave_fast_mode_now(self) -> None:
         sync = self.leave_fast_mode()
         if sync is not None:
-            self.send(sync)
+            self.send(sync, 1)
 
     def leave_fast_mode_raw(self) -> None:
         """SYNC/PSYNC: from here on the replies are a raw stream, never parsed."""

@@ -93,6 +93,8 @@ class ProxyServer:
             self.stats.ab = self.prediction
             access = self.prediction if access is None else _both(self.prediction, access)
         self.shared = Shared(self.opener, self.stats, self.tier, self.filler, access)
+        if self.shared.pool is not None:
+            self.stats.sections["upstream_pool"] = self.shared.pool.figures
         if self.prediction is not None:
             readers = self.shared.readers
 
@@ -195,6 +197,8 @@ class ProxyServer:
             if client.transport is not None:
                 client.transport.abort()  # shutting down: do not wait for slow readers
             client.upstream.close()
+        if self.shared.pool is not None:
+            self.shared.pool.close()
         for server in (self._server, self._tls_server):
             if server is None:
                 continue

@@ -55,6 +55,7 @@ class Session:
         self.db = 0
         self.client_name: bytes | None = None
         self.replay_resp3 = False
+        self.setinfo: dict[bytes, bytes] = {}  # CLIENT SETINFO's attributes, replayed on reconnect
         self.default_state()
         # The protocol as seen on the request side (before Redis answers): it decides how RESP3
         # SUBSCRIBE confirmations are counted.
@@ -63,6 +64,7 @@ class Session:
         self.in_multi = False
         self.watching = False
         self.tracking = False
+        self.subscribed = False  # a RESP3 SUBSCRIBE was sent (until RESET: unsubscribing is not followed)
         self.passthrough_req = False  # RESP2 pub/sub or MONITOR: requests are no longer inspected
         self.passthrough_rep = False  # ...and replies are no longer matched to requests
         self.reply_mode = b"ON"  # CLIENT REPLY ON | OFF | SKIP
@@ -149,6 +151,7 @@ class Session:
             if len(args) < 2:
                 return Run(1, now)  # arity error: an ordinary error reply
             if self.resp3:
+                self.subscribed = True
                 return NO_SLOT  # RESP3: confirmations arrive as push frames
             # RESP2: one confirmation per channel, then the connection is a message stream.
             self.passthrough_req = True
@@ -188,6 +191,8 @@ class Session:
             sub = args[1].upper()
             if sub == b"SETNAME" and len(args) == 3:
                 return Capture(now, partial(self.on_setname, name=args[2]))
+            if sub == b"SETINFO" and len(args) == 4:
+                return Capture(now, partial(self.on_setinfo, attr=args[2].upper(), value=args[3]))
             if sub == b"TRACKING":
                 self.tracking = args[2].upper() == b"ON"
         return Run(1, now)
@@ -210,6 +215,11 @@ class Session:
     def on_setname(self, frame: bytes, name: bytes) -> bytes:
         if frame.startswith(b"+"):
             self.client_name = name or None
+        return frame
+
+    def on_setinfo(self, frame: bytes, attr: bytes, value: bytes) -> bytes:
+        if frame.startswith(b"+"):
+            self.setinfo[attr] = value
         return frame
 
     def on_auth(self, frame: bytes, cred: tuple[bytes, bytes]) -> bytes:
@@ -262,15 +272,40 @@ class Session:
                 out.append(encode_command([b"CLIENT", b"SETNAME", self.client_name]))
         if self.db:
             out.append(encode_command([b"SELECT", str(self.db).encode()]))
+        for attr, value in self.setinfo.items():
+            out.append(encode_command([b"CLIENT", b"SETINFO", attr, value]))
         return out
+
+    def poolable(self) -> bool:
+        """Whether the connection is in the state a shared upstream connection is in (the URL's
+        user and database, RESP2 or RESP3, no name, nothing stateful, replies on, no state change in
+        flight): it may use the pool (proxy.multiplex)."""
+        address = self.upstream_address
+        auth = (address.username or "default", address.password) if address.password else None
+        return (
+            self.auth == auth
+            and self.db == address.db
+            and self.resp3 == self.replay_resp3
+            and self.client_name is None
+            and self.reply_mode == b"ON"
+            and not self.state_pending
+            and not self.stateful()
+        )
 
     def stateful(self) -> bool:
         """Whether the connection holds state a new upstream connection cannot restore."""
-        return self.in_multi or self.watching or self.tracking or self.passthrough_req or self.passthrough_rep
+        return (
+            self.in_multi
+            or self.watching
+            or self.tracking
+            or self.subscribed
+            or self.passthrough_req
+            or self.passthrough_rep
+        )
 
     def reset_request_state(self) -> None:
         self.resp3 = False
-        self.in_multi = self.watching = self.tracking = False
+        self.in_multi = self.watching = self.tracking = self.subscribed = False
         self.passthrough_req = False
         self.reply_mode = b"ON"
 

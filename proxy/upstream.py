@@ -136,7 +136,8 @@ class UpstreamLink:
         self.closed = False  # the client is gone: a connection that opens now is closed at once
         self.peer = ""
 
-    def send(self, data: bytes) -> None:
+    def send(self, data: bytes, frames: int = 0) -> None:
+        """``frames``: the replies ``data`` asks for (a pool's concern; unused here)."""
         if self.state == UP:
             self.proto.transport.write(data)  # type: ignore[union-attr]
             return
@@ -192,6 +193,13 @@ class UpstreamLink:
         if proto is not None and proto.transport is not None:
             discard_unsent(proto.transport)
             proto.transport.abort()
+
+    def release(self) -> None:
+        """Close the current connection (nothing is owed on it); the next ``send`` opens another."""
+        proto, self.proto = self.proto, None
+        self.state = DOWN
+        if proto is not None and proto.transport is not None:
+            proto.transport.close()
 
     def close(self) -> None:
         """The client is gone: close the connection (and any that is still opening)."""

@@ -22,6 +22,9 @@ configure_logging("warning")
 # PREDIS_TEST_HOT_TIER=gpu gives every proxy the tests start with the default tier the GPU store
 # instead (on a machine with CuPy and a GPU: bench/gpu_machine.sh runs the tier tests so).
 TEST_HOT_TIER = os.environ.get("PREDIS_TEST_HOT_TIER", "cpu")
+# PREDIS_TEST_UPSTREAM_POOL=0 gives every proxy the tests start with no upstream_pool of its own
+# setting a connection per client (scripts/test runs the compatibility tests so too).
+TEST_UPSTREAM_POOL = os.environ.get("PREDIS_TEST_UPSTREAM_POOL")
 
 
 class RunningProxy:
@@ -89,6 +92,8 @@ def make_proxy() -> Iterator[Any]:
         ``access``: its access sink (proxy.reads.AccessSink)."""
         if overrides.get("hot_tier", "cpu") == "cpu":
             overrides["hot_tier"] = TEST_HOT_TIER
+        if TEST_UPSTREAM_POOL is not None:
+            overrides.setdefault("upstream_pool", int(TEST_UPSTREAM_POOL))
         settings = Settings(upstream=upstream, port=0, **overrides).validate()
         proxy = RunningProxy(settings, clock, access)
         proxies.append(proxy)

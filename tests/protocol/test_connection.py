@@ -64,6 +64,7 @@ class Wired:
 
     def __init__(self, **settings: Any) -> None:
         self.seen: list[tuple[int, bytes, bool]] = []
+        settings.setdefault("upstream_pool", 0)  # (the client's own upstream connection, wired here)
         server = ProxyServer(
             Settings(upstream="redis://127.0.0.1:1", port=0, **settings).validate(),
             access=lambda stream, db, keys, hit: self.seen.extend((db, k, hit) for k in keys),
