@@ -1,5 +1,6 @@
 """Many clients, few upstream connections: Redis directly, twemproxy (Debian's ``nutcracker``), and
-Predis with a connection per client and with a shared pool, side by side, interleaved.
+Predis with a connection per client (``per-client``: --upstream-pool 0) and with shared pools
+(``poolN``), side by side, interleaved.
 
     python -m bench.muxbench [--pools 1,2] [--requests N] [--repeats R] [--clients C]
                              [--pipelines 1,16] [--no-nutcracker]
@@ -103,8 +104,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.nutcracker:
                 servers.append(Nutcracker(upstream.port, Path(work)))
                 targets["twemproxy"] = servers[-1].port
-            servers.append(ProxyProcess(upstream.url, ["--hot-tier", "off"]))
-            targets["predis"] = servers[-1].port
+            servers.append(ProxyProcess(upstream.url, ["--hot-tier", "off", "--upstream-pool", "0"]))
+            targets["per-client"] = servers[-1].port
             for size in pools:
                 servers.append(
                     ProxyProcess(upstream.url, ["--hot-tier", "off", "--upstream-pool", str(size)])
