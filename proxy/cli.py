@@ -54,6 +54,12 @@ def serve_main(argv: list[str]) -> int:
     p.add_argument("--command-timeout", dest="command_timeout", type=float)
     p.add_argument("--max-clients", dest="max_clients", type=int)
     p.add_argument(
+        "--workers",
+        help="proxy processes sharing the port under a supervisor: a number, or auto (the CPUs)",
+    )
+    p.add_argument("--worker-index", dest="worker_index", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--worker-dir", dest="worker_dir", help=argparse.SUPPRESS)
+    p.add_argument(
         "--upstream-pool",
         dest="upstream_pool",
         type=int,
@@ -143,7 +149,9 @@ def serve_main(argv: list[str]) -> int:
     )
     p.add_argument("--log-level", dest="log_level")
     p.add_argument("--log-format", dest="log_format", choices=["console", "json"])
-    return serve(p.parse_args(argv))
+    args = p.parse_args(argv)
+    args.argv = argv
+    return serve(args)
 
 
 def stats_main(argv: list[str]) -> int:
@@ -213,8 +221,19 @@ def serve(args: argparse.Namespace) -> int:
             "access_log_salt",
         )
     }
+    if args.workers is not None:
+        from proxy.workers import resolve_workers
+
+        try:
+            overrides["workers"] = resolve_workers(args.workers)
+        except ValueError as exc:
+            raise PredisError(str(exc)) from None
     settings = load_settings(args.config, overrides=overrides)
     configure_logging(settings.log_level, settings.log_format)
+    if settings.workers > 1 and args.worker_index is None:
+        from proxy.workers import supervise
+
+        return supervise(settings, getattr(args, "argv", []))
     if settings.hot_tier == "gpu":
         from prefetch.store import load_cupy
 
@@ -228,6 +247,10 @@ def serve(args: argparse.Namespace) -> int:
     asyncio.set_event_loop(loop)
     try:
         server = ProxyServer(settings)
+        if args.worker_index is not None:
+            from proxy.workers import WorkerFigures
+
+            server.stats.peers = WorkerFigures(args.worker_dir, args.worker_index)
     except BaseException:
         loop.close()
         if embedded is not None:

@@ -39,6 +39,8 @@ class Settings:
     # it holds state (MULTI, SUBSCRIBE, AUTH, SELECT...; proxy.multiplex); 0 gives each client its
     # own (1:1). One shared connection forwarded the most in bench.muxbench.
     upstream_pool: int = 1
+    # Proxy processes sharing the port (SO_REUSEPORT) under a supervisor (proxy.workers).
+    workers: int = 1
     # Request limits, Redis's defaults (see proxy/resp.py).
     max_bulk_len: int = MAX_BULK_LEN
     max_multibulk_len: int = MAX_MULTIBULK_LEN
@@ -153,6 +155,10 @@ class Settings:
         ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.workers < 1:
+            raise ConfigError(f"workers must be at least 1, got {self.workers}")
+        if self.workers > 1 and (self.admin or self.run_dir or self.access_log_dir):
+            raise ConfigError("admin, run_dir and access_log_dir do not work with workers > 1 yet")
         if self.upstream_pool < 0:
             raise ConfigError(
                 f"upstream_pool must be 0 (a connection per client) or more, got {self.upstream_pool}"

@@ -138,8 +138,13 @@ class ProxyServer:
 
     async def start(self) -> tuple[str, int]:
         loop = asyncio.get_running_loop()
+        shared_port = self.settings.workers > 1  # (--workers: the kernel spreads connections over them)
         self._server = await loop.create_server(
-            lambda: ClientConnection(self.shared), self.settings.host, self.settings.port, backlog=1024
+            lambda: ClientConnection(self.shared),
+            self.settings.host,
+            self.settings.port,
+            backlog=1024,
+            reuse_port=shared_port or None,
         )
         sock = self._server.sockets[0].getsockname()
         self.address = (sock[0], sock[1])
@@ -152,6 +157,7 @@ class ProxyServer:
                 self.settings.tls_port,
                 backlog=1024,
                 ssl=server_context(self.settings),
+                reuse_port=shared_port or None,
             )
             tls_sock = self._tls_server.sockets[0].getsockname()
             self.tls_address = (tls_sock[0], tls_sock[1])
@@ -163,6 +169,8 @@ class ProxyServer:
             self._tasks.append(loop.create_task(self._tier_loop()))
         if self.alerts is not None or self.admin is not None or self.run_dir is not None:
             self._tasks.append(loop.create_task(self._look_loop()))
+        if self.stats.peers is not None:
+            self._tasks.append(loop.create_task(self._publish_loop()))
         if self.prediction is not None:
             await self.prediction.start()
         if self.admin is not None:
@@ -267,6 +275,17 @@ class ProxyServer:
         if self.filler is None:
             return 0
         return await self.filler.prefetch(keys, db)
+
+    async def _publish_loop(self) -> None:
+        """With --workers: this worker's figures, for the others to sum (proxy.workers)."""
+        from proxy.workers import PUBLISH_EVERY
+
+        while True:
+            try:
+                self.stats.peers.publish(self.stats.snapshot())
+            except OSError as exc:
+                log.warning("cannot write this worker's figures", error=str(exc))
+            await asyncio.sleep(PUBLISH_EVERY)
 
     async def _timeout_loop(self) -> None:
         """Fail requests whose reply is overdue. One sweep every 100 ms, not a timer per request."""

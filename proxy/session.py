@@ -350,6 +350,8 @@ class Session:
             return encode_bulk(self.stats.info_text())
         if sub == b"STATS" and len(args) == 3 and args[2].upper() == b"JSON":
             return encode_bulk(self.stats.json_text())
+        if sub == b"STATS" and len(args) == 3 and args[2].upper() == b"WORKERS":
+            return encode_bulk(self.stats.workers_json())
         if sub == b"AB" and len(args) == 2:
             return encode_bulk(self.stats.ab_text())
         if sub == b"AB" and len(args) == 3 and args[2].upper() == b"JSON":
@@ -375,6 +377,7 @@ class Session:
             lines = [
                 b"PREDIS STATS: the # Predis section of INFO, as text",
                 b"PREDIS STATS JSON: the same figures as a JSON object",
+                b"PREDIS STATS WORKERS: each worker's figures (--workers) and which one answered, as JSON",
                 b"PREDIS AB: the # Predis A/B section (live prefetching's arms and their tests)",
                 b"PREDIS AB JSON: the same as a JSON object (null when no experiment runs)",
                 b"PREDIS AB RESET: start the experiment's figures again",

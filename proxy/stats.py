@@ -35,6 +35,25 @@ class Stats:
         self.sections: dict[str, Callable[[], dict[str, Any]]] = {}
         # The A/B experiment of live prefetching (proxy.prediction.LivePrefetcher), if one runs.
         self.ab: Any = None
+        # With --workers: every worker's figures (proxy.workers.WorkerFigures); what clients read
+        # is then the whole proxy's.
+        self.peers: Any = None
+
+    def client_figures(self) -> dict[str, Any]:
+        """The figures a client reads: this process's, or with workers the whole proxy's."""
+        if self.peers is None:
+            return self.snapshot()
+        from proxy.workers import merge_figures
+
+        return merge_figures(self.peers.everyone(self.snapshot()))
+
+    def workers_json(self) -> bytes:
+        """Each worker's figures (a list of one without workers), and which worker answered."""
+        if self.peers is None:
+            report = {"answered_by": 0, "workers": [self.snapshot()]}
+        else:
+            report = {"answered_by": self.peers.index, "workers": self.peers.everyone(self.snapshot())}
+        return json.dumps(report, sort_keys=True).encode()
 
     def snapshot(self) -> dict[str, Any]:
         lat = self.forward_latency
@@ -68,7 +87,7 @@ class Stats:
     def info_text(self) -> bytes:
         """The `# Predis` section, formatted like Redis's INFO (CRLF lines, key:value)."""
         lines = ["# Predis"]
-        for key, value in self.snapshot().items():
+        for key, value in self.client_figures().items():
             if isinstance(value, float):
                 value = f"{value:.1f}"
             lines.append(f"{key}:{value}")
@@ -135,7 +154,7 @@ class Stats:
         return ("\r\n".join(lines) + "\r\n").encode()
 
     def json_text(self) -> bytes:
-        return json.dumps(self.snapshot(), sort_keys=True).encode()
+        return json.dumps(self.client_figures(), sort_keys=True).encode()
 
 
 def _flat(figures: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:

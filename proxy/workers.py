@@ -1,0 +1,167 @@
+"""``predis serve --workers N``: N proxy processes on one listening port, under a supervisor.
+
+Each worker is a whole proxy (its own event loop, tier, filler, tracking connection and, with live
+prefetching, engine) that opens the port with SO_REUSEPORT, so the kernel spreads new client
+connections over them. The tier stays coherent across workers the way it does across proxies:
+every worker's tracking connection hears of every write to a key it read, through whichever
+worker (or client) the write came.
+
+The supervisor starts an embedded Redis if no upstream is given (one for all workers), picks the
+port if asked for port 0, starts the workers with the same flags, restarts one that dies (after a
+pause if it dies young), and on SIGTERM or SIGINT stops them all.
+
+Statistics: each worker writes its figures to a file in a directory the supervisor made, twice a
+second; ``PREDIS STATS`` (and INFO's ``# Predis`` section, ``predis stats``) in any worker sums
+every worker's latest (``merge_figures``), and ``PREDIS STATS WORKERS`` lists them one by one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from proxy.config import Settings
+
+log = structlog.get_logger("predis.workers")
+
+PUBLISH_EVERY = 0.5  # seconds between a worker's figures files
+YOUNG = 2.0  # a worker that dies younger than this is restarted after a pause of this long
+
+
+# Figures that are not counts: the whole proxy's is the largest worker's (a percentile, an age,
+# a size), or a ratio recomputed from the counts where they are there.
+_NOT_SUMMED_SUFFIXES = ("_p50_us", "_p90_us", "_p99_us", "_p999_us", "_ratio", "_size")
+_NOT_SUMMED = frozenset({"uptime_in_seconds", "hot_tier_active", "worker_index", "worker_pid"})
+
+
+def merge_figures(figures: list[dict[str, Any]]) -> dict[str, Any]:
+    """The whole proxy's figures from its workers': counts summed; percentiles, ratios and sizes
+    the largest worker's (hot_tier_hit_ratio recomputed from the summed hits and misses); text
+    the first worker's."""
+    if not figures:
+        return {}
+    out: dict[str, Any] = {}
+    for key, value in figures[0].items():
+        values = [f.get(key) for f in figures]
+        numbers = [v for v in values if isinstance(v, int | float) and not isinstance(v, bool)]
+        if len(numbers) != len(values):
+            out[key] = value
+        elif key in _NOT_SUMMED or key.endswith(_NOT_SUMMED_SUFFIXES):
+            out[key] = max(numbers)
+        else:
+            out[key] = sum(numbers)
+    hits, misses = out.get("hot_tier_hits"), out.get("hot_tier_misses")
+    if isinstance(hits, int) and isinstance(misses, int) and "hot_tier_hit_ratio" in out:
+        out["hot_tier_hit_ratio"] = round(hits / (hits + misses), 4) if hits + misses else 0.0
+    out["workers"] = len(figures)
+    out.pop("worker_index", None)
+    out.pop("worker_pid", None)
+    return out
+
+
+class WorkerFigures:
+    """A worker's side: where it writes its figures, and every worker's as last written."""
+
+    def __init__(self, directory: str, index: int) -> None:
+        self.directory = Path(directory)
+        self.index = index
+        self.path = self.directory / f"worker-{index}.json"
+
+    def publish(self, figures: dict[str, Any]) -> None:
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({**figures, "worker_index": self.index, "worker_pid": os.getpid()}))
+        tmp.replace(self.path)  # (readers never see half a file)
+
+    def everyone(self, mine: dict[str, Any]) -> list[dict[str, Any]]:
+        """Every worker's figures: this one's now, the others' as last published."""
+        out = [{**mine, "worker_index": self.index, "worker_pid": os.getpid()}]
+        for path in sorted(self.directory.glob("worker-*.json")):
+            if path == self.path:
+                continue
+            try:
+                out.append(json.loads(path.read_text()))
+            except (OSError, ValueError):
+                continue  # (a worker writing its first file)
+        return sorted(out, key=lambda f: f.get("worker_index", 0))
+
+
+def resolve_workers(value: str) -> int:
+    """``--workers``: a count, or ``auto`` (the CPUs this process may run on)."""
+    if value == "auto":
+        return len(os.sched_getaffinity(0))
+    try:
+        count = int(value)
+    except ValueError:
+        raise ValueError(f"--workers must be a number or auto, got {value!r}") from None
+    if count < 1:
+        raise ValueError(f"--workers must be at least 1, got {count}")
+    return count
+
+
+def supervise(settings: Settings, argv: list[str]) -> int:
+    """Run ``settings.workers`` workers of ``predis serve argv`` until SIGTERM or SIGINT."""
+    from proxy.embedded import EmbeddedRedis, free_port
+
+    embedded = None
+    upstream = settings.upstream
+    if not upstream:
+        embedded = EmbeddedRedis(settings.redis_server).start()
+        upstream = embedded.url
+    port = settings.port or free_port()
+    directory = tempfile.mkdtemp(prefix="predis-workers-")
+    base = [sys.executable, "-m", "proxy.cli", "serve", *argv, "--upstream", upstream, "--port", str(port)]
+    stopping = False
+
+    def stop(signum: int, frame: Any) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+
+    def spawn(index: int) -> tuple[subprocess.Popen[bytes], float]:
+        cmd = [*base, "--worker-index", str(index), "--worker-dir", directory]
+        return subprocess.Popen(cmd), time.monotonic()
+
+    procs = [spawn(i) for i in range(settings.workers)]
+    log.info("workers started", workers=settings.workers, port=port, pids=[p.pid for p, _ in procs])
+    restarts = 0
+    try:
+        while not stopping:
+            time.sleep(0.1)
+            for index, (proc, started) in enumerate(procs):
+                code = proc.poll()
+                if code is None or stopping:
+                    continue
+                young = time.monotonic() - started < YOUNG
+                log.warning("worker died; restarting it", worker=index, pid=proc.pid, code=code, young=young)
+                if young:
+                    time.sleep(YOUNG)
+                restarts += 1
+                procs[index] = spawn(index)
+    finally:
+        for proc, _ in procs:
+            if proc.poll() is None:
+                proc.terminate()
+        deadline = time.monotonic() + 15
+        for proc, _ in procs:
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        shutil.rmtree(directory, ignore_errors=True)
+        if embedded is not None:
+            embedded.close()
+        log.info("workers stopped", restarts=restarts)
+    return 0
