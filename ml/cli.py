@@ -84,6 +84,12 @@ def train_main(argv: list[str]) -> int:
     p.add_argument("--split", type=float, default=0.8, help="share of the log (by time) used for training")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument(
+        "--nproc",
+        type=int,
+        default=1,
+        help="training processes (DistributedDataParallel: gloo on CPUs, nccl on one GPU each)",
+    )
+    p.add_argument(
         "--init-from",
         default="",
         help="fine-tune this model (directory or registry) on the log instead of training from scratch",
@@ -104,6 +110,8 @@ def train_main(argv: list[str]) -> int:
         raise ConfigError(
             "--epochs and --batch must be at least 1, --length at least 2, --split in (0, 1), --lr positive"
         )
+    if args.nproc < 1:
+        raise ConfigError(f"--nproc must be at least 1, got {args.nproc}")
     log = read_log(args.log)
     cfg = train_config(
         args,
@@ -114,7 +122,12 @@ def train_main(argv: list[str]) -> int:
         progress=not args.quiet and sys.stderr.isatty(),
         init_from=args.init_from,
     )
-    metrics = train(log, args.output, cfg, registry=args.registry)
+    if args.nproc > 1:
+        from ml.training.launch import train_processes
+
+        metrics = train_processes(args.nproc, args.log, args.output, cfg, registry=args.registry)
+    else:
+        metrics = train(log, args.output, cfg, registry=args.registry)
     summary = {
         "model_dir": metrics["model_dir"],
         "train_seconds": metrics["train_seconds"],

@@ -82,11 +82,15 @@ def pick_device(name: str) -> str:
 
 
 def _loss(
-    model: NextKeyLSTM, data: dict[str, torch.Tensor], rows: torch.Tensor, device: str, amp: bool
+    loss_of: Callable[[dict[str, torch.Tensor]], torch.Tensor],
+    data: dict[str, torch.Tensor],
+    rows: torch.Tensor,
+    device: str,
+    amp: bool,
 ) -> torch.Tensor:
     batch = {k: v[rows].to(device, non_blocking=True) for k, v in data.items() if k != "order"}
     with torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16, enabled=amp):
-        return model.batch_loss(batch)
+        return loss_of(batch)
 
 
 def train(
@@ -101,10 +105,14 @@ def train(
     the command against ``tcfg.max_seconds`` (ml.training.budget)."""
     from ml.inference.arm import predict_streams
     from ml.registry import next_version, save_model, set_current
+    from ml.training.distributed import agreed, rank_and_world, wrap
     from ml.training.evaluate import score
 
     tcfg = tcfg or TrainConfig()
+    rank, world = rank_and_world()  # (several processes: ml.training.distributed)
     device = pick_device(tcfg.device)
+    if device == "cuda" and world > 1:
+        device = f"cuda:{rank}"
     amp = use_bf16(tcfg.precision, device)  # (before any work: bf16 where it cannot run is an error)
     torch.manual_seed(tcfg.seed)
     np.random.seed(tcfg.seed)
@@ -173,28 +181,31 @@ def train(
 
         carried = carry_weights(old[0], old[1], model, vocab)
         warm_start = {"from": str(resolve(tcfg.init_from)), "keys_carried": carried}
+    trainer = wrap(model, device)  # (in DistributedDataParallel when there are several processes)
     opt = torch.optim.AdamW(model.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
     gen = torch.Generator().manual_seed(tcfg.seed)
     best, best_state, stale, history = math.inf, None, 0, []
     steps_per_epoch = budget.steps_per_epoch = max(1, math.ceil(tr["keys"].shape[0] / tcfg.batch))
     for epoch in range(tcfg.epochs):
-        if not budget.epoch_begins():  # (the budget ends the loop between epochs too)
+        if agreed(not budget.epoch_begins()):  # (the budget ends the loop between epochs too)
             break
         model.train()
-        perm = torch.randperm(tr["keys"].shape[0], generator=gen)
-        bar = _progress(steps_per_epoch, f"epoch {epoch + 1}", tcfg.progress)
-        total, done = 0.0, 0
+        perm = torch.randperm(tr["keys"].shape[0], generator=gen)  # (the same in every process)
+        bar = _progress(steps_per_epoch, f"epoch {epoch + 1}", tcfg.progress and rank == 0)
+        total, done, seen = 0.0, 0, 0
         for s in range(steps_per_epoch):
-            if s and budget.stop_before_step():  # checked before every step, not only between epochs
+            # Checked before every step, not only between epochs (every process stops together).
+            if s and agreed(budget.stop_before_step()):
                 break
-            rows = perm[s * tcfg.batch : (s + 1) * tcfg.batch]
-            loss = _loss(model, tr, rows, device, amp)
+            rows = perm[s * tcfg.batch : (s + 1) * tcfg.batch][rank::world]  # (this process's share)
+            loss = _loss(trainer, tr, rows, device, amp)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             total += loss.item()
             done += 1
+            seen += len(rows)
             budget.step_done()
             bar.update(1)
             bar.set_postfix(loss=f"{total / (s + 1):.3f}")
@@ -203,7 +214,11 @@ def train(
         val_start = budget.now()
         with torch.no_grad():
             val = [
-                float(_loss(model, va, torch.arange(i, min(i + 256, va["keys"].shape[0])), device, amp))
+                float(
+                    _loss(
+                        model.batch_loss, va, torch.arange(i, min(i + 256, va["keys"].shape[0])), device, amp
+                    )
+                )
                 for i in range(0, va["keys"].shape[0], 256)
             ]
         budget.validated(budget.now() - val_start)
@@ -212,6 +227,7 @@ def train(
             {
                 "epoch": epoch + 1,
                 "steps": done,
+                "rows": seen,  # (this process's share of the windows trained on)
                 "train_loss": total / max(1, done),
                 "val_loss": val_loss,
                 "seconds": round(budget.now() - budget.loop_start, 1),
@@ -223,12 +239,14 @@ def train(
         else:
             stale += 1
         # Stop when patience runs out, or when the budget stopped this epoch short.
-        if stale >= tcfg.patience or budget.stopped:
+        if agreed(stale >= tcfg.patience or budget.stopped):
             break
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
     train_seconds = budget.lap("train")
+    if rank != 0:  # (rank 0 scores, replays and saves the model; the others' part is done)
+        return {"rank": rank, "history": history}
     cands, conf, top_code = predict_streams(model, vocab, enc, val_idx, device=device)
     budget.lap("predict")
     # The replays below as far as the budget allows (all; no floors; one gate; none).
@@ -264,6 +282,7 @@ def train(
         "train_reads": cut,
         "val_reads": n - cut,
         "device": device,
+        "processes": world,
         "precision": "bf16" if amp else "fp32",
     }
     out = Path(out_dir)
