@@ -182,3 +182,41 @@ def test_a_pooled_timeout_resets_that_connection_and_the_others_recover(
         slow.execute_command("DEBUG", "SLEEP", "1.5")
     wait_for(lambda: answers(client) == b"1", timeout=10)
     assert figures(proxy)["upstream_timeouts"] >= 1
+
+
+def test_a_hostile_client_cannot_break_the_shared_connection_for_the_others(
+    make_proxy: Any, redis_server: Any, direct: redis.Redis
+) -> None:
+    """Every fuzzing seed and regression input of the request path, each from a fresh client, while
+    a pooled client's reads go on: none of them reaches the shared connection in a form that makes
+    Redis drop it (the same pooled connection throughout), and the pooled client gets every reply."""
+    from pathlib import Path
+
+    proxy = make_proxy(redis_server.url, upstream_pool=1, hot_tier="off")
+    direct.set("a", "1")
+    good = socket.create_connection((proxy.host, proxy.port))
+    good.settimeout(10)
+    inputs = [
+        p.read_bytes()
+        for d in ("seeds", "regressions")
+        for t in ("request_parser", "request_reader")
+        for p in sorted((Path(__file__).parents[2] / "fuzz" / d / t).glob("*"))
+        if p.is_file()
+    ]
+    assert len(inputs) >= 10
+    good.sendall(encode_command([b"GET", b"a"]))
+    assert read_frames(good, 1) == [b"$1\r\n1\r\n"]
+    (pooled,) = connections(direct, "predis-pool")
+    for data in inputs:
+        hostile = socket.create_connection((proxy.host, proxy.port))
+        hostile.settimeout(5)
+        good.sendall(encode_command([b"GET", b"a"]))
+        hostile.sendall(data + encode_command([b"PING"]))
+        try:
+            hostile.recv(1 << 16)  # (whatever it gets: an answer, an error, or the door)
+        except OSError:
+            pass
+        hostile.close()
+        assert read_frames(good, 1) == [b"$1\r\n1\r\n"]
+    assert [c["id"] for c in connections(direct, "predis-pool")] == [pooled["id"]]  # (never dropped)
+    assert figures(proxy)["upstream_errors"] == 0
