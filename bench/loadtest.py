@@ -200,15 +200,21 @@ def print_table(rows: list[dict[str, Any]], targets: list[str]) -> None:
         print(line)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The load run's flags (bench.demo takes its defaults from here too)."""
-    parser = argparse.ArgumentParser(prog="python -m bench.loadtest", description=__doc__.splitlines()[0])
+def benchmark_flags(parser: argparse.ArgumentParser, tests: str = "get,set") -> None:
+    """The redis-benchmark runs' flags, shared by the side-by-side benchmarks (``compare`` reads
+    them)."""
     parser.add_argument("--requests", type=int, default=100_000, help="requests per run (times -P)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--clients", type=int, default=50)
     parser.add_argument("--pipelines", default="1,16")
-    parser.add_argument("--tests", default="get,set")
+    parser.add_argument("--tests", default=tests)
     parser.add_argument("--keyspace", type=int, default=10_000)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The load run's flags (bench.demo takes its defaults from here too)."""
+    parser = argparse.ArgumentParser(prog="python -m bench.loadtest", description=__doc__.splitlines()[0])
+    benchmark_flags(parser)
     parser.add_argument("--json", action="store_true")
     parser.add_argument(
         "--no-copy-reference",

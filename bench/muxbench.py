@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.loadtest import ProxyProcess, compare, print_table
+from bench.loadtest import ProxyProcess, benchmark_flags, compare, print_table
 from proxy.embedded import EmbeddedRedis, free_port
 
 
@@ -80,12 +80,7 @@ class Nutcracker:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.muxbench", description=__doc__.splitlines()[0])
     parser.add_argument("--pools", default="1", help="Predis upstream_pool sizes to run, e.g. 1,2")
-    parser.add_argument("--requests", type=int, default=100_000, help="requests per run (times -P)")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--clients", type=int, default=50)
-    parser.add_argument("--pipelines", default="1,16")
-    parser.add_argument("--tests", default="get,set")
-    parser.add_argument("--keyspace", type=int, default=10_000)
+    benchmark_flags(parser)
     parser.add_argument("--no-nutcracker", dest="nutcracker", action="store_false")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)

@@ -15,19 +15,14 @@ import argparse
 import sys
 from typing import Any
 
-from bench.loadtest import ProxyProcess, compare, print_table
+from bench.loadtest import ProxyProcess, benchmark_flags, compare, print_table
 from proxy.embedded import EmbeddedRedis
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.workersbench", description=__doc__.splitlines()[0])
     parser.add_argument("--workers", default="1,2", help="worker counts to run, e.g. 1,2,4")
-    parser.add_argument("--requests", type=int, default=100_000, help="requests per run (times -P)")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--clients", type=int, default=50)
-    parser.add_argument("--pipelines", default="1,16")
-    parser.add_argument("--tests", default="set,get")
-    parser.add_argument("--keyspace", type=int, default=10_000)
+    benchmark_flags(parser, tests="set,get")
     parser.add_argument("--hot-tier", default="cpu", choices=["cpu", "off"])
     args = parser.parse_args(argv)
     args.resp3 = False
