@@ -7,7 +7,8 @@ that do the work, each in its own module:
   sink, where live prediction attaches;
 * ``proxy.session.Session`` follows the Redis state of the connection (AUTH, SELECT, MULTI...);
 * ``proxy.replies.ReplyStream`` matches Redis's replies to the queue of reply slots;
-* ``proxy.upstream.UpstreamLink`` is the client's own upstream connection.
+* ``proxy.multiplex.MuxLink`` sends its requests over a shared upstream connection, or over its
+  own ``proxy.upstream.UpstreamLink`` while it is pinned (with ``upstream_pool`` 0: always).
 
 A GET's way: ``data_received`` -> ``reads.decide`` (a read of GETs and nothing else: served, or
 forwarded whole) -> otherwise ``requests.feed`` -> ``_dispatch`` (one plain run, if

@@ -1,7 +1,8 @@
 """Connections to the upstream Redis: how they are opened, and one client's own connection's life
 (opened on the first request, requests queued until it is up, lost or dropped).
 
-Each client gets its own upstream connection (1:1), so every piece of Redis connection state
+A client's own upstream connection (1:1: with ``upstream_pool`` 0, or once proxy.multiplex pins a
+client to one), so every piece of Redis connection state
 (AUTH, SELECT, HELLO 3, MULTI/WATCH, subscriptions, CLIENT settings, blocking commands) behaves
 exactly as it would against Redis directly. What a new connection must replay to restore that
 state is the session's (``Session.prelude``); what happens to the replies owed when one is lost
