@@ -44,6 +44,9 @@ log = structlog.get_logger("predis.multiplex")
 # connection of its own a client that does not read its replies is slowed by backpressure; on a
 # shared one it could only be buffered or disconnected.
 MAX_POOLED_PIPELINE = 8
+# So is a client that sends, or is sent, more than this many bytes at once: on a shared connection
+# every other client's requests and replies would wait behind a 32 MiB value.
+MAX_POOLED_BYTES = 64 * 1024
 
 # Special commands a pooled client may send over the pool: they change no connection state.
 _POOL_SAFE = frozenset({b"INFO", b"PREDIS", b"QUIT"})
@@ -354,7 +357,7 @@ class MuxLink:
         if self.pinned:
             self.dedicated.send(data)
             return
-        if self.held is None and self.owed + frames > MAX_POOLED_PIPELINE:
+        if self.held is None and (self.owed + frames > MAX_POOLED_PIPELINE or len(data) > MAX_POOLED_BYTES):
             self.deep = True
             self.pin()
             if self.pinned:
@@ -428,6 +431,9 @@ class MuxLink:
         """Bytes of this client's replies: ``done`` frames end in them, and ``whole``: they end at
         a frame boundary."""
         self.owed -= done
+        if len(data) > MAX_POOLED_BYTES and not self.pinned and not self.deep:
+            self.deep = True  # (large replies: its next requests go over a connection of its own)
+            self.pin()
         if self.closed:
             return
         self.on_data(conn, data, done, whole)

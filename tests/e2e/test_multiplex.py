@@ -220,3 +220,18 @@ def test_a_hostile_client_cannot_break_the_shared_connection_for_the_others(
         assert read_frames(good, 1) == [b"$1\r\n1\r\n"]
     assert [c["id"] for c in connections(direct, "predis-pool")] == [pooled["id"]]  # (never dropped)
     assert figures(proxy)["upstream_errors"] == 0
+
+
+def test_a_large_request_or_reply_pins_the_client(
+    make_proxy: Any, redis_server: Any, direct: redis.Redis
+) -> None:
+    """Values past 64 KiB would hold the shared connection's other clients behind them."""
+    proxy = make_proxy(redis_server.url, upstream_pool=1, hot_tier="off")
+    writer, reader = proxy.client(protocol=2), proxy.client(protocol=2)
+    assert writer.set("small", "x") and figures(proxy)["upstream_pool_pinned_clients"] == 0
+    assert writer.set("large", b"v" * (1 << 20))
+    assert figures(proxy)["upstream_pool_pinned_clients"] == 1
+    direct.set("large2", b"w" * (1 << 20))
+    assert reader.get("large2") == b"w" * (1 << 20)  # (the reply came over the pool; the next ones will not)
+    assert figures(proxy)["upstream_pool_pinned_clients"] == 2
+    assert reader.get("small") == b"x" and writer.get("large") == b"v" * (1 << 20)
