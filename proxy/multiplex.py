@@ -102,6 +102,7 @@ class PooledConnection(asyncio.Protocol):
         self.routes: deque[list[Any]] = deque()
         self.scanner = ReplyScanner()
         self.paused: set[MuxLink] = set()  # clients whose reading is paused while Redis's buffer is full
+        self.full = False  # between pause_writing and resume_writing
 
     # ------------------------------------------------------------------ requests
 
@@ -113,6 +114,9 @@ class PooledConnection(asyncio.Protocol):
             else:
                 routes.append([link, frames])
         self.outbox.append(data)
+        if self.full and link is not None and link not in self.paused:
+            self.paused.add(link)  # (a client that sends while the connection is full waits too)
+            link.set_paused(True)
         if self.state == UP:
             if not self.flush_scheduled:
                 self.flush_scheduled = True
@@ -213,6 +217,7 @@ class PooledConnection(asyncio.Protocol):
         self.routes.clear()
         self.scanner = ReplyScanner()
         self.pool.forget(self)
+        self.full = False
         for link in self.paused:
             link.set_paused(False)
         self.paused.clear()
@@ -237,11 +242,14 @@ class PooledConnection(asyncio.Protocol):
     # ------------------------------------------------------------------ backpressure
 
     def pause_writing(self) -> None:
+        self.full = True
         for link in {id(r[0]): r[0] for r in self.routes if r[0] is not None}.values():
-            self.paused.add(link)
-            link.set_paused(True)
+            if link not in self.paused:
+                self.paused.add(link)
+                link.set_paused(True)
 
     def resume_writing(self) -> None:
+        self.full = False
         for link in self.paused:
             link.set_paused(False)
         self.paused.clear()

@@ -235,3 +235,47 @@ def test_a_large_request_or_reply_pins_the_client(
     assert reader.get("large2") == b"w" * (1 << 20)  # (the reply came over the pool; the next ones will not)
     assert figures(proxy)["upstream_pool_pinned_clients"] == 2
     assert reader.get("small") == b"x" and writer.get("large") == b"v" * (1 << 20)
+
+
+def test_a_full_shared_connection_pauses_every_client_that_sends_on_it(
+    make_proxy: Any, tmp_path: Any
+) -> None:
+    """Redis stops reading (SIGSTOP): the shared connection's buffer fills past the backpressure
+    mark and every client with a request on it stops being read, a client that sends only then
+    included (their next requests wait in their own sockets, not in the proxy); once Redis reads
+    again every request is answered, in order."""
+    import os
+    import signal
+
+    from proxy.embedded import EmbeddedRedis
+
+    with EmbeddedRedis(workdir=tmp_path) as server:
+        proxy = make_proxy(
+            server.url, upstream_pool=1, hot_tier="off", backpressure_bytes=256 * 1024, command_timeout=60
+        )
+        value = b"v" * 60_000  # (one SET each, under the 64 KiB that pins a client)
+        socks = [
+            socket.create_connection((proxy.host, proxy.port)) for _ in range(301)
+        ]  # (past the kernel's buffers)
+        for s in socks:
+            s.settimeout(30)
+            s.sendall(encode_command([b"SET", b"warm", b"1"]))
+            assert read_frames(s, 1) == [b"+OK\r\n"]
+        pool = proxy.server.shared.pool
+        os.kill(server.process.pid, signal.SIGSTOP)  # type: ignore[union-attr]
+        try:
+            for i, s in enumerate(socks[:-1]):
+                s.sendall(encode_command([b"SET", f"k{i}".encode(), value]))
+            wait_for(lambda: any(c is not None and c.full for c in pool.conns[False]), timeout=30)
+            late = socks[-1]  # (it sends only now, with the connection full)
+            late.sendall(encode_command([b"SET", b"late", value]))
+            clients = list(proxy.server.clients)
+            wait_for(lambda: all("upstream_full" in c.paused for c in clients), timeout=30)
+            assert figures(proxy)["upstream_pool_pinned_clients"] == 0  # (all of them on the pool)
+        finally:
+            os.kill(server.process.pid, signal.SIGCONT)  # type: ignore[union-attr]
+        for s in socks:
+            s.sendall(encode_command([b"PING"]))
+            assert read_frames(s, 2) == [b"+OK\r\n", b"+PONG\r\n"]
+        for s in socks:
+            s.close()
