@@ -479,3 +479,28 @@ def test_set_run_keys_is_the_resp_parse(
         name in (b"SET", b"set", b"Set") and b"\r\n" not in key + value for name, key, value in sets
     ):
         assert set_run_keys(data) == [key for _, key, _ in sets]
+
+
+@given(
+    st.lists(st.lists(st.binary(max_size=300), min_size=1, max_size=5), min_size=1, max_size=8),
+    st.data(),
+)
+def test_headers_in_place_finds_an_argument_without_its_dollar(
+    cmds: list[list[bytes]], data: st.DataObject
+) -> None:
+    """The long-request check (proxy.requests._headers_in_place): every canonical encoding passes;
+    the same bytes with any one argument's "$" turned into another type byte do not."""
+    from proxy.requests import _headers_in_place
+
+    raw = b"".join(encode_command(c) for c in cmds)
+    assert _headers_in_place(cmds, raw)
+    starts, pos = [], 0
+    for cmd in cmds:
+        pos = raw.find(b"\r\n", pos) + 2
+        for arg in cmd:
+            starts.append(pos)
+            pos += 3 + len(str(len(arg))) + len(arg) + 2
+    at = data.draw(st.sampled_from(starts))
+    kind = data.draw(st.sampled_from([b"+", b":", b"(", b"="]))
+    assert not _headers_in_place(cmds, raw[:at] + kind + raw[at + 1 :])
+    assert not _headers_in_place(cmds, raw + b"*1\r\n")  # (bytes past the commands)
