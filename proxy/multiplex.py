@@ -344,6 +344,7 @@ class MuxLink:
         # The next connection of its own continues the client's reply stream where the pool
         # left it (the client's state the default, but for the protocol: see resp3).
         self.fresh_pin = False
+        self.kept_resp3 = False  # the protocol of its own connection, kept open after a pin
         self.closed = False
         self.peer = ""
 
@@ -396,7 +397,6 @@ class MuxLink:
         if self.held is not None:  # (moving: what is held goes to a connection of its own instead)
             self.moving_to = None
             self.pool.pinned += 1
-            self.fresh_pin = True
             return
         self.pin()
 
@@ -405,12 +405,23 @@ class MuxLink:
         if self.pinned or self.held is not None:
             return
         self.pool.pinned += 1
-        self.fresh_pin = True
         if self.owed:
             self.held = []
             self.moving_to = None
         else:
+            self._own_connection()
             self.pinned = True
+
+    def _own_connection(self) -> None:
+        """Pinning begins: the connection of its own kept from the last time is used if it is
+        still up and speaks the protocol the client spoke on the pool (a transaction per
+        pipeline, as redis-py sends, must not cost a connect each); else a new one is opened."""
+        if self.dedicated.state == UP and self.kept_resp3 == self.resp3:
+            self.fresh_pin = False
+            return
+        if self.dedicated.state != DOWN:
+            self.dedicated.release()
+        self.fresh_pin = True
 
     def _move(self, resp3: bool) -> None:
         if self.owed:
@@ -428,10 +439,10 @@ class MuxLink:
 
     def _unpin(self) -> None:
         self.pinned = False
-        self.resp3 = self.wants_resp3()
+        self.resp3 = self.kept_resp3 = self.wants_resp3()
         self.pooled = None
         self.pool.pinned -= 1
-        self.dedicated.release()
+        # (Its own connection stays open, idle, in the default state: the next pin reuses it.)
 
     # ------------------------------------------------------------------ replies (from the pool)
 
@@ -448,6 +459,7 @@ class MuxLink:
         if done and self.held is not None and not self.owed:
             held, self.held = self.held, None
             if self.moving_to is None:
+                self._own_connection()
                 self.pinned = True
                 self.dedicated.send(b"".join(data for data, _ in held))
             else:
@@ -485,7 +497,10 @@ class MuxLink:
         if proto is not None and proto is self.pooled:
             self.pooled = None
             return True
-        return self.pinned and self.dedicated.lost(proto)
+        if self.pinned:
+            return self.dedicated.lost(proto)
+        self.dedicated.lost(proto)  # (the idle one kept from the last pin, if it was that: gone)
+        return False
 
     def drop(self) -> None:
         """A reply is overdue: reset the connection it is owed on (every client on it is told)."""

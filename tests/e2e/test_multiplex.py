@@ -106,7 +106,12 @@ def test_a_transaction_pins_the_client_until_it_ends(
         s.sendall(encode_command([b"GET", b"x"]))
         assert read_frames(s, 1) == [b"$1\r\n2\r\n"]
         assert figures(proxy)["upstream_pool_pinned_clients"] == 0
-        wait_for(lambda: len(proxies_clients(direct)) == 1)
+        # The next transaction reuses the connection of its own kept from this one: no connect.
+        connects = figures(proxy)["upstream_connects"]
+        s.sendall(encode_command([b"MULTI"]) + encode_command([b"INCR", b"x"]) + encode_command([b"EXEC"]))
+        assert read_frames(s, 3) == [b"+OK\r\n", b"+QUEUED\r\n", b"*1\r\n:3\r\n"]
+        assert figures(proxy)["upstream_connects"] == connects
+        assert len(proxies_clients(direct)) == 2
 
 
 def test_select_and_auth_pin_the_client_and_leave_the_pool_alone(
