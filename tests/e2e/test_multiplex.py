@@ -284,3 +284,21 @@ def test_a_full_shared_connection_pauses_every_client_that_sends_on_it(
             assert read_frames(s, 2) == [b"+OK\r\n", b"+PONG\r\n"]
         for s in socks:
             s.close()
+
+
+def test_a_kept_connection_that_redis_closed_is_not_reused(
+    make_proxy: Any, redis_server: Any, direct: redis.Redis
+) -> None:
+    proxy = make_proxy(redis_server.url, upstream_pool=1, hot_tier="off")
+    with socket.create_connection((proxy.host, proxy.port)) as s:
+        s.settimeout(10)
+        transaction = encode_command([b"MULTI"]) + encode_command([b"INCR", b"n"]) + encode_command([b"EXEC"])
+        s.sendall(transaction)
+        assert read_frames(s, 3)[2] == b"*1\r\n:1\r\n"
+        s.sendall(encode_command([b"GET", b"n"]))  # (back on the pool; its own connection kept)
+        assert read_frames(s, 1) == [b"$1\r\n1\r\n"]
+        (kept,) = [c for c in proxies_clients(direct) if c.get("name") != "predis-pool"]
+        direct.client_kill_filter(_id=kept["id"])
+        wait_for(lambda: all(c["id"] != kept["id"] for c in proxies_clients(direct)))
+        s.sendall(transaction)  # (a new connection of its own, not the dead one)
+        assert read_frames(s, 3) == [b"+OK\r\n", b"+QUEUED\r\n", b"*1\r\n:2\r\n"]
