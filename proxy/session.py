@@ -25,6 +25,7 @@ SPECIAL = frozenset(
     {
         b"INFO", b"PREDIS", b"HELLO", b"AUTH", b"SELECT", b"CLIENT", b"MULTI", b"EXEC",
         b"DISCARD", b"WATCH", b"UNWATCH", b"MONITOR", b"RESET", b"QUIT",
+        b"READONLY", b"READWRITE", b"ASKING",  # (a cluster connection's state: the pool pins on them)
     }
     | commands.BLOCKING
     | commands.MAYBE_BLOCKING

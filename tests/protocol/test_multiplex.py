@@ -134,3 +134,7 @@ def test_which_commands_pin_a_client() -> None:
     assert needs_pin(b"CLIENT", [b"CLIENT", b"ID"]) == PIN_FOR_GOOD
     assert needs_pin(b"CLIENT", [b"CLIENT", b"NO-EVICT", b"ON"]) == PIN_FOR_GOOD
     assert needs_pin(b"MONITOR", [b"MONITOR"]) == PIN_FOR_GOOD
+    assert needs_pin(b"READONLY", [b"READONLY"]) == PIN_FOR_GOOD
+    from proxy.session import SPECIAL
+
+    assert {b"READONLY", b"READWRITE", b"ASKING", b"WAIT", b"CLIENT"} <= SPECIAL  # (the dispatcher sees them)
