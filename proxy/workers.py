@@ -36,6 +36,7 @@ log = structlog.get_logger("predis.workers")
 
 PUBLISH_EVERY = 0.5  # seconds between a worker's figures files
 YOUNG = 2.0  # a worker that dies younger than this is restarted after a pause of this long
+GIVE_UP = 5  # ...and after this many such deaths in a row the supervisor stops, with an error
 
 
 # Figures that are not counts: the whole proxy's is the largest worker's (a percentile, an age,
@@ -112,12 +113,13 @@ def supervise(settings: Settings, argv: list[str]) -> int:
     """Run ``settings.workers`` workers of ``predis serve argv`` until SIGTERM or SIGINT."""
     from proxy.embedded import EmbeddedRedis, free_port
 
+    port = settings.port or free_port()
+    _check_port(settings.host, port)  # (one line now, rather than every worker's, again and again)
     embedded = None
     upstream = settings.upstream
     if not upstream:
         embedded = EmbeddedRedis(settings.redis_server).start()
         upstream = embedded.url
-    port = settings.port or free_port()
     directory = tempfile.mkdtemp(prefix="predis-workers-")
     base = [sys.executable, "-m", "proxy.cli", "serve", *argv, "--upstream", upstream, "--port", str(port)]
     stopping = False
@@ -136,6 +138,8 @@ def supervise(settings: Settings, argv: list[str]) -> int:
     procs = [spawn(i) for i in range(settings.workers)]
     log.info("workers started", workers=settings.workers, port=port, pids=[p.pid for p, _ in procs])
     restarts = 0
+    young_in_a_row = 0
+    failed = False
     try:
         while not stopping:
             time.sleep(0.1)
@@ -144,6 +148,11 @@ def supervise(settings: Settings, argv: list[str]) -> int:
                 if code is None or stopping:
                     continue
                 young = time.monotonic() - started < YOUNG
+                young_in_a_row = young_in_a_row + 1 if young else 0
+                if young_in_a_row >= GIVE_UP:
+                    log.error("workers keep dying as they start; stopping", deaths=young_in_a_row, code=code)
+                    stopping = failed = True
+                    break
                 log.warning("worker died; restarting it", worker=index, pid=proc.pid, code=code, young=young)
                 if young:
                     time.sleep(YOUNG)
@@ -164,4 +173,24 @@ def supervise(settings: Settings, argv: list[str]) -> int:
         if embedded is not None:
             embedded.close()
         log.info("workers stopped", restarts=restarts)
+    if failed:
+        from common.errors import PredisError
+
+        raise PredisError(
+            "predis serve --workers: the workers keep dying as they start (their errors are above)"
+        )
     return 0
+
+
+def _check_port(host: str, port: int) -> None:
+    """Refuse a port the workers could not share (held by a process without SO_REUSEPORT)."""
+    import socket
+
+    from common.errors import PredisError
+
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise PredisError(f"cannot listen on {host}:{port}: {exc.strerror}") from None

@@ -123,10 +123,13 @@ def test_gpu_tier_without_cupy_is_one_line() -> None:
 
 
 def test_port_in_use_is_one_line(tmp_path: Path) -> None:
-    with socket_listening() as port:
-        out = run_predis("serve", "--port", str(port), "--upstream", "redis://127.0.0.1:1")
-    assert out.returncode == 2 and out.stderr.strip().splitlines() == [out.stderr.strip()]
-    assert "cannot listen on 127.0.0.1" in out.stderr
+    for workers in ("1", "2"):
+        with socket_listening() as port:
+            out = run_predis(
+                "serve", "--port", str(port), "--upstream", "redis://127.0.0.1:1", "--workers", workers
+            )
+        assert out.returncode == 2 and out.stderr.strip().splitlines() == [out.stderr.strip()], out.stderr
+        assert "cannot listen on 127.0.0.1" in out.stderr
 
 
 class socket_listening:
