@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 import random
 import time
+import zlib
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from typing import Any, cast
 
@@ -76,6 +77,8 @@ class Entry:
         "hits",
         "last",
         "part",
+        "bucket",
+        "epoch",
     )
 
     def __init__(
@@ -102,6 +105,10 @@ class Entry:
         self.hits = 0  # times served
         self.last = filled  # last access, for the eviction policy (StampedLRU reads it)
         self.part = part  # the tier partition (an A/B arm's share) it counts against
+        # With write epochs shared between processes (HotTier.share_epochs): the key's bucket, and
+        # its epoch when the read that filled the entry began.
+        self.bucket = 0
+        self.epoch = 0
 
     def renew(self, expires: float, filled: float, max_staleness: float, refresh_at: float) -> None:
         """Set the deadlines of a value read at ``filled`` (a fill, or a refresh that found it
@@ -160,6 +167,10 @@ class HotTier:
         self.requests: dict[int, dict[bytes, Entry]] = {}
         self.dbs: set[int] = set()  # databases with entries or fills, for key-only invalidation
         self.inflight: dict[Key, int] = {}  # placeholders: key -> fill token
+        # Write epochs shared with other processes serving the same Redis (predis serve --workers):
+        # None, or one counter per bucket of keys that every local write bumps (share_epochs).
+        self.epochs: Any = None
+        self.fill_epochs: dict[Key, int] = {}
         self.fills_begun = 0  # also the last fill token handed out
         self.used = 0
         self.active = False
@@ -191,6 +202,23 @@ class HotTier:
 
     # ------------------------------------------------------------------ reads
 
+    def share_epochs(self, epochs: Any) -> None:
+        """Write epochs shared with the other workers (a writable memoryview of unsigned 64-bit
+        counters, a power of two of them): a write through any worker bumps its key's bucket
+        before the client hears it was done, and an entry filled before that bump is not served.
+        Redis's tracking tells every worker too, but a worker may read that message after a
+        client, told its write was done, asked it for the key (a stale read, under load)."""
+        self.epochs = epochs
+
+    def written_elsewhere(self, entry: Entry) -> bool:
+        """Whether a write through another worker may have changed ``entry``'s key since it was
+        read (its bucket's epoch moved); always False without shared epochs."""
+        epochs = self.epochs
+        return epochs is not None and epochs[entry.bucket] != entry.epoch
+
+    def _bucket(self, key: bytes) -> int:
+        return zlib.crc32(key) & (len(self.epochs) - 1)
+
     def get_frame(self, db: int, key: bytes, user: str) -> bytes | None:
         """The value to serve as a RESP bulk string, or None (a miss). Counts the hit or miss."""
         entry = self.entries.get((db, key))
@@ -198,7 +226,7 @@ class HotTier:
             self.misses += 1
             return None
         now = self.clock()
-        if now >= entry.until:
+        if now >= entry.until or self.written_elsewhere(entry):
             self._drop((db, key), entry)
             self.misses += 1
             return None
@@ -217,7 +245,11 @@ class HotTier:
         unservable = [
             key
             for key, entry in zip(keys, found, strict=True)
-            if entry is None or entry.user != user or now >= entry.until or not self.active
+            if entry is None
+            or entry.user != user
+            or now >= entry.until
+            or not self.active
+            or self.written_elsewhere(entry)
         ]
         if unservable:
             return None, unservable
@@ -281,6 +313,8 @@ class HotTier:
             return None
         self.fills_begun += 1
         self.inflight[(db, key)] = self.fills_begun
+        if self.epochs is not None:
+            self.fill_epochs[(db, key)] = self.epochs[self._bucket(key)]
         self.dbs.add(db)
         return self.fills_begun
 
@@ -304,6 +338,7 @@ class HotTier:
             self.fills_dropped += 1
             return False
         del self.inflight[(db, key)]
+        began = self.fill_epochs.pop((db, key), 0)
         old = self.entries.get((db, key))
         if value is None or pttl_ms == -2 or not self.active:
             if old is not None:  # a refresh found the key gone
@@ -321,6 +356,7 @@ class HotTier:
                 # the policy's order (a refresh is not a read) and its hit count.
                 filled = self.clock()
                 old.renew(expires, filled, self.max_staleness, self._refresh_at(filled))
+                old.epoch = began if self.epochs is not None else 0
                 self.demand_fills += 1
                 return True
             self._drop((db, key), old)  # the new read replaces it
@@ -359,6 +395,8 @@ class HotTier:
             self.max_staleness,
             part,
         )
+        if self.epochs is not None:
+            entry.bucket, entry.epoch = self._bucket(key), began
         self.request_index(db)[request] = entry
         self.used += size
         used[part] += size
@@ -382,7 +420,13 @@ class HotTier:
     # ------------------------------------------------------------------ invalidation
 
     def invalidate(self, keys: Iterable[bytes], source: str = "local") -> None:
-        """Drop these keys from every database, and any fill of them in flight."""
+        """Drop these keys from every database, and any fill of them in flight; a write through
+        this process (``local``) also bumps the keys' shared epochs (share_epochs)."""
+        epochs = self.epochs
+        if epochs is not None and source == "local":
+            keys = list(keys)
+            for key in keys:
+                epochs[self._bucket(key)] += 1
         if not self.entries and not self.inflight:
             return
         count = 0

@@ -251,6 +251,10 @@ def serve(args: argparse.Namespace) -> int:
             from proxy.workers import WorkerFigures
 
             server.stats.peers = WorkerFigures(args.worker_dir, args.worker_index)
+            if server.tier is not None:
+                from proxy.workers import shared_epochs
+
+                server.tier.share_epochs(shared_epochs(args.worker_dir))
     except BaseException:
         loop.close()
         if embedded is not None:

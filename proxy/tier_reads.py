@@ -105,6 +105,7 @@ class TierReads(ForwardReads):
             if (
                 entry.user != (self._user if s.auth is self._user_of else self._user_name())
                 or now >= entry.until
+                or (tier.epochs is not None and tier.written_elsewhere(entry))
             ):
                 return None
             if tier.hit(entry, now):

@@ -35,6 +35,7 @@ from proxy.config import Settings
 log = structlog.get_logger("predis.workers")
 
 PUBLISH_EVERY = 0.5  # seconds between a worker's figures files
+EPOCH_BUCKETS = 1 << 16  # the tiers' shared write epochs (HotTier.share_epochs): 512 KiB
 YOUNG = 2.0  # a worker that dies younger than this is restarted after a pause of this long
 GIVE_UP = 5  # ...and after this many such deaths in a row the supervisor stops, with an error
 
@@ -68,6 +69,16 @@ def merge_figures(figures: list[dict[str, Any]]) -> dict[str, Any]:
     out.pop("worker_index", None)
     out.pop("worker_pid", None)
     return out
+
+
+def shared_epochs(directory: str) -> Any:
+    """The workers' write epochs (made by the supervisor), mapped into this process: a memoryview
+    of unsigned 64-bit counters that every worker's writes are seen in."""
+    import mmap
+
+    with open(Path(directory) / "epochs", "r+b") as fh:
+        mapped = mmap.mmap(fh.fileno(), 8 * EPOCH_BUCKETS)
+    return memoryview(mapped).cast("Q")
 
 
 class WorkerFigures:
@@ -121,6 +132,7 @@ def supervise(settings: Settings, argv: list[str]) -> int:
         embedded = EmbeddedRedis(settings.redis_server).start()
         upstream = embedded.url
     directory = tempfile.mkdtemp(prefix="predis-workers-")
+    (Path(directory) / "epochs").write_bytes(bytes(8 * EPOCH_BUCKETS))
     base = [sys.executable, "-m", "proxy.cli", "serve", *argv, "--upstream", upstream, "--port", str(port)]
     stopping = False
 

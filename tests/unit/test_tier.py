@@ -649,3 +649,30 @@ def test_partitions_hold_each_arm_to_its_share_and_never_evict_anothers() -> Non
     assert tier.part_used[0] <= tier.part_capacity[0] == 25_000 and tier.part_used[1] <= 75_000
     assert tier.evictions > 0 and tier.used == sum(tier.part_used)
     assert tier.used == sum(e.size for e in tier.entries.values())
+
+
+def test_a_write_in_another_process_s_tier_stops_this_one_serving_the_key() -> None:
+    """Shared write epochs (HotTier.share_epochs, as --workers maps them): a local write in one
+    tier bumps the key's bucket, and the other tier no longer serves an entry it read before, nor
+    inserts as fresh a read that began before the write."""
+    shared = memoryview(bytearray(8 * 64)).cast("Q")
+    mine, theirs = make_tier(), make_tier()
+    for tier in (mine, theirs):
+        tier.active = True
+        tier.share_epochs(shared)
+    token = mine.begin_fill(0, b"k")
+    assert token is not None and mine.complete_fill(0, b"k", token, b"old", -1, 0.0, "default")
+    assert mine.get(0, b"k", "default") == b"old"
+    theirs.invalidate([b"k"])  # (a write through the other process, acknowledged after this)
+    assert mine.get(0, b"k", "default") is None
+    assert mine.get(0, b"other", "default") is None  # (nothing else is served either way)
+    # A read that began before the write and landed after it is not served as fresh.
+    token = mine.begin_fill(0, b"k")
+    theirs.invalidate([b"k"])
+    assert token is not None and mine.complete_fill(0, b"k", token, b"old", -1, 0.0, "default")
+    assert mine.get(0, b"k", "default") is None
+    # One that began after it is.
+    token = mine.begin_fill(0, b"k")
+    assert token is not None and mine.complete_fill(0, b"k", token, b"new", -1, 0.0, "default")
+    assert mine.get(0, b"k", "default") == b"new"
+    assert theirs.epochs is mine.epochs and make_tier().epochs is None  # (no sharing: no cost)
