@@ -79,6 +79,7 @@ class Entry:
         "part",
         "bucket",
         "epoch",
+        "flushes",
     )
 
     def __init__(
@@ -109,6 +110,7 @@ class Entry:
         # its epoch when the read that filled the entry began.
         self.bucket = 0
         self.epoch = 0
+        self.flushes = 0  # the shared flush epoch then
 
     def renew(self, expires: float, filled: float, max_staleness: float, refresh_at: float) -> None:
         """Set the deadlines of a value read at ``filled`` (a fill, or a refresh that found it
@@ -170,7 +172,9 @@ class HotTier:
         # Write epochs shared with other processes serving the same Redis (predis serve --workers):
         # None, or one counter per bucket of keys that every local write bumps (share_epochs).
         self.epochs: Any = None
-        self.fill_epochs: dict[Key, int] = {}
+        self.epoch_mask = 0
+        self.flush_slot = 0
+        self.fill_epochs: dict[Key, tuple[int, int]] = {}
         self.fills_begun = 0  # also the last fill token handed out
         self.used = 0
         self.active = False
@@ -207,17 +211,23 @@ class HotTier:
         counters, a power of two of them): a write through any worker bumps its key's bucket
         before the client hears it was done, and an entry filled before that bump is not served.
         Redis's tracking tells every worker too, but a worker may read that message after a
-        client, told its write was done, asked it for the key (a stale read, under load)."""
+        client, told its write was done, asked it for the key (a stale read, under load). The
+        last counter is bumped by a local FLUSHALL or FLUSHDB, and any entry read before is not
+        served. ``epochs`` holds 2**k + 1 counters."""
         self.epochs = epochs
+        self.flush_slot = len(epochs) - 1
+        self.epoch_mask = self.flush_slot - 1
 
     def written_elsewhere(self, entry: Entry) -> bool:
         """Whether a write through another worker may have changed ``entry``'s key since it was
         read (its bucket's epoch moved); always False without shared epochs."""
         epochs = self.epochs
-        return epochs is not None and epochs[entry.bucket] != entry.epoch
+        return epochs is not None and (
+            epochs[entry.bucket] != entry.epoch or epochs[self.flush_slot] != entry.flushes
+        )
 
     def _bucket(self, key: bytes) -> int:
-        return zlib.crc32(key) & (len(self.epochs) - 1)
+        return zlib.crc32(key) & self.epoch_mask
 
     def get_frame(self, db: int, key: bytes, user: str) -> bytes | None:
         """The value to serve as a RESP bulk string, or None (a miss). Counts the hit or miss."""
@@ -314,7 +324,7 @@ class HotTier:
         self.fills_begun += 1
         self.inflight[(db, key)] = self.fills_begun
         if self.epochs is not None:
-            self.fill_epochs[(db, key)] = self.epochs[self._bucket(key)]
+            self.fill_epochs[(db, key)] = (self.epochs[self._bucket(key)], self.epochs[self.flush_slot])
         self.dbs.add(db)
         return self.fills_begun
 
@@ -338,7 +348,7 @@ class HotTier:
             self.fills_dropped += 1
             return False
         del self.inflight[(db, key)]
-        began = self.fill_epochs.pop((db, key), 0)
+        began, flushes = self.fill_epochs.pop((db, key), (0, 0))
         old = self.entries.get((db, key))
         if value is None or pttl_ms == -2 or not self.active:
             if old is not None:  # a refresh found the key gone
@@ -356,7 +366,7 @@ class HotTier:
                 # the policy's order (a refresh is not a read) and its hit count.
                 filled = self.clock()
                 old.renew(expires, filled, self.max_staleness, self._refresh_at(filled))
-                old.epoch = began if self.epochs is not None else 0
+                old.epoch, old.flushes = began, flushes
                 self.demand_fills += 1
                 return True
             self._drop((db, key), old)  # the new read replaces it
@@ -396,7 +406,7 @@ class HotTier:
             part,
         )
         if self.epochs is not None:
-            entry.bucket, entry.epoch = self._bucket(key), began
+            entry.bucket, entry.epoch, entry.flushes = self._bucket(key), began, flushes
         self.request_index(db)[request] = entry
         self.used += size
         used[part] += size
@@ -449,8 +459,11 @@ class HotTier:
         if self.fills_begun != fills_begun:
             self.invalidate(keys)
 
-    def flush(self, db: int | None = None) -> None:
-        """Drop everything (or one database), fills in flight included."""
+    def flush(self, db: int | None = None, local: bool = False) -> None:
+        """Drop everything (or one database), fills in flight included; ``local``: a FLUSHALL or
+        FLUSHDB through this process, which bumps the shared flush epoch (share_epochs)."""
+        if local and self.epochs is not None:
+            self.epochs[self.flush_slot] += 1
         if db is None:
             doomed = list(self.entries.items())
             self.inflight.clear()

@@ -371,6 +371,6 @@ class TierReads(ForwardReads):
             if kind == KEYS:
                 tier.invalidate(keys)
             elif kind == FLUSH_DB:
-                tier.flush(db)
+                tier.flush(db, local=True)
             else:
-                tier.flush()
+                tier.flush(local=True)

@@ -35,7 +35,7 @@ from proxy.config import Settings
 log = structlog.get_logger("predis.workers")
 
 PUBLISH_EVERY = 0.5  # seconds between a worker's figures files
-EPOCH_BUCKETS = 1 << 16  # the tiers' shared write epochs (HotTier.share_epochs): 512 KiB
+EPOCH_BUCKETS = 1 << 16  # the tiers' shared write epochs (HotTier.share_epochs), and a flush epoch
 YOUNG = 2.0  # a worker that dies younger than this is restarted after a pause of this long
 GIVE_UP = 5  # ...and after this many such deaths in a row the supervisor stops, with an error
 
@@ -77,7 +77,7 @@ def shared_epochs(directory: str) -> Any:
     import mmap
 
     with open(Path(directory) / "epochs", "r+b") as fh:
-        mapped = mmap.mmap(fh.fileno(), 8 * EPOCH_BUCKETS)
+        mapped = mmap.mmap(fh.fileno(), 8 * (EPOCH_BUCKETS + 1))
     return memoryview(mapped).cast("Q")
 
 
@@ -132,7 +132,7 @@ def supervise(settings: Settings, argv: list[str]) -> int:
         embedded = EmbeddedRedis(settings.redis_server).start()
         upstream = embedded.url
     directory = tempfile.mkdtemp(prefix="predis-workers-")
-    (Path(directory) / "epochs").write_bytes(bytes(8 * EPOCH_BUCKETS))
+    (Path(directory) / "epochs").write_bytes(bytes(8 * (EPOCH_BUCKETS + 1)))
     base = [sys.executable, "-m", "proxy.cli", "serve", *argv, "--upstream", upstream, "--port", str(port)]
     stopping = False
 

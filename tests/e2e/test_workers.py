@@ -119,6 +119,15 @@ def test_a_write_through_one_worker_reaches_the_other_workers_tier(
         writer.set("shared", new)  # through the other worker, acknowledged
         stale += reader.get("shared") != new
     assert stale == 0
+    for n in range(20):  # (and a FLUSHALL through the writer's worker)
+        direct.set("shared", f"f{n}")
+        hits = own_hits()
+        wait_for(
+            lambda n=n, hits=hits: reader.get("shared") == f"f{n}".encode() and own_hits() > hits, timeout=5
+        )  # type: ignore[misc]
+        writer.flushall()
+        stale += reader.get("shared") is not None
+    assert stale == 0
 
 
 def test_a_killed_worker_is_replaced_and_the_other_workers_clients_go_on(workers: Workers) -> None:

@@ -655,7 +655,7 @@ def test_a_write_in_another_process_s_tier_stops_this_one_serving_the_key() -> N
     """Shared write epochs (HotTier.share_epochs, as --workers maps them): a local write in one
     tier bumps the key's bucket, and the other tier no longer serves an entry it read before, nor
     inserts as fresh a read that began before the write."""
-    shared = memoryview(bytearray(8 * 64)).cast("Q")
+    shared = memoryview(bytearray(8 * 65)).cast("Q")
     mine, theirs = make_tier(), make_tier()
     for tier in (mine, theirs):
         tier.active = True
@@ -674,5 +674,13 @@ def test_a_write_in_another_process_s_tier_stops_this_one_serving_the_key() -> N
     # One that began after it is.
     token = mine.begin_fill(0, b"k")
     assert token is not None and mine.complete_fill(0, b"k", token, b"new", -1, 0.0, "default")
+    assert mine.get(0, b"k", "default") == b"new"
+    # A FLUSHALL through the other process: nothing read before it is served.
+    theirs.flush(local=True)
+    assert mine.get(0, b"k", "default") is None
+    token = mine.begin_fill(0, b"k")
+    assert token is not None and mine.complete_fill(0, b"k", token, b"new", -1, 0.0, "default")
+    assert mine.get(0, b"k", "default") == b"new"
+    theirs.flush()  # (not local: a tracking flush the other process heard; nothing shared moves)
     assert mine.get(0, b"k", "default") == b"new"
     assert theirs.epochs is mine.epochs and make_tier().epochs is None  # (no sharing: no cost)
