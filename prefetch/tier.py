@@ -426,6 +426,7 @@ class HotTier:
     def abandon_fill(self, db: int, key: bytes, token: int) -> None:
         if self.inflight.get((db, key)) == token:
             del self.inflight[(db, key)]
+            self.fill_epochs.pop((db, key), None)
 
     # ------------------------------------------------------------------ invalidation
 
@@ -442,7 +443,8 @@ class HotTier:
         count = 0
         for key in keys:
             for db in self.dbs:
-                self.inflight.pop((db, key), None)
+                if self.inflight.pop((db, key), None) is not None:
+                    self.fill_epochs.pop((db, key), None)
                 entry = self.entries.get((db, key))
                 if entry is not None:
                     self._drop((db, key), entry)
@@ -467,10 +469,12 @@ class HotTier:
         if db is None:
             doomed = list(self.entries.items())
             self.inflight.clear()
+            self.fill_epochs.clear()
         else:
             doomed = [(k, e) for k, e in self.entries.items() if k[0] == db]
             for k in [k for k in self.inflight if k[0] == db]:
                 del self.inflight[k]
+                self.fill_epochs.pop(k, None)
         for k, e in doomed:
             self._drop(k, e)
         self.invalidations_flush += 1

@@ -683,4 +683,14 @@ def test_a_write_in_another_process_s_tier_stops_this_one_serving_the_key() -> N
     assert mine.get(0, b"k", "default") == b"new"
     theirs.flush()  # (not local: a tracking flush the other process heard; nothing shared moves)
     assert mine.get(0, b"k", "default") == b"new"
+    for end in ("abandon", "invalidate", "flush"):  # (a read that ends without an entry leaves nothing)
+        token = mine.begin_fill(0, b"gone")
+        assert token is not None
+        if end == "abandon":
+            mine.abandon_fill(0, b"gone", token)
+        elif end == "invalidate":
+            mine.invalidate([b"gone"], "tracking")
+        else:
+            mine.flush()
+        assert not mine.fill_epochs, end
     assert theirs.epochs is mine.epochs and make_tier().epochs is None  # (no sharing: no cost)
