@@ -385,11 +385,13 @@ class MuxLink:
         """A special command is about to be sent: move the client first if it must."""
         if self.pinned:
             return
-        if _is_plain_hello(args):
-            if self.held is None and (args[1] == b"3") != self.resp3:
+        if _is_plain_hello(args) and self.held is None:
+            if (args[1] == b"3") != self.resp3:
                 self._move(args[1] == b"3")
             return
-        kind = needs_pin(name, args)
+        # (A HELLO while a move waits: it could undo the protocol of the connections moved to,
+        # which others share; the client gets one of its own instead.)
+        kind = PIN if _is_plain_hello(args) else needs_pin(name, args)
         if kind == PIN_FOR_GOOD:
             self.deep = True
         if kind == NO_PIN or self.held is not None and self.moving_to is None:

@@ -302,3 +302,26 @@ def test_a_kept_connection_that_redis_closed_is_not_reused(
         wait_for(lambda: all(c["id"] != kept["id"] for c in proxies_clients(direct)))
         s.sendall(transaction)  # (a new connection of its own, not the dead one)
         assert read_frames(s, 3) == [b"+OK\r\n", b"+QUEUED\r\n", b"*1\r\n:2\r\n"]
+
+
+def test_hello_3_then_hello_2_while_replies_are_owed_leaves_the_shared_connections_alone(
+    make_proxy: Any, redis_server: Any, direct: redis.Redis
+) -> None:
+    """A client owed a reply sends HELLO 3 and HELLO 2 at once: the second must not reach the
+    RESP3 pool's connection (it would turn it to RESP2 under the other RESP3 clients)."""
+    proxy = make_proxy(redis_server.url, upstream_pool=1, hot_tier="off")
+    resp3 = proxy.client(protocol=3)
+    assert resp3.set("x", "1")
+    with socket.create_connection((proxy.host, proxy.port)) as s:
+        s.settimeout(10)
+        s.sendall(
+            encode_command([b"GET", b"x"])
+            + encode_command([b"HELLO", b"3"])
+            + encode_command([b"HELLO", b"2"])
+            + encode_command([b"GET", b"x"])
+        )
+        frames = read_frames(s, 4)
+        assert frames[0] == b"$1\r\n1\r\n" and frames[1].startswith(b"%") and frames[2].startswith(b"*")
+        assert frames[3] == b"$1\r\n1\r\n"
+    # The RESP3 pool's connection still speaks RESP3 to its other clients.
+    assert isinstance(resp3.execute_command("DEBUG", "PROTOCOL", "map"), dict)  # (a RESP3 map, not a flat list)
