@@ -79,6 +79,8 @@ def needs_pin(name: bytes, args: list[bytes]) -> int:
         return NO_PIN
     if name in commands.MAYBE_BLOCKING and not commands.is_blocking(name, args):
         return NO_PIN
+    if name == b"SCRIPT":  # (SCRIPT DEBUG puts the connection's next EVAL under the debugger)
+        return PIN_FOR_GOOD if len(args) > 1 and args[1].upper() == b"DEBUG" else NO_PIN
     if name == b"CLIENT":
         sub = args[1].upper() if len(args) > 1 else b""
         if sub in _POOL_SAFE_CLIENT:

@@ -26,6 +26,7 @@ SPECIAL = frozenset(
         b"INFO", b"PREDIS", b"HELLO", b"AUTH", b"SELECT", b"CLIENT", b"MULTI", b"EXEC",
         b"DISCARD", b"WATCH", b"UNWATCH", b"MONITOR", b"RESET", b"QUIT",
         b"READONLY", b"READWRITE", b"ASKING",  # (a cluster connection's state: the pool pins on them)
+        b"REPLCONF", b"SCRIPT",  # (a replica's flags, SCRIPT DEBUG's debugger: the same)
     }
     | commands.BLOCKING
     | commands.MAYBE_BLOCKING

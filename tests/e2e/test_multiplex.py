@@ -324,4 +324,6 @@ def test_hello_3_then_hello_2_while_replies_are_owed_leaves_the_shared_connectio
         assert frames[0] == b"$1\r\n1\r\n" and frames[1].startswith(b"%") and frames[2].startswith(b"*")
         assert frames[3] == b"$1\r\n1\r\n"
     # The RESP3 pool's connection still speaks RESP3 to its other clients.
-    assert isinstance(resp3.execute_command("DEBUG", "PROTOCOL", "map"), dict)  # (a RESP3 map, not a flat list)
+    assert isinstance(
+        resp3.execute_command("DEBUG", "PROTOCOL", "map"), dict
+    )  # (a RESP3 map, not a flat list)

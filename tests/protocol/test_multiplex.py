@@ -135,6 +135,17 @@ def test_which_commands_pin_a_client() -> None:
     assert needs_pin(b"CLIENT", [b"CLIENT", b"NO-EVICT", b"ON"]) == PIN_FOR_GOOD
     assert needs_pin(b"MONITOR", [b"MONITOR"]) == PIN_FOR_GOOD
     assert needs_pin(b"READONLY", [b"READONLY"]) == PIN_FOR_GOOD
+    assert needs_pin(b"REPLCONF", [b"REPLCONF", b"rdb-only", b"1"]) == PIN_FOR_GOOD
+    assert needs_pin(b"SCRIPT", [b"SCRIPT", b"DEBUG", b"YES"]) == PIN_FOR_GOOD
+    assert needs_pin(b"SCRIPT", [b"SCRIPT", b"LOAD", b"return 1"]) == NO_PIN
     from proxy.session import SPECIAL
 
-    assert {b"READONLY", b"READWRITE", b"ASKING", b"WAIT", b"CLIENT"} <= SPECIAL  # (the dispatcher sees them)
+    assert {
+        b"READONLY",
+        b"READWRITE",
+        b"ASKING",
+        b"WAIT",
+        b"CLIENT",
+        b"REPLCONF",
+        b"SCRIPT",
+    } <= SPECIAL  # (the dispatcher sees them)
