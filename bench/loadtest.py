@@ -186,6 +186,14 @@ def compare(
     return rows
 
 
+def compare_all(targets: dict[str, int], args: argparse.Namespace) -> list[dict[str, Any]]:
+    """``compare`` at every pipeline depth in ``args.pipelines``."""
+    rows: list[dict[str, Any]] = []
+    for pipeline in (int(p) for p in args.pipelines.split(",")):
+        rows += compare(targets, args, pipeline)
+    return rows
+
+
 def print_table(rows: list[dict[str, Any]], targets: list[str]) -> None:
     head = f"{'test':<5} {'-P':>3}"
     for t in targets:
@@ -255,9 +263,7 @@ def main(argv: list[str] | None = None) -> int:
         if copier is not None:
             targets["copy"] = copier.port
         try:
-            rows: list[dict[str, Any]] = []
-            for pipeline in (int(p) for p in args.pipelines.split(",")):
-                rows += compare(targets, args, pipeline)
+            rows = compare_all(targets, args)
             stats = proxy.stats()
         finally:
             proxy.close()

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.loadtest import ProxyProcess, benchmark_flags, compare, print_table
+from bench.loadtest import ProxyProcess, benchmark_flags, compare_all, print_table
 from proxy.embedded import EmbeddedRedis, free_port
 
 
@@ -106,9 +106,7 @@ def main(argv: list[str] | None = None) -> int:
                     ProxyProcess(upstream.url, ["--hot-tier", "off", "--upstream-pool", str(size)])
                 )
                 targets[f"pool{size}"] = servers[-1].port
-            rows: list[dict[str, Any]] = []
-            for pipeline in (int(p) for p in args.pipelines.split(",")):
-                rows += compare(targets, args, pipeline)
+            rows = compare_all(targets, args)
         finally:
             for server in servers:
                 server.close()

@@ -15,7 +15,7 @@ import argparse
 import sys
 from typing import Any
 
-from bench.loadtest import ProxyProcess, benchmark_flags, compare, print_table
+from bench.loadtest import ProxyProcess, benchmark_flags, compare_all, print_table
 from proxy.embedded import EmbeddedRedis
 
 
@@ -34,9 +34,7 @@ def main(argv: list[str] | None = None) -> int:
             for n in counts:
                 servers.append(ProxyProcess(upstream.url, ["--hot-tier", args.hot_tier, "--workers", str(n)]))
                 targets[f"workers{n}"] = servers[-1].port
-            rows: list[dict[str, Any]] = []
-            for pipeline in (int(p) for p in args.pipelines.split(",")):
-                rows += compare(targets, args, pipeline)
+            rows = compare_all(targets, args)
         finally:
             for server in servers:
                 server.close()
