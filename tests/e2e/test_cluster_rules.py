@@ -28,6 +28,22 @@ def raw(client: redis.Redis, *args: bytes) -> bytes:
         return read_frames(s, 1)[0]
 
 
+def cluster_port() -> int:
+    """A free port under 55536 whose cluster bus port (10,000 higher) is free too: cluster-mode
+    redis-server refuses a higher one."""
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(20_000, 45_000)
+        try:
+            for p in (port, port + 10_000):
+                with socket.socket() as probe:
+                    probe.bind(("127.0.0.1", p))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError("no free port pair for a cluster node")
+
+
 @pytest.fixture(scope="module")
 def two_masters(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[redis.Redis]]:
     servers = []
@@ -35,6 +51,7 @@ def two_masters(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[redis
         work = tmp_path_factory.mktemp(f"cluster-{i}")
         servers.append(
             EmbeddedRedis(
+                port=cluster_port(),
                 extra_args=[
                     "--cluster-enabled",
                     "yes",
