@@ -392,6 +392,19 @@ def test_fallback_prefetcher_from_the_long_window_policy_from_the_latest_reads()
     assert choose_fallback(recent, long) == "frequency@s3fifo"
 
 
+def test_the_floor_is_the_best_replay_and_a_tie_goes_to_a_floor() -> None:
+    from ml.training.selection import pick_floor
+
+    # The retrained model's window: no floor hit one read more than 0.2 did, and 0.1 as much.
+    tried = {"0.0": 0.5, "0.1": 0.5, "0.15": 0.4969, "0.2": 0.4969, "0.25": 0.45, "0.3": 0.40}
+    assert pick_floor(tried) == 0.1
+    # A floor that clearly hits more wins, however high; no floor that clearly hits more wins too.
+    assert pick_floor({"0.0": 0.30, "0.1": 0.31, "0.3": 0.36}) == 0.3
+    assert pick_floor({"0.0": 0.36, "0.1": 0.30, "0.2": 0.31}) == 0.0
+    # Only no floor tried (the time budget allowed none): none.
+    assert pick_floor({"0.0": 0.2}) == 0.0
+
+
 def test_successor_candidates_are_causal_and_per_client() -> None:
     from ml.training.data import successor_candidates
 
