@@ -341,15 +341,21 @@ class UpstreamAddress:
     password: str | None = None
     unix_path: str | None = None
     tls: bool = False  # rediss://
+    cluster: tuple[tuple[str, int], ...] = ()  # redis-cluster://: the seed nodes (host, port)
 
     def display(self) -> str:
+        if self.cluster:
+            return "redis-cluster://" + ",".join(f"{h}:{p}" for h, p in self.cluster)
         scheme = "rediss" if self.tls else "redis"
         where = f"unix://{self.unix_path}" if self.unix_path else f"{scheme}://{self.host}:{self.port}"
         return where + (f"/{self.db}" if self.db else "")
 
 
 def parse_upstream(url: str) -> UpstreamAddress:
-    """Parse redis://[user:pass@]host[:port][/db] (rediss:// for TLS) or unix:///path[?db=N]."""
+    """Parse redis://[user:pass@]host[:port][/db] (rediss:// for TLS), unix:///path[?db=N] or
+    redis-cluster://[user:pass@]host:port[,host:port...] (a Redis Cluster's seed nodes)."""
+    if url.startswith("redis-cluster://"):
+        return _parse_cluster(url)
     try:
         parts = urlsplit(url)
         port = parts.port
@@ -382,6 +388,27 @@ def parse_listen(text: str, default_host: str = "127.0.0.1") -> tuple[str, int]:
     if not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ConfigError(f"admin address must be [HOST:]PORT with a port 0-65535, got {text!r}")
     return host, int(port)
+
+
+def _parse_cluster(url: str) -> UpstreamAddress:
+    rest = url[len("redis-cluster://") :]
+    rest, _, path = rest.partition("/")
+    if path.strip("/") and path.strip("/") != "0":
+        raise ConfigError(f"upstream URL {url!r}: a Redis Cluster has database 0 only")
+    creds, _, hosts = rest.rpartition("@")
+    user = password = None
+    if creds:
+        name, colon, secret = creds.partition(":")
+        user, password = (unquote(name) or None), (unquote(secret) if colon else None)
+        if not colon:  # (redis://secret@host: a password alone)
+            user, password = None, unquote(name)
+    seeds = []
+    for item in hosts.split(","):
+        host, _, port = item.strip().rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError(f"upstream URL {url!r}: each seed node must be host:port, got {item!r}")
+        seeds.append((host.strip("[]"), int(port)))
+    return UpstreamAddress(seeds[0][0], seeds[0][1], 0, user, password, cluster=tuple(seeds))
 
 
 def _parse_db(text: str, url: str) -> int:

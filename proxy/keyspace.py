@@ -42,6 +42,7 @@ class CommandInfo:
     name: bytes
     write: bool
     specs: list[KeySpec] = field(default_factory=list)  # only the specs of written keys
+    key_specs: list[KeySpec] = field(default_factory=list)  # every key's (a cluster's routing)
 
 
 def _get(mapping: Any, key: bytes) -> Any:
@@ -55,9 +56,10 @@ def _get(mapping: Any, key: bytes) -> Any:
     return None
 
 
-def _parse_spec(raw: Any) -> KeySpec | None:
+def _parse_spec(raw: Any, any_key: bool = False) -> KeySpec | None:
+    """One key specification; None for one whose keys are only read (unless ``any_key``)."""
     flags = set(_get(raw, b"flags") or [])
-    if not flags & WRITE_KEY_FLAGS:
+    if not any_key and not flags & WRITE_KEY_FLAGS:
         return None
     begin = _get(raw, b"begin_search") or {}
     find = _get(raw, b"find_keys") or {}
@@ -103,8 +105,10 @@ class CommandTable:
         def add(entry: list[Any]) -> None:
             name = entry[0].upper()
             flags = set(entry[2])
-            specs = [s for s in (_parse_spec(r) for r in (entry[8] if len(entry) > 8 else [])) if s]
-            commands[name] = CommandInfo(name, b"write" in flags, specs)
+            raw_specs = entry[8] if len(entry) > 8 else []
+            specs = [s for s in (_parse_spec(r) for r in raw_specs) if s]
+            key_specs = [s for s in (_parse_spec(r, any_key=True) for r in raw_specs) if s]
+            commands[name] = CommandInfo(name, b"write" in flags, specs, key_specs)
             for sub in entry[9] if len(entry) > 9 else []:
                 add(sub)
 
@@ -143,6 +147,29 @@ class CommandTable:
                     return (FLUSH_ALL, None)
             keys.extend(found)
         return (KEYS, keys)
+
+    def keys(self, name: bytes, args: list[bytes]) -> list[bytes] | None:
+        """Every key the command names, read or written (a cluster routes by them): [] for a
+        command that names none, None where the table cannot tell (an unknown command, a key
+        specification it cannot resolve). ``name`` is upper case; ``args`` includes it."""
+        info = self.commands.get(name)
+        if info is not None and not info.key_specs and len(args) > 1:
+            sub = self.commands.get(name + b"|" + args[1].upper())
+            if sub is not None:
+                info = sub
+        if info is None:
+            return None
+        keys: list[bytes] = []
+        for spec in info.key_specs:
+            found = _keys_for(spec, args)
+            if found is None:
+                found = _sort_store(args) if name in (b"SORT", b"SORT_RO") else None
+                if found is None:
+                    return None
+            keys.extend(found)
+        if name == b"MIGRATE" and len(args) > 3 and args[3] == b"":  # (the keys follow KEYS instead)
+            keys.remove(b"")
+        return keys
 
 
 def _keys_for(spec: KeySpec, args: list[bytes]) -> list[bytes] | None:

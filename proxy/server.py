@@ -15,12 +15,14 @@ from prefetch.store import make_store
 from prefetch.tier import HotTier
 from proxy.alerts import Alerts
 from proxy.backchannel import Filler, InvalidationChannel, open_raw
+from proxy.cluster_upstream import ClusterOpener
 from proxy.config import Settings, UpstreamAddress, parse_listen, parse_upstream
 from proxy.connection import ClientConnection, Shared
 from proxy.history import History
 from proxy.keyspace import CommandTable
 from proxy.prediction import LivePrefetcher
 from proxy.reads import AccessSink
+from proxy.resp import encode_command
 from proxy.stats import Stats
 from proxy.upstream import UpstreamOpener
 
@@ -44,7 +46,9 @@ class ProxyServer:
         self.upstream: UpstreamAddress = parse_upstream(settings.upstream)
         self.stats = stats or Stats()
         self.stats.upstream_address = self.upstream.display()
-        self.opener = UpstreamOpener(settings, self.upstream)
+        # (A Redis Cluster: every upstream connection is a virtual one over the cluster's nodes.)
+        opener = ClusterOpener if self.upstream.cluster else UpstreamOpener
+        self.opener = opener(settings, self.upstream)
         self.tier: HotTier | None = None
         self.filler: Filler | None = None
         self.channel: InvalidationChannel | None = None
@@ -321,7 +325,7 @@ class ProxyServer:
         up = self.upstream
         prelude = b""
         if up.password:
-            prelude = b"AUTH %s %s\r\n" % ((up.username or "default").encode(), up.password.encode())
+            prelude = encode_command(["AUTH", up.username or "default", up.password])
         while True:
             status = "down"
             writer = None
@@ -329,7 +333,7 @@ class ProxyServer:
                 conn = self.opener.open_stream()
                 async with asyncio.timeout(self.settings.connect_timeout):
                     reader, writer = await conn
-                    writer.write(prelude + b"PING\r\n")
+                    writer.write(prelude + encode_command(["PING"]))
                     if prelude:
                         await reader.readline()
                     line = await reader.readline()

@@ -17,6 +17,7 @@ import redis
 from proxy.cluster import CROSSSLOT, SlotMap, key_slot, merge, parse_redirect, split
 from proxy.embedded import EmbeddedRedis
 from proxy.resp import encode_command
+from tests.cluster import cluster_port
 from tests.helpers import read_frames, wait_for
 
 
@@ -26,22 +27,6 @@ def raw(client: redis.Redis, *args: bytes) -> bytes:
         s.settimeout(10)
         s.sendall(encode_command(list(args)))
         return read_frames(s, 1)[0]
-
-
-def cluster_port() -> int:
-    """A free port under 55536 whose cluster bus port (10,000 higher) is free too: cluster-mode
-    redis-server refuses a higher one."""
-    rng = random.Random()
-    for _ in range(200):
-        port = rng.randrange(20_000, 45_000)
-        try:
-            for p in (port, port + 10_000):
-                with socket.socket() as probe:
-                    probe.bind(("127.0.0.1", p))
-        except OSError:
-            continue
-        return port
-    raise RuntimeError("no free port pair for a cluster node")
 
 
 @pytest.fixture(scope="module")
@@ -132,3 +117,35 @@ def test_a_multi_key_command_split_by_slot_answers_as_one_node_would(two_masters
     # Across slots, Redis itself refuses: the error the proxy gives for commands it cannot split.
     assert raw(a, b"MGET", b"{x}1", b"{y}2") == CROSSSLOT
     assert split([b"GET", b"x"]) is None and split([b"MSET", b"k"]) is None
+
+
+def test_the_keys_a_cluster_routes_by_are_redis_s_own(two_masters: list[redis.Redis]) -> None:
+    """``CommandTable.keys`` (every key a command names, from the key specifications of Redis's
+    COMMAND reply) against Redis's COMMAND GETKEYS, over commands of every key-spec shape."""
+    import hiredis
+
+    from proxy.keyspace import CommandTable
+
+    reader = hiredis.Reader()
+    reader.feed(raw(two_masters[0], b"COMMAND"))
+    table = CommandTable.from_reply(reader.gets())
+    commands = [
+        [b"GET", b"a"],
+        [b"MGET", b"a", b"b", b"c"],
+        [b"MSET", b"a", b"1", b"b", b"2"],
+        [b"EVAL", b"return 1", b"2", b"k1", b"k2", b"arg"],
+        [b"BLPOP", b"l1", b"l2", b"0"],
+        [b"XREAD", b"COUNT", b"2", b"STREAMS", b"s1", b"s2", b"0", b"0"],
+        [b"ZUNIONSTORE", b"dst", b"2", b"z1", b"z2", b"WEIGHTS", b"1", b"2"],
+        [b"OBJECT", b"ENCODING", b"k"],
+        [b"LMOVE", b"src", b"dst", b"LEFT", b"RIGHT"],
+        [b"GEORADIUS", b"g", b"0", b"0", b"1", b"km", b"STORE", b"dst"],
+        [b"MIGRATE", b"h", b"1", b"", b"0", b"1", b"KEYS", b"k1", b"k2"],
+        [b"BITOP", b"AND", b"dst", b"a", b"b"],
+        [b"SET", b"k", b"v", b"EX", b"10"],
+    ]
+    for command in commands:
+        reader.feed(raw(two_masters[0], b"COMMAND", b"GETKEYS", *command))
+        theirs = reader.gets()
+        assert table.keys(command[0].upper(), command) == theirs, command
+    assert table.keys(b"PING", [b"PING"]) == [] and table.keys(b"NOSUCH", [b"NOSUCH", b"x"]) is None

@@ -58,6 +58,18 @@ def test_parse_upstream() -> None:
     assert parse_upstream("redis://h").port == 6379
     u = parse_upstream("unix:///tmp/r.sock?db=2")
     assert (u.unix_path, u.db) == ("/tmp/r.sock", 2)
+    c = parse_upstream("redis-cluster://app:s%3Ac@10.0.0.1:7000,node-b:7001")
+    assert c.cluster == (("10.0.0.1", 7000), ("node-b", 7001)) and (c.username, c.password) == ("app", "s:c")
+    assert c.display() == "redis-cluster://10.0.0.1:7000,node-b:7001" and not c.tls
+    assert parse_upstream("redis-cluster://secret@h:1").password == "secret"
+    for bad, why in (
+        ("redis-cluster://h", "host:port"),
+        ("redis-cluster://h:1,", "host:port"),
+        ("redis-cluster://h:99999", "host:port"),
+        ("redis-cluster://h:1/3", "database 0 only"),
+    ):
+        with pytest.raises(ConfigError, match=why):
+            parse_upstream(bad)
 
 
 def test_admin_address() -> None:

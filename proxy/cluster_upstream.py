@@ -1,0 +1,816 @@
+"""A Redis Cluster as the proxy's upstream (``--upstream redis-cluster://host:port[,host:port...]``).
+
+Every connection the proxy opens upstream (a client's own, a shared one, the filler's, the
+invalidation channel's, the health check's) is, with a cluster, a *virtual* connection
+(``ClusterSession``): towards the rest of the proxy it is one Redis connection (a transport that
+takes requests and gives back replies in order, as a TCP connection to one Redis would), and
+towards the cluster it is a cluster-aware client with a connection per node it needs
+(``NodeLink``). So the tier, the filler, the multiplexed pool and the session replay work over a
+cluster unchanged. What a virtual connection does with each request:
+
+* a command whose keys are in one slot goes to that slot's master (``ClusterTopology``'s map, read
+  with ``CLUSTER SLOTS``); ``MOVED`` is followed (the map patched and refreshed) and ``ASK`` too
+  (with ``ASKING``), the client seeing neither (at most ``MAX_REDIRECTS`` each);
+* ``MGET``, ``MSET``, ``DEL``, ``UNLINK``, ``EXISTS``, ``TOUCH`` whose keys span slots are split by
+  slot and the replies merged (``proxy.cluster``); any other command whose keys span slots gets
+  Redis's ``CROSSSLOT`` error; ``SCAN`` an error saying it is not supported;
+* commands without keys go to one node (the session's "home", the first master), except
+  ``FLUSHALL``/``FLUSHDB``/``SCRIPT LOAD|FLUSH`` (every master), ``DBSIZE`` (summed) and ``KEYS``
+  (concatenated);
+* connection state (``HELLO``, ``AUTH``, ``SELECT``, ``READONLY``, ``CLIENT SETNAME|SETINFO|
+  TRACKING|NO-EVICT|NO-TOUCH``) is answered by the home node and replayed on every node link;
+* a transaction goes whole to the node of its first key (``WATCH``'s key, or the first keyed
+  command after ``MULTI``; Redis then refuses keys of other slots in it); redirects inside one are
+  not followed;
+* ``SUBSCRIBE``, ``PSUBSCRIBE``, ``SSUBSCRIBE``, ``MONITOR``, ``SYNC`` make the connection a pipe to
+  one node (every frame passes through);
+* client-side tracking with ``REDIRECT`` (the hot tier's coherence): ``CLIENT ID`` answers a
+  virtual id, and the connection that gave it opens a link to every master and learns each one's
+  own id; ``CLIENT TRACKING ON REDIRECT <virtual id>`` is sent to each node naming that node's id,
+  so every key's invalidation comes from the node that owns it. A node link lost loses the whole
+  virtual connection (the proxy then does what it does when its Redis connection drops: for the
+  invalidation channel, flush the tier), and a tracked connection's loss loses the one its
+  tracking redirects to, as nothing tells what the lost node's tracking covered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import itertools
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import hiredis
+import structlog
+
+from proxy.cluster import CROSSSLOT, MULTI_KEY, Node, SlotMap, key_slot, parse_redirect, split
+from proxy.config import Settings, UpstreamAddress
+from proxy.keyspace import CommandTable
+from proxy.resp import encode_command
+from proxy.scanner import PUSH, ReplyScanner, decode_reply
+from proxy.upstream import UpstreamOpener
+
+log = structlog.get_logger("predis.cluster")
+
+MAX_REDIRECTS = 5
+# Connection state every node link of a virtual connection must share: (name, subcommand) -> the
+# commands are replayed on a new link in the order they were first given.
+STATE = {
+    (b"HELLO", b""),
+    (b"AUTH", b""),
+    (b"SELECT", b""),
+    (b"READONLY", b""),
+    (b"READWRITE", b""),
+    (b"CLIENT", b"SETNAME"),
+    (b"CLIENT", b"SETINFO"),
+    (b"CLIENT", b"TRACKING"),
+    (b"CLIENT", b"NO-EVICT"),
+    (b"CLIENT", b"NO-TOUCH"),
+}
+FAN_OUT = {  # keyless commands every master runs: how their replies are merged
+    b"FLUSHALL": "first",
+    b"FLUSHDB": "first",
+    b"DBSIZE": "sum",
+    b"KEYS": "concat_all",
+}
+PIPE = {b"SUBSCRIBE", b"PSUBSCRIBE", b"SSUBSCRIBE", b"MONITOR", b"SYNC", b"PSYNC"}
+NOT_SUPPORTED = {
+    b"SCAN": b"-ERR SCAN is not supported through Predis over a Redis Cluster: scan each master\r\n",
+}
+
+
+class Request:
+    """One command sent to a node, and its reply once it came (or a merged reply of its parts)."""
+
+    __slots__ = (
+        "args",
+        "data",
+        "reply",
+        "parent",
+        "parts",
+        "how",
+        "left",
+        "callback",
+        "redirects",
+        "tx",
+        "state",
+        "piped",
+    )
+
+    def __init__(
+        self,
+        args: list[bytes],
+        callback: Callable[[bytes], None] | None = None,
+        parent: Request | None = None,
+    ) -> None:
+        self.args = args
+        self.data = encode_command(args)
+        self.reply: bytes | None = None
+        self.parent = parent
+        self.parts: list[Request] = []
+        self.how = ""
+        self.left = 0
+        self.callback = callback  # an internal request: its reply goes here, not to the client
+        self.redirects = 0
+        self.tx = False  # sent inside MULTI: a redirect is Redis's verdict, not followed
+        self.state: tuple[bytes, bytes] | None = None  # the connection state it sets, if any
+        self.piped = False  # its replies pass straight through (subscribed, MONITOR...)
+
+
+def _ignore(frame: bytes) -> None:
+    if frame[:1] == b"-":
+        log.warning(
+            "cluster node refused replayed connection state", error=frame.strip().decode(errors="replace")
+        )
+
+
+class ClusterTopology:
+    """The slot map and Redis's command table, read from any node that answers (the seeds first,
+    then every node the map names), refreshed on redirects and on lost links."""
+
+    def __init__(self, settings: Settings, address: UpstreamAddress) -> None:
+        self.settings = settings
+        self.password = address.password
+        self.username = address.username or "default"
+        self.seeds = [Node(h, p) for h, p in address.cluster]
+        self.map: SlotMap | None = None
+        self.overrides: dict[int, Node] = {}  # slots a MOVED reassigned since the last refresh
+        self.table: CommandTable | None = None
+        self.task: asyncio.Task[None] | None = None
+        self.ids = itertools.count(1)
+        self.targets: dict[int, ClusterSession] = {}  # virtual CLIENT ID -> its connection
+        self.refreshes = 0
+        self.redirects = 0
+
+    def master_for(self, slot: int) -> Node | None:
+        node = self.overrides.get(slot)
+        if node is not None:
+            return node
+        return self.map.master_for(slot) if self.map is not None else None
+
+    def masters(self) -> list[Node]:
+        return self.map.masters() if self.map is not None else []
+
+    def home(self) -> Node:
+        masters = self.masters()
+        return masters[0] if masters else self.seeds[0]
+
+    async def ready(self) -> None:
+        """A map and a command table, waiting for a refresh under way (after a failover a new
+        connection should use the new map)."""
+        if self.task is not None and not self.task.done():
+            await asyncio.shield(self.task)
+        if self.map is None or self.table is None:
+            await self.refresh()
+
+    def refresh_soon(self) -> None:
+        if self.task is None or self.task.done():
+            self.task = asyncio.get_running_loop().create_task(self._refresh_logged())
+
+    async def refresh(self) -> None:
+        if self.task is None or self.task.done():
+            self.task = asyncio.get_running_loop().create_task(self._refresh())
+        await asyncio.shield(self.task)
+
+    async def _refresh_logged(self) -> None:
+        try:
+            await self._refresh()
+        except OSError as exc:
+            log.warning("cluster slot map refresh failed", error=str(exc))
+
+    async def _refresh(self) -> None:
+        known = [n for nodes in (self.map.ranges if self.map else []) for n in nodes[2]]
+        candidates = list(dict.fromkeys([*known, *self.seeds]))
+        last: Exception | None = None
+        for node in candidates:
+            try:
+                async with asyncio.timeout(self.settings.connect_timeout):
+                    slots, table = await self._ask(node)
+            except (OSError, TimeoutError, ValueError, hiredis.ProtocolError) as exc:
+                last = exc
+                continue
+            new = SlotMap.from_slots_reply(slots)
+            if new.covered() == 0:
+                last = ConnectionError(f"{node.host}:{node.port} serves no slots")
+                continue
+            self.map, self.overrides = new, {}
+            if table is not None:
+                self.table = table
+            self.refreshes += 1
+            return
+        raise ConnectionError(f"no Redis Cluster node answered CLUSTER SLOTS ({last})")
+
+    async def _ask(self, node: Node) -> tuple[list[Any], CommandTable | None]:
+        reader, writer = await asyncio.open_connection(node.host, node.port)
+        try:
+            commands = [[b"CLUSTER", b"SLOTS"]]
+            if self.password:
+                commands.insert(0, [b"AUTH", self.username.encode(), self.password.encode()])
+            if self.table is None:
+                commands.append([b"COMMAND"])
+            writer.write(b"".join(encode_command(c) for c in commands))
+            parser = hiredis.Reader()
+            replies: list[Any] = []
+            while len(replies) < len(commands):
+                data = await reader.read(1 << 16)
+                if not data:
+                    raise ConnectionError("closed while answering")
+                parser.feed(data)
+                while (reply := parser.gets()) is not False:
+                    replies.append(reply)
+            for reply in replies:
+                if isinstance(reply, hiredis.ReplyError):
+                    raise ConnectionError(str(reply))
+            if self.password:
+                del replies[0]
+            table = CommandTable.from_reply(replies[1]) if len(replies) > 1 else None
+            return replies[0], table
+        finally:
+            writer.close()
+
+    def moved(self, slot: int, node: Node) -> None:
+        self.redirects += 1
+        self.overrides[slot] = node
+        self.refresh_soon()
+
+
+class VirtualTransport(asyncio.Transport):
+    """The proxy's side of a ``ClusterSession``: what a TCP transport to one Redis would be."""
+
+    def __init__(self, session: ClusterSession) -> None:
+        super().__init__()
+        self.session = session
+        self.closing = False
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if not self.closing:
+            self.session.feed(bytes(data))
+
+    def writelines(self, chunks: Any) -> None:
+        self.write(b"".join(chunks))
+
+    def close(self) -> None:
+        if not self.closing:
+            self.closing = True
+            self.session.close()
+
+    def abort(self) -> None:
+        self.close()
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        if name == "peername":
+            return ("redis-cluster", 0)
+        return default
+
+    def pause_reading(self) -> None:
+        self.session.pause(True)
+
+    def resume_reading(self) -> None:
+        self.session.pause(False)
+
+    def is_reading(self) -> bool:
+        return not self.session.paused
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        pass
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def can_write_eof(self) -> bool:
+        return False
+
+
+class NodeLink(asyncio.Protocol):
+    """One virtual connection's TCP connection to one cluster node: requests go out in order
+    (waiting in ``outbox`` while it opens, behind the connection state replayed first), replies
+    come back to the requests in ``waiting`` in order; push frames go straight to the session."""
+
+    def __init__(self, session: ClusterSession, node: Node) -> None:
+        self.session = session
+        self.node = node
+        self.transport: asyncio.Transport | None = None
+        self.up = False
+        self.outbox: list[Request] = []
+        self.waiting: deque[Request] = deque()
+        self.scanner = ReplyScanner()
+        self.partial: list[bytes] = []
+        self.pipe = False  # every frame passes straight through (subscribed, MONITOR, SYNC)
+
+    async def open(self, settings: Settings) -> None:
+        loop = asyncio.get_running_loop()
+        session = self.session
+        try:
+            async with asyncio.timeout(settings.connect_timeout):
+                await loop.create_connection(lambda: self, self.node.host, self.node.port)
+                prelude = await session.prelude_for(self.node)
+        except (OSError, TimeoutError) as exc:
+            session.lost(self, exc)
+            return
+        if session.closed or self.transport is None:
+            if self.transport is not None:
+                self.transport.abort()
+            return
+        for args, callback in prelude:
+            self._write(Request(args, callback=callback))
+        self.up = True
+        for request in self.outbox:
+            self._write(request)
+        self.outbox.clear()
+
+    def send(self, request: Request) -> None:
+        if self.up:
+            self._write(request)
+        else:
+            self.outbox.append(request)
+
+    def _write(self, request: Request) -> None:
+        assert self.transport is not None
+        if not request.piped:
+            self.waiting.append(request)
+        self.transport.write(request.data)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        session = self.session
+        if self.pipe and not self.waiting:
+            session.deliver_piped(data)
+            return
+        try:
+            ends = self.scanner.feed(data)
+        except ValueError as exc:
+            session.lost(self, ConnectionError(f"bad reply from {self.node.host}:{self.node.port}: {exc}"))
+            return
+        start = 0
+        for end, kind in ends:
+            if self.partial:
+                self.partial.append(data[start:end])
+                frame = b"".join(self.partial)
+                self.partial = []
+            else:
+                frame = data[start:end]
+            start = end
+            if kind == PUSH:
+                session.deliver_push(frame)
+            elif self.waiting:
+                session.on_reply(self, self.waiting.popleft(), frame)
+                if self.pipe and not self.waiting:  # (the replies owed before it became a pipe)
+                    self.partial = []
+                    session.flush()
+                    if end < len(data):
+                        session.deliver_piped(data[end:])
+                    return
+            else:
+                session.lost(self, ConnectionError("a reply nothing asked for"))
+                return
+        if start < len(data):
+            self.partial.append(data[start:])
+        session.flush()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.up = False
+        self.session.lost(self, exc or ConnectionResetError(f"{self.node.host}:{self.node.port} closed"))
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+
+class ClusterSession:
+    """One virtual connection: the proxy's requests in, routed to the nodes; replies out, in the
+    order the requests came."""
+
+    def __init__(self, opener: ClusterOpener, protocol: asyncio.BaseProtocol) -> None:
+        self.opener = opener
+        self.topology = opener.topology
+        self.protocol = protocol
+        self.transport = VirtualTransport(self)
+        self.parser = hiredis.Reader()
+        self.pending: deque[Request] = deque()
+        self.links: dict[Node, NodeLink] = {}
+        self.state: dict[tuple[bytes, bytes], list[bytes]] = {}
+        self.resp3 = False
+        self.home = self.topology.home()
+        self.in_multi = False
+        self.tx_node: Node | None = None
+        self.held: list[Request] = []  # MULTI and what follows it until a key names the node
+        self.pipe: NodeLink | None = None
+        self.piped_early: list[bytes] = []  # the pipe's bytes that came before the replies owed
+        self.closed = False
+        self.paused = False
+        self.flush_scheduled = False
+        self.vid = 0  # the virtual CLIENT ID, once asked
+        self.node_ids: dict[Node, int] = {}
+        self.id_waiters: dict[Node, asyncio.Future[int]] = {}
+        self.tracking_to = 0  # the virtual id CLIENT TRACKING ... REDIRECT names
+
+    # ------------------------------------------------------------------ requests in
+
+    def feed(self, data: bytes) -> None:
+        if self.closed:
+            return
+        parser = self.parser
+        parser.feed(data)
+        try:
+            while (args := parser.gets()) is not False:
+                if not isinstance(args, list) or not args or not all(isinstance(a, bytes) for a in args):
+                    raise ValueError("not a command")
+                self._command(args)
+        except (ValueError, hiredis.ProtocolError) as exc:
+            self.lost(None, ConnectionError(f"cannot route a request: {exc}"))
+
+    def _command(self, args: list[bytes]) -> None:
+        name = args[0].upper()
+        request = Request(args)
+        if self.pipe is not None:
+            request.piped = True  # (its replies pass straight through)
+            self.pipe.send(request)
+            return
+        self.pending.append(request)
+        sub = args[1].upper() if len(args) > 1 and name in (b"CLIENT", b"SCRIPT") else b""
+        if self.in_multi or name in (b"MULTI", b"EXEC", b"DISCARD"):
+            self._transaction(name, request)
+            return
+        if (name, sub) in STATE or (name, b"") in STATE:
+            self._state(name, sub, request)
+            return
+        if name == b"CLIENT" and sub == b"ID":
+            self._client_id(request)
+            return
+        refusal = NOT_SUPPORTED.get(name)
+        if refusal is not None:
+            self._answer(request, refusal)
+            return
+        if name in PIPE:
+            self._pipe(name, request)
+            return
+        if name in FAN_OUT or (name == b"SCRIPT" and sub in (b"LOAD", b"FLUSH")):
+            self._fan_out(FAN_OUT.get(name, "first"), request)
+            return
+        table = self.topology.table
+        keys = table.keys(name, args) if table is not None else None
+        if not keys:  # no keys, or none the table can tell: the home node
+            where = self.tx_node or self.home  # (UNWATCH: where WATCH went)
+            if name == b"UNWATCH":
+                self.tx_node = None
+            self._send(where, request)
+            return
+        slot = key_slot(keys[0])
+        for key in keys[1:]:
+            if key_slot(key) != slot:
+                self._cross_slot(name, request)
+                return
+        node: Node | None
+        if name == b"WATCH":
+            node = self.tx_node or self.topology.master_for(slot)
+            self.tx_node = node
+        else:
+            node = self.topology.master_for(slot)
+        if node is None:
+            self._answer(request, b"-CLUSTERDOWN Hash slot not served\r\n")
+            self.topology.refresh_soon()
+            return
+        self._send(node, request)
+
+    def _cross_slot(self, name: bytes, request: Request) -> None:
+        parts = split(request.args) if name in MULTI_KEY else None
+        if not parts:
+            self._answer(request, CROSSSLOT)
+            return
+        request.how = MULTI_KEY[name][1]
+        request.left = len(parts)
+        for part in parts:
+            child = Request(part.args, parent=request)
+            request.parts.append(child)
+            node = self.topology.master_for(part.slot)
+            if node is None:
+                self._answer(request, b"-CLUSTERDOWN Hash slot not served\r\n")
+                return
+            self._send(node, child)
+
+    def _fan_out(self, how: str, request: Request) -> None:
+        masters = self.topology.masters() or [self.home]
+        request.how = how
+        request.left = len(masters)
+        for node in masters:
+            child = Request(request.args, parent=request)
+            request.parts.append(child)
+            self._send(node, child)
+
+    def _transaction(self, name: bytes, request: Request) -> None:
+        request.tx = True
+        if name == b"MULTI" and not self.in_multi:
+            self.in_multi = True
+            if self.tx_node is None:
+                self.held.append(request)
+            else:
+                self._send(self.tx_node, request)
+            return
+        if self.tx_node is None:
+            table = self.topology.table
+            keys = table.keys(name, request.args) if table is not None else None
+            if keys:
+                self.tx_node = self.topology.master_for(key_slot(keys[0])) or self.home
+            elif name not in (b"EXEC", b"DISCARD"):
+                self.held.append(request)
+                return
+            node = self.tx_node or self.home
+            for held in self.held:
+                self._send(node, held)
+            self.held.clear()
+        self._send(self.tx_node or self.home, request)
+        if name in (b"EXEC", b"DISCARD"):
+            self.in_multi = False
+            self.tx_node = None
+
+    def _state(self, name: bytes, sub: bytes, request: Request) -> None:
+        args = request.args
+        if name == b"HELLO" and len(args) > 1:
+            self.resp3 = args[1] == b"3"
+        kind = (name, sub if (name, sub) in STATE else b"")
+        if name == b"CLIENT" and sub == b"SETINFO" and len(args) > 2:
+            kind = (name, sub + b" " + args[2].upper())
+        if name == b"CLIENT" and sub == b"TRACKING":
+            self.tracking_to = _redirect_of(args)
+        if name == b"READONLY":
+            self.state.pop((b"READWRITE", b""), None)
+        if name == b"READWRITE":
+            self.state.pop((b"READONLY", b""), None)
+        self.state[kind] = args
+        request.state = kind  # (forgotten again if the home node refuses it)
+        # The home node's reply is the client's; every other open link gets the same, its reply
+        # only logged if it refused.
+        try:
+            request.args = self._for_node(self.home, args)
+            request.data = encode_command(request.args)
+        except KeyError:
+            self._answer(request, b"-ERR the tracking redirect's connection is gone\r\n")
+            return
+        self._send(self.home, request)
+        for node, link in self.links.items():
+            if node != self.home:
+                try:
+                    link.send(Request(self._for_node(node, args), callback=_ignore))
+                except KeyError:
+                    self.lost(link, ConnectionError("the tracking redirect's connection has no link there"))
+                    return
+
+    def _for_node(self, node: Node, args: list[bytes]) -> list[bytes]:
+        """``args`` as ``node`` must get them: a tracking REDIRECT names that node's own id of the
+        virtual connection it names (KeyError: unknown there)."""
+        if not self.tracking_to or args[0].upper() != b"CLIENT":
+            return args
+        out = list(args)
+        for i in range(2, len(out) - 1):
+            if out[i].upper() == b"REDIRECT":
+                target = self.topology.targets[self.tracking_to]
+                out[i + 1] = str(target.node_ids[node]).encode()
+        return out
+
+    async def prelude_for(self, node: Node) -> list[tuple[list[bytes], Callable[[bytes], None]]]:
+        """What a new link to ``node`` sends first: the connection's state, then (for a tracking
+        redirect's target) a CLIENT ID whose answer is that node's id of this connection."""
+        out: list[tuple[list[bytes], Callable[[bytes], None]]] = []
+        for args in self.state.values():
+            if self.tracking_to and args[0].upper() == b"CLIENT" and args[1].upper() == b"TRACKING":
+                target = self.topology.targets.get(self.tracking_to)
+                if target is None:
+                    raise ConnectionError("the tracking redirect's connection is gone")
+                await target.node_id(node)
+            out.append((self._for_node(node, args), _ignore))
+        if self.vid:
+            out.append(([b"CLIENT", b"ID"], functools.partial(self._learnt_id, node)))
+        return out
+
+    def _client_id(self, request: Request) -> None:
+        """Answered once this connection has a link to every master and knows its id on each."""
+        if not self.vid:
+            self.vid = next(self.topology.ids)
+            self.topology.targets[self.vid] = self
+        waits = [self.node_id(node) for node in self.topology.masters() or [self.home]]
+
+        async def answer() -> None:
+            try:
+                await asyncio.gather(*waits)
+            except (OSError, TimeoutError) as exc:
+                self.lost(None, exc)
+                return
+            self._answer(request, b":%d\r\n" % self.vid)
+
+        asyncio.get_running_loop().create_task(answer())
+
+    async def node_id(self, node: Node) -> int:
+        known = self.node_ids.get(node)
+        if known is not None:
+            return known
+        waiter = self.id_waiters.get(node)
+        if waiter is None:
+            waiter = self.id_waiters[node] = asyncio.get_running_loop().create_future()
+            if node in self.links:  # (opened before CLIENT ID: ask it now)
+                self.links[node].send(
+                    Request([b"CLIENT", b"ID"], callback=lambda f: self._learnt_id(node, f))
+                )
+            else:
+                self._link(node)
+        async with asyncio.timeout(self.opener.settings.connect_timeout):
+            return await asyncio.shield(waiter)
+
+    def _learnt_id(self, node: Node, frame: bytes) -> None:
+        waiter = self.id_waiters.get(node)
+        if frame[:1] != b":":
+            if waiter is not None and not waiter.done():
+                waiter.set_exception(ConnectionError(f"CLIENT ID failed: {frame!r}"))
+            return
+        self.node_ids[node] = int(frame[1:].strip())
+        if waiter is not None and not waiter.done():
+            waiter.set_result(self.node_ids[node])
+
+    def _pipe(self, name: bytes, request: Request) -> None:
+        node = self.home
+        if name == b"SSUBSCRIBE" and len(request.args) > 1:
+            node = self.topology.master_for(key_slot(request.args[1])) or self.home
+        self.pending.pop()  # (its replies, and all that follow, pass straight through)
+        request.piped = True
+        link = self._link(node)
+        self.pipe = link
+        link.pipe = True
+        link.send(request)
+
+    # ------------------------------------------------------------------ replies out
+
+    def _send(self, node: Node, request: Request) -> None:
+        self._link(node).send(request)
+
+    def _link(self, node: Node) -> NodeLink:
+        link = self.links.get(node)
+        if link is None:
+            link = self.links[node] = NodeLink(self, node)
+            asyncio.get_running_loop().create_task(link.open(self.opener.settings))
+        return link
+
+    def _answer(self, request: Request, frame: bytes) -> None:
+        request.reply = frame
+        if not self.flush_scheduled:
+            self.flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self.flush)
+
+    def on_reply(self, link: NodeLink, request: Request, frame: bytes) -> None:
+        if request.callback is not None:
+            request.callback(frame)
+            return
+        if frame[:1] == b"-" and not request.tx and request.redirects < MAX_REDIRECTS:
+            redirect = parse_redirect(frame) if frame[1:5] in (b"MOVE", b"ASK ") else None
+            if redirect is not None:
+                kind, slot, node = redirect
+                request.redirects += 1
+                if kind == "MOVED":
+                    self.topology.moved(slot, node)
+                else:
+                    self._link(node).send(Request([b"ASKING"], callback=_ignore))
+                self._link(node).send(request)
+                return
+        parent = request.parent
+        if parent is None:
+            request.reply = frame
+            if request.state is not None and frame[:1] == b"-":
+                self.state.pop(request.state, None)
+            return
+        request.reply = frame
+        parent.left -= 1
+        if parent.left == 0:
+            parent.reply = self._merge(parent)
+
+    def _merge(self, parent: Request) -> bytes:
+        frames = [p.reply or b"" for p in parent.parts]
+        for frame in frames:
+            if frame[:1] == b"-" or frame[:1] == b"!":
+                return frame
+        how = parent.how
+        if how in ("first", "ok"):
+            return frames[0]
+        if how == "sum":
+            return b":%d\r\n" % sum(int(decode_reply(f)) for f in frames)
+        values = [decode_reply(f) for f in frames]
+        if how == "concat_all":
+            flat = [v for value in values for v in value]
+        else:  # "concat": each part's values back at their keys' positions
+            parts = split(parent.args) or []
+            flat = [None] * sum(len(p.positions) for p in parts)
+            for part, value in zip(parts, values, strict=True):
+                for position, item in zip(part.positions, value, strict=True):
+                    flat[position] = item
+        null = b"_\r\n" if self.resp3 else b"$-1\r\n"
+        out = [b"*%d\r\n" % len(flat)]
+        for item in flat:
+            out.append(null if item is None else b"$%d\r\n%s\r\n" % (len(item), item))
+        return b"".join(out)
+
+    def flush(self) -> None:
+        """Give the proxy every reply now due, in the order of the requests."""
+        self.flush_scheduled = False
+        pending = self.pending
+        if not pending or pending[0].reply is None or self.closed:
+            return
+        out = []
+        while pending and pending[0].reply is not None:
+            out.append(pending.popleft().reply or b"")
+        if not pending and self.piped_early:
+            out += self.piped_early
+            self.piped_early = []
+        self.protocol.data_received(b"".join(out))  # type: ignore[attr-defined]
+
+    def deliver_push(self, frame: bytes) -> None:
+        if not self.closed:
+            self.protocol.data_received(frame)  # type: ignore[attr-defined]
+
+    def deliver_piped(self, data: bytes) -> None:
+        if self.closed:
+            return
+        if self.pending:
+            self.piped_early.append(data)
+            return
+        self.protocol.data_received(data)  # type: ignore[attr-defined]
+
+    # ------------------------------------------------------------------ life
+
+    def pause(self, on: bool) -> None:
+        self.paused = on
+        for link in self.links.values():
+            if link.transport is not None and not link.transport.is_closing():
+                if on:
+                    link.transport.pause_reading()
+                else:
+                    link.transport.resume_reading()
+
+    def lost(self, link: NodeLink | None, exc: Exception | None) -> None:
+        """A node link (or the routing) failed: the whole virtual connection is lost, as a TCP
+        connection to one Redis would be; the map is refreshed."""
+        if self.closed:
+            return
+        where = f"{link.node.host}:{link.node.port}" if link is not None else "routing"
+        log.warning("cluster connection lost", node=where, error=str(exc))
+        self._shut()
+        self.topology.refresh_soon()
+        self.transport.closing = True
+        if self.tracking_to:  # (what its tracking covered on a lost node cannot be told)
+            target = self.topology.targets.get(self.tracking_to)
+            if target is not None:
+                target.lost(None, ConnectionError("a connection tracking towards it was lost"))
+        asyncio.get_running_loop().call_soon(self.protocol.connection_lost, exc)
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self._shut()
+        asyncio.get_running_loop().call_soon(self.protocol.connection_lost, None)
+
+    def _shut(self) -> None:
+        self.closed = True
+        for link in self.links.values():
+            link.close()
+        if self.vid:
+            self.topology.targets.pop(self.vid, None)
+            for waiter in self.id_waiters.values():
+                if not waiter.done():
+                    waiter.set_exception(ConnectionError("the connection closed"))
+                    waiter.exception()  # (retrieved: nobody may be waiting any more)
+
+
+def _redirect_of(args: list[bytes]) -> int:
+    """The virtual id a ``CLIENT TRACKING ... REDIRECT id`` names (0: none, or tracking off)."""
+    if len(args) > 2 and args[2].upper() == b"OFF":
+        return 0
+    for i in range(2, len(args) - 1):
+        if args[i].upper() == b"REDIRECT" and args[i + 1].isdigit():
+            return int(args[i + 1])
+    return 0
+
+
+class ClusterOpener(UpstreamOpener):
+    """``UpstreamOpener``'s face over a Redis Cluster: every connection it opens is a
+    ``ClusterSession``."""
+
+    def __init__(self, settings: Settings, address: UpstreamAddress) -> None:
+        super().__init__(settings, address)
+        self.topology = ClusterTopology(settings, address)
+
+    async def open(self, factory: Callable[[], Any]) -> tuple[asyncio.BaseTransport, Any]:
+        await self.topology.ready()
+        protocol = factory()
+        session = ClusterSession(self, protocol)
+        protocol.connection_made(session.transport)
+        return session.transport, protocol
+
+    async def open_stream(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader()
+        protocol = asyncio.StreamReaderProtocol(reader)
+        transport, _ = await self.open(lambda: protocol)
+        return reader, asyncio.StreamWriter(transport, protocol, reader, loop)  # type: ignore[arg-type]
