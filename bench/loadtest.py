@@ -83,6 +83,7 @@ def redis_benchmark(
         check=True,
         preexec_fn=None if cpus is None else lambda: os.sched_setaffinity(0, cpus),
     ).stdout
+    out = out[max(0, out.find('"test"')) :]  # (in --cluster mode the node list comes first)
     runs = []
     for row in csv.DictReader(io.StringIO(out)):
         runs.append(
@@ -153,9 +154,14 @@ def median_run(runs: list[Run]) -> Run:
 
 
 def compare(
-    targets: dict[str, int], args: argparse.Namespace, pipeline: int, baseline: str = "direct"
+    targets: dict[str, int],
+    args: argparse.Namespace,
+    pipeline: int,
+    baseline: str = "direct",
+    extras: dict[str, list[str]] | None = None,
 ) -> list[dict[str, Any]]:
-    """Run every target once per repeat, interleaved; ratios to ``baseline`` are taken within a repeat."""
+    """Run every target once per repeat, interleaved; ratios to ``baseline`` are taken within a
+    repeat. ``extras``: more redis-benchmark flags for some targets (``--cluster``)."""
     results: dict[tuple[str, str], list[Run]] = {}
     for _ in range(args.repeats):
         for target, port in targets.items():
@@ -167,6 +173,7 @@ def compare(
                 pipeline,
                 args.keyspace,
                 resp3=args.resp3,
+                extra=(extras or {}).get(target),
             ):
                 results.setdefault((target, run.test), []).append(run)
     rows = []
@@ -186,11 +193,13 @@ def compare(
     return rows
 
 
-def compare_all(targets: dict[str, int], args: argparse.Namespace) -> list[dict[str, Any]]:
+def compare_all(
+    targets: dict[str, int], args: argparse.Namespace, extras: dict[str, list[str]] | None = None
+) -> list[dict[str, Any]]:
     """``compare`` at every pipeline depth in ``args.pipelines``."""
     rows: list[dict[str, Any]] = []
     for pipeline in (int(p) for p in args.pipelines.split(",")):
-        rows += compare(targets, args, pipeline)
+        rows += compare(targets, args, pipeline, extras=extras)
     return rows
 
 

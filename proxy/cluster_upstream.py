@@ -45,7 +45,7 @@ from typing import Any
 import hiredis
 import structlog
 
-from proxy.cluster import CROSSSLOT, MULTI_KEY, Node, SlotMap, key_slot, parse_redirect, split
+from proxy.cluster import CROSSSLOT, MULTI_KEY, SLOTS, Node, SlotMap, key_slot, parse_redirect, split
 from proxy.config import Settings, UpstreamAddress
 from proxy.keyspace import CommandTable
 from proxy.resp import encode_command
@@ -79,6 +79,14 @@ PIPE = {b"SUBSCRIBE", b"PSUBSCRIBE", b"SSUBSCRIBE", b"MONITOR", b"SYNC", b"PSYNC
 NOT_SUPPORTED = {
     b"SCAN": b"-ERR SCAN is not supported through Predis over a Redis Cluster: scan each master\r\n",
 }
+# Every command routed otherwise than by its keys alone (the rest take ``_by_keys`` at once).
+SPECIAL = frozenset(
+    {name for name, _ in STATE}
+    | set(FAN_OUT)
+    | PIPE
+    | set(NOT_SUPPORTED)
+    | {b"CLIENT", b"SCRIPT", b"MULTI", b"EXEC", b"DISCARD"}
+)
 
 
 class Request:
@@ -120,8 +128,8 @@ class Request:
 
 
 def _ignore(frame: bytes) -> None:
-    if frame[:1] == b"-":
-        log.warning(
+    if frame[:1] == b"-":  # (CLIENT SETINFO on Redis 7.0, say: the home node's refusal was the client's)
+        log.debug(
             "cluster node refused replayed connection state", error=frame.strip().decode(errors="replace")
         )
 
@@ -143,12 +151,17 @@ class ClusterTopology:
         self.targets: dict[int, ClusterSession] = {}  # virtual CLIENT ID -> its connection
         self.refreshes = 0
         self.redirects = 0
+        self.by_slot: list[Node | None] = [None] * SLOTS
 
     def master_for(self, slot: int) -> Node | None:
-        node = self.overrides.get(slot)
-        if node is not None:
-            return node
-        return self.map.master_for(slot) if self.map is not None else None
+        return self.by_slot[slot]
+
+    def _index(self) -> None:
+        """Each slot's master, one list lookup on the request path (the map, then MOVED's)."""
+        slot_map = self.map
+        self.by_slot = [slot_map.master_for(s) if slot_map is not None else None for s in range(SLOTS)]
+        for slot, node in self.overrides.items():
+            self.by_slot[slot] = node
 
     def masters(self) -> list[Node]:
         return self.map.masters() if self.map is not None else []
@@ -196,6 +209,7 @@ class ClusterTopology:
                 last = ConnectionError(f"{node.host}:{node.port} serves no slots")
                 continue
             self.map, self.overrides = new, {}
+            self._index()
             if table is not None:
                 self.table = table
             self.refreshes += 1
@@ -233,6 +247,7 @@ class ClusterTopology:
     def moved(self, slot: int, node: Node) -> None:
         self.redirects += 1
         self.overrides[slot] = node
+        self.by_slot[slot] = node
         self.refresh_soon()
 
 
@@ -301,6 +316,7 @@ class NodeLink(asyncio.Protocol):
         self.scanner = ReplyScanner()
         self.partial: list[bytes] = []
         self.pipe = False  # every frame passes straight through (subscribed, MONITOR, SYNC)
+        self.out: list[bytes] = []  # requests written this event-loop turn, sent as one write
 
     async def open(self, settings: Settings) -> None:
         loop = asyncio.get_running_loop()
@@ -322,6 +338,7 @@ class NodeLink(asyncio.Protocol):
         for request in self.outbox:
             self._write(request)
         self.outbox.clear()
+        self.push()
 
     def send(self, request: Request) -> None:
         if self.up:
@@ -330,10 +347,18 @@ class NodeLink(asyncio.Protocol):
             self.outbox.append(request)
 
     def _write(self, request: Request) -> None:
-        assert self.transport is not None
         if not request.piped:
             self.waiting.append(request)
-        self.transport.write(request.data)
+        if not self.out:
+            self.session.mark(self)
+        self.out.append(request.data)
+
+    def push(self) -> None:
+        """Send what was written since the last push, in one write (one system call for a
+        pipeline's requests to this node, not one each)."""
+        if self.out and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(b"".join(self.out))
+        self.out.clear()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -343,6 +368,15 @@ class NodeLink(asyncio.Protocol):
         if self.pipe and not self.waiting:
             session.deliver_piped(data)
             return
+        session.feeding += 1  # (redirected requests go out in one write after these replies)
+        try:
+            self._replies(data)
+        finally:
+            session.feeding -= 1
+        session.push_writes()
+
+    def _replies(self, data: bytes) -> None:
+        session = self.session
         try:
             ends = self.scanner.feed(data)
         except ValueError as exc:
@@ -406,6 +440,9 @@ class ClusterSession:
         self.closed = False
         self.paused = False
         self.flush_scheduled = False
+        self.feeding = 0  # inside feed or a link's replies: written requests are pushed after
+        self.dirty: list[NodeLink] = []  # links with requests written and not yet pushed
+        self.push_scheduled = False
         self.vid = 0  # the virtual CLIENT ID, once asked
         self.node_ids: dict[Node, int] = {}
         self.id_waiters: dict[Node, asyncio.Future[int]] = {}
@@ -418,6 +455,7 @@ class ClusterSession:
             return
         parser = self.parser
         parser.feed(data)
+        self.feeding += 1
         try:
             while (args := parser.gets()) is not False:
                 if not isinstance(args, list) or not args or not all(isinstance(a, bytes) for a in args):
@@ -425,6 +463,25 @@ class ClusterSession:
                 self._command(args)
         except (ValueError, hiredis.ProtocolError) as exc:
             self.lost(None, ConnectionError(f"cannot route a request: {exc}"))
+        finally:
+            self.feeding -= 1
+        self.push_writes()
+
+    def mark(self, link: NodeLink) -> None:
+        """``link`` has requests to push: now if inside ``feed`` or a link's replies (at their
+        end), else at the next event-loop turn."""
+        self.dirty.append(link)
+        if not self.feeding and not self.push_scheduled:
+            self.push_scheduled = True
+            asyncio.get_running_loop().call_soon(self.push_writes)
+
+    def push_writes(self) -> None:
+        self.push_scheduled = False
+        if self.feeding:
+            return
+        dirty, self.dirty = self.dirty, []
+        for link in dirty:
+            link.push()
 
     def _command(self, args: list[bytes]) -> None:
         name = args[0].upper()
@@ -434,6 +491,9 @@ class ClusterSession:
             self.pipe.send(request)
             return
         self.pending.append(request)
+        if name not in SPECIAL and not self.in_multi:  # (the common case: routed by its keys)
+            self._by_keys(name, request)
+            return
         sub = args[1].upper() if len(args) > 1 and name in (b"CLIENT", b"SCRIPT") else b""
         if self.in_multi or name in (b"MULTI", b"EXEC", b"DISCARD"):
             self._transaction(name, request)
@@ -454,6 +514,10 @@ class ClusterSession:
         if name in FAN_OUT or (name == b"SCRIPT" and sub in (b"LOAD", b"FLUSH")):
             self._fan_out(FAN_OUT.get(name, "first"), request)
             return
+        self._by_keys(name, request)
+
+    def _by_keys(self, name: bytes, request: Request) -> None:
+        args = request.args
         table = self.topology.table
         keys = table.keys(name, args) if table is not None else None
         if not keys:  # no keys, or none the table can tell: the home node

@@ -1,13 +1,16 @@
-"""Start and stop a local redis-server child: the proxy's embedded upstream and the tests' fixture."""
+"""Start and stop a local redis-server child (the proxy's embedded upstream and the tests' fixture),
+or a local Redis Cluster of them (the cluster tests' and benchmarks')."""
 
 from __future__ import annotations
 
+import random
 import shutil
 import socket
 import subprocess
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from common.errors import ConfigError, UpstreamError
 
@@ -121,3 +124,116 @@ class EmbeddedRedis:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def cluster_port() -> int:
+    """A free port under 55536 whose cluster bus port (10,000 higher) is free too: cluster-mode
+    redis-server refuses a higher one."""
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(20_000, 45_000)
+        try:
+            for p in (port, port + 10_000):
+                with socket.socket() as probe:
+                    probe.bind(("127.0.0.1", p))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError("no free port pair for a cluster node")
+
+
+def cluster_node(work: Path, node_timeout_ms: int = 2_000) -> EmbeddedRedis:
+    return EmbeddedRedis(
+        port=cluster_port(),
+        extra_args=[
+            "--cluster-enabled",
+            "yes",
+            "--cluster-config-file",
+            str(work / "nodes.conf"),
+            "--cluster-node-timeout",
+            str(node_timeout_ms),
+        ],
+        workdir=work,
+    ).start()
+
+
+class EmbeddedCluster:
+    """A Redis Cluster of ``masters`` masters with ``replicas`` replicas each, on loopback ports
+    under ``root``, created with ``redis-cli --cluster create``; ready once every node says
+    cluster_state:ok and every replica has synced (one that never synced stands for no election)."""
+
+    def __init__(self, root: Path, masters: int = 3, replicas: int = 1, node_timeout_ms: int = 2_000) -> None:
+        self.nodes: list[EmbeddedRedis] = []
+        try:
+            for i in range((1 + replicas) * masters):
+                work = root / f"node-{i}"
+                work.mkdir(parents=True, exist_ok=True)
+                self.nodes.append(cluster_node(work, node_timeout_ms))
+            subprocess.run(
+                ["redis-cli", "--cluster", "create"]
+                + [f"127.0.0.1:{n.port}" for n in self.nodes]
+                + ["--cluster-replicas", str(replicas), "--cluster-yes"],
+                check=True,
+                capture_output=True,
+                timeout=60,
+            )
+            self._wait(lambda: all(b"cluster_state:ok" in self.ask(n, "CLUSTER", "INFO") for n in self.nodes))
+            self._wait(lambda: all(self.synced(n) for n in self.nodes))
+        except BaseException:
+            self.close()
+            raise
+
+    @staticmethod
+    def _wait(ready: Any, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not ready():
+            if time.monotonic() > deadline:
+                raise UpstreamError("the local Redis Cluster did not come up")
+            time.sleep(0.05)
+
+    @staticmethod
+    def ask(node: EmbeddedRedis, *args: str) -> Any:
+        """One command to one node (hiredis-decoded; b"" when it cannot be reached)."""
+        import hiredis
+
+        try:
+            with socket.create_connection(("127.0.0.1", node.port), timeout=5) as s:
+                s.sendall(
+                    b"".join(
+                        [b"*%d\r\n" % len(args)] + [b"$%d\r\n%s\r\n" % (len(a), a.encode()) for a in args]
+                    )
+                )
+                reader = hiredis.Reader()
+                while (reply := reader.gets()) is False:
+                    data = s.recv(1 << 16)
+                    if not data:
+                        return b""
+                    reader.feed(data)
+                return reply
+        except OSError:
+            return b""
+
+    def synced(self, node: EmbeddedRedis) -> bool:
+        info = self.ask(node, "INFO", "replication")
+        return b"role:master" in info or b"master_link_status:up" in info
+
+    def masters(self) -> list[EmbeddedRedis]:
+        return [n for n in self.nodes if (role := self.ask(n, "ROLE")) and role[0] == b"master"]
+
+    def node_of(self, key: bytes) -> EmbeddedRedis:
+        """The master serving ``key``'s slot now."""
+        first = next(n for n in self.nodes if n.process is not None and n.process.poll() is None)
+        slot = int(self.ask(first, "CLUSTER", "KEYSLOT", key.decode()))
+        for entry in self.ask(first, "CLUSTER", "SLOTS"):
+            if entry[0] <= slot <= entry[1]:
+                return next(n for n in self.nodes if n.port == int(entry[2][1]))
+        raise LookupError(slot)
+
+    @property
+    def url(self) -> str:
+        """The proxy's upstream URL, naming two of the nodes as seeds."""
+        return "redis-cluster://" + ",".join(f"127.0.0.1:{n.port}" for n in self.nodes[:2])
+
+    def close(self) -> None:
+        for node in self.nodes:
+            node.close()

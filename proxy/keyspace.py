@@ -87,15 +87,19 @@ class CommandTable:
         # Writes whose keys are one plain slice of the arguments (SET, INCR, DEL, MSET, ...):
         # name -> (start, stop or None, step). The request path resolves them in one step.
         self.simple: dict[bytes, tuple[int, int | None, int]] = {}
+        # The same for every key, read or written (GET, MGET, SET...): a cluster's routing.
+        self.sliced: dict[bytes, tuple[int, int | None, int]] = {}
         for name, info in commands.items():
-            if not info.write or len(info.specs) != 1 or name in SCRIPTS or b"|" in name:
+            if name in SCRIPTS or b"|" in name:
                 continue
-            spec = info.specs[0]
-            if spec.begin == "index" and spec.find == "range" and spec.limit <= 1:
-                if spec.lastkey >= 0:
-                    self.simple[name] = (spec.index, spec.index + spec.lastkey + 1, max(spec.keystep, 1))
-                elif spec.lastkey == -1:
-                    self.simple[name] = (spec.index, None, max(spec.keystep, 1))
+            if info.write and len(info.specs) == 1:
+                found = _slice_of(info.specs[0])
+                if found is not None:
+                    self.simple[name] = found
+            if len(info.key_specs) == 1 and name != b"MIGRATE":
+                found = _slice_of(info.key_specs[0])
+                if found is not None:
+                    self.sliced[name] = found
 
     @classmethod
     def from_reply(cls, reply: list[Any]) -> CommandTable:
@@ -152,6 +156,9 @@ class CommandTable:
         """Every key the command names, read or written (a cluster routes by them): [] for a
         command that names none, None where the table cannot tell (an unknown command, a key
         specification it cannot resolve). ``name`` is upper case; ``args`` includes it."""
+        sliced = self.sliced.get(name)
+        if sliced is not None:
+            return args[sliced[0] : sliced[1] : sliced[2]]
         info = self.commands.get(name)
         if info is not None and not info.key_specs and len(args) > 1:
             sub = self.commands.get(name + b"|" + args[1].upper())
@@ -170,6 +177,16 @@ class CommandTable:
         if name == b"MIGRATE" and len(args) > 3 and args[3] == b"":  # (the keys follow KEYS instead)
             keys.remove(b"")
         return keys
+
+
+def _slice_of(spec: KeySpec) -> tuple[int, int | None, int] | None:
+    """The keys of a spec that are one plain slice of the arguments, as (start, stop, step)."""
+    if spec.begin == "index" and spec.find == "range" and spec.limit <= 1:
+        if spec.lastkey >= 0:
+            return (spec.index, spec.index + spec.lastkey + 1, max(spec.keystep, 1))
+        if spec.lastkey == -1:
+            return (spec.index, None, max(spec.keystep, 1))
+    return None
 
 
 def _keys_for(spec: KeySpec, args: list[bytes]) -> list[bytes] | None:

@@ -19,14 +19,14 @@ from typing import Any
 import pytest
 import redis
 
+from proxy.embedded import EmbeddedCluster
 from proxy.resp import encode_command
-from tests.cluster import LocalCluster
 from tests.helpers import read_frames, wait_for
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    local = LocalCluster(tmp_path_factory.mktemp("cluster"), masters=3, replicas=1)
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedCluster]:
+    local = EmbeddedCluster(tmp_path_factory.mktemp("cluster"), masters=3, replicas=1)
     try:
         yield local
     finally:
@@ -34,11 +34,16 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
 
 
 @pytest.fixture
-def direct(cluster: LocalCluster) -> Iterator[redis.RedisCluster]:
-    client = cluster.client()
+def direct(cluster: EmbeddedCluster) -> Iterator[redis.RedisCluster]:
+    client = cluster_client(cluster)
     client.flushall(target_nodes=redis.RedisCluster.PRIMARIES)
     yield client
     client.close()
+
+
+def cluster_client(cluster: EmbeddedCluster) -> redis.RedisCluster:
+    """A cluster-aware client (redis-py's), straight to the nodes."""
+    return redis.RedisCluster(host="127.0.0.1", port=cluster.nodes[0].port, socket_timeout=10)
 
 
 def raw(proxy: Any, *args: bytes | str) -> bytes:
@@ -49,16 +54,12 @@ def raw(proxy: Any, *args: bytes | str) -> bytes:
         return read_frames(s, 1)[0]
 
 
-def masters(cluster: LocalCluster) -> list[Any]:
-    return [n for n in cluster.nodes if redis.Redis(port=n.port).execute_command("ROLE")[0] == b"master"]
-
-
-def masters_holding(cluster: LocalCluster, keys: list[str]) -> set[int]:
+def masters_holding(cluster: EmbeddedCluster, keys: list[str]) -> set[int]:
     return {cluster.node_of(k.encode()).port for k in keys}
 
 
 def test_every_command_family_reaches_its_slot_s_master(
-    make_proxy: Any, cluster: LocalCluster, direct: redis.RedisCluster
+    make_proxy: Any, cluster: EmbeddedCluster, direct: redis.RedisCluster
 ) -> None:
     proxy = make_proxy(cluster.url, hot_tier="off")
     client = proxy.client()
@@ -86,17 +87,17 @@ def test_every_command_family_reaches_its_slot_s_master(
         assert client.zscore(f"z:{key}", "m") == i and client.ttl(f"e:{key}") > 0
     # Keyless commands: one node answers, or every master where the answer is the cluster's.
     assert client.ping() is True and client.echo("hi") == b"hi"
-    per_master = [redis.Redis(port=n.port).dbsize() for n in masters(cluster)]
+    per_master = [redis.Redis(port=n.port).dbsize() for n in cluster.masters()]
     assert client.dbsize() == 7 * len(keys) == sum(per_master)
     assert sorted(client.keys("s:*")) == sorted(f"s:{k}".encode() for k in keys)
     assert raw(proxy, "SCAN", "0").startswith(b"-ERR SCAN is not supported")
     client.flushall()
-    assert all(redis.Redis(port=n.port).dbsize() == 0 for n in masters(cluster))
+    assert all(redis.Redis(port=n.port).dbsize() == 0 for n in cluster.masters())
     assert proxy.server.stats.snapshot()["upstream_errors"] == 0
 
 
 def test_multi_key_commands_split_by_slot_and_merge(
-    make_proxy: Any, cluster: LocalCluster, direct: redis.RedisCluster
+    make_proxy: Any, cluster: EmbeddedCluster, direct: redis.RedisCluster
 ) -> None:
     proxy = make_proxy(cluster.url, hot_tier="off")
     client = proxy.client()
@@ -136,7 +137,7 @@ def test_multi_key_commands_split_by_slot_and_merge(
 
 
 def test_transactions_scripts_blocking_and_pubsub(
-    make_proxy: Any, cluster: LocalCluster, direct: redis.RedisCluster
+    make_proxy: Any, cluster: EmbeddedCluster, direct: redis.RedisCluster
 ) -> None:
     proxy = make_proxy(cluster.url, hot_tier="off")
     client = proxy.client()
@@ -167,18 +168,18 @@ def test_transactions_scripts_blocking_and_pubsub(
     sub = proxy.client().pubsub()
     sub.subscribe("news")
     wait_for(lambda: sub.get_message(timeout=0.1) is not None)  # (the subscribe confirmation)
-    for node in masters(cluster):
+    for node in cluster.masters():
         redis.Redis(port=node.port).publish("news", f"from {node.port}")
     messages = []
     wait_for(
         lambda: (m := sub.get_message(timeout=0.1)) is None or messages.append(m) or len(messages) == 3, 10
     )
-    assert sorted(m["data"] for m in messages) == sorted(f"from {n.port}".encode() for n in masters(cluster))
+    assert sorted(m["data"] for m in messages) == sorted(f"from {n.port}".encode() for n in cluster.masters())
     sub.close()
 
 
 def test_the_tier_stays_coherent_with_writes_on_every_node(
-    make_proxy: Any, cluster: LocalCluster, direct: redis.RedisCluster
+    make_proxy: Any, cluster: EmbeddedCluster, direct: redis.RedisCluster
 ) -> None:
     proxy = make_proxy(cluster.url)
     wait_for(lambda: proxy.server.tier.active, 30)
@@ -242,11 +243,11 @@ class Load:
 
 
 def test_a_live_reshard_under_load_fails_no_request(
-    make_proxy: Any, cluster: LocalCluster, direct: redis.RedisCluster
+    make_proxy: Any, cluster: EmbeddedCluster, direct: redis.RedisCluster
 ) -> None:
     proxy = make_proxy(cluster.url)
     wait_for(lambda: proxy.server.tier.active, 30)
-    source, target = masters(cluster)[:2]
+    source, target = cluster.masters()[:2]
     load = Load(proxy.port)
     try:
         time.sleep(0.5)
@@ -274,13 +275,13 @@ def test_a_live_reshard_under_load_fails_no_request(
     finally:
         load.finish()
     assert load.ops > 100 and load.errors == [] and load.stale == 0, (load.ops, load.errors[:5], load.stale)
-    assert cluster.client().get("load:0:0") is not None
+    assert cluster_client(cluster).get("load:0:0") is not None
     topology = proxy.server.opener.topology
     assert topology.redirects > 0  # (the proxy followed MOVED/ASK, the clients never saw one)
 
 
 def test_a_master_killed_its_replica_promoted_the_proxy_recovers(make_proxy: Any, tmp_path: Path) -> None:
-    local = LocalCluster(tmp_path, masters=3, replicas=1, node_timeout_ms=1_000)
+    local = EmbeddedCluster(tmp_path, masters=3, replicas=1, node_timeout_ms=1_000)
     try:
         proxy = make_proxy(local.url)
         wait_for(lambda: proxy.server.tier.active, 30)

@@ -15,9 +15,8 @@ import pytest
 import redis
 
 from proxy.cluster import CROSSSLOT, SlotMap, key_slot, merge, parse_redirect, split
-from proxy.embedded import EmbeddedRedis
+from proxy.embedded import EmbeddedRedis, cluster_port
 from proxy.resp import encode_command
-from tests.cluster import cluster_port
 from tests.helpers import read_frames, wait_for
 
 
