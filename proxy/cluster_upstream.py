@@ -50,7 +50,7 @@ from proxy.config import Settings, UpstreamAddress
 from proxy.keyspace import CommandTable
 from proxy.resp import encode_command
 from proxy.scanner import PUSH, ReplyScanner, decode_reply
-from proxy.upstream import UpstreamOpener
+from proxy.upstream import UpstreamOpener, discard_unsent
 
 log = structlog.get_logger("predis.cluster")
 
@@ -413,7 +413,10 @@ class NodeLink(asyncio.Protocol):
         self.session.lost(self, exc or ConnectionResetError(f"{self.node.host}:{self.node.port} closed"))
 
     def close(self) -> None:
+        """Reset, not closed: requests the kernel has not sent yet must never reach the node
+        later (as ``UpstreamLink.drop``: a write the client was told had failed would land)."""
         if self.transport is not None:
+            discard_unsent(self.transport)
             self.transport.abort()
 
 
