@@ -41,7 +41,9 @@ def main(argv: list[str] | None = None) -> int:
             targets = {"direct": cluster.nodes[0].port}
             servers.append(ProxyProcess(cluster.url, ["--hot-tier", "off"]))
             targets["predis"] = servers[-1].port
-            servers.append(ProxyProcess(cluster.url, ["--hot-tier", "cpu", "--hot-tier-bytes", str(64 << 20)]))
+            servers.append(
+                ProxyProcess(cluster.url, ["--hot-tier", "cpu", "--hot-tier-bytes", str(64 << 20)])
+            )
             targets["predis-tier"] = servers[-1].port
             rows = compare_all(targets, args, extras={"direct": ["--cluster"]})
         finally:

@@ -65,6 +65,13 @@ def serve_main(argv: list[str]) -> int:
         type=int,
         help="N shared upstream connections for clients in the default state (0: one per client)",
     )
+    p.add_argument(
+        "--cluster-replica-reads",
+        dest="cluster_replica_reads",
+        action="store_true",
+        default=None,
+        help="with a redis-cluster:// upstream: clients' read-only commands go to replicas",
+    )
     p.add_argument("--output-buffer-limit", dest="output_buffer_limit", type=int)
     p.add_argument(
         "--hot-tier",
@@ -188,6 +195,7 @@ def serve(args: argparse.Namespace) -> int:
             "command_timeout",
             "max_clients",
             "upstream_pool",
+            "cluster_replica_reads",
             "output_buffer_limit",
             "log_level",
             "log_format",

@@ -152,6 +152,9 @@ class ClusterTopology:
         self.refreshes = 0
         self.redirects = 0
         self.by_slot: list[Node | None] = [None] * SLOTS
+        self.replica_reads = settings.cluster_replica_reads
+        self.replicas_by_slot: list[list[Node]] = [[] for _ in range(SLOTS)]
+        self.replicas: set[Node] = set()
 
     def master_for(self, slot: int) -> Node | None:
         return self.by_slot[slot]
@@ -160,6 +163,9 @@ class ClusterTopology:
         """Each slot's master, one list lookup on the request path (the map, then MOVED's)."""
         slot_map = self.map
         self.by_slot = [slot_map.master_for(s) if slot_map is not None else None for s in range(SLOTS)]
+        if slot_map is not None:
+            self.replicas_by_slot = [slot_map.nodes_for(s)[1:] for s in range(SLOTS)]
+            self.replicas = {n for _, _, nodes in slot_map.ranges for n in nodes[1:]}
         for slot, node in self.overrides.items():
             self.by_slot[slot] = node
 
@@ -450,6 +456,7 @@ class ClusterSession:
         self.node_ids: dict[Node, int] = {}
         self.id_waiters: dict[Node, asyncio.Future[int]] = {}
         self.tracking_to = 0  # the virtual id CLIENT TRACKING ... REDIRECT names
+        self.spread = next(self.topology.ids)  # which of a slot's replicas it reads (replica reads)
 
     # ------------------------------------------------------------------ requests in
 
@@ -535,11 +542,22 @@ class ClusterSession:
                 self._cross_slot(name, request)
                 return
         node: Node | None
+        topology = self.topology
         if name == b"WATCH":
-            node = self.tx_node or self.topology.master_for(slot)
+            node = self.tx_node or topology.master_for(slot)
             self.tx_node = node
+        elif (
+            topology.replica_reads
+            and not self.tracking_to
+            and self.tx_node is None
+            and table is not None
+            and table.readonly(name)
+            and topology.replicas_by_slot[slot]
+        ):
+            replicas = topology.replicas_by_slot[slot]
+            node = replicas[self.spread % len(replicas)]
         else:
-            node = self.topology.master_for(slot)
+            node = topology.master_for(slot)
         if node is None:
             self._answer(request, b"-CLUSTERDOWN Hash slot not served\r\n")
             self.topology.refresh_soon()
@@ -654,6 +672,8 @@ class ClusterSession:
             out.append((self._for_node(node, args), _ignore))
         if self.vid:
             out.append(([b"CLIENT", b"ID"], functools.partial(self._learnt_id, node)))
+        if node in self.topology.replicas:  # (a replica answers reads only after READONLY)
+            out.append(([b"READONLY"], _ignore))
         return out
 
     def _client_id(self, request: Request) -> None:
@@ -876,6 +896,9 @@ class ClusterOpener(UpstreamOpener):
         return session.transport, protocol
 
     async def open_stream(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """(The health check's: each also refreshes the slot map, which otherwise changes only
+        on redirects and lost connections, and would never learn of a replica added later.)"""
+        self.topology.refresh_soon()
         loop = asyncio.get_running_loop()
         reader = asyncio.StreamReader()
         protocol = asyncio.StreamReaderProtocol(reader)

@@ -41,6 +41,10 @@ class Settings:
     upstream_pool: int = 1
     # Proxy processes sharing the port (SO_REUSEPORT) under a supervisor (proxy.workers).
     workers: int = 1
+    # With a redis-cluster:// upstream: clients' read-only commands go to a replica of their slot
+    # (READONLY), which may answer with a value older than a write just acknowledged. The tier's
+    # fills, and anything in a transaction, always read the masters.
+    cluster_replica_reads: bool = False
     # Request limits, Redis's defaults (see proxy/resp.py).
     max_bulk_len: int = MAX_BULK_LEN
     max_multibulk_len: int = MAX_MULTIBULK_LEN
@@ -155,6 +159,8 @@ class Settings:
         ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.cluster_replica_reads and not self.upstream.startswith("redis-cluster://"):
+            raise ConfigError("cluster_replica_reads needs a redis-cluster:// upstream")
         if self.workers < 1:
             raise ConfigError(f"workers must be at least 1, got {self.workers}")
         if self.workers > 1 and (self.admin or self.run_dir or self.access_log_dir):
@@ -287,6 +293,15 @@ def _coerce(name: str, value: Any, origin: str) -> Any:
             if not isinstance(value, str):
                 raise ValueError
             return value
+        if kind == "bool":
+            if isinstance(value, bool):
+                return value
+            word = str(value).strip().lower()
+            if word in ("1", "true", "yes", "on"):
+                return True
+            if word in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
     except (TypeError, ValueError):
         raise ConfigError(f"{origin}: {name} must be {kind}, got {value!r}") from None
     raise ConfigError(f"{origin}: unsupported setting type for {name}")

@@ -179,6 +179,8 @@ class EmbeddedCluster:
             )
             self._wait(lambda: all(b"cluster_state:ok" in self.ask(n, "CLUSTER", "INFO") for n in self.nodes))
             self._wait(lambda: all(self.synced(n) for n in self.nodes))
+            # (...and every node's CLUSTER SLOTS lists them: gossip takes a few seconds.)
+            self._wait(lambda: all(self.lists_replicas(n, replicas) for n in self.nodes))
         except BaseException:
             self.close()
             raise
@@ -216,6 +218,10 @@ class EmbeddedCluster:
     def synced(self, node: EmbeddedRedis) -> bool:
         info = self.ask(node, "INFO", "replication")
         return b"role:master" in info or b"master_link_status:up" in info
+
+    def lists_replicas(self, node: EmbeddedRedis, replicas: int) -> bool:
+        slots = self.ask(node, "CLUSTER", "SLOTS")
+        return bool(slots) and all(len(entry) - 2 == 1 + replicas for entry in slots)
 
     def masters(self) -> list[EmbeddedRedis]:
         return [n for n in self.nodes if (role := self.ask(n, "ROLE")) and role[0] == b"master"]

@@ -43,6 +43,7 @@ class CommandInfo:
     write: bool
     specs: list[KeySpec] = field(default_factory=list)  # only the specs of written keys
     key_specs: list[KeySpec] = field(default_factory=list)  # every key's (a cluster's routing)
+    readonly: bool = False  # Redis's "readonly" flag: a replica may answer it
 
 
 def _get(mapping: Any, key: bytes) -> Any:
@@ -112,7 +113,7 @@ class CommandTable:
             raw_specs = entry[8] if len(entry) > 8 else []
             specs = [s for s in (_parse_spec(r) for r in raw_specs) if s]
             key_specs = [s for s in (_parse_spec(r, any_key=True) for r in raw_specs) if s]
-            commands[name] = CommandInfo(name, b"write" in flags, specs, key_specs)
+            commands[name] = CommandInfo(name, b"write" in flags, specs, key_specs, b"readonly" in flags)
             for sub in entry[9] if len(entry) > 9 else []:
                 add(sub)
 
@@ -151,6 +152,10 @@ class CommandTable:
                     return (FLUSH_ALL, None)
             keys.extend(found)
         return (KEYS, keys)
+
+    def readonly(self, name: bytes) -> bool:
+        info = self.commands.get(name)
+        return info is not None and info.readonly
 
     def keys(self, name: bytes, args: list[bytes]) -> list[bytes] | None:
         """Every key the command names, read or written (a cluster routes by them): [] for a

@@ -203,6 +203,45 @@ def test_the_tier_stays_coherent_with_writes_on_every_node(
     assert proxy.server.stats.snapshot()["hot_tier_invalidations_tracking"] >= len(keys)
 
 
+def test_replica_reads_when_asked_and_never_for_the_tier_s_fills(
+    make_proxy: Any, cluster: EmbeddedCluster, direct: redis.RedisCluster
+) -> None:
+    keys = [f"rr:{i}" for i in range(30)]
+    for k in keys:
+        direct.set(k, f"v-{k}")
+    for master in cluster.masters():  # (every write on the replicas before the reads)
+        redis.Redis(port=master.port).execute_command("WAIT", 1, 5000)
+
+    def gets(nodes: list[Any], command: str = "get") -> int:
+        stats = [redis.Redis(port=n.port).info("commandstats") for n in nodes]
+        return sum(int(s.get(f"cmdstat_{command}", {}).get("calls", 0)) for s in stats)
+
+    replicas = [n for n in cluster.nodes if n not in cluster.masters()]
+    for replica_reads in (False, True):
+        proxy = make_proxy(cluster.url, hot_tier="off", cluster_replica_reads=replica_reads)
+        client = proxy.client()
+        before_m, before_r = gets(cluster.masters()), gets(replicas)
+        assert [client.get(k) for k in keys] == [f"v-{k}".encode() for k in keys]
+        on_masters, on_replicas = gets(cluster.masters()) - before_m, gets(replicas) - before_r
+        assert (on_masters, on_replicas) == ((0, len(keys)) if replica_reads else (len(keys), 0))
+        client.set(keys[0], "written")  # (writes always go to the master)
+        assert direct.get(keys[0]) == b"written"
+        direct.set(keys[0], f"v-{keys[0]}")
+        proxy.close()
+    # With the tier on, its fills (tracked) read the masters even then.
+    proxy = make_proxy(cluster.url, cluster_replica_reads=True)
+    wait_for(lambda: proxy.server.tier.active, 30)
+    before_fills = proxy.server.stats.snapshot()["hot_tier_demand_fills"]
+    fills_m, fills_r = gets(cluster.masters(), "mget"), gets(replicas, "mget")
+    client = proxy.client()
+    for k in keys:
+        assert client.get(k) == f"v-{k}".encode()  # (a miss: read from a replica, filled from the master)
+    wait_for(lambda: proxy.server.stats.snapshot()["hot_tier_demand_fills"] >= before_fills + len(keys))
+    assert gets(cluster.masters(), "mget") > fills_m and gets(replicas, "mget") == fills_r
+    with pytest.raises(Exception, match="redis-cluster"):
+        make_proxy("redis://127.0.0.1:1", cluster_replica_reads=True)
+
+
 def _node_id(port: int) -> str:
     return redis.Redis(port=port).execute_command("CLUSTER", "MYID").decode()  # type: ignore[no-any-return]
 

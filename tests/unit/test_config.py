@@ -72,6 +72,21 @@ def test_parse_upstream() -> None:
             parse_upstream(bad)
 
 
+def test_a_yes_or_no_setting_from_the_environment_and_toml(tmp_path: Path) -> None:
+    up = {"PREDIS_UPSTREAM": "redis-cluster://h:1"}
+    for word, meaning in (("yes", True), ("On", True), ("1", True), ("false", False), ("no", False)):
+        assert (
+            load_settings(env={**up, "PREDIS_CLUSTER_REPLICA_READS": word}).cluster_replica_reads is meaning
+        )
+    with pytest.raises(ConfigError, match="cluster_replica_reads must be bool"):
+        load_settings(env={**up, "PREDIS_CLUSTER_REPLICA_READS": "maybe"})
+    toml = tmp_path / "p.toml"
+    toml.write_text('upstream = "redis-cluster://h:1"\ncluster-replica-reads = true\n')
+    assert load_settings(toml, env={}).cluster_replica_reads is True
+    with pytest.raises(ConfigError, match="needs a redis-cluster"):
+        load_settings(env={"PREDIS_UPSTREAM": "redis://h", "PREDIS_CLUSTER_REPLICA_READS": "yes"})
+
+
 def test_admin_address() -> None:
     assert parse_listen("9121") == ("127.0.0.1", 9121)
     assert parse_listen("0.0.0.0:9121") == ("0.0.0.0", 9121)
