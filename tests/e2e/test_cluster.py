@@ -242,6 +242,27 @@ def test_replica_reads_when_asked_and_never_for_the_tier_s_fills(
         make_proxy("redis://127.0.0.1:1", cluster_replica_reads=True)
 
 
+def test_workers_over_a_cluster_serve_no_stale_read(
+    cluster: EmbeddedCluster, direct: redis.RedisCluster
+) -> None:
+    """``--workers 2`` in front of the cluster: a write through one worker, then a read of the key
+    through each worker's clients, again and again: every read the value just written."""
+    from tests.e2e.test_workers import Workers
+
+    workers = Workers(cluster.url, 2)
+    try:
+        by_worker = workers.on_each_worker(2)
+        clients = [c for group in by_worker.values() for c in group]
+        stale = 0
+        for n in range(100):
+            key = f"wk:{n % 10}"
+            clients[n % len(clients)].set(key, n)
+            stale += sum(c.get(key) != str(n).encode() for c in clients)
+        assert stale == 0 and direct.get("wk:9") == b"99"
+    finally:
+        workers.close()
+
+
 def _node_id(port: int) -> str:
     return redis.Redis(port=port).execute_command("CLUSTER", "MYID").decode()  # type: ignore[no-any-return]
 
