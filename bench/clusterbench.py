@@ -13,13 +13,12 @@ direct is taken in the same stretch of machine noise; the medians of the repeats
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 import tempfile
 from pathlib import Path
 
-from bench.loadtest import ProxyProcess, benchmark_flags, compare_all, print_table
+from bench.loadtest import ProxyProcess, benchmark_flags, compare_all, show
 from proxy.embedded import EmbeddedCluster
 
 
@@ -50,10 +49,7 @@ def main(argv: list[str] | None = None) -> int:
             for server in servers:
                 server.close()
             cluster.close()
-    if args.json:
-        print(json.dumps({"rows": rows}, indent=2))
-    else:
-        print_table(rows, list(targets))
+    show(rows, list(targets), args.json)
     return 0
 
 

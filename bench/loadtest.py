@@ -217,6 +217,14 @@ def print_table(rows: list[dict[str, Any]], targets: list[str]) -> None:
         print(line)
 
 
+def show(rows: list[dict[str, Any]], targets: list[str], as_json: bool) -> None:
+    """The side-by-side benchmarks' output: the rows as JSON, or the table."""
+    if as_json:
+        print(json.dumps({"rows": rows}, indent=2))
+    else:
+        print_table(rows, targets)
+
+
 def benchmark_flags(parser: argparse.ArgumentParser, tests: str = "get,set") -> None:
     """The redis-benchmark runs' flags, shared by the side-by-side benchmarks (``compare`` reads
     them)."""

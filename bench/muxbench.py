@@ -13,7 +13,6 @@ repeats are reported. Predis runs with its hot tier off: this measures the forwa
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import socket
 import subprocess
@@ -23,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.loadtest import ProxyProcess, benchmark_flags, compare_all, print_table
+from bench.loadtest import ProxyProcess, benchmark_flags, compare_all, show
 from proxy.embedded import EmbeddedRedis, free_port
 
 
@@ -110,10 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             for server in servers:
                 server.close()
-    if args.json:
-        print(json.dumps({"rows": rows}, indent=2))
-    else:
-        print_table(rows, list(targets))
+    show(rows, list(targets), args.json)
     return 0
 
 
