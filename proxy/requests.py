@@ -26,6 +26,7 @@ from proxy.framing import canonical_size
 from proxy.resp import Limits, RequestParser, UnfinishedRequest
 
 _STAR = b"*"
+_pack = hiredis.pack_command
 # Past this many bytes, the check that every argument has its "$" header walks the headers
 # instead of counting "$" bytes through the payloads too (one pass over every byte of a long value).
 _WALK_HEADERS_FROM = 64 * 1024
@@ -136,19 +137,21 @@ class RequestReader:
                 self.on_commands(good, stream[:start])
             raise self._worded(stream[start:], exc) from None
         tail_len = held + len(data) - size
-        if tail_len < 0 or tail_len > len(data):
-            raise ClientProtocolError("Protocol error: non-canonical request encoding")
+        if tail_len < 0 or tail_len > len(data):  # (not the commands' canonical bytes: below)
+            return self._exact(data)
         cut = len(data) - tail_len
         # (One join: a long argument's bytes are copied once here, not twice.)
         raw = b"".join((*tail, data[:cut])) if tail else (data if tail_len == 0 else data[:cut])
         if (
             not _headers_in_place(cmds, raw)
             if len(raw) > _WALK_HEADERS_FROM
-            else raw.count(b"$") < sum(map(len, cmds))
+            else raw != b"".join([_pack(tuple(c)) for c in cmds])
         ):
-            # An argument without its "$" header: a simple string (+), a big number or a verbatim
-            # string, which hiredis reads as bytes like a bulk string and Redis refuses (fuzzing
-            # found it; the bytes' sizes no longer match the commands'). Our own parser reads it.
+            # Not the commands' canonical encoding, which hiredis reads and Redis refuses: an
+            # argument without its "$" header (a simple string, a big number; fuzzing found it),
+            # or a length written otherwise ("$04", "$+4", "*01": cut at the canonical sizes, such
+            # a request reached Redis misframed, which closed the connection, a shared one too).
+            # Our own parser reads it, as Redis does.
             return self._exact(data)
         self.tail = [data[cut:]] if tail_len else []
         if cmds and self.on_commands(cmds, raw):
@@ -241,16 +244,22 @@ class RequestReader:
 
 
 def _headers_in_place(cmds: list[Any], raw: bytes) -> bool:
-    """Whether ``raw`` is ``cmds`` canonically encoded with every argument behind a "$" header
-    (one step per argument, whatever the payloads' sizes)."""
+    """Whether ``raw`` is ``cmds`` canonically encoded: every header exactly where and as the
+    canonical encoding has it, each payload followed by its CRLF (one step per argument, whatever
+    the payloads' sizes)."""
     pos = 0
     for cmd in cmds:
-        if raw[pos : pos + 1] != _STAR:
+        header = b"*%d\r\n" % len(cmd)
+        if not raw.startswith(header, pos):
             return False
-        pos = raw.find(b"\r\n", pos) + 2
+        pos += len(header)
         for arg in cmd:
-            if raw[pos : pos + 1] != b"$":
-                return False
             n = len(arg)
-            pos += 3 + len(str(n)) + n + 2
+            header = b"$%d\r\n" % n
+            if not raw.startswith(header, pos):
+                return False
+            pos += len(header) + n
+            if not raw.startswith(b"\r\n", pos):
+                return False
+            pos += 2
     return pos == len(raw)

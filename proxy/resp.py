@@ -9,6 +9,7 @@ this module touches a socket or an event loop.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -242,13 +243,17 @@ class UnfinishedRequest:
         return "Protocol error: too big bulk count string"
 
 
+# The lengths Redis's string2ll reads: "0", or an optional "-" and digits without a leading zero
+# (no "+", spaces, underscores or "04", all of which Python's int() takes), within a long long.
+_LENGTH = re.compile(rb"0|-?[1-9][0-9]{0,18}")
+
+
 def _parse_int(buf: bytes | bytearray, start: int, end: int) -> int | None:
-    if end - start > 20:
+    text = bytes(buf[start:end])
+    if _LENGTH.fullmatch(text) is None:
         return None
-    try:
-        return int(buf[start:end])
-    except ValueError:
-        return None
+    value = int(text)
+    return value if -(1 << 63) <= value < 1 << 63 else None
 
 
 _ESCAPES = {ord("n"): b"\n", ord("r"): b"\r", ord("t"): b"\t", ord("b"): b"\b", ord("a"): b"\a"}

@@ -66,6 +66,14 @@ def test_empty_multibulk_is_ignored_like_redis() -> None:
         (b"*1\r\n$-5\r\n", "invalid bulk length"),
         (b"*1\r\n$999999999999\r\n", "invalid bulk length"),
         (b"*1\r\n:12\r\n", "expected '$', got ':'"),
+        # Lengths Python's int() reads and Redis's string2ll does not.
+        (b"*1\r\n$04\r\nPING\r\n", "invalid bulk length"),
+        (b"*1\r\n$+4\r\nPING\r\n", "invalid bulk length"),
+        (b"*1\r\n$ 4\r\nPING\r\n", "invalid bulk length"),
+        (b"*1\r\n$4_0\r\nPING\r\n", "invalid bulk length"),
+        (b"*01\r\n$4\r\nPING\r\n", "invalid multibulk length"),
+        (b"*+1\r\n$4\r\nPING\r\n", "invalid multibulk length"),
+        (b"*-0\r\n", "invalid multibulk length"),
         (b'SET "abc\r\n', "unbalanced quotes"),
         (b"A" * 70000, "too big inline request"),
         (b"*1\r\n$" + b"1" * 70000, "too big bulk count string"),
@@ -185,6 +193,8 @@ MAX_LINE_PLUS_CRLF = 64 * 1024 + 2 + 1000  # (the limit, plus at most one read o
         (b"*2\r\n$3\r\nGET\r\n:1\r\n", "expected '$', got ':'"),
         (b"*1\r\n$-3\r\n", "invalid bulk length"),
         (b"*1\r\n$99999999999\r\n", "invalid bulk length"),
+        (b"*1\r\n$04\r\n", "invalid bulk length"),
+        (b"*02\r\n", "invalid multibulk length"),
     ],
 )
 def test_unfinished_request_wording_is_redis_s(data: bytes, message: str) -> None:
