@@ -13,10 +13,10 @@ cluster unchanged. What a virtual connection does with each request:
   (with ``ASKING``), the client seeing neither (at most ``MAX_REDIRECTS`` each);
 * ``MGET``, ``MSET``, ``DEL``, ``UNLINK``, ``EXISTS``, ``TOUCH`` whose keys span slots are split by
   slot and the replies merged (``proxy.cluster``); any other command whose keys span slots gets
-  Redis's ``CROSSSLOT`` error; ``SCAN`` an error saying it is not supported;
+  Redis's ``CROSSSLOT`` error;
 * commands without keys go to one node (the session's "home", the first master), except
-  ``FLUSHALL``/``FLUSHDB``/``SCRIPT LOAD|FLUSH`` (every master), ``DBSIZE`` (summed) and ``KEYS``
-  (concatenated);
+  ``FLUSHALL``/``FLUSHDB``/``SCRIPT LOAD|FLUSH`` (every master), ``DBSIZE`` (summed), ``KEYS``
+  (concatenated) and ``SCAN`` (each master in turn behind one cursor);
 * connection state (``HELLO``, ``AUTH``, ``SELECT``, ``READONLY``, ``CLIENT SETNAME|SETINFO|
   TRACKING|NO-EVICT|NO-TOUCH``) is answered by the home node and replayed on every node link;
 * a transaction goes whole to the node of its first key (``WATCH``'s key, or the first keyed
@@ -76,16 +76,12 @@ FAN_OUT = {  # keyless commands every master runs: how their replies are merged
     b"KEYS": "concat_all",
 }
 PIPE = {b"SUBSCRIBE", b"PSUBSCRIBE", b"SSUBSCRIBE", b"MONITOR", b"SYNC", b"PSYNC"}
-NOT_SUPPORTED = {
-    b"SCAN": b"-ERR SCAN is not supported through Predis over a Redis Cluster: scan each master\r\n",
-}
 # Every command routed otherwise than by its keys alone (the rest take ``_by_keys`` at once).
 SPECIAL = frozenset(
     {name for name, _ in STATE}
     | set(FAN_OUT)
     | PIPE
-    | set(NOT_SUPPORTED)
-    | {b"CLIENT", b"SCRIPT", b"MULTI", b"EXEC", b"DISCARD"}
+    | {b"CLIENT", b"SCRIPT", b"MULTI", b"EXEC", b"DISCARD", b"SCAN"}
 )
 
 
@@ -514,9 +510,8 @@ class ClusterSession:
         if name == b"CLIENT" and sub == b"ID":
             self._client_id(request)
             return
-        refusal = NOT_SUPPORTED.get(name)
-        if refusal is not None:
-            self._answer(request, refusal)
+        if name == b"SCAN":
+            self._scan(request)
             return
         if name in PIPE:
             self._pipe(name, request)
@@ -579,6 +574,26 @@ class ClusterSession:
                 self._answer(request, b"-CLUSTERDOWN Hash slot not served\r\n")
                 return
             self._send(node, child)
+
+    def _scan(self, request: Request) -> None:
+        """SCAN over every master in turn, as one cursor: a cursor is the master's own cursor
+        times the number of masters, plus that master's place among them (sorted by address);
+        a master done, the next one starts at 0. Redis's guarantee (every key present for the
+        whole scan is returned) holds while the masters and their slots stay as they are; a
+        reshard or a failover during a scan may miss or repeat keys, as with a cluster client."""
+        args = request.args
+        masters = sorted(self.topology.masters() or [self.home], key=lambda n: (n.host, n.port))
+        cursor = args[1] if len(args) > 1 else b""
+        if not cursor.isdigit():  # (Redis's own error for a bad cursor or arity)
+            self._send(self.home, request)
+            return
+        value = int(cursor)
+        place, own = value % len(masters), value // len(masters)
+        request.how = f"scan {place} {len(masters)}"
+        request.left = 1
+        child = Request([args[0], str(own).encode(), *args[2:]], parent=request)
+        request.parts.append(child)
+        self._send(masters[place], child)
 
     def _fan_out(self, how: str, request: Request) -> None:
         masters = self.topology.masters() or [self.home]
@@ -782,6 +797,18 @@ class ClusterSession:
         how = parent.how
         if how in ("first", "ok"):
             return frames[0]
+        if how.startswith("scan "):
+            _, place, count = how.split()
+            own, keys = decode_reply(frames[0])
+            nxt = int(own)
+            if nxt:
+                cursor = nxt * int(count) + int(place)
+            else:  # (this master is done: the next one from its start, or the scan is over)
+                cursor = int(place) + 1 if int(place) + 1 < int(count) else 0
+            text = str(cursor).encode()
+            out = [b"*2\r\n$%d\r\n%s\r\n*%d\r\n" % (len(text), text, len(keys))]
+            out += [b"$%d\r\n%s\r\n" % (len(key), key) for key in keys]
+            return b"".join(out)
         if how == "sum":
             return b":%d\r\n" % sum(int(decode_reply(f)) for f in frames)
         values = [decode_reply(f) for f in frames]

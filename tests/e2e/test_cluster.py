@@ -90,7 +90,11 @@ def test_every_command_family_reaches_its_slot_s_master(
     per_master = [redis.Redis(port=n.port).dbsize() for n in cluster.masters()]
     assert client.dbsize() == 7 * len(keys) == sum(per_master)
     assert sorted(client.keys("s:*")) == sorted(f"s:{k}".encode() for k in keys)
-    assert raw(proxy, "SCAN", "0").startswith(b"-ERR SCAN is not supported")
+    # SCAN walks every master in turn behind one cursor: every key once, with MATCH, COUNT, TYPE.
+    scanned = list(client.scan_iter(match="s:*", count=7))
+    assert sorted(scanned) == sorted(f"s:{k}".encode() for k in keys)
+    assert sorted(client.scan_iter(_type="hash", count=50)) == sorted(f"h:{k}".encode() for k in keys)
+    assert raw(proxy, "SCAN", "x") == b"-ERR invalid cursor\r\n"  # (Redis's own, from one node)
     client.flushall()
     assert all(redis.Redis(port=n.port).dbsize() == 0 for n in cluster.masters())
     assert proxy.server.stats.snapshot()["upstream_errors"] == 0
