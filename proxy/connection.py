@@ -148,8 +148,15 @@ class ClientConnection(asyncio.Protocol):
             self.close_after_replies,
             self._enter_raw,
             self.mux.before_special if self.mux is not None else None,
+            self.mux.can_stream if self.mux is not None else None,
         )
-        self.requests = RequestReader(self.limits, self.dispatch.commands, self.dispatch.each)
+        self.requests = RequestReader(
+            self.limits,
+            self.dispatch.commands,
+            self.dispatch.each,
+            self.dispatch.stream,
+            self.dispatch.stream_bytes,
+        )
         # After SYNC/PSYNC the connection is a raw byte pipe both ways (``_enter_raw``).
         self.raw = False  # requests: forwarded as they arrive, never parsed
         self.raw_rep = False  # replies: written as they arrive, never scanned
@@ -246,7 +253,7 @@ class ClientConnection(asyncio.Protocol):
             self._raw_request(data)
             return
         requests = self.requests
-        if not requests.tail and requests.parser is None:
+        if not requests.tail and requests.parser is None and not requests.streaming:
             verdict = self.reads.decide(data)
             if verdict is not None:
                 if type(verdict) is bytes:  # served: the hit path, inlined (_write)

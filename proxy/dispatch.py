@@ -25,6 +25,7 @@ from proxy.tier_reads import TierReads
 _now = time.perf_counter
 _pack = hiredis.pack_command
 _PLAIN = Marker("PLAIN")  # a command that is no special one: it joins the current run
+_UNKNOWN = b"\x00predis: the argument still arriving\x00"  # (stands for it when keys are found)
 
 
 class Dispatcher:
@@ -42,6 +43,7 @@ class Dispatcher:
         on_close: Callable[[], None],
         on_raw: Callable[[bytes], None],
         before_special: Callable[[bytes, list[bytes]], None] | None = None,
+        can_stream: Callable[[], bool] | None = None,
     ) -> None:
         """``send(data, frames)``: requests upstream, and how many replies they ask for;
         ``before_special``: told of each special command before it is decided (the pool pins
@@ -55,12 +57,48 @@ class Dispatcher:
         self.on_close = on_close
         self.on_raw = on_raw
         self.before_special = before_special
+        self.can_stream = can_stream  # (the pool: whether pieces would reach the client's own connection)
 
     def forward_run(self, run: Run, raw: bytes) -> None:
         """Forward ``raw`` (``run.count`` commands, none special) with one slot for their replies."""
         self.pending.append(run)
         self.stats.commands_forwarded += run.count
         self.send(raw, run.count)
+
+    def stream(self, args: list[bytes], head: bytes) -> bool:
+        """A command whose large last argument is still arriving (``args`` with that one empty,
+        ``head`` the bytes so far): True if it goes upstream now, its slot queued as the general
+        path queues it and its later bytes through ``stream_bytes``. Only a plain command in the
+        default state whose keys do not include the last argument (the tier drops them by
+        name, which must be known now): anything else is held and parsed whole, as before."""
+        session = self.session
+        name = args[0].upper()
+        if (
+            name in SPECIAL
+            or name == b"GET"
+            or name == b"MGET"
+            or session.passthrough_req
+            or session.reply_mode != b"ON"
+            or session.in_multi
+            or self.replies.closing
+            or (self.can_stream is not None and not self.can_stream())
+        ):
+            return False
+        reads = self.reads
+        if isinstance(reads, TierReads):
+            table = reads.command_table()
+            if table is None:
+                return False
+            effect = table.effect(name, [*args[:-1], _UNKNOWN])
+            if effect is not None and effect[1] is not None and _UNKNOWN in effect[1]:
+                return False  # (the arriving argument is a key the tier must drop)
+        self.each([args], [head])
+        self.stats.commands_streamed += 1
+        return True
+
+    def stream_bytes(self, data: bytes) -> None:
+        """More of a streamed command's last argument: straight upstream, asking no reply."""
+        self.send(data, 0)
 
     def commands(self, cmds: list[Any], raw: bytes) -> bool:
         """Forward ``raw`` (the bytes of exactly ``cmds``) as one run if the reads decider says it

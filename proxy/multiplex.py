@@ -404,6 +404,12 @@ class MuxLink:
             return
         self.pin()
 
+    def can_stream(self) -> bool:
+        """Whether a request sent in pieces would reach a connection of the client's own (it pins
+        for good on its size): not while a move to the other protocol's shared connections
+        waits, which would take the pieces there."""
+        return self.pinned or self.held is None or self.moving_to is None
+
     def pin(self) -> None:
         """From the next request on, this client has a connection of its own."""
         if self.pinned or self.held is not None:

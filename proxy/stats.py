@@ -21,6 +21,7 @@ class Stats:
         self.rejected_connections = 0
         self.commands_forwarded = 0
         self.commands_local = 0
+        self.commands_streamed = 0  # forwarded while their large last argument still arrived
         self.protocol_errors = 0
         self.upstream_errors = 0
         self.timeouts = 0
@@ -64,6 +65,7 @@ class Stats:
             "rejected_connections": self.rejected_connections,
             "commands_forwarded": self.commands_forwarded,
             "commands_local": self.commands_local,
+            "commands_streamed": self.commands_streamed,
             "protocol_errors": self.protocol_errors,
             "upstream_errors": self.upstream_errors,
             "upstream_timeouts": self.timeouts,

@@ -186,6 +186,35 @@ def tracking_held(proxy: Any) -> Iterator[None]:
         proxy.call(reading(True))
 
 
+def test_a_streamed_write_drops_its_key_and_lands_whole(tproxy: Any, direct: redis.Redis) -> None:
+    """A 32 MiB SET goes upstream in pieces as it arrives (proxy.requests: streamed), its key
+    dropped from the tier before; a command whose arriving argument is a key is held whole."""
+    import socket
+
+    from proxy.resp import encode_command
+
+    client, other = tproxy.client(), tproxy.client()
+    direct.set("giant", "small")
+    cache(tproxy, client, "giant")
+    value = bytes(range(256)) * (1 << 17)  # 32 MiB
+    before = client.info("predis")["commands_streamed"]
+    client.set("giant", value)
+    assert client.info("predis")["commands_streamed"] == before + 1
+    assert direct.get("giant") == value and other.get("giant") == value and client.get("giant") == value
+    # A large key arriving last (DEL small <key>): held whole and parsed, as the tier must know
+    # the key by name to drop it (keys this long are never cached, but the rule is the rule).
+    key = "k" * (768 << 10)  # (past STREAM_FROM)
+    direct.set(key, "v")
+    with socket.create_connection(("127.0.0.1", tproxy.port)) as s:
+        s.settimeout(10)
+        data = encode_command([b"DEL", b"other", key.encode()])
+        for i in range(0, len(data), 64 * 1024):
+            s.sendall(data[i : i + 64 * 1024])
+        assert read_frames(s, 1) == [b":1\r\n"]
+    assert client.info("predis")["commands_streamed"] == before + 1
+    assert client.get(key) is None and direct.get(key) is None
+
+
 def test_writes_queued_in_multi_are_dropped_at_exec(tproxy: Any, direct: redis.Redis) -> None:
     """MULTI, a write and EXEC sent as separate reads (as redis-cli sends them): a fill between the
     queued write and EXEC caches the old value, and EXEC must drop it before its reply reaches the

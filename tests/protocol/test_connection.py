@@ -233,3 +233,23 @@ def test_with_replies_off_reads_are_still_told_and_writes_still_drop_their_keys(
     w.send([b"CLIENT", b"REPLY", b"OFF"], [b"GET", b"k"], [b"SET", b"k", b"new"])
     assert w.seen == [(0, b"k", False)]
     assert w.tier is not None and (0, b"k") not in w.tier.entries
+
+
+def test_a_command_is_streamed_only_when_its_arriving_argument_is_no_key() -> None:
+    """With the tier, a streamed write drops its keys before its last argument has arrived, so
+    that argument must not be one of them (the tier could not drop a key it cannot name)."""
+    w = Wired(hot_tier="cpu")
+    dispatch = w.conn.dispatch
+    head = b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1048576\r\nxx"
+    tier = w.tier
+    token = tier.begin_fill(0, b"k")
+    assert tier.complete_fill(0, b"k", token, b"old", -1, tier.clock(), "default", False)
+    assert (0, b"k") in tier.entries  # (what the write must drop)
+    assert dispatch.stream([b"SET", b"k", b""], head) is True
+    assert (0, b"k") not in w.tier.entries and w.redis.take() == head
+    dispatch.stream_bytes(b"yy")
+    assert w.redis.take() == b"yy"
+    # SET <key arriving>: refused, held whole; as is anything in MULTI.
+    assert dispatch.stream([b"SET", b""], b"*2\r\n$3\r\nSET\r\n$1048576\r\nkk") is False
+    w.conn.session.in_multi = True
+    assert dispatch.stream([b"SET", b"k2", b""], head) is False
