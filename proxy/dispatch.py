@@ -58,6 +58,7 @@ class Dispatcher:
         self.on_raw = on_raw
         self.before_special = before_special
         self.can_stream = can_stream  # (the pool: whether pieces would reach the client's own connection)
+        self.streamed: Any = None  # the slot of the command being streamed (proxy.requests)
 
     def forward_run(self, run: Run, raw: bytes) -> None:
         """Forward ``raw`` (``run.count`` commands, none special) with one slot for their replies."""
@@ -94,11 +95,17 @@ class Dispatcher:
                 return False  # (the arriving argument is a key the tier must drop)
         self.each([args], [head])
         self.stats.commands_streamed += 1
+        self.streamed = self.pending[-1] if self.pending else None
         return True
 
-    def stream_bytes(self, data: bytes) -> None:
-        """More of a streamed command's last argument: straight upstream, asking no reply."""
+    def stream_bytes(self, data: bytes, done: bool) -> None:
+        """More of a streamed command's last argument: straight upstream, asking no reply. Its
+        slot's clock (the command timeout's, the latency sample's) starts again at its last
+        byte, as it would for a command held whole: a slow upload is no slow reply."""
         self.send(data, 0)
+        if done and self.streamed is not None:
+            self.streamed.sent = _now()
+            self.streamed = None
 
     def commands(self, cmds: list[Any], raw: bytes) -> bool:
         """Forward ``raw`` (the bytes of exactly ``cmds``) as one run if the reads decider says it

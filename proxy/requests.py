@@ -15,7 +15,8 @@ after the commands handed on are then no longer parsed but returned by ``feed``.
 A command whose last argument is large (past ``STREAM_FROM`` bytes held, a 32 MiB SET say) is
 streamed: once its arguments before the last are known, ``on_stream`` is offered it (the
 arguments, the last one empty, and the bytes so far); if it takes it, the rest of the command's
-bytes go to ``on_stream_bytes`` as they arrive, never held, parsed or copied whole. (Holding it
+bytes go to ``on_stream_bytes`` as they arrive (with whether they end it), never held, parsed or
+copied whole. (Holding it
 cost the event loop about 75 ms per 32 MiB, which every other client waited through.)
 """
 
@@ -49,7 +50,7 @@ class RequestReader:
         on_commands: Callable[[list[Any], bytes], bool],
         on_each: Callable[[list[Any], list[bytes | None]], bool],
         on_stream: Callable[[list[bytes], bytes], bool] | None = None,
-        on_stream_bytes: Callable[[bytes], None] | None = None,
+        on_stream_bytes: Callable[[bytes, bool], None] | None = None,
     ) -> None:
         self.limits = limits
         self.on_commands = on_commands  # (commands, the client's bytes of exactly them)
@@ -71,7 +72,7 @@ class RequestReader:
             take = min(self.streaming, len(data))
             self.streaming -= take
             assert self.on_stream_bytes is not None
-            self.on_stream_bytes(data[:take] if take < len(data) else data)
+            self.on_stream_bytes(data[:take] if take < len(data) else data, not self.streaming)
             data = data[take:]
             if not data:
                 return None

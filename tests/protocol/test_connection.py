@@ -247,8 +247,12 @@ def test_a_command_is_streamed_only_when_its_arriving_argument_is_no_key() -> No
     assert (0, b"k") in tier.entries  # (what the write must drop)
     assert dispatch.stream([b"SET", b"k", b""], head) is True
     assert (0, b"k") not in w.tier.entries and w.redis.take() == head
-    dispatch.stream_bytes(b"yy")
-    assert w.redis.take() == b"yy"
+    slot = w.conn.pending[-1]
+    started = slot.sent
+    dispatch.stream_bytes(b"yy", False)
+    assert w.redis.take() == b"yy" and slot.sent == started
+    dispatch.stream_bytes(b"zz", True)  # (its last bytes: the reply's clock starts now)
+    assert w.redis.take() == b"zz" and slot.sent > started
     # SET <key arriving>: refused, held whole; as is anything in MULTI.
     assert dispatch.stream([b"SET", b""], b"*2\r\n$3\r\nSET\r\n$1048576\r\nkk") is False
     w.conn.session.in_multi = True

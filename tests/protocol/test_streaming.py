@@ -19,6 +19,7 @@ from proxy.resp import Limits, encode_command
 class Seen:
     def __init__(self, take: bool = True) -> None:
         self.take = take
+        self.done: list[bool] = []  # per streamed piece: whether it ended its command
         self.out: list[tuple[str, Any, bytes]] = []
 
     def commands(self, cmds: list[Any], raw: bytes) -> bool:
@@ -40,8 +41,9 @@ class Seen:
             self.out.append(("stream", args, head))
         return self.take
 
-    def stream_bytes(self, data: bytes) -> None:
+    def stream_bytes(self, data: bytes, done: bool) -> None:
         self.out.append(("bytes", None, data))
+        self.done.append(done)
 
     def reader(self) -> RequestReader:
         return RequestReader(Limits(), self.commands, self.each, self.stream, self.stream_bytes)
@@ -117,6 +119,7 @@ def test_a_large_last_argument_in_pieces_is_streamed(monkeypatch: pytest.MonkeyP
     assert kinds[0] == "stream" and seen.out[0][1] == [b"SET", b"k", b""] and len(seen.out[0][2]) >= 64
     assert set(kinds[1:-1]) == {"bytes"} and seen.out[-1][0] == "commands"  # (PING after it, parsed)
     assert b"".join(raw for _, _, raw in seen.out[:-1]) == big
+    assert seen.done == [False] * (len(seen.done) - 1) + [True]
 
 
 def test_a_command_past_the_query_buffer_limit_is_held_and_cut_off(monkeypatch: pytest.MonkeyPatch) -> None:
