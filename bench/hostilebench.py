@@ -4,8 +4,9 @@
 
 A `predis serve` process (defaults: the shared upstream connection, the hot tier) in front of a
 Redis. A victim client reads (unpipelined GETs of 1,000 keys) for ``--seconds`` while nothing else
-happens, then while one kind of hostile client does its worst, alternating, ``--repeats`` times
-each; the victim's p50 and p99 in each window, the ratio of the hostile windows' medians to the
+happens, then while one kind of hostile client does its worst (in a process of its own, so that
+what the victim measures is the proxy, not this interpreter's lock), alternating, ``--repeats``
+times each; the victim's p50 and p99 in each window, the ratio of the hostile windows' medians to the
 quiet ones', the errors it saw, and the proxy's resident memory at the end of each window:
 
 * ``half-commands``: 500 connections each holding half a command (a slow sender);
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import socket
 import statistics
 import sys
@@ -61,7 +63,7 @@ def victim(port: int, seconds: float) -> dict[str, Any]:
     }
 
 
-def half_commands(port: int, stop: threading.Event) -> None:
+def half_commands(port: int, stop: Any) -> None:  # (a multiprocessing.Event)
     socks = []
     for _ in range(500):
         s = socket.create_connection(("127.0.0.1", port))
@@ -72,7 +74,7 @@ def half_commands(port: int, stop: threading.Event) -> None:
         s.close()
 
 
-def never_read(port: int, stop: threading.Event) -> None:
+def never_read(port: int, stop: Any) -> None:  # (a multiprocessing.Event)
     socks = []
     request = encode_command([b"GET", b"big"]) * 20_000
     for _ in range(20):
@@ -88,7 +90,7 @@ def never_read(port: int, stop: threading.Event) -> None:
         s.close()
 
 
-def giant_args(port: int, stop: threading.Event) -> None:
+def giant_args(port: int, stop: Any) -> None:  # (a multiprocessing.Event)
     value = b"x" * (32 << 20)
 
     def writer() -> None:
@@ -106,7 +108,7 @@ def giant_args(port: int, stop: threading.Event) -> None:
         t.join()
 
 
-def flood(port: int, stop: threading.Event) -> None:
+def flood(port: int, stop: Any) -> None:  # (a multiprocessing.Event)
     while not stop.is_set():
         try:
             socket.create_connection(("127.0.0.1", port), timeout=2).close()
@@ -114,7 +116,7 @@ def flood(port: int, stop: threading.Event) -> None:
             time.sleep(0.001)
 
 
-def garbage(port: int, stop: threading.Event) -> None:
+def garbage(port: int, stop: Any) -> None:  # (a multiprocessing.Event)
     root = Path(__file__).resolve().parents[1] / "fuzz"
     inputs = [
         p.read_bytes()
@@ -133,7 +135,7 @@ def garbage(port: int, stop: threading.Event) -> None:
         i += 1
 
 
-HOSTILES: dict[str, Callable[[int, threading.Event], None]] = {
+HOSTILES: dict[str, Callable[[int, Any], None]] = {
     "half-commands": half_commands,
     "never-read": never_read,
     "giant-args": giant_args,
@@ -165,14 +167,20 @@ def main(argv: list[str] | None = None) -> int:
                 quiet, hostile, mem = [], [], []
                 for _ in range(args.repeats):
                     quiet.append(victim(proxy.port, args.seconds))
-                    stop = threading.Event()
-                    worker = threading.Thread(target=HOSTILES[kind], args=(proxy.port, stop), daemon=True)
+                    # (In a process of its own: the victim's latency must be the proxy's, not this
+                    # interpreter's, where a writer's 32 MiB command would hold the GIL.)
+                    stop = multiprocessing.Event()
+                    worker = multiprocessing.Process(
+                        target=HOSTILES[kind], args=(proxy.port, stop), daemon=True
+                    )
                     worker.start()
                     time.sleep(0.5)  # (the hostile clients in place)
                     hostile.append(victim(proxy.port, args.seconds))
                     mem.append(round(rss_mb(proxy.proc.pid), 1))
                     stop.set()
                     worker.join(60)
+                    if worker.is_alive():
+                        worker.kill()
                     time.sleep(1.0)  # (the proxy recovers before the next quiet window)
 
                 def med(runs: list[dict[str, Any]], key: str) -> float:
