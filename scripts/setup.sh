@@ -21,6 +21,8 @@ command -v chromium >/dev/null 2>&1 || packages+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || packages+=(chromium-driver)
 # The TLS tests make their certificates with the openssl command.
 command -v openssl >/dev/null 2>&1 || packages+=(openssl)
+# The link-fault test drops packets at random with iptables where the kernel has no netem.
+command -v iptables >/dev/null 2>&1 || [ -x /usr/sbin/iptables ] || packages+=(iptables)
 if [ ${#packages[@]} -gt 0 ]; then
     sudo=""
     [ "$(id -u)" -eq 0 ] || sudo="sudo"

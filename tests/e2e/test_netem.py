@@ -1,9 +1,11 @@
 """Network faults on the proxy-to-Redis link, with the history checker (bench.history): Redis runs in
 a network namespace the test creates for itself, reached over a veth pair on private addresses
 that exist only for the test; while the history runs (tier and live prefetching on), ``tc netem``
-adds latency then loss on both ends of the link where the kernel has netem (the dev machine's VM
-kernel has not: those phases are left out there, and the test says so), then both ends go down
-(a partition: packets lost, connections left open) and come back. Every run: no read through the
+adds latency then loss on both ends of the link where the kernel has netem. Where it has not (the
+dev machine's VM kernel), the same two phases are made otherwise: latency by a link starved of
+bandwidth (``tc``'s token bucket, 1 Mbit/s, so requests queue), loss by ``iptables`` dropping 10%
+of the packets on both ends at random (TCP retransmits); the test prints which ran. Then both ends
+go down (a partition: packets lost, connections left open) and come back. Every run: no read through the
 proxy older than a write through it acknowledged before the read began, no acknowledged write lost
 (appendfsync always), errors only while the partition lasts, recovery by itself once it heals.
 
@@ -16,6 +18,7 @@ import os
 import shutil
 import socket
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -31,6 +34,9 @@ pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or not shutil.which("ip") or not shutil.which("tc"),
     reason="network namespaces, veth links and netem need root and iproute2",
 )
+
+
+IPTABLES = shutil.which("iptables") or ("/usr/sbin/iptables" if os.path.exists("/usr/sbin/iptables") else "")
 
 
 def sh(*args: str) -> None:
@@ -72,6 +78,36 @@ class Link:
         if not cut:
             sh("ip", "addr", "replace", f"{self.host}/30", "dev", self.outer)
             self.inside("ip", "addr", "replace", f"{self.redis_ip}/30", "dev", self.inner)
+
+    def slow(self, on: bool) -> None:
+        """Both ends starved of bandwidth (a token bucket of 1 Mbit/s: requests queue), or not."""
+        for run, dev in ((sh, self.outer), (self.inside, self.inner)):
+            if on:
+                run(
+                    "tc",
+                    "qdisc",
+                    "replace",
+                    "dev",
+                    dev,
+                    "root",
+                    "tbf",
+                    "rate",
+                    "1mbit",
+                    "burst",
+                    "32kbit",
+                    "latency",
+                    "400ms",
+                )
+            else:
+                run("tc", "qdisc", "del", "dev", dev, "root")
+
+    def drop(self, on: bool) -> None:
+        """10% of the packets leaving either end dropped at random (iptables' statistic match), or
+        none. The host side's rule names the test's own interface only."""
+        verb = "-A" if on else "-D"
+        rule = ["-m", "statistic", "--mode", "random", "--probability", "0.1", "-j", "DROP"]
+        sh(IPTABLES, verb, "OUTPUT", "-o", self.outer, *rule)
+        self.inside(IPTABLES, verb, "OUTPUT", "-o", self.inner, *rule)
 
     def has_netem(self) -> bool:
         """Whether this kernel has the netem qdisc (a VM's kernel may be built without it)."""
@@ -139,6 +175,7 @@ def test_history_through_a_partition_and_latency_and_loss_where_netem_is(
     make_proxy: Any, link: Link, tmp_path: Path
 ) -> None:
     netem = link.has_netem()
+    phases: dict[str, tuple[float, float]] = {}  # name -> (start, end), the history's clock
     server, port = redis_in(link, tmp_path)
     try:
         proxy = make_proxy(
@@ -160,6 +197,17 @@ def test_history_through_a_partition_and_latency_and_loss_where_netem_is(
                 done = load.acked()
                 wait_for(lambda: load.acked() >= done + 300, timeout=90)
                 link.netem()
+            else:
+                phases["quiet"] = _phase(load)
+                link.slow(True)  # latency: a link starved of bandwidth
+                phases["slow link"] = _phase(load)
+                link.slow(False)
+                if IPTABLES:
+                    link.drop(True)  # loss: TCP retransmits
+                    try:
+                        phases["10% loss"] = _phase(load)
+                    finally:
+                        link.drop(False)
             errors = load.errors()
             link.partition(True)  # a partition, past the command timeout
             wait_for(lambda: load.errors() > errors + 4, timeout=90)
@@ -170,10 +218,16 @@ def test_history_through_a_partition_and_latency_and_loss_where_netem_is(
         values = redis.Redis(host=link.redis_ip, port=port).mget(PROXIED + DIRECT)
         final = {k: (None if v is None else int(v)) for k, v in zip(PROXIED + DIRECT, values, strict=True)}
         verdict = check(ops, final)
-        print(
-            f"\nlink faults (netem latency and loss: {'yes' if netem else 'not in this kernel'}): "
-            + json.dumps(verdict.summary())
+        made = (
+            "netem" if netem else ("a token bucket and iptables" if IPTABLES else "a token bucket; no loss")
         )
+        print(f"\nlink faults (latency and loss by {made}): " + json.dumps(verdict.summary()))
+        for name, (start, end) in phases.items():  # (what each phase did to the operations)
+            took = sorted(op.complete - op.invoke for op in ops if start <= op.invoke and op.complete <= end)
+            if took:
+                print(
+                    f"  {name}: {len(took)} operations, p50 {1e3 * took[len(took) // 2]:.2f} ms, p99 {1e3 * took[int(0.99 * (len(took) - 1))]:.2f} ms"
+                )
         assert verdict.stale == [], verdict.stale[:3]
         assert verdict.lost == [], verdict.lost[:3]
         assert verdict.errors > 0  # (the partition was seen, as errors)
@@ -181,6 +235,13 @@ def test_history_through_a_partition_and_latency_and_loss_where_netem_is(
     finally:
         server.terminate()
         server.wait(10)
+
+
+def _phase(load: Workload, operations: int = 1_000) -> tuple[float, float]:
+    """Runs until ``operations`` more writes are acknowledged; the span, on the history's clock."""
+    start, done = time.monotonic(), load.acked()
+    wait_for(lambda: load.acked() >= done + operations, timeout=90)
+    return start, time.monotonic()
 
 
 def unsent_towards(host: str, port: int) -> list[str]:
