@@ -38,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import itertools
+import ssl
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -134,8 +135,11 @@ class ClusterTopology:
     """The slot map and Redis's command table, read from any node that answers (the seeds first,
     then every node the map names), refreshed on redirects and on lost links."""
 
-    def __init__(self, settings: Settings, address: UpstreamAddress) -> None:
+    def __init__(
+        self, settings: Settings, address: UpstreamAddress, tls: ssl.SSLContext | None = None
+    ) -> None:
         self.settings = settings
+        self.tls = tls  # (rediss-cluster://: every node connection is TLS, verified as rediss:// is)
         self.password = address.password
         self.username = address.username or "default"
         self.seeds = [Node(h, p) for h, p in address.cluster]
@@ -219,7 +223,9 @@ class ClusterTopology:
         raise ConnectionError(f"no Redis Cluster node answered CLUSTER SLOTS ({last})")
 
     async def _ask(self, node: Node) -> tuple[list[Any], CommandTable | None]:
-        reader, writer = await asyncio.open_connection(node.host, node.port)
+        reader, writer = await asyncio.open_connection(
+            node.host, node.port, ssl=self.tls, server_hostname=node.host if self.tls else None
+        )
         try:
             commands = [[b"CLUSTER", b"SLOTS"]]
             if self.password:
@@ -325,7 +331,14 @@ class NodeLink(asyncio.Protocol):
         session = self.session
         try:
             async with asyncio.timeout(settings.connect_timeout):
-                await loop.create_connection(lambda: self, self.node.host, self.node.port)
+                tls = session.topology.tls
+                await loop.create_connection(
+                    lambda: self,
+                    self.node.host,
+                    self.node.port,
+                    ssl=tls,
+                    server_hostname=self.node.host if tls else None,
+                )
                 prelude = await session.prelude_for(self.node)
         except (OSError, TimeoutError) as exc:
             session.lost(self, exc)
@@ -913,7 +926,7 @@ class ClusterOpener(UpstreamOpener):
 
     def __init__(self, settings: Settings, address: UpstreamAddress) -> None:
         super().__init__(settings, address)
-        self.topology = ClusterTopology(settings, address)
+        self.topology = ClusterTopology(settings, address, self.ssl)
 
     async def open(self, factory: Callable[[], Any]) -> tuple[asyncio.BaseTransport, Any]:
         await self.topology.ready()

@@ -159,7 +159,9 @@ class Settings:
         ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
-        if self.cluster_replica_reads and not self.upstream.startswith("redis-cluster://"):
+        if self.cluster_replica_reads and not self.upstream.startswith(
+            ("redis-cluster://", "rediss-cluster://")
+        ):
             raise ConfigError("cluster_replica_reads needs a redis-cluster:// upstream")
         if self.workers < 1:
             raise ConfigError(f"workers must be at least 1, got {self.workers}")
@@ -360,7 +362,8 @@ class UpstreamAddress:
 
     def display(self) -> str:
         if self.cluster:
-            return "redis-cluster://" + ",".join(f"{h}:{p}" for h, p in self.cluster)
+            scheme = "rediss-cluster" if self.tls else "redis-cluster"
+            return f"{scheme}://" + ",".join(f"{h}:{p}" for h, p in self.cluster)
         scheme = "rediss" if self.tls else "redis"
         where = f"unix://{self.unix_path}" if self.unix_path else f"{scheme}://{self.host}:{self.port}"
         return where + (f"/{self.db}" if self.db else "")
@@ -369,7 +372,7 @@ class UpstreamAddress:
 def parse_upstream(url: str) -> UpstreamAddress:
     """Parse redis://[user:pass@]host[:port][/db] (rediss:// for TLS), unix:///path[?db=N] or
     redis-cluster://[user:pass@]host:port[,host:port...] (a Redis Cluster's seed nodes)."""
-    if url.startswith("redis-cluster://"):
+    if url.startswith(("redis-cluster://", "rediss-cluster://")):
         return _parse_cluster(url)
     try:
         parts = urlsplit(url)
@@ -387,7 +390,10 @@ def parse_upstream(url: str) -> UpstreamAddress:
                 db = _parse_db(item[3:], url)
         return UpstreamAddress(db=db, username=user, password=password, unix_path=parts.path)
     if parts.scheme not in ("redis", "rediss"):
-        raise ConfigError(f"upstream URL {url!r} must start with redis://, rediss:// (TLS) or unix://")
+        raise ConfigError(
+            f"upstream URL {url!r} must start with redis://, rediss:// (TLS), unix://, "
+            "redis-cluster:// or rediss-cluster://"
+        )
     if not parts.hostname:
         raise ConfigError(f"upstream URL {url!r} has no host")
     db = _parse_db(parts.path.lstrip("/"), url) if parts.path.strip("/") else 0
@@ -406,7 +412,8 @@ def parse_listen(text: str, default_host: str = "127.0.0.1") -> tuple[str, int]:
 
 
 def _parse_cluster(url: str) -> UpstreamAddress:
-    rest = url[len("redis-cluster://") :]
+    tls = url.startswith("rediss-cluster://")
+    rest = url.partition("://")[2]
     rest, _, path = rest.partition("/")
     if path.strip("/") and path.strip("/") != "0":
         raise ConfigError(f"upstream URL {url!r}: a Redis Cluster has database 0 only")
@@ -423,7 +430,7 @@ def _parse_cluster(url: str) -> UpstreamAddress:
         if not host or not port.isdigit() or not 0 < int(port) < 65536:
             raise ConfigError(f"upstream URL {url!r}: each seed node must be host:port, got {item!r}")
         seeds.append((host.strip("[]"), int(port)))
-    return UpstreamAddress(seeds[0][0], seeds[0][1], 0, user, password, cluster=tuple(seeds))
+    return UpstreamAddress(seeds[0][0], seeds[0][1], 0, user, password, tls=tls, cluster=tuple(seeds))
 
 
 def _parse_db(text: str, url: str) -> int:

@@ -142,7 +142,8 @@ def cluster_port() -> int:
     raise RuntimeError("no free port pair for a cluster node")
 
 
-def cluster_node(work: Path, node_timeout_ms: int = 2_000) -> EmbeddedRedis:
+def cluster_node(work: Path, node_timeout_ms: int = 2_000, extra: list[str] | None = None) -> EmbeddedRedis:
+    """A cluster-mode redis-server in ``work`` (``extra``: more of its flags, TLS's say)."""
     return EmbeddedRedis(
         port=cluster_port(),
         extra_args=[
@@ -152,6 +153,7 @@ def cluster_node(work: Path, node_timeout_ms: int = 2_000) -> EmbeddedRedis:
             str(work / "nodes.conf"),
             "--cluster-node-timeout",
             str(node_timeout_ms),
+            *(extra or []),
         ],
         workdir=work,
     ).start()

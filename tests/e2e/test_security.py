@@ -208,3 +208,56 @@ def test_admin_listener_token(make_proxy: Any, redis_server: Any) -> None:
 def test_the_admin_listener_is_on_loopback_unless_told_otherwise(make_proxy: Any, redis_server: Any) -> None:
     proxy = make_proxy(redis_server.url, admin="0")  # (a bare port)
     assert proxy.server.admin.address[0] == "127.0.0.1"
+
+
+def test_a_redis_cluster_over_tls(make_proxy: Any, certs: dict[str, str], tmp_path: Path) -> None:
+    """``rediss-cluster://``: every connection to the cluster's nodes is TLS, verified against the
+    CA and presenting the client certificate; the slot map names the nodes' TLS ports (Redis gives
+    them to a client that came over TLS), the tier's tracking works over them."""
+    import subprocess
+
+    from bench.tlsbench import client_flags
+    from proxy.embedded import cluster_node, cluster_port
+
+    nodes = []
+    try:
+        for i in range(3):
+            work = tmp_path / f"node-{i}"
+            work.mkdir()
+            tls_port = cluster_port()  # (a TLS cluster's bus is 10,000 above its TLS port)
+            tls = [*server_flags(certs, tls_port), "--tls-cluster", "yes", "--tls-replication", "yes"]
+            node = cluster_node(work, extra=tls)
+            node.tls_port = tls_port  # type: ignore[attr-defined]
+            nodes.append(node)
+        subprocess.run(
+            ["redis-cli", *client_flags(certs), "--cluster", "create"]
+            + [f"127.0.0.1:{n.tls_port}" for n in nodes]  # type: ignore[attr-defined]
+            + ["--cluster-yes"],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+        plain = [redis.Redis(port=n.port) for n in nodes]
+        wait_for(lambda: all(b"cluster_state:ok" in c.execute_command("CLUSTER", "INFO") for c in plain), 60)
+        proxy = make_proxy(
+            f"rediss-cluster://127.0.0.1:{nodes[0].tls_port}",  # type: ignore[attr-defined]
+            tls_ca_cert_file=certs["ca_crt"],
+            tls_client_cert_file=certs["client_crt"],
+            tls_client_key_file=certs["client_key"],
+        )
+        wait_for(lambda: proxy.server.tier.active, 30)
+        client = proxy.client()
+        keys = [f"tls:{i}" for i in range(30)]
+        assert client.mset({k: "v1" for k in keys}) is True
+        assert client.mget(keys) == [b"v1"] * len(keys)
+        held = {int(c.dbsize()) for c in plain}
+        assert len(held) > 1 and 0 not in held  # (spread over every node)
+        assert client.mget(keys) == [b"v1"] * len(keys)  # (now from the tier)
+        direct = redis.RedisCluster(host="127.0.0.1", port=nodes[0].port)  # (over the plain ports)
+        for k in keys:  # written straight to each key's node: its tracking reaches the tier
+            direct.set(k, "v2")
+        wait_for(lambda: client.mget(keys) == [b"v2"] * len(keys), 10)
+        assert proxy.server.stats.snapshot()["upstream_errors"] == 0
+    finally:
+        for node in nodes:
+            node.close()

@@ -62,6 +62,8 @@ def test_parse_upstream() -> None:
     assert c.cluster == (("10.0.0.1", 7000), ("node-b", 7001)) and (c.username, c.password) == ("app", "s:c")
     assert c.display() == "redis-cluster://10.0.0.1:7000,node-b:7001" and not c.tls
     assert parse_upstream("redis-cluster://secret@h:1").password == "secret"
+    t = parse_upstream("rediss-cluster://h:1,h:2")
+    assert t.tls and t.cluster == (("h", 1), ("h", 2)) and t.display() == "rediss-cluster://h:1,h:2"
     for bad, why in (
         ("redis-cluster://h", "host:port"),
         ("redis-cluster://h:1,", "host:port"),
