@@ -150,7 +150,8 @@ class ClusterTopology:
         self.ids = itertools.count(1)
         self.targets: dict[int, ClusterSession] = {}  # virtual CLIENT ID -> its connection
         self.refreshes = 0
-        self.redirects = 0
+        self.redirects = 0  # MOVED followed
+        self.asks = 0  # ASK followed (a slot migrating)
         self.by_slot: list[Node | None] = [None] * SLOTS
         self.replica_reads = settings.cluster_replica_reads
         self.replicas_by_slot: list[list[Node]] = [[] for _ in range(SLOTS)]
@@ -788,6 +789,7 @@ class ClusterSession:
                 if kind == "MOVED":
                     self.topology.moved(slot, node)
                 else:
+                    self.topology.asks += 1
                     self._link(node).send(Request([b"ASKING"], callback=_ignore))
                 self._link(node).send(request)
                 return

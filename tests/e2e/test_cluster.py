@@ -341,7 +341,12 @@ def test_a_live_reshard_under_load_fails_no_request(
     assert load.ops > 100 and load.errors == [] and load.stale == 0, (load.ops, load.errors[:5], load.stale)
     assert cluster_client(cluster).get("load:0:0") is not None
     topology = proxy.server.opener.topology
-    assert topology.redirects > 0  # (the proxy followed MOVED/ASK, the clients never saw one)
+    assert topology.redirects + topology.asks > 0  # (the proxy followed them, the clients never saw one)
+    print(
+        f"\nreshard of 1,500 slots under load: {load.ops} operations, {len(load.errors)} errors, "
+        f"{load.stale} stale reads; {topology.redirects} MOVED and {topology.asks} ASK followed, "
+        f"{topology.refreshes} map refreshes"
+    )
 
 
 def test_a_master_killed_its_replica_promoted_the_proxy_recovers(make_proxy: Any, tmp_path: Path) -> None:
