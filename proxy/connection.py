@@ -426,6 +426,14 @@ class ClientConnection(asyncio.Protocol):
         self._after_upstream_loss(message)
 
     def _after_upstream_loss(self, message: str) -> None:
+        if self.requests.streaming:
+            # A request cut in the middle of its streamed argument: the rest of its bytes must
+            # reach no connection (a new one would read a value's bytes as commands), and the
+            # client's stream cannot go on past them. Its replies fail; it is closed.
+            self.replies.fail_all(message)
+            if not self.closed:
+                self.close_after_replies()
+            return
         # State that a new connection cannot restore: close the client rather than lie to it.
         stateful = self.session.stateful() or self.raw
         # A reply cut in the middle cannot be finished with an error: the client's stream is broken.

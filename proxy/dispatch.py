@@ -96,12 +96,14 @@ class Dispatcher:
         self.each([args], [head])
         self.stats.commands_streamed += 1
         self.streamed = self.pending[-1] if self.pending else None
+        if self.streamed is not None:
+            self.streamed.sent = 0.0  # (its clock waits for its last byte: no timeout, no sample)
         return True
 
     def stream_bytes(self, data: bytes, done: bool) -> None:
         """More of a streamed command's last argument: straight upstream, asking no reply. Its
-        slot's clock (the command timeout's, the latency sample's) starts again at its last
-        byte, as it would for a command held whole: a slow upload is no slow reply."""
+        slot's clock (the command timeout's, the latency sample's) starts at its last byte, as
+        it would for a command held whole: a slow upload is no slow reply."""
         self.send(data, 0)
         if done and self.streamed is not None:
             self.streamed.sent = _now()

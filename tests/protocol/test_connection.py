@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
+
 from proxy.config import Settings
 from proxy.connection import ClientConnection
 from proxy.keyspace import CommandInfo, CommandTable, KeySpec
@@ -248,12 +250,29 @@ def test_a_command_is_streamed_only_when_its_arriving_argument_is_no_key() -> No
     assert dispatch.stream([b"SET", b"k", b""], head) is True
     assert (0, b"k") not in w.tier.entries and w.redis.take() == head
     slot = w.conn.pending[-1]
-    started = slot.sent
+    assert slot.sent == 0.0  # (no timeout while it uploads)
     dispatch.stream_bytes(b"yy", False)
-    assert w.redis.take() == b"yy" and slot.sent == started
+    assert w.redis.take() == b"yy" and slot.sent == 0.0
     dispatch.stream_bytes(b"zz", True)  # (its last bytes: the reply's clock starts now)
-    assert w.redis.take() == b"zz" and slot.sent > started
+    assert w.redis.take() == b"zz" and slot.sent > 0.0
     # SET <key arriving>: refused, held whole; as is anything in MULTI.
     assert dispatch.stream([b"SET", b""], b"*2\r\n$3\r\nSET\r\n$1048576\r\nkk") is False
     w.conn.session.in_multi = True
     assert dispatch.stream([b"SET", b"k2", b""], head) is False
+
+
+def test_an_upstream_lost_in_the_middle_of_a_streamed_argument_closes_the_client(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The rest of a value must never reach a new upstream connection, where its bytes would be
+    read as commands (a value may hold "FLUSHALL"): the client gets the error and is closed, and
+    what it sends after is not forwarded anywhere."""
+    import proxy.requests
+
+    monkeypatch.setattr(proxy.requests, "STREAM_FROM", 64)
+    w = Wired(hot_tier="off")
+    assert w.send(raw=b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1000\r\n" + b"v" * 100).startswith(b"*3\r\n$3\r\nSET")
+    assert w.conn.requests.streaming > 0
+    w.conn.upstream_lost(w.up, None)
+    assert b"upstream connection lost" in w.client.take() and w.conn.closing
+    assert w.send(raw=b"v" * 900 + b"\r\n" + encode_command([b"FLUSHALL"])) == b""
