@@ -273,7 +273,8 @@ def _node_id(port: int) -> str:
 
 class Load:
     """Clients through the proxy, each owning its keys: write a new value, read it back, again
-    and again; any error, and any read that is not the value just acknowledged, is counted."""
+    and again; any error, and any read that is not the value just acknowledged, is counted. One
+    more client pipelines: 8 writes of its keys, then 8 reads of them, in one pipeline."""
 
     def __init__(self, port: int, clients: int = 4, keys: int = 50) -> None:
         self.errors: list[str] = []
@@ -283,8 +284,27 @@ class Load:
         self.threads = [
             threading.Thread(target=self._run, args=(port, c, keys), daemon=True) for c in range(clients)
         ]
+        self.threads.append(threading.Thread(target=self._pipelined, args=(port, keys), daemon=True))
         for t in self.threads:
             t.start()
+
+    def _pipelined(self, port: int, keys: int) -> None:
+        client = redis.Redis(port=port, socket_timeout=20)
+        n = 0
+        while not self.stop.is_set():
+            names = [f"piped:{(n + i) % keys}" for i in range(8)]
+            pipe = client.pipeline(transaction=False)
+            for i, name in enumerate(names):
+                pipe.set(name, n + i)
+            for name in names:
+                pipe.get(name)
+            try:
+                replies = pipe.execute()
+                self.stale += sum(got != str(n + i).encode() for i, got in enumerate(replies[8:]))
+            except redis.RedisError as exc:
+                self.errors.append(str(exc))
+            n += 8
+            self.ops += 16
 
     def _run(self, port: int, c: int, keys: int) -> None:
         client = redis.Redis(port=port, socket_timeout=20)
