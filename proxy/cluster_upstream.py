@@ -39,6 +39,7 @@ import asyncio
 import functools
 import itertools
 import ssl
+from binascii import crc_hqx
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -46,7 +47,17 @@ from typing import Any
 import hiredis
 import structlog
 
-from proxy.cluster import CROSSSLOT, MULTI_KEY, SLOTS, Node, SlotMap, key_slot, parse_redirect, split
+from proxy.cluster import (
+    CROSSSLOT,
+    MULTI_KEY,
+    SLOTS,
+    Node,
+    SlotMap,
+    hash_tag,
+    key_slot,
+    parse_redirect,
+    split,
+)
 from proxy.config import Settings, UpstreamAddress
 from proxy.keyspace import CommandTable
 from proxy.resp import encode_command
@@ -512,6 +523,23 @@ class ClusterSession:
             return
         self.pending.append(request)
         if name not in SPECIAL and not self.in_multi:  # (the common case: routed by its keys)
+            topology = self.topology
+            sliced = topology.table.sliced.get(name) if topology.table is not None else None
+            if sliced is not None and not topology.replica_reads and name != b"WATCH":
+                keys = args[sliced[0] : sliced[1] : sliced[2]]
+                if len(keys) == 1:  # (GET, SET, INCR...: one key, its slot's master, at once)
+                    key = keys[0]
+                    node = topology.by_slot[crc_hqx(hash_tag(key) if b"{" in key else key, 0) & 16383]
+                    if node is not None:
+                        link = self.links.get(node)
+                        if link is not None and link.up:
+                            link.waiting.append(request)
+                            if not link.out:
+                                self.mark(link)
+                            link.out.append(request.data)
+                        else:
+                            self._send(node, request)
+                        return
             self._by_keys(name, request)
             return
         sub = args[1].upper() if len(args) > 1 and name in (b"CLIENT", b"SCRIPT") else b""
