@@ -113,6 +113,7 @@ class Request:
         "tx",
         "state",
         "piped",
+        "scan",
     )
 
     def __init__(
@@ -133,6 +134,7 @@ class Request:
         self.tx = False  # sent inside MULTI: a redirect is Redis's verdict, not followed
         self.state: tuple[bytes, bytes] | None = None  # the connection state it sets, if any
         self.piped = False  # its replies pass straight through (subscribed, MONITOR...)
+        self.scan: tuple[int, int] | None = None  # SCAN: (the master's place, how many masters)
 
 
 def _ignore(frame: bytes) -> None:
@@ -173,11 +175,14 @@ class ClusterTopology:
 
     def _index(self) -> None:
         """Each slot's master, one list lookup on the request path (the map, then MOVED's)."""
-        slot_map = self.map
-        self.by_slot = [slot_map.master_for(s) if slot_map is not None else None for s in range(SLOTS)]
-        if slot_map is not None:
-            self.replicas_by_slot = [slot_map.nodes_for(s)[1:] for s in range(SLOTS)]
-            self.replicas = {n for _, _, nodes in slot_map.ranges for n in nodes[1:]}
+        by_slot: list[Node | None] = [None] * SLOTS
+        replicas: list[list[Node]] = [[] for _ in range(SLOTS)]
+        for start, end, nodes in self.map.ranges if self.map is not None else []:
+            if nodes:
+                by_slot[start : end + 1] = [nodes[0]] * (end - start + 1)
+                replicas[start : end + 1] = [nodes[1:]] * (end - start + 1)
+        self.by_slot, self.replicas_by_slot = by_slot, replicas
+        self.replicas = {n for _, _, nodes in self.map.ranges for n in nodes[1:]} if self.map else set()
         for slot, node in self.overrides.items():
             self.by_slot[slot] = node
 
@@ -226,8 +231,10 @@ class ClusterTopology:
             if new.covered() == 0:
                 last = ConnectionError(f"{node.host}:{node.port} serves no slots")
                 continue
+            changed = self.map is None or new.ranges != self.map.ranges or self.overrides
             self.map, self.overrides = new, {}
-            self._index()
+            if changed:  # (the health check refreshes every second: most find the same map)
+                self._index()
             if table is not None:
                 self.table = table
             self.refreshes += 1
@@ -531,14 +538,7 @@ class ClusterSession:
                     key = keys[0]
                     node = topology.by_slot[crc_hqx(hash_tag(key) if b"{" in key else key, 0) & 16383]
                     if node is not None:
-                        link = self.links.get(node)
-                        if link is not None and link.up:
-                            link.waiting.append(request)
-                            if not link.out:
-                                self.mark(link)
-                            link.out.append(request.data)
-                        else:
-                            self._send(node, request)
+                        self._send(node, request)
                         return
             self._by_keys(name, request)
             return
@@ -631,7 +631,8 @@ class ClusterSession:
             return
         value = int(cursor)
         place, own = value % len(masters), value // len(masters)
-        request.how = f"scan {place} {len(masters)}"
+        request.how = "scan"
+        request.scan = (place, len(masters))
         request.left = 1
         child = Request([args[0], str(own).encode(), *args[2:]], parent=request)
         request.parts.append(child)
@@ -840,14 +841,12 @@ class ClusterSession:
         how = parent.how
         if how in ("first", "ok"):
             return frames[0]
-        if how.startswith("scan "):
-            _, place, count = how.split()
+        if parent.scan is not None:
+            place, count = parent.scan
             own, keys = decode_reply(frames[0])
             nxt = int(own)
-            if nxt:
-                cursor = nxt * int(count) + int(place)
-            else:  # (this master is done: the next one from its start, or the scan is over)
-                cursor = int(place) + 1 if int(place) + 1 < int(count) else 0
+            # (A master done: the next one from its start, or, after the last, the scan is over.)
+            cursor = nxt * count + place if nxt else (place + 1) % count
             text = str(cursor).encode()
             out = [b"*2\r\n$%d\r\n%s\r\n*%d\r\n" % (len(text), text, len(keys))]
             out += [b"$%d\r\n%s\r\n" % (len(key), key) for key in keys]

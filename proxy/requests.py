@@ -30,7 +30,7 @@ import hiredis
 
 from common.errors import ClientProtocolError
 from proxy.framing import canonical_size
-from proxy.resp import Limits, RequestParser, UnfinishedRequest
+from proxy.resp import Limits, RequestParser, UnfinishedRequest, parse_length
 
 _STAR = b"*"
 _pack = hiredis.pack_command
@@ -290,7 +290,7 @@ def _streamable(head: bytes, max_bulk_len: int) -> tuple[list[bytes], int] | Non
     of its bytes are still to come, when every argument but the last is complete in ``head`` and
     every header is canonical; else None (it is held and parsed whole, as before)."""
     end = head.find(b"\r\n")
-    count = _canonical_int(head[1:end]) if head[:1] == _STAR and end > 0 else None
+    count = parse_length(head, 1, end) if head[:1] == _STAR and end > 0 else None
     if count is None or count < 2:
         return None
     pos = end + 2
@@ -299,8 +299,8 @@ def _streamable(head: bytes, max_bulk_len: int) -> tuple[list[bytes], int] | Non
         if head[pos : pos + 1] != b"$":
             return None
         end = head.find(b"\r\n", pos)
-        size = _canonical_int(head[pos + 1 : end]) if end > 0 else None
-        if size is None or size > max_bulk_len:
+        size = parse_length(head, pos + 1, end) if end > 0 else None
+        if size is None or size < 0 or size > max_bulk_len:
             return None
         start = end + 2
         if i == count - 1:
@@ -311,13 +311,6 @@ def _streamable(head: bytes, max_bulk_len: int) -> tuple[list[bytes], int] | Non
         args.append(head[start : start + size])
         pos = start + size + 2
     return None
-
-
-def _canonical_int(text: bytes) -> int | None:
-    """A length as the canonical encoding writes it (digits, no sign or leading zero)."""
-    if not text.isdigit() or (text[:1] == b"0" and len(text) > 1):
-        return None
-    return int(text)
 
 
 def _headers_in_place(cmds: list[Any], raw: bytes) -> bool:

@@ -128,7 +128,7 @@ class RequestParser:
                         if n - pos > lim.max_inline_len:
                             raise ClientProtocolError("Protocol error: too big mbulk count string")
                         return
-                    count = _parse_int(buf, pos + 1, nl)
+                    count = parse_length(buf, pos + 1, nl)
                     if count is None or count > lim.max_multibulk_len:
                         raise ClientProtocolError("Protocol error: invalid multibulk length")
                     if count <= 0:  # Redis ignores *0 and *-1
@@ -151,7 +151,7 @@ class RequestParser:
                         if n - pos > lim.max_inline_len:
                             raise ClientProtocolError("Protocol error: too big bulk count string")
                         return
-                    size = _parse_int(buf, pos + 1, nl)
+                    size = parse_length(buf, pos + 1, nl)
                     if size is None or size < 0 or size > lim.max_bulk_len:
                         raise ClientProtocolError("Protocol error: invalid bulk length")
                     end = nl + 2 + size
@@ -222,7 +222,7 @@ class UnfinishedRequest:
                 raise ClientProtocolError(
                     "Protocol error: expected '*', got " + repr(line[:1].decode("latin-1"))
                 )
-            count = _parse_int(line, 1, len(line))
+            count = parse_length(line, 1, len(line))
             if count is None or count > lim.max_multibulk_len:
                 raise ClientProtocolError("Protocol error: invalid multibulk length")
             self._want = max(count, 0)  # Redis ignores *0 and *-1
@@ -230,7 +230,7 @@ class UnfinishedRequest:
         if line[:1] != b"$":
             got = line[:1].decode("latin-1") or "\\r"
             raise ClientProtocolError(f"Protocol error: expected '$', got '{got}'")
-        size = _parse_int(line, 1, len(line))
+        size = parse_length(line, 1, len(line))
         if size is None or size < 0 or size > lim.max_bulk_len:
             raise ClientProtocolError("Protocol error: invalid bulk length")
         self._want -= 1
@@ -248,7 +248,8 @@ class UnfinishedRequest:
 _LENGTH = re.compile(rb"0|-?[1-9][0-9]{0,18}")
 
 
-def _parse_int(buf: bytes | bytearray, start: int, end: int) -> int | None:
+def parse_length(buf: bytes | bytearray, start: int, end: int) -> int | None:
+    """A multibulk or bulk length as Redis reads it (None: Redis refuses it)."""
     text = bytes(buf[start:end])
     if _LENGTH.fullmatch(text) is None:
         return None
