@@ -15,6 +15,13 @@ simulator's replay does per read: no arm wins by reading more from upstream.
 Records older than ``max_age`` seconds when the engine reaches them are still observed (the
 heuristics are cheap) but not predicted from: their prefetches would come too late. They are
 counted as shed.
+
+One engine can serve several proxies (``predis serve --workers N``: one engine for every worker, see
+``prefetch.engine_process``). Each proxy is a *peer*; its records come with their stream and db
+moved into the peer's own range (``peer_stream``, ``peer_db``), so that two workers' clients are
+two streams to the predictors, and each worker's tier has its own shadow and hints. The predictors
+see every worker's reads (what one worker's clients teach serves every worker's); the figures are
+kept per peer, so each worker's add up with the others' as its reads do.
 """
 
 from __future__ import annotations
@@ -53,6 +60,27 @@ RULES_PER_TEMPLATE = 2
 RULE_COUNTS = 16_384
 RULES_MAX = 4_096  # rules taught in all (the proxy keeps them for its life: bounded here)
 SPLIT_BUCKETS = 10_000
+# A peer's records: its streams and dbs moved into its own range (peer 0's are unchanged).
+PEER_STREAM_SHIFT = 40
+PEER_DB_SHIFT = 32
+
+
+def peer_stream(peer: int, stream: int) -> int:
+    return stream | peer << PEER_STREAM_SHIFT
+
+
+def peer_db(peer: int, db: int) -> int:
+    return db | peer << PEER_DB_SHIFT
+
+
+def peer_of_db(db: int) -> tuple[int, int]:
+    """(peer, the peer's own db) of a db in a peer's range."""
+    return db >> PEER_DB_SHIFT, db & ((1 << PEER_DB_SHIFT) - 1)
+
+
+def peer_of_stream(stream: int) -> tuple[int, int]:
+    return stream >> PEER_STREAM_SHIFT, stream & ((1 << PEER_STREAM_SHIFT) - 1)
+
 
 # One mirrored read: (stream, db, key, time it was read, whether the tier served it).
 Record = tuple[int, int, bytes, float, bool]
@@ -153,7 +181,9 @@ class Engine:
         self.cap_tokens = max(2.0, 4 * budget)
         self.tokens = [0.0] * len(specs)
         self.max_age = max_age
+        # Per peer, its arms' figures (peer 0's are ``figures``).
         self.figures = [ArmFigures() for _ in specs]
+        self.peer_figures: dict[int, list[ArmFigures]] = {0: self.figures}
         # The shape of the traffic (issue 22's drift): template popularity, window against window.
         self.drift = DriftMonitor(drift_window)
         self.silent = [isinstance(p, NoPrefetch) for p in self.predictors]  # (never asked)
@@ -197,6 +227,17 @@ class Engine:
                 # times larger would hold them all)
                 choose(full / self.shares[arm])
 
+    def figures_of(self, peer: int) -> list[ArmFigures]:
+        figures = self.peer_figures.get(peer)
+        if figures is None:
+            figures = self.peer_figures[peer] = [ArmFigures() for _ in self.names]
+        return figures
+
+    def forget(self, peer: int) -> None:
+        """A peer gone: its figures go (peer 0's are kept, zeroed)."""
+        if peer:
+            self.peer_figures.pop(peer, None)
+
     def _hold(self, arm: int, db: int, key: bytes) -> None:
         shadow = self.shadows[arm]
         item = (db, key)
@@ -225,12 +266,17 @@ class Engine:
                 try:
                     prepare(batch)
                 except Exception:  # (as predict's below: the arm prefetches nothing for the batch)
-                    self.figures[a].predict_errors += len(records)
+                    for r in records:
+                        self.figures_of(r[0] >> PEER_STREAM_SHIFT)[a].predict_errors += 1
         observe_drift = self.drift.observe
+        peer_figures = self.peer_figures
         for (stream, db, key, t, hit), name in zip(records, names, strict=True):
             observe_drift(name)
             arm = arm_of(key)
-            figures = self.figures[arm]
+            mine = peer_figures.get(stream >> PEER_STREAM_SHIFT) or self.figures_of(
+                stream >> PEER_STREAM_SHIFT
+            )
+            figures = mine[arm]
             figures.gets += 1
             if hit:
                 figures.hits += 1
@@ -255,7 +301,7 @@ class Engine:
                 try:
                     candidates = predictor.predict(CANDIDATES)
                 except Exception:  # a predictor must never stop the engine: the arm skips this read
-                    self.figures[a].predict_errors += 1
+                    mine[a].predict_errors += 1
                     continue
                 shadow = shadows[a]
                 have = tokens[a]
@@ -271,7 +317,7 @@ class Engine:
                         continue
                     self._hold(a, db, ckey)
                     out.append((db, ckey, a, t, stream))
-                    self.figures[a].prefetches += 1
+                    mine[a].prefetches += 1
                     have -= 1.0
                 tokens[a] = have
                 if self.shaped[a]:
@@ -367,13 +413,17 @@ class Engine:
         return changed
 
     def reset(self) -> None:
-        self.figures = [ArmFigures() for _ in self.figures]
+        """The experiment's figures start again, every peer's."""
+        for figures in self.peer_figures.values():
+            figures[:] = [ArmFigures() for _ in figures]
         self.drift.rebase()
 
-    def report(self) -> dict[str, Any]:
+    def report(self, peer: int = 0) -> dict[str, Any]:
+        """The arms' figures for ``peer``'s reads, with what every peer shares (each arm's
+        predictor's own figures, the drift)."""
         arms = []
         for name, spec, figures, predictor in zip(
-            self.names, self.specs, self.figures, self.predictors, strict=True
+            self.names, self.specs, self.figures_of(peer), self.predictors, strict=True
         ):
             arm: dict[str, Any] = {"name": name, "spec": spec, **figures.as_dict()}
             own = getattr(predictor, "figures", None)

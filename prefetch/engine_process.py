@@ -1,6 +1,10 @@
 """The prediction engine's process: ``python -m prefetch.engine_process --fd N --config JSON``.
 
-Started by the proxy (``proxy.prediction``) with one end of a socket pair as ``--fd``. Messages
+Started by the proxy (``proxy.prediction``) with one end of a socket pair as ``--fd``; or, for
+``predis serve --workers N``, by the supervisor (``proxy.workers``) with a listening Unix socket as
+``--listen-fd``, which every worker connects to: one engine for all the workers, each a peer
+(``prefetch.engine``), until SIGTERM. The socket is the supervisor's, so workers reach a restarted
+engine at the same place. Messages
 both ways are frames: a 4-byte big-endian length, then a pickled tuple. In: ``("reads",
 (batch time, [(stream, db, keys, hit), ...]))``, ``("reset", None)`` (the experiment's figures start again), ``("resize", ([entries per arm], [entries each arm's part holds when full]))`` (the
 live tier's, which the engine's shadows of it follow). Out: ``("ready", report)`` once the arms' predictors are built, ``("error", line)``
@@ -9,7 +13,8 @@ what the arms name after a key with some confidence changed (empty: nothing now)
 [(arm, template, template named after it with the same numbers), ...])`` when a shape-aware arm
 (the model) has taught one, ``("prefetch", [(db, key, arm, read time, read stream), ...])``
 after each batch that asks for any, ``("report", report)`` at most every ``REPORT_EVERY`` seconds. It exits when the
-proxy closes its end. Only the proxy writes to the socket's other end, so pickle carries nothing
+proxy closes its end; ``("reset", None)`` also goes to every peer when one asks for it (the
+experiment's figures start again in every worker). Only the proxy writes to the socket's other end, so pickle carries nothing
 that another party made.
 
 With ``access_log`` in the config (``accesslog.recorder.AccessRecorder``'s arguments), every read
@@ -20,18 +25,22 @@ recorder's figures.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import pickle
+import selectors
+import signal
 import socket
 import struct
 import sys
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from accesslog.recorder import AccessRecorder
 from common.errors import ConfigError
-from prefetch.engine import Engine, Record
+from prefetch.engine import Engine, Prefetch, Record, peer_db, peer_of_db, peer_of_stream, peer_stream
 
 REPORT_EVERY = 0.2
 _LEN = struct.Struct(">I")
@@ -91,93 +100,271 @@ def drain(sock: socket.socket, limit: int = 8 << 20) -> bytes:
 
 
 RECORD_EVERY = 1.0  # seconds between the access recorder's writes
+OUT_LIMIT = 64 << 20  # bytes waiting for a peer past which it is dropped (it stopped reading)
 
 
-def serve(sock: socket.socket, engine: Engine, recorder: AccessRecorder | None = None) -> None:
-    """Answer batches until the proxy closes the socket; with a recorder, record every read that
-    comes (before any is shed from prediction) and write them every ``RECORD_EVERY`` seconds."""
+class Peer:
+    """A proxy the engine serves: its socket, what it sent that is not yet a whole frame, what
+    waits to be sent to it, and the tier sizes it last told."""
+
+    def __init__(self, index: int, sock: socket.socket) -> None:
+        self.index = index
+        self.sock = sock
+        self.frames = Frames()
+        self.out = bytearray()
+        self.sizes: tuple[list[int], list[float]] | None = None
+        self.changed = True  # (its next report is due)
+
+
+def serve(
+    sock: socket.socket | None,
+    engine: Engine,
+    recorder: AccessRecorder | None = None,
+    listener: socket.socket | None = None,
+) -> None:
+    """Answer batches; with a recorder, record every read that comes (before any is shed from
+    prediction) and write them every ``RECORD_EVERY`` seconds. ``sock``: the one proxy this engine
+    serves, until it closes its end. ``listener``: a listening socket every proxy of a ``--workers``
+    set connects to; served until SIGTERM or until the process that started it is gone."""
     try:
-        _serve(sock, engine, recorder)
+        Hub(engine, recorder, listener).run(sock)
     finally:
         if recorder is not None:
             recorder.close()
 
 
-def _report(engine: Engine, recorder: AccessRecorder | None) -> dict[str, Any]:
-    report = engine.report()
-    if recorder is not None:
-        report["access_log"] = recorder.figures()
-    return report
+class Hub:
+    """The engine's side of its sockets: one or more peers (``prefetch.engine``'s), each a proxy.
+    Their reads are stepped together; each prefetch and hint goes to the peer whose read it
+    followed, a template rule to every peer, a report to each peer with its own arms' figures."""
 
+    def __init__(
+        self, engine: Engine, recorder: AccessRecorder | None, listener: socket.socket | None
+    ) -> None:
+        self.engine = engine
+        self.recorder = recorder
+        self.listener = listener
+        self.selector = selectors.DefaultSelector()
+        self.peers: dict[int, Peer] = {}
+        self.ids = itertools.count()
+        self.rules: list[tuple[int, str, str]] = []  # every rule taught (a peer that comes later gets them)
+        self.parent = os.getppid()
 
-def _serve(sock: socket.socket, engine: Engine, recorder: AccessRecorder | None) -> None:
-    sock.sendall(frame(("ready", _report(engine, recorder))))
-    # The proxy's batch times are its monotonic clock (the same clock here); the log's are epoch.
-    to_epoch = time.time() - time.monotonic()
-    last_write = time.monotonic()
-    sock.settimeout(REPORT_EVERY)  # (an idle engine still reports what changed)
-    frames = Frames()
-    last_report = time.monotonic()
-    changed = False
-    while True:
-        out: list[Any] = []
-        try:
-            data = sock.recv(1 << 20)
-        except TimeoutError:
-            data = None
-        if data == b"":
+    def report(self, peer: int) -> dict[str, Any]:
+        report = self.engine.report(peer)
+        report["pid"] = os.getpid()
+        report["peers"] = len(self.peers)
+        if self.recorder is not None:
+            report["access_log"] = self.recorder.figures()
+        return report
+
+    def add(self, sock: socket.socket) -> Peer:
+        peer = Peer(next(self.ids), sock)
+        self.peers[peer.index] = peer
+        sock.setblocking(False)
+        self.selector.register(sock, selectors.EVENT_READ, peer)
+        self.send(peer, frame(("ready", self.report(peer.index))))
+        if self.rules:
+            self.send(peer, frame(("rules", self.rules)))
+        return peer
+
+    def drop(self, peer: Peer) -> None:
+        if self.peers.pop(peer.index, None) is None:
             return
-        if data:
-            data += drain(sock)
-        # The batches that arrived while the last step ran are stepped together: a model's step
-        # costs about as much for one read as for dozens, so an engine that fell behind catches
-        # up in one larger step instead of many small ones.
-        pending: list[Record] = []
-        for kind, payload in frames.feed(data or b""):
-            changed = True
-            if kind == "reads":
-                pending += expand(*payload)
-                if recorder is not None:
-                    recorder.add(payload[0] + to_epoch, payload[1])
-                    if len(recorder.keys) >= recorder.buffer_rows // 2:
-                        recorder.flush()  # (under heavy reads, before the buffer fills)
-                continue
+        self.selector.unregister(peer.sock)
+        peer.sock.close()
+        self.engine.forget(peer.index)
+        self._resize()
+
+    def send(self, peer: Peer, data: bytes) -> None:
+        if peer.out:
+            peer.out += data
+        else:
+            try:
+                sent = peer.sock.send(data)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError:
+                self.drop(peer)
+                return
+            if sent < len(data):
+                peer.out += data[sent:]
+                self.selector.modify(peer.sock, selectors.EVENT_READ | selectors.EVENT_WRITE, peer)
+        if len(peer.out) > OUT_LIMIT:
+            self.drop(peer)  # (it stopped reading: it reconnects, or its proxy is gone)
+
+    def _write(self, peer: Peer) -> None:
+        try:
+            sent = peer.sock.send(peer.out)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self.drop(peer)
+            return
+        del peer.out[:sent]
+        if not peer.out:
+            self.selector.modify(peer.sock, selectors.EVENT_READ, peer)
+
+    def _resize(self) -> None:
+        """The shadows follow every peer's tier: the entries each arm's part holds summed over the
+        peers (each peer's keys are its own in them), and the entries a part holds when full as a
+        peer's does on average (the cache size the model's gate is chosen for)."""
+        told = [peer.sizes for peer in self.peers.values() if peer.sizes is not None]
+        if not told:
+            return
+        arms = len(self.engine.names)
+        entries = [sum(int(t[0][a]) for t in told if a < len(t[0])) for a in range(arms)]
+        full = [sum(float(t[1][a]) for t in told if a < len(t[1])) / len(told) for a in range(arms)]
+        self.engine.resize(entries, full)
+
+    def run(self, sock: socket.socket | None) -> None:
+        engine, recorder, selector = self.engine, self.recorder, self.selector
+        if self.listener is not None:
+            self.listener.setblocking(False)
+            selector.register(self.listener, selectors.EVENT_READ, None)
+        if sock is not None:
+            self.add(sock)
+        # The proxy's batch times are its monotonic clock (the same clock here); the log's are epoch.
+        to_epoch = time.time() - time.monotonic()
+        last_write = time.monotonic()
+        last_report = time.monotonic()
+        while True:
+            if self.listener is None and not self.peers:
+                return  # (the one proxy closed its end)
+            if self.listener is not None and os.getppid() != self.parent:
+                return  # (the supervisor is gone)
+            out: list[Prefetch] = []
+            # The batches that arrived while the last step ran are stepped together: a model's
+            # step costs about as much for one read as for dozens, so an engine that fell behind
+            # catches up in one larger step instead of many small ones.
+            pending: list[Record] = []
+            for key, mask in selector.select(REPORT_EVERY):  # (an idle engine still reports)
+                peer = key.data
+                if peer is None:
+                    self._accept()
+                    continue
+                if mask & selectors.EVENT_WRITE:
+                    self._write(peer)
+                if mask & selectors.EVENT_READ and peer.index in self.peers:
+                    data = self._read(peer)
+                    if data is None:
+                        self.drop(peer)
+                        continue
+                    for kind, payload in peer.frames.feed(data):
+                        peer.changed = True
+                        if kind == "reads":
+                            t, reads = payload
+                            if peer.index:  # (its clients are streams of their own in the log too)
+                                p = peer.index
+                                reads = [(peer_stream(p, st), db, k, h) for st, db, k, h in reads]
+                            if recorder is not None:
+                                recorder.add(t + to_epoch, reads)
+                                if len(recorder.keys) >= recorder.buffer_rows // 2:
+                                    recorder.flush()  # (under heavy reads, before the buffer fills)
+                            if peer.index:
+                                reads = [(st, peer_db(p, db), k, h) for st, db, k, h in reads]
+                            pending += expand(t, reads)
+                            continue
+                        if pending:
+                            out += engine.step(pending, time.monotonic())
+                            pending = []
+                        if kind == "reset":
+                            engine.reset()
+                            for other in list(self.peers.values()):  # (the experiment's, in every worker)
+                                other.changed = True
+                                self.send(other, frame(("reset", None)))
+                        elif kind == "resize":
+                            peer.sizes = payload
+                            self._resize()
             if pending:
                 out += engine.step(pending, time.monotonic())
-                pending = []
-            if kind == "reset":
-                engine.reset()
-            elif kind == "resize":
-                engine.resize(*payload)
-        if pending:
-            out += engine.step(pending, time.monotonic())
-        if engine.tick():
-            changed = True
-        now = time.monotonic()
-        if recorder is not None and now - last_write >= RECORD_EVERY:
-            if recorder.keys:
-                recorder.flush()
-                changed = True  # (its figures moved: the next report carries them)
-            else:
+            changed = engine.tick()
+            now = time.monotonic()
+            if recorder is not None and now - last_write >= RECORD_EVERY:
+                changed |= bool(recorder.keys)  # (its figures moved: the next report carries them)
                 recorder.flush()  # (a file past its age is closed even when nothing waits)
-            last_write = now
-        message = b""
+                last_write = now
+            if changed:
+                for peer in self.peers.values():
+                    peer.changed = True
+            self._answer(out, now - last_report >= REPORT_EVERY)
+            if now - last_report >= REPORT_EVERY:
+                last_report = now
+
+    def _accept(self) -> None:
+        assert self.listener is not None
+        try:
+            sock, _ = self.listener.accept()
+        except (BlockingIOError, InterruptedError):
+            return
+        self.add(sock)
+
+    def _read(self, peer: Peer) -> bytes | None:
+        """What the peer sent (b"" when nothing now), None when it closed its end."""
+        try:
+            data = peer.sock.recv(1 << 20)
+        except (BlockingIOError, InterruptedError):
+            return b""
+        except OSError:
+            return None
+        if not data:
+            return None
+        return data + drain(peer.sock)
+
+    def _answer(self, out: list[Prefetch], report_due: bool) -> None:
+        """Each peer's messages of this round, in one write: the rules (every peer's), its hints
+        (before the prefetches: its table is current when they come), its prefetches, its report."""
+        engine = self.engine
         rules = engine.take_rules()
-        if rules:
-            message += frame(("rules", rules))
-        hints = engine.take_hints()
-        if hints:  # (before the prefetches: the proxy's table is current when they come)
-            message += frame(("hints", hints))
-        if out:
-            message += frame(("prefetch", out))
-        if changed and now - last_report >= REPORT_EVERY:
-            message += frame(("report", _report(engine, recorder)))
-            last_report = now
-            changed = False
-        if message:
-            sock.settimeout(None)
-            sock.sendall(message)
-            sock.settimeout(REPORT_EVERY)
+        self.rules += rules
+        hints: dict[int, list[Any]] = {}
+        for db, key, named in engine.take_hints():
+            index, own = peer_of_db(db)
+            hints.setdefault(index, []).append((own, key, named))
+        prefetches: dict[int, list[Any]] = {}
+        for db, key, arm, t, stream in out:
+            index, own = peer_of_db(db)
+            prefetches.setdefault(index, []).append((own, key, arm, t, peer_of_stream(stream)[1]))
+        for peer in list(self.peers.values()):
+            message = b""
+            if rules:
+                message += frame(("rules", rules))
+            if peer.index in hints:
+                message += frame(("hints", hints[peer.index]))
+            if peer.index in prefetches:
+                message += frame(("prefetch", prefetches[peer.index]))
+            if report_due and peer.changed:
+                message += frame(("report", self.report(peer.index)))
+                peer.changed = False
+            if message:
+                self.send(peer, message)
+
+
+def config_json(
+    arms: Sequence[tuple[str, str]],
+    shares: Sequence[float],
+    seed: int,
+    budget: float,
+    max_age: float,
+    priority: str,
+    device: str,
+    access_log: dict[str, Any] | None,
+    drift_window: int,
+) -> str:
+    """The engine process's ``--config`` (``prefetch.engine_process``)."""
+    return json.dumps(
+        {
+            "arms": list(arms),
+            "shares": list(shares),
+            "seed": seed,
+            "budget": budget,
+            "max_age": max_age,
+            "priority": priority,
+            "device": device,
+            "access_log": access_log,
+            "drift_window": drift_window,
+        }
+    )
 
 
 def set_priority(priority: str) -> None:
@@ -195,10 +382,16 @@ def set_priority(priority: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m prefetch.engine_process")
-    parser.add_argument("--fd", type=int, required=True)
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--fd", type=int, help="a connected socket: the one proxy served")
+    where.add_argument("--listen-fd", type=int, help="a listening Unix socket: every worker connects")
     parser.add_argument("--config", required=True, help="JSON: arms, shares, seed, budget, max_age")
     args = parser.parse_args(argv)
-    sock = socket.socket(fileno=args.fd)
+    sock = socket.socket(fileno=args.fd) if args.fd is not None else None
+    listener = socket.socket(fileno=args.listen_fd) if args.listen_fd is not None else None
+    if listener is not None:
+        # (SIGTERM from the supervisor: the recorder writes what waits and closes its file)
+        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
     config = json.loads(args.config)
     set_priority(config.get("priority", "low"))
     try:
@@ -213,10 +406,14 @@ def main(argv: list[str] | None = None) -> int:
         )
         recorder = AccessRecorder(**config["access_log"]) if config.get("access_log") else None
     except (ConfigError, ValueError, OSError) as exc:
-        sock.sendall(frame(("error", str(exc).splitlines()[0] if str(exc) else type(exc).__name__)))
+        line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if sock is not None:
+            sock.sendall(frame(("error", line)))
+        else:
+            print(f"prediction engine: {line}", file=sys.stderr)
         return 2
     try:
-        serve(sock, engine, recorder)
+        serve(sock, engine, recorder, listener)
     except (BrokenPipeError, ConnectionResetError):
         pass
     return 0

@@ -259,6 +259,10 @@ def serve(args: argparse.Namespace) -> int:
             from proxy.workers import WorkerFigures
 
             server.stats.peers = WorkerFigures(args.worker_dir, args.worker_index)
+            if server.prediction is not None:
+                from proxy.workers import engine_address
+
+                server.prediction.engine_address = engine_address(args.worker_dir)
             if server.tier is not None:
                 from proxy.workers import shared_epochs
 

@@ -165,8 +165,8 @@ class Settings:
             raise ConfigError("cluster_replica_reads needs a redis-cluster:// upstream")
         if self.workers < 1:
             raise ConfigError(f"workers must be at least 1, got {self.workers}")
-        if self.workers > 1 and (self.admin or self.run_dir or self.access_log_dir):
-            raise ConfigError("admin, run_dir and access_log_dir do not work with workers > 1 yet")
+        if self.workers > 1 and (self.admin or self.run_dir):
+            raise ConfigError("admin and run_dir do not work with workers > 1 yet")
         if self.upstream_pool < 0:
             raise ConfigError(
                 f"upstream_pool must be 0 (a connection per client) or more, got {self.upstream_pool}"
@@ -262,6 +262,26 @@ class Settings:
             "max_bytes": self.access_log_max_bytes,
             "salt": self.access_log_salt,
         }
+
+    def engine_config(self) -> str:
+        """The prediction engine's ``--config`` (``prefetch.engine_process``) for these settings:
+        what a proxy's own engine gets, and the one the supervisor of ``--workers`` starts for all."""
+        from prefetch.engine import parse_shares
+        from prefetch.engine_process import config_json
+
+        arms = self.prediction_arms()
+        shares = parse_shares(self.ab_shares, len(arms)) if self.ab else [1.0 / len(arms)] * len(arms)
+        return config_json(
+            arms,
+            shares,
+            self.ab_seed,
+            self.prefetch_budget,
+            self.prefetch_max_age,
+            self.prefetch_engine_priority,
+            self.prefetch_device,
+            self.access_log(),
+            self.drift_window,
+        )
 
     def prediction_arms(self) -> list[tuple[str, str]]:
         """The arms live prefetching runs: the A/B experiment's, else the one ``prefetch`` arm

@@ -70,6 +70,8 @@ GAUGES = {
     "prefetch_access_log_waiting": "Recorded reads waiting for the access log's next write.",
     "prefetch_access_log_files": "Closed access-log files in the recording directory.",
     "prefetch_access_log_bytes": "Bytes of the closed access-log files.",
+    "prefetch_engine_pid": "The prediction engine's process id (with workers, the one they share).",
+    "workers": "Worker processes whose figures these are (predis serve --workers).",
 }
 # Figures an A/B arm reports that go up and down; its other numbers count.
 ARM_GAUGES = {

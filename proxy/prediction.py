@@ -21,7 +21,6 @@ bounds all of them. Nothing here ever waits for the engine:
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import socket
 import subprocess
@@ -39,7 +38,7 @@ from common.keyshape import fill_bytes, shape_of
 from prefetch.abtest import SequentialTest
 from prefetch.abtest import report as ab_report
 from prefetch.engine import ArmSplit
-from prefetch.engine_process import Frames, frame
+from prefetch.engine_process import Frames, config_json, frame
 from prefetch.tier import HotTier
 from proxy.upstream import UpstreamOpener
 
@@ -100,19 +99,12 @@ class LivePrefetcher:
         self.arms = list(arms)
         self.shares = list(shares) if shares else [1.0 / len(arms)] * len(arms)
         self.seed = seed
-        self.config = json.dumps(
-            {
-                "arms": self.arms,
-                "shares": self.shares,
-                "seed": seed,
-                "budget": budget,
-                "max_age": max_age,
-                "priority": priority,
-                "device": device,
-                "access_log": access_log,
-                "drift_window": drift_window,
-            }
+        self.config = config_json(
+            self.arms, self.shares, seed, budget, max_age, priority, device, access_log, drift_window
         )
+        # With --workers: the Unix socket of the engine every worker shares (the supervisor's);
+        # None: this proxy starts an engine of its own.
+        self.engine_address: str | None = None
         self.tier = tier
         self.filler = filler
         self.identity = opener.identity()
@@ -249,6 +241,8 @@ class LivePrefetcher:
             self._rules(payload)
         elif kind == "report":
             self.engine_report = payload
+        elif kind == "reset":  # (a shared engine's: a worker's PREDIS AB RESET, for every worker)
+            self._reset_figures()
         elif kind == "ready":
             self.ready = True
             self.backoff = BACKOFF_FIRST
@@ -365,10 +359,23 @@ class LivePrefetcher:
 
     async def start(self) -> None:
         self.loop = asyncio.get_running_loop()
-        await self._spawn()
+        try:
+            await self._spawn()
+        except OSError as exc:
+            self._retry(exc)
         self.watchdog = self.loop.create_task(self._watch())
 
     async def _spawn(self) -> None:
+        assert self.loop is not None
+        if self.engine_address is not None:  # the shared engine: connect to it
+            self.ready = False
+            self.last_heard = _mono()
+            _, proto = await self.loop.create_unix_connection(
+                lambda: EngineProtocol(self), path=self.engine_address
+            )
+            self.starts += 1
+            self.proto = proto
+            return
         ours, theirs = socket.socketpair()
         try:
             env = dict(os.environ)
@@ -406,8 +413,18 @@ class LivePrefetcher:
         log.warning("prediction engine gone; prefetching paused until it is back", backoff=self.backoff)
         self._reap()
         assert self.loop is not None
+        self._later()
+
+    def _later(self) -> None:
+        """Start (or reach) the engine again after the backoff, which doubles each time."""
+        assert self.loop is not None
         self.loop.call_later(self.backoff, lambda: self.loop.create_task(self._respawn()))  # type: ignore[union-attr]
         self.backoff = min(BACKOFF_MAX, self.backoff * 2)
+
+    def _retry(self, exc: OSError) -> None:
+        what = "reach the shared" if self.engine_address is not None else "start the"
+        log.error(f"cannot {what} prediction engine; trying again", error=str(exc), backoff=self.backoff)
+        self._later()
 
     async def _respawn(self) -> None:
         if self.closed or self.proto is not None:
@@ -415,7 +432,7 @@ class LivePrefetcher:
         try:
             await self._spawn()
         except OSError as exc:
-            log.error("cannot start the prediction engine", error=str(exc))
+            self._retry(exc)
 
     async def _watch(self) -> None:
         """Tell the engine how many entries each arm's part of the tier holds (its shadows of
@@ -424,7 +441,7 @@ class LivePrefetcher:
         told: list[int] = []
         while not self.closed:
             await asyncio.sleep(min(0.5, self.stall_after / 2))
-            if self.proc is None or self.proto is None:
+            if self.proto is None or (self.proc is None and self.engine_address is None):
                 told = []
                 continue
             entries = list(self.tier.part_entries)
@@ -448,7 +465,12 @@ class LivePrefetcher:
                 log.warning(
                     "prediction engine stalled; restarting it", seconds=round(now - self.last_heard, 2)
                 )
-                self.proc.kill()
+                if self.proc is not None:
+                    self.proc.kill()
+                elif transport is not None:
+                    # (a shared engine is the supervisor's to restart: this worker leaves it and
+                    # comes back, shedding its reads meanwhile)
+                    transport.abort()
 
     def _reap(self) -> None:
         proc, self.proc = self.proc, None
@@ -490,6 +512,8 @@ class LivePrefetcher:
             "prefetch_hinted": sum(self.hinted),
             "prefetch_rules": sum(map(len, self.rules.values())),
             "prefetch_ruled": self.ruled,
+            # (with --workers, the one engine's: every worker names the same)
+            "engine_pid": int(self.engine_report.get("pid", 0)),
         }
         for reason, count in self.fallbacks.items():
             out[f"fallback_{reason}"] = count
@@ -499,7 +523,14 @@ class LivePrefetcher:
         return out
 
     def reset_ab(self) -> None:
-        """Start the experiment's figures again (PREDIS AB RESET)."""
+        """Start the experiment's figures again (PREDIS AB RESET); the engine's too (a shared
+        engine tells every worker to start theirs again)."""
+        self._reset_figures()
+        transport = self.proto.transport if self.proto is not None else None
+        if transport is not None and not transport.is_closing():
+            transport.write(frame(("reset", None)))
+
+    def _reset_figures(self) -> None:
         self.sequential.reset()
         n = len(self.arms)
         self.late, self.hinted, self.over_budget, self.fetched = [0] * n, [0] * n, [0] * n, [0] * n
@@ -508,11 +539,11 @@ class LivePrefetcher:
             self.fills_base = list(self.tier.part_prefetch_fills)
             self.prefetched_hits_base = list(self.tier.part_prefetched_hits)
         self.engine_report = {
-            "arms": [{**arm, "gets": 0, "hits": 0, "misses": 0} for arm in self.engine_report.get("arms", [])]
+            **self.engine_report,
+            "arms": [
+                {**arm, "gets": 0, "hits": 0, "misses": 0} for arm in self.engine_report.get("arms", [])
+            ],
         }
-        transport = self.proto.transport if self.proto is not None else None
-        if transport is not None and not transport.is_closing():
-            transport.write(frame(("reset", None)))
 
     def arm_figures(self) -> list[dict[str, Any]]:
         """Per arm: the engine's figures (GETs, hits, misses, prefetches asked, shed, predictor
@@ -536,6 +567,7 @@ class LivePrefetcher:
                     "late": self.late[i],
                     "hinted": self.hinted[i],
                     "over_budget": self.over_budget[i],
+                    "fetched": self.fetched[i],
                     # Upstream reads per GET: its misses' and those read ahead (no arm wins by more).
                     "upstream_per_get": round(upstream / gets, 4) if gets else None,
                     "prediction_p50_us": self.latency[i].percentile(50),
@@ -544,16 +576,17 @@ class LivePrefetcher:
             )
         return out
 
-    def ab(self) -> dict[str, Any]:
-        """The A/B report over the arms' latest figures, and the split (so that a client can tell
-        which arm a key is in: ``predis replay`` measures each arm's GET latency so)."""
+    def ab(self, arms: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+        """The A/B report over the arms' latest figures (this proxy's, or ``arms``: every worker's,
+        ``proxy.workers.merge_arms``), and the split (so that a client can tell which arm a key is
+        in: ``predis replay`` measures each arm's GET latency so)."""
         rules = [
             {"arm": self.arms[arm][0], "from": source.decode(), "to": target.decode()}
             for source, targets in self.rules.items()
             for arm, target in targets
         ]
         return {
-            **ab_report(self.arm_figures(), self.sequential),
+            **ab_report(self.arm_figures() if arms is None else arms, self.sequential),
             "split": {"shares": self.shares, "seed": self.seed},
             "rules": rules,  # the template rules the arms' models taught (see _apply_rules)
         }

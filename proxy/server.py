@@ -263,7 +263,10 @@ class ProxyServer:
                 name: hist
                 for (name, _), hist in zip(self.prediction.arms, self.prediction.latency, strict=True)
             }
-        return Figures(self.stats.snapshot(), self.stats.ab_report(), histograms, arm_latency, self.alerts)
+        # (with --workers, the whole proxy's figures, as PREDIS STATS gives them)
+        return Figures(
+            self.stats.client_figures(), self.stats.ab_report(), histograms, arm_latency, self.alerts
+        )
 
     def health(self) -> dict[str, Any]:
         """``/healthz``: the upstream's status, and the tier's and the engine's."""
@@ -286,7 +289,7 @@ class ProxyServer:
 
         while True:
             try:
-                self.stats.peers.publish(self.stats.snapshot())
+                self.stats.peers.publish(self.stats.published())
             except OSError as exc:
                 log.warning("cannot write this worker's figures", error=str(exc))
             await asyncio.sleep(PUBLISH_EVERY)

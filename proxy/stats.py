@@ -46,14 +46,14 @@ class Stats:
             return self.snapshot()
         from proxy.workers import merge_figures
 
-        return merge_figures(self.peers.everyone(self.snapshot()))
+        return merge_figures(self.peers.everyone(self.published()))
 
     def workers_json(self) -> bytes:
         """Each worker's figures (a list of one without workers), and which worker answered."""
         if self.peers is None:
             report = {"answered_by": 0, "workers": [self.snapshot()]}
         else:
-            report = {"answered_by": self.peers.index, "workers": self.peers.everyone(self.snapshot())}
+            report = {"answered_by": self.peers.index, "workers": self.peers.everyone(self.published())}
         return json.dumps(report, sort_keys=True).encode()
 
     def snapshot(self) -> dict[str, Any]:
@@ -95,8 +95,25 @@ class Stats:
             lines.append(f"{key}:{value}")
         return ("\r\n".join(lines) + "\r\n").encode()
 
+    def published(self) -> dict[str, Any]:
+        """What a worker of ``--workers`` writes for the others: its snapshot, and its A/B arms'
+        figures (``ab_arms``) for every worker's A/B report."""
+        figures = self.snapshot()
+        if self.ab is not None:
+            figures["ab_arms"] = self.ab.arm_figures()
+        return figures
+
     def ab_report(self) -> dict[str, Any] | None:
-        return self.ab.ab() if self.ab is not None else None
+        """The A/B report: with workers, over every worker's arms (their figures add up: each
+        splits keys by the same seeded hash, and the one engine counts each worker's reads apart)."""
+        if self.ab is None:
+            return None
+        if self.peers is None:
+            return self.ab.ab()  # type: ignore[no-any-return]
+        from proxy.workers import merge_arms
+
+        everyone = self.peers.everyone(self.published())
+        return self.ab.ab(merge_arms([w.get("ab_arms") for w in everyone]))  # type: ignore[no-any-return]
 
     def model_report(self) -> list[dict[str, Any]]:
         """Each model arm (``ml:...``): its spec and its model's figures from the engine (version,

@@ -1,7 +1,7 @@
 """``predis serve --workers N``: N proxy processes on one listening port, under a supervisor.
 
-Each worker is a whole proxy (its own event loop, tier, filler, tracking connection and, with live
-prefetching, engine) that opens the port with SO_REUSEPORT, so the kernel spreads new client
+Each worker is a whole proxy (its own event loop, tier, filler and tracking connection) that opens
+the port with SO_REUSEPORT, so the kernel spreads new client
 connections over them. The tier stays coherent across workers the way it does across proxies:
 every worker's tracking connection hears of every write to a key it read, through whichever
 worker (or client) the write came.
@@ -9,6 +9,14 @@ worker (or client) the write came.
 The supervisor starts an embedded Redis if no upstream is given (one for all workers), picks the
 port if asked for port 0, starts the workers with the same flags, restarts one that dies (after a
 pause if it dies young), and on SIGTERM or SIGINT stops them all.
+
+Live prefetching: one prediction engine serves every worker (``prefetch.engine_process
+--listen-fd``). The supervisor starts it on a Unix socket of its own (``engine.sock`` in the
+workers' directory), which every worker connects to, and restarts it when it dies; the socket stays
+the supervisor's, so the workers reach the new engine where they reached the old. The engine's
+predictors learn from every worker's reads (a sequence one worker's clients teach is prefetched for
+every worker's), its batches are larger (one model step for all), and each worker's arms' figures
+are counted apart, so that they add up over the workers as their reads do.
 
 Statistics: each worker writes its figures to a file in a directory the supervisor made, twice a
 second; ``PREDIS STATS`` (and INFO's ``# Predis`` section, ``predis stats``) in any worker sums
@@ -43,7 +51,11 @@ GIVE_UP = 5  # ...and after this many such deaths in a row the supervisor stops,
 # Figures that are not counts: the whole proxy's is the largest worker's (a percentile, an age,
 # a size), or a ratio recomputed from the counts where they are there.
 _NOT_SUMMED_SUFFIXES = ("_p50_us", "_p90_us", "_p99_us", "_p999_us", "_ratio", "_size")
-_NOT_SUMMED = frozenset({"uptime_in_seconds", "hot_tier_active", "worker_index", "worker_pid"})
+_NOT_SUMMED = frozenset(
+    {"uptime_in_seconds", "hot_tier_active", "worker_index", "worker_pid", "prefetch_engine_pid"}
+)
+# ...and the one engine's figures, which every worker repeats (its drift, its access log).
+_NOT_SUMMED_PREFIXES = ("prefetch_drift_", "prefetch_access_log_")
 
 
 def merge_figures(figures: list[dict[str, Any]]) -> dict[str, Any]:
@@ -58,7 +70,7 @@ def merge_figures(figures: list[dict[str, Any]]) -> dict[str, Any]:
         numbers = [v for v in values if isinstance(v, int | float) and not isinstance(v, bool)]
         if len(numbers) != len(values):
             out[key] = value
-        elif key in _NOT_SUMMED or key.endswith(_NOT_SUMMED_SUFFIXES):
+        elif key in _NOT_SUMMED or key.endswith(_NOT_SUMMED_SUFFIXES) or key.startswith(_NOT_SUMMED_PREFIXES):
             out[key] = max(numbers)
         else:
             out[key] = sum(numbers)
@@ -68,7 +80,41 @@ def merge_figures(figures: list[dict[str, Any]]) -> dict[str, Any]:
     out["workers"] = len(figures)
     out.pop("worker_index", None)
     out.pop("worker_pid", None)
+    out.pop("ab_arms", None)  # (merge_arms')
     return out
+
+
+# An arm's figures that are not counts (proxy.prediction.LivePrefetcher.arm_figures): recomputed
+# from the summed counts, or the largest worker's (the latency percentiles), or the first's.
+_ARM_RATIOS = ("precision", "upstream_per_get", "hit_ratio")
+
+
+def merge_arms(workers: list[list[dict[str, Any]] | None]) -> list[dict[str, Any]]:
+    """The A/B arms' figures of the whole proxy from each worker's (``ab_arms`` in its figures):
+    counts summed (GETs, hits, misses, prefetches, fills, their hits...), precision and upstream
+    reads per GET recomputed from them, prediction latency percentiles the largest worker's."""
+    arms: list[dict[str, Any]] = []
+    for worker in workers:
+        for i, arm in enumerate(worker or []):
+            if i == len(arms):
+                arms.append(dict(arm))
+                continue
+            merged = arms[i]
+            for key, value in arm.items():
+                have = merged.get(key)
+                if key.endswith(("_p50_us", "_p99_us")):
+                    numbers = [v for v in (have, value) if isinstance(v, int | float)]
+                    merged[key] = max(numbers) if numbers else None
+                elif (
+                    isinstance(value, int | float) and not isinstance(value, bool) and key not in _ARM_RATIOS
+                ):
+                    merged[key] = (have if isinstance(have, int | float) else 0) + value
+    for arm in arms:
+        fills, hits, gets = arm.get("prefetch_fills"), arm.get("prefetched_hits"), int(arm.get("gets", 0))
+        arm["precision"] = round(hits / fills, 4) if fills and hits is not None else None
+        upstream = int(arm.get("misses", 0)) + int(arm.get("fetched", 0))
+        arm["upstream_per_get"] = round(upstream / gets, 4) if gets else None
+    return arms
 
 
 def shared_epochs(directory: str) -> Any:
@@ -147,6 +193,7 @@ def supervise(settings: Settings, argv: list[str]) -> int:
         cmd = [*base, "--worker-index", str(index), "--worker-dir", directory]
         return subprocess.Popen(cmd), time.monotonic()
 
+    engine = SharedEngine(settings, directory) if settings.prediction_arms() else None
     procs = [spawn(i) for i in range(settings.workers)]
     log.info("workers started", workers=settings.workers, port=port, pids=[p.pid for p, _ in procs])
     restarts = 0
@@ -155,6 +202,8 @@ def supervise(settings: Settings, argv: list[str]) -> int:
     try:
         while not stopping:
             time.sleep(0.1)
+            if engine is not None:
+                engine.check()
             for index, (proc, started) in enumerate(procs):
                 code = proc.poll()
                 if code is None or stopping:
@@ -181,6 +230,8 @@ def supervise(settings: Settings, argv: list[str]) -> int:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+        if engine is not None:
+            engine.close()
         shutil.rmtree(directory, ignore_errors=True)
         if embedded is not None:
             embedded.close()
@@ -192,6 +243,74 @@ def supervise(settings: Settings, argv: list[str]) -> int:
             "predis serve --workers: the workers keep dying as they start (their errors are above)"
         )
     return 0
+
+
+ENGINE_SOCKET = "engine.sock"  # in the workers' directory
+
+
+class SharedEngine:
+    """The one prediction engine of every worker: its process, started again when it dies (after
+    a pause that doubles while it keeps dying young), on a listening socket the supervisor holds."""
+
+    def __init__(self, settings: Settings, directory: str) -> None:
+        import socket
+
+        self.config = settings.engine_config()
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.listener.bind(str(Path(directory) / ENGINE_SOCKET))
+        self.listener.listen(128)
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.started = 0.0
+        self.pause = YOUNG
+        self.next_start = 0.0
+        self.restarts = 0
+        self.start()
+
+    def start(self) -> None:
+        fd = self.listener.fileno()
+        cmd = [
+            sys.executable,
+            "-m",
+            "prefetch.engine_process",
+            "--listen-fd",
+            str(fd),
+            "--config",
+            self.config,
+        ]
+        self.proc = subprocess.Popen(cmd, pass_fds=(fd,))
+        self.started = time.monotonic()
+        log.info("prediction engine started for every worker", pid=self.proc.pid)
+
+    def check(self) -> None:
+        """Start the engine again if it died (its workers shed their reads meanwhile)."""
+        now = time.monotonic()
+        if self.proc is not None:
+            code = self.proc.poll()
+            if code is None:
+                return
+            young = now - self.started < YOUNG
+            self.pause = min(30.0, self.pause * 2) if young else YOUNG
+            self.next_start = now + (self.pause if young else 0.0)
+            log.warning("prediction engine died; restarting it", pid=self.proc.pid, code=code, young=young)
+            self.proc = None
+            self.restarts += 1
+        if now >= self.next_start:
+            self.start()
+
+    def close(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()  # (its access recorder writes what waits)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.listener.close()
+
+
+def engine_address(directory: str) -> str:
+    """Where a worker reaches the shared engine."""
+    return str(Path(directory) / ENGINE_SOCKET)
 
 
 def _check_port(host: str, port: int) -> None:

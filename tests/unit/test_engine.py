@@ -11,7 +11,16 @@ import pytest
 
 from common.errors import ConfigError
 from prefetch.abtest import MIN_GETS, SequentialTest, chi_square, difference, report
-from prefetch.engine import ArmSplit, Engine, parse_arms, parse_shares
+from prefetch.engine import (
+    ArmSplit,
+    Engine,
+    parse_arms,
+    parse_shares,
+    peer_db,
+    peer_of_db,
+    peer_of_stream,
+    peer_stream,
+)
 from prefetch.predictors.markov import Markov
 
 
@@ -261,3 +270,29 @@ def test_a_shaped_arm_teaches_the_template_rules_it_follows() -> None:
         now=1.0,
     )
     assert engine.take_rules() == []
+
+
+def test_one_engine_for_several_peers_keeps_their_figures_shadows_and_streams_apart() -> None:
+    """Two workers' reads of the same keys through one engine (their streams and dbs in each
+    peer's range, as the shared engine's process puts them): a successor one worker's client
+    taught is prefetched for the other's, into the other's tier; each worker's figures count its
+    own reads, and a reset starts both again."""
+    engine = Engine([("prefetch", "markov")], budget=1.0, shadow=1_000)
+    pairs = [(f"s:{i}".encode(), f"d:{i}".encode()) for i in range(30)]
+    teach = [
+        (peer_stream(0, 1), peer_db(0, 0), k, 1.0, False) for _ in range(3) for pair in pairs for k in pair
+    ]
+    engine.step(teach, now=1.0)
+    out = engine.step([(peer_stream(1, 1), peer_db(1, 0), s, 2.0, False) for s, _ in pairs], now=2.0)
+    # (peer 0's reads put every d:i in its shadow; peer 1's tier holds none, so it gets them)
+    got = {(peer_of_db(db), key, peer_of_stream(stream)) for db, key, _, _, stream in out}
+    wanted = {d for _, d in pairs}
+    assert {key for _, key, _ in got} == wanted
+    assert all(db == (1, 0) and stream == (1, 1) for db, _, stream in got)
+    zero, one = engine.report(0)["arms"], engine.report(1)["arms"]
+    assert sum(a["gets"] for a in zero) == len(teach) and sum(a["gets"] for a in one) == len(pairs)
+    assert sum(a["prefetches"] for a in one) == len(out)
+    engine.reset()
+    assert sum(a["gets"] for a in engine.report(0)["arms"] + engine.report(1)["arms"]) == 0
+    engine.forget(1)
+    assert set(engine.peer_figures) == {0}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from proxy.workers import merge_figures, resolve_workers
+from proxy.workers import merge_arms, merge_figures, resolve_workers
 
 
 def test_counts_add_up_and_the_rest_is_taken_whole() -> None:
@@ -39,3 +39,27 @@ def test_workers_flag() -> None:
     for bad in ("0", "x", "-2"):
         with pytest.raises(ValueError):
             resolve_workers(bad)
+
+
+def test_the_arms_figures_add_up_over_the_workers_and_their_ratios_are_recomputed() -> None:
+    a = [{"name": "A", "spec": "none", "gets": 100, "hits": 40, "misses": 60, "prefetch_fills": 0,
+          "prefetched_hits": 0, "fetched": 0, "precision": None, "upstream_per_get": 0.6,
+          "prediction_p99_us": None},
+         {"name": "B", "spec": "markov", "gets": 50, "hits": 30, "misses": 20, "prefetch_fills": 10,
+          "prefetched_hits": 5, "fetched": 10, "precision": 0.5, "upstream_per_get": 0.6,
+          "prediction_p99_us": 900}]  # fmt: skip
+    b = [{**a[0], "gets": 300, "hits": 60, "misses": 240, "upstream_per_get": 0.8},
+         {**a[1], "gets": 150, "hits": 70, "misses": 80, "prefetch_fills": 30, "prefetched_hits": 25,
+          "fetched": 40, "precision": 0.8333, "prediction_p99_us": 400}]  # fmt: skip
+    total = merge_arms([a, b, None])  # (a worker that published no arms yet adds nothing)
+    assert [t["name"] for t in total] == ["A", "B"] and total[1]["spec"] == "markov"
+    assert (total[0]["gets"], total[0]["hits"], total[0]["misses"]) == (400, 100, 300)
+    assert (total[1]["gets"], total[1]["prefetch_fills"], total[1]["prefetched_hits"]) == (200, 40, 30)
+    assert total[1]["precision"] == 0.75 and total[0]["precision"] is None
+    assert total[0]["upstream_per_get"] == 0.75 and total[1]["upstream_per_get"] == 0.75  # (100+50)/200
+    assert total[1]["prediction_p99_us"] == 900 and total[0]["prediction_p99_us"] is None
+    # The one engine's figures, which every worker repeats, are not summed; nor are the arms listed.
+    one = {"prefetch_engine_pid": 7, "prefetch_drift_js": 0.25, "prefetch_access_log_files": 3, "ab_arms": a}
+    merged = merge_figures([one, {**one, "ab_arms": b}])
+    assert merged["prefetch_engine_pid"] == 7 and merged["prefetch_drift_js"] == 0.25
+    assert merged["prefetch_access_log_files"] == 3 and "ab_arms" not in merged
