@@ -20,8 +20,11 @@ cluster unchanged. What a virtual connection does with each request:
 * connection state (``HELLO``, ``AUTH``, ``SELECT``, ``READONLY``, ``CLIENT SETNAME|SETINFO|
   TRACKING|NO-EVICT|NO-TOUCH``) is answered by the home node and replayed on every node link;
 * a transaction goes whole to the node of its first key (``WATCH``'s key, or the first keyed
-  command after ``MULTI``; Redis then refuses keys of other slots in it); redirects inside one are
-  not followed;
+  command after ``MULTI``; Redis then refuses keys of other slots in it). A ``MOVED`` inside one
+  (the map was stale) moves it whole to the new master, sent again from its ``MULTI``; with
+  ``WATCH``, whose watch the old node held, it is aborted as when a watched key changed (``EXEC``
+  answers a null array; the client retries). An ``ASK`` inside one (its slot migrating) is not
+  followed: the client gets it, and ``EXECABORT``;
 * ``SUBSCRIBE``, ``PSUBSCRIBE``, ``SSUBSCRIBE``, ``MONITOR``, ``SYNC`` make the connection a pipe to
   one node (every frame passes through);
 * client-side tracking with ``REDIRECT`` (the hot tier's coherence): ``CLIENT ID`` answers a
@@ -114,6 +117,8 @@ class Request:
         "state",
         "piped",
         "scan",
+        "txn",
+        "gen",
     )
 
     def __init__(
@@ -135,6 +140,23 @@ class Request:
         self.state: tuple[bytes, bytes] | None = None  # the connection state it sets, if any
         self.piped = False  # its replies pass straight through (subscribed, MONITOR...)
         self.scan: tuple[int, int] | None = None  # SCAN: (the master's place, how many masters)
+        self.txn: Transaction | None = None  # the transaction it was sent in (MULTI to EXEC)
+        self.gen = 0  # ...and where that transaction was when it was sent (Transaction.gen)
+
+
+class Transaction:
+    """One MULTI ... EXEC as sent: its node, every request of it sent (to send again elsewhere),
+    and how often it moved. A MOVED inside it (the slot map was stale) moves it whole to the new
+    master, or, with WATCH (whose watch the old node held), aborts it as a changed watched key."""
+
+    __slots__ = ("node", "gen", "requests", "watch", "aborted")
+
+    def __init__(self, node: Node | None, watch: bool) -> None:
+        self.node = node
+        self.gen = 0  # bumped at each move: a reply to a request sent before it is not the client's
+        self.requests: list[Request] = []
+        self.watch = watch
+        self.aborted = False
 
 
 def _ignore(frame: bytes) -> None:
@@ -472,6 +494,7 @@ class ClusterSession:
         self.in_multi = False
         self.tx_node: Node | None = None
         self.held: list[Request] = []  # MULTI and what follows it until a key names the node
+        self.txn: Transaction | None = None  # the open transaction (MULTI sent or held)
         self.pipe: NodeLink | None = None
         self.piped_early: list[bytes] = []  # the pipe's bytes that came before the replies owed
         self.closed = False
@@ -648,30 +671,106 @@ class ClusterSession:
             self._send(node, child)
 
     def _transaction(self, name: bytes, request: Request) -> None:
+        """MULTI and what follows it to EXEC or DISCARD: to the node of WATCH's key, else of the
+        first keyed command. Until a key names the node, MULTI is answered here (+OK) and keyless
+        commands too (+QUEUED), and they are sent, their replies dropped, when it is known."""
         request.tx = True
         if name == b"MULTI" and not self.in_multi:
             self.in_multi = True
+            self.txn = Transaction(self.tx_node, watch=self.tx_node is not None)
             if self.tx_node is None:
-                self.held.append(request)
+                self._answer(request, b"+OK\r\n")
+                self.held.append(Request(request.args, callback=_ignore))
             else:
-                self._send(self.tx_node, request)
+                self._send_tx(request)
             return
-        if self.tx_node is None:
+        txn = self.txn
+        if txn is not None and txn.aborted:  # (a watch lost to a moved slot: nothing is sent)
+            self._answer(request, self._aborted_reply(name))
+        elif self.tx_node is None:
             table = self.topology.table
             keys = table.keys(name, request.args) if table is not None else None
             if keys:
                 self.tx_node = self.topology.master_for(key_slot(keys[0])) or self.home
             elif name not in (b"EXEC", b"DISCARD"):
-                self.held.append(request)
+                self._answer(request, b"+QUEUED\r\n")
+                self.held.append(Request(request.args, callback=_ignore))
                 return
-            node = self.tx_node or self.home
+            if txn is not None:
+                txn.node = self.tx_node or self.home
             for held in self.held:
-                self._send(node, held)
+                self._send_tx(held)
             self.held.clear()
-        self._send(self.tx_node or self.home, request)
+            self._send_tx(request)
+        else:
+            self._send_tx(request)
         if name in (b"EXEC", b"DISCARD"):
             self.in_multi = False
             self.tx_node = None
+            self.txn = None
+
+    def _send_tx(self, request: Request) -> None:
+        txn = self.txn
+        node = self.tx_node or self.home
+        if txn is not None:
+            request.tx = True
+            request.txn, request.gen = txn, txn.gen
+            txn.node = node
+            txn.requests.append(request)
+        self._send(node, request)
+
+    def _aborted_reply(self, name: bytes) -> bytes:
+        """A request of a transaction aborted for its watch: EXEC's reply when a watched key
+        changed (a null array), DISCARD's OK, any other command's QUEUED."""
+        if name == b"EXEC":
+            return b"_\r\n" if self.resp3 else b"*-1\r\n"
+        return b"+OK\r\n" if name == b"DISCARD" else b"+QUEUED\r\n"
+
+    def _moved_in_transaction(self, request: Request, txn: Transaction, frame: bytes) -> bool:
+        """A reply to a request of a transaction: True when it is handled here, not the client's.
+        From a node the transaction has left: sent again where it is now (or answered, if it was
+        aborted). A MOVED: without WATCH, the transaction so far is sent again to the new master
+        (MULTI and the commands before this one, their replies dropped: the client had them) and
+        this one after it; with WATCH, it is aborted (the old node held the watch)."""
+        if txn.aborted:
+            self._answer_tx(request, self._aborted_reply(request.args[0].upper()))
+            return True
+        if request.gen != txn.gen:
+            request.gen = txn.gen
+            self._send(txn.node or self.home, request)
+            return True
+        if not frame.startswith(b"-MOVED ") or txn.gen >= MAX_REDIRECTS:
+            return False
+        redirect = parse_redirect(frame)
+        if redirect is None:
+            return False
+        _, slot, node = redirect
+        self.topology.moved(slot, node)
+        old = txn.node or self.home
+        self._send(old, Request([b"DISCARD"], callback=_ignore))  # (its MULTI there, closed)
+        if txn.watch:
+            txn.aborted = True
+            self._answer_tx(request, b"+QUEUED\r\n")
+            return True
+        txn.gen += 1
+        txn.node = node
+        if self.txn is txn:
+            self.tx_node = node  # (what the client sends next in it goes there too)
+        self._send(node, Request([b"MULTI"], callback=_ignore))
+        for sent in txn.requests:
+            if sent is request:
+                break
+            if sent.args[0].upper() != b"MULTI":
+                self._send(node, Request(sent.args, callback=_ignore))
+        request.gen = txn.gen
+        self._send(node, request)
+        return True
+
+    def _answer_tx(self, request: Request, frame: bytes) -> None:
+        if request.callback is not None:
+            request.callback(frame)
+        else:
+            self._answer(request, frame)
 
     def _state(self, name: bytes, sub: bytes, request: Request) -> None:
         args = request.args
@@ -807,6 +906,8 @@ class ClusterSession:
             asyncio.get_running_loop().call_soon(self.flush)
 
     def on_reply(self, link: NodeLink, request: Request, frame: bytes) -> None:
+        if request.txn is not None and self._moved_in_transaction(request, request.txn, frame):
+            return
         if request.callback is not None:
             request.callback(frame)
             return
@@ -817,6 +918,8 @@ class ClusterSession:
                 request.redirects += 1
                 if kind == "MOVED":
                     self.topology.moved(slot, node)
+                    if self.tx_node is not None and request.args[0].upper() == b"WATCH":
+                        self.tx_node = node  # (the watch is where the key is: its MULTI goes there)
                 else:
                     self.topology.asks += 1
                     self._link(node).send(Request([b"ASKING"], callback=_ignore))

@@ -231,7 +231,11 @@ class EmbeddedCluster:
     def node_of(self, key: bytes) -> EmbeddedRedis:
         """The master serving ``key``'s slot now."""
         first = next(n for n in self.nodes if n.process is not None and n.process.poll() is None)
-        slot = int(self.ask(first, "CLUSTER", "KEYSLOT", key.decode()))
+        return self.node_of_slot(int(self.ask(first, "CLUSTER", "KEYSLOT", key.decode())))
+
+    def node_of_slot(self, slot: int) -> EmbeddedRedis:
+        """The master serving ``slot`` now."""
+        first = next(n for n in self.nodes if n.process is not None and n.process.poll() is None)
         for entry in self.ask(first, "CLUSTER", "SLOTS"):
             if entry[0] <= slot <= entry[1]:
                 return next(n for n in self.nodes if n.port == int(entry[2][1]))

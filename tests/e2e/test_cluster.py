@@ -401,3 +401,78 @@ def test_a_master_killed_its_replica_promoted_the_proxy_recovers(make_proxy: Any
             assert client.get(keys[n % len(keys)]) == str(n).encode()
     finally:
         local.close()
+
+
+def _move_slot(cluster: EmbeddedCluster, slot: int, target: Any) -> None:
+    """Move a slot (its keys migrated) to ``target``, told to every master, as ``redis-cli
+    --cluster reshard`` does."""
+    owner = cluster.node_of_slot(slot)
+    target_id, owner_id = _node_id(target.port), _node_id(owner.port)
+    assert cluster.ask(target, "CLUSTER", "SETSLOT", str(slot), "IMPORTING", owner_id) == b"OK"
+    assert cluster.ask(owner, "CLUSTER", "SETSLOT", str(slot), "MIGRATING", target_id) == b"OK"
+    keys = cluster.ask(owner, "CLUSTER", "GETKEYSINSLOT", str(slot), "1000")
+    if keys:
+        args = [
+            "MIGRATE",
+            "127.0.0.1",
+            str(target.port),
+            "",
+            "0",
+            "5000",
+            "KEYS",
+            *(k.decode() for k in keys),
+        ]
+        assert cluster.ask(owner, *args) == b"OK"
+    for node in [target, owner, *[m for m in cluster.masters() if m.port not in (target.port, owner.port)]]:
+        assert cluster.ask(node, "CLUSTER", "SETSLOT", str(slot), "NODE", target_id) == b"OK"
+
+
+def test_a_transaction_whose_slot_moved_is_moved_whole_and_the_client_sees_no_redirect(
+    make_proxy: Any, cluster: EmbeddedCluster, direct: redis.RedisCluster
+) -> None:
+    """The proxy's slot map is stale (no health check refreshes it here) and a transaction goes to
+    the slot's old master, which answers MOVED inside MULTI. Without WATCH the proxy moves the whole
+    transaction to the new master, whose EXEC the client gets; with WATCH (whose watch the old node
+    held) EXEC answers as when a watched key changed, and the client's retry runs at the new one."""
+    proxy = make_proxy(cluster.url, hot_tier="off", health_interval=3600.0)
+    client = proxy.client()
+    assert client.set("tx:warm", "1")  # (the map is read)
+    topology = proxy.server.opener.topology
+
+    def others(slot: int) -> list[Any]:
+        return [m for m in cluster.masters() if m.port != cluster.node_of_slot(slot).port]
+
+    slot = int(cluster.ask(cluster.nodes[0], "CLUSTER", "KEYSLOT", "tx:{m1}"))
+    _move_slot(cluster, slot, others(slot)[0])
+    moved = topology.redirects
+    pipe = client.pipeline(transaction=True)  # MULTI ... EXEC in one write
+    pipe.set("tx:{m1}:a", "x").incr("tx:{m1}:n").get("tx:{m1}:a")
+    assert pipe.execute() == [True, 1, b"x"]
+    assert topology.redirects > moved
+    _move_slot(cluster, slot, others(slot)[0])
+    one = proxy.client()  # one command at a time
+    assert one.execute_command("MULTI") == b"OK"
+    assert one.execute_command("ECHO", "hi") == b"QUEUED"  # (no key yet: answered here, sent later)
+    assert one.execute_command("INCR", "tx:{m1}:n") == b"QUEUED"
+    assert one.execute_command("EXEC") == [b"hi", 2]
+    assert direct.get("tx:{m1}:n") == b"2" and direct.get("tx:{m1}:a") == b"x"
+
+    key = "tx:{m2}:w"
+    slot = int(cluster.ask(cluster.nodes[0], "CLUSTER", "KEYSLOT", key))
+    assert direct.set(key, "0")
+    with client.pipeline(transaction=True) as pipe:
+        pipe.watch(key)  # (to the slot's master: the map is current)
+        assert pipe.get(key) == b"0"
+        _move_slot(cluster, slot, others(slot)[0])
+        pipe.multi()
+        pipe.set(key, "1")
+        with pytest.raises(redis.WatchError):  # not MOVED, not EXECABORT
+            pipe.execute()
+
+    def update(p: Any) -> None:
+        current = p.get(key)
+        p.multi()
+        p.set(key, int(current) + 1)
+
+    client.transaction(update, key)  # (redis-py's retry loop: it runs at the new master)
+    assert direct.get(key) == b"1"
