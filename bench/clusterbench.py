@@ -1,12 +1,15 @@
 """Predis in front of a local 3-master Redis Cluster against a cluster-aware client going straight
-to the nodes (redis-benchmark ``--cluster``), side by side, interleaved.
+to the nodes, side by side, interleaved.
 
     python -m bench.clusterbench [--requests N] [--repeats R] [--clients C] [--pipelines 1,16]
-                                 [--replicas 0]
+                                 [--replicas 0] [--driver redis-benchmark|redis-py]
 
-Targets: ``direct`` (redis-benchmark --cluster: it reads the slot map and sends each key to its
+Targets: ``direct`` (the cluster-aware client: it reads the slot map and sends each key to its
 master itself), ``predis`` (the forward path: --hot-tier off) and ``predis-tier`` (the hot tier on,
-64 MiB). Each repeat runs every target in turn (bench.loadtest's ``compare``), so each ratio to
+64 MiB). ``--driver redis-benchmark`` (default): redis-benchmark, with ``--cluster`` for direct;
+``--driver redis-py``: one process per client, redis-py's ``RedisCluster`` for direct and a plain
+``redis.Redis`` for the proxies (``bench.pyclients``; fewer clients and requests suit it, say
+``--clients 8 --requests 20000``). Each repeat runs every target in turn (bench.loadtest's ``compare``), so each ratio to
 direct is taken in the same stretch of machine noise; the medians of the repeats are reported.
 """
 
@@ -27,6 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     benchmark_flags(parser)
     parser.add_argument("--replicas", type=int, default=0, help="replicas per master (default 0)")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--driver", choices=["redis-benchmark", "redis-py"], default="redis-benchmark")
     args = parser.parse_args(argv)
     args.resp3 = False
     for tool in ("redis-benchmark", "redis-cli"):
@@ -44,7 +48,15 @@ def main(argv: list[str] | None = None) -> int:
                 ProxyProcess(cluster.url, ["--hot-tier", "cpu", "--hot-tier-bytes", str(64 << 20)])
             )
             targets["predis-tier"] = servers[-1].port
-            rows = compare_all(targets, args, extras={"direct": ["--cluster"]})
+            if args.driver == "redis-py":
+                from bench import pyclients
+
+                kinds = {
+                    name: ("cluster" if name == "direct" else "plain", port) for name, port in targets.items()
+                }
+                rows = [r for p in args.pipelines.split(",") for r in pyclients.compare(kinds, args, int(p))]
+            else:
+                rows = compare_all(targets, args, extras={"direct": ["--cluster"]})
         finally:
             for server in servers:
                 server.close()

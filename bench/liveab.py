@@ -1,13 +1,15 @@
 """A live A/B test of two prefetchers beside the simulator on the same log and cache size.
 
     python -m bench.liveab [--workload web] [--accesses 30000] [--seed 2] [--cache 5%]
-        [--arms A=markov,B=none] [--rate 3000] [--repeats 3]
+        [--arms A=markov,B=none] [--rate 3000] [--repeats 3] [--proxy-args "--workers 2" ...]
 
 Generates the workload (``--seed``), replays it in the simulator (each arm's spec alone, the whole
 cache), then ``--repeats`` times starts Redis and a proxy whose tier holds ``--cache`` of the keys'
 entries, split 50/50 between the arms, and drives the log through it with ``predis replay`` at
 ``--rate`` requests/s, one connection per client stream. Prints each live repeat's per-arm hit
 ratio, the medians, and the simulator's figures for the same arms. ``bench.demo`` runs one repeat.
+``--proxy-args`` more than once: each repeat runs the proxy once with each set of flags, in turn,
+and the table has a row per set and arm (``--proxy-args ""`` is the proxy as it is).
 """
 
 from __future__ import annotations
@@ -63,7 +65,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--arms", default="MARKOV=markov,NONE=none")
     p.add_argument("--rate", type=float, default=3_000.0)
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--proxy-args", default="", help="more flags for predis serve, space-separated")
+    p.add_argument(
+        "--proxy-args",
+        action="append",
+        help="more flags for predis serve, space-separated; again for another variant, run in turn",
+    )
     args = p.parse_args(argv)
     from accesslog.generators import generate
     from accesslog.log import write_log
@@ -76,8 +82,10 @@ def main(argv: list[str] | None = None) -> int:
     # (an arm that chose its own eviction policy is named SPEC@POLICY by the simulator)
     offline = {_arm_key(a.arm): 100 * a.hit_ratio for a in report.arms}
     tier_bytes = tier_bytes_for(log, float(args.cache.rstrip("%")) / 100)
-    live: dict[str, list[float]] = {name: [] for name, _ in arms}
-    upstream: dict[str, list[float]] = {name: [] for name, _ in arms}
+    variants = args.proxy_args or [""]
+    rows = [(v, name) for v in variants for name, _ in arms]
+    live: dict[tuple[str, str], list[float]] = {row: [] for row in rows}
+    upstream: dict[tuple[str, str], list[float]] = {row: [] for row in rows}
     span = float(log.timestamps()[-1] - log.timestamps()[0])
     delays: list[float] = []  # per repeat: a prefetch's delay after its read, in the log's time
     rules: list[dict[str, str]] = []
@@ -85,16 +93,19 @@ def main(argv: list[str] | None = None) -> int:
         path = f"{tmp}/{args.workload}-seed{args.seed}.parquet"
         write_log(log, path)
         for repeat in range(args.repeats):
-            result = run_live(
-                path, tier_bytes, args.arms, args.rate, quiet=True, proxy_args=args.proxy_args.split()
-            )
-            for arm in result["ab"]["arms"]:
-                live[arm["name"]].append(100 * arm["hit_ratio"])
-                upstream[arm["name"]].append(arm.get("upstream_per_get") or 0.0)
-            delays.append(live_delay(result, span))
-            rules = result["ab"].get("rules", [])
-            figures = ", ".join(f"{n} {v[-1]:.2f}" for n, v in live.items())
-            print(f"repeat {repeat + 1}: live hit % {figures}; shed {result['prefetch']['predict_shed']}")
+            for variant in variants:
+                result = run_live(
+                    path, tier_bytes, args.arms, args.rate, quiet=True, proxy_args=variant.split()
+                )
+                for arm in result["ab"]["arms"]:
+                    live[variant, arm["name"]].append(100 * arm["hit_ratio"])
+                    upstream[variant, arm["name"]].append(arm.get("upstream_per_get") or 0.0)
+                if variant == variants[0]:
+                    delays.append(live_delay(result, span))
+                rules = result["ab"].get("rules", [])
+                figures = ", ".join(f"{n} {live[variant, n][-1]:.2f}" for n, _ in arms)
+                shed = result["prefetch"]["predict_shed"]
+                print(f"repeat {repeat + 1} [{variant}]: live hit % {figures}; shed {shed}")
     print(
         f"\n{args.workload} seed {args.seed}, {args.accesses:,} accesses ({report.requests - report.writes:,} "
         f"reads), cache {args.cache} ({tier_bytes:,} bytes live, {report.capacity:,} entries simulated), "
@@ -113,16 +124,18 @@ def main(argv: list[str] | None = None) -> int:
         "(the live runs' median prediction latency plus a GET's, scaled by the replay's speed-up)\n"
     )
     print(
-        "| arm | spec | live hit %, median (range) | simulator hit % | live - simulator "
+        "| proxy flags | arm | spec | live hit %, median (range) | simulator hit % | live - simulator "
         "| simulator with delay | live - delayed | live upstream reads per GET |"
     )
-    print("|---|---|---|---|---|---|---|---|")
-    for name, spec in arms:
-        median = statistics.median(live[name])
+    print("|---|---|---|---|---|---|---|---|---|")
+    specs = dict(arms)
+    for variant, name in rows:
+        spec, got = specs[name], live[variant, name]
+        median = statistics.median(got)
         print(
-            f"| {name} | {spec} | {median:.2f} ({min(live[name]):.2f}-{max(live[name]):.2f}) | "
+            f"| {variant or '(none)'} | {name} | {spec} | {median:.2f} ({min(got):.2f}-{max(got):.2f}) | "
             f"{offline[spec]:.2f} | {median - offline[spec]:+.2f} | {delayed[spec]:.2f} | "
-            f"{median - delayed[spec]:+.2f} | {statistics.median(upstream[name]):.3f} |"
+            f"{median - delayed[spec]:+.2f} | {statistics.median(upstream[variant, name]):.3f} |"
         )
     return 0
 
