@@ -2,6 +2,7 @@
 
     python -m bench.liveab [--workload web] [--accesses 30000] [--seed 2] [--cache 5%]
         [--arms A=markov,B=none] [--rate 3000] [--repeats 3] [--proxy-args "--workers 2" ...]
+        [--log ACCESS_LOG]
 
 Generates the workload (``--seed``), replays it in the simulator (each arm's spec alone, the whole
 cache), then ``--repeats`` times starts Redis and a proxy whose tier holds ``--cache`` of the keys'
@@ -59,6 +60,9 @@ def run_live(
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.liveab", description=__doc__.splitlines()[0])
     p.add_argument("--workload", default="web")
+    p.add_argument(
+        "--log", help="an access log to replay instead of a generated workload (predis trace import)"
+    )
     p.add_argument("--accesses", type=int, default=30_000)
     p.add_argument("--seed", type=int, default=2)
     p.add_argument("--cache", default="5%")
@@ -72,12 +76,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = p.parse_args(argv)
     from accesslog.generators import generate
-    from accesslog.log import write_log
+    from accesslog.log import read_log, write_log
     from prefetch.engine import parse_arms
     from prefetch.sim import simulate
 
     arms = parse_arms(args.arms)
-    log = generate(args.workload, args.accesses, seed=args.seed)
+    if args.log:
+        log = read_log(args.log)
+        args.workload, args.seed, args.accesses = args.log.rsplit("/", 1)[-1], 0, len(log)
+    else:
+        log = generate(args.workload, args.accesses, seed=args.seed)
     report = simulate(log, args.cache, [spec for _, spec in arms], with_belady=False)
     # (an arm that chose its own eviction policy is named SPEC@POLICY by the simulator)
     offline = {_arm_key(a.arm): 100 * a.hit_ratio for a in report.arms}

@@ -57,7 +57,14 @@ def serve_main(argv: list[str]) -> int:
         "--workers",
         help="proxy processes sharing the port under a supervisor: a number, or auto (the CPUs)",
     )
+    p.add_argument(
+        "--prediction-engines",
+        dest="prediction_engines",
+        type=int,
+        help="with --workers and live prefetching: engines the workers share (default 1)",
+    )
     p.add_argument("--worker-index", dest="worker_index", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--worker-engine", dest="worker_engine", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--worker-dir", dest="worker_dir", help=argparse.SUPPRESS)
     p.add_argument(
         "--upstream-pool",
@@ -227,6 +234,7 @@ def serve(args: argparse.Namespace) -> int:
             "access_log_sample",
             "access_log_max_bytes",
             "access_log_salt",
+            "prediction_engines",
         )
     }
     if args.workers is not None:
@@ -262,7 +270,7 @@ def serve(args: argparse.Namespace) -> int:
             if server.prediction is not None:
                 from proxy.workers import engine_address
 
-                server.prediction.engine_address = engine_address(args.worker_dir)
+                server.prediction.engine_address = engine_address(args.worker_dir, args.worker_engine)
             if server.tier is not None:
                 from proxy.workers import shared_epochs
 

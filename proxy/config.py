@@ -41,6 +41,9 @@ class Settings:
     upstream_pool: int = 1
     # Proxy processes sharing the port (SO_REUSEPORT) under a supervisor (proxy.workers).
     workers: int = 1
+    # With workers and live prefetching: prediction engines the workers share (worker i uses engine
+    # i mod N). One learns from every worker's reads; more keep up with more cores' reads.
+    prediction_engines: int = 1
     # With a redis-cluster:// upstream: clients' read-only commands go to a replica of their slot
     # (READONLY), which may answer with a value older than a write just acknowledged. The tier's
     # fills, and anything in a transaction, always read the masters.
@@ -165,6 +168,8 @@ class Settings:
             raise ConfigError("cluster_replica_reads needs a redis-cluster:// upstream")
         if self.workers < 1:
             raise ConfigError(f"workers must be at least 1, got {self.workers}")
+        if self.prediction_engines < 1:
+            raise ConfigError(f"prediction_engines must be at least 1, got {self.prediction_engines}")
         if self.workers > 1 and (self.admin or self.run_dir):
             raise ConfigError("admin and run_dir do not work with workers > 1 yet")
         if self.upstream_pool < 0:

@@ -11,8 +11,9 @@ port if asked for port 0, starts the workers with the same flags, restarts one t
 pause if it dies young), and on SIGTERM or SIGINT stops them all.
 
 Live prefetching: one prediction engine serves every worker (``prefetch.engine_process
---listen-fd``). The supervisor starts it on a Unix socket of its own (``engine.sock`` in the
-workers' directory), which every worker connects to, and restarts it when it dies; the socket stays
+--listen-fd``), or ``prediction_engines`` of them each serve some (worker i engine i mod N). The
+supervisor starts it on a Unix socket of its own (``engine-0.sock`` in the workers' directory),
+which every worker connects to, and restarts it when it dies; the socket stays
 the supervisor's, so the workers reach the new engine where they reached the old. The engine's
 predictors learn from every worker's reads (a sequence one worker's clients teach is prefetched for
 every worker's), its batches are larger (one model step for all), and each worker's arms' figures
@@ -191,9 +192,18 @@ def supervise(settings: Settings, argv: list[str]) -> int:
 
     def spawn(index: int) -> tuple[subprocess.Popen[bytes], float]:
         cmd = [*base, "--worker-index", str(index), "--worker-dir", directory]
+        if engines:
+            cmd += ["--worker-engine", str(index % len(engines))]
         return subprocess.Popen(cmd), time.monotonic()
 
-    engine = SharedEngine(settings, directory) if settings.prediction_arms() else None
+    engines = (
+        [
+            SharedEngine(settings, directory, i)
+            for i in range(min(settings.prediction_engines, settings.workers))
+        ]
+        if settings.prediction_arms()
+        else []
+    )
     procs = [spawn(i) for i in range(settings.workers)]
     log.info("workers started", workers=settings.workers, port=port, pids=[p.pid for p, _ in procs])
     restarts = 0
@@ -202,7 +212,7 @@ def supervise(settings: Settings, argv: list[str]) -> int:
     try:
         while not stopping:
             time.sleep(0.1)
-            if engine is not None:
+            for engine in engines:
                 engine.check()
             for index, (proc, started) in enumerate(procs):
                 code = proc.poll()
@@ -230,7 +240,7 @@ def supervise(settings: Settings, argv: list[str]) -> int:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-        if engine is not None:
+        for engine in engines:
             engine.close()
         shutil.rmtree(directory, ignore_errors=True)
         if embedded is not None:
@@ -245,19 +255,17 @@ def supervise(settings: Settings, argv: list[str]) -> int:
     return 0
 
 
-ENGINE_SOCKET = "engine.sock"  # in the workers' directory
-
-
 class SharedEngine:
-    """The one prediction engine of every worker: its process, started again when it dies (after
-    a pause that doubles while it keeps dying young), on a listening socket the supervisor holds."""
+    """A prediction engine the workers share (one by default: every worker's): its process,
+    started again when it dies (after a pause that doubles while it keeps dying young), on a
+    listening socket the supervisor holds."""
 
-    def __init__(self, settings: Settings, directory: str) -> None:
+    def __init__(self, settings: Settings, directory: str, index: int = 0) -> None:
         import socket
 
         self.config = settings.engine_config()
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.listener.bind(str(Path(directory) / ENGINE_SOCKET))
+        self.listener.bind(engine_address(directory, index))
         self.listener.listen(128)
         self.proc: subprocess.Popen[bytes] | None = None
         self.started = 0.0
@@ -308,9 +316,9 @@ class SharedEngine:
         self.listener.close()
 
 
-def engine_address(directory: str) -> str:
-    """Where a worker reaches the shared engine."""
-    return str(Path(directory) / ENGINE_SOCKET)
+def engine_address(directory: str, index: int = 0) -> str:
+    """Where a worker reaches the shared engine ``index`` (worker i: engine i mod the engines)."""
+    return str(Path(directory) / f"engine-{index}.sock")
 
 
 def _check_port(host: str, port: int) -> None:

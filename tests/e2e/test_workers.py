@@ -297,3 +297,27 @@ def test_the_one_engine_records_every_workers_reads(
     for key, client in zip(table.column("key").to_pylist(), table.column("client").to_pylist(), strict=True):
         by_client.setdefault(client, []).append(key)
     assert sorted(by_client.values()) == [[f"user:{n}:item:{i}" for i in range(40)] for n in range(2)]
+
+
+def test_several_engines_each_serve_their_workers(redis_server: Any, direct: redis.Redis) -> None:
+    """``--prediction-engines 2`` with two workers: an engine each, and the arms' figures still
+    add up over the workers."""
+    running = Workers(
+        redis_server.url, extra=("--ab", "A=none,B=markov", "--prediction-engines", "2"), engine=True
+    )
+    try:
+        by_worker = running.on_each_worker(1)
+        report = running.report(by_worker[0][0])["workers"]
+        engines = {f["worker_index"]: f["prefetch_engine_pid"] for f in report}
+        assert len(set(engines.values())) == 2 and all(engines.values())
+        for n, client in enumerate(c for cs in by_worker.values() for c in cs):
+            for i in range(30):
+                client.get(f"many:{n}:{i}")
+
+        def counted() -> bool:
+            ab = json.loads(by_worker[0][0].execute_command("PREDIS", "AB", "JSON"))
+            return sum(a["gets"] for a in ab["arms"]) == 60
+
+        wait_for(counted, timeout=30)
+    finally:
+        assert running.close() == 0
