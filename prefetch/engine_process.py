@@ -114,6 +114,7 @@ class Peer:
         self.out = bytearray()
         self.sizes: tuple[list[int], list[float]] | None = None
         self.changed = True  # (its next report is due)
+        self.last_report = 0.0  # (so a peer's first batch after a quiet spell is answered at once)
 
 
 def serve(
@@ -227,7 +228,6 @@ class Hub:
         # The proxy's batch times are its monotonic clock (the same clock here); the log's are epoch.
         to_epoch = time.time() - time.monotonic()
         last_write = time.monotonic()
-        last_report = time.monotonic()
         while True:
             if self.listener is None and not self.peers:
                 return  # (the one proxy closed its end)
@@ -287,9 +287,7 @@ class Hub:
             if changed:
                 for peer in self.peers.values():
                     peer.changed = True
-            self._answer(out, now - last_report >= REPORT_EVERY)
-            if now - last_report >= REPORT_EVERY:
-                last_report = now
+            self._answer(out, now)
 
     def _accept(self) -> None:
         assert self.listener is not None
@@ -311,7 +309,7 @@ class Hub:
             return None
         return data + drain(peer.sock)
 
-    def _answer(self, out: list[Prefetch], report_due: bool) -> None:
+    def _answer(self, out: list[Prefetch], now: float) -> None:
         """Each peer's messages of this round, in one write: the rules (every peer's), its hints
         (before the prefetches: its table is current when they come), its prefetches, its report."""
         engine = self.engine
@@ -333,9 +331,10 @@ class Hub:
                 message += frame(("hints", hints[peer.index]))
             if peer.index in prefetches:
                 message += frame(("prefetch", prefetches[peer.index]))
-            if report_due and peer.changed:
+            if peer.changed and now - peer.last_report >= REPORT_EVERY:
                 message += frame(("report", self.report(peer.index)))
                 peer.changed = False
+                peer.last_report = now
             if message:
                 self.send(peer, message)
 

@@ -52,6 +52,17 @@ BACKOFF_FIRST, BACKOFF_MAX = 0.2, 30.0
 _keys_of = itemgetter(2)
 
 
+def silence(now: float, ready: bool, last_sent: float, last_heard: float, waiting_since: float) -> float:
+    """How long the engine has kept silent that counts against it: while starting, since it was
+    started (``last_heard``); running, since records began to wait for it (``waiting_since``) or
+    it last spoke, whichever is later; 0 when nothing waits for it."""
+    if not ready:
+        return now - last_heard
+    if last_sent <= last_heard:
+        return 0.0
+    return now - max(last_heard, waiting_since)
+
+
 class EngineProtocol(asyncio.Protocol):
     """The socket to the engine process: frames in, handed to the prefetcher."""
 
@@ -126,6 +137,11 @@ class LivePrefetcher:
         self.closed = False
         self.last_sent = 0.0  # when records last went to the engine
         self.last_heard = 0.0  # when the engine last said anything
+        # When records began to wait for the engine's answer (the first sent after it last spoke):
+        # its silence counts from here, not from when it last spoke. (An engine idle for a minute
+        # is silent for a minute; the watchdog must not take the moment before it answers the
+        # next batch for a stall.)
+        self.waiting_since = 0.0
         self.backoff = BACKOFF_FIRST
         self.engine_report: dict[str, Any] = {"arms": []}
         self.sequential = SequentialTest()
@@ -227,7 +243,10 @@ class LivePrefetcher:
             return
         transport.write(frame(("reads", (self.batch_started, records))))
         self.sent += count
-        self.last_sent = _mono()
+        now = _mono()
+        if self.last_sent <= self.last_heard:
+            self.waiting_since = now
+        self.last_sent = now
 
     # ------------------------------------------------------------------ the engine's answers
 
@@ -459,12 +478,10 @@ class LivePrefetcher:
             # Starting, the engine imports its predictors (torch and a model: seconds): it has
             # ``start_within`` to say it is ready; running, ``stall_after`` to answer records.
             bound = self.stall_after if self.ready else max(self.stall_after, self.start_within)
-            waiting = self.last_sent > self.last_heard or not self.ready
-            if waiting and now - self.last_heard > bound:
+            silent = silence(now, self.ready, self.last_sent, self.last_heard, self.waiting_since)
+            if silent > bound:
                 self.killing = "engine_stalled"  # (counted when the loss follows)
-                log.warning(
-                    "prediction engine stalled; restarting it", seconds=round(now - self.last_heard, 2)
-                )
+                log.warning("prediction engine stalled; restarting it", seconds=round(silent, 2))
                 if self.proc is not None:
                     self.proc.kill()
                 elif transport is not None:

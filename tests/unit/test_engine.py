@@ -296,3 +296,22 @@ def test_one_engine_for_several_peers_keeps_their_figures_shadows_and_streams_ap
     assert sum(a["gets"] for a in engine.report(0)["arms"] + engine.report(1)["arms"]) == 0
     engine.forget(1)
     assert set(engine.peer_figures) == {0}
+
+
+def test_an_engine_is_silent_only_while_records_wait_for_it() -> None:
+    """The watchdog's measure (proxy.prediction.silence): an engine idle for a minute that has not
+    yet answered the batch sent a moment ago is not a minute silent."""
+    from proxy.prediction import silence
+
+    assert silence(
+        now=100.0, ready=True, last_sent=99.9, last_heard=40.0, waiting_since=99.9
+    ) == pytest.approx(0.1)
+    assert silence(
+        now=103.0, ready=True, last_sent=102.0, last_heard=40.0, waiting_since=99.9
+    ) == pytest.approx(3.1)
+    assert (
+        silence(now=100.0, ready=True, last_sent=50.0, last_heard=60.0, waiting_since=50.0) == 0.0
+    )  # answered
+    assert (
+        silence(now=100.0, ready=False, last_sent=0.0, last_heard=97.0, waiting_since=0.0) == 3.0
+    )  # starting
