@@ -60,6 +60,9 @@ class AdminListener:
         self.address: tuple[str, int] | None = None
         self.scrapes = 0
         self.history = History()  # (the server adds a sample a second)
+        # With --workers: every worker listens on the same port (the kernel spreads the scrapes),
+        # each answering with the whole proxy's figures.
+        self.reuse_port = False
 
     @web.middleware
     async def _check_token(
@@ -86,7 +89,9 @@ class AdminListener:
         app.router.add_get("/static/plotly.min.js", self._plotly)
         self.runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self.runner.setup()
-        site = web.TCPSite(self.runner, self.host, self.port, reuse_address=True)
+        site = web.TCPSite(
+            self.runner, self.host, self.port, reuse_address=True, reuse_port=self.reuse_port or None
+        )
         await site.start()
         server = site._server  # (aiohttp keeps the asyncio server there; the bound port is on it)
         sockets = getattr(server, "sockets", None) or []

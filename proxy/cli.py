@@ -267,6 +267,8 @@ def serve(args: argparse.Namespace) -> int:
             from proxy.workers import WorkerFigures
 
             server.stats.peers = WorkerFigures(args.worker_dir, args.worker_index)
+            if server.admin is not None:
+                server.admin.reuse_port = True
             if server.prediction is not None:
                 from proxy.workers import engine_address
 

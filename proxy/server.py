@@ -263,9 +263,13 @@ class ProxyServer:
                 name: hist
                 for (name, _), hist in zip(self.prediction.arms, self.prediction.latency, strict=True)
             }
-        # (with --workers, the whole proxy's figures, as PREDIS STATS gives them)
+        # (with --workers, the whole proxy's figures, from every worker's last published ones)
         return Figures(
-            self.stats.client_figures(), self.stats.ab_report(), histograms, arm_latency, self.alerts
+            self.stats.scrape_figures(),
+            self.stats.ab_report(scrape=True),
+            histograms,
+            arm_latency,
+            self.alerts,
         )
 
     def health(self) -> dict[str, Any]:

@@ -141,6 +141,20 @@ class WorkerFigures:
         tmp.write_text(json.dumps({**figures, "worker_index": self.index, "worker_pid": os.getpid()}))
         tmp.replace(self.path)  # (readers never see half a file)
 
+    def published(self, mine: dict[str, Any]) -> list[dict[str, Any]]:
+        """Every worker's figures as last published, this one's too (``mine`` until it has
+        published): a scrape's, whose counters then never go back when another worker answers
+        the next one."""
+        out = []
+        for path in sorted(self.directory.glob("worker-*.json")):
+            try:
+                out.append(json.loads(path.read_text()))
+            except (OSError, ValueError):
+                continue
+        if not any(f.get("worker_index") == self.index for f in out):
+            out.append({**mine, "worker_index": self.index, "worker_pid": os.getpid()})
+        return sorted(out, key=lambda f: f.get("worker_index", 0))
+
     def everyone(self, mine: dict[str, Any]) -> list[dict[str, Any]]:
         """Every worker's figures: this one's now, the others' as last published."""
         out = [{**mine, "worker_index": self.index, "worker_pid": os.getpid()}]

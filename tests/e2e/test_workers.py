@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
@@ -319,5 +320,44 @@ def test_several_engines_each_serve_their_workers(redis_server: Any, direct: red
             return sum(a["gets"] for a in ab["arms"]) == 60
 
         wait_for(counted, timeout=30)
+    finally:
+        assert running.close() == 0
+
+
+def _scrape(port: int) -> dict[str, float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=20) as response:
+        text = response.read().decode()
+    return {
+        sample.name: sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if not sample.labels
+    }
+
+
+def test_the_metrics_endpoint_gives_the_whole_proxy_and_its_counters_never_go_back(
+    redis_server: Any, direct: redis.Redis
+) -> None:
+    """``--admin PORT`` with workers: every worker listens on the port, and whichever answers a
+    scrape gives every worker's figures summed, so a counter never goes back between scrapes."""
+    admin = free_port()
+    running = Workers(redis_server.url, extra=("--admin", str(admin)))
+    try:
+        by_worker = running.on_each_worker(2)
+        clients = [c for cs in by_worker.values() for c in cs]
+        for n, client in enumerate(clients):
+            for i in range(25):
+                assert client.set(f"adm:{n}:{i}", i)
+        wanted = 25 * len(clients)
+        wait_for(lambda: _scrape(admin).get("predis_commands_forwarded_total", 0) >= wanted, timeout=30)
+        seen = []
+        for _ in range(30):  # (scrapes land on either worker)
+            samples = _scrape(admin)
+            assert samples["predis_workers"] == 2
+            seen.append(samples["predis_commands_forwarded_total"])
+            clients[len(seen) % len(clients)].set("adm:more", len(seen))
+        assert seen == sorted(seen) and seen[0] >= wanted
     finally:
         assert running.close() == 0
