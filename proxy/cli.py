@@ -262,6 +262,8 @@ def serve(args: argparse.Namespace) -> int:
     loop = new_event_loop()
     asyncio.set_event_loop(loop)
     try:
+        if args.worker_index:  # (with workers, worker 0 writes the run directory, for the whole proxy)
+            settings.run_dir = ""
         server = ProxyServer(settings)
         if args.worker_index is not None:
             from proxy.workers import WorkerFigures

@@ -170,8 +170,6 @@ class Settings:
             raise ConfigError(f"workers must be at least 1, got {self.workers}")
         if self.prediction_engines < 1:
             raise ConfigError(f"prediction_engines must be at least 1, got {self.prediction_engines}")
-        if self.workers > 1 and self.run_dir:
-            raise ConfigError("run_dir does not work with workers > 1 yet")
         if self.workers > 1 and self.admin and parse_listen(self.admin)[1] == 0:
             raise ConfigError(
                 "with workers > 1 the admin listener needs a port of its own, not 0 (they share it)"

@@ -93,11 +93,6 @@ def test_bad_input_exits_with_one_line(tmp_path: Path) -> None:
         (("serve", "--admin", "localhost:x"), None, "admin address must be [HOST:]PORT"),
         (("serve", "--workers", "many"), None, "--workers must be a number or auto"),
         (("serve", "--workers", "0"), None, "--workers must be at least 1"),
-        (
-            ("serve", "--workers", "2", "--run-dir", "/tmp/x"),
-            None,
-            "run_dir does not work with workers > 1 yet",
-        ),
         (("serve", "--workers", "2", "--admin", "0"), None, "needs a port of its own"),
         (("serve", "--upstream-pool", "-1"), None, "upstream_pool must be 0"),
         (

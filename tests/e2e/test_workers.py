@@ -361,3 +361,32 @@ def test_the_metrics_endpoint_gives_the_whole_proxy_and_its_counters_never_go_ba
         assert seen == sorted(seen) and seen[0] >= wanted
     finally:
         assert running.close() == 0
+
+
+def test_the_run_directory_holds_the_whole_proxys_figures(
+    redis_server: Any, direct: redis.Redis, tmp_path: Any
+) -> None:
+    """``--run-dir`` with workers: one worker writes it, a line a second, with every worker's
+    A/B figures summed."""
+    running = Workers(
+        redis_server.url, extra=("--ab", "A=none,B=markov", "--run-dir", str(tmp_path)), engine=True
+    )
+    try:
+        by_worker = running.on_each_worker(1)
+        clients = [by_worker[0][0], by_worker[1][0]]
+        clients[0].execute_command("PREDIS", "AB", "RESET")
+        for n, client in enumerate(clients):
+            for i in range(40):
+                client.get(f"run:{n}:{i}")
+
+        def recorded() -> bool:
+            lines = (tmp_path / "history.jsonl").read_text().splitlines()
+            last = json.loads(lines[-1]) if lines else {"arms": {}}
+            return sum(a["gets"] for a in last["arms"].values()) == 80
+
+        wait_for(recorded, timeout=30)
+    finally:
+        assert running.close() == 0
+    times = [json.loads(line)["t"] for line in (tmp_path / "history.jsonl").read_text().splitlines()]
+    assert times == sorted(times) and len(set(times)) == len(times)  # (one writer)
+    assert (tmp_path / "latency.json").exists()
