@@ -273,9 +273,8 @@ class Engine:
         for (stream, db, key, t, hit), name in zip(records, names, strict=True):
             observe_drift(name)
             arm = arm_of(key)
-            mine = peer_figures.get(stream >> PEER_STREAM_SHIFT) or self.figures_of(
-                stream >> PEER_STREAM_SHIFT
-            )
+            peer = stream >> PEER_STREAM_SHIFT
+            mine = peer_figures.get(peer) or self.figures_of(peer)
             figures = mine[arm]
             figures.gets += 1
             if hit:

@@ -696,8 +696,6 @@ class ClusterSession:
                 self._answer(request, b"+QUEUED\r\n")
                 self.held.append(Request(request.args, callback=_ignore))
                 return
-            if txn is not None:
-                txn.node = self.tx_node or self.home
             for held in self.held:
                 self._send_tx(held)
             self.held.clear()
@@ -713,7 +711,6 @@ class ClusterSession:
         txn = self.txn
         node = self.tx_node or self.home
         if txn is not None:
-            request.tx = True
             request.txn, request.gen = txn, txn.gen
             txn.node = node
             txn.requests.append(request)

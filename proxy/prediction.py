@@ -38,7 +38,7 @@ from common.keyshape import fill_bytes, shape_of
 from prefetch.abtest import SequentialTest
 from prefetch.abtest import report as ab_report
 from prefetch.engine import ArmSplit
-from prefetch.engine_process import Frames, config_json, frame
+from prefetch.engine_process import Frames, frame
 from prefetch.tier import HotTier
 from proxy.upstream import UpstreamOpener
 
@@ -95,24 +95,18 @@ class LivePrefetcher:
         budget: float = 1.0,
         max_batch: int = 256,
         max_wait: float = 0.001,
-        max_age: float = 0.05,
         buffer_limit: int = 65_536,
         stall_after: float = 2.0,
-        priority: str = "low",
-        device: str = "auto",
         start_within: float = 120.0,
         hint_limit: int = 65_536,
-        access_log: dict[str, Any] | None = None,
-        drift_window: int = 10_000,
+        engine_config: str = "",
     ) -> None:
-        """``access_log``: the engine process also records the reads it gets (the arguments of
-        ``accesslog.recorder.AccessRecorder``); None: it does not."""
+        """``engine_config``: the engine process's ``--config`` (``proxy.config.Settings.
+        engine_config``: its arms, budget, staleness bound, priority, device, access log...)."""
         self.arms = list(arms)
         self.shares = list(shares) if shares else [1.0 / len(arms)] * len(arms)
         self.seed = seed
-        self.config = config_json(
-            self.arms, self.shares, seed, budget, max_age, priority, device, access_log, drift_window
-        )
+        self.config = engine_config
         # With --workers: the Unix socket of the engine every worker shares (the supervisor's);
         # None: this proxy starts an engine of its own.
         self.engine_address: str | None = None

@@ -63,6 +63,11 @@ class RequestReader:
         self.on_stream = on_stream
         self.on_stream_bytes = on_stream_bytes
         self.streaming = 0  # bytes of a streamed command still to pass through
+        # Held bytes at which an unfinished command is next offered for streaming (0: at
+        # STREAM_FROM). Doubled after each offer not taken, so that a command held whole (a large
+        # argument not the last, a command inside MULTI...) costs the joins of its head about
+        # twice its size in all, not one join per piece that arrives.
+        self.stream_next = 0
 
     def feed(self, data: bytes) -> bytes | None:
         """Frame ``data`` and hand its complete commands on. Returns the bytes after a command
@@ -144,8 +149,9 @@ class RequestReader:
             tail.append(data)
             if held == 0:
                 self.unfinished = UnfinishedRequest(self.limits)
+                self.stream_next = 0
             self._check_tail(data, held + len(data))
-            if held + len(data) >= STREAM_FROM and self.on_stream is not None:
+            if held + len(data) >= max(STREAM_FROM, self.stream_next) and self.on_stream is not None:
                 self._try_stream()
             return None
         # (No *-1 or *0 among them: _plain sent those to our own parser.)
@@ -231,6 +237,7 @@ class RequestReader:
     def _try_stream(self) -> None:
         """Offer the unfinished command for streaming if its last argument is the one arriving."""
         head = b"".join(self.tail)
+        self.stream_next = 2 * len(head)  # (if it is not taken now)
         found = _streamable(head, self.limits.max_bulk_len)
         if found is None:
             return

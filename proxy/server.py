@@ -87,11 +87,7 @@ class ProxyServer:
                 budget=settings.prefetch_budget,
                 max_batch=settings.prefetch_max_batch,
                 max_wait=settings.prefetch_max_wait,
-                max_age=settings.prefetch_max_age,
-                priority=settings.prefetch_engine_priority,
-                device=settings.prefetch_device,
-                access_log=settings.access_log(),
-                drift_window=settings.drift_window,
+                engine_config=settings.engine_config(),
             )
             self.stats.sections["prefetch"] = self.prediction.figures
             self.stats.ab = self.prediction
@@ -264,13 +260,8 @@ class ProxyServer:
                 for (name, _), hist in zip(self.prediction.arms, self.prediction.latency, strict=True)
             }
         # (with --workers, the whole proxy's figures, from every worker's last published ones)
-        return Figures(
-            self.stats.scrape_figures(),
-            self.stats.ab_report(scrape=True),
-            histograms,
-            arm_latency,
-            self.alerts,
-        )
+        snapshot, ab = self.stats.scrape()
+        return Figures(snapshot, ab, histograms, arm_latency, self.alerts)
 
     def health(self) -> dict[str, Any]:
         """``/healthz``: the upstream's status, and the tier's and the engine's."""

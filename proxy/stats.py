@@ -103,29 +103,30 @@ class Stats:
             figures["ab_arms"] = self.ab.arm_figures()
         return figures
 
-    def ab_report(self, scrape: bool = False) -> dict[str, Any] | None:
+    def ab_report(self) -> dict[str, Any] | None:
         """The A/B report: with workers, over every worker's arms (their figures add up: each
-        splits keys by the same seeded hash, and the one engine counts each worker's reads apart);
-        ``scrape``: every worker's as last published (``scrape_figures``)."""
+        splits keys by the same seeded hash, and the one engine counts each worker's reads apart)."""
         if self.ab is None:
             return None
         if self.peers is None:
             return self.ab.ab()  # type: ignore[no-any-return]
+        return self._ab_over(self.peers.everyone(self.published()))
+
+    def _ab_over(self, workers: list[dict[str, Any]]) -> dict[str, Any]:
         from proxy.workers import merge_arms
 
-        mine = self.published()
-        everyone = self.peers.published(mine) if scrape else self.peers.everyone(mine)
-        return self.ab.ab(merge_arms([w.get("ab_arms") for w in everyone]))  # type: ignore[no-any-return]
+        return self.ab.ab(merge_arms([w.get("ab_arms") for w in workers]))  # type: ignore[no-any-return]
 
-    def scrape_figures(self) -> dict[str, Any]:
-        """A metrics scrape's figures: this process's, or with workers the whole proxy's from every
-        worker's last published figures (this one's too), so that a counter never goes back
-        between two scrapes that different workers answered."""
+    def scrape(self) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        """A metrics scrape's figures and A/B report: this process's, or with workers the whole
+        proxy's, both from one read of every worker's last published figures (this one's too), so
+        that a counter never goes back between two scrapes that different workers answered."""
         if self.peers is None:
-            return self.snapshot()
+            return self.snapshot(), self.ab_report()
         from proxy.workers import merge_figures
 
-        return merge_figures(self.peers.published(self.published()))
+        workers = self.peers.published(self.published())
+        return merge_figures(workers), self._ab_over(workers) if self.ab is not None else None
 
     def model_report(self) -> list[dict[str, Any]]:
         """Each model arm (``ml:...``): its spec and its model's figures from the engine (version,

@@ -136,36 +136,38 @@ class WorkerFigures:
         self.index = index
         self.path = self.directory / f"worker-{index}.json"
 
+    def _named(self, figures: dict[str, Any]) -> dict[str, Any]:
+        return {**figures, "worker_index": self.index, "worker_pid": os.getpid()}
+
     def publish(self, figures: dict[str, Any]) -> None:
         tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({**figures, "worker_index": self.index, "worker_pid": os.getpid()}))
+        tmp.write_text(json.dumps(self._named(figures)))
         tmp.replace(self.path)  # (readers never see half a file)
 
-    def published(self, mine: dict[str, Any]) -> list[dict[str, Any]]:
-        """Every worker's figures as last published, this one's too (``mine`` until it has
-        published): a scrape's, whose counters then never go back when another worker answers
-        the next one."""
+    def _read(self, own: bool) -> list[dict[str, Any]]:
+        """The workers' figures files (this one's too if ``own``)."""
         out = []
         for path in sorted(self.directory.glob("worker-*.json")):
-            try:
-                out.append(json.loads(path.read_text()))
-            except (OSError, ValueError):
-                continue
-        if not any(f.get("worker_index") == self.index for f in out):
-            out.append({**mine, "worker_index": self.index, "worker_pid": os.getpid()})
-        return sorted(out, key=lambda f: f.get("worker_index", 0))
-
-    def everyone(self, mine: dict[str, Any]) -> list[dict[str, Any]]:
-        """Every worker's figures: this one's now, the others' as last published."""
-        out = [{**mine, "worker_index": self.index, "worker_pid": os.getpid()}]
-        for path in sorted(self.directory.glob("worker-*.json")):
-            if path == self.path:
+            if path == self.path and not own:
                 continue
             try:
                 out.append(json.loads(path.read_text()))
             except (OSError, ValueError):
                 continue  # (a worker writing its first file)
+        return out
+
+    def published(self, mine: dict[str, Any]) -> list[dict[str, Any]]:
+        """Every worker's figures as last published, this one's too (``mine`` until it has
+        published): a scrape's, whose counters then never go back when another worker answers
+        the next one."""
+        out = self._read(own=True)
+        if not any(f.get("worker_index") == self.index for f in out):
+            out.append(self._named(mine))
         return sorted(out, key=lambda f: f.get("worker_index", 0))
+
+    def everyone(self, mine: dict[str, Any]) -> list[dict[str, Any]]:
+        """Every worker's figures: this one's now, the others' as last published."""
+        return sorted([self._named(mine), *self._read(own=False)], key=lambda f: f.get("worker_index", 0))
 
 
 def resolve_workers(value: str) -> int:
