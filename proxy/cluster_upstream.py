@@ -23,8 +23,10 @@ cluster unchanged. What a virtual connection does with each request:
   command after ``MULTI``; Redis then refuses keys of other slots in it). A ``MOVED`` inside one
   (the map was stale) moves it whole to the new master, sent again from its ``MULTI``; with
   ``WATCH``, whose watch the old node held, it is aborted as when a watched key changed (``EXEC``
-  answers a null array; the client retries). An ``ASK`` inside one (its slot migrating) is not
-  followed: the client gets it, and ``EXECABORT``;
+  answers a null array; the client retries). An ``ASK`` or ``TRYAGAIN`` inside one (its slot
+  migrating) defers it: the rest is answered ``QUEUED``, and at ``EXEC`` it is run whole, again
+  and again, at the importing node (``ASKING``) or the slot's master, until its keys are in one
+  place (``Transaction``), what the client sends after it waiting for it;
 * ``SUBSCRIBE``, ``PSUBSCRIBE``, ``SSUBSCRIBE``, ``MONITOR``, ``SYNC`` make the connection a pipe to
   one node (every frame passes through);
 * client-side tracking with ``REDIRECT`` (the hot tier's coherence): ``CLIENT ID`` answers a
@@ -70,6 +72,11 @@ from proxy.upstream import UpstreamOpener, discard_unsent
 log = structlog.get_logger("predis.cluster")
 
 MAX_REDIRECTS = 5
+# A transaction deferred by a migrating slot is run again after these pauses (doubling), for at
+# most half the command timeout (the client's EXEC then gets TRYAGAIN, as a migrating slot's
+# multi-key command does).
+TX_RETRY_FIRST = 0.01
+TX_RETRY_MOST = 0.2
 # Connection state every node link of a virtual connection must share: (name, subcommand) -> the
 # commands are replayed on a new link in the order they were first given.
 STATE = {
@@ -147,9 +154,24 @@ class Request:
 class Transaction:
     """One MULTI ... EXEC as sent: its node, every request of it sent (to send again elsewhere),
     and how often it moved. A MOVED inside it (the slot map was stale) moves it whole to the new
-    master, or, with WATCH (whose watch the old node held), aborts it as a changed watched key."""
+    master, or, with WATCH (whose watch the old node held), aborts it as a changed watched key.
+    An ASK or TRYAGAIN inside it (its slot is migrating) defers it: the rest is answered QUEUED
+    here, and at EXEC it is run whole where its keys all are (``ClusterSession._attempt``)."""
 
-    __slots__ = ("node", "gen", "requests", "watch", "aborted")
+    __slots__ = (
+        "node",
+        "gen",
+        "requests",
+        "watch",
+        "aborted",
+        "deferred",
+        "slot",
+        "ask_node",
+        "deadline",
+        "exec_request",
+        "delay",
+        "hops",
+    )
 
     def __init__(self, node: Node | None, watch: bool) -> None:
         self.node = node
@@ -157,6 +179,13 @@ class Transaction:
         self.requests: list[Request] = []
         self.watch = watch
         self.aborted = False
+        self.deferred = False  # an ASK or TRYAGAIN came: run whole at EXEC
+        self.slot = -1  # (deferred) its slot
+        self.ask_node: Node | None = None  # (deferred) where ASK said all its keys are
+        self.deadline = 0.0  # (deferred) when its runs give up
+        self.exec_request: Request | None = None  # (deferred) the client's EXEC, answered by the run
+        self.delay = 0.0  # (deferred) the pause before the next run
+        self.hops = 0  # (deferred) runs sent again at once (a MOVED, an ASK) since the last pause
 
 
 def _ignore(frame: bytes) -> None:
@@ -187,6 +216,7 @@ class ClusterTopology:
         self.refreshes = 0
         self.redirects = 0  # MOVED followed
         self.asks = 0  # ASK followed (a slot migrating)
+        self.deferred = 0  # transactions deferred by a migrating slot (run whole at EXEC)
         self.by_slot: list[Node | None] = [None] * SLOTS
         self.replica_reads = settings.cluster_replica_reads
         self.replicas_by_slot: list[list[Node]] = [[] for _ in range(SLOTS)]
@@ -508,6 +538,10 @@ class ClusterSession:
         self.id_waiters: dict[Node, asyncio.Future[int]] = {}
         self.tracking_to = 0  # the virtual id CLIENT TRACKING ... REDIRECT names
         self.spread = next(self.topology.ids)  # which of a slot's replicas it reads (replica reads)
+        # Requests held while a deferred transaction runs: what follows its EXEC waits for it.
+        self.stalled: list[list[bytes]] | None = None
+        # ...and the requests sent after its EXEC that came back redirected: they follow it.
+        self.redirected: list[tuple[Request, tuple[str, int, Node]]] = []
 
     # ------------------------------------------------------------------ requests in
 
@@ -545,6 +579,9 @@ class ClusterSession:
             link.push()
 
     def _command(self, args: list[bytes]) -> None:
+        if self.stalled is not None:
+            self.stalled.append(args)
+            return
         name = args[0].upper()
         request = Request(args)
         if self.pipe is not None:
@@ -687,6 +724,9 @@ class ClusterSession:
         txn = self.txn
         if txn is not None and txn.aborted:  # (a watch lost to a moved slot: nothing is sent)
             self._answer(request, self._aborted_reply(name))
+        elif txn is not None and txn.deferred:  # (its slot is migrating: run whole at EXEC)
+            txn.requests.append(request)
+            self._deferred_step(request, txn)
         elif self.tx_node is None:
             table = self.topology.table
             keys = table.keys(name, request.args) if table is not None else None
@@ -723,7 +763,7 @@ class ClusterSession:
             return b"_\r\n" if self.resp3 else b"*-1\r\n"
         return b"+OK\r\n" if name == b"DISCARD" else b"+QUEUED\r\n"
 
-    def _moved_in_transaction(self, request: Request, txn: Transaction, frame: bytes) -> bool:
+    def _redirect_in_transaction(self, request: Request, txn: Transaction, frame: bytes) -> bool:
         """A reply to a request of a transaction: True when it is handled here, not the client's.
         From a node the transaction has left: sent again where it is now (or answered, if it was
         aborted). A MOVED: without WATCH, the transaction so far is sent again to the new master
@@ -733,8 +773,14 @@ class ClusterSession:
             self._answer_tx(request, self._aborted_reply(request.args[0].upper()))
             return True
         if request.gen != txn.gen:
+            if txn.deferred:
+                self._deferred_step(request, txn)
+                return True
             request.gen = txn.gen
             self._send(txn.node or self.home, request)
+            return True
+        if frame.startswith((b"-ASK ", b"-TRYAGAIN")):
+            self._defer(request, txn, frame)
             return True
         if not frame.startswith(b"-MOVED ") or txn.gen >= MAX_REDIRECTS:
             return False
@@ -747,7 +793,7 @@ class ClusterSession:
         self._send(old, Request([b"DISCARD"], callback=_ignore))  # (its MULTI there, closed)
         if txn.watch:
             txn.aborted = True
-            self._answer_tx(request, b"+QUEUED\r\n")
+            self._answer_tx(request, self._aborted_reply(request.args[0].upper()))
             return True
         txn.gen += 1
         txn.node = node
@@ -762,6 +808,148 @@ class ClusterSession:
         request.gen = txn.gen
         self._send(node, request)
         return True
+
+    def _defer(self, request: Request, txn: Transaction, frame: bytes) -> None:
+        """An ASK or TRYAGAIN inside a transaction: its slot is migrating, and the node flagged
+        it (its EXEC would answer EXECABORT). Its MULTI there is closed; with WATCH it is aborted
+        (the node held the watch), else deferred: what the client sends in it is answered QUEUED
+        here (Redis checked the command before it redirected it) and at EXEC it runs whole."""
+        self._send(txn.node or self.home, Request([b"DISCARD"], callback=_ignore))
+        txn.gen += 1  # (the replies still owed by that node are not the client's)
+        if txn.watch:
+            txn.aborted = True
+            self._answer_tx(request, self._aborted_reply(request.args[0].upper()))
+            return
+        txn.deferred = True
+        self.topology.deferred += 1
+        redirect = parse_redirect(frame)
+        if redirect is not None:  # ASK: the slot, and where the keys the command named are
+            txn.slot, txn.ask_node = redirect[1], None
+        else:
+            txn.slot = self._slot_of(txn)
+        if self.txn is not txn:  # (its EXEC is sent: what the client sent after it waits for it)
+            self._stall()
+        self._deferred_step(request, txn)
+
+    def _slot_of(self, txn: Transaction) -> int:
+        table = self.topology.table
+        for request in txn.requests:
+            keys = table.keys(request.args[0].upper(), request.args) if table is not None else None
+            if keys:
+                return key_slot(keys[0])
+        return -1
+
+    def _deferred_step(self, request: Request, txn: Transaction) -> None:
+        """A request of a deferred transaction: EXEC runs it; anything else gets the reply a node
+        queuing it would give."""
+        name = request.args[0].upper()
+        if name == b"EXEC":
+            txn.exec_request = request
+            txn.deadline = asyncio.get_running_loop().time() + self.opener.settings.command_timeout / 2
+            txn.delay = TX_RETRY_FIRST
+            self._stall()
+            self._attempt(txn)
+        elif name == b"DISCARD":
+            txn.deferred = False
+            self._answer_tx(request, b"+OK\r\n")
+        else:
+            self._answer_tx(request, b"+OK\r\n" if name == b"MULTI" else b"+QUEUED\r\n")
+
+    def _attempt(self, txn: Transaction) -> None:
+        """Run a deferred transaction whole (MULTI, its commands, EXEC, their replies read here):
+        at the node ASK named when ASK came for every key of it (ASKING first, whose flag lasts
+        to EXEC inside MULTI), else at the slot's master."""
+        if self.closed:
+            return
+        node = txn.ask_node or (self.topology.master_for(txn.slot) if txn.slot >= 0 else None) or self.home
+        link = self._link(node)
+        if txn.ask_node is not None:
+            self.topology.asks += 1
+            link.send(Request([b"ASKING"], callback=_ignore))
+        link.send(Request([b"MULTI"], callback=_ignore))
+        commands = [r.args for r in txn.requests if r.args[0].upper() not in (b"MULTI", b"EXEC", b"DISCARD")]
+        replies: list[bytes] = []
+        for args in commands:
+            link.send(Request(args, callback=replies.append))
+        link.send(
+            Request([b"EXEC"], callback=functools.partial(self._attempted, txn, node, commands, replies))
+        )
+        self.push_writes()
+
+    def _attempted(
+        self, txn: Transaction, node: Node, commands: list[list[bytes]], replies: list[bytes], frame: bytes
+    ) -> None:
+        """A deferred transaction's run answered: EXEC's reply is the client's unless the slot's
+        migration refused it (MOVED: again at the new master; ASK for every keyed command, or for
+        EXEC: again where ASK said; TRYAGAIN, or some keys here and some there: again after a
+        pause, until they are in one place)."""
+        if self.closed:
+            return
+        redirects = [f for f in [*replies, frame] if f.startswith((b"-MOVED ", b"-ASK ", b"-TRYAGAIN"))]
+        if not redirects:  # (an array, a null one, or EXECABORT for an error of Redis's own)
+            self._deferred_done(txn, frame)
+            return
+        table = self.topology.table
+        keyed = [
+            reply
+            for args, reply in zip(commands, replies, strict=False)
+            if table is None or table.keys(args[0].upper(), args)
+        ]
+        moved = next((f for f in redirects if f.startswith(b"-MOVED ")), None)
+        asked = frame if frame.startswith(b"-ASK ") else None
+        if asked is None and keyed and all(f.startswith(b"-ASK ") for f in keyed):
+            asked = keyed[0]
+        again_now = False
+        if moved is not None and (redirect := parse_redirect(moved)) is not None:
+            self.topology.moved(redirect[1], redirect[2])
+            txn.ask_node, again_now = None, True
+        elif asked is not None and txn.ask_node is None and (redirect := parse_redirect(asked)) is not None:
+            txn.ask_node, again_now = redirect[2], True
+        else:
+            txn.ask_node = None
+        loop = asyncio.get_running_loop()
+        if again_now and txn.hops < MAX_REDIRECTS:
+            txn.hops += 1
+            self._attempt(txn)
+        elif loop.time() >= txn.deadline:
+            log.warning(
+                "transaction gave up on a migrating slot", slot=txn.slot, node=f"{node.host}:{node.port}"
+            )
+            self._deferred_done(txn, b"-TRYAGAIN the transaction's slot stayed split between two nodes\r\n")
+        else:
+            txn.hops = 0
+            loop.call_later(min(txn.delay, txn.deadline - loop.time()), self._attempt, txn)
+            txn.delay = min(txn.delay * 2, TX_RETRY_MOST)
+
+    def _deferred_done(self, txn: Transaction, frame: bytes) -> None:
+        txn.deferred = False
+        if txn.exec_request is not None:
+            self._answer_tx(txn.exec_request, frame)
+        redirected, self.redirected = self.redirected, []
+        for request, redirect in redirected:
+            self._follow(request, redirect)
+        self._unstall()
+
+    def _stall(self) -> None:
+        if self.stalled is None:
+            self.stalled = []
+
+    def _unstall(self) -> None:
+        """What the client sent while a deferred transaction ran, routed now, in order."""
+        stalled, self.stalled = self.stalled, None
+        if not stalled:
+            self.push_writes()
+            return
+        self.feeding += 1
+        try:
+            for i, args in enumerate(stalled):
+                if self.stalled is not None:  # (another deferred transaction among them)
+                    self.stalled.extend(stalled[i:])
+                    break
+                self._command(args)
+        finally:
+            self.feeding -= 1
+        self.push_writes()
 
     def _answer_tx(self, request: Request, frame: bytes) -> None:
         if request.callback is not None:
@@ -903,7 +1091,7 @@ class ClusterSession:
             asyncio.get_running_loop().call_soon(self.flush)
 
     def on_reply(self, link: NodeLink, request: Request, frame: bytes) -> None:
-        if request.txn is not None and self._moved_in_transaction(request, request.txn, frame):
+        if request.txn is not None and self._redirect_in_transaction(request, request.txn, frame):
             return
         if request.callback is not None:
             request.callback(frame)
@@ -911,16 +1099,11 @@ class ClusterSession:
         if frame[:1] == b"-" and not request.tx and request.redirects < MAX_REDIRECTS:
             redirect = parse_redirect(frame) if frame[1:5] in (b"MOVE", b"ASK ") else None
             if redirect is not None:
-                kind, slot, node = redirect
                 request.redirects += 1
-                if kind == "MOVED":
-                    self.topology.moved(slot, node)
-                    if self.tx_node is not None and request.args[0].upper() == b"WATCH":
-                        self.tx_node = node  # (the watch is where the key is: its MULTI goes there)
+                if self.stalled is not None:  # (sent after a deferred transaction: it follows it)
+                    self.redirected.append((request, redirect))
                 else:
-                    self.topology.asks += 1
-                    self._link(node).send(Request([b"ASKING"], callback=_ignore))
-                self._link(node).send(request)
+                    self._follow(request, redirect)
                 return
         parent = request.parent
         if parent is None:
@@ -932,6 +1115,17 @@ class ClusterSession:
         parent.left -= 1
         if parent.left == 0:
             parent.reply = self._merge(parent)
+
+    def _follow(self, request: Request, redirect: tuple[str, int, Node]) -> None:
+        kind, slot, node = redirect
+        if kind == "MOVED":
+            self.topology.moved(slot, node)
+            if self.tx_node is not None and request.args[0].upper() == b"WATCH":
+                self.tx_node = node  # (the watch is where the key is: its MULTI goes there)
+        else:
+            self.topology.asks += 1
+            self._link(node).send(Request([b"ASKING"], callback=_ignore))
+        self._link(node).send(request)
 
     def _merge(self, parent: Request) -> bytes:
         frames = [p.reply or b"" for p in parent.parts]

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 import redis
 
+from proxy.cluster import key_slot
 from proxy.embedded import EmbeddedCluster
 from proxy.resp import encode_command
 from tests.helpers import read_frames, wait_for
@@ -274,9 +275,12 @@ def _node_id(port: int) -> str:
 class Load:
     """Clients through the proxy, each owning its keys: write a new value, read it back, again
     and again; any error, and any read that is not the value just acknowledged, is counted. One
-    more client pipelines: 8 writes of its keys, then 8 reads of them, in one pipeline."""
+    more client pipelines: 8 writes of its keys, then 8 reads of them, in one pipeline. One more
+    runs transactions on two keys of a slot (a counter and a value): a transaction's replies that
+    are not the counter's next value and the value it set count as stale (one run twice, or not
+    at all, would show)."""
 
-    def __init__(self, port: int, clients: int = 4, keys: int = 50) -> None:
+    def __init__(self, port: int, clients: int = 4, keys: int = 50, tags: list[str] | None = None) -> None:
         self.errors: list[str] = []
         self.stale = 0
         self.ops = 0
@@ -285,6 +289,9 @@ class Load:
             threading.Thread(target=self._run, args=(port, c, keys), daemon=True) for c in range(clients)
         ]
         self.threads.append(threading.Thread(target=self._pipelined, args=(port, keys), daemon=True))
+        tags = tags or [str(i) for i in range(keys)]
+        self.threads.append(threading.Thread(target=self._transactions, args=(port, tags), daemon=True))
+        self.transactions = 0
         for t in self.threads:
             t.start()
 
@@ -305,6 +312,26 @@ class Load:
                 self.errors.append(str(exc))
             n += 8
             self.ops += 16
+
+    def _transactions(self, port: int, tags: list[str]) -> None:
+        client = redis.Redis(port=port, socket_timeout=20)
+        counts = dict.fromkeys(tags, 0)
+        n = 0
+        while not self.stop.is_set():
+            tag = tags[n % len(tags)]
+            pipe = client.pipeline(transaction=True)
+            pipe.incr(f"txload:{{{tag}}}:count").set(f"txload:{{{tag}}}:last", n).get(
+                f"txload:{{{tag}}}:last"
+            )
+            try:
+                replies = pipe.execute()
+                counts[tag] += 1
+                self.stale += replies != [counts[tag], True, str(n).encode()]
+                self.transactions += 1
+            except redis.RedisError as exc:
+                self.errors.append(str(exc))
+            n += 1
+            self.ops += 3
 
     def _run(self, port: int, c: int, keys: int) -> None:
         client = redis.Redis(port=port, socket_timeout=20)
@@ -332,7 +359,21 @@ def test_a_live_reshard_under_load_fails_no_request(
     proxy = make_proxy(cluster.url)
     wait_for(lambda: proxy.server.tier.active, 30)
     source, target = cluster.masters()[:2]
-    load = Load(proxy.port)
+    # The transactions' keys are in slots the reshard moves (the source's first 1,500, as redis-cli
+    # takes them), each with 300 more keys so that its migration lasts, and some transactions run
+    # while their slot is migrating.
+    moving = set(
+        sorted(
+            slot
+            for start, end, *nodes in cluster.ask(source, "CLUSTER", "SLOTS")
+            if int(nodes[0][1]) == source.port
+            for slot in range(start, end + 1)
+        )[:1500]
+    )
+    tags = [tag for tag in (f"t{i}" for i in range(5000)) if key_slot(tag.encode()) in moving][:50]
+    for tag in tags:
+        direct.mset({f"fill:{{{tag}}}:{i}": "x" for i in range(300)})
+    load = Load(proxy.port, tags=tags)
     try:
         time.sleep(0.5)
         subprocess.run(
@@ -359,12 +400,15 @@ def test_a_live_reshard_under_load_fails_no_request(
     finally:
         load.finish()
     assert load.ops > 100 and load.errors == [] and load.stale == 0, (load.ops, load.errors[:5], load.stale)
+    assert load.transactions > 10
     assert cluster_client(cluster).get("load:0:0") is not None
     topology = proxy.server.opener.topology
     assert topology.redirects + topology.asks > 0  # (the proxy followed them, the clients never saw one)
     print(
-        f"\nreshard of 1,500 slots under load: {load.ops} operations, {len(load.errors)} errors, "
+        f"\nreshard of 1,500 slots under load: {load.ops} operations ({load.transactions} transactions), "
+        f"{len(load.errors)} errors, "
         f"{load.stale} stale reads; {topology.redirects} MOVED and {topology.asks} ASK followed, "
+        f"{topology.deferred} transactions deferred by a migrating slot, "
         f"{topology.refreshes} map refreshes"
     )
 
@@ -476,3 +520,111 @@ def test_a_transaction_whose_slot_moved_is_moved_whole_and_the_client_sees_no_re
 
     client.transaction(update, key)  # (redis-py's retry loop: it runs at the new master)
     assert direct.get(key) == b"1"
+
+
+def test_a_transaction_on_a_migrating_slot_runs_whole_where_its_keys_all_are(
+    make_proxy: Any, cluster: EmbeddedCluster, direct: redis.RedisCluster
+) -> None:
+    """A slot half migrated (IMPORTING at one master, MIGRATING at its owner). A transaction on one
+    key already gone from the owner gets ASK: the proxy runs it whole at the importing node
+    (ASKING, whose flag lasts to EXEC inside MULTI). One on several keys, some at each node, can
+    run nowhere until the migration ends (the importing node answers TRYAGAIN): the proxy answers
+    QUEUED, holds EXEC (and what the client sends after it) and runs it again until it can; the
+    client sees no redirect either way. With WATCH (held by the owner) EXEC answers as when a
+    watched key changed."""
+    proxy = make_proxy(cluster.url, hot_tier="off", health_interval=3600.0)
+    client = proxy.client()
+    slot = int(cluster.ask(cluster.nodes[0], "CLUSTER", "KEYSLOT", "tx:{a1}"))
+    owner = cluster.node_of_slot(slot)
+    target = next(m for m in cluster.masters() if m.port != owner.port)
+    assert direct.set("tx:{a1}:old", "5") and client.get("tx:{a1}:old") == b"5"  # (the map is read)
+    assert cluster.ask(target, "CLUSTER", "SETSLOT", str(slot), "IMPORTING", _node_id(owner.port)) == b"OK"
+    assert cluster.ask(owner, "CLUSTER", "SETSLOT", str(slot), "MIGRATING", _node_id(target.port)) == b"OK"
+    asks = proxy.server.opener.topology.asks
+    finisher: threading.Thread | None = None
+    try:
+        pipe = client.pipeline(transaction=True)  # a key not at the owner: ASK for each command
+        pipe.set("tx:{a1}:new", "1").incr("tx:{a1}:new").get("tx:{a1}:new")
+        assert pipe.execute() == [True, 2, b"2"]
+        assert proxy.server.opener.topology.asks > asks
+        at_target = redis.Redis(port=target.port)
+        at_target.execute_command("ASKING")
+        assert at_target.get("tx:{a1}:new") == b"2"  # (it ran at the importing node...)
+        assert str(cluster.ask(owner, "GET", "tx:{a1}:new")).startswith("ASK")  # (...not at the owner)
+
+        # What the client pipelines after EXEC sees the transaction's writes.
+        with socket.create_connection(("127.0.0.1", proxy.port)) as s:
+            s.settimeout(10)
+            s.sendall(
+                b"".join(
+                    encode_command(c)
+                    for c in (["MULTI"], ["SET", "tx:{a1}:p", "v"], ["EXEC"], ["GET", "tx:{a1}:p"])
+                )
+            )
+            assert read_frames(s, 4) == [b"+OK\r\n", b"+QUEUED\r\n", b"*1\r\n+OK\r\n", b"$1\r\nv\r\n"]
+
+        # WATCH at the owner, a key of the transaction gone from it: aborted, not redirected.
+        with client.pipeline(transaction=True) as watched:
+            watched.watch("tx:{a1}:old")
+            watched.multi()
+            watched.set("tx:{a1}:new", "y")
+            with pytest.raises(redis.WatchError):
+                watched.execute()
+
+        # A key at each node: held until the migration ends (in 0.5 s), then run at the target.
+        def finish() -> None:
+            time.sleep(0.5)
+            assert (
+                cluster.ask(
+                    owner, "MIGRATE", "127.0.0.1", str(target.port), "", "0", "5000", "KEYS", "tx:{a1}:old"
+                )
+                == b"OK"
+            )
+            for node in cluster.masters():
+                assert (
+                    cluster.ask(node, "CLUSTER", "SETSLOT", str(slot), "NODE", _node_id(target.port)) == b"OK"
+                )
+
+        one = proxy.client()  # one command at a time
+        assert one.execute_command("MULTI") == b"OK"
+        assert one.execute_command("INCR", "tx:{a1}:old") == b"QUEUED"  # (at the owner)
+        assert one.execute_command("INCR", "tx:{a1}:new") == b"QUEUED"  # (ASK: answered here)
+        finisher = threading.Thread(target=finish)
+        started = time.monotonic()
+        finisher.start()
+        assert one.execute_command("EXEC") == [6, 3]
+        assert time.monotonic() - started >= 0.5  # (it waited for the migration)
+        assert one.get("tx:{a1}:old") == b"6"
+    finally:
+        if finisher is not None:
+            finisher.join()
+        else:
+            for node in cluster.masters():
+                cluster.ask(node, "CLUSTER", "SETSLOT", str(slot), "STABLE")
+    assert direct.get("tx:{a1}:old") == b"6" and direct.get("tx:{a1}:new") == b"3"
+
+
+def test_a_transaction_split_across_a_migration_that_never_ends_gets_tryagain(
+    make_proxy: Any, cluster: EmbeddedCluster, direct: redis.RedisCluster
+) -> None:
+    """The proxy runs a transaction split across a migrating slot again for half its command
+    timeout, then answers EXEC with TRYAGAIN (what Redis answers a multi-key command there)."""
+    proxy = make_proxy(cluster.url, hot_tier="off", health_interval=3600.0, command_timeout=1.0)
+    client = proxy.client()
+    slot = int(cluster.ask(cluster.nodes[0], "CLUSTER", "KEYSLOT", "tx:{a2}"))
+    owner = cluster.node_of_slot(slot)
+    target = next(m for m in cluster.masters() if m.port != owner.port)
+    assert direct.set("tx:{a2}:here", "1") and client.get("tx:{a2}:here") == b"1"
+    assert cluster.ask(target, "CLUSTER", "SETSLOT", str(slot), "IMPORTING", _node_id(owner.port)) == b"OK"
+    assert cluster.ask(owner, "CLUSTER", "SETSLOT", str(slot), "MIGRATING", _node_id(target.port)) == b"OK"
+    try:
+        pipe = client.pipeline(transaction=True)
+        pipe.incr("tx:{a2}:here").incr("tx:{a2}:gone")
+        started = time.monotonic()
+        with pytest.raises(redis.exceptions.TryAgainError):  # (redis-py reads TRYAGAIN so)
+            pipe.execute()
+        assert time.monotonic() - started >= 0.5  # (it kept trying for half the command timeout)
+        assert client.get("tx:{a2}:here") == b"1"  # (nothing of it ran; the connection still serves)
+    finally:
+        for node in cluster.masters():
+            cluster.ask(node, "CLUSTER", "SETSLOT", str(slot), "STABLE")
