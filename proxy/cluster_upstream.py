@@ -171,6 +171,7 @@ class Transaction:
         "exec_request",
         "delay",
         "hops",
+        "holding",
     )
 
     def __init__(self, node: Node | None, watch: bool) -> None:
@@ -186,6 +187,7 @@ class Transaction:
         self.exec_request: Request | None = None  # (deferred) the client's EXEC, answered by the run
         self.delay = 0.0  # (deferred) the pause before the next run
         self.hops = 0  # (deferred) runs sent again at once (a MOVED, an ASK) since the last pause
+        self.holding = False  # (deferred) what the client sends after its EXEC waits for it
 
 
 def _ignore(frame: bytes) -> None:
@@ -538,10 +540,14 @@ class ClusterSession:
         self.id_waiters: dict[Node, asyncio.Future[int]] = {}
         self.tracking_to = 0  # the virtual id CLIENT TRACKING ... REDIRECT names
         self.spread = next(self.topology.ids)  # which of a slot's replicas it reads (replica reads)
-        # Requests held while a deferred transaction runs: what follows its EXEC waits for it.
+        # Requests held while a deferred transaction or a request refused with TRYAGAIN (a slot
+        # migrating) is run again: what the client sends after it waits for it (``holds``: how
+        # many such are running)...
         self.stalled: list[list[bytes]] | None = None
-        # ...and the requests sent after its EXEC that came back redirected: they follow it.
+        self.holds = 0
+        # ...and so do the requests sent after it that came back redirected.
         self.redirected: list[tuple[Request, tuple[str, int, Node]]] = []
+        self.retries: dict[Request, list[float]] = {}  # TRYAGAIN: request -> [deadline, pause]
 
     # ------------------------------------------------------------------ requests in
 
@@ -828,7 +834,7 @@ class ClusterSession:
         else:
             txn.slot = self._slot_of(txn)
         if self.txn is not txn:  # (its EXEC is sent: what the client sent after it waits for it)
-            self._stall()
+            self._hold_for(txn)
         self._deferred_step(request, txn)
 
     def _slot_of(self, txn: Transaction) -> int:
@@ -847,7 +853,7 @@ class ClusterSession:
             txn.exec_request = request
             txn.deadline = asyncio.get_running_loop().time() + self.opener.settings.command_timeout / 2
             txn.delay = TX_RETRY_FIRST
-            self._stall()
+            self._hold_for(txn)
             self._attempt(txn)
         elif name == b"DISCARD":
             txn.deferred = False
@@ -925,17 +931,59 @@ class ClusterSession:
         txn.deferred = False
         if txn.exec_request is not None:
             self._answer_tx(txn.exec_request, frame)
+        if txn.holding:
+            txn.holding = False
+            self._release()
+
+    def _hold_for(self, txn: Transaction) -> None:
+        if not txn.holding:
+            txn.holding = True
+            self._hold()
+
+    def _try_again(self, request: Request) -> bool:
+        """A request refused with TRYAGAIN (a multi-key command whose slot is migrating, some of
+        its keys moved): sent again after a pause, doubling, to its slot's master (which may
+        answer ASK or MOVED, followed as ever) for at most half the command timeout; False once
+        that is spent (the client then gets TRYAGAIN)."""
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        retry = self.retries.get(request)
+        if retry is None:
+            retry = self.retries[request] = [now + self.opener.settings.command_timeout / 2, TX_RETRY_FIRST]
+            self._hold()
+        elif now >= retry[0]:
+            del self.retries[request]
+            self._release()
+            return False
+        loop.call_later(min(retry[1], retry[0] - now), self._resend, request)
+        retry[1] = min(retry[1] * 2, TX_RETRY_MOST)
+        return True
+
+    def _resend(self, request: Request) -> None:
+        if self.closed:
+            return
+        table = self.topology.table
+        keys = table.keys(request.args[0].upper(), request.args) if table is not None else None
+        node = (self.topology.master_for(key_slot(keys[0])) if keys else None) or self.home
+        self._send(node, request)
+        self.push_writes()
+
+    def _hold(self) -> None:
+        self.holds += 1
+        if self.stalled is None:
+            self.stalled = []
+
+    def _release(self) -> None:
+        self.holds -= 1
+        if self.holds:
+            return
         redirected, self.redirected = self.redirected, []
         for request, redirect in redirected:
             self._follow(request, redirect)
         self._unstall()
 
-    def _stall(self) -> None:
-        if self.stalled is None:
-            self.stalled = []
-
     def _unstall(self) -> None:
-        """What the client sent while a deferred transaction ran, routed now, in order."""
+        """What the client sent while something held it, routed now, in order."""
         stalled, self.stalled = self.stalled, None
         if not stalled:
             self.push_writes()
@@ -943,7 +991,7 @@ class ClusterSession:
         self.feeding += 1
         try:
             for i, args in enumerate(stalled):
-                if self.stalled is not None:  # (another deferred transaction among them)
+                if self.stalled is not None:  # (another hold among them)
                     self.stalled.extend(stalled[i:])
                     break
                 self._command(args)
@@ -1096,15 +1144,19 @@ class ClusterSession:
         if request.callback is not None:
             request.callback(frame)
             return
-        if frame[:1] == b"-" and not request.tx and request.redirects < MAX_REDIRECTS:
+        if frame[:1] == b"-" and not request.tx:
+            if frame.startswith(b"-TRYAGAIN") and self._try_again(request):
+                return
             redirect = parse_redirect(frame) if frame[1:5] in (b"MOVE", b"ASK ") else None
-            if redirect is not None:
+            if redirect is not None and request.redirects < MAX_REDIRECTS:
                 request.redirects += 1
-                if self.stalled is not None:  # (sent after a deferred transaction: it follows it)
+                if self.stalled is not None and request not in self.retries:  # (it follows what holds)
                     self.redirected.append((request, redirect))
                 else:
                     self._follow(request, redirect)
                 return
+        if self.retries and self.retries.pop(request, None) is not None:
+            self._release()
         parent = request.parent
         if parent is None:
             request.reply = frame

@@ -608,7 +608,8 @@ def test_a_transaction_split_across_a_migration_that_never_ends_gets_tryagain(
     make_proxy: Any, cluster: EmbeddedCluster, direct: redis.RedisCluster
 ) -> None:
     """The proxy runs a transaction split across a migrating slot again for half its command
-    timeout, then answers EXEC with TRYAGAIN (what Redis answers a multi-key command there)."""
+    timeout, then answers EXEC with TRYAGAIN (what Redis answers a multi-key command there); so
+    it does a multi-key command refused with TRYAGAIN."""
     proxy = make_proxy(cluster.url, hot_tier="off", health_interval=3600.0, command_timeout=1.0)
     client = proxy.client()
     slot = int(cluster.ask(cluster.nodes[0], "CLUSTER", "KEYSLOT", "tx:{a2}"))
@@ -625,6 +626,51 @@ def test_a_transaction_split_across_a_migration_that_never_ends_gets_tryagain(
             pipe.execute()
         assert time.monotonic() - started >= 0.5  # (it kept trying for half the command timeout)
         assert client.get("tx:{a2}:here") == b"1"  # (nothing of it ran; the connection still serves)
+        started = time.monotonic()
+        with pytest.raises(redis.exceptions.TryAgainError):
+            client.mget("tx:{a2}:here", "tx:{a2}:gone")
+        assert time.monotonic() - started >= 0.5
     finally:
         for node in cluster.masters():
             cluster.ask(node, "CLUSTER", "SETSLOT", str(slot), "STABLE")
+
+
+def test_a_multi_key_command_refused_with_tryagain_is_sent_again_until_its_slot_settles(
+    make_proxy: Any, cluster: EmbeddedCluster, direct: redis.RedisCluster
+) -> None:
+    """A multi-key command on a migrating slot, one key moved and one not: the owner answers
+    TRYAGAIN. The proxy sends it again (pausing) until the migration ends, and what the client
+    sends after it waits for it: the client sees neither TRYAGAIN nor a redirect."""
+    proxy = make_proxy(cluster.url, hot_tier="off", health_interval=3600.0)
+    client = proxy.client()
+    here, gone = "ta:{a4}:here", "ta:{a4}:gone"
+    slot = int(cluster.ask(cluster.nodes[0], "CLUSTER", "KEYSLOT", here))
+    owner = cluster.node_of_slot(slot)
+    target = next(m for m in cluster.masters() if m.port != owner.port)
+    assert direct.mset({here: "1", gone: "2"}) and client.get(here) == b"1"  # (the map is read)
+    assert cluster.ask(target, "CLUSTER", "SETSLOT", str(slot), "IMPORTING", _node_id(owner.port)) == b"OK"
+    assert cluster.ask(owner, "CLUSTER", "SETSLOT", str(slot), "MIGRATING", _node_id(target.port)) == b"OK"
+    assert (
+        cluster.ask(owner, "MIGRATE", "127.0.0.1", str(target.port), "", "0", "5000", "KEYS", gone) == b"OK"
+    )
+    assert str(cluster.ask(owner, "MGET", here, gone)).startswith("TRYAGAIN")  # (what a client would get)
+
+    def finish() -> None:
+        time.sleep(0.5)
+        assert (
+            cluster.ask(owner, "MIGRATE", "127.0.0.1", str(target.port), "", "0", "5000", "KEYS", here)
+            == b"OK"
+        )
+        for node in cluster.masters():
+            assert cluster.ask(node, "CLUSTER", "SETSLOT", str(slot), "NODE", _node_id(target.port)) == b"OK"
+
+    finisher = threading.Thread(target=finish)
+    started = time.monotonic()
+    finisher.start()
+    try:
+        assert client.mget(here, gone) == [b"1", b"2"]
+        assert time.monotonic() - started >= 0.5  # (it waited for the migration)
+        assert client.mset({here: "3", gone: "4"}) and client.mget(here, gone) == [b"3", b"4"]
+    finally:
+        finisher.join()
+    assert direct.mget(here, gone) == [b"3", b"4"]
