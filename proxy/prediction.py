@@ -47,6 +47,8 @@ log = structlog.get_logger("predis.prediction")
 _mono = time.monotonic
 SEND_BUFFER_LIMIT = 1 << 20  # bytes waiting for the engine past which batches are shed
 BACKOFF_FIRST, BACKOFF_MAX = 0.2, 30.0
+# The engine's per-arm counts that a restarted engine starts again from nothing: carried over.
+CARRIED = ("gets", "prefetches", "shed", "predict_errors")
 
 
 _keys_of = itemgetter(2)
@@ -178,6 +180,14 @@ class LivePrefetcher:
         # The tier's per-arm prefetch counts when the experiment's figures last started again.
         self.fills_base = [0] * len(self.arms)
         self.prefetched_hits_base = [0] * len(self.arms)
+        # Each arm's GETs and hits, counted here (at each batch's flush, sent or shed), so that they
+        # are every read the proxy served: those shed before the engine saw them, and those of an
+        # engine's earlier lives (a restarted engine counts from nothing)...
+        self.gets = [0] * len(self.arms)
+        self.hits = [0] * len(self.arms)
+        self.arm_shed = [0] * len(self.arms)  # ...of which shed here (the engine counts its own)
+        # ...and the engine's own counts from its earlier lives, per arm.
+        self.carried: list[dict[str, int]] = [dict.fromkeys(CARRIED, 0) for _ in self.arms]
 
     # ------------------------------------------------------------------ the request path
 
@@ -196,6 +206,7 @@ class LivePrefetcher:
                 self.flush()
         else:
             self.shed += len(keys)
+            self._count([(stream, db, keys, hit)], shed=True)
         if not hit and self.hints:  # a miss: its hinted keys are read beside its own fill
             hints = self.hints
             for key in keys:
@@ -205,6 +216,15 @@ class LivePrefetcher:
         if not hit and self.rules:  # ...and the keys its shape's rules name
             for key in keys:
                 self._apply_rules(stream, db, key)
+
+    def _count(self, records: list[tuple[int, int, Sequence[bytes], bool]], shed: bool) -> None:
+        """Count reads shed before they reached a batch (the buffer full) in their arms."""
+        for _, _, keys, hit in records:
+            for key in keys:
+                arm = self.arm_of(key) if self.arm_of is not None else 0
+                self.gets[arm] += 1
+                self.hits[arm] += hit
+                self.arm_shed[arm] += shed
 
     def flush(self) -> None:
         """Send the buffered records to the engine, or shed them if it cannot take them now."""
@@ -216,23 +236,34 @@ class LivePrefetcher:
         # The arms' token buckets gain ``budget`` per GET of their keys (here, once per batch:
         # nothing on a hit's path).
         tokens, budget, cap = self.tokens, self.budget, self.cap_tokens
+        transport = self.proto.transport if self.proto is not None and self.ready else None
+        shed = (
+            transport is None
+            or transport.is_closing()
+            or transport.get_write_buffer_size() > SEND_BUFFER_LIMIT
+        )
         if self.arm_of is None:
             have = tokens[0] + budget * count
             tokens[0] = cap if have > cap else have
+            self.gets[0] += count
+            self.hits[0] += sum(len(record[2]) for record in records if record[3])
+            if shed:
+                self.arm_shed[0] += count
         else:
-            arm_of = self.arm_of
+            arm_of, gets, hits, arm_shed = self.arm_of, self.gets, self.hits, self.arm_shed
             for record in records:
+                hit = record[3]
                 for key in record[2]:
                     arm = arm_of(key)
                     have = tokens[arm] + budget
                     tokens[arm] = cap if have > cap else have
+                    gets[arm] += 1
+                    if hit:
+                        hits[arm] += 1
+                    if shed:
+                        arm_shed[arm] += 1
         self.records += count
-        transport = self.proto.transport if self.proto is not None and self.ready else None
-        if (
-            transport is None
-            or transport.is_closing()
-            or transport.get_write_buffer_size() > SEND_BUFFER_LIMIT
-        ):
+        if shed or transport is None:
             self.shed += count
             return
         transport.write(frame(("reads", (self.batch_started, records))))
@@ -423,6 +454,7 @@ class LivePrefetcher:
             return
         self.fallbacks[self.killing or "engine_died"] += 1
         self.killing = None
+        self._carry()
         log.warning("prediction engine gone; prefetching paused until it is back", backoff=self.backoff)
         self._reap()
         assert self.loop is not None
@@ -510,7 +542,7 @@ class LivePrefetcher:
 
     def figures(self) -> dict[str, Any]:
         arms = self.engine_report.get("arms", [])
-        engine_shed = sum(int(arm.get("shed", 0)) for arm in arms)
+        engine_shed = sum(int(arm.get("shed", 0)) for arm in arms) + sum(c["shed"] for c in self.carried)
         out: dict[str, Any] = {
             "engine_up": int(self.ready),
             "engine_starts": self.starts,
@@ -541,24 +573,37 @@ class LivePrefetcher:
         if transport is not None and not transport.is_closing():
             transport.write(frame(("reset", None)))
 
+    def _carry(self) -> None:
+        """The engine is gone: its per-arm counts so far are kept here (its successor counts from
+        nothing), and its last report's are zeroed, so that none is counted twice."""
+        arms = self.engine_report.get("arms", [])
+        for carried, arm in zip(self.carried, arms, strict=False):
+            for name in CARRIED:
+                carried[name] += int(arm.get(name, 0))
+        self.engine_report = {
+            **self.engine_report,
+            "arms": [{**arm, **dict.fromkeys(CARRIED, 0)} for arm in arms],
+        }
+
     def _reset_figures(self) -> None:
         self.sequential.reset()
         n = len(self.arms)
         self.late, self.hinted, self.over_budget, self.fetched = [0] * n, [0] * n, [0] * n, [0] * n
+        self.gets, self.hits, self.arm_shed = [0] * n, [0] * n, [0] * n
+        self.carried = [dict.fromkeys(CARRIED, 0) for _ in self.arms]
         self.latency = [LatencyHistogram() for _ in self.arms]
         if len(self.tier.policies) == n:
             self.fills_base = list(self.tier.part_prefetch_fills)
             self.prefetched_hits_base = list(self.tier.part_prefetched_hits)
         self.engine_report = {
             **self.engine_report,
-            "arms": [
-                {**arm, "gets": 0, "hits": 0, "misses": 0} for arm in self.engine_report.get("arms", [])
-            ],
+            "arms": [{**arm, **dict.fromkeys(CARRIED, 0)} for arm in self.engine_report.get("arms", [])],
         }
 
     def arm_figures(self) -> list[dict[str, Any]]:
-        """Per arm: the engine's figures (GETs, hits, misses, prefetches asked, shed, predictor
-        errors) with the proxy's (prefetches filled, their first hits and precision, late ones,
+        """Per arm: its GETs, hits and misses (every read the proxy served, counted here), the
+        engine's figures (prefetches asked, shed, predictor errors, over all its lives) with the
+        proxy's (reads shed here, prefetches filled, their first hits and precision, late ones,
         hinted reads, upstream reads per GET, prediction latency from the read to the prefetch's
         send, p50 and p99 in microseconds), all since the experiment's figures last started."""
         tier = self.tier
@@ -566,15 +611,23 @@ class LivePrefetcher:
         out = []
         for i, arm in enumerate(self.engine_report.get("arms", [])):
             fills = tier.part_prefetch_fills[i] - self.fills_base[i] if partitioned else None
-            hits = tier.part_prefetched_hits[i] - self.prefetched_hits_base[i] if partitioned else None
-            gets = int(arm.get("gets", 0))
-            upstream = int(arm.get("misses", 0)) + self.fetched[i]
+            first_hits = tier.part_prefetched_hits[i] - self.prefetched_hits_base[i] if partitioned else None
+            gets, hits, carried = self.gets[i], self.hits[i], self.carried[i]
+            upstream = gets - hits + self.fetched[i]
             out.append(
                 {
                     **arm,
+                    "gets": gets,
+                    "hits": hits,
+                    "misses": gets - hits,
+                    # (the reads the engine got: those it predicted from and those it shed)
+                    "engine_reads": int(arm.get("gets", 0)) + carried["gets"],
+                    "prefetches": int(arm.get("prefetches", 0)) + carried["prefetches"],
+                    "shed": int(arm.get("shed", 0)) + carried["shed"] + self.arm_shed[i],
+                    "predict_errors": int(arm.get("predict_errors", 0)) + carried["predict_errors"],
                     "prefetch_fills": fills,
-                    "prefetched_hits": hits,
-                    "precision": round(hits / fills, 4) if fills and hits is not None else None,
+                    "prefetched_hits": first_hits,
+                    "precision": round(first_hits / fills, 4) if fills and first_hits is not None else None,
                     "late": self.late[i],
                     "hinted": self.hinted[i],
                     "over_budget": self.over_budget[i],

@@ -68,7 +68,7 @@ def test_ab_arms_split_the_keys_and_their_figures_add_up(
         if 3 <= i < N - 1 and mine.arm_of(b"seq:%d" % (i + 1)) == 0:
             wait_for(lambda i=i: (0, b"seq:%d" % (i + 1)) in tier.entries, timeout=10)
     assert got == [f"value-{i}".encode() for i in range(N)]
-    wait_for(lambda: sum(arm["gets"] for arm in ab(client)["arms"]) == N, timeout=10)
+    wait_for(lambda: sum(arm["engine_reads"] for arm in ab(client)["arms"]) == N, timeout=10)
     report = ab(client)
     obl, none = report["arms"]
     assert obl["gets"] == sum(mine.arm_of(b"seq:%d" % i) == 0 for i in range(N))
@@ -128,6 +128,11 @@ def test_a_dead_or_stalled_engine_is_counted_restarted_and_never_stops_the_proxy
         if i >= 103:
             wait_for(lambda i=i: (0, b"seq:%d" % (i + 1)) in tier.entries, timeout=10)
     assert tier.prefetched_hits > before
+    # The arm's figures are every read the proxy served: those shed or lost with the dead engine
+    # and those of the new one, which counts from nothing (they used to be the new one's only).
+    wait_for(lambda: prediction.arm_figures()[0]["gets"] == 120, timeout=10)
+    arm = prediction.arm_figures()[0]
+    assert arm["hits"] + arm["misses"] == 120 and arm["hits"] >= 16, arm
 
 
 def test_predis_replay_drives_an_ab_proxy_and_reports(
@@ -205,9 +210,10 @@ def test_the_model_prefetches_keys_never_read_here_and_falls_back_when_it_cannot
         if i < len(CYCLE) - 1:
             wait_for(lambda i=i: (0, CYCLE[i + 1].encode()) in tier.entries, timeout=30)
     assert tier.prefetched_hits >= len(CYCLE) - 1
-    wait_for(lambda: ab(client)["arms"][0]["gets"] == len(CYCLE), timeout=10)
+    # (the proxy counts the arm's GETs as it sends them; the engine's report follows its steps)
+    wait_for(lambda: ab(client)["arms"][0]["predictor"]["model_reads"] == len(CYCLE), timeout=10)
     (arm,) = ab(client)["arms"]
-    assert arm["predictor"]["model"] == "loaded" and arm["predictor"]["model_reads"] == len(CYCLE)
+    assert arm["predictor"]["model"] == "loaded" and arm["gets"] == len(CYCLE)
     assert arm["predictor"]["fallbacks"] == {"model_load": 0, "model_error": 0}
     sha = json.loads((model / "manifest.json").read_text())["weights_sha256"]
     assert arm["predictor"]["model_version"] == f"model@{sha[:12]}"  # (which model serves)
@@ -220,7 +226,8 @@ def test_the_model_prefetches_keys_never_read_here_and_falls_back_when_it_cannot
     os.kill(pid, signal.SIGKILL)
     wait_for(lambda: prediction.ready and prediction.proc.pid != pid, timeout=120)
     assert [client.get(key) for key in CYCLE] == [f"v-{key}".encode() for key in CYCLE]
-    wait_for(lambda: ab(client)["arms"][0].get("gets") == len(CYCLE), timeout=10)
+    # (both engines' reads: the proxy counts them)
+    wait_for(lambda: ab(client)["arms"][0]["gets"] == 2 * len(CYCLE), timeout=10)
     (arm,) = ab(client)["arms"]
     assert arm["predictor"]["model"] == "failed" and arm["predictor"]["fallbacks"]["model_load"] == 1
     assert "no such model directory" in arm["predictor"]["load_error"]
