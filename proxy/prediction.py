@@ -48,7 +48,9 @@ _mono = time.monotonic
 SEND_BUFFER_LIMIT = 1 << 20  # bytes waiting for the engine past which batches are shed
 BACKOFF_FIRST, BACKOFF_MAX = 0.2, 30.0
 # The engine's per-arm counts that a restarted engine starts again from nothing: carried over.
-CARRIED = ("gets", "prefetches", "shed", "predict_errors")
+CARRIED = ("prefetches", "shed", "predict_errors")
+# The engine's per-arm counts a reset or a restart sets to nothing.
+COUNTS = ("gets", "hits", "misses", *CARRIED)
 
 
 _keys_of = itemgetter(2)
@@ -180,14 +182,15 @@ class LivePrefetcher:
         # The tier's per-arm prefetch counts when the experiment's figures last started again.
         self.fills_base = [0] * len(self.arms)
         self.prefetched_hits_base = [0] * len(self.arms)
-        # Each arm's GETs and hits, counted here (at each batch's flush, sent or shed), so that they
-        # are every read the proxy served: those shed before the engine saw them, and those of an
-        # engine's earlier lives (a restarted engine counts from nothing)...
-        self.gets = [0] * len(self.arms)
-        self.hits = [0] * len(self.arms)
-        self.arm_shed = [0] * len(self.arms)  # ...of which shed here (the engine counts its own)
-        # ...and the engine's own counts from its earlier lives, per arm.
-        self.carried: list[dict[str, int]] = [dict.fromkeys(CARRIED, 0) for _ in self.arms]
+        # An arm's GETs and hits are the engine's (counted in the order its peers' batches and
+        # resets reach it), and besides them, counted here at each batch's flush, so that they are
+        # every read the proxy served: the reads shed here, which the engine never saw...
+        n = len(self.arms)
+        self.shed_gets, self.shed_hits = [0] * n, [0] * n
+        # ...and those sent to the engine now running: when it dies they are carried (a restarted
+        # engine counts from nothing), with its own counts of prefetches, shed and errors.
+        self.sent_gets, self.sent_hits = [0] * n, [0] * n
+        self.carried: list[dict[str, int]] = [dict.fromkeys(("gets", "hits", *CARRIED), 0) for _ in self.arms]
 
     # ------------------------------------------------------------------ the request path
 
@@ -219,12 +222,12 @@ class LivePrefetcher:
 
     def _count(self, records: list[tuple[int, int, Sequence[bytes], bool]], shed: bool) -> None:
         """Count reads shed before they reached a batch (the buffer full) in their arms."""
+        gets, hits = (self.shed_gets, self.shed_hits) if shed else (self.sent_gets, self.sent_hits)
         for _, _, keys, hit in records:
             for key in keys:
                 arm = self.arm_of(key) if self.arm_of is not None else 0
-                self.gets[arm] += 1
-                self.hits[arm] += hit
-                self.arm_shed[arm] += shed
+                gets[arm] += 1
+                hits[arm] += hit
 
     def flush(self) -> None:
         """Send the buffered records to the engine, or shed them if it cannot take them now."""
@@ -242,15 +245,14 @@ class LivePrefetcher:
             or transport.is_closing()
             or transport.get_write_buffer_size() > SEND_BUFFER_LIMIT
         )
+        gets, hits = (self.shed_gets, self.shed_hits) if shed else (self.sent_gets, self.sent_hits)
         if self.arm_of is None:
             have = tokens[0] + budget * count
             tokens[0] = cap if have > cap else have
-            self.gets[0] += count
-            self.hits[0] += sum(len(record[2]) for record in records if record[3])
-            if shed:
-                self.arm_shed[0] += count
+            gets[0] += count
+            hits[0] += sum(len(record[2]) for record in records if record[3])
         else:
-            arm_of, gets, hits, arm_shed = self.arm_of, self.gets, self.hits, self.arm_shed
+            arm_of = self.arm_of
             for record in records:
                 hit = record[3]
                 for key in record[2]:
@@ -260,8 +262,6 @@ class LivePrefetcher:
                     gets[arm] += 1
                     if hit:
                         hits[arm] += 1
-                    if shed:
-                        arm_shed[arm] += 1
         self.records += count
         if shed or transport is None:
             self.shed += count
@@ -574,35 +574,42 @@ class LivePrefetcher:
             transport.write(frame(("reset", None)))
 
     def _carry(self) -> None:
-        """The engine is gone: its per-arm counts so far are kept here (its successor counts from
-        nothing), and its last report's are zeroed, so that none is counted twice."""
+        """The engine is gone (its successor counts from nothing): the reads sent to it are kept
+        here, those it had not reported yet included, with its last report's counts of prefetches,
+        shed reads and errors; that report's counts are zeroed, so none is counted twice."""
         arms = self.engine_report.get("arms", [])
-        for carried, arm in zip(self.carried, arms, strict=False):
-            for name in CARRIED:
-                carried[name] += int(arm.get(name, 0))
+        for i, carried in enumerate(self.carried):
+            carried["gets"] += self.sent_gets[i]
+            carried["hits"] += self.sent_hits[i]
+            if i < len(arms):
+                for name in CARRIED:
+                    carried[name] += int(arms[i].get(name, 0))
+        n = len(self.arms)
+        self.sent_gets, self.sent_hits = [0] * n, [0] * n
         self.engine_report = {
             **self.engine_report,
-            "arms": [{**arm, **dict.fromkeys(CARRIED, 0)} for arm in arms],
+            "arms": [{**arm, **dict.fromkeys(COUNTS, 0)} for arm in arms],
         }
 
     def _reset_figures(self) -> None:
         self.sequential.reset()
         n = len(self.arms)
         self.late, self.hinted, self.over_budget, self.fetched = [0] * n, [0] * n, [0] * n, [0] * n
-        self.gets, self.hits, self.arm_shed = [0] * n, [0] * n, [0] * n
-        self.carried = [dict.fromkeys(CARRIED, 0) for _ in self.arms]
+        self.shed_gets, self.shed_hits, self.sent_gets, self.sent_hits = [0] * n, [0] * n, [0] * n, [0] * n
+        self.carried = [dict.fromkeys(("gets", "hits", *CARRIED), 0) for _ in self.arms]
         self.latency = [LatencyHistogram() for _ in self.arms]
         if len(self.tier.policies) == n:
             self.fills_base = list(self.tier.part_prefetch_fills)
             self.prefetched_hits_base = list(self.tier.part_prefetched_hits)
         self.engine_report = {
             **self.engine_report,
-            "arms": [{**arm, **dict.fromkeys(CARRIED, 0)} for arm in self.engine_report.get("arms", [])],
+            "arms": [{**arm, **dict.fromkeys(COUNTS, 0)} for arm in self.engine_report.get("arms", [])],
         }
 
     def arm_figures(self) -> list[dict[str, Any]]:
-        """Per arm: its GETs, hits and misses (every read the proxy served, counted here), the
-        engine's figures (prefetches asked, shed, predictor errors, over all its lives) with the
+        """Per arm: its GETs, hits and misses (every read the proxy served: the engine's, its
+        earlier lives' and those shed here), the reads the engine got, the engine's figures
+        (prefetches asked, shed, predictor errors, over all its lives) with the
         proxy's (reads shed here, prefetches filled, their first hits and precision, late ones,
         hinted reads, upstream reads per GET, prediction latency from the read to the prefetch's
         send, p50 and p99 in microseconds), all since the experiment's figures last started."""
@@ -612,7 +619,10 @@ class LivePrefetcher:
         for i, arm in enumerate(self.engine_report.get("arms", [])):
             fills = tier.part_prefetch_fills[i] - self.fills_base[i] if partitioned else None
             first_hits = tier.part_prefetched_hits[i] - self.prefetched_hits_base[i] if partitioned else None
-            gets, hits, carried = self.gets[i], self.hits[i], self.carried[i]
+            carried = self.carried[i]
+            engine_reads = int(arm.get("gets", 0)) + carried["gets"]
+            gets = engine_reads + self.shed_gets[i]
+            hits = int(arm.get("hits", 0)) + carried["hits"] + self.shed_hits[i]
             upstream = gets - hits + self.fetched[i]
             out.append(
                 {
@@ -621,9 +631,9 @@ class LivePrefetcher:
                     "hits": hits,
                     "misses": gets - hits,
                     # (the reads the engine got: those it predicted from and those it shed)
-                    "engine_reads": int(arm.get("gets", 0)) + carried["gets"],
+                    "engine_reads": engine_reads,
                     "prefetches": int(arm.get("prefetches", 0)) + carried["prefetches"],
-                    "shed": int(arm.get("shed", 0)) + carried["shed"] + self.arm_shed[i],
+                    "shed": int(arm.get("shed", 0)) + carried["shed"] + self.shed_gets[i],
                     "predict_errors": int(arm.get("predict_errors", 0)) + carried["predict_errors"],
                     "prefetch_fills": fills,
                     "prefetched_hits": first_hits,
