@@ -525,6 +525,7 @@ class ClusterSession:
         self.home = self.topology.home()
         self.in_multi = False
         self.tx_node: Node | None = None
+        self.tx_asking = False  # WATCH was sent on by ASK: the transaction goes there after ASKING
         self.held: list[Request] = []  # MULTI and what follows it until a key names the node
         self.txn: Transaction | None = None  # the open transaction (MULTI sent or held)
         self.pipe: NodeLink | None = None
@@ -636,7 +637,7 @@ class ClusterSession:
         if not keys:  # no keys, or none the table can tell: the home node
             where = self.tx_node or self.home  # (UNWATCH: where WATCH went)
             if name == b"UNWATCH":
-                self.tx_node = None
+                self.tx_node, self.tx_asking = None, False
             self._send(where, request)
             return
         slot = key_slot(keys[0])
@@ -649,6 +650,8 @@ class ClusterSession:
         if name == b"WATCH":
             node = self.tx_node or topology.master_for(slot)
             self.tx_node = node
+            if self.tx_asking and node is not None:  # (the watch is at a slot's importing node)
+                self._send(node, Request([b"ASKING"], callback=_ignore))
         elif (
             topology.replica_reads
             and not self.tracking_to
@@ -725,6 +728,8 @@ class ClusterSession:
                 self._answer(request, b"+OK\r\n")
                 self.held.append(Request(request.args, callback=_ignore))
             else:
+                if self.tx_asking:  # (its flag lasts inside MULTI, to EXEC)
+                    self._send(self.tx_node, Request([b"ASKING"], callback=_ignore))
                 self._send_tx(request)
             return
         txn = self.txn
@@ -750,7 +755,7 @@ class ClusterSession:
             self._send_tx(request)
         if name in (b"EXEC", b"DISCARD"):
             self.in_multi = False
-            self.tx_node = None
+            self.tx_node, self.tx_asking = None, False
             self.txn = None
 
     def _send_tx(self, request: Request) -> None:
@@ -1177,6 +1182,10 @@ class ClusterSession:
         else:
             self.topology.asks += 1
             self._link(node).send(Request([b"ASKING"], callback=_ignore))
+            if self.tx_node is not None and request.args[0].upper() == b"WATCH":
+                # (the watch is at the importing node: so is the key, and its transaction goes
+                # there, after ASKING)
+                self.tx_node, self.tx_asking = node, True
         self._link(node).send(request)
 
     def _merge(self, parent: Request) -> bytes:

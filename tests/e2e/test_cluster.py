@@ -570,6 +570,17 @@ def test_a_transaction_on_a_migrating_slot_runs_whole_where_its_keys_all_are(
             watched.set("tx:{a1}:new", "y")
             with pytest.raises(redis.WatchError):
                 watched.execute()
+        # WATCH of a key gone from the owner: ASK takes the watch to the importing node, and the
+        # transaction follows it there (ASKING, then MULTI).
+        with client.pipeline(transaction=True) as watched:
+            watched.watch("tx:{a1}:new")
+            assert watched.get("tx:{a1}:new") == b"2"
+            watched.multi()
+            watched.set("tx:{a1}:new", "5")
+            assert watched.execute() == [True]
+        at_target.execute_command("ASKING")
+        assert at_target.get("tx:{a1}:new") == b"5"
+        assert client.incr("tx:{a1}:new", -3) == 2  # (back to what the test expects below)
 
         # A key at each node: held until the migration ends (in 0.5 s), then run at the target.
         def finish() -> None:
