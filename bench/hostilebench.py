@@ -1,6 +1,6 @@
 """Hostile clients under load: does a well-behaved client's latency stay where it was?
 
-    python -m bench.hostilebench [--seconds 10] [--repeats 3]
+    python -m bench.hostilebench [--seconds 10] [--repeats 3] [--targets proxy,redis]
 
 A `predis serve` process (defaults: the shared upstream connection, the hot tier) in front of a
 Redis. A victim client reads (unpipelined GETs of 1,000 keys) for ``--seconds`` while nothing else
@@ -15,6 +15,10 @@ quiet ones', the errors it saw, and the proxy's resident memory at the end of ea
 * ``flood``: connections opened and closed as fast as one thread can;
 * ``garbage``: malformed requests (the fuzzing seeds and regressions of the request path) on new
   connections, as fast as one thread can.
+
+``--targets proxy,redis`` also points the victim and the same hostile clients at the Redis
+directly, in turn with the proxy within each repeat: the reference for what a hostile client costs
+the others there (the memory column is then Redis's).
 """
 
 from __future__ import annotations
@@ -150,11 +154,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--hostiles", default=",".join(HOSTILES), help="which, comma-separated")
     parser.add_argument("--proxy-args", default="", help="more predis serve flags, e.g. '--upstream-pool 0'")
+    parser.add_argument("--targets", default="proxy", help="proxy, redis (directly), or both: proxy,redis")
     args = parser.parse_args(argv)
     kinds = [k for k in args.hostiles.split(",") if k]
     unknown = [k for k in kinds if k not in HOSTILES]
     if unknown:
         print(f"bench: unknown hostile client {unknown[0]!r}; known: {', '.join(HOSTILES)}", file=sys.stderr)
+        return 2
+    targets = [t for t in args.targets.split(",") if t]
+    if not targets or any(t not in ("proxy", "redis") for t in targets):
+        print(f"bench: --targets {args.targets!r}: name proxy, redis or both", file=sys.stderr)
         return 2
     rows = []
     with EmbeddedRedis() as upstream:
@@ -163,39 +172,48 @@ def main(argv: list[str] | None = None) -> int:
         direct.set("big", b"v" * 1024)
         proxy = ProxyProcess(upstream.url, ["--max-clients", "2000", *args.proxy_args.split()])
         try:
+            assert upstream.process is not None
+            where = {"proxy": (proxy.port, proxy.proc.pid), "redis": (upstream.port, upstream.process.pid)}
             for kind in kinds:
-                quiet, hostile, mem = [], [], []
+                quiet: dict[str, list[dict[str, Any]]] = {t: [] for t in targets}
+                hostile: dict[str, list[dict[str, Any]]] = {t: [] for t in targets}
+                mem: dict[str, list[float]] = {t: [] for t in targets}
                 for _ in range(args.repeats):
-                    quiet.append(victim(proxy.port, args.seconds))
-                    # (In a process of its own: the victim's latency must be the proxy's, not this
-                    # interpreter's, where a writer's 32 MiB command would hold the GIL.)
-                    stop = multiprocessing.Event()
-                    worker = multiprocessing.Process(
-                        target=HOSTILES[kind], args=(proxy.port, stop), daemon=True
-                    )
-                    worker.start()
-                    time.sleep(0.5)  # (the hostile clients in place)
-                    hostile.append(victim(proxy.port, args.seconds))
-                    mem.append(round(rss_mb(proxy.proc.pid), 1))
-                    stop.set()
-                    worker.join(60)
-                    if worker.is_alive():
-                        worker.kill()
-                    time.sleep(1.0)  # (the proxy recovers before the next quiet window)
+                    for target in targets:
+                        port, pid = where[target]
+                        quiet[target].append(victim(port, args.seconds))
+                        # (In a process of its own: the victim's latency must be the proxy's, not
+                        # this interpreter's, where a writer's 32 MiB command would hold the GIL.)
+                        stop = multiprocessing.Event()
+                        worker = multiprocessing.Process(
+                            target=HOSTILES[kind], args=(port, stop), daemon=True
+                        )
+                        worker.start()
+                        time.sleep(0.5)  # (the hostile clients in place)
+                        hostile[target].append(victim(port, args.seconds))
+                        mem[target].append(round(rss_mb(pid), 1))
+                        stop.set()
+                        worker.join(60)
+                        if worker.is_alive():
+                            worker.kill()
+                        time.sleep(1.0)  # (it recovers before the next quiet window)
 
                 def med(runs: list[dict[str, Any]], key: str) -> float:
                     return statistics.median(r[key] for r in runs)
 
-                row = {
-                    "hostile": kind,
-                    "p50_us": [med(quiet, "p50_us"), med(hostile, "p50_us")],
-                    "p99_us": [med(quiet, "p99_us"), med(hostile, "p99_us")],
-                    "p99_ratio": round(med(hostile, "p99_us") / med(quiet, "p99_us"), 2),
-                    "victim_errors": sum(r["errors"] for r in quiet + hostile),
-                    "proxy_rss_mb": max(mem),
-                }
-                rows.append(row)
-                print(json.dumps(row), flush=True)
+                for target in targets:
+                    q, h = quiet[target], hostile[target]
+                    row = {
+                        "hostile": kind,
+                        "target": target,
+                        "p50_us": [med(q, "p50_us"), med(h, "p50_us")],
+                        "p99_us": [med(q, "p99_us"), med(h, "p99_us")],
+                        "p99_ratio": round(med(h, "p99_us") / med(q, "p99_us"), 2),
+                        "victim_errors": sum(r["errors"] for r in q + h),
+                        "rss_mb": max(mem[target]),
+                    }
+                    rows.append(row)
+                    print(json.dumps(row), flush=True)
         finally:
             proxy.close()
     return 0
