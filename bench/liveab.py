@@ -10,7 +10,8 @@ entries, split 50/50 between the arms, and drives the log through it with ``pred
 ``--rate`` requests/s, one connection per client stream. Prints each live repeat's per-arm hit
 ratio, the medians, and the simulator's figures for the same arms. ``bench.demo`` runs one repeat.
 ``--proxy-args`` more than once: each repeat runs the proxy once with each set of flags, in turn,
-and the table has a row per set and arm (``--proxy-args ""`` is the proxy as it is).
+and the table has a row per set and arm (``--proxy-args ""`` is the proxy as it is). The table also gives each arm's prediction latency
+(read received to prefetch sent), p50 and p99, medians over the repeats.
 """
 
 from __future__ import annotations
@@ -94,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = [(v, name) for v in variants for name, _ in arms]
     live: dict[tuple[str, str], list[float]] = {row: [] for row in rows}
     upstream: dict[tuple[str, str], list[float]] = {row: [] for row in rows}
+    latency: dict[tuple[str, str], list[tuple[float, float]]] = {row: [] for row in rows}
     span = float(log.timestamps()[-1] - log.timestamps()[0])
     delays: list[float] = []  # per repeat: a prefetch's delay after its read, in the log's time
     rules: list[dict[str, str]] = []
@@ -108,6 +110,9 @@ def main(argv: list[str] | None = None) -> int:
                 for arm in result["ab"]["arms"]:
                     live[variant, arm["name"]].append(100 * arm["hit_ratio"])
                     upstream[variant, arm["name"]].append(arm.get("upstream_per_get") or 0.0)
+                    latency[variant, arm["name"]].append(
+                        (arm.get("prediction_p50_us") or 0.0, arm.get("prediction_p99_us") or 0.0)
+                    )
                 if variant == variants[0]:
                     delays.append(live_delay(result, span))
                 rules = result["ab"].get("rules", [])
@@ -133,17 +138,20 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(
         "| proxy flags | arm | spec | live hit %, median (range) | simulator hit % | live - simulator "
-        "| simulator with delay | live - delayed | live upstream reads per GET |"
+        "| simulator with delay | live - delayed | live upstream reads per GET | prediction latency p50 / p99, ms |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     specs = dict(arms)
     for variant, name in rows:
         spec, got = specs[name], live[variant, name]
         median = statistics.median(got)
+        p50 = statistics.median(p for p, _ in latency[variant, name])  # (medians over the repeats)
+        p99 = statistics.median(p for _, p in latency[variant, name])
         print(
             f"| {variant or '(none)'} | {name} | {spec} | {median:.2f} ({min(got):.2f}-{max(got):.2f}) | "
             f"{offline[spec]:.2f} | {median - offline[spec]:+.2f} | {delayed[spec]:.2f} | "
-            f"{median - delayed[spec]:+.2f} | {statistics.median(upstream[variant, name]):.3f} |"
+            f"{median - delayed[spec]:+.2f} | {statistics.median(upstream[variant, name]):.3f} | "
+            f"{p50 / 1e3:.2f} / {p99 / 1e3:.2f} |"
         )
     return 0
 
