@@ -14,7 +14,7 @@ from proxy import commands
 from proxy.config import UpstreamAddress
 from proxy.resp import as_str, encode_bulk, encode_command, encode_error, encode_verbatim
 from proxy.scanner import decode_reply
-from proxy.slots import NO_SLOT, PASSTHROUGH, RAW, Answer, Capture, Run
+from proxy.slots import NO_SLOT, PASSTHROUGH, RAW, Answer, Capture, Run, discard_reply
 from proxy.stats import Stats
 
 RESET_FRAME = b"+RESET\r\n"
@@ -64,6 +64,10 @@ class Session:
         self.resp3 = False
         # State that cannot be replayed: losing the upstream connection closes the client.
         self.in_multi = False
+        # A SELECT queued inside MULTI: its +QUEUED changes nothing; whether it ran is known only
+        # from the EXEC (aborted by a WATCH, refused, or an error of its own), so after that EXEC
+        # the proxy asks Redis which database the connection is in (``on_client_info``).
+        self.select_in_multi = False
         self.watching = False
         self.tracking = False
         self.subscribed = False  # a RESP3 SUBSCRIBE was sent (until RESET: unsubscribing is not followed)
@@ -168,6 +172,9 @@ class Session:
     def track_state(self, name: bytes, args: list[bytes], now: float) -> Any:
         """Remember connection state that a reconnect must replay or must not silently drop."""
         if name == b"SELECT" and len(args) == 2:
+            if self.in_multi:
+                self.select_in_multi = True
+                return Run(1, now)
             return self._state_capture(now, partial(self.on_select, db=args[1]))
         if name == b"AUTH" and len(args) in (2, 3):
             cred = (b"default", args[1]) if len(args) == 2 else (args[1], args[2])
@@ -185,6 +192,8 @@ class Session:
         elif name in (b"EXEC", b"DISCARD"):
             self.in_multi = False
             self.watching = False
+            if name == b"DISCARD":
+                self.select_in_multi = False
         elif name == b"WATCH":
             self.watching = True
         elif name == b"UNWATCH":
@@ -199,10 +208,10 @@ class Session:
                 self.tracking = args[2].upper() == b"ON"
         return Run(1, now)
 
-    def _state_capture(self, now: float, fn: Callable[[bytes], bytes]) -> Capture:
+    def _state_capture(self, now: float, fn: Callable[[bytes], bytes | None]) -> Capture:
         self.state_pending += 1
 
-        def done(frame: bytes) -> bytes:
+        def done(frame: bytes) -> bytes | None:
             self.state_pending -= 1
             return fn(frame)
 
@@ -213,6 +222,26 @@ class Session:
             self.db = int(db)
             self.db_changed()
         return frame
+
+    def after_exec(self, now: float) -> tuple[bytes, Capture] | None:
+        """After an EXEC whose transaction queued a SELECT: the proxy's own CLIENT INFO, sent
+        behind it, and the slot for its reply (read here, never the client's)."""
+        if not self.select_in_multi:
+            return None
+        self.select_in_multi = False
+        return encode_command([b"CLIENT", b"INFO"]), self._state_capture(now, self.on_client_info)
+
+    def on_client_info(self, frame: bytes) -> None:
+        """CLIENT INFO's reply: the connection's database, whatever its transaction did."""
+        at = frame.find(b" db=")
+        if frame[:1] in (b"$", b"=") and at >= 0:
+            end = frame.find(b" ", at + 4)
+            digits = frame[at + 4 : end if end >= 0 else None]
+            if digits.isdigit() and int(digits) != self.db:
+                self.db = int(digits)
+                self.db_changed()
+        else:
+            discard_reply(frame)  # (an error is logged)
 
     def on_setname(self, frame: bytes, name: bytes) -> bytes:
         if frame.startswith(b"+"):
@@ -308,6 +337,7 @@ class Session:
     def reset_request_state(self) -> None:
         self.resp3 = False
         self.in_multi = self.watching = self.tracking = self.subscribed = False
+        self.select_in_multi = False
         self.passthrough_req = False
         self.reply_mode = b"ON"
 

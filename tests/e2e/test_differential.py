@@ -120,6 +120,46 @@ def test_the_proxy_answers_every_program_as_redis_does(pair: Any, program: list[
         theirs.close()
 
 
+@pytest.mark.parametrize(
+    "program",
+    [
+        # Found by the property test above: WATCH's key written, so EXEC is aborted and the SELECT
+        # queued in it never runs; the proxy took its +QUEUED for the switch and served GET k0
+        # from database 0's entry in its tier.
+        [
+            [[b"WATCH", b"k0"]],
+            [[b"SET", b"k0", b""], [b"SELECT", b"1"]],
+            [[b"MULTI"], [b"SELECT", b"0"], [b"EXEC"]],
+            [[b"GET", b"k0"]],
+        ],
+        # The transaction runs: its SELECT counts, and a read pipelined behind EXEC is in db 0.
+        [
+            [[b"SET", b"k0", b"v0"], [b"GET", b"k0"], [b"SELECT", b"1"], [b"GET", b"k0"]],
+            [[b"MULTI"], [b"SELECT", b"0"], [b"EXEC"], [b"GET", b"k0"]],
+            [[b"GET", b"k0"]],
+        ],
+        # A SELECT that fails when EXEC runs it, and one in a discarded transaction.
+        [
+            [[b"SET", b"k0", b"v0"], [b"GET", b"k0"]],
+            [[b"MULTI"], [b"SELECT", b"99"], [b"EXEC"], [b"GET", b"k0"]],
+            [[b"SELECT", b"1"], [b"MULTI"], [b"SELECT", b"0"], [b"DISCARD"], [b"GET", b"k0"]],
+        ],
+    ],
+)
+def test_a_select_inside_a_transaction_counts_only_when_exec_runs_it(pair: Any, program: list[Any]) -> None:
+    proxy, reference = pair
+    ours, theirs = Side(proxy.port), Side(reference.port)
+    try:
+        for side in (ours, theirs):
+            assert side.run(0, [[b"FLUSHALL"]]) == [b"+OK\r\n"]
+        for i, commands in enumerate(program):
+            got, want = ours.run(1, commands), theirs.run(1, commands)
+            assert got == want, f"step {i}: {commands}"
+    finally:
+        ours.close()
+        theirs.close()
+
+
 def answer_until_closed(port: int, payload: bytes) -> bytes:
     """Everything the server sends back to ``payload`` and a QUIT after it, until it closes the
     connection (at the QUIT, or at a protocol error before it)."""
