@@ -252,7 +252,7 @@ class Dispatcher:
             raw = encoded[i]
             pieces.append(raw if raw is not None else _pack(tuple(args)))
             forwarded += 1
-            if name == b"EXEC" and session.select_in_multi:
+            if name == b"EXEC" and session.state_in_multi:
                 after = session.after_exec(now)  # (which database the transaction left it in)
                 if after is not None:
                     sync = replies.leave_fast_mode()

@@ -64,10 +64,12 @@ class Session:
         self.resp3 = False
         # State that cannot be replayed: losing the upstream connection closes the client.
         self.in_multi = False
-        # A SELECT queued inside MULTI: its +QUEUED changes nothing; whether it ran is known only
-        # from the EXEC (aborted by a WATCH, refused, or an error of its own), so after that EXEC
-        # the proxy asks Redis which database the connection is in (``on_client_info``).
-        self.select_in_multi = False
+        # A SELECT or AUTH queued inside MULTI: its +QUEUED changes nothing; whether it ran is
+        # known only from the EXEC (aborted by a WATCH, refused, or an error of its own), so after
+        # that EXEC the proxy asks Redis which database and user the connection has
+        # (``on_client_info``).
+        self.state_in_multi = False
+        self.auth_in_multi: tuple[bytes, bytes] | None = None
         self.watching = False
         self.tracking = False
         self.subscribed = False  # a RESP3 SUBSCRIBE was sent (until RESET: unsubscribing is not followed)
@@ -173,11 +175,14 @@ class Session:
         """Remember connection state that a reconnect must replay or must not silently drop."""
         if name == b"SELECT" and len(args) == 2:
             if self.in_multi:
-                self.select_in_multi = True
+                self.state_in_multi = True
                 return Run(1, now)
             return self._state_capture(now, partial(self.on_select, db=args[1]))
         if name == b"AUTH" and len(args) in (2, 3):
             cred = (b"default", args[1]) if len(args) == 2 else (args[1], args[2])
+            if self.in_multi:  # (a failed AUTH in EXEC must not make the tier serve as that user)
+                self.state_in_multi, self.auth_in_multi = True, cred
+                return Run(1, now)
             return self._state_capture(now, partial(self.on_auth, cred=cred))
         if name == b"HELLO":
             before = self.resp3
@@ -193,7 +198,7 @@ class Session:
             self.in_multi = False
             self.watching = False
             if name == b"DISCARD":
-                self.select_in_multi = False
+                self.state_in_multi, self.auth_in_multi = False, None
         elif name == b"WATCH":
             self.watching = True
         elif name == b"UNWATCH":
@@ -226,22 +231,27 @@ class Session:
     def after_exec(self, now: float) -> tuple[bytes, Capture] | None:
         """After an EXEC whose transaction queued a SELECT: the proxy's own CLIENT INFO, sent
         behind it, and the slot for its reply (read here, never the client's)."""
-        if not self.select_in_multi:
+        if not self.state_in_multi:
             return None
-        self.select_in_multi = False
+        self.state_in_multi = False
         return encode_command([b"CLIENT", b"INFO"]), self._state_capture(now, self.on_client_info)
 
     def on_client_info(self, frame: bytes) -> None:
-        """CLIENT INFO's reply: the connection's database, whatever its transaction did."""
-        at = frame.find(b" db=")
-        if frame[:1] in (b"$", b"=") and at >= 0:
-            end = frame.find(b" ", at + 4)
-            digits = frame[at + 4 : end if end >= 0 else None]
-            if digits.isdigit() and int(digits) != self.db:
-                self.db = int(digits)
-                self.db_changed()
-        else:
+        """CLIENT INFO's reply: the connection's database and user, whatever its transaction did
+        (an AUTH in it counts if the connection's user is now the one it named)."""
+        cred, self.auth_in_multi = self.auth_in_multi, None
+        if frame[:1] not in (b"$", b"="):
             discard_reply(frame)  # (an error is logged)
+            return
+        fields = dict(f.split(b"=", 1) for f in frame.split(b"\r\n")[1].split(b" ") if b"=" in f)
+        digits = fields.get(b"db", b"")
+        if digits.isdigit() and int(digits) != self.db:
+            self.db = int(digits)
+            self.db_changed()
+        current = as_str(self.auth[0]) if self.auth else "default"
+        if cred is not None and fields.get(b"user") == cred[0] and as_str(cred[0]) != current:
+            self.auth = cred  # (the same user as before keeps the credentials that worked)
+            self.verified = True
 
     def on_setname(self, frame: bytes, name: bytes) -> bytes:
         if frame.startswith(b"+"):
@@ -337,7 +347,7 @@ class Session:
     def reset_request_state(self) -> None:
         self.resp3 = False
         self.in_multi = self.watching = self.tracking = self.subscribed = False
-        self.select_in_multi = False
+        self.state_in_multi, self.auth_in_multi = False, None
         self.passthrough_req = False
         self.reply_mode = b"ON"
 

@@ -598,3 +598,31 @@ def test_proxy_answers_inside_multi_keep_order(
     assert frames[:3] == [b"+OK\r\n", b"+OK\r\n", b"+QUEUED\r\n"]
     assert frames[3].startswith(b"-ERR PREDIS is not allowed inside MULTI")
     assert frames[4:] == [b"+QUEUED\r\n", b"*2\r\n+OK\r\n$1\r\n2\r\n"]
+
+
+def test_an_auth_inside_a_transaction_counts_only_if_exec_ran_it(proxy: Any, direct: redis.Redis) -> None:
+    """An AUTH queued in MULTI answers +QUEUED; if it then fails in EXEC the connection keeps its
+    user, and the tier must not serve it as the user it named (the proxy used to take the
+    +QUEUED for a login: an entry read by a user with more keys then reached this one)."""
+    direct.acl_setuser("app", enabled=True, passwords=["+secret"], keys=["app:*"], commands=["+@all"])
+    direct.acl_setuser("boss", enabled=True, passwords=["+bosspw"], keys=["*"], commands=["+@all"])
+    direct.set("secret:1", "s")
+    try:
+        boss = proxy.client(username="boss", password="bosspw")
+        assert boss.get("secret:1") == b"s" and boss.get("secret:1") == b"s"  # (in the tier, as boss's)
+        with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as s:
+
+            def run(*commands: list[bytes]) -> list[bytes]:
+                s.sendall(b"".join(encode_command(c) for c in commands))
+                return read_frames(s, len(commands))
+
+            assert run([b"AUTH", b"app", b"secret"]) == [b"+OK\r\n"]
+            _, queued, exec_reply = run([b"MULTI"], [b"AUTH", b"boss", b"wrong"], [b"EXEC"])
+            assert queued == b"+QUEUED\r\n" and exec_reply.startswith(b"*1\r\n-WRONGPASS")
+            (got,) = run([b"GET", b"secret:1"])
+            assert got.startswith(b"-NOPERM"), got  # (still app, as Redis says)
+            _, _, exec_reply = run([b"MULTI"], [b"AUTH", b"boss", b"bosspw"], [b"EXEC"])
+            assert exec_reply == b"*1\r\n+OK\r\n"
+            assert run([b"GET", b"secret:1"]) == [b"$1\r\ns\r\n"]  # (boss now)
+    finally:
+        direct.acl_deluser("app", "boss")
