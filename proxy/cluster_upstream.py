@@ -842,10 +842,14 @@ class ClusterSession:
             self._hold_for(txn)
         self._deferred_step(request, txn)
 
-    def _slot_of(self, txn: Transaction) -> int:
+    def _keys(self, args: list[bytes]) -> list[bytes] | None:
+        """A command's keys by Redis's command table (None before the table is read)."""
         table = self.topology.table
+        return table.keys(args[0].upper(), args) if table is not None else None
+
+    def _slot_of(self, txn: Transaction) -> int:
         for request in txn.requests:
-            keys = table.keys(request.args[0].upper(), request.args) if table is not None else None
+            keys = self._keys(request.args)
             if keys:
                 return key_slot(keys[0])
         return -1
@@ -967,8 +971,7 @@ class ClusterSession:
     def _resend(self, request: Request) -> None:
         if self.closed:
             return
-        table = self.topology.table
-        keys = table.keys(request.args[0].upper(), request.args) if table is not None else None
+        keys = self._keys(request.args)
         node = (self.topology.master_for(key_slot(keys[0])) if keys else None) or self.home
         self._send(node, request)
         self.push_writes()

@@ -252,15 +252,14 @@ class Dispatcher:
             raw = encoded[i]
             pieces.append(raw if raw is not None else _pack(tuple(args)))
             forwarded += 1
-            if name == b"EXEC" and session.state_in_multi:
-                after = session.after_exec(now)  # (which database the transaction left it in)
-                if after is not None:
-                    sync = replies.leave_fast_mode()
-                    if sync is not None:
-                        pieces.append(sync)
-                    pieces.append(after[0])
-                    pending.append(after[1])
-                    run = None
+            if name == b"EXEC" and (after := session.after_exec(now)) is not None:
+                # (the proxy's own CLIENT INFO behind it: the database and user it left)
+                sync = replies.leave_fast_mode()
+                if sync is not None:
+                    pieces.append(sync)
+                pieces.append(after[0])
+                pending.append(after[1])
+                run = None
             if replies.closing:
                 break
         if served:

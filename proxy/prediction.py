@@ -209,7 +209,7 @@ class LivePrefetcher:
                 self.flush()
         else:
             self.shed += len(keys)
-            self._count([(stream, db, keys, hit)], shed=True)
+            self._count_shed(keys, hit)
         if not hit and self.hints:  # a miss: its hinted keys are read beside its own fill
             hints = self.hints
             for key in keys:
@@ -220,14 +220,12 @@ class LivePrefetcher:
             for key in keys:
                 self._apply_rules(stream, db, key)
 
-    def _count(self, records: list[tuple[int, int, Sequence[bytes], bool]], shed: bool) -> None:
-        """Count reads shed before they reached a batch (the buffer full) in their arms."""
-        gets, hits = (self.shed_gets, self.shed_hits) if shed else (self.sent_gets, self.sent_hits)
-        for _, _, keys, hit in records:
-            for key in keys:
-                arm = self.arm_of(key) if self.arm_of is not None else 0
-                gets[arm] += 1
-                hits[arm] += hit
+    def _count_shed(self, keys: Sequence[bytes], hit: bool) -> None:
+        """Count a read shed before it reached a batch (the buffer full) in its keys' arms."""
+        for key in keys:
+            arm = self.arm_of(key) if self.arm_of is not None else 0
+            self.shed_gets[arm] += 1
+            self.shed_hits[arm] += hit
 
     def flush(self) -> None:
         """Send the buffered records to the engine, or shed them if it cannot take them now."""

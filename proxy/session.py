@@ -229,7 +229,7 @@ class Session:
         return frame
 
     def after_exec(self, now: float) -> tuple[bytes, Capture] | None:
-        """After an EXEC whose transaction queued a SELECT: the proxy's own CLIENT INFO, sent
+        """After an EXEC whose transaction queued a SELECT or AUTH: the proxy's own CLIENT INFO, sent
         behind it, and the slot for its reply (read here, never the client's)."""
         if not self.state_in_multi:
             return None

@@ -107,6 +107,12 @@ def pair() -> Any:
 )
 @given(program=st.lists(STEP, min_size=1, max_size=25))
 def test_the_proxy_answers_every_program_as_redis_does(pair: Any, program: list[Any]) -> None:
+    compare(pair, program)
+
+
+def compare(pair: Any, program: list[tuple[int, list[list[bytes]]]]) -> None:
+    """Run each step (connection, commands) on the proxy and on the second Redis, both flushed
+    first: every reply must be the same."""
     proxy, reference = pair
     ours, theirs = Side(proxy.port), Side(reference.port)
     try:
@@ -147,17 +153,7 @@ def test_the_proxy_answers_every_program_as_redis_does(pair: Any, program: list[
     ],
 )
 def test_a_select_inside_a_transaction_counts_only_when_exec_runs_it(pair: Any, program: list[Any]) -> None:
-    proxy, reference = pair
-    ours, theirs = Side(proxy.port), Side(reference.port)
-    try:
-        for side in (ours, theirs):
-            assert side.run(0, [[b"FLUSHALL"]]) == [b"+OK\r\n"]
-        for i, commands in enumerate(program):
-            got, want = ours.run(1, commands), theirs.run(1, commands)
-            assert got == want, f"step {i}: {commands}"
-    finally:
-        ours.close()
-        theirs.close()
+    compare(pair, [(1, commands) for commands in program])
 
 
 def answer_until_closed(port: int, payload: bytes) -> bytes:
