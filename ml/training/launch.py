@@ -39,6 +39,10 @@ def _worker(
         metrics = train(read_log(log_path), out_dir, cfg, registry=registry)
         if rank == 0:
             Path(result).write_text(json.dumps(metrics))
+        # Every process waits here for the others before the group goes: a process that left early
+        # closed its gloo connections under rank 0's, whose background thread then aborted the
+        # process ("terminate called without an active exception"), one run in several.
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
