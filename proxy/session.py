@@ -18,6 +18,9 @@ from proxy.slots import NO_SLOT, PASSTHROUGH, RAW, Answer, Capture, Run, discard
 from proxy.stats import Stats
 
 RESET_FRAME = b"+RESET\r\n"
+# CLIENT subcommands that change the connection's state when they run, and the CLIENT INFO field
+# that says, after an EXEC, whether one queued inside MULTI ran (Session.on_client_info).
+_STATE_IN_MULTI = {b"SETNAME": b"name", b"SETINFO": b"lib", b"TRACKING": b"flags"}
 
 
 # Commands that leave the fast path: state tracking, local answers, special reply counts.
@@ -64,11 +67,11 @@ class Session:
         self.resp3 = False
         # State that cannot be replayed: losing the upstream connection closes the client.
         self.in_multi = False
-        # A SELECT or AUTH queued inside MULTI: its +QUEUED changes nothing; whether it ran is
-        # known only from the EXEC (aborted by a WATCH, refused, or an error of its own), so after
-        # that EXEC the proxy asks Redis which database and user the connection has
-        # (``on_client_info``).
-        self.state_in_multi = False
+        # Connection state queued inside MULTI (SELECT, AUTH, HELLO, CLIENT SETNAME|SETINFO|
+        # TRACKING): its +QUEUED changes nothing; whether it ran is known only from the EXEC
+        # (aborted by a WATCH, refused, or an error of its own), so after that EXEC the proxy asks
+        # Redis (``on_client_info``) for the fields named here: db, user, name, resp, flags, lib.
+        self.state_in_multi: set[bytes] = set()
         self.auth_in_multi: tuple[bytes, bytes] | None = None
         self.watching = False
         self.tracking = False
@@ -175,16 +178,24 @@ class Session:
         """Remember connection state that a reconnect must replay or must not silently drop."""
         if name == b"SELECT" and len(args) == 2:
             if self.in_multi:
-                self.state_in_multi = True
+                self.state_in_multi.add(b"db")
                 return Run(1, now)
             return self._state_capture(now, partial(self.on_select, db=args[1]))
         if name == b"AUTH" and len(args) in (2, 3):
             cred = (b"default", args[1]) if len(args) == 2 else (args[1], args[2])
             if self.in_multi:  # (a failed AUTH in EXEC must not make the tier serve as that user)
-                self.state_in_multi, self.auth_in_multi = True, cred
+                self.state_in_multi.add(b"user")
+                self.auth_in_multi = cred
                 return Run(1, now)
             return self._state_capture(now, partial(self.on_auth, cred=cred))
         if name == b"HELLO":
+            if self.in_multi:  # (it runs at EXEC, if at all: in the protocol it asks for then)
+                self.state_in_multi.update((b"resp", b"name"))
+                for i in range(2, len(args) - 2):
+                    if args[i].upper() == b"AUTH":
+                        self.state_in_multi.add(b"user")
+                        self.auth_in_multi = (args[i + 1], args[i + 2])
+                return Run(1, now)
             before = self.resp3
             if len(args) > 1 and args[1] in (b"2", b"3"):
                 self.resp3 = args[1] == b"3"  # now, so pipelined SUBSCRIBEs are counted right
@@ -198,13 +209,16 @@ class Session:
             self.in_multi = False
             self.watching = False
             if name == b"DISCARD":
-                self.state_in_multi, self.auth_in_multi = False, None
+                self.state_in_multi, self.auth_in_multi = set(), None
         elif name == b"WATCH":
             self.watching = True
         elif name == b"UNWATCH":
             self.watching = False
         elif name == b"CLIENT" and len(args) >= 3:
             sub = args[1].upper()
+            if self.in_multi and sub in _STATE_IN_MULTI:
+                self.state_in_multi.add(_STATE_IN_MULTI[sub])
+                return Run(1, now)
             if sub == b"SETNAME" and len(args) == 3:
                 return Capture(now, partial(self.on_setname, name=args[2]))
             if sub == b"SETINFO" and len(args) == 4:
@@ -233,25 +247,43 @@ class Session:
         behind it, and the slot for its reply (read here, never the client's)."""
         if not self.state_in_multi:
             return None
-        self.state_in_multi = False
-        return encode_command([b"CLIENT", b"INFO"]), self._state_capture(now, self.on_client_info)
+        queued, self.state_in_multi = self.state_in_multi, set()
+        return encode_command([b"CLIENT", b"INFO"]), self._state_capture(
+            now, partial(self.on_client_info, queued=queued)
+        )
 
-    def on_client_info(self, frame: bytes) -> None:
-        """CLIENT INFO's reply: the connection's database and user, whatever its transaction did
-        (an AUTH in it counts if the connection's user is now the one it named)."""
+    def on_client_info(self, frame: bytes, queued: set[bytes]) -> None:
+        """CLIENT INFO's reply: the connection's state that its transaction queued a change of
+        (``queued``), whatever the transaction did: its database, user (an AUTH or HELLO AUTH in it
+        counts if the connection's user is now the one it named), name, protocol, tracking and
+        library attributes."""
         cred, self.auth_in_multi = self.auth_in_multi, None
         if frame[:1] not in (b"$", b"="):
             discard_reply(frame)  # (an error is logged)
             return
-        fields = dict(f.split(b"=", 1) for f in frame.split(b"\r\n")[1].split(b" ") if b"=" in f)
+        line = frame.split(b"\r\n")[1].strip()  # (RESP3 sends it as verbatim text, "txt:id=...")
+        fields = dict(f.split(b"=", 1) for f in line.split(b" ") if b"=" in f)
         digits = fields.get(b"db", b"")
-        if digits.isdigit() and int(digits) != self.db:
+        if b"db" in queued and digits.isdigit() and int(digits) != self.db:
             self.db = int(digits)
             self.db_changed()
         current = as_str(self.auth[0]) if self.auth else "default"
         if cred is not None and fields.get(b"user") == cred[0] and as_str(cred[0]) != current:
             self.auth = cred  # (the same user as before keeps the credentials that worked)
             self.verified = True
+        if b"name" in queued and b"name" in fields:
+            self.client_name = fields[b"name"] or None
+        if b"resp" in queued and fields.get(b"resp") in (b"2", b"3"):
+            self.resp3 = self.replay_resp3 = fields[b"resp"] == b"3"
+        if b"flags" in queued and b"flags" in fields:
+            self.tracking = b"t" in fields[b"flags"]
+        if b"lib" in queued:
+            for attr in (b"LIB-NAME", b"LIB-VER"):
+                value = fields.get(attr.lower())
+                if value:
+                    self.setinfo[attr] = value
+                elif value is not None:
+                    self.setinfo.pop(attr, None)
 
     def on_setname(self, frame: bytes, name: bytes) -> bytes:
         if frame.startswith(b"+"):
@@ -347,7 +379,7 @@ class Session:
     def reset_request_state(self) -> None:
         self.resp3 = False
         self.in_multi = self.watching = self.tracking = self.subscribed = False
-        self.state_in_multi, self.auth_in_multi = False, None
+        self.state_in_multi, self.auth_in_multi = set(), None
         self.passthrough_req = False
         self.reply_mode = b"ON"
 

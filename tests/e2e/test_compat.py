@@ -626,3 +626,45 @@ def test_an_auth_inside_a_transaction_counts_only_if_exec_ran_it(proxy: Any, dir
             assert run([b"GET", b"secret:1"]) == [b"$1\r\ns\r\n"]  # (boss now)
     finally:
         direct.acl_deluser("app", "boss")
+
+
+def test_a_name_or_protocol_set_inside_a_transaction_counts_only_if_exec_ran_it(
+    proxy: Any, direct: redis.Redis
+) -> None:
+    """CLIENT SETNAME and HELLO queued in MULTI answer +QUEUED and take effect at EXEC, if it runs.
+    The proxy used to take the +QUEUED of a SETNAME for the new name, so after a reconnect it
+    named the connection with a name Redis never gave it, and it missed a HELLO 3 that ran, so a
+    multiplexed client went back to the RESP2 shared connection and got RESP2 replies."""
+    direct.hset("h", "a", "1")
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as s:
+
+        def run(*commands: list[bytes]) -> list[bytes]:
+            s.sendall(b"".join(encode_command(c) for c in commands))
+            return read_frames(s, len(commands))
+
+        assert run([b"CLIENT", b"SETNAME", b"before"]) == [b"+OK\r\n"]
+        assert run([b"WATCH", b"w"]) == [b"+OK\r\n"]
+        direct.set("w", "changed")
+        _, queued, exec_reply = run([b"MULTI"], [b"CLIENT", b"SETNAME", b"never"], [b"EXEC"])
+        assert queued == b"+QUEUED\r\n" and exec_reply == b"*-1\r\n"  # (aborted by the WATCH)
+        assert run([b"CLIENT", b"GETNAME"]) == [b"$6\r\nbefore\r\n"]
+        # A new upstream connection gets the name Redis says this one has, not the queued one.
+        (upstream,) = [c for c in direct.client_list() if c.get("name") == "before"]
+        direct.client_kill_filter(_id=upstream["id"])
+        deadline = time.monotonic() + 10
+        while (got := run([b"CLIENT", b"GETNAME"])[0]).startswith(b"-") and time.monotonic() < deadline:
+            time.sleep(0.05)  # (an error while the proxy learns that its connection is gone)
+        assert got == b"$6\r\nbefore\r\n"
+        _, _, exec_reply = run([b"MULTI"], [b"CLIENT", b"SETNAME", b"after"], [b"EXEC"])
+        assert exec_reply == b"*1\r\n+OK\r\n"
+        assert run([b"CLIENT", b"GETNAME"]) == [b"$5\r\nafter\r\n"]
+
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as s:
+        assert run([b"WATCH", b"w"]) == [b"+OK\r\n"]
+        direct.set("w", "again")
+        assert run([b"MULTI"], [b"HELLO", b"3"], [b"EXEC"])[2] == b"*-1\r\n"
+        assert run([b"HGETALL", b"h"]) == [b"*2\r\n$1\r\na\r\n$1\r\n1\r\n"]  # (still RESP2)
+        exec_reply = run([b"MULTI"], [b"HELLO", b"3"], [b"EXEC"])[2]
+        assert exec_reply.startswith(b"*1\r\n%")
+        assert run([b"HGETALL", b"h"]) == [b"%1\r\n$1\r\na\r\n$1\r\n1\r\n"]  # (RESP3 now, as Redis)
+        assert run([b"SET", b"x", b"1"], [b"GET", b"x"]) == [b"+OK\r\n", b"$1\r\n1\r\n"]
