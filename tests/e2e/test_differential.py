@@ -7,6 +7,7 @@ invalidations from the other connection's writes never show."""
 
 from __future__ import annotations
 
+import os
 import socket
 from typing import Any
 
@@ -47,6 +48,23 @@ COMMANDS = st.one_of(
     st.tuples(st.sampled_from([b"HGET", b"HDEL"]), key, field),
     st.tuples(st.just(b"HGETALL"), key),
     st.tuples(st.just(b"SELECT"), st.sampled_from([b"0", b"1"])),
+    # Writes that change keys other than by SET: the tier must drop what they touch.
+    st.tuples(st.sampled_from([b"RENAME", b"COPY", b"RENAMENX"]), key, key),
+    st.tuples(st.just(b"MOVE"), key, st.sampled_from([b"0", b"1"])),
+    st.tuples(st.just(b"SWAPDB"), st.just(b"0"), st.just(b"1")),
+    st.tuples(st.sampled_from([b"FLUSHDB", b"DBSIZE"])),
+    st.tuples(st.just(b"SETRANGE"), key, st.sampled_from([b"0", b"2"]), value),
+    st.tuples(st.just(b"GETRANGE"), key, st.just(b"0"), st.just(b"1")),
+    st.tuples(st.just(b"GETSET"), key, value),
+    st.tuples(st.just(b"GETEX"), key, st.sampled_from([b"PERSIST", b"EX"]), st.just(b"1000")).map(
+        lambda c: c if c[2] == b"EX" else c[:3]
+    ),
+    st.tuples(st.just(b"INCRBYFLOAT"), key, st.sampled_from([b"1.5", b"-2"])),
+    st.tuples(st.sampled_from([b"SETNX", b"MSETNX"]), key, value),
+    st.tuples(st.just(b"UNLINK"), key, key),
+    # Connection state (replies that do not name the connection, so both sides answer alike).
+    st.tuples(st.just(b"CLIENT"), st.just(b"SETNAME"), st.sampled_from([b"a", b"b", b""])),
+    st.tuples(st.just(b"CLIENT"), st.just(b"GETNAME")),
 ).map(list)
 
 # A step: one connection sends a pipeline (1-6 commands), a MULTI/EXEC block, or WATCH.
@@ -100,7 +118,7 @@ def pair() -> Any:
 
 
 @settings(
-    max_examples=500,
+    max_examples=int(os.environ.get("PREDIS_TEST_EXAMPLES", "500")),
     stateful_step_count=1,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
