@@ -3,10 +3,15 @@ request (user + system, from /proc), each configuration in a fresh proxy, altern
 
     python -m bench.cpuside [--test get] [--pipeline 16] [--requests 1600000] [--repeats 3]
         [--a "--hot-tier cpu --hot-tier-bytes 65536"] [--b "--hot-tier off"] [--b-tree DIR]
+        [--b-burner]
 
 Ten thousand 64-byte keys, 50 clients; every proxy warmed with a tenth of a run first. CPU per
-request separates the proxy's own cost from what the two shared cores let it reach. ``--b-tree``
-runs B from another checkout, to compare two versions of the code (``git worktree add DIR REV``).
+request separates the proxy's own cost from what the two shared cores let it reach; the CPU of the
+proxy's child processes (the prediction engine) is reported apart. ``--b-tree`` runs B from another
+checkout, to compare two versions of the code (``git worktree add DIR REV``). ``--b-burner`` runs a
+busy loop at the engine's priority (nice 19) beside B: CPU taken at that priority with none of the
+engine's work, to tell what the engine costs by competing for the cores from what it costs the
+proxy's own code.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import argparse
 import os
 import shlex
 import statistics
+import subprocess
 import sys
 
 from bench.loadtest import ProxyProcess, redis_benchmark
@@ -28,21 +34,58 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
 
+def children_cpu_seconds(pid: int) -> dict[int, float]:
+    """CPU seconds of each process below ``pid`` (its children, theirs, ...)."""
+    out: dict[int, float] = {}
+    todo = [pid]
+    while todo:
+        parent = todo.pop()
+        try:
+            tasks = os.listdir(f"/proc/{parent}/task")
+        except OSError:
+            continue
+        for task in tasks:
+            try:
+                with open(f"/proc/{parent}/task/{task}/children") as f:
+                    kids = [int(k) for k in f.read().split()]
+            except OSError:
+                continue
+            for kid in kids:
+                try:
+                    out[kid] = cpu_seconds(kid)
+                except OSError:
+                    continue
+                todo.append(kid)
+    return out
+
+
+BURNER = "import os; os.nice(19)\nwhile True: pass"
+
+
 def measure(
-    url: str, flags: list[str], args: argparse.Namespace, tree: str | None = None
-) -> tuple[list[float], float]:
-    """Requests/s of each of three runs and the proxy's CPU microseconds per request over them."""
+    url: str, flags: list[str], args: argparse.Namespace, tree: str | None = None, burner: bool = False
+) -> tuple[list[float], float, float]:
+    """Requests/s of each of three runs, and the CPU microseconds per request over them of the
+    proxy and of its child processes (a child that started during the runs counts from zero)."""
     proxy = ProxyProcess(url, flags, cwd=tree)
+    spin = subprocess.Popen([sys.executable, "-c", BURNER]) if burner else None
     try:
         redis_benchmark(proxy.port, args.test, args.requests // 10, 50, args.pipeline, 10_000)
-        start = cpu_seconds(proxy.proc.pid)
+        start, kids = cpu_seconds(proxy.proc.pid), children_cpu_seconds(proxy.proc.pid)
         rps = [
             r.rps
             for _ in range(3)
             for r in redis_benchmark(proxy.port, args.test, args.requests, 50, args.pipeline, 10_000)
         ]
-        return rps, (cpu_seconds(proxy.proc.pid) - start) / (3 * args.requests) * 1e6
+        own = cpu_seconds(proxy.proc.pid) - start
+        after = children_cpu_seconds(proxy.proc.pid)
+        children = sum(t - kids.get(pid, 0.0) for pid, t in after.items())
+        per = 3 * args.requests / 1e6
+        return rps, own / per, children / per
     finally:
+        if spin is not None:
+            spin.kill()
+            spin.wait()
         proxy.close()
 
 
@@ -55,24 +98,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--a", default="--hot-tier cpu --hot-tier-bytes 65536", help="serve flags of A")
     parser.add_argument("--b", default="--hot-tier off", help="serve flags of B")
     parser.add_argument("--b-tree", help="run B from this checkout (default: this one)")
+    parser.add_argument("--b-burner", action="store_true", help="a nice-19 busy loop runs beside B")
     args = parser.parse_args(argv)
     if args.b_tree and not os.path.isfile(os.path.join(args.b_tree, "proxy", "cli.py")):
         parser.error(f"--b-tree {args.b_tree}: not a Predis checkout (no proxy/cli.py)")
-    results: dict[str, tuple[list[float], list[float]]] = {"A": ([], []), "B": ([], [])}
+    results: dict[str, tuple[list[float], list[float], list[float]]] = {"A": ([], [], []), "B": ([], [], [])}
     with EmbeddedRedis() as upstream:
         populate(upstream.port, 10_000)
         for _ in range(args.repeats):
             for name, flags in (("A", args.a), ("B", args.b)):
                 tree = args.b_tree if name == "B" else None
-                rps, cpu = measure(upstream.url, shlex.split(flags), args, tree)
+                burner = args.b_burner and name == "B"
+                rps, cpu, children = measure(upstream.url, shlex.split(flags), args, tree, burner)
                 results[name][0].extend(rps)
                 results[name][1].append(cpu)
-                print(f"{name} rps {[round(r) for r in rps]} proxy CPU {cpu:.2f} us/request", flush=True)
+                results[name][2].append(children)
+                print(
+                    f"{name} rps {[round(r) for r in rps]} proxy CPU {cpu:.2f} us/request, "
+                    f"its children {children:.2f}",
+                    flush=True,
+                )
     for name, flags in (("A", args.a), ("B", args.b)):
-        rps, cpu = results[name]
+        all_rps, cpus, kids = results[name]
+        extra = " + a nice-19 busy loop" if args.b_burner and name == "B" else ""
         print(
-            f"{name} ({flags}): median {statistics.median(rps):,.0f} requests/s "
-            f"({min(rps):,.0f}-{max(rps):,.0f}), proxy CPU median {statistics.median(cpu):.2f} us/request"
+            f"{name} ({flags}{extra}): median {statistics.median(all_rps):,.0f} requests/s "
+            f"({min(all_rps):,.0f}-{max(all_rps):,.0f}), proxy CPU median {statistics.median(cpus):.2f} "
+            f"us/request, its children {statistics.median(kids):.2f}"
         )
     return 0
 
