@@ -3,15 +3,15 @@ request (user + system, from /proc), each configuration in a fresh proxy, altern
 
     python -m bench.cpuside [--test get] [--pipeline 16] [--requests 1600000] [--repeats 3]
         [--a "--hot-tier cpu --hot-tier-bytes 65536"] [--b "--hot-tier off"] [--b-tree DIR]
-        [--b-burner]
+        [--b-burner spin|memory]
 
 Ten thousand 64-byte keys, 50 clients; every proxy warmed with a tenth of a run first. CPU per
 request separates the proxy's own cost from what the two shared cores let it reach; the CPU of the
 proxy's child processes (the prediction engine) is reported apart. ``--b-tree`` runs B from another
 checkout, to compare two versions of the code (``git worktree add DIR REV``). ``--b-burner`` runs a
 busy loop at the engine's priority (nice 19) beside B: CPU taken at that priority with none of the
-engine's work, to tell what the engine costs by competing for the cores from what it costs the
-proxy's own code.
+engine's work (``spin``), or with its sweep through memory (``memory``), to tell what the engine
+costs by competing for the cores from what it costs the proxy's own code.
 """
 
 from __future__ import annotations
@@ -59,16 +59,22 @@ def children_cpu_seconds(pid: int) -> dict[int, float]:
     return out
 
 
-BURNER = "import os; os.nice(19)\nwhile True: pass"
+# Busy loops at the engine's priority: one that touches almost no memory, and one that sweeps 16 MB
+# (half this machine's L3, the size of a batch's logits and the model's weights) as the engine's
+# matrix work does, evicting the proxy's caches.
+BURNERS = {
+    "spin": "import os; os.nice(19)\nwhile True: pass",
+    "memory": "import os, numpy as np; os.nice(19); a = np.ones(2 << 20)\nwhile True: a *= 1.0000001",
+}
 
 
 def measure(
-    url: str, flags: list[str], args: argparse.Namespace, tree: str | None = None, burner: bool = False
+    url: str, flags: list[str], args: argparse.Namespace, tree: str | None = None, burner: str | None = None
 ) -> tuple[list[float], float, float]:
     """Requests/s of each of three runs, and the CPU microseconds per request over them of the
     proxy and of its child processes (a child that started during the runs counts from zero)."""
     proxy = ProxyProcess(url, flags, cwd=tree)
-    spin = subprocess.Popen([sys.executable, "-c", BURNER]) if burner else None
+    spin = subprocess.Popen([sys.executable, "-c", BURNERS[burner]]) if burner else None
     try:
         redis_benchmark(proxy.port, args.test, args.requests // 10, 50, args.pipeline, 10_000)
         start, kids = cpu_seconds(proxy.proc.pid), children_cpu_seconds(proxy.proc.pid)
@@ -98,7 +104,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--a", default="--hot-tier cpu --hot-tier-bytes 65536", help="serve flags of A")
     parser.add_argument("--b", default="--hot-tier off", help="serve flags of B")
     parser.add_argument("--b-tree", help="run B from this checkout (default: this one)")
-    parser.add_argument("--b-burner", action="store_true", help="a nice-19 busy loop runs beside B")
+    parser.add_argument(
+        "--b-burner",
+        choices=sorted(BURNERS),
+        help="a nice-19 busy loop runs beside B (spin, or memory: sweeping 16 MB)",
+    )
     args = parser.parse_args(argv)
     if args.b_tree and not os.path.isfile(os.path.join(args.b_tree, "proxy", "cli.py")):
         parser.error(f"--b-tree {args.b_tree}: not a Predis checkout (no proxy/cli.py)")
@@ -108,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         for _ in range(args.repeats):
             for name, flags in (("A", args.a), ("B", args.b)):
                 tree = args.b_tree if name == "B" else None
-                burner = args.b_burner and name == "B"
+                burner = args.b_burner if name == "B" else None
                 rps, cpu, children = measure(upstream.url, shlex.split(flags), args, tree, burner)
                 results[name][0].extend(rps)
                 results[name][1].append(cpu)
@@ -120,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
     for name, flags in (("A", args.a), ("B", args.b)):
         all_rps, cpus, kids = results[name]
-        extra = " + a nice-19 busy loop" if args.b_burner and name == "B" else ""
+        extra = f" + a nice-19 {args.b_burner} loop" if args.b_burner and name == "B" else ""
         print(
             f"{name} ({flags}{extra}): median {statistics.median(all_rps):,.0f} requests/s "
             f"({min(all_rps):,.0f}-{max(all_rps):,.0f}), proxy CPU median {statistics.median(cpus):.2f} "
