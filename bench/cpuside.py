@@ -136,6 +136,22 @@ def main(argv: list[str] | None = None) -> int:
             f"({min(all_rps):,.0f}-{max(all_rps):,.0f}), proxy CPU median {statistics.median(cpus):.2f} "
             f"us/request, its children {statistics.median(kids):.2f}"
         )
+    # Each pair's ratios (A and B ran one after the other): their median, and the middle of their
+    # spread, say more than the ratio of medians on a noisy machine.
+    a_rps, b_rps = (results[name][0] for name in ("A", "B"))
+    pairs = [
+        statistics.median(a_rps[3 * i : 3 * i + 3]) / statistics.median(b_rps[3 * i : 3 * i + 3])
+        for i in range(args.repeats)
+    ]
+    cpu_pairs = [a / b for a, b in zip(results["A"][1], results["B"][1], strict=True)]
+    for what, ratios in (("requests/s", pairs), ("proxy CPU per request", cpu_pairs)):
+        ratios.sort()
+        quarter = len(ratios) // 4
+        print(
+            f"A/B {what}, per pair: median {statistics.median(ratios):.3f}, middle half "
+            f"{ratios[quarter]:.3f}-{ratios[-1 - quarter]:.3f}, all {ratios[0]:.3f}-{ratios[-1]:.3f} "
+            f"({len(ratios)} pairs)"
+        )
     return 0
 
 
