@@ -91,6 +91,10 @@ STATE = {
     (b"CLIENT", b"NO-EVICT"),
     (b"CLIENT", b"NO-TOUCH"),
 }
+STATE_IN_MULTI_ERROR = (
+    "-ERR Predis: {} inside MULTI is not supported with a Redis Cluster upstream "
+    "(it would change the connection to one node only)\r\n"
+)
 FAN_OUT = {  # keyless commands every master runs: how their replies are merged
     b"FLUSHALL": "first",
     b"FLUSHDB": "first",
@@ -172,6 +176,7 @@ class Transaction:
         "delay",
         "hops",
         "holding",
+        "refused",
     )
 
     def __init__(self, node: Node | None, watch: bool) -> None:
@@ -181,6 +186,7 @@ class Transaction:
         self.watch = watch
         self.aborted = False
         self.deferred = False  # an ASK or TRYAGAIN came: run whole at EXEC
+        self.refused = False  # a command was refused in it (connection state): EXEC answers EXECABORT
         self.slot = -1  # (deferred) its slot
         self.ask_node: Node | None = None  # (deferred) where ASK said all its keys are
         self.deadline = 0.0  # (deferred) when its runs give up
@@ -611,6 +617,13 @@ class ClusterSession:
             return
         sub = args[1].upper() if len(args) > 1 and name in (b"CLIENT", b"SCRIPT") else b""
         if self.in_multi or name in (b"MULTI", b"EXEC", b"DISCARD"):
+            if self.in_multi and self.txn is not None and ((name, sub) in STATE or (name, b"") in STATE):
+                # Run inside the transaction it would change one node's link of the connection
+                # only: refused when queued, as Redis refuses a bad command, so EXEC aborts.
+                self.txn.refused = True
+                what = (name + b" " + sub if sub else name).decode("ascii", "replace")
+                self._answer(request, STATE_IN_MULTI_ERROR.format(what).encode())
+                return
             self._transaction(name, request)
             return
         if (name, sub) in STATE or (name, b"") in STATE:
@@ -721,6 +734,9 @@ class ClusterSession:
         first keyed command. Until a key names the node, MULTI is answered here (+OK) and keyless
         commands too (+QUEUED), and they are sent, their replies dropped, when it is known."""
         request.tx = True
+        if name == b"EXEC" and self.txn is not None and self.txn.refused:
+            self._refused_exec(request, self.txn)
+            return
         if name == b"MULTI" and not self.in_multi:
             self.in_multi = True
             self.txn = Transaction(self.tx_node, watch=self.tx_node is not None)
@@ -758,6 +774,19 @@ class ClusterSession:
             self.tx_node, self.tx_asking = None, False
             self.txn = None
 
+    def _refused_exec(self, request: Request, txn: Transaction) -> None:
+        """EXEC of a transaction a command was refused in: EXECABORT, as Redis answers, and the
+        transaction discarded where it was opened (``_redirect_in_transaction`` answers the
+        replies it still owes)."""
+        if self.tx_node is not None and not txn.deferred:  # (deferred: _defer discarded it)
+            self._send(txn.node or self.tx_node, Request([b"DISCARD"], callback=_ignore))
+        txn.deferred = False
+        self.held.clear()  # (MULTI and keyless commands never sent: no node was chosen)
+        self._answer(request, b"-EXECABORT Transaction discarded because of previous errors.\r\n")
+        self.in_multi = False
+        self.tx_node, self.tx_asking = None, False
+        self.txn = None
+
     def _send_tx(self, request: Request) -> None:
         txn = self.txn
         node = self.tx_node or self.home
@@ -781,6 +810,13 @@ class ClusterSession:
         (MULTI and the commands before this one, their replies dropped: the client had them) and
         this one after it; with WATCH, it is aborted (the old node held the watch)."""
         if txn.aborted:
+            self._answer_tx(request, self._aborted_reply(request.args[0].upper()))
+            return True
+        if txn.refused and txn is not self.txn:  # (its EXEC was answered EXECABORT)
+            # A node's own answer is the client's (QUEUED, or an error of that command); one that
+            # would have moved or deferred it is answered as Redis would have, QUEUED.
+            if request.gen == txn.gen and not frame.startswith((b"-ASK ", b"-TRYAGAIN", b"-MOVED ")):
+                return False
             self._answer_tx(request, self._aborted_reply(request.args[0].upper()))
             return True
         if request.gen != txn.gen:

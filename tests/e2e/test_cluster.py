@@ -183,6 +183,50 @@ def test_transactions_scripts_blocking_and_pubsub(
     sub.close()
 
 
+def test_connection_state_inside_a_transaction_is_refused_and_aborts_it(
+    make_proxy: Any, cluster: EmbeddedCluster, direct: redis.RedisCluster
+) -> None:
+    """A HELLO, AUTH or CLIENT SETNAME inside MULTI would run at one node only, leaving the
+    connection half RESP3 (or half logged in): the proxy refuses it when queued, as Redis refuses
+    a bad command, so EXEC aborts and nothing of the transaction runs."""
+    keys = []
+    for i in range(100):  # a hash on every master
+        if len(keys) < 3 and cluster.node_of(f"h{i}".encode()).port not in {
+            cluster.node_of(k.encode()).port for k in keys
+        }:
+            keys.append(f"h{i}")
+    for k in keys:
+        direct.hset(k, "a", "1")
+    proxy = make_proxy(cluster.url, hot_tier="off")
+    with socket.create_connection(("127.0.0.1", proxy.port)) as s:
+        s.settimeout(10)
+
+        def run(*commands: list[bytes | str]) -> list[bytes]:
+            s.sendall(b"".join(encode_command(c) for c in commands))
+            return read_frames(s, len(commands))
+
+        for queued in (["HELLO", "3"], ["CLIENT", "SETNAME", "n"], ["AUTH", "default", "x"]):
+            for before in ([], ["SET", f"{{{keys[0]}}}:t", "ran"]):  # (no node chosen yet, or one)
+                commands = [
+                    ["MULTI"],
+                    *([before] if before else []),
+                    queued,
+                    ["HINCRBY", keys[0], "a", "1"],
+                    ["EXEC"],
+                ]
+                got = run(*commands)
+                assert got[-3].startswith(b"-ERR Predis: "), got
+                assert got[-1].startswith(b"-EXECABORT"), got
+        assert direct.hget(keys[0], "a") == b"1" and direct.get(f"{{{keys[0]}}}:t") is None
+        assert run(*[["HGETALL", k] for k in keys]) == [b"*2\r\n$1\r\na\r\n$1\r\n1\r\n"] * 3
+        assert run(["CLIENT", "GETNAME"]) == [b"$-1\r\n"]
+        # Outside a transaction the state reaches every node's link.
+        assert run(["HELLO", "3"])[0].startswith(b"%")
+        assert run(*[["HGETALL", k] for k in keys]) == [b"%1\r\n$1\r\na\r\n$1\r\n1\r\n"] * 3
+        # A transaction without them runs.
+        assert run(["MULTI"], ["HINCRBY", keys[0], "a", "1"], ["EXEC"])[2] == b"*1\r\n:2\r\n"
+
+
 def test_the_tier_stays_coherent_with_writes_on_every_node(
     make_proxy: Any, cluster: EmbeddedCluster, direct: redis.RedisCluster
 ) -> None:
