@@ -369,14 +369,25 @@ def config_json(
 def set_priority(priority: str) -> None:
     """``idle``: only CPU time nothing else wants (SCHED_IDLE): under load the proxy, Redis and
     their clients are served first and the engine falls behind and sheds, but its prefetches come
-    late even under light load. ``low``: nice 19. ``normal``: as the proxy."""
+    late even under light load. ``low``: nice 19. ``normal``: as the proxy. ``realtime``: the
+    lowest real-time priority (SCHED_RR 1): a batch is stepped as soon as it arrives, ahead of
+    every ordinary process, which bounds prediction latency where the cores are busy; the engine's
+    work is bounded by shedding, and the kernel keeps 5% of each second for ordinary processes
+    whatever real-time ones do. It needs CAP_SYS_NICE (root, or a raised RLIMIT_RTPRIO): refused,
+    the engine says so on stderr and runs at normal priority."""
     try:
         if priority == "idle":
             os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
         elif priority == "low":
             os.nice(19)
-    except (AttributeError, OSError):
-        pass
+        elif priority == "realtime":
+            os.sched_setscheduler(0, os.SCHED_RR, os.sched_param(1))
+    except (AttributeError, OSError) as exc:
+        if priority == "realtime":
+            print(
+                f"prediction engine: realtime priority refused ({exc}): running at normal priority",
+                file=sys.stderr,
+            )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -99,7 +99,7 @@ def serve_main(argv: list[str]) -> int:
     p.add_argument(
         "--prefetch-engine-priority",
         dest="prefetch_engine_priority",
-        choices=["idle", "low", "normal"],
+        choices=["idle", "low", "normal", "realtime"],
         help="the prediction engine's CPU priority (default low)",
     )
     p.add_argument(

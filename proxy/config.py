@@ -194,9 +194,10 @@ class Settings:
             raise ConfigError(
                 "prefetch_budget must be at least 0; prefetch_max_batch, prefetch_max_wait and prefetch_max_age positive"
             )
-        if self.prefetch_engine_priority not in ("idle", "low", "normal"):
+        if self.prefetch_engine_priority not in ("idle", "low", "normal", "realtime"):
             raise ConfigError(
-                f"prefetch_engine_priority must be idle, low or normal, got {self.prefetch_engine_priority!r}"
+                "prefetch_engine_priority must be idle, low, normal or realtime, "
+                f"got {self.prefetch_engine_priority!r}"
             )
         if self.prefetch_device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"prefetch_device must be auto, cpu or cuda, got {self.prefetch_device!r}")

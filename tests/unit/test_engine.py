@@ -315,3 +315,23 @@ def test_an_engine_is_silent_only_while_records_wait_for_it() -> None:
     assert (
         silence(now=100.0, ready=False, last_sent=0.0, last_heard=97.0, waiting_since=0.0) == 3.0
     )  # starting
+
+
+@pytest.mark.parametrize("priority", ["realtime", "idle"])
+def test_the_engine_priority_is_set_or_its_refusal_said(priority: str) -> None:
+    """``realtime`` puts the engine's process under SCHED_RR where the process may (root, or
+    CAP_SYS_NICE); where it may not, one line on stderr says so and it runs as before."""
+    import os
+
+    code = (
+        "import os; from prefetch.engine_process import set_priority; "
+        f"set_priority({priority!r}); print(os.sched_getscheduler(0))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    policy = int(out.stdout)
+    wanted = os.SCHED_RR if priority == "realtime" else os.SCHED_IDLE
+    if policy == wanted:
+        assert out.stderr == ""
+    else:  # (refused: this process may not)
+        assert priority == "realtime" and policy == os.SCHED_OTHER
+        assert out.stderr.startswith("prediction engine: realtime priority refused ("), out.stderr
