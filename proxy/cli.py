@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import signal
 import sys
@@ -288,6 +289,10 @@ def serve(args: argparse.Namespace) -> int:
 
     async def main() -> None:
         await server.start()
+        # What start-up made (modules, tables, settings) lives as long as the process: the garbage
+        # collector need never look at it again, which shortens every later full collection
+        # (each one stops the event loop) by what it would have scanned.
+        gc.freeze()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         await stop.wait()

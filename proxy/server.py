@@ -20,6 +20,7 @@ from proxy.config import Settings, UpstreamAddress, parse_listen, parse_upstream
 from proxy.connection import ClientConnection, Shared
 from proxy.history import History
 from proxy.keyspace import CommandTable
+from proxy.loopwatch import LoopWatch
 from proxy.prediction import LivePrefetcher
 from proxy.reads import AccessSink
 from proxy.resp import encode_command
@@ -129,6 +130,7 @@ class ProxyServer:
         self._tls_server: asyncio.AbstractServer | None = None
         self.tls_address: tuple[str, int] | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self.loop_watch = LoopWatch(self.stats)
         self.address: tuple[str, int] | None = None
 
     @property
@@ -138,6 +140,10 @@ class ProxyServer:
 
     async def start(self) -> tuple[str, int]:
         loop = asyncio.get_running_loop()
+        if self.prediction is not None:
+            from prefetch.abtest import prepare
+
+            prepare()  # (what its A/B reports import, before any client is served)
         shared_port = self.settings.workers > 1  # (--workers: the kernel spreads connections over them)
         self._server = await loop.create_server(
             lambda: ClientConnection(self.shared),
@@ -161,6 +167,7 @@ class ProxyServer:
             )
             tls_sock = self._tls_server.sockets[0].getsockname()
             self.tls_address = (tls_sock[0], tls_sock[1])
+        self.loop_watch.start(loop)
         self._tasks = [
             loop.create_task(self._timeout_loop()),
             loop.create_task(self._health_loop()),
@@ -185,6 +192,7 @@ class ProxyServer:
         return self.address
 
     async def close(self) -> None:
+        self.loop_watch.close()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -246,7 +254,15 @@ class ProxyServer:
             "forward_latency_seconds": (
                 "From a forwarded command's send to Redis to its reply (sampled).",
                 self.stats.forward_latency,
-            )
+            ),
+            "event_loop_lag_seconds": (
+                "How late the event loop ran a timer due every 10 ms (what every request waits for).",
+                self.stats.loop_lag,
+            ),
+            "gc_pause_seconds": (
+                "The garbage collector's pauses of the proxy's process.",
+                self.stats.gc_pause,
+            ),
         }
         if self.tier is not None:
             histograms["hot_tier_served_latency_seconds"] = (

@@ -32,6 +32,12 @@ class Stats:
         self.upstream_status = "unknown"
         self.upstream_address = ""
         self.forward_latency = LatencyHistogram()
+        # How late the event loop runs a timer due every LAG_EVERY seconds (everything it does
+        # between two turns: a client's burst, a tier sweep, a garbage collection...), and how long
+        # the garbage collector stops it (gc.callbacks): what every request and every prediction
+        # waits for beyond its own work.
+        self.loop_lag = LatencyHistogram()
+        self.gc_pause = LatencyHistogram()
         # Later subsystems (hot tier, prefetch, A/B arms) register a callable returning their figures.
         self.sections: dict[str, Callable[[], dict[str, Any]]] = {}
         # The A/B experiment of live prefetching (proxy.prediction.LivePrefetcher), if one runs.
@@ -80,6 +86,12 @@ class Stats:
             "forward_latency_p90_us": lat.percentile(90),
             "forward_latency_p99_us": lat.percentile(99),
             "forward_latency_p999_us": lat.percentile(99.9),
+            "event_loop_lag_p50_us": self.loop_lag.percentile(50),
+            "event_loop_lag_p99_us": self.loop_lag.percentile(99),
+            "event_loop_lag_p999_us": self.loop_lag.percentile(99.9),
+            "gc_pauses": self.gc_pause.total,
+            "gc_pause_p50_us": self.gc_pause.percentile(50),
+            "gc_pause_p99_us": self.gc_pause.percentile(99),
         }
         for name, section in self.sections.items():
             for key, value in section().items():
