@@ -2,7 +2,7 @@
 
     python -m bench.liveab [--workload web] [--accesses 30000] [--seed 2] [--cache 5%]
         [--arms A=markov,B=none] [--rate 3000] [--repeats 3] [--proxy-args "--workers 2" ...]
-        [--log ACCESS_LOG]
+        [--log ACCESS_LOG] [--replay-nice N]
 
 Generates the workload (``--seed``), replays it in the simulator (each arm's spec alone, the whole
 cache), then ``--repeats`` times starts Redis and a proxy whose tier holds ``--cache`` of the keys'
@@ -11,7 +11,8 @@ entries, split 50/50 between the arms, and drives the log through it with ``pred
 ratio, the medians, and the simulator's figures for the same arms. ``bench.demo`` runs one repeat.
 ``--proxy-args`` more than once: each repeat runs the proxy once with each set of flags, in turn,
 and the table has a row per set and arm (``--proxy-args ""`` is the proxy as it is). The table also gives each arm's prediction latency
-(read received to prefetch sent), p50 and p99, medians over the repeats.
+(read received to prefetch sent), p50 and p99, medians over the repeats, and after it the engine's
+part of it: from a batch's first read to the engine reading the batch, and to its answer written.
 """
 
 from __future__ import annotations
@@ -39,14 +40,23 @@ def tier_bytes_for(log: Any, share: float) -> int:
 
 
 def run_live(
-    path: str, tier_bytes: int, arms: str, rate: float, quiet: bool = False, proxy_args: Sequence[str] = ()
+    path: str,
+    tier_bytes: int,
+    arms: str,
+    rate: float,
+    quiet: bool = False,
+    proxy_args: Sequence[str] = (),
+    replay_nice: int = 0,
 ) -> dict[str, Any]:
-    """One live run: Redis, a proxy with ``--ab arms``, ``predis replay`` of ``path``; its result."""
+    """One live run: Redis, a proxy with ``--ab arms``, ``predis replay`` of ``path`` (at
+    ``replay_nice``); its result."""
     with EmbeddedRedis() as upstream:
         proxy = ProxyProcess(upstream.url, ["--hot-tier-bytes", str(tier_bytes), "--ab", arms, *proxy_args])
         try:
             cmd = [sys.executable, "-m", "proxy.cli", "replay", path, "--port", str(proxy.port)]
             cmd += ["--rate", str(rate), "--load-values", "--connections", "2000", "--json"]
+            if replay_nice:
+                cmd = ["nice", "-n", str(replay_nice), *cmd]
             out = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=600)
         finally:
             proxy.close()
@@ -75,6 +85,13 @@ def main(argv: list[str] | None = None) -> int:
         action="append",
         help="more flags for predis serve, space-separated; again for another variant, run in turn",
     )
+    p.add_argument(
+        "--replay-nice",
+        type=int,
+        default=0,
+        help="run the replay (the load) at this nice value, so it yields the cores as a client on "
+        "another host would",
+    )
     args = p.parse_args(argv)
     from accesslog.generators import generate
     from accesslog.log import read_log, write_log
@@ -96,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     live: dict[tuple[str, str], list[float]] = {row: [] for row in rows}
     upstream: dict[tuple[str, str], list[float]] = {row: [] for row in rows}
     latency: dict[tuple[str, str], list[tuple[float, float]]] = {row: [] for row in rows}
+    stages: dict[str, dict[str, list[float]]] = {v: {} for v in variants}  # the engine's, per variant
     span = float(log.timestamps()[-1] - log.timestamps()[0])
     delays: list[float] = []  # per repeat: a prefetch's delay after its read, in the log's time
     rules: list[dict[str, str]] = []
@@ -105,7 +123,13 @@ def main(argv: list[str] | None = None) -> int:
         for repeat in range(args.repeats):
             for variant in variants:
                 result = run_live(
-                    path, tier_bytes, args.arms, args.rate, quiet=True, proxy_args=variant.split()
+                    path,
+                    tier_bytes,
+                    args.arms,
+                    args.rate,
+                    quiet=True,
+                    proxy_args=variant.split(),
+                    replay_nice=args.replay_nice,
                 )
                 for arm in result["ab"]["arms"]:
                     live[variant, arm["name"]].append(100 * arm["hit_ratio"])
@@ -113,6 +137,12 @@ def main(argv: list[str] | None = None) -> int:
                     latency[variant, arm["name"]].append(
                         (arm.get("prediction_p50_us") or 0.0, arm.get("prediction_p99_us") or 0.0)
                     )
+                for key, value in result["prefetch"].items():
+                    if key.startswith("engine_") and key.endswith("_us"):
+                        stages[variant].setdefault(key[7:-3], []).append(value)
+                for key, value in result.get("loop", {}).items():
+                    if key.endswith("_us"):
+                        stages[variant].setdefault(f"proxy {key[:-3]}", []).append(value)
                 if variant == variants[0]:
                     delays.append(live_delay(result, span))
                 rules = result["ab"].get("rules", [])
@@ -153,6 +183,20 @@ def main(argv: list[str] | None = None) -> int:
             f"{median - delayed[spec]:+.2f} | {statistics.median(upstream[variant, name]):.3f} | "
             f"{p50 / 1e3:.2f} / {p99 / 1e3:.2f} |"
         )
+    # Where the latency goes: a batch's first read to the engine reading the batch, and to the
+    # engine's answer written (the rest, to the prefetch sent, is the proxy reading the answer,
+    # after whatever its event loop was doing: its lag).
+    print(
+        "\nthe engine's stages, from a batch's first read at the proxy, and the proxy's event loop lag "
+        "and GC pauses, ms (medians over the repeats):"
+    )
+    for variant in variants:
+        figures = stages[variant]
+        if figures:
+            shown = ", ".join(
+                f"{name} {statistics.median(v) / 1e3:.2f}" for name, v in sorted(figures.items())
+            )
+            print(f"  {variant or '(none)'}: {shown}")
     return 0
 
 

@@ -40,6 +40,7 @@ from typing import Any
 
 from accesslog.recorder import AccessRecorder
 from common.errors import ConfigError
+from common.histogram import LatencyHistogram
 from prefetch.engine import Engine, Prefetch, Record, peer_db, peer_of_db, peer_of_stream, peer_stream
 
 REPORT_EVERY = 0.2
@@ -150,11 +151,21 @@ class Hub:
         self.ids = itertools.count()
         self.rules: list[tuple[int, str, str]] = []  # every rule taught (a peer that comes later gets them)
         self.parent = os.getppid()
+        # Where prediction latency goes, per batch, from its first read at the proxy: to the
+        # engine's read of it (the proxy's wait and loop, the socket, the engine's wake-up), and to
+        # the engine's answer written (that, the batches ahead of it and its step).
+        self.arrived = LatencyHistogram()
+        self.answered = LatencyHistogram()
 
     def report(self, peer: int) -> dict[str, Any]:
         report = self.engine.report(peer)
         report["pid"] = os.getpid()
         report["peers"] = len(self.peers)
+        report["stages"] = {
+            f"{name}_p{p}_us": histogram.percentile(p)
+            for name, histogram in (("arrived", self.arrived), ("answered", self.answered))
+            for p in (50, 99)
+        }
         if self.recorder is not None:
             report["access_log"] = self.recorder.figures()
         return report
@@ -238,6 +249,7 @@ class Hub:
             # step costs about as much for one read as for dozens, so an engine that fell behind
             # catches up in one larger step instead of many small ones.
             pending: list[Record] = []
+            started: list[float] = []  # (the batches of this round: when their first read came)
             for key, mask in selector.select(REPORT_EVERY):  # (an idle engine still reports)
                 peer = key.data
                 if peer is None:
@@ -254,6 +266,8 @@ class Hub:
                         peer.changed = True
                         if kind == "reads":
                             t, reads = payload
+                            self.arrived.record(time.monotonic() - t)
+                            started.append(t)
                             if peer.index:  # (its clients are streams of their own in the log too)
                                 p = peer.index
                                 reads = [(peer_stream(p, st), db, k, h) for st, db, k, h in reads]
@@ -270,6 +284,7 @@ class Hub:
                             pending = []
                         if kind == "reset":
                             engine.reset()
+                            self.arrived, self.answered = LatencyHistogram(), LatencyHistogram()
                             for other in list(self.peers.values()):  # (the experiment's, in every worker)
                                 other.changed = True
                                 self.send(other, frame(("reset", None)))
@@ -288,6 +303,10 @@ class Hub:
                 for peer in self.peers.values():
                     peer.changed = True
             self._answer(out, now)
+            if started:
+                done = time.monotonic()
+                for t in started:
+                    self.answered.record(done - t)
 
     def _accept(self) -> None:
         assert self.listener is not None

@@ -561,6 +561,8 @@ class LivePrefetcher:
         for key, value in self.engine_report.get("access_log", {}).items():
             out[f"access_log_{key}"] = value
         out.update(self.engine_report.get("drift", {}))
+        for key, value in self.engine_report.get("stages", {}).items():
+            out[f"engine_{key}"] = value
         return out
 
     def reset_ab(self) -> None:

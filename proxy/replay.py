@@ -203,6 +203,7 @@ async def _replay(log: Any, n: int, args: Any) -> dict[str, Any]:
         stats = json.loads(await admin.execute_command("PREDIS", "STATS", "JSON"))  # type: ignore[no-untyped-call]
         result["hot_tier"] = {k[9:]: v for k, v in stats.items() if k.startswith("hot_tier_")}
         result["prefetch"] = {k[9:]: v for k, v in stats.items() if k.startswith("prefetch_")}
+        result["loop"] = {k: v for k, v in stats.items() if k.startswith(("event_loop_", "gc_"))}
     except ResponseError:
         pass  # plain Redis
     if has_ab:
