@@ -26,6 +26,10 @@ def scan(client: redis.Redis, n: int = N, start: int = 0) -> list[bytes | None]:
     return [client.get(f"seq:{i}") for i in range(start, start + n)]
 
 
+def stats(client: redis.Redis) -> dict[str, Any]:
+    return json.loads(client.execute_command("PREDIS", "STATS", "JSON"))  # type: ignore[no-any-return]
+
+
 def ab(client: redis.Redis) -> dict[str, Any]:
     return json.loads(client.execute_command("PREDIS", "AB", "JSON"))  # type: ignore[no-any-return]
 
@@ -86,11 +90,19 @@ def test_ab_arms_split_the_keys_and_their_figures_add_up(
     text = client.execute_command("PREDIS", "AB").decode()
     assert text.startswith("# Predis A/B") and "arm_OBL:" in text and "chi2_p:" in text
     assert "arm_OBL" in client.info()  # (INFO's # Predis A/B section)
+    # Where prediction latency goes, as the engine saw it: each batch was read, then answered.
+    wait_for(lambda: stats(client)["prefetch_engine_answered_p99_us"] > 0, timeout=10)
+    figures = stats(client)
+    for p in (50, 99):
+        assert 0 < figures[f"prefetch_engine_arrived_p{p}_us"] <= figures[f"prefetch_engine_answered_p{p}_us"]
     assert client.execute_command("PREDIS", "AB", "RESET") == b"OK"
     assert all(arm["gets"] == 0 for arm in ab(client)["arms"])
     # The proxy's own per-arm figures start again too.
     assert all(arm["prefetch_fills"] == 0 and arm["prefetched_hits"] == 0 for arm in ab(client)["arms"])
     assert all(arm["prediction_p99_us"] == 0.0 for arm in ab(client)["arms"])  # (no samples yet)
+    wait_for(
+        lambda: stats(client)["prefetch_engine_answered_p99_us"] == 0.0, timeout=10
+    )  # (the engine's too)
 
 
 @pytest.mark.parametrize("fault", ["kill", "stop"])
