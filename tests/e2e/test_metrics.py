@@ -77,6 +77,9 @@ def test_metrics_are_the_proxys_figures(make_proxy: Any, redis_server: Any, dire
     assert one(samples, "predis_forward_latency_seconds_count") == lat.total > 0
     assert 0 < one(samples, "predis_forward_latency_seconds_sum") < lat.total * 10
     assert "predis_hot_tier_served_latency_seconds_count" in samples
+    # The event loop's lag: its timer has run (every 10 ms) since the proxy started.
+    assert one(samples, "predis_event_loop_lag_seconds_count") >= 1
+    assert "predis_gc_pause_seconds_count" in samples
     # The process's own figures, for memory and descriptor leaks.
     assert one(samples, "process_resident_memory_bytes") > 10e6
     assert one(samples, "process_open_fds") > 3
