@@ -184,8 +184,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{p50 / 1e3:.2f} / {p99 / 1e3:.2f} |"
         )
     # Where the latency goes: a batch's first read to the engine reading the batch, and to the
-    # engine's answer written (the rest, to the prefetch sent, is the proxy reading the answer,
-    # after whatever its event loop was doing: its lag).
+    # engine's answer written; then the proxy reading the answer ("answer_read", after whatever its
+    # event loop was doing: its lag).
     print(
         "\nthe engine's stages, from a batch's first read at the proxy, and the proxy's event loop lag "
         "and GC pauses, ms (medians over the repeats):"

@@ -11,8 +11,8 @@ live tier's, which the engine's shadows of it follow). Out: ``("ready", report)`
 if they cannot be (then it exits), ``("hints", [(db, key, (keys named after it...)), ...])`` when
 what the arms name after a key with some confidence changed (empty: nothing now), ``("rules",
 [(arm, template, template named after it with the same numbers), ...])`` when a shape-aware arm
-(the model) has taught one, ``("prefetch", [(db, key, arm, read time, read stream), ...])``
-after each batch that asks for any, ``("report", report)`` at most every ``REPORT_EVERY`` seconds. It exits when the
+(the model) has taught one, ``("prefetch", (sent at, [(db, key, arm, read time, read stream),
+...]))`` after each batch that asks for any (sent at: this process's monotonic clock, the proxy's), ``("report", report)`` at most every ``REPORT_EVERY`` seconds. It exits when the
 proxy closes its end; ``("reset", None)`` also goes to every peer when one asks for it (the
 experiment's figures start again in every worker). Only the proxy writes to the socket's other end, so pickle carries nothing
 that another party made.
@@ -349,7 +349,7 @@ class Hub:
             if peer.index in hints:
                 message += frame(("hints", hints[peer.index]))
             if peer.index in prefetches:
-                message += frame(("prefetch", prefetches[peer.index]))
+                message += frame(("prefetch", (time.monotonic(), prefetches[peer.index])))
             if peer.changed and now - peer.last_report >= REPORT_EVERY:
                 message += frame(("report", self.report(peer.index)))
                 peer.changed = False

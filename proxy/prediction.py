@@ -152,6 +152,7 @@ class LivePrefetcher:
         # ...of which the key was read (and missed) first: its fill in flight, or done since
         self.late = [0] * len(self.arms)
         self.latency = [LatencyHistogram() for _ in self.arms]  # read received -> prefetch sent
+        self.answer_read = LatencyHistogram()  # the engine's prefetches sent -> read here (the loop's wait)
         self.starts = 0
         self.fallbacks: dict[str, int] = {"engine_died": 0, "engine_stalled": 0, "engine_error": 0}
         self.killing: str | None = None  # why the engine is being killed (its loss is counted so)
@@ -276,7 +277,9 @@ class LivePrefetcher:
     def on_message(self, message: tuple[str, Any]) -> None:
         kind, payload = message
         if kind == "prefetch":
-            self._prefetch(payload)
+            sent, prefetches = payload
+            self.answer_read.record(_mono() - sent)
+            self._prefetch(prefetches)
         elif kind == "hints":
             self._hints(payload)
         elif kind == "rules":
@@ -563,6 +566,8 @@ class LivePrefetcher:
         out.update(self.engine_report.get("drift", {}))
         for key, value in self.engine_report.get("stages", {}).items():
             out[f"engine_{key}"] = value
+        for p in (50, 99):  # (the last stage: from the engine's answer to this loop reading it)
+            out[f"engine_answer_read_p{p}_us"] = self.answer_read.percentile(p)
         return out
 
     def reset_ab(self) -> None:
@@ -598,6 +603,7 @@ class LivePrefetcher:
         self.shed_gets, self.shed_hits, self.sent_gets, self.sent_hits = [0] * n, [0] * n, [0] * n, [0] * n
         self.carried = [dict.fromkeys(("gets", "hits", *CARRIED), 0) for _ in self.arms]
         self.latency = [LatencyHistogram() for _ in self.arms]
+        self.answer_read = LatencyHistogram()
         if len(self.tier.policies) == n:
             self.fills_base = list(self.tier.part_prefetch_fills)
             self.prefetched_hits_base = list(self.tier.part_prefetched_hits)

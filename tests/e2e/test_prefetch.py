@@ -95,14 +95,15 @@ def test_ab_arms_split_the_keys_and_their_figures_add_up(
     figures = stats(client)
     for p in (50, 99):
         assert 0 < figures[f"prefetch_engine_arrived_p{p}_us"] <= figures[f"prefetch_engine_answered_p{p}_us"]
+        assert figures[f"prefetch_engine_answer_read_p{p}_us"] > 0  # (OBL's prefetches came back)
     assert client.execute_command("PREDIS", "AB", "RESET") == b"OK"
     assert all(arm["gets"] == 0 for arm in ab(client)["arms"])
     # The proxy's own per-arm figures start again too.
     assert all(arm["prefetch_fills"] == 0 and arm["prefetched_hits"] == 0 for arm in ab(client)["arms"])
     assert all(arm["prediction_p99_us"] == 0.0 for arm in ab(client)["arms"])  # (no samples yet)
-    wait_for(
-        lambda: stats(client)["prefetch_engine_answered_p99_us"] == 0.0, timeout=10
-    )  # (the engine's too)
+    # (the engine's too, and the proxy's reading of its answers)
+    wait_for(lambda: stats(client)["prefetch_engine_answered_p99_us"] == 0.0, timeout=10)
+    assert stats(client)["prefetch_engine_answer_read_p99_us"] == 0.0
 
 
 @pytest.mark.parametrize("fault", ["kill", "stop"])
