@@ -105,6 +105,8 @@ def test_drift_retrain_promote_swap_recover(
         access_log_rotate_rows=500,
         drift_window=400,
     )
+    # (a swap, not a restart after the loading thread kept a starved engine silent past 2 s)
+    proxy.server.prediction.stall_after = 60.0
     wait_for(lambda: proxy.server.tier.active and proxy.server.prediction.ready, timeout=120)
     client = proxy.client()
     alerts = proxy.server.alerts

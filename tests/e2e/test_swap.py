@@ -36,6 +36,9 @@ def test_a_promoted_model_is_swapped_in_live_and_rolled_back(
         redis_server.url, prefetch=f"ml:{registry}::min_confidence=0.5", prefetch_device="cpu", **UNHURRIED
     )
     prediction = proxy.server.prediction
+    # (on a starved machine the loading thread can keep the engine silent past the 2 s stall bound,
+    # and a restarted engine loads v0002 without a swap: the stall path is test_prefetch's)
+    prediction.stall_after = 60.0
     wait_for(lambda: proxy.server.tier.active and prediction.ready, timeout=120)  # (torch's import)
     admin = proxy.client()
     wait_for(lambda: model(admin).get("model_version", "").startswith("v0001@"), timeout=10)
