@@ -78,9 +78,10 @@ class Settings:
     ab_seed: int = 0
     # Prefetches an arm may ask for per GET of its own keys (the simulator's budget).
     prefetch_budget: float = 1.0
-    # Records go to the prediction engine in batches of at most this many, or after this long.
+    # Records go to the prediction engine in batches of at most this many, or after this long
+    # (0.2 ms: the wait is most of a heuristic's median prediction latency; bench/RESULTS.md).
     prefetch_max_batch: int = 256
-    prefetch_max_wait: float = 0.001
+    prefetch_max_wait: float = 0.0002
     # A read older than this when the engine reaches it is not predicted from (its prefetches
     # would come too late): it is shed and counted.
     prefetch_max_age: float = 0.05
