@@ -8,6 +8,7 @@ invalidations from the other connection's writes never show."""
 from __future__ import annotations
 
 import os
+import re
 import socket
 from typing import Any
 
@@ -43,7 +44,9 @@ COMMANDS = st.one_of(
     st.tuples(st.sampled_from([b"LPUSH", b"RPUSH", b"SADD"]), key, value),
     st.tuples(st.sampled_from([b"LPOP", b"RPOP", b"SCARD", b"LLEN"]), key),
     st.tuples(st.just(b"LRANGE"), key, st.just(b"0"), st.just(b"-1")),
-    st.tuples(st.just(b"SMEMBERS"), key),
+    # (a set's members sorted: SMEMBERS's order follows each server's own hash seed, so two Redis
+    # processes given the same commands may list them differently; found by a 15,000-program run)
+    st.tuples(st.just(b"SORT"), key, st.just(b"ALPHA")),
     st.tuples(st.just(b"HSET"), key, field, value),
     st.tuples(st.sampled_from([b"HGET", b"HDEL"]), key, field),
     st.tuples(st.just(b"HGETALL"), key),
@@ -65,6 +68,7 @@ COMMANDS = st.one_of(
     # Connection state (replies that do not name the connection, so both sides answer alike).
     st.tuples(st.just(b"CLIENT"), st.just(b"SETNAME"), st.sampled_from([b"a", b"b", b""])),
     st.tuples(st.just(b"CLIENT"), st.just(b"GETNAME")),
+    st.tuples(st.just(b"HELLO"), st.sampled_from([b"2", b"3"])),  # (its reply's id is masked)
 ).map(list)
 
 # A step: one connection sends a pipeline (1-6 commands), a MULTI/EXEC block, or WATCH.
@@ -128,6 +132,14 @@ def test_the_proxy_answers_every_program_as_redis_does(pair: Any, program: list[
     compare(pair, program)
 
 
+HELLO_ID = re.compile(rb"\$2\r\nid\r\n:\d+\r\n")
+
+
+def mask_ids(replies: list[bytes]) -> list[bytes]:
+    """The replies with HELLO's connection id masked: the one field two servers never share."""
+    return [HELLO_ID.sub(b"$2\r\nid\r\n:0\r\n", reply) for reply in replies]
+
+
 def compare(pair: Any, program: list[tuple[int, list[list[bytes]]]]) -> None:
     """Run each step (connection, commands) on the proxy and on the second Redis, both flushed
     first: every reply must be the same."""
@@ -138,7 +150,7 @@ def compare(pair: Any, program: list[tuple[int, list[list[bytes]]]]) -> None:
             assert side.run(0, [[b"FLUSHALL"]]) == [b"+OK\r\n"]
         for i, (conn, commands) in enumerate(program):
             got, want = ours.run(conn, commands), theirs.run(conn, commands)
-            assert got == want, f"step {i} on connection {conn}: {commands}"
+            assert mask_ids(got) == mask_ids(want), f"step {i} on connection {conn}: {commands}"
     finally:
         ours.close()
         theirs.close()
