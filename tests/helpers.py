@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from proxy.resp import encode_command
 from proxy.scanner import ReplyScanner
 
 
@@ -26,6 +27,12 @@ def read_frames(sock: socket.socket, count: int) -> list[bytes]:
             consumed = base + end
         del buf[:consumed]
     return frames
+
+
+def exchange(sock: socket.socket, *commands: list[bytes] | list[bytes | str]) -> list[bytes]:
+    """Send ``commands`` in one write and read their reply frames."""
+    sock.sendall(b"".join(encode_command(c) for c in commands))
+    return read_frames(sock, len(commands))
 
 
 def read_until(sock: socket.socket, tail: bytes) -> bytes:

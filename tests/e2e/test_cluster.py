@@ -13,6 +13,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ import redis
 from proxy.cluster import key_slot
 from proxy.embedded import EmbeddedCluster
 from proxy.resp import encode_command
-from tests.helpers import read_frames, wait_for
+from tests.helpers import exchange, read_frames, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -200,11 +201,7 @@ def test_connection_state_inside_a_transaction_is_refused_and_aborts_it(
     proxy = make_proxy(cluster.url, hot_tier="off")
     with socket.create_connection(("127.0.0.1", proxy.port)) as s:
         s.settimeout(10)
-
-        def run(*commands: list[bytes | str]) -> list[bytes]:
-            s.sendall(b"".join(encode_command(c) for c in commands))
-            return read_frames(s, len(commands))
-
+        run = partial(exchange, s)
         for queued in (["HELLO", "3"], ["CLIENT", "SETNAME", "n"], ["AUTH", "default", "x"]):
             for before in ([], ["SET", f"{{{keys[0]}}}:t", "ran"]):  # (no node chosen yet, or one)
                 commands = [

@@ -11,6 +11,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from functools import partial
 from typing import Any
 
 import pytest
@@ -19,7 +20,7 @@ import redis.asyncio as aioredis
 
 from proxy.embedded import EmbeddedRedis
 from proxy.resp import encode_command
-from tests.helpers import read_frames, read_until, split_frames
+from tests.helpers import exchange, read_frames, read_until, split_frames, wait_for
 
 PROTOCOLS = [2, 3]
 
@@ -611,11 +612,7 @@ def test_an_auth_inside_a_transaction_counts_only_if_exec_ran_it(proxy: Any, dir
         boss = proxy.client(username="boss", password="bosspw")
         assert boss.get("secret:1") == b"s" and boss.get("secret:1") == b"s"  # (in the tier, as boss's)
         with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as s:
-
-            def run(*commands: list[bytes]) -> list[bytes]:
-                s.sendall(b"".join(encode_command(c) for c in commands))
-                return read_frames(s, len(commands))
-
+            run = partial(exchange, s)
             assert run([b"AUTH", b"app", b"secret"]) == [b"+OK\r\n"]
             _, queued, exec_reply = run([b"MULTI"], [b"AUTH", b"boss", b"wrong"], [b"EXEC"])
             assert queued == b"+QUEUED\r\n" and exec_reply.startswith(b"*1\r\n-WRONGPASS")
@@ -637,11 +634,7 @@ def test_a_name_or_protocol_set_inside_a_transaction_counts_only_if_exec_ran_it(
     multiplexed client went back to the RESP2 shared connection and got RESP2 replies."""
     direct.hset("h", "a", "1")
     with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as s:
-
-        def run(*commands: list[bytes]) -> list[bytes]:
-            s.sendall(b"".join(encode_command(c) for c in commands))
-            return read_frames(s, len(commands))
-
+        run = partial(exchange, s)
         assert run([b"CLIENT", b"SETNAME", b"before"]) == [b"+OK\r\n"]
         assert run([b"WATCH", b"w"]) == [b"+OK\r\n"]
         direct.set("w", "changed")
@@ -651,15 +644,15 @@ def test_a_name_or_protocol_set_inside_a_transaction_counts_only_if_exec_ran_it(
         # A new upstream connection gets the name Redis says this one has, not the queued one.
         (upstream,) = [c for c in direct.client_list() if c.get("name") == "before"]
         direct.client_kill_filter(_id=upstream["id"])
-        deadline = time.monotonic() + 10
-        while (got := run([b"CLIENT", b"GETNAME"])[0]).startswith(b"-") and time.monotonic() < deadline:
-            time.sleep(0.05)  # (an error while the proxy learns that its connection is gone)
-        assert got == b"$6\r\nbefore\r\n"
+        # (an error while the proxy learns that its connection is gone)
+        wait_for(lambda: not run([b"CLIENT", b"GETNAME"])[0].startswith(b"-"), timeout=10)
+        assert run([b"CLIENT", b"GETNAME"]) == [b"$6\r\nbefore\r\n"]
         _, _, exec_reply = run([b"MULTI"], [b"CLIENT", b"SETNAME", b"after"], [b"EXEC"])
         assert exec_reply == b"*1\r\n+OK\r\n"
         assert run([b"CLIENT", b"GETNAME"]) == [b"$5\r\nafter\r\n"]
 
     with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as s:
+        run = partial(exchange, s)
         assert run([b"WATCH", b"w"]) == [b"+OK\r\n"]
         direct.set("w", "again")
         assert run([b"MULTI"], [b"HELLO", b"3"], [b"EXEC"])[2] == b"*-1\r\n"

@@ -29,7 +29,6 @@ def test_a_blocked_loop_and_a_collection_are_seen() -> None:
     figures = stats.snapshot()
     assert stats.loop_lag.total >= 5
     assert figures["event_loop_lag_p999_us"] >= 150_000  # (the one late turn: the highest sample)
-    assert figures["event_loop_lag_p50_us"] < 150_000
     assert figures["gc_pauses"] >= 1 and figures["gc_pause_p50_us"] > 0
     # Closed: no more turns, no more collections seen.
     seen, pauses = stats.loop_lag.total, stats.gc_pause.total
