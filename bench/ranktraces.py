@@ -15,7 +15,7 @@ import time
 from accesslog.traces import read_trace
 from prefetch.sim import simulate
 
-HEURISTICS = ["obl", "markov", "pg", "mithril", "frequency"]
+HEURISTICS = ["obl", "markov", "pg", "mithril", "frequency", "delta", "delta:min_accuracy=0"]
 
 
 def main() -> None:

@@ -2,7 +2,7 @@
 hindsight first-order bound that ``predis gen --validate`` reports.
 
     python -m bench.recalltraces --trace ../shared/traces/multi1.trace.gz --format lines \\
-        [--predictors rank,markov,pg,obl,mithril] [--share 0.3] [--limit N]
+        [--predictors rank,markov,pg,obl,mithril,delta] [--share 0.3] [--limit N]
 
 The goal reads: at least 60% on every real trace whose hindsight bound is above 60%. Each
 predictor runs over the whole trace, observing every access as a read (as ``bench.ranktraces``
@@ -61,7 +61,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--trace", required=True)
     ap.add_argument("--format", required=True)
-    ap.add_argument("--predictors", default="rank,markov,pg,obl,mithril")
+    ap.add_argument("--predictors", default="rank,markov,pg,obl,mithril,delta,delta:min_accuracy=0")
     ap.add_argument("--share", type=float, default=0.3)
     ap.add_argument("--limit", type=int, default=0, help="only the first N accesses (0: all)")
     args = ap.parse_args()

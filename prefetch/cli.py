@@ -10,7 +10,7 @@ from typing import Any
 from common.cli import OneLineParser
 from common.errors import ConfigError
 
-DEFAULT_ARMS = "frequency,obl,markov,pg,mithril,oracle"
+DEFAULT_ARMS = "frequency,obl,delta,markov,pg,mithril,oracle"
 PLOT_SIZES = ["1%", "2%", "5%", "10%", "20%"]
 
 

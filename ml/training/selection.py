@@ -61,7 +61,7 @@ def replays_in_parallel(fn: Any, jobs: list[tuple[Any, ...]], **shared: Any) -> 
         _SHARED.clear()
 
 
-FALLBACK_SPECS = ("none", "markov", "pg", "obl", "mithril", "frequency")
+FALLBACK_SPECS = ("none", "markov", "pg", "obl", "mithril", "frequency", "delta")
 
 
 def fallback_replays_at(
@@ -149,7 +149,7 @@ GATES = (0.5, MERGE_GATE, DISCOUNT_GATE)
 FLOORS = (0.1, 0.15, 0.2, 0.25, 0.3)  # score floors tried under the chosen gate (besides none)
 
 
-HEURISTIC_SPECS = ("markov", "pg", "obl", "mithril")  # scored beside the model in its metrics
+HEURISTIC_SPECS = ("markov", "pg", "obl", "mithril", "delta")  # scored beside the model in its metrics
 
 
 def score_heuristics(enc: Any, val_idx: np.ndarray) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from typing import Any
 
 from common.errors import ConfigError
 from prefetch.predictors.base import NoPrefetch, Predictor
+from prefetch.predictors.delta import Delta
 from prefetch.predictors.frequency import Frequency
 from prefetch.predictors.markov import Markov
 from prefetch.predictors.mithril import Mithril
@@ -26,6 +27,7 @@ HEURISTICS: dict[str, Callable[..., Predictor]] = {
     "none": NoPrefetch,
     "frequency": Frequency,
     "obl": OBL,
+    "delta": Delta,
     "markov": Markov,
     "pg": ProbabilityGraph,
     "mithril": Mithril,

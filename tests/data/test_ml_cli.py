@@ -47,14 +47,14 @@ def test_train_then_simulate(tmp_path: Path) -> None:
         summary["model_dir"].endswith("v0001")
         and (tmp_path / "reg" / "current").read_text().strip() == "v0001"
     )
-    assert set(summary["heuristics"]) == {"markov", "pg", "obl", "mithril"}
+    assert set(summary["heuristics"]) == {"markov", "pg", "obl", "mithril", "delta"}
     manifest = json.loads((tmp_path / "reg" / "v0001" / "manifest.json").read_text())
     assert manifest["fallback"] == "markov", "a fixed order is Markov's best case"
     # The fallback comes with the eviction policy its replay did best under, both recorded.
     replays = summary["fallback_hit_ratios"]
     assert set(replays) == {
         f"{p}@{pol}"
-        for p in ("none", "markov", "pg", "obl", "mithril", "frequency")
+        for p in ("none", "markov", "pg", "obl", "mithril", "frequency", "delta")
         for pol in ("lru", "s3fifo")
     }
     assert replays[f"markov@{manifest['policy']}"] == max(replays.values())

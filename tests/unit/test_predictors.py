@@ -18,6 +18,7 @@ SMALL = {
     "none": "none",
     "frequency": "frequency:hot=8:max_keys=64",
     "obl": "obl",
+    "delta": "delta:window=32:depth=4:refresh=4:max_clients=3:min_accuracy=0",
     "markov": "markov:max_keys=50:max_successors=3",
     "pg": "pg:lookahead=5:max_nodes=40:max_arcs=4",
     "mithril": "mithril:mining_size=16:recording_size=30:max_entries=20",
@@ -115,6 +116,59 @@ def test_obl_fetches_the_next_number_after_a_sequential_run() -> None:
     assert q.predict(1) == []
 
 
+def test_delta_names_the_most_common_strides_from_the_last_read() -> None:
+    p = make_predictor("delta:window=8:depth=3:refresh=1:min_accuracy=0")
+    # Requests of 128 blocks, now and then one of 136: every next block is 128 or 136 on.
+    feed(p, [str(n) for n in (1000, 1128, 1256, 1392, 1520, 1648)])
+    assert p.predict(3) == [("1776", 0.8), ("1784", 0.2)]
+    assert p.predict(1) == [("1776", 0.8)]
+    # The window forgets: eight strides of 8 later, 128 is gone.
+    feed(p, [str(1648 + 8 * i) for i in range(1, 9)])
+    assert p.predict(3) == [("1720", 1.0)]
+    # Keys of another template (or none) neither add a stride nor get one; the number is kept.
+    feed(p, ["user:alice", "row:0007:v"])
+    assert p.predict(2) == [("row:0015:v", 1.0)]
+    # A stride never leads below zero.
+    q = make_predictor("delta:refresh=1:min_accuracy=0")
+    feed(q, ["9", "5"])
+    assert q.predict(2) == [("1", 1.0)]
+    feed(q, ["3"])  # (-4 and -2, once each: 3 - 4 is skipped)
+    assert q.predict(2) == [("1", 0.5)]
+
+
+def test_delta_follows_each_client_and_ranks_only_every_refresh() -> None:
+    p = make_predictor("delta:refresh=4:min_accuracy=0")
+    # Two clients interleaved, each striding by its own step: strides are taken within a client.
+    for i in range(4):
+        p.observe(str(100 + 2 * i), float(i), False, client=1)
+        p.observe(str(900 + 10 * i), float(i), False, client=2)
+    assert p.top == [(2, 0.5), (10, 0.5)]  # (not the -800s and +800s between the clients' reads)
+    assert p.predict(2) == [("932", 0.5), ("940", 0.5)]
+    # Client 0 now: its first read has no stride; then 10, 10, 10 (refresh 4: the ranking moves on
+    # the fourth read only).
+    feed(p, ["950", "960", "970"])
+    assert p.top == [(2, 0.5), (10, 0.5)] and p.predict(1) == [("972", 0.5)]
+    feed(p, ["980"])
+    assert p.top == [(10, pytest.approx(6 / 9)), (2, pytest.approx(3 / 9))]
+
+
+def test_delta_stays_silent_until_its_strides_have_been_right() -> None:
+    rng = random.Random(3)
+    # Ids at random (web sessions, game entities): strides mean nothing, and it never prefetches.
+    p = make_predictor("delta")
+    for i in range(3000):
+        p.observe(f"entity:{rng.randrange(10**6)}", float(i), False)
+        assert p.predict(4) == []
+    # A steady stride of 8: it starts once enough of the reads followed a ranked stride, and stops
+    # again when the reads turn random.
+    q = make_predictor("delta")
+    feed(q, [str(8 * i) for i in range(200)])
+    assert q.predict(1) == [("1600", 1.0)]
+    for i in range(300):
+        q.observe(str(rng.randrange(10**6)), float(i), False)
+    assert q.predict(1) == []
+
+
 def test_obl_key_split() -> None:
     assert split_number("row:9:v") == ("row:", 9, ":v", 0)
     assert join_number(*split_number("blk:0099")[:1], 100, "", 4) == "blk:0100"  # type: ignore[misc]
@@ -208,6 +262,8 @@ def test_oracle_reads_ahead() -> None:
         ("pg:bogus=1", "has no parameter 'bogus'"),
         ("pg:lookahead", "not of the form name=value"),
         ("obl:k=0", "k >= 1"),
+        ("delta:window=0", "window, depth"),
+        ("delta:min_accuracy=2", "min_accuracy <= 1"),
         ("oracle", "needs the trace"),
     ],
 )
