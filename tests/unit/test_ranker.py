@@ -47,6 +47,22 @@ def test_ranker_learns_which_heuristic_is_right_in_each_phase() -> None:
     assert got["rank:sources=obl+markov"] > max(got["obl"], got["markov"]) + 0.08, got
 
 
+def test_ranker_by_default_follows_strides_no_other_source_names() -> None:
+    """Block requests of 8 or 16 blocks, each read once, in runs that jump elsewhere now and then
+    (a request's next one starts where it ends): no key repeats, so Markov, PG and Mithril learn
+    nothing, and OBL waits for a stride of 1. The default ranker's delta source names n + 8 and
+    n + 16, and it learns to trust them."""
+    rng = random.Random(4)
+    keys: list[str] = []
+    n = 0
+    while len(keys) < 8000:
+        n = rng.randrange(10**7) * 64 if rng.random() < 0.05 else n + rng.choice((8, 16))
+        keys.append(str(n))
+    got = hit_ratios(keys, "64", ["obl", "markov", "pg", "mithril", "rank"], warmup=0.3)
+    assert max(got["obl"], got["markov"], got["pg"], got["mithril"]) < 0.05, got
+    assert got["rank"] > 0.5, got
+
+
 def test_ranker_keeps_learning_after_the_pattern_changes() -> None:
     """A random walk follows rule b, then (longer) rule a, then b again: Markov still ranks a's
     successor first in the last part, so the right key is its second. The ranker that keeps
