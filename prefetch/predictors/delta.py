@@ -23,6 +23,13 @@ class Delta:
     The ranking is refreshed every ``refresh`` reads (so a read costs a dict update, not a sort), at
     most ``depth`` deltas are offered, and ``max_clients`` clients' previous keys are kept (the
     least recently seen one forgotten past that).
+
+    Where numbers are ids given at random (sessions, entities), strides mean nothing, and offering
+    them would fill the cache with keys nobody reads (on ``web`` and ``gaming`` at 5%, 81,000 and
+    96,000 prefetches of precision 0.01 and 0.00, 7.5 and 10.9 points of hit ratio lost). So it
+    keeps a moving average (rate 0.01) of the share of reads that followed one of its ranked
+    strides, and names nothing while that is under ``min_accuracy``. At 0 it always names them,
+    as the ranker runs it: the ranker learns a source's worth itself.
     """
 
     name = "delta"
