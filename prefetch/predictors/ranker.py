@@ -1,6 +1,6 @@
 """A learned ranker over the heuristics' candidates (issue 21).
 
-No single heuristic wins everywhere: OBL on sequential block runs, Mithril and Markov on repeated
+No single heuristic wins everywhere: OBL and Delta on sequential block runs, Mithril and Markov on repeated
 associations, PG on file-system traces, and which one wins changes within a trace. The ranker runs
 several of them (``sources``) on the same reads, takes the union of their candidates after every read
 and scores each candidate with a small model trained on what it has seen: whether a candidate named
@@ -12,7 +12,7 @@ candidates at or above ``min_score`` are offered.
 
 The model is a multilayer perceptron with one hidden layer (``hidden`` units), trained with Adam on
 a window of the latest labelled candidates (``window``) every ``refit`` reads, warm-started
-from its last weights: about 300 weights with the four default sources, scored in NumPy in
+from its last weights: about 350 weights with the five default sources, scored in NumPy in
 microseconds per read, no torch (the package never imports the model package, and the proxy's
 engine runs it as it runs the other heuristics). A gradient-boosted model might rank as well on
 such features (not tried), but a call per read costs more in Python than one small matrix product,
