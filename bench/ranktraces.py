@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import time
 
+from accesslog.log import AccessLog
 from accesslog.traces import read_trace
 from prefetch.sim import simulate
 
@@ -29,8 +30,11 @@ def main() -> None:
     ap.add_argument("--no-frozen", action="store_true", help="skip the frozen baseline")
     ap.add_argument("--heuristics", default=",".join(HEURISTICS), help="the heuristics to beat")
     ap.add_argument("--rank-policies", default="", help="the ranker's policies (default: --policies)")
+    ap.add_argument("--limit", type=int, default=0, help="only the first N accesses (0: all)")
     args = ap.parse_args()
     log = read_trace(args.trace, args.format)
+    if args.limit:
+        log = AccessLog(log.table.slice(0, args.limit), log.meta)
     warm = int(args.share * len(log))
     heuristics = [h for h in args.heuristics.split(",") if h]
     ranks = [args.rank]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import OrderedDict, deque
 
-from prefetch.predictors.obl import PARSE_CACHE, join_number, split_number
+from prefetch.predictors.obl import PARSE_CACHE, join_number, split_cached
 
 
 class Delta:
@@ -60,13 +60,7 @@ class Delta:
         self._parsed: dict[str, tuple[str, int, str, int] | None] = {}  # a bounded parse cache
 
     def observe(self, key: str, t: float, hit: bool, client: int = 0) -> None:
-        parsed = self._parsed
-        try:
-            cur = parsed[key]
-        except KeyError:
-            if len(parsed) >= PARSE_CACHE:
-                parsed.clear()
-            cur = parsed[key] = split_number(key)
+        cur = split_cached(self._parsed, key)
         previous = self.previous
         prev = previous.pop(client, None)
         previous[client] = cur

@@ -20,6 +20,19 @@ def split_number(key: str) -> tuple[str, int, str, int] | None:
     return key[: m.start()], int(digits), m.group(2), width
 
 
+def split_cached(
+    parsed: dict[str, tuple[str, int, str, int] | None], key: str
+) -> tuple[str, int, str, int] | None:
+    """``split_number(key)``, remembered in ``parsed`` (emptied when it holds ``PARSE_CACHE`` keys)."""
+    try:
+        return parsed[key]
+    except KeyError:
+        if len(parsed) >= PARSE_CACHE:
+            parsed.clear()
+        cur = parsed[key] = split_number(key)
+        return cur
+
+
 def join_number(prefix: str, number: int, suffix: str, width: int) -> str:
     return f"{prefix}{number:0{width}d}{suffix}" if width else f"{prefix}{number}{suffix}"
 
@@ -52,13 +65,7 @@ class OBL:
         self._parsed: dict[str, tuple[str, int, str, int] | None] = {}  # a bounded parse cache
 
     def observe(self, key: str, t: float, hit: bool, client: int = 0) -> None:
-        parsed = self._parsed
-        try:
-            cur = parsed[key]
-        except KeyError:
-            if len(parsed) >= PARSE_CACHE:
-                parsed.clear()
-            cur = parsed[key] = split_number(key)
+        cur = split_cached(self._parsed, key)
         prev = self.prev
         if (
             cur is not None
