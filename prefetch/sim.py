@@ -429,6 +429,7 @@ def simulate(
             result.arm = spec if len(policies) == 1 and own in ("", policy) else f"{spec}@{own or policy}"
             if choose is not None:  # (with several policies every arm runs under each: say which it chose)
                 result.extra["chosen_policy"] = getattr(predictor, "policy", "") or policy
+                result.extra["fallback"] = getattr(predictor, "fallback_spec", "")
             arms.append(result)
     if with_belady:
         arms.append(belady(codes, capacity, warm, write_mask if write_flags is not None else None))

@@ -61,7 +61,10 @@ def replays_in_parallel(fn: Any, jobs: list[tuple[Any, ...]], **shared: Any) -> 
         _SHARED.clear()
 
 
-FALLBACK_SPECS = ("none", "markov", "pg", "obl", "mithril", "frequency", "delta")
+# ``rank``, the learned ranker over the heuristics' candidates (prefetch.predictors.ranker), is a
+# fallback like the others: where the model adds nothing (the block traces) the arm is the ranker,
+# where it wins (orm-busy) it runs first over the best heuristic, as the replays decide.
+FALLBACK_SPECS = ("none", "markov", "pg", "obl", "mithril", "frequency", "delta", "rank")
 
 
 def fallback_replays_at(
@@ -70,23 +73,28 @@ def fallback_replays_at(
     warmup: int,
     shares: tuple[float, ...],
     policies: tuple[str, ...] = ("lru", "s3fifo"),
+    seconds: dict[str, float] | None = None,
 ) -> dict[float, tuple[dict[str, float], dict[str, float]]]:
     """Hit ratio of each heuristic (and of no prefetching) under each eviction policy, as
     ``"markov@lru"``, at each cache size in ``shares``: replaying the reads ``idx`` through a cache
     of that share of their distinct keys, budget 1, every replay in the worker pool. Two scorings
     of each replay: after the first ``warmup`` reads (the validation reads), and after the first
     REPLAY_WARMUP of the replayed reads (a longer window: the heuristics learn online, so every
-    read they are scored on comes after what they learnt from)."""
+    read they are scored on comes after what they learnt from). ``seconds``, if given, receives
+    each ``"spec@policy@share"`` replay's own seconds (the ranker's replay costs tens of
+    heuristics': the budget needs the chosen fallback's, not the average)."""
     jobs = [(share, spec, policy) for share in shares for policy in policies for spec in FALLBACK_SPECS]
     hits = replays_in_parallel(_fallback_job, jobs, enc=enc, idx=idx, warmup=warmup)
     out: dict[float, tuple[dict[str, float], dict[str, float]]] = {share: ({}, {}) for share in shares}
-    for (share, spec, policy), (recent, long) in zip(jobs, hits, strict=True):
+    for (share, spec, policy), (recent, long, took) in zip(jobs, hits, strict=True):
         out[share][0][f"{spec}@{policy}"] = recent
         out[share][1][f"{spec}@{policy}"] = long
+        if seconds is not None:
+            seconds[f"{spec}@{policy}@{share}"] = took
     return out
 
 
-def _fallback_job(share: float, spec: str, policy: str) -> tuple[float, float]:
+def _fallback_job(share: float, spec: str, policy: str) -> tuple[float, float, float]:
     from prefetch.predictors import make_predictor
     from prefetch.sim import replay
 
@@ -95,7 +103,11 @@ def _fallback_job(share: float, spec: str, policy: str) -> tuple[float, float]:
     result = replay(
         keys, capacity, make_predictor(spec), policy=policy, clients=clients, warmup=warmup, also_from=early
     )
-    return round(result.hit_ratio, 4), round(result.extra["hits_from"] / max(1, len(keys) - early), 4)
+    return (
+        round(result.hit_ratio, 4),
+        round(result.extra["hits_from"] / max(1, len(keys) - early), 4),
+        result.seconds,
+    )
 
 
 def _heuristic_job(spec: str) -> dict[str, Any]:

@@ -23,7 +23,6 @@ from ml.training.budget import TimeBudget
 from ml.training.data import encode, replay_slots_of, windows
 from ml.training.precision import use_bf16
 from ml.training.selection import (
-    FALLBACK_SPECS,
     FLOORS,
     GATES,
     REPLAY_SHARES,
@@ -151,7 +150,8 @@ def train(
     # later judges.
     # Cache size matters (PG under S3-FIFO loses at 1% what it wins at 5%), so the pair is chosen
     # at four cache sizes; the simulator picks the one nearest its own (MLPredictor.choose).
-    both = fallback_replays_at(enc, np.arange(n), cut, REPLAY_SHARES)
+    took: dict[str, float] = {}
+    both = fallback_replays_at(enc, np.arange(n), cut, REPLAY_SHARES, seconds=took)
     by_share = {share: recent for share, (recent, _) in both.items()}
     # Keyed by the cache size in entries each share gave on the replayed window: a share of a
     # short training window is a much smaller cache than the same share of a whole trace.
@@ -159,11 +159,14 @@ def train(
     fallback_by_share = {str(s): choose_fallback(*both[s]) for s in REPLAY_SHARES}
     replays = by_share[0.05]
     fallback, policy = fallback_by_share["0.05"].split("@")
-    fallback_seconds = budget.lap("fallback_replays")
-    # What the loop must leave room for follows from these replays' cost (ml.training.budget).
+    budget.lap("fallback_replays")
+    # What the loop must leave room for follows from the cost of the replays after it, the ML arm
+    # over the fallback chosen at each size: that fallback's own replay, averaged over the sizes
+    # (ml.training.budget). (One replay of the ranker costs tens of a heuristic's.)
+    chosen_seconds = np.mean([took[f"{fallback_by_share[str(s)]}@{s}"] for s in REPLAY_SHARES])
     budget.start_loop(
-        fallback_seconds,
-        len(REPLAY_SHARES) * 2 * len(FALLBACK_SPECS),  # (shares x policies x specs, as above)
+        float(chosen_seconds),
+        1,  # (one replay's seconds, run on each worker)
         workers(),
         {
             "gates": len(REPLAY_SHARES) * len(GATES),

@@ -54,7 +54,7 @@ def test_train_then_simulate(tmp_path: Path) -> None:
     replays = summary["fallback_hit_ratios"]
     assert set(replays) == {
         f"{p}@{pol}"
-        for p in ("none", "markov", "pg", "obl", "mithril", "frequency", "delta")
+        for p in ("none", "markov", "pg", "obl", "mithril", "frequency", "delta", "rank")
         for pol in ("lru", "s3fifo")
     }
     assert replays[f"markov@{manifest['policy']}"] == max(replays.values())
