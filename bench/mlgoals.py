@@ -9,7 +9,9 @@ Every arm runs under LRU and S3-FIFO. The ML arm judged is the one under the pol
 chose (the manifest's); the best heuristic is the best of none, frequency, OBL, delta, Markov, PG
 and Mithril under either policy. ``--rank`` adds the learned ranker over the heuristics' candidates
 (``rank``, learning as it replays) and the ranker with the model's candidates among its sources
-(``ml:MODEL::rank=1``), both judged against the same heuristics.
+(``ml:MODEL::rank=1``), both judged against the same heuristics. ``--bound`` adds the oracle that
+knows each client's next reads but not which client reads next (``oracle:own_client=1``): the
+most a predictor that follows each client's stream could reach.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ def main() -> None:
     ap.add_argument(
         "--rank", action="store_true", help="also the ranker, alone and with the model as a source"
     )
+    ap.add_argument("--bound", action="store_true", help="also the per-client oracle, an upper bound")
     ap.add_argument(
         "--policies",
         default="lru,s3fifo",
@@ -54,10 +57,11 @@ def main() -> None:
     log = generate(args.workload, args.n, seed=args.seed, params=params)
     ml_spec = f"ml:{args.model}{args.ml}"
     learned = [ml_spec, *(["rank", f"ml:{args.model}::rank=1"] if args.rank else [])]
+    bound = ["oracle:own_client=1"] if args.bound else []
     policies = [p for p in args.policies.split(",") if p]
     summary = []
     for cache in [c for c in args.cache.split(",") if c]:
-        report = simulate(log, cache, [*HEURISTICS, *learned], policies=policies, with_belady=False)
+        report = simulate(log, cache, [*HEURISTICS, *learned, *bound], policies=policies, with_belady=False)
         if policies == ["lru"]:
             add_plain_arm(report, log, "s3fifo")
         print(format_table(report))
@@ -71,6 +75,9 @@ def main() -> None:
         for spec in learned[1:]:
             ranked = [a for a in report.arms if a.arm.split("@")[0] == spec]
             lines.append(relative_line(spec, max(ranked, key=lambda a: a.hit_ratio), best))
+        for spec in bound:
+            oracles = [a for a in report.arms if a.arm.split("@")[0] == spec]
+            lines.append(relative_line("bound", max(oracles, key=lambda a: a.hit_ratio), best))
         summary.append(f"cache {cache}:\n  " + "\n  ".join(lines))
     print(
         f"\n{args.workload} {' '.join(args.param)} (seed {args.seed}, {args.n:,} accesses), model {args.model}:"

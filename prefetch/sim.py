@@ -401,7 +401,7 @@ def simulate(
     specs = list(dict.fromkeys(["none", *prefetchers]))
     for spec in specs:  # fail on a bad spec before any arm runs (the ML arm's load is the check)
         if not spec.startswith("ml:"):
-            make_predictor(spec, trace_keys=keys)
+            make_predictor(spec, trace_keys=keys, log=log)
     arms = []
     for policy in policies:
         for spec in specs:

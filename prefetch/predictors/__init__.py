@@ -113,6 +113,10 @@ def make_predictor(
             raise ConfigError("the oracle arm needs the trace (simulator only)")
         factory: Callable[..., Predictor] = Oracle
         params = {"keys": trace_keys, **params}
+        if params.get("own_client"):  # (it follows each client's stream: the log names them)
+            if log is None:
+                raise ConfigError("oracle:own_client=1 needs the trace's log (simulator only)")
+            params["clients"] = log.clients().tolist()
     elif name in HEURISTICS:
         factory = HEURISTICS[name]
     else:

@@ -827,3 +827,40 @@ def test_carry_weights_moves_each_tokens_rows_to_its_new_place() -> None:
     )
     with pytest.raises(ValueError, match="shape"):
         carry_weights(old, old_vocab, wrong, new_vocab)
+
+
+def test_the_arm_falls_back_to_the_learned_ranker_where_it_beats_every_heuristic(tmp_path: Path) -> None:
+    """Phases alternate between scans (OBL's next number is right) and pairs n, n+1 followed by a
+    learned jump (Markov's successor is right): no heuristic is right in both, the ranker over them
+    is. Training's replays choose it as the arm's fallback at every size, and the arm in the
+    simulator then hits as the ranker does, above every heuristic. (Before the ranker was among the
+    fallbacks, training chose delta or Markov here.)"""
+    import random
+
+    from accesslog.log import AccessLog, make_table
+    from prefetch.sim import simulate
+
+    rng = random.Random(3)
+    jump = {n: rng.randrange(2000) * 2 for n in range(0, 4002)}
+    keys: list[str] = []
+    for phase in range(40):
+        if phase % 2 == 0:
+            start = rng.randrange(2000) * 2
+            keys += [f"k:{n}" for n in range(start, start + 300)]
+        else:
+            n = rng.randrange(2000) * 2
+            for _ in range(150):
+                keys += [f"k:{n}", f"k:{n + 1}"]
+                n = jump[n + 1]
+    log = AccessLog(make_table(np.arange(len(keys), dtype=float), keys, "GET", 1, "hand"), {"source": "hand"})
+    train(
+        log, tmp_path, TrainConfig(epochs=1, batch=16, length=32, lr=1e-2, progress=False, precision="fp32")
+    )
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert {v.split("@")[0] for v in manifest["fallback_by_share"].values()} == {"rank"}, manifest
+    report = simulate(
+        log, "100", ["obl", "markov", "delta", "rank", f"ml:{tmp_path}"], with_belady=False, warmup=0.3
+    )
+    got = {a.prefetcher: a.hit_ratio for a in report.arms}
+    assert got["ml"] > max(got["obl"], got["markov"], got["delta"]) + 0.1, got
+    assert got["ml"] >= got["rank"] - 0.02, got

@@ -255,10 +255,28 @@ def test_oracle_reads_ahead() -> None:
     assert [k for k, _ in p.predict(4)] == ["b", "c"]
 
 
+def test_oracle_of_one_client_names_only_that_clients_next_reads() -> None:
+    # Two clients interleaved: after a read of client 1, the bound names client 1's next reads,
+    # skipping client 2's, and nothing past the end of client 1's stream.
+    keys = ["a1", "x2", "b1", "y2", "c1", "z2"]
+    clients = [1, 2, 1, 2, 1, 2]
+    p = Oracle(keys, window=8, own_client=1, clients=clients)
+    p.observe("a1", 0.0, False, 1)
+    assert p.predict(8) == [("b1", 1.0), ("c1", 0.5)]
+    p.observe("x2", 0.0, False, 2)
+    assert [k for k, _ in p.predict(8)] == ["y2", "z2"]
+    for key in keys[2:5]:
+        p.observe(key, 0.0, False)
+    assert p.predict(8) == []  # (client 1's last read: it reads nothing after it)
+    with pytest.raises(ValueError, match="own_client needs"):
+        Oracle(keys, own_client=1)
+
+
 @pytest.mark.parametrize(
     ("spec", "message"),
     [
         ("nope", "unknown prefetcher 'nope'"),
+        ("oracle:own_client=1", "needs the trace"),
         ("pg:bogus=1", "has no parameter 'bogus'"),
         ("pg:lookahead", "not of the form name=value"),
         ("obl:k=0", "k >= 1"),
