@@ -61,10 +61,28 @@ def replays_in_parallel(fn: Any, jobs: list[tuple[Any, ...]], **shared: Any) -> 
         _SHARED.clear()
 
 
-# ``rank``, the learned ranker over the heuristics' candidates (prefetch.predictors.ranker), is a
-# fallback like the others: where the model adds nothing (the block traces) the arm is the ranker,
-# where it wins (orm-busy) it runs first over the best heuristic, as the replays decide.
-FALLBACK_SPECS = ("none", "markov", "pg", "obl", "mithril", "frequency", "delta", "rank")
+FALLBACK_SPECS = ("none", "markov", "pg", "obl", "mithril", "frequency", "delta")
+# The learned ranker over the heuristics' candidates (prefetch.predictors.ranker) is a fallback
+# candidate too, where its replays fit the budget: where it beats every heuristic (multi1) the arm is
+# the model over the ranker. A replay of it costs 20-30 heuristic replays (it runs five heuristics
+# and scores their candidates): about RANKER_COST times its sources' replays together (2.3-2.7 on
+# 50,000 reads of hft and gaming). On a million reads of `web` its eight replays took 5 of the 10
+# minutes (beside another benchmark) and left the model no replays after its one epoch, so they
+# run only where the estimate is within RANKER_BUDGET of the budget.
+RANKER_SPEC = "rank"
+RANKER_SOURCES = ("obl", "markov", "pg", "mithril", "delta")
+RANKER_COST = 2.5
+RANKER_BUDGET = 0.1
+
+
+def ranker_replay_seconds(took: dict[str, float], heuristics_wall: float) -> float:
+    """The seconds the ranker's replays would take (every share, both policies), estimated from
+    its sources' replays in ``took`` (each ``spec@policy@share`` replay's own seconds, as
+    fallback_replays_at fills them) and ``heuristics_wall``, the time the heuristics' replays took
+    together on the workers (in the clock of the caller's budget)."""
+    heuristics = sum(took.values())
+    sources = sum(t for k, t in took.items() if k.split("@")[0] in RANKER_SOURCES)
+    return heuristics_wall * RANKER_COST * sources / heuristics if heuristics else 0.0
 
 
 def fallback_replays_at(
@@ -74,6 +92,7 @@ def fallback_replays_at(
     shares: tuple[float, ...],
     policies: tuple[str, ...] = ("lru", "s3fifo"),
     seconds: dict[str, float] | None = None,
+    specs: tuple[str, ...] = FALLBACK_SPECS,
 ) -> dict[float, tuple[dict[str, float], dict[str, float]]]:
     """Hit ratio of each heuristic (and of no prefetching) under each eviction policy, as
     ``"markov@lru"``, at each cache size in ``shares``: replaying the reads ``idx`` through a cache
@@ -83,7 +102,7 @@ def fallback_replays_at(
     read they are scored on comes after what they learnt from). ``seconds``, if given, receives
     each ``"spec@policy@share"`` replay's own seconds (the ranker's replay costs tens of
     heuristics': the budget needs the chosen fallback's, not the average)."""
-    jobs = [(share, spec, policy) for share in shares for policy in policies for spec in FALLBACK_SPECS]
+    jobs = [(share, spec, policy) for share in shares for policy in policies for spec in specs]
     hits = replays_in_parallel(_fallback_job, jobs, enc=enc, idx=idx, warmup=warmup)
     out: dict[float, tuple[dict[str, float], dict[str, float]]] = {share: ({}, {}) for share in shares}
     for (share, spec, policy), (recent, long, took) in zip(jobs, hits, strict=True):

@@ -25,10 +25,13 @@ from ml.training.precision import use_bf16
 from ml.training.selection import (
     FLOORS,
     GATES,
+    RANKER_BUDGET,
+    RANKER_SPEC,
     REPLAY_SHARES,
     choose_fallback,
     choose_gate_and_floor,
     fallback_replays_at,
+    ranker_replay_seconds,
     replay_window,
     score_heuristics,
     workers,
@@ -152,6 +155,22 @@ def train(
     # at four cache sizes; the simulator picks the one nearest its own (MLPredictor.choose).
     took: dict[str, float] = {}
     both = fallback_replays_at(enc, np.arange(n), cut, REPLAY_SHARES, seconds=took)
+    rounds = math.ceil(len(took) / workers())
+    heuristic_replay = budget.lap("fallback_replays") / rounds  # (one replay's wall, on a worker)
+    # The learned ranker among them where its replays fit (RANKER_BUDGET of the budget).
+    ranker_seconds = ranker_replay_seconds(took, heuristic_replay * rounds)
+    ranker_replay = heuristic_replay
+    if ranker_seconds <= RANKER_BUDGET * tcfg.max_seconds:
+        ranked = fallback_replays_at(
+            enc, np.arange(n), cut, REPLAY_SHARES, seconds=took, specs=(RANKER_SPEC,)
+        )
+        for share, (recent, long) in ranked.items():
+            both[share][0].update(recent)
+            both[share][1].update(long)
+        ranker_replay = budget.lap("ranker_replays") / math.ceil(2 * len(REPLAY_SHARES) / workers())
+        ranker_replays = "run"
+    else:
+        ranker_replays = f"skipped: estimated {ranker_seconds:.0f} s, over {RANKER_BUDGET:.0%} of the budget"
     by_share = {share: recent for share, (recent, _) in both.items()}
     # Keyed by the cache size in entries each share gave on the replayed window: a share of a
     # short training window is a much smaller cache than the same share of a whole trace.
@@ -159,13 +178,17 @@ def train(
     fallback_by_share = {str(s): choose_fallback(*both[s]) for s in REPLAY_SHARES}
     replays = by_share[0.05]
     fallback, policy = fallback_by_share["0.05"].split("@")
-    budget.lap("fallback_replays")
     # What the loop must leave room for follows from the cost of the replays after it, the ML arm
-    # over the fallback chosen at each size: that fallback's own replay, averaged over the sizes
-    # (ml.training.budget). (One replay of the ranker costs tens of a heuristic's.)
-    chosen_seconds = np.mean([took[f"{fallback_by_share[str(s)]}@{s}"] for s in REPLAY_SHARES])
+    # over the fallback chosen at each size (ml.training.budget): a heuristic's replay, or the
+    # ranker's, which costs tens of a heuristic's.
+    chosen_replay = np.mean(
+        [
+            ranker_replay if fallback_by_share[str(s)].split("@")[0] == RANKER_SPEC else heuristic_replay
+            for s in REPLAY_SHARES
+        ]
+    )
     budget.start_loop(
-        float(chosen_seconds),
+        float(chosen_replay),
         1,  # (one replay's seconds, run on each worker)
         workers(),
         {
@@ -271,6 +294,7 @@ def train(
         "fallback_by_share": fallback_by_share,
         "fallback_hit_ratios_by_share": {str(s): r for s, r in by_share.items()},
         "fallback_hit_ratios_long_by_share": {str(s): long for s, (_, long) in both.items()},
+        "ranker_replays": ranker_replays,  # (run, or skipped: the budget could not hold them)
         "gated_hit_ratios": ml_replays,
         "gate_by_share": gate_by_share,
         "fallback_by_capacity": fallback_by_capacity,

@@ -92,3 +92,17 @@ def test_a_budget_spent_at_an_epoch_boundary_starts_no_empty_epoch() -> None:
     report = budget.report()
     assert report["stopped"] and not report["stopped_mid_epoch"]
     assert (report["epochs"], report["steps_in_last_epoch"]) == (1, 5)
+
+
+def test_the_rankers_replays_are_estimated_from_its_sources_replays() -> None:
+    """The ranker runs OBL, Markov, PG, Mithril and Delta and scores their candidates: its replays'
+    estimate is RANKER_COST times its sources' share of the heuristics' replays, scaled to the
+    wall time those took. Replays of heuristics it does not run (none, frequency) do not count."""
+    from ml.training.selection import RANKER_COST, RANKER_SOURCES, ranker_replay_seconds
+
+    took = {f"{spec}@lru@0.05": 1.0 for spec in RANKER_SOURCES} | {
+        "none@lru@0.05": 3.0,
+        "frequency@lru@0.05": 2.0,
+    }
+    assert ranker_replay_seconds(took, heuristics_wall=20.0) == pytest.approx(20.0 * RANKER_COST * 5 / 10)
+    assert ranker_replay_seconds({}, heuristics_wall=20.0) == 0.0
