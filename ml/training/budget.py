@@ -40,6 +40,7 @@ class TimeBudget:
         self.workers = 1
         self.replay_seconds = 0.0  # one heuristic replay, as measured before the loop
         self.plan_costs: dict[str, float] = dict.fromkeys(AFTER_LOOP_PLANS, 0.0)
+        self.after_loop_jobs: dict[str, int] = {}
         self.loop_start = 0.0
         self.val_windows_per_batch = 0.0
         self.val_seconds: float | None = None  # the last validation pass
@@ -81,16 +82,23 @@ class TimeBudget:
         ``one gate``); ``val_windows`` validation windows against ``batch`` training windows
         per step."""
         self.workers = max(1, workers)
-        self.replay_seconds = replay_seconds / max(1, math.ceil(replays_run / self.workers))
-        gates, floors = after_loop_jobs.get("gates", 0), after_loop_jobs.get("floors", 0)
+        self.after_loop_jobs = dict(after_loop_jobs)
+        self.reprice(replay_seconds / max(1, math.ceil(replays_run / self.workers)))
+        self.val_windows_per_batch = val_windows / max(1, batch)
+        self.loop_start = self.now()
+
+    def reprice(self, replay_seconds: float) -> None:
+        """Set one replay's seconds on a worker (the fallback's, before the ML arm over it), and
+        with it what each plan after the loop costs: the fallback can change after the loop."""
+        self.replay_seconds = replay_seconds
+        jobs = self.after_loop_jobs
+        gates, floors = jobs.get("gates", 0), jobs.get("floors", 0)
         self.plan_costs = {
             "all": self.replay_cost(gates) + self.replay_cost(floors),
             "no floors": self.replay_cost(gates),
-            "one gate": self.replay_cost(after_loop_jobs.get("one gate", 0)),
+            "one gate": self.replay_cost(jobs.get("one gate", 0)),
             "none": 0.0,
         }
-        self.val_windows_per_batch = val_windows / max(1, batch)
-        self.loop_start = self.now()
 
     def replay_cost(self, jobs: int) -> float:
         """Seconds for ``jobs`` replays of the ML arm on the worker processes."""

@@ -19,7 +19,7 @@ import torch
 
 from accesslog.log import AccessLog
 from ml.models.lstm.model import LSTMConfig, NextKeyLSTM
-from ml.training.budget import TimeBudget
+from ml.training.budget import GATED_REPLAY_COST, TimeBudget
 from ml.training.data import encode, replay_slots_of, windows
 from ml.training.precision import use_bf16
 from ml.training.selection import (
@@ -60,6 +60,22 @@ class TrainConfig:
     # Fine-tuning: start from this model (a model directory or registry) instead of from scratch: its
     # weights, and its vocabulary grown by the new reads' keys (ml.training.warmstart).
     init_from: str = ""
+
+
+def _add_ranker(enc: Any, n: int, cut: int, both: dict[float, Any], took: dict[str, float]) -> None:
+    """The ranker's fallback replays, added to the heuristics' (``both``, as fallback_replays_at
+    returns them)."""
+    ranked = fallback_replays_at(enc, np.arange(n), cut, REPLAY_SHARES, seconds=took, specs=(RANKER_SPEC,))
+    for share, (recent, long) in ranked.items():
+        both[share][0].update(recent)
+        both[share][1].update(long)
+
+
+def _chosen_replay(fallback_by_share: dict[str, str], heuristic: float, ranker: float) -> float:
+    """One replay's seconds of the fallback chosen at each size, averaged over the sizes."""
+    return float(
+        np.mean([ranker if v.split("@")[0] == RANKER_SPEC else heuristic for v in fallback_by_share.values()])
+    )
 
 
 def fingerprint(log: AccessLog) -> str:
@@ -157,20 +173,16 @@ def train(
     both = fallback_replays_at(enc, np.arange(n), cut, REPLAY_SHARES, seconds=took)
     rounds = math.ceil(len(took) / workers())
     heuristic_replay = budget.lap("fallback_replays") / rounds  # (one replay's wall, on a worker)
-    # The learned ranker among them where its replays fit (RANKER_BUDGET of the budget).
+    # The learned ranker among them where its replays fit (RANKER_BUDGET of the budget) before the
+    # loop; otherwise after it, if the loop ended early enough (patience) to leave room.
     ranker_seconds = ranker_replay_seconds(took, heuristic_replay * rounds)
-    ranker_replay = heuristic_replay
+    ranker_rounds = math.ceil(2 * len(REPLAY_SHARES) / workers())
+    ranker_replay = ranker_seconds / ranker_rounds
+    ranker_replays = f"skipped: estimated {ranker_seconds:.0f} s, more than the budget left"
     if ranker_seconds <= RANKER_BUDGET * tcfg.max_seconds:
-        ranked = fallback_replays_at(
-            enc, np.arange(n), cut, REPLAY_SHARES, seconds=took, specs=(RANKER_SPEC,)
-        )
-        for share, (recent, long) in ranked.items():
-            both[share][0].update(recent)
-            both[share][1].update(long)
-        ranker_replay = budget.lap("ranker_replays") / math.ceil(2 * len(REPLAY_SHARES) / workers())
+        _add_ranker(enc, n, cut, both, took)
+        ranker_replay = budget.lap("ranker_replays") / ranker_rounds
         ranker_replays = "run"
-    else:
-        ranker_replays = f"skipped: estimated {ranker_seconds:.0f} s, over {RANKER_BUDGET:.0%} of the budget"
     by_share = {share: recent for share, (recent, _) in both.items()}
     # Keyed by the cache size in entries each share gave on the replayed window: a share of a
     # short training window is a much smaller cache than the same share of a whole trace.
@@ -181,14 +193,9 @@ def train(
     # What the loop must leave room for follows from the cost of the replays after it, the ML arm
     # over the fallback chosen at each size (ml.training.budget): a heuristic's replay, or the
     # ranker's, which costs tens of a heuristic's.
-    chosen_replay = np.mean(
-        [
-            ranker_replay if fallback_by_share[str(s)].split("@")[0] == RANKER_SPEC else heuristic_replay
-            for s in REPLAY_SHARES
-        ]
-    )
+    chosen_replay = _chosen_replay(fallback_by_share, heuristic_replay, ranker_replay)
     budget.start_loop(
-        float(chosen_replay),
+        chosen_replay,
         1,  # (one replay's seconds, run on each worker)
         workers(),
         {
@@ -275,6 +282,15 @@ def train(
         return {"rank": rank, "history": history}
     cands, conf, top_code = predict_streams(model, vocab, enc, val_idx, device=device)
     budget.lap("predict")
+    one_gate = GATED_REPLAY_COST * math.ceil(len(REPLAY_SHARES) / workers()) * ranker_replay
+    if ranker_replays != "run" and ranker_seconds + one_gate <= tcfg.max_seconds - budget.now():
+        _add_ranker(enc, n, cut, both, took)
+        ranker_replay = budget.lap("ranker_replays") / ranker_rounds
+        ranker_replays = "run after the loop"
+        fallback_by_share = {str(s): choose_fallback(*both[s]) for s in REPLAY_SHARES}
+        replays = by_share[0.05]
+        fallback, policy = fallback_by_share["0.05"].split("@")
+        budget.reprice(_chosen_replay(fallback_by_share, heuristic_replay, ranker_replay))
     # The replays below as far as the budget allows (all; no floors; one gate; none).
     plan = budget.plan_after_loop()
     ml_replays, gate_by_share, floored, floor_by_share = choose_gate_and_floor(

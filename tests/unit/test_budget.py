@@ -106,3 +106,14 @@ def test_the_rankers_replays_are_estimated_from_its_sources_replays() -> None:
     }
     assert ranker_replay_seconds(took, heuristics_wall=20.0) == pytest.approx(20.0 * RANKER_COST * 5 / 10)
     assert ranker_replay_seconds({}, heuristics_wall=20.0) == 0.0
+
+
+def test_reprice_sets_what_the_plans_after_the_loop_cost() -> None:
+    """When the fallback changes after the loop (the ranker replayed in the room the loop left),
+    the plans are costed again at its replay's seconds."""
+    clock = HandClock()
+    budget = started(600, 48.0, clock)  # (one replay: 2 s)
+    before = dict(budget.plan_costs)
+    budget.reprice(20.0)
+    assert budget.plan_costs["one gate"] == pytest.approx(10 * before["one gate"])
+    assert budget.plan_costs["all"] == pytest.approx(10 * before["all"]) and budget.plan_costs["none"] == 0.0
