@@ -59,6 +59,12 @@ def main() -> None:
             TrainConfig(epochs=args.epochs, batch=32, lr=5e-3, progress=False, max_seconds=args.max_seconds),
         )
         print(f"trained on {len(head):,} reads in {metrics['train_seconds']} s: {metrics['model']}")
+        budget = metrics["time_budget"]
+        print(
+            f"fallback by share {metrics['fallback_by_share']}, ranker replays: {metrics['ranker_replays']}; "
+            f"gate by share {metrics['gate_by_share']}; {budget['epochs']} epochs, {budget['seconds']} s, "
+            f"replays after the loop: {budget['replays_after_loop']}"
+        )
         for size in ("1%", "5%", "10%"):
             report = simulate(
                 log,
