@@ -28,6 +28,7 @@ import numpy as np
 from common.errors import ConfigError
 from prefetch.policies import POLICIES, make_policy
 from prefetch.predictors import SIMULATOR_ONLY, Predictor, make_predictor
+from prefetch.predictors.oracle import next_of_same
 
 # Candidates asked of a predictor per request: enough to step over ones already cached.
 CANDIDATES = 4
@@ -237,12 +238,7 @@ def replay(
 
 def next_use(codes: np.ndarray) -> np.ndarray:
     """For each request, the index of the next request to the same key (-1 if none)."""
-    n = codes.size
-    order = np.lexsort((np.arange(n), codes))
-    nxt = np.full(n, -1, np.int64)
-    same = codes[order[1:]] == codes[order[:-1]]
-    nxt[order[:-1][same]] = order[1:][same]
-    return nxt
+    return next_of_same(codes)
 
 
 def belady(codes: np.ndarray, capacity: int, warmup: int = 0, writes: np.ndarray | None = None) -> ArmResult:

@@ -124,3 +124,24 @@ def profiles_log() -> Any:
         make_table(np.arange(len(keys)) * 0.01, keys, "GET", 100, "profiles", client=np.array(client)),
         {"source": "profiles"},
     )
+
+
+def phase_keys(phases: int, seed: int = 3) -> list[str]:
+    """Reads in phases that alternate between a scan of 300 numbers (OBL's next number is right)
+    and 150 pairs n, n+1 each followed by a jump learned from the pair (Markov's successor is
+    right): no single heuristic is right in both, a ranker over the two can be."""
+    import random
+
+    rng = random.Random(seed)
+    jump = {n: rng.randrange(2000) * 2 for n in range(0, 4002)}
+    keys: list[str] = []
+    for phase in range(phases):
+        if phase % 2 == 0:
+            start = rng.randrange(2000) * 2
+            keys += [f"k:{n}" for n in range(start, start + 300)]
+        else:
+            n = rng.randrange(2000) * 2
+            for _ in range(150):
+                keys += [f"k:{n}", f"k:{n + 1}"]
+                n = jump[n + 1]
+    return keys

@@ -30,7 +30,7 @@ class Oracle:
         if own_client:
             if clients is None:
                 raise ValueError("own_client needs the trace's clients (simulator only)")
-            self.following = next_of_same_client(np.asarray(clients)).tolist()
+            self.following = next_of_same(np.asarray(clients)).tolist()
 
     def observe(self, key: str, t: float, hit: bool, client: int = 0) -> None:
         self.i += 1
@@ -58,11 +58,12 @@ class Oracle:
         return 0
 
 
-def next_of_same_client(clients: np.ndarray) -> np.ndarray:
-    """For each access, the index of its client's next access (-1 if none)."""
-    n = clients.size
-    order = np.lexsort((np.arange(n), clients))
+def next_of_same(values: np.ndarray) -> np.ndarray:
+    """For each position, the index of the next position holding the same value (-1 if none): a
+    client's next access (the oracle's own-client mode), a key's next request (Belady's MIN)."""
+    n = values.size
+    order = np.lexsort((np.arange(n), values))
     following = np.full(n, -1, np.int64)
-    same = clients[order[1:]] == clients[order[:-1]]
+    same = values[order[1:]] == values[order[:-1]]
     following[order[:-1][same]] = order[1:][same]
     return following

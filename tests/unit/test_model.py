@@ -20,7 +20,7 @@ from ml.training.data import encode  # noqa: E402
 from ml.training.precision import bf16_failure  # noqa: E402
 from ml.training.train import TrainConfig, train  # noqa: E402
 from ml.vocab import UNK, Vocabulary, fill, template_of  # noqa: E402
-from tests.helpers import CYCLE, planted_log, profiles_log, walk  # noqa: E402
+from tests.helpers import CYCLE, phase_keys, planted_log, profiles_log, walk  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -835,23 +835,10 @@ def test_the_arm_falls_back_to_the_learned_ranker_where_it_beats_every_heuristic
     is. Training's replays choose it as the arm's fallback at every size, and the arm in the
     simulator then hits as the ranker does, above every heuristic. (Before the ranker was among the
     fallbacks, training chose delta or Markov here.)"""
-    import random
-
     from accesslog.log import AccessLog, make_table
     from prefetch.sim import simulate
 
-    rng = random.Random(3)
-    jump = {n: rng.randrange(2000) * 2 for n in range(0, 4002)}
-    keys: list[str] = []
-    for phase in range(40):
-        if phase % 2 == 0:
-            start = rng.randrange(2000) * 2
-            keys += [f"k:{n}" for n in range(start, start + 300)]
-        else:
-            n = rng.randrange(2000) * 2
-            for _ in range(150):
-                keys += [f"k:{n}", f"k:{n + 1}"]
-                n = jump[n + 1]
+    keys = phase_keys(40)
     log = AccessLog(make_table(np.arange(len(keys), dtype=float), keys, "GET", 1, "hand"), {"source": "hand"})
     train(
         log, tmp_path, TrainConfig(epochs=1, batch=16, length=32, lr=1e-2, progress=False, precision="fp32")

@@ -14,6 +14,7 @@ from common.errors import ConfigError
 from prefetch.predictors import make_predictor
 from prefetch.predictors.ranker import Ranker, TinyMLP, _Pending
 from prefetch.sim import simulate
+from tests.helpers import phase_keys
 
 
 def log_of(keys: list[str]) -> AccessLog:
@@ -31,18 +32,7 @@ def test_ranker_learns_which_heuristic_is_right_in_each_phase() -> None:
     """Phases alternate: a scan (OBL's next number is right; Markov names the jump it learned) and
     pairs n, n+1 followed by a jump (OBL names n+2, wrong; Markov's learned jump is right). Each
     heuristic is right half of the time; the ranker over both follows the phase."""
-    rng = random.Random(3)
-    m = {n: rng.randrange(2000) * 2 for n in range(0, 4002)}
-    keys: list[str] = []
-    for phase in range(40):
-        if phase % 2 == 0:
-            start = rng.randrange(2000) * 2
-            keys += [f"k:{n}" for n in range(start, start + 300)]
-        else:
-            n = rng.randrange(2000) * 2
-            for _ in range(150):
-                keys += [f"k:{n}", f"k:{n + 1}"]
-                n = m[n + 1]
+    keys = phase_keys(40)
     got = hit_ratios(keys, "100", ["obl", "markov", "rank:sources=obl+markov"], warmup=0.3)
     assert got["rank:sources=obl+markov"] > max(got["obl"], got["markov"]) + 0.08, got
 
