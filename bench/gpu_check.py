@@ -164,6 +164,9 @@ def main(argv: list[str] | None = None) -> int:
             max_seconds=60 if quick else args.train_seconds,
             max_keys=512 if quick else 8_192,
             progress=False,
+            # (the learned ranker's replays run on the CPU workers, not the device; in a dry run
+            # they would be most of its time)
+            ranker_replays="never" if quick else "auto",
         )
         with tempfile.TemporaryDirectory() as tmp:
             start = time.perf_counter()

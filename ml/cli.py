@@ -45,6 +45,13 @@ def training_flags(p: Any) -> None:
         help="time budget of training: the loop stops (between steps) in time for what follows, "
         "and the replays after it shrink to what is left",
     )
+    p.add_argument(
+        "--ranker-replays",
+        choices=["auto", "always", "never"],
+        default="auto",
+        help="replay the learned ranker as a fallback candidate: where the budget holds it (auto), "
+        "whatever it costs, or not at all",
+    )
 
 
 def train_config(args: Any, **more: Any) -> Any:
@@ -59,6 +66,7 @@ def train_config(args: Any, **more: Any) -> Any:
         patience=args.patience,
         max_keys=args.max_keys,
         max_seconds=args.max_seconds,
+        ranker_replays=args.ranker_replays,
         **more,
     )
 

@@ -60,6 +60,10 @@ class TrainConfig:
     # Fine-tuning: start from this model (a model directory or registry) instead of from scratch: its
     # weights, and its vocabulary grown by the new reads' keys (ml.training.warmstart).
     init_from: str = ""
+    # The learned ranker's fallback replays (ml.training.selection): "auto" runs them where the
+    # budget holds them (before the loop, or after it if the loop ended early enough); "always"
+    # before the loop whatever they cost; "never" leaves the fallback to the heuristics.
+    ranker_replays: str = "auto"
 
 
 def _add_ranker(enc: Any, n: int, cut: int, both: dict[float, Any], took: dict[str, float]) -> None:
@@ -179,7 +183,9 @@ def train(
     ranker_rounds = math.ceil(2 * len(REPLAY_SHARES) / workers())
     ranker_replay = ranker_seconds / ranker_rounds
     ranker_replays = f"skipped: estimated {ranker_seconds:.0f} s, more than the budget left"
-    if ranker_seconds <= RANKER_BUDGET * tcfg.max_seconds:
+    if tcfg.ranker_replays == "never":
+        ranker_replays = "skipped: --ranker-replays never"
+    elif tcfg.ranker_replays == "always" or ranker_seconds <= RANKER_BUDGET * tcfg.max_seconds:
         _add_ranker(enc, n, cut, both, took)
         ranker_replay = budget.lap("ranker_replays") / ranker_rounds
         ranker_replays = "run"
@@ -188,7 +194,7 @@ def train(
     # short training window is a much smaller cache than the same share of a whole trace.
     entries = {s: replay_window(enc, np.arange(n), cut, s)[2] for s in REPLAY_SHARES}
     fallback_by_share = {str(s): choose_fallback(*both[s]) for s in REPLAY_SHARES}
-    replays = by_share[0.05]
+    replays = by_share[0.05]  # (the same dicts the ranker's replays after the loop add to)
     fallback, policy = fallback_by_share["0.05"].split("@")
     # What the loop must leave room for follows from the cost of the replays after it, the ML arm
     # over the fallback chosen at each size (ml.training.budget): a heuristic's replay, or the
@@ -283,12 +289,15 @@ def train(
     cands, conf, top_code = predict_streams(model, vocab, enc, val_idx, device=device)
     budget.lap("predict")
     one_gate = GATED_REPLAY_COST * math.ceil(len(REPLAY_SHARES) / workers()) * ranker_replay
-    if ranker_replays != "run" and ranker_seconds + one_gate <= tcfg.max_seconds - budget.now():
+    if (
+        tcfg.ranker_replays == "auto"
+        and ranker_replays != "run"
+        and ranker_seconds + one_gate <= (tcfg.max_seconds - budget.now())
+    ):
         _add_ranker(enc, n, cut, both, took)
         ranker_replay = budget.lap("ranker_replays") / ranker_rounds
         ranker_replays = "run after the loop"
         fallback_by_share = {str(s): choose_fallback(*both[s]) for s in REPLAY_SHARES}
-        replays = by_share[0.05]
         fallback, policy = fallback_by_share["0.05"].split("@")
         budget.reprice(_chosen_replay(fallback_by_share, heuristic_replay, ranker_replay))
     # The replays below as far as the budget allows (all; no floors; one gate; none).

@@ -38,6 +38,8 @@ def test_train_then_simulate(tmp_path: Path) -> None:
         "16",
         "--length",
         "32",
+        "--ranker-replays",
+        "always",  # (auto would too on this small log, but only as the clock estimates it)
         "--quiet",
     )
     assert out.returncode == 0, out.stderr

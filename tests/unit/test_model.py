@@ -841,7 +841,11 @@ def test_the_arm_falls_back_to_the_learned_ranker_where_it_beats_every_heuristic
     keys = phase_keys(40)
     log = AccessLog(make_table(np.arange(len(keys), dtype=float), keys, "GET", 1, "hand"), {"source": "hand"})
     train(
-        log, tmp_path, TrainConfig(epochs=1, batch=16, length=32, lr=1e-2, progress=False, precision="fp32")
+        log,
+        tmp_path,
+        TrainConfig(
+            epochs=1, batch=16, length=32, lr=1e-2, progress=False, precision="fp32", ranker_replays="always"
+        ),
     )
     manifest = json.loads((tmp_path / "manifest.json").read_text())
     assert {v.split("@")[0] for v in manifest["fallback_by_share"].values()} == {"rank"}, manifest
@@ -851,3 +855,23 @@ def test_the_arm_falls_back_to_the_learned_ranker_where_it_beats_every_heuristic
     got = {a.prefetcher: a.hit_ratio for a in report.arms}
     assert got["ml"] > max(got["obl"], got["markov"], got["delta"]) + 0.1, got
     assert got["ml"] >= got["rank"] - 0.02, got
+
+
+def test_ranker_replays_never_leaves_the_fallback_to_the_heuristics(tmp_path: Path) -> None:
+    """The same log as above, with the ranker's replays turned off: training replays and chooses
+    among the heuristics only, and says why the ranker is missing."""
+    from accesslog.log import AccessLog, make_table
+
+    keys = phase_keys(40)
+    log = AccessLog(make_table(np.arange(len(keys), dtype=float), keys, "GET", 1, "hand"), {"source": "hand"})
+    metrics = train(
+        log,
+        tmp_path,
+        TrainConfig(
+            epochs=1, batch=16, length=32, lr=1e-2, progress=False, precision="fp32", ranker_replays="never"
+        ),
+    )
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert "rank" not in {v.split("@")[0] for v in manifest["fallback_by_share"].values()}, manifest
+    assert not any(r.startswith("rank@") for r in metrics["fallback_hit_ratios"]), metrics
+    assert metrics["ranker_replays"] == "skipped: --ranker-replays never"
