@@ -743,6 +743,7 @@ def test_time_budget_spent_before_training_still_gives_a_safe_model(
         planted_log(1500), tmp_path / "spent", TrainConfig(max_seconds=5, **cfg), clock=replays_cost_a_second
     )
     assert spent["time_budget"]["steps"] == 1 and spent["time_budget"]["replays_after_loop"] == "none"
+    assert spent["ranker_replays"].startswith("skipped: estimated"), spent["ranker_replays"]
     assert set(spent["gate_by_share"].values()) == {"off"}
     assert (tmp_path / "spent" / "manifest.json").exists()
     replays_cost_a_second.t = 0.0
@@ -754,6 +755,7 @@ def test_time_budget_spent_before_training_still_gives_a_safe_model(
     )
     assert len(roomy["history"]) == 3 and not roomy["time_budget"]["stopped_mid_epoch"]
     assert roomy["time_budget"]["replays_after_loop"] == "all"
+    assert roomy["ranker_replays"] == "run"  # (before the loop: a tenth of the budget holds them)
 
 
 def test_discount_gate_weighs_the_fallback_by_the_models_doubt() -> None:
