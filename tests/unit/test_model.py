@@ -877,3 +877,7 @@ def test_ranker_replays_never_leaves_the_fallback_to_the_heuristics(tmp_path: Pa
     assert "rank" not in {v.split("@")[0] for v in manifest["fallback_by_share"].values()}, manifest
     assert not any(r.startswith("rank@") for r in metrics["fallback_hit_ratios"]), metrics
     assert metrics["ranker_replays"] == "skipped: --ranker-replays never"
+    from common.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="ranker_replays must be auto, always or never, got 'sometimes'"):
+        train(log, tmp_path / "bad", TrainConfig(ranker_replays="sometimes"))
