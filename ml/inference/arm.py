@@ -8,6 +8,7 @@ from __future__ import annotations
 import heapq
 import math
 from collections import deque
+from collections.abc import Sequence
 from operator import itemgetter
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ml.inference.candidates import Candidates
 from ml.inference.compose import TOP_KEYS, TOP_TEMPLATES, BatchComposer, top_probs
 from ml.training.data import RECENT, replay_slots_of, with_successors
 from ml.vocab import Vocabulary
@@ -38,15 +40,15 @@ def predict_streams(
     batch: int = 64,
     length: int = 256,
     device: str = "cpu",
-) -> tuple[list[list[tuple[str, float]]], np.ndarray, np.ndarray]:
-    """For each read in ``idx`` (indices into ``enc``): the model's top-k next keys of its client, its
-    confidence, and the key code of its top prediction (the first of the composed list, whichever
-    head named it; -1 for none the log holds); each client's stream runs once, state carried
-    forward."""
+) -> tuple[Candidates, np.ndarray, np.ndarray]:
+    """For each read in ``idx`` (indices into ``enc``): the model's top-k next keys of its client
+    (``Candidates``: empty for the reads not in ``idx``), its confidence, and the key code of its
+    top prediction (the first of the composed list, whichever head named it; -1 for none the log
+    holds); each client's stream runs once, state carried forward."""
     from ml.training.data import stream_order
 
     order, _ = stream_order(enc.client, idx)
-    cands: list[list[tuple[str, float]]] = [[] for _ in range(len(enc))]
+    cands = Candidates(len(enc), k, enc.names)
     conf = np.zeros(len(enc), np.float32)
     top_code = np.full(len(enc), -1, np.int64)
     code_of = {name: i for i, name in enumerate(enc.names)}
@@ -129,8 +131,8 @@ def predict_streams(
             composed = composer(
                 ki[jj, tt], kp[jj, tt], ti[jj, tt], tp[jj, tt], copy[jj, tt], latest, k, succ_keys, succ_probs
             )
+            cands.fill(reads, composed)
             for read, c, got in zip(reads, cf[jj, tt].tolist(), composed, strict=True):
-                cands[read] = got
                 conf[read] = c
                 # The top prediction the confidence is about: the composed list's first, from
                 # whichever head named it (the key head, a successor, a filled template).
@@ -164,7 +166,7 @@ class MLPredictor:
         model, vocab, manifest = load_model(model_dir, device)
         self._setup([], np.zeros(0, np.float32), manifest, fallback, min_confidence, policy, min_score)
 
-        def compute() -> tuple[list[list[tuple[str, float]]], np.ndarray]:
+        def compute() -> tuple[Candidates, np.ndarray]:
             # Kept with the log (AccessLog.derived), so the arms of one trace share them and they
             # go when the log does; no module-level cache.
             key = (
@@ -194,7 +196,7 @@ class MLPredictor:
     @classmethod
     def from_predictions(
         cls,
-        cands: list[list[tuple[str, float]]],
+        cands: Sequence[list[tuple[str, float]]],
         conf: np.ndarray,
         fallback: str,
         min_confidence: float = 0.5,
@@ -208,7 +210,7 @@ class MLPredictor:
 
     def _setup(
         self,
-        cands: list[list[tuple[str, float]]],
+        cands: Sequence[list[tuple[str, float]]],
         conf: np.ndarray,
         manifest: dict[str, Any],
         fallback: str,

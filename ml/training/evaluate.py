@@ -3,6 +3,7 @@ reads of the same client, and calibration of the confidence head; the same for h
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -13,7 +14,7 @@ from ml.training.data import Encoded, stream_order
 def score(
     enc: Encoded,
     idx: np.ndarray,
-    cands: list[list[tuple[str, float]]],
+    cands: Sequence[list[tuple[str, float]]],
     conf: np.ndarray | None = None,
     top_code: np.ndarray | None = None,
     k: int = 10,

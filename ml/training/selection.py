@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from ml.inference.arm import DISCOUNT_GATE, MERGE_GATE
+from ml.inference.candidates import Candidates
 
 # Cache sizes (shares of distinct keys) the fallback is chosen at, about a factor of two apart: on
 # OLTP the best policy under PG flips between 1% and 5% of the training window, and the judged
@@ -156,9 +157,7 @@ def _gated_job(share: float, fallback: str, policy: str, gate: float, floor: flo
 
     idx, warmup, capacity, keys, clients = _shared_window(share)
     cands, conf = _SHARED["cands"], _SHARED["conf"]
-    arm = MLPredictor.from_predictions(
-        [cands[i] for i in idx.tolist()], conf[idx], fallback, gate, policy, floor
-    )
+    arm = MLPredictor.from_predictions(cands.take(idx), conf[idx], fallback, gate, policy, floor)
     result = replay(keys, capacity, arm, policy=policy, clients=clients, warmup=warmup)
     return round(result.hit_ratio, 4)
 
@@ -193,7 +192,7 @@ def choose_gate_and_floor(
     enc: Any,
     n: int,
     cut: int,
-    cands: list[Any],
+    cands: Candidates,
     conf: np.ndarray,
     fallback_by_share: dict[str, str],
     by_share: dict[float, dict[str, float]],
