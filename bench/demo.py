@@ -16,8 +16,15 @@ from bench.tierbench import populate
 from proxy.embedded import EmbeddedRedis
 
 
-def main() -> int:
-    args = build_parser().parse_args(["--requests", "50000", "--repeats", "1"])
+def main(argv: list[str] | None = None) -> int:
+    own = argparse.ArgumentParser(prog="bash scripts/demo", description=__doc__.splitlines()[0])
+    own.add_argument(
+        "--quick",
+        action="store_true",
+        help="the same steps at smaller sizes (20,000 benchmark requests, a 15,000-access A/B): what the test runs",
+    )
+    quick = own.parse_args(argv).quick
+    args = build_parser().parse_args(["--requests", "20000" if quick else "50000", "--repeats", "1"])
     with EmbeddedRedis() as upstream:
         print(f"started redis-server on port {upstream.port}; writing {args.keyspace} keys of 64 bytes")
         populate(upstream.port, args.keyspace)
@@ -55,7 +62,7 @@ def main() -> int:
         "upstream_errors",
     ):
         print(f"  {key}: {stats[key]}")
-    ab_story()
+    ab_story(15_000 if quick else 30_000)
     return 0
 
 
