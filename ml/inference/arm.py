@@ -51,7 +51,7 @@ def predict_streams(
     cands = Candidates(len(enc), k, enc.names)
     conf = np.zeros(len(enc), np.float32)
     top_code = np.full(len(enc), -1, np.int64)
-    code_of = {name: i for i, name in enumerate(enc.names)}
+    held = len(enc.names)  # (codes below it are the log's keys; Candidates adds others after them)
     slots = int(getattr(model.cfg, "successors", 0))
     enc = with_successors(enc, slots, replay_slots_of(model.cfg))
     # Cut every client's stream into chunks of `length`; chunk j of a stream continues from chunk
@@ -132,11 +132,12 @@ def predict_streams(
                 ki[jj, tt], kp[jj, tt], ti[jj, tt], tp[jj, tt], copy[jj, tt], latest, k, succ_keys, succ_probs
             )
             cands.fill(reads, composed)
-            for read, c, got in zip(reads, cf[jj, tt].tolist(), composed, strict=True):
-                conf[read] = c
-                # The top prediction the confidence is about: the composed list's first, from
-                # whichever head named it (the key head, a successor, a filled template).
-                top_code[read] = code_of.get(got[0][0], -1) if got else -1
+            conf[reads] = cf[jj, tt]
+            # The top prediction the confidence is about: the composed list's first, from whichever
+            # head named it (the key head, a successor, a filled template); its code in the table of
+            # names is the log's own code where the log holds it.
+            first = cands.codes[reads, 0]
+            top_code[reads] = np.where(first < held, first, -1)
     return cands, conf, top_code
 
 

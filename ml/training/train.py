@@ -140,13 +140,11 @@ def train(
     np.random.seed(tcfg.seed)
     n = len(log)
     cut = int(n * tcfg.split)
-    if tcfg.ranker_replays not in ("auto", "always", "never"):
-        from common.errors import ConfigError
+    from common.errors import ConfigError
 
+    if tcfg.ranker_replays not in ("auto", "always", "never"):
         raise ConfigError(f"ranker_replays must be auto, always or never, got {tcfg.ranker_replays!r}")
     if cut < 2 or n - cut < 2:
-        from common.errors import ConfigError
-
         raise ConfigError(f"the log has {n} reads: too few to split into training and validation")
     budget = TimeBudget(tcfg.max_seconds, clock)
     codes, names = log.key_codes()
