@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import random
 from pathlib import Path
 
@@ -177,6 +178,49 @@ def test_second_scoring_window_counts_the_same_replay() -> None:
         assert both.extra["hits_from"] == early.hits > both.hits
     with pytest.raises(ValueError):
         replay(keys, 300, make_predictor("none"), warmup=10, also_from=20)
+
+
+class _GcWatcher:
+    """A predictor that records whether the cyclic collector runs while it is called."""
+
+    name = "gc-watcher"
+    max_footprint = 0
+
+    def __init__(self) -> None:
+        self.seen: set[bool] = set()
+
+    def observe(self, key: str, t: float, hit: bool, client: int = 0) -> None:
+        self.seen.add(gc.isenabled())
+
+    def predict(self, k: int) -> list[tuple[str, float]]:
+        return []
+
+    def footprint(self) -> int:
+        return 0
+
+
+def test_replay_pauses_the_cyclic_collector_and_restores_it() -> None:
+    """The replay loop runs without the cyclic collector (its passes over the predictors' tables
+    cost the ranker a sixth of its time) and leaves it as it found it, also when the loop raises;
+    the predictors make no reference cycles for it to miss."""
+    assert gc.isenabled()
+    watcher = _GcWatcher()
+    replay(["a", "b", "a"], 2, watcher)  # type: ignore[arg-type]
+    assert watcher.seen == {False} and gc.isenabled()
+    gc.disable()
+    try:
+        replay(["a"], 1, _GcWatcher())  # type: ignore[arg-type]
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+    with pytest.raises(ValueError):
+        replay(["a", "b"], 1, make_predictor("none"), writes=[False])  # (zip(strict) raises in the loop)
+    assert gc.isenabled()
+    keys = [f"k{random.Random(i).randrange(300)}" for i in range(5_000)]
+    gc.collect()
+    for spec in ("obl", "markov", "pg", "mithril", "frequency", "delta", "rank:refit=1000"):
+        replay(keys, 50, make_predictor(spec))
+        assert gc.collect() == 0, spec  # (nothing a replay left waited for the collector)
 
 
 def test_belady_and_next_use() -> None:
