@@ -100,10 +100,9 @@ class ArmResult:
 def cyclic_gc_paused() -> Iterator[None]:
     """Python's cyclic garbage collector paused, as it was after. Objects are still freed when
     their last reference goes; only reference cycles wait for the collector, and the predictors
-    make none (replays of 300,000 OLTP reads with each heuristic and the ranker left nothing to
-    it). Its passes over the predictors' tables (the ranker's feature rows and pending reads,
-    Markov's and PG's successors) took a fifth of the ranker's replay time (OLTP: 62 us a read
-    with it, 49 without; the hits the same)."""
+    make none (tests/data/test_sim.py replays each and finds nothing left). Its passes over the predictors' tables (the ranker's feature rows and pending reads,
+    Markov's and PG's successors) were a good part of the ranker's replay time (bench/RESULTS.md,
+    the ranker's speed before and after)."""
     enabled = gc.isenabled()
     gc.disable()
     try:
@@ -113,6 +112,7 @@ def cyclic_gc_paused() -> Iterator[None]:
             gc.enable()
 
 
+@cyclic_gc_paused()
 def replay(
     keys: Sequence[str],
     capacity: int,
@@ -160,79 +160,78 @@ def replay(
     coming: set[str] = set()
     late = 0
     started = time.perf_counter()
-    with cyclic_gc_paused():
-        for i, (key, t, client, write) in enumerate(zip(keys, clock, streams, is_write, strict=True)):
-            scored = i >= warmup
-            if delay:
-                now = arrivals[i]  # type: ignore[index]
-                while pending and pending[0][0] <= now:
-                    _, cand, due_flag = pending.popleft()
-                    coming.discard(cand)
-                    if cand in present:
-                        continue  # (read, and filled, before it came: counted late then)
-                    if len(present) >= capacity:
-                        del present[victim()]
-                    present[cand] = due_flag
-                    insert(cand, 1)
-                if key in coming and not write and key not in present:
-                    coming.discard(key)  # (its prefetch, when it comes, finds the key read and held)
-                    if scored:
-                        late += 1
-            if write:
-                if key in present:
-                    del present[key]
-                    remove(key)
-                observe(key, t, False, client)
-                if scored:
-                    written += 1
-                continue
-            flag = present.get(key)
-            if flag is not None:
-                hit = True
-                touch(key)
-                if flag:
-                    present[key] = 0
-                    if flag == 2 and scored:
-                        prefetch_hits += 1
-                if scored:
-                    hits += 1
-                elif i >= early:
-                    early_hits += 1
-            else:
-                hit = False
+    for i, (key, t, client, write) in enumerate(zip(keys, clock, streams, is_write, strict=True)):
+        scored = i >= warmup
+        if delay:
+            now = arrivals[i]  # type: ignore[index]
+            while pending and pending[0][0] <= now:
+                _, cand, due_flag = pending.popleft()
+                coming.discard(cand)
+                if cand in present:
+                    continue  # (read, and filled, before it came: counted late then)
                 if len(present) >= capacity:
                     del present[victim()]
+                present[cand] = due_flag
+                insert(cand, 1)
+            if key in coming and not write and key not in present:
+                coming.discard(key)  # (its prefetch, when it comes, finds the key read and held)
+                if scored:
+                    late += 1
+        if write:
+            if key in present:
+                del present[key]
+                remove(key)
+            observe(key, t, False, client)
+            if scored:
+                written += 1
+            continue
+        flag = present.get(key)
+        if flag is not None:
+            hit = True
+            touch(key)
+            if flag:
                 present[key] = 0
-                insert(key, 1)
-            observe(key, t, hit, client)
-            if budget:
-                tokens += budget
-                if tokens > cap_tokens:
-                    tokens = cap_tokens
-                if tokens >= 1.0:
-                    for cand, _score in predict(CANDIDATES):
-                        if cand in present:
+                if flag == 2 and scored:
+                    prefetch_hits += 1
+            if scored:
+                hits += 1
+            elif i >= early:
+                early_hits += 1
+        else:
+            hit = False
+            if len(present) >= capacity:
+                del present[victim()]
+            present[key] = 0
+            insert(key, 1)
+        observe(key, t, hit, client)
+        if budget:
+            tokens += budget
+            if tokens > cap_tokens:
+                tokens = cap_tokens
+            if tokens >= 1.0:
+                for cand, _score in predict(CANDIDATES):
+                    if cand in present:
+                        continue
+                    if delay:
+                        if cand in coming:
                             continue
-                        if delay:
-                            if cand in coming:
-                                continue
-                            coming.add(cand)
-                            pending.append((now + delay, cand, 2 if scored else 1))
-                            tokens -= 1.0
-                            if scored:
-                                prefetches += 1
-                            if tokens < 1.0:
-                                break
-                            continue
-                        if len(present) >= capacity:
-                            del present[victim()]
-                        present[cand] = 2 if scored else 1
-                        insert(cand, 1)
+                        coming.add(cand)
+                        pending.append((now + delay, cand, 2 if scored else 1))
                         tokens -= 1.0
                         if scored:
                             prefetches += 1
                         if tokens < 1.0:
                             break
+                        continue
+                    if len(present) >= capacity:
+                        del present[victim()]
+                    present[cand] = 2 if scored else 1
+                    insert(cand, 1)
+                    tokens -= 1.0
+                    if scored:
+                        prefetches += 1
+                    if tokens < 1.0:
+                        break
     seconds = time.perf_counter() - started
     result = ArmResult(
         arm="",

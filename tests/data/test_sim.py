@@ -201,8 +201,8 @@ class _GcWatcher:
 
 def test_replay_pauses_the_cyclic_collector_and_restores_it() -> None:
     """The replay loop runs without the cyclic collector (its passes over the predictors' tables
-    cost the ranker a sixth of its time) and leaves it as it found it, also when the loop raises;
-    the predictors make no reference cycles for it to miss."""
+    were a good part of the ranker's time) and leaves it as it found it, also when the loop
+    raises; the predictors make no reference cycles for it to miss."""
     assert gc.isenabled()
     watcher = _GcWatcher()
     replay(["a", "b", "a"], 2, watcher)  # type: ignore[arg-type]
@@ -216,7 +216,8 @@ def test_replay_pauses_the_cyclic_collector_and_restores_it() -> None:
     with pytest.raises(ValueError):
         replay(["a", "b"], 1, make_predictor("none"), writes=[False])  # (zip(strict) raises in the loop)
     assert gc.isenabled()
-    keys = [f"k{random.Random(i).randrange(300)}" for i in range(5_000)]
+    rng = random.Random(0)
+    keys = [f"k{rng.randrange(300)}" for _ in range(5_000)]
     gc.collect()
     for spec in ("obl", "markov", "pg", "mithril", "frequency", "delta", "rank:refit=1000"):
         replay(keys, 50, make_predictor(spec))
