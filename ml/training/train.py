@@ -28,8 +28,8 @@ from ml.training.selection import (
     RANKER_BUDGET,
     RANKER_SPEC,
     REPLAY_SHARES,
-    choose_fallback,
     choose_gate_and_floor,
+    fallback_candidates,
     fallback_replays_at,
     ranker_replay_seconds,
     replay_window,
@@ -75,10 +75,16 @@ def _add_ranker(enc: Any, n: int, cut: int, both: dict[float, Any], took: dict[s
         both[share][1].update(long)
 
 
-def _chosen_replay(fallback_by_share: dict[str, str], heuristic: float, ranker: float) -> float:
-    """One replay's seconds of the fallback chosen at each size, averaged over the sizes."""
+def _chosen_replay(candidates_by_share: dict[str, list[str]], heuristic: float, ranker: float) -> float:
+    """The seconds of one replay at each size over each of its fallback candidates, summed per size
+    (the ML arm is replayed over every candidate), averaged over the sizes."""
     return float(
-        np.mean([ranker if v.split("@")[0] == RANKER_SPEC else heuristic for v in fallback_by_share.values()])
+        np.mean(
+            [
+                sum(ranker if f.split("@")[0] == RANKER_SPEC else heuristic for f in found)
+                for found in candidates_by_share.values()
+            ]
+        )
     )
 
 
@@ -195,13 +201,12 @@ def train(
     # Keyed by the cache size in entries each share gave on the replayed window: a share of a
     # short training window is a much smaller cache than the same share of a whole trace.
     entries = {s: replay_window(enc, np.arange(n), cut, s)[2] for s in REPLAY_SHARES}
-    fallback_by_share = {str(s): choose_fallback(*both[s]) for s in REPLAY_SHARES}
+    candidates_by_share = {str(s): fallback_candidates(*both[s]) for s in REPLAY_SHARES}
     replays = by_share[0.05]  # (the same dicts the ranker's replays after the loop add to)
-    fallback, policy = fallback_by_share["0.05"].split("@")
     # What the loop must leave room for follows from the cost of the replays after it, the ML arm
-    # over the fallback chosen at each size (ml.training.budget): a heuristic's replay, or the
-    # ranker's, which costs tens of a heuristic's.
-    chosen_replay = _chosen_replay(fallback_by_share, heuristic_replay, ranker_replay)
+    # over the fallback candidates at each size (ml.training.budget): a heuristic's replay, and the
+    # ranker's, which costs tens of a heuristic's, where it was replayed.
+    chosen_replay = _chosen_replay(candidates_by_share, heuristic_replay, ranker_replay)
     budget.start_loop(
         chosen_replay,
         1,  # (one replay's seconds, run on each worker)
@@ -290,7 +295,9 @@ def train(
         return {"rank": rank, "history": history}
     cands, conf, top_code = predict_streams(model, vocab, enc, val_idx, device=device)
     budget.lap("predict")
-    one_gate = GATED_REPLAY_COST * math.ceil(len(REPLAY_SHARES) / workers()) * ranker_replay
+    one_gate = (
+        GATED_REPLAY_COST * math.ceil(len(REPLAY_SHARES) / workers()) * (ranker_replay + heuristic_replay)
+    )
     if (
         tcfg.ranker_replays == "auto"
         and ranker_replays != "run"
@@ -299,15 +306,15 @@ def train(
         _add_ranker(enc, n, cut, both, took)
         ranker_replay = budget.lap("ranker_replays") / ranker_rounds
         ranker_replays = "run after the loop"
-        fallback_by_share = {str(s): choose_fallback(*both[s]) for s in REPLAY_SHARES}
-        fallback, policy = fallback_by_share["0.05"].split("@")
-        budget.reprice(_chosen_replay(fallback_by_share, heuristic_replay, ranker_replay))
+        candidates_by_share = {str(s): fallback_candidates(*both[s]) for s in REPLAY_SHARES}
+        budget.reprice(_chosen_replay(candidates_by_share, heuristic_replay, ranker_replay))
     # The replays below as far as the budget allows (all; no floors; one gate; none).
     plan = budget.plan_after_loop()
-    ml_replays, gate_by_share, floored, floor_by_share = choose_gate_and_floor(
-        enc, n, cut, cands, conf, fallback_by_share, by_share, plan
-    )
+    chosen = choose_gate_and_floor(enc, n, cut, cands, conf, candidates_by_share, by_share, plan)
     budget.lap("gate_floor_replays")
+    fallback_by_share, gate_by_share = chosen["fallback_by_share"], chosen["gate_by_share"]
+    floor_by_share = chosen["floor_by_share"]
+    fallback, policy = fallback_by_share["0.05"].split("@")
     fallback_by_capacity = {str(entries[s]): fallback_by_share[str(s)] for s in REPLAY_SHARES}
     gate_by_capacity = {str(entries[s]): gate_by_share[str(s)] for s in REPLAY_SHARES}
     floor_by_capacity = {str(entries[s]): floor_by_share[str(s)] for s in REPLAY_SHARES}
@@ -322,11 +329,13 @@ def train(
         "fallback_hit_ratios_by_share": {str(s): r for s, r in by_share.items()},
         "fallback_hit_ratios_long_by_share": {str(s): long for s, (_, long) in both.items()},
         "ranker_replays": ranker_replays,  # (run, or skipped: the budget could not hold them)
-        "gated_hit_ratios": ml_replays,
+        "fallback_candidates_by_share": candidates_by_share,
+        "gated_hit_ratios": chosen["gated_hit_ratios"],
+        "gated_hit_ratios_by_fallback": chosen["gated_hit_ratios_by_fallback"],
         "gate_by_share": gate_by_share,
         "fallback_by_capacity": fallback_by_capacity,
         "gate_by_capacity": gate_by_capacity,
-        "floored_hit_ratios": floored,
+        "floored_hit_ratios": chosen["floored_hit_ratios"],
         "floor_by_share": floor_by_share,
         "floor_by_capacity": floor_by_capacity,
         "history": history,

@@ -392,6 +392,75 @@ def test_fallback_prefetcher_from_the_long_window_policy_from_the_latest_reads()
     assert choose_fallback(recent, long) == "frequency@s3fifo"
 
 
+def test_the_ranker_is_a_fallback_candidate_beside_the_best_heuristic() -> None:
+    from ml.training.selection import choose_fallback, fallback_candidates
+
+    # cloudPhysicsIO's training window at 1%: the long window, which starts while the ranker is
+    # still learning, ranks it under delta; the validation reads rank it 5 points above.
+    recent = {
+        "delta@lru": 0.1806,
+        "delta@s3fifo": 0.1794,
+        "pg@lru": 0.0176,
+        "rank@lru": 0.2325,
+        "rank@s3fifo": 0.21,
+    }
+    long = {
+        "delta@lru": 0.4668,
+        "delta@s3fifo": 0.475,
+        "pg@lru": 0.11,
+        "rank@lru": 0.425,
+        "rank@s3fifo": 0.4081,
+    }
+    assert choose_fallback(recent, long) == "delta@lru"  # (by the long window alone: never the ranker)
+    assert fallback_candidates(recent, long) == ["delta@lru", "rank@lru"]
+    # Without the ranker's replays (the budget skipped them), the heuristic alone.
+    heuristics = {a: v for a, v in long.items() if not a.startswith("rank@")}
+    assert fallback_candidates(recent, heuristics) == ["delta@lru"]
+
+
+def test_the_fallback_is_chosen_with_the_gate_by_the_arms_replays_over_each() -> None:
+    from ml.training.selection import pick_fallback_and_gate
+
+    # cloudPhysicsIO's training window (the arm's replays on the validation reads, gate by gate):
+    # over delta the arm beat delta alone at both sizes, but the ranker alone beat it at 1% and
+    # the arm over the ranker beat everything at 5%. The choice before was made over delta only.
+    by_fallback = {
+        "0.01": {
+            "delta@lru": {"0.5": 0.187, "-1.0": 0.1851, "-2.0": 0.1851},
+            "rank@lru": {"0.5": 0.2308, "-1.0": 0.2265, "-2.0": 0.2264},
+        },
+        "0.05": {
+            "delta@lru": {"0.5": 0.205, "-1.0": 0.2014, "-2.0": 0.2014},
+            "rank@lru": {"0.5": 0.2763, "-1.0": 0.271, "-2.0": 0.2642},
+        },
+    }
+    alone = {0.01: {"delta@lru": 0.1806, "rank@lru": 0.2325}, 0.05: {"delta@lru": 0.1973, "rank@lru": 0.2693}}
+    gate, fallbacks, gates = pick_fallback_and_gate(by_fallback, alone, ["0.5", "-1.0", "-2.0"])
+    assert gate == "0.5"
+    assert fallbacks == {"0.01": "rank@lru", "0.05": "rank@lru"}
+    assert gates == {"0.01": "off", "0.05": 0.5}
+    # The delta figures alone: the arm over delta at both sizes, as before.
+    only_delta = {s: {"delta@lru": f["delta@lru"]} for s, f in by_fallback.items()}
+    assert pick_fallback_and_gate(only_delta, alone, ["0.5", "-1.0", "-2.0"])[1:] == (
+        {"0.01": "delta@lru", "0.05": "delta@lru"},
+        {"0.01": 0.5, "0.05": 0.5},
+    )
+    # A tie between the arms over the two goes to the first listed (the heuristic: cheaper), and
+    # one between an arm and a fallback alone to the arm.
+    tied = {"0.05": {"delta@lru": {"0.5": 0.3}, "rank@lru": {"0.5": 0.3}}}
+    assert pick_fallback_and_gate(tied, {0.05: {"delta@lru": 0.1, "rank@lru": 0.3}}, ["0.5"]) == (
+        "0.5",
+        {"0.05": "delta@lru"},
+        {"0.05": 0.5},
+    )
+    # No gate replayed (the budget left none): the best fallback alone on the validation reads.
+    assert pick_fallback_and_gate({s: {f: {} for f in v} for s, v in by_fallback.items()}, alone, []) == (
+        "off",
+        {"0.01": "rank@lru", "0.05": "rank@lru"},
+        {"0.01": "off", "0.05": "off"},
+    )
+
+
 def test_the_floor_is_the_best_replay_and_a_tie_goes_to_a_floor() -> None:
     from ml.training.selection import pick_floor
 
@@ -834,9 +903,10 @@ def test_carry_weights_moves_each_tokens_rows_to_its_new_place() -> None:
 def test_the_arm_falls_back_to_the_learned_ranker_where_it_beats_every_heuristic(tmp_path: Path) -> None:
     """Phases alternate between scans (OBL's next number is right) and pairs n, n+1 followed by a
     learned jump (Markov's successor is right): no heuristic is right in both, the ranker over them
-    is. Training's replays choose it as the arm's fallback at every size, and the arm in the
-    simulator then hits as the ranker does, above every heuristic. (Before the ranker was among the
-    fallbacks, training chose delta or Markov here.)"""
+    is. Training replays the arm over the ranker and over the best heuristic at every size and
+    keeps, per size, the fallback its arm hit most over (or the better fallback alone), and the arm
+    in the simulator then hits at least as the ranker does, above every heuristic. (Before the
+    ranker was among the fallbacks, training chose delta or Markov here.)"""
     from accesslog.log import AccessLog, make_table
     from prefetch.sim import simulate
 
@@ -850,7 +920,18 @@ def test_the_arm_falls_back_to_the_learned_ranker_where_it_beats_every_heuristic
         ),
     )
     manifest = json.loads((tmp_path / "manifest.json").read_text())
-    assert {v.split("@")[0] for v in manifest["fallback_by_share"].values()} == {"rank"}, manifest
+    metrics = manifest["metrics"]
+    candidates = metrics["fallback_candidates_by_share"]
+    assert all([f.split("@")[0] for f in c] == ["delta", "rank"] for c in candidates.values()), candidates
+    for share, chosen in manifest["fallback_by_share"].items():
+        alone = metrics["fallback_hit_ratios_by_share"][share]
+        best_alone = max(alone[f] for f in candidates[share])
+        if manifest["gate_by_share"][share] == "off":
+            assert chosen.startswith("rank@") and alone[chosen] == best_alone, metrics
+        else:
+            gate = str(manifest["gate_by_share"][share])
+            arms = metrics["gated_hit_ratios_by_fallback"][share]
+            assert arms[chosen][gate] == max(a[gate] for a in arms.values()) >= best_alone, metrics
     report = simulate(
         log, "100", ["obl", "markov", "delta", "rank", f"ml:{tmp_path}"], with_belady=False, warmup=0.3
     )
