@@ -195,6 +195,13 @@ def fallback_candidates(recent: dict[str, float], long: dict[str, float]) -> lis
 # Model first when its confidence is at least 0.5; both lists merged by score; merged with the
 # fallback's scores discounted by the model's confidence (ml.inference.arm.DISCOUNT_GATE).
 GATES = (0.5, MERGE_GATE, DISCOUNT_GATE)
+# Gates whose replays hit within this of the best one's, on average over the sizes, are a tie, and
+# a tie goes to the merge by score (MERGE_GATE). The other two lean on the confidence head, whose
+# calibration drifts after the training window: on P6's first million reads the discount (-2)
+# beat the merge by 0.03 point a size on the training log's replays, and lost to it by 0.34-0.52
+# on the rest of the trace, where it fell under delta alone; on gaming, 0.5 beat the merge by 0.11
+# at one size and lost to it by 1.76 (bench/HISTORY.md).
+GATE_TIE = 0.001
 FLOORS = (0.1, 0.15, 0.2, 0.25, 0.3)  # score floors tried under the chosen gate (besides none)
 
 
@@ -285,28 +292,40 @@ def pick_fallback_and_gate(
 ) -> tuple[str, dict[str, str], dict[str, float | str]]:
     """The gate, and the fallback and the gate at each size, from the hit ratios on the validation
     reads of the arm's replays (``by_fallback[share][fallback][gate]``) and of each fallback alone
-    (``alone[share][fallback]``). One gate for every size, the one whose replays (each size's over
-    its best fallback) hit most in total: at a single size the gates are often within a tenth of a
-    point of each other, and such a near tie picked the gate that lost 2 points on the judged
-    gaming trace (bench/HISTORY.md). Per size, the fallback the arm hit most over, or, where a
-    fallback alone hit more than that arm, the best fallback alone (gate "off"). With no gates
-    replayed (the budget left none) the model is not used: the best fallback alone, never worse.
-    On a tie, the fallback listed first (the cheaper heuristic), and the arm over the fallback
-    alone."""
-    gate = max(
-        gates,
-        key=lambda g: sum(max(h[g] for h in found.values()) for found in by_fallback.values()),
-        default="off",
-    )
+    (``alone[share][fallback]``).
+
+    One gate for every size: the one whose replays (each size's over its best fallback) hit most
+    in total, or the merge by score where it is within GATE_TIE of that. At a single size the gates
+    are often within a tenth of a point of each other, and such a near tie picked the gate that
+    lost 2 points on the judged gaming trace. Per size, the fallback the arm hit most over (within
+    GATE_TIE, the one listed first: the heuristic, which costs a twentieth of the ranker), or,
+    where a fallback alone hit more than that arm, the best fallback alone (gate "off"); on a tie
+    between the two, the arm. With no gates replayed (the budget left none) the model is not used:
+    the best fallback alone, never worse."""
+    totals = {g: sum(max(h[g] for h in found.values()) for found in by_fallback.values()) for g in gates}
+    gate = max(totals, key=totals.__getitem__, default="off")
+    merge = str(MERGE_GATE)
+    if merge in totals and totals[merge] >= totals[gate] - GATE_TIE * len(by_fallback):
+        gate = merge
     fallback_by_share: dict[str, str] = {}
     gate_by_share: dict[str, float | str] = {}
     for share, found in by_fallback.items():
-        best_alone = max(found, key=lambda f: alone[float(share)][f])
-        over = max(found, key=lambda f: found[f][gate]) if gate != "off" else best_alone
+        best_alone = _first_within(list(found), alone[float(share)])
+        over = (
+            _first_within(list(found), {f: h[gate] for f, h in found.items()})
+            if gate != "off"
+            else best_alone
+        )
         arm_ok = gate != "off" and found[over][gate] >= alone[float(share)][best_alone]
         fallback_by_share[share] = over if arm_ok else best_alone
         gate_by_share[share] = float(gate) if arm_ok else "off"
     return gate, fallback_by_share, gate_by_share
+
+
+def _first_within(candidates: list[str], hits: dict[str, float]) -> str:
+    """The first of ``candidates`` whose hit ratio is within GATE_TIE of the best one's."""
+    best = max(hits[f] for f in candidates)
+    return next(f for f in candidates if hits[f] >= best - GATE_TIE)
 
 
 # Floors whose replays hit within this of the best one's are a tie (a read or two of a validation

@@ -453,6 +453,38 @@ def test_the_fallback_is_chosen_with_the_gate_by_the_arms_replays_over_each() ->
         {"0.05": "delta@lru"},
         {"0.05": 0.5},
     )
+    # P6's first million reads: the discount (-2) ahead of the merge (-1) by 0.03 point a size is a
+    # tie, and a tie goes to the merge (judged on the rest of the trace, -1 was 0.34-0.52 ahead).
+    p6 = {
+        "0.01": {
+            "delta@lru": {"0.5": 0.9412, "-1.0": 0.975, "-2.0": 0.9752},
+            "rank@s3fifo": {"0.5": 0.9218, "-1.0": 0.9478, "-2.0": 0.923},
+        },
+        "0.02": {
+            "delta@lru": {"0.5": 0.9418, "-1.0": 0.9758, "-2.0": 0.976},
+            "rank@lru": {"0.5": 0.9334, "-1.0": 0.9759, "-2.0": 0.925},
+        },
+        "0.05": {
+            "delta@lru": {"0.5": 0.9426, "-1.0": 0.9766, "-2.0": 0.9769},
+            "rank@lru": {"0.5": 0.9192, "-1.0": 0.9261, "-2.0": 0.9412},
+        },
+        "0.1": {
+            "delta@lru": {"0.5": 0.9432, "-1.0": 0.9772, "-2.0": 0.9777},
+            "rank@lru": {"0.5": 0.8938, "-1.0": 0.9772, "-2.0": 0.9415},
+        },
+    }
+    p6_alone = {
+        0.01: {"delta@lru": 0.9696, "rank@s3fifo": 0.9444},
+        0.02: {"delta@lru": 0.9704, "rank@lru": 0.9512},
+        0.05: {"delta@lru": 0.9713, "rank@lru": 0.9156},
+        0.1: {"delta@lru": 0.9718, "rank@lru": 0.9655},
+    }
+    gate, fallbacks, gates = pick_fallback_and_gate(p6, p6_alone, ["0.5", "-1.0", "-2.0"])
+    assert gate == "-1.0" and set(gates.values()) == {-1.0}
+    assert set(fallbacks.values()) == {"delta@lru"}  # (at 10% a tie with the ranker: the heuristic)
+    # Ahead by more than the tie, the discount stays.
+    p6["0.05"]["delta@lru"]["-2.0"] = 0.9866
+    assert pick_fallback_and_gate(p6, p6_alone, ["0.5", "-1.0", "-2.0"])[0] == "-2.0"
     # No gate replayed (the budget left none): the best fallback alone on the validation reads.
     assert pick_fallback_and_gate({s: {f: {} for f in v} for s, v in by_fallback.items()}, alone, []) == (
         "off",
