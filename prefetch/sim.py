@@ -100,9 +100,10 @@ class ArmResult:
 def cyclic_gc_paused() -> Iterator[None]:
     """Python's cyclic garbage collector paused, as it was after. Objects are still freed when
     their last reference goes; only reference cycles wait for the collector, and the predictors
-    make none (tests/data/test_sim.py replays each and finds nothing left). Its passes over the predictors' tables (the ranker's feature rows and pending reads,
-    Markov's and PG's successors) were a good part of the ranker's replay time (bench/RESULTS.md,
-    the ranker's speed before and after)."""
+    make none (tests/data/test_sim.py replays each and finds nothing left). Its passes over the
+    predictors' tables (the ranker's feature rows and pending reads, Markov's and PG's successors)
+    were a good part of the ranker's replay time (bench/RESULTS.md, the ranker's speed before and
+    after)."""
     enabled = gc.isenabled()
     gc.disable()
     try:

@@ -182,7 +182,7 @@ def fallback_candidates(recent: dict[str, float], long: dict[str, float]) -> lis
     as it replays, so the long window, which starts a fifth into the replay, scores its first
     reads' learning too. On cloudPhysicsIO's training window that ranked it 3-4 points under
     delta, where on the validation reads, and on the rest of the trace, it was 5-9 points above;
-    the arm over delta then gave up those points (bench/RESULTS.md)."""
+    the arm over delta then gave up those points (bench/HISTORY.md)."""
     heuristics = [a for a in long if a.split("@")[0] != RANKER_SPEC]
     ranker = [a for a in long if a.split("@")[0] == RANKER_SPEC]
     return [
