@@ -446,6 +446,9 @@ def simulate(
             if choose is not None:  # (with several policies every arm runs under each: say which it chose)
                 result.extra["chosen_policy"] = getattr(predictor, "policy", "") or policy
                 result.extra["fallback"] = getattr(predictor, "fallback_spec", "")
+                tuned = getattr(predictor, "finetuned", None)  # (an ML arm learning as it replays)
+                if tuned:
+                    result.extra["finetunings"] = len(tuned["spans"])
             arms.append(result)
     if with_belady:
         arms.append(belady(codes, capacity, warm, write_mask if write_flags is not None else None))

@@ -40,15 +40,17 @@ def predict_streams(
     batch: int = 64,
     length: int = 256,
     device: str = "cpu",
+    into: Candidates | None = None,
 ) -> tuple[Candidates, np.ndarray, np.ndarray]:
     """For each read in ``idx`` (indices into ``enc``): the model's top-k next keys of its client
-    (``Candidates``: empty for the reads not in ``idx``), its confidence, and the key code of its
-    top prediction (the first of the composed list, whichever head named it; -1 for none the log
-    holds); each client's stream runs once, state carried forward."""
+    (``Candidates``: empty for the reads not in ``idx``; ``into``'s rows of them, if given), its
+    confidence, and the key code of its top prediction (the first of the composed list, whichever
+    head named it; -1 for none the log holds); each client's stream runs once, state carried
+    forward."""
     from ml.training.data import stream_order
 
     order, _ = stream_order(enc.client, idx)
-    cands = Candidates(len(enc), k, enc.names)
+    cands = Candidates(len(enc), k, enc.names) if into is None else into
     conf = np.zeros(len(enc), np.float32)
     top_code = np.full(len(enc), -1, np.int64)
     held = len(enc.names)  # (codes below it are the log's keys; Candidates adds others after them)
@@ -160,12 +162,25 @@ class MLPredictor:
         device: str = "cpu",
         policy: str = "",
         min_score: float | None = None,
+        finetune: int = 0,
+        finetune_steps: int = 20,
+        finetune_window: int = 0,
+        finetune_lr: float = 1e-3,
     ) -> None:
+        from common.errors import ConfigError
         from ml.registry import load_model
         from ml.training.data import encode
 
+        finetune, finetune_steps, finetune_window = int(finetune), int(finetune_steps), int(finetune_window)
+        if finetune < 0 or finetune_steps < 1 or finetune_window < 0 or not float(finetune_lr) > 0:
+            raise ConfigError(
+                "ml arm: finetune (reads between fine-tunings, 0: never) and finetune_window must be "
+                "at least 0, finetune_steps at least 1 and finetune_lr above 0"
+            )
         model, vocab, manifest = load_model(model_dir, device)
         self._setup([], np.zeros(0, np.float32), manifest, fallback, min_confidence, policy, min_score)
+        # Learning while replaying (ml.inference.finetune): 0, the model as trained, frozen.
+        tuning = (finetune, finetune_steps, finetune_window, float(finetune_lr)) if finetune else None
 
         def compute() -> tuple[Candidates, np.ndarray]:
             # Kept with the log (AccessLog.derived), so the arms of one trace share them and they
@@ -175,18 +190,28 @@ class MLPredictor:
                 str(Path(model_dir).resolve()),
                 str(manifest.get("weights_sha256")),
                 device,
+                tuning,
             )
             cached = log.derived.get(key)
             if cached is not None:
-                return cached  # type: ignore[no-any-return]
+                cands, conf, self.finetuned = cached
+                return cands, conf
             enc = encode(
                 log,
                 vocab,
                 successors=int(getattr(model.cfg, "successors", 0)),
                 replay=replay_slots_of(model.cfg),
             )
-            cands, conf, _ = predict_streams(model, vocab, enc, np.arange(len(enc)), device=device)
-            log.derived[key] = (cands, conf)
+            if tuning is None:
+                cands, conf, _ = predict_streams(model, vocab, enc, np.arange(len(enc)), device=device)
+            else:
+                from ml.inference.finetune import predict_finetuning
+
+                every, steps, window, lr = tuning
+                cands, conf, self.finetuned = predict_finetuning(
+                    model, vocab, enc, every, steps=steps, window=window, lr=lr, device=device
+                )
+            log.derived[key] = (cands, conf, self.finetuned)
             return cands, conf
 
         # Computed at the first prediction the gate lets through: an arm that training found to be
@@ -223,6 +248,7 @@ class MLPredictor:
 
         self.manifest = manifest
         self.cands, self.conf = cands, conf
+        self.finetuned: dict[str, Any] | None = None  # the record of fine-tuning while replaying
         # The heuristic training found best on its validation split, unless one is named.
         self.fallback_spec = fallback or str(manifest.get("fallback", "markov"))
         self.fallback = make_predictor(self.fallback_spec)

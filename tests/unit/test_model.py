@@ -994,3 +994,74 @@ def test_ranker_replays_never_leaves_the_fallback_to_the_heuristics(tmp_path: Pa
 
     with pytest.raises(ConfigError, match="ranker_replays must be auto, always or never, got 'sometimes'"):
         train(log, tmp_path / "bad", TrainConfig(ranker_replays="sometimes"))
+
+
+def _changed_walk() -> Any:
+    """The planted cycle walked for 2,000 reads, then the same 12 keys in another order (each
+    fifth key) for 4,000: a change of pattern the model never saw."""
+    import pyarrow as pa
+
+    from accesslog.log import AccessLog
+
+    rng = np.random.default_rng(1)
+    before = walk(CYCLE, 2000, [0, 1, 2, 3], rng, "before")
+    after = walk([CYCLE[i * 5 % 12] for i in range(12)], 4000, [0, 1, 2, 3], rng, "after")
+    table = pa.concat_tables([before.table, after.table.cast(before.table.schema)])
+    table = table.set_column(table.schema.get_field_index("ts"), "ts", pa.array(np.arange(len(table)) * 0.01))
+    return AccessLog(table, {"source": "changed"})
+
+
+def _top1(cands: Any, enc: Any, first: int, end: int) -> float:
+    """How often a read's first candidate is its client's next read, over the reads first..end-1."""
+    from ml.training.data import stream_order
+
+    order, nxt = stream_order(enc.client, np.arange(len(enc)))
+    right = total = 0
+    for j, i in enumerate(order.tolist()):
+        if first <= i < end and nxt[j] >= 0:
+            code = cands.codes[i, 0]
+            total += 1
+            right += int(code >= 0 and cands.names[code] == enc.names[enc.codes[order[nxt[j]]]])
+    return right / total
+
+
+def test_fine_tuning_while_replaying_recovers_after_a_change_of_pattern(trained: tuple[Path, dict]) -> None:
+    """The model trained on the planted cycle replays a log whose clients change to another order of
+    the same keys: frozen, its first candidate is the next read far less often after the change;
+    fine-tuned every 500 reads on what it has seen, it names the new order. Before its first
+    fine-tuning its candidates are the frozen model's, read for read."""
+    from ml.inference.finetune import predict_finetuning
+    from ml.training.data import replay_slots_of
+
+    torch.manual_seed(0)
+    log = _changed_walk()
+    model, vocab, _ = load_model(trained[0])
+    enc = encode(log, vocab, successors=model.cfg.successors, replay=replay_slots_of(model.cfg))
+    frozen = predict_streams(model, vocab, enc, np.arange(len(enc)))[0]
+    tuned, _, record = predict_finetuning(model, vocab, enc, 500, steps=20, length=32, batch=16)
+    assert np.array_equal(tuned.codes[:500], frozen.codes[:500])
+    assert np.array_equal(tuned.scores[:500], frozen.scores[:500])
+    assert len(record["spans"]) == 11 and record["spans"][-1]["at"] == 5500
+    n = len(enc)
+    assert _top1(frozen, enc, 0, 2000) > 0.9 and _top1(frozen, enc, 3000, n) < 0.7
+    assert _top1(tuned, enc, 3000, n) > 0.95, _top1(tuned, enc, 3000, n)
+    assert _top1(tuned, enc, 0, 2000) > 0.9  # (fine-tuned on the cycle itself, it kept the cycle)
+
+
+def test_the_simulators_ml_arm_fine_tunes_when_asked(trained: tuple[Path, dict]) -> None:
+    """``ml:DIR::finetune=N`` in the simulator: the arm (the model alone: no fallback, no floor)
+    hits more after the change than the frozen arm; bad fine-tuning parameters are one line."""
+    from common.errors import ConfigError
+    from prefetch.predictors import make_predictor
+    from prefetch.sim import simulate
+
+    torch.manual_seed(0)
+    log = _changed_walk()
+    alone = f"ml:{trained[0]}::fallback=none:min_confidence=0:min_score=0"
+    tuned = f"{alone}:finetune=500"
+    report = simulate(log, "6", [alone, tuned], with_belady=False, warmup=0.5)
+    hits = {a.arm.partition("@")[0]: a.hit_ratio for a in report.arms}
+    assert hits[tuned] > hits[alone] + 0.1, hits
+    for bad in ("finetune=-1", "finetune=500:finetune_steps=0", "finetune=500:finetune_lr=0"):
+        with pytest.raises(ConfigError, match="finetune"):
+            make_predictor(f"{alone}:{bad}", log=log)
