@@ -104,6 +104,20 @@ def serve_main(argv: list[str]) -> int:
         help="the prediction engine's CPU priority (default low)",
     )
     p.add_argument(
+        "--no-prefetch-hints",
+        dest="prefetch_hints",
+        action="store_const",
+        const=False,
+        help="a miss does not read the keys the engine named after it before (default: it does)",
+    )
+    p.add_argument(
+        "--no-prefetch-rules",
+        dest="prefetch_rules",
+        action="store_const",
+        const=False,
+        help="a miss does not read the keys a model's template rules name (default: it does)",
+    )
+    p.add_argument(
         "--device",
         dest="prefetch_device",
         choices=["auto", "cpu", "cuda"],
@@ -219,6 +233,8 @@ def serve(args: argparse.Namespace) -> int:
             "ab_seed",
             "prefetch_budget",
             "prefetch_engine_priority",
+            "prefetch_hints",
+            "prefetch_rules",
             "prefetch_device",
             "admin",
             "admin_users",

@@ -88,6 +88,11 @@ class Settings:
     # The engine process's CPU priority: "idle" (only spare CPU: never slows the proxy, but its
     # prefetches come late even under light load), "low" (nice 19) or "normal".
     prefetch_engine_priority: str = "low"
+    # What a miss reads beside its own key, without waiting for the engine: the keys the engine
+    # named after that key before (hints), and those a model's template rules name (rules). Off,
+    # prefetches come only from the engine's answers to each batch, as the simulator models them.
+    prefetch_hints: bool = True
+    prefetch_rules: bool = True
     # Where a model arm (ml:MODEL_DIR) runs: "auto" (a CUDA GPU where torch sees one), "cpu", "cuda".
     prefetch_device: str = "auto"
     # Recording reads for retraining: rotating access-log Parquet files in this directory, written

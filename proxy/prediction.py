@@ -104,6 +104,8 @@ class LivePrefetcher:
         start_within: float = 120.0,
         hint_limit: int = 65_536,
         engine_config: str = "",
+        hints: bool = True,
+        rules: bool = True,
     ) -> None:
         """``engine_config``: the engine process's ``--config`` (``proxy.config.Settings.
         engine_config``: its arms, budget, staleness bound, priority, device, access log...)."""
@@ -168,6 +170,10 @@ class LivePrefetcher:
         # add no upstream reads past the budget.
         self.hints: OrderedDict[tuple[int, bytes], tuple[bytes, ...]] = OrderedDict()
         self.hint_limit = hint_limit
+        # Whether the engine's hints and template rules are used at all (prefetch_hints,
+        # prefetch_rules: off, a miss reads only its own key, and prefetches come only from the
+        # engine's answers, as in the simulator).
+        self.use_hints, self.use_rules = hints, rules
         self.budget = budget
         self.cap_tokens = max(2.0, 4 * budget)
         self.tokens = [0.0] * len(self.arms)
@@ -281,9 +287,11 @@ class LivePrefetcher:
             self.answer_read.record(_mono() - sent)
             self._prefetch(prefetches)
         elif kind == "hints":
-            self._hints(payload)
+            if self.use_hints:
+                self._hints(payload)
         elif kind == "rules":
-            self._rules(payload)
+            if self.use_rules:
+                self._rules(payload)
         elif kind == "report":
             self.engine_report = payload
         elif kind == "reset":  # (a shared engine's: a worker's PREDIS AB RESET, for every worker)

@@ -89,6 +89,8 @@ class ProxyServer:
                 max_batch=settings.prefetch_max_batch,
                 max_wait=settings.prefetch_max_wait,
                 engine_config=settings.engine_config(),
+                hints=settings.prefetch_hints,
+                rules=settings.prefetch_rules,
             )
             self.stats.sections["prefetch"] = self.prediction.figures
             self.stats.ab = self.prediction

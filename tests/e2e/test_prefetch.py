@@ -283,6 +283,38 @@ def test_hints_fetch_on_the_read_itself_without_waiting_for_the_engine(
             pass  # (killed meanwhile as stalled, and restarted)
 
 
+def test_with_hints_off_a_miss_reads_only_its_own_key(
+    make_proxy: Any, redis_server: Any, direct: redis.Redis
+) -> None:
+    """``prefetch_hints = false``: the engine's prefetches still come in, but the proxy keeps no
+    hints, so a miss with the engine stopped brings in nothing beside its own key."""
+    direct.mset({f"seq:{i}": f"value-{i}" for i in range(N)})
+    proxy = make_proxy(redis_server.url, prefetch="obl:k=2:depth=4", prefetch_hints=False, **UNHURRIED)
+    prediction = proxy.server.prediction
+    wait_for(lambda: proxy.server.tier.active and prediction.ready, timeout=30)
+    client = proxy.client()
+    tier = proxy.server.tier
+    scan(client, 60)
+    # The engine answered the scan's last reads (a key after it, never read, is in: its prefetch),
+    # and the hints it sent with its answers were dropped.
+    wait_for(lambda: (0, b"seq:60") in tier.entries, timeout=20)
+    assert not prediction.hints
+    direct.mset({f"seq:{i}": f"new-{i}" for i in range(60)})
+    wait_for(lambda: not any((0, b"seq:%d" % i) in tier.entries for i in (20, 21)), timeout=10)
+    pid = prediction.proc.pid
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        misses = tier.misses
+        assert client.get("seq:20") == b"new-20"
+        assert client.get("seq:21") == b"new-21"  # (not hinted: a miss too)
+        assert tier.misses == misses + 2 and sum(prediction.hinted) == 0
+    finally:
+        try:
+            os.kill(pid, signal.SIGCONT)
+        except ProcessLookupError:
+            pass  # (killed meanwhile as stalled, and restarted)
+
+
 def test_prefetches_read_as_the_reading_client_and_serve_it(
     make_proxy: Any, redis_server: Any, direct: redis.Redis
 ) -> None:
@@ -309,15 +341,19 @@ def test_prefetches_read_as_the_reading_client_and_serve_it(
         bob.get("seq:39")
 
 
+@pytest.mark.parametrize("rules", [True, False], ids=["rules", "rules-off"])
 def test_the_models_template_rules_fetch_keys_never_seen_on_their_miss(
-    make_proxy: Any, redis_server: Any, direct: redis.Redis, profiles_model: Any
+    make_proxy: Any, redis_server: Any, direct: redis.Redis, profiles_model: Any, rules: bool
 ) -> None:
     """A model that names user:N:orders after user:N:profile (its template, filled with the
     profile's number) teaches the proxy that rule; a miss of a profile never read before then
-    reads its orders key beside it, without the engine (stopped here), with Redis's value."""
+    reads its orders key beside it, without the engine (stopped here), with Redis's value. With
+    ``prefetch_rules = false`` the proxy keeps no rule and the orders key misses."""
     direct.mset({f"user:{n}:{part}": f"{part}-{n}" for n in range(10_000) for part in ("profile", "orders")})
     spec = f"ml:{profiles_model}::min_confidence=0.5"
-    proxy = make_proxy(redis_server.url, prefetch=spec, prefetch_device="cpu", **UNHURRIED)
+    proxy = make_proxy(
+        redis_server.url, prefetch=spec, prefetch_device="cpu", prefetch_rules=rules, **UNHURRIED
+    )
     prediction = proxy.server.prediction
     wait_for(lambda: proxy.server.tier.active and prediction.ready, timeout=120)
     client = proxy.client()
@@ -325,6 +361,20 @@ def test_the_models_template_rules_fetch_keys_never_seen_on_their_miss(
     for n in range(40):
         client.get(f"user:{n}:profile")
         client.get(f"user:{n}:orders")
+    if not rules:
+        # The engine has answered the last reads (their hints are in): rules it taught are dropped.
+        wait_for(lambda: (0, b"user:39:profile") in prediction.hints, timeout=30)
+        assert not prediction.rules
+        pid = prediction.proc.pid
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            misses = tier.misses
+            assert client.get("user:5000:profile") == b"profile-5000"
+            assert client.get("user:5000:orders") == b"orders-5000"
+            assert tier.misses == misses + 2 and prediction.ruled == 0
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        return
     wait_for(lambda: (0, b"user:#:orders") in prediction.rules.get(b"user:#:profile", []), timeout=30)
     pid = prediction.proc.pid
     os.kill(pid, signal.SIGSTOP)

@@ -89,6 +89,21 @@ def test_a_yes_or_no_setting_from_the_environment_and_toml(tmp_path: Path) -> No
         load_settings(env={"PREDIS_UPSTREAM": "redis://h", "PREDIS_CLUSTER_REPLICA_READS": "yes"})
 
 
+def test_what_a_miss_reads_beside_its_key_can_be_switched_off(tmp_path: Path) -> None:
+    """Hints and template rules are on by default; ``prefetch_hints``/``prefetch_rules`` (TOML,
+    PREDIS_*) turn each off alone."""
+    defaults = load_settings(env={})
+    assert defaults.prefetch_hints is True and defaults.prefetch_rules is True
+    off = load_settings(env={"PREDIS_PREFETCH_HINTS": "no"})
+    assert off.prefetch_hints is False and off.prefetch_rules is True
+    toml = tmp_path / "p.toml"
+    toml.write_text("prefetch-rules = false\n")
+    off = load_settings(toml, env={})
+    assert off.prefetch_rules is False and off.prefetch_hints is True
+    with pytest.raises(ConfigError, match="prefetch_rules must be bool"):
+        load_settings(env={"PREDIS_PREFETCH_RULES": "sometimes"})
+
+
 def test_admin_address() -> None:
     assert parse_listen("9121") == ("127.0.0.1", 9121)
     assert parse_listen("0.0.0.0:9121") == ("0.0.0.0", 9121)
