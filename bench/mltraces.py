@@ -31,6 +31,13 @@ def main() -> None:
     ap.add_argument("--max-seconds", type=float, default=600.0)
     ap.add_argument("--ml", default="", help="extra ML arm parameters, e.g. ::min_confidence=-1")
     ap.add_argument(
+        "--ml-also",
+        action="append",
+        default=[],
+        help="another ML arm over the same model, with these parameters (e.g. ::finetune=100000: "
+        "fine-tuned while it replays), judged beside the first; repeatable",
+    )
+    ap.add_argument(
         "--policies",
         default="lru,s3fifo",
         help="eviction policies every arm runs under; the ML arm is judged under the one its training chose",
@@ -78,29 +85,36 @@ def main() -> None:
             if len(policies) == 1:
                 add_plain_arm(report, log, "s3fifo" if policies[0] == "lru" else "lru")
             # The ML arm once, under the policy its training chose for this size (a single policy
-            # given to simulate lets the arm take its own).
-            (ml,) = [
-                a
-                for a in simulate(
-                    log,
-                    size,
-                    [f"ml:{tmp}{args.ml}"],
-                    warmup=args.share,
-                    with_belady=False,
-                    writes=args.writes,
-                ).arms
-                if a.prefetcher == "ml"
-            ]
-            report.arms.append(ml)
+            # given to simulate lets the arm take its own); then each variant's.
+            mls = []
+            for params in [args.ml, *args.ml_also]:
+                (ml,) = [
+                    a
+                    for a in simulate(
+                        log,
+                        size,
+                        [f"ml:{tmp}{params}"],
+                        warmup=args.share,
+                        with_belady=False,
+                        writes=args.writes,
+                    ).arms
+                    if a.prefetcher == "ml"
+                ]
+                report.arms.append(ml)
+                mls.append((params, ml))
             print(format_table(report))
             best = next(a for a in report.arms if a.arm == report.best_heuristic)
             lru = next(a for a in report.arms if a.prefetcher == "none" and a.policy == "lru")
-            print(
-                f"ML ({ml.arm} under {ml.policy}, fallback {ml.extra.get('fallback', '?')}) {100 * ml.hit_ratio:.2f} "
-                f"vs best heuristic {best.arm} {100 * best.hit_ratio:.2f} "
-                f"({100 * (ml.hit_ratio - best.hit_ratio):+.2f} points), vs LRU {ml.hit_ratio / lru.hit_ratio:.2f}x, "
-                f"{ml.replayed / ml.seconds if ml.seconds else 0:,.0f} reads/s\n"
-            )
+            for params, ml in mls:
+                variant = f" [{params}]" if params != args.ml else ""
+                tuned = f", {ml.extra['finetunings']} fine-tunings" if "finetunings" in ml.extra else ""
+                print(
+                    f"ML{variant} (under {ml.policy}, fallback {ml.extra.get('fallback', '?')}{tuned}) "
+                    f"{100 * ml.hit_ratio:.2f} vs best heuristic {best.arm} {100 * best.hit_ratio:.2f} "
+                    f"({100 * (ml.hit_ratio - best.hit_ratio):+.2f} points), vs LRU {ml.hit_ratio / lru.hit_ratio:.2f}x, "
+                    f"{ml.replayed / ml.seconds if ml.seconds else 0:,.0f} reads/s"
+                )
+            print()
 
 
 if __name__ == "__main__":
