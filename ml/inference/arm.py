@@ -209,7 +209,15 @@ class MLPredictor:
 
                 every, steps, window, lr = tuning
                 cands, conf, self.finetuned = predict_finetuning(
-                    model, vocab, enc, every, steps=steps, window=window, lr=lr, device=device
+                    predict_streams,
+                    model,
+                    vocab,
+                    enc,
+                    every,
+                    steps=steps,
+                    window=window,
+                    lr=lr,
+                    device=device,
                 )
             log.derived[key] = (cands, conf, self.finetuned)
             return cands, conf

@@ -17,6 +17,7 @@ candidates still name them), as they do the frozen model.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -28,6 +29,7 @@ WARM_READS = 4_096  # as the live arm warms a swapped-in model's client states
 
 
 def predict_finetuning(
+    predict: Callable[..., tuple[Candidates, np.ndarray, np.ndarray]],
     model: Any,
     vocab: Any,
     enc: Any,
@@ -42,10 +44,10 @@ def predict_finetuning(
     device: str = "cpu",
     k: int = 10,
 ) -> tuple[Candidates, np.ndarray, dict[str, Any]]:
-    """Every read's candidates and confidence (as ``predict_streams``'s over the whole trace), the
-    model fine-tuned after each span of ``every`` reads on the last ``window`` reads (``every``
-    when 0); and a record of the fine-tunings (losses before and after, per span)."""
-    from ml.inference.arm import predict_streams
+    """Every read's candidates and confidence, as ``predict`` (``ml.inference.arm.predict_streams``)
+    gives them over the whole trace, but with the model fine-tuned after each span of ``every``
+    reads on the last ``window`` reads (``every`` when 0); and a record of the fine-tunings (the
+    first and last step's loss, per span)."""
     from ml.training.data import windows
 
     if every < 1 or steps < 0 or window < 0:
@@ -64,7 +66,7 @@ def predict_finetuning(
         lo = max(0, start - warm)
         # The warm reads' rows hold the span before's candidates: kept, not overwritten.
         kept = cands.codes[lo:start].copy(), cands.scores[lo:start].copy()
-        _, span_conf, _ = predict_streams(model, vocab, enc, np.arange(lo, end), k, device=device, into=cands)
+        _, span_conf, _ = predict(model, vocab, enc, np.arange(lo, end), k, device=device, into=cands)
         cands.codes[lo:start], cands.scores[lo:start] = kept
         conf[start:end] = span_conf[start:end]
         if end == n or not steps:

@@ -1038,7 +1038,9 @@ def test_fine_tuning_while_replaying_recovers_after_a_change_of_pattern(trained:
     model, vocab, _ = load_model(trained[0])
     enc = encode(log, vocab, successors=model.cfg.successors, replay=replay_slots_of(model.cfg))
     frozen = predict_streams(model, vocab, enc, np.arange(len(enc)))[0]
-    tuned, _, record = predict_finetuning(model, vocab, enc, 500, steps=20, length=32, batch=16)
+    tuned, _, record = predict_finetuning(
+        predict_streams, model, vocab, enc, 500, steps=20, length=32, batch=16
+    )
     assert np.array_equal(tuned.codes[:500], frozen.codes[:500])
     assert np.array_equal(tuned.scores[:500], frozen.scores[:500])
     assert len(record["spans"]) == 11 and record["spans"][-1]["at"] == 5500
