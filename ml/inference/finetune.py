@@ -77,7 +77,7 @@ def predict_finetuning(
         losses = []
         for _ in range(steps):
             rows = torch.randint(rows_total, (min(batch, rows_total),), generator=gen)
-            batch_data = {k: v[rows].to(device) for k, v in data.items() if k != "order"}
+            batch_data = {name: v[rows].to(device) for name, v in data.items() if name != "order"}
             loss = model.batch_loss(batch_data)
             opt.zero_grad(set_to_none=True)
             loss.backward()
