@@ -168,7 +168,11 @@ class Engine:
         make: Callable[..., Predictor] = make_predictor,
         loader_defaults: dict[str, Any] | None = None,
         drift_window: int = 10_000,
+        hints: bool = True,
+        rules: bool = True,
     ) -> None:
+        """``hints``, ``rules``: work out the hints and template rules the proxy applies (each off
+        when the proxy is told not to apply them: ``prefetch_hints``, ``prefetch_rules``)."""
         if not specs:
             raise ConfigError("the engine needs at least one arm")
         self.names = [name for name, _ in specs]
@@ -200,9 +204,10 @@ class Engine:
         # cached costs none in the simulator; the proxy checks the real tier before filling.
         self.shadows: list[OrderedDict[tuple[int, bytes], None]] = [OrderedDict() for _ in specs]
         self.shadow_sizes = [shadow] * len(specs)
+        self.hints = hints
         self.hints_sent: OrderedDict[tuple[int, bytes], tuple[bytes, ...]] = OrderedDict()
         self.new_hints: list[tuple[int, bytes, tuple[bytes, ...]]] = []
-        self.shaped = [bool(getattr(p, "template_hints", False)) for p in self.predictors]
+        self.shaped = [rules and bool(getattr(p, "template_hints", False)) for p in self.predictors]
         self.rule_counts: OrderedDict[tuple[int, str, str], list[int]] = OrderedDict()  # [named, read]
         # Per client, the keys a shaped arm named after its last reads, with the rule they follow.
         self.pending: OrderedDict[int, deque[tuple[tuple[int, str, str], str]]] = OrderedDict()
@@ -248,8 +253,13 @@ class Engine:
             if len(shadow) > self.shadow_sizes[arm]:
                 shadow.popitem(last=False)
 
-    def step(self, records: Sequence[Record], now: float) -> list[Prefetch]:
-        """Observe ``records`` in order; return the prefetches their arms' predictors ask for."""
+    def step(self, records: Sequence[Record], now: float, observe_stale: bool = True) -> list[Prefetch]:
+        """Observe ``records`` in order; return the prefetches their arms' predictors ask for.
+        ``observe_stale`` False: records past ``max_age`` are counted (and shed) but not observed
+        either, what an engine held to a share of a core does (``prefetch.cpubudget``): its
+        predictors see less of the stream, and what it costs per read is no longer theirs."""
+        if not observe_stale:
+            records = self._shed_stale(records, now)
         out: list[Prefetch] = []
         predictors = self.predictors
         arm_of = self.split.arm_of
@@ -270,6 +280,7 @@ class Engine:
                         self.figures_of(r[0] >> PEER_STREAM_SHIFT)[a].predict_errors += 1
         observe_drift = self.drift.observe
         peer_figures = self.peer_figures
+        max_age = self.max_age
         for (stream, db, key, t, hit), name in zip(records, names, strict=True):
             observe_drift(name)
             arm = arm_of(key)
@@ -286,7 +297,7 @@ class Engine:
             self._hold(arm, db, key)
             if not budget:
                 continue
-            if now - t > self.max_age:
+            if now - t > max_age:
                 figures.shed += 1
                 continue
             have = tokens[arm] + budget  # (tokens come with the reads of the arm's own keys)
@@ -321,8 +332,31 @@ class Engine:
                 tokens[a] = have
                 if self.shaped[a]:
                     self._learn_rules(a, name, candidates, stream)
-            self._hint(db, key, tuple(named))
+            if self.hints:
+                self._hint(db, key, tuple(named))
         return out
+
+    def _shed_stale(self, records: Sequence[Record], now: float) -> Sequence[Record]:
+        """The records still fresh; the others are counted in their arms' figures (and shed)."""
+        max_age = self.max_age
+        if all(now - r[3] <= max_age for r in records):
+            return records
+        arm_of = self.split.arm_of
+        fresh = []
+        for record in records:
+            stream, db, key, t, hit = record
+            if now - t <= max_age:
+                fresh.append(record)
+                continue
+            arm = arm_of(key)
+            peer = stream >> PEER_STREAM_SHIFT
+            figures = (self.peer_figures.get(peer) or self.figures_of(peer))[arm]
+            figures.gets += 1
+            figures.hits += hit
+            if self.budget:  # (as in step: an arm that never prefetches sheds nothing)
+                figures.shed += 1
+            self._hold(arm, db, key)  # (it is in the tier now, as after any read)
+        return fresh
 
     def _hint(self, db: int, key: bytes, named: tuple[bytes, ...]) -> None:
         """Note what the arms named after a read of ``key``, to tell the proxy if it changed."""

@@ -41,6 +41,7 @@ from typing import Any
 from accesslog.recorder import AccessRecorder
 from common.errors import ConfigError
 from common.histogram import LatencyHistogram
+from prefetch.cpubudget import CpuBudget
 from prefetch.engine import Engine, Prefetch, Record, peer_db, peer_of_db, peer_of_stream, peer_stream
 
 REPORT_EVERY = 0.2
@@ -123,13 +124,15 @@ def serve(
     engine: Engine,
     recorder: AccessRecorder | None = None,
     listener: socket.socket | None = None,
+    cpu: CpuBudget | None = None,
 ) -> None:
     """Answer batches; with a recorder, record every read that comes (before any is shed from
     prediction) and write them every ``RECORD_EVERY`` seconds. ``sock``: the one proxy this engine
     serves, until it closes its end. ``listener``: a listening socket every proxy of a ``--workers``
-    set connects to; served until SIGTERM or until the process that started it is gone."""
+    set connects to; served until SIGTERM or until the process that started it is gone. ``cpu``:
+    the share of a core it keeps to (``prefetch.cpubudget``; none: no bound)."""
     try:
-        Hub(engine, recorder, listener).run(sock)
+        Hub(engine, recorder, listener, cpu or CpuBudget(1.0)).run(sock)
     finally:
         if recorder is not None:
             recorder.close()
@@ -141,9 +144,14 @@ class Hub:
     followed, a template rule to every peer, a report to each peer with its own arms' figures."""
 
     def __init__(
-        self, engine: Engine, recorder: AccessRecorder | None, listener: socket.socket | None
+        self,
+        engine: Engine,
+        recorder: AccessRecorder | None,
+        listener: socket.socket | None,
+        cpu: CpuBudget,
     ) -> None:
         self.engine = engine
+        self.cpu = cpu
         self.recorder = recorder
         self.listener = listener
         self.selector = selectors.DefaultSelector()
@@ -161,6 +169,10 @@ class Hub:
         report = self.engine.report(peer)
         report["pid"] = os.getpid()
         report["peers"] = len(self.peers)
+        report["cpu"] = {
+            "seconds": round(time.process_time(), 3),
+            "paused_seconds": round(self.cpu.paused, 3),
+        }
         report["stages"] = {
             f"{name}_p{p}_us": histogram.percentile(p)
             for name, histogram in (("arrived", self.arrived), ("answered", self.answered))
@@ -236,6 +248,8 @@ class Hub:
             selector.register(self.listener, selectors.EVENT_READ, None)
         if sock is not None:
             self.add(sock)
+        # Held to a share of a core, the engine spends nothing on reads it cannot predict from.
+        observe_stale = not self.cpu.bounded
         # The proxy's batch times are its monotonic clock (the same clock here); the log's are epoch.
         to_epoch = time.time() - time.monotonic()
         last_write = time.monotonic()
@@ -280,7 +294,7 @@ class Hub:
                             pending += expand(t, reads)
                             continue
                         if pending:
-                            out += engine.step(pending, time.monotonic())
+                            out += engine.step(pending, time.monotonic(), observe_stale)
                             pending = []
                         if kind == "reset":
                             engine.reset()
@@ -292,7 +306,7 @@ class Hub:
                             peer.sizes = payload
                             self._resize()
             if pending:
-                out += engine.step(pending, time.monotonic())
+                out += engine.step(pending, time.monotonic(), observe_stale)
             changed = engine.tick()
             now = time.monotonic()
             if recorder is not None and now - last_write >= RECORD_EVERY:
@@ -307,6 +321,15 @@ class Hub:
                 done = time.monotonic()
                 for t in started:
                     self.answered.record(done - t)
+            if self.cpu.bounded:
+                pause = self.cpu.pause_after(time.monotonic(), time.process_time())
+                if pause:
+                    # The proxies shed their reads until it ends (no batch is built for nothing);
+                    # what they sent before they knew is shed here, stale, without being observed.
+                    message = frame(("pause", time.monotonic() + pause))
+                    for peer in list(self.peers.values()):
+                        self.send(peer, message)
+                    time.sleep(pause)
 
     def _accept(self) -> None:
         assert self.listener is not None
@@ -368,6 +391,9 @@ def config_json(
     device: str,
     access_log: dict[str, Any] | None,
     drift_window: int,
+    cpu_share: float = 1.0,
+    hints: bool = True,
+    rules: bool = True,
 ) -> str:
     """The engine process's ``--config`` (``prefetch.engine_process``)."""
     return json.dumps(
@@ -381,6 +407,9 @@ def config_json(
             "device": device,
             "access_log": access_log,
             "drift_window": drift_window,
+            "cpu_share": cpu_share,
+            "hints": hints,
+            "rules": rules,
         }
     )
 
@@ -432,7 +461,10 @@ def main(argv: list[str] | None = None) -> int:
             max_age=config.get("max_age", 0.05),
             loader_defaults={"device": config.get("device", "auto")},
             drift_window=config.get("drift_window", 10_000),
+            hints=config.get("hints", True),
+            rules=config.get("rules", True),
         )
+        cpu = CpuBudget(float(config.get("cpu_share", 1.0)))
         recorder = AccessRecorder(**config["access_log"]) if config.get("access_log") else None
     except (ConfigError, ValueError, OSError) as exc:
         line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
@@ -442,7 +474,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"prediction engine: {line}", file=sys.stderr)
         return 2
     try:
-        serve(sock, engine, recorder, listener)
+        serve(sock, engine, recorder, listener, cpu)
     except (BrokenPipeError, ConnectionResetError):
         pass
     return 0

@@ -104,6 +104,12 @@ def serve_main(argv: list[str]) -> int:
         help="the prediction engine's CPU priority (default low)",
     )
     p.add_argument(
+        "--prefetch-engine-cpu",
+        dest="prefetch_engine_cpu",
+        type=float,
+        help="the share of one core the prediction engine may use, in (0, 1] (default 1: no bound)",
+    )
+    p.add_argument(
         "--no-prefetch-hints",
         dest="prefetch_hints",
         action="store_const",
@@ -233,6 +239,7 @@ def serve(args: argparse.Namespace) -> int:
             "ab_seed",
             "prefetch_budget",
             "prefetch_engine_priority",
+            "prefetch_engine_cpu",
             "prefetch_hints",
             "prefetch_rules",
             "prefetch_device",

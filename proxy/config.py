@@ -88,6 +88,10 @@ class Settings:
     # The engine process's CPU priority: "idle" (only spare CPU: never slows the proxy, but its
     # prefetches come late even under light load), "low" (nice 19) or "normal".
     prefetch_engine_priority: str = "low"
+    # The share of one core the engine may use on average (1: no bound). Below 1 it pauses when
+    # past it, and the reads that come meanwhile are shed (prefetch.cpubudget): for hosts whose
+    # cores the proxy, Redis and the clients already fill.
+    prefetch_engine_cpu: float = 1.0
     # What a miss reads beside its own key, without waiting for the engine: the keys the engine
     # named after that key before (hints), and those a model's template rules name (rules). Off,
     # prefetches come only from the engine's answers to each batch, as the simulator models them.
@@ -205,6 +209,10 @@ class Settings:
                 "prefetch_engine_priority must be idle, low, normal or realtime, "
                 f"got {self.prefetch_engine_priority!r}"
             )
+        if not 0.0 < self.prefetch_engine_cpu <= 1.0:
+            raise ConfigError(
+                f"prefetch_engine_cpu must be more than 0 and at most 1 (a share of one core), got {self.prefetch_engine_cpu}"
+            )
         if self.prefetch_device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"prefetch_device must be auto, cpu or cuda, got {self.prefetch_device!r}")
         arms = self.prediction_arms()
@@ -295,6 +303,9 @@ class Settings:
             self.prefetch_device,
             self.access_log(),
             self.drift_window,
+            self.prefetch_engine_cpu,
+            self.prefetch_hints,
+            self.prefetch_rules,
         )
 
     def prediction_arms(self) -> list[tuple[str, str]]:

@@ -194,6 +194,8 @@ class LivePrefetcher:
         # every read the proxy served: the reads shed here, which the engine never saw...
         n = len(self.arms)
         self.shed_gets, self.shed_hits = [0] * n, [0] * n
+        # Until when (this clock) the engine said it pauses, keeping to its CPU share; 0: it does not.
+        self.paused_until = 0.0
         # ...and those sent to the engine now running: when it dies they are carried (a restarted
         # engine counts from nothing), with its own counts of prefetches, shed and errors.
         self.sent_gets, self.sent_hits = [0] * n, [0] * n
@@ -249,6 +251,7 @@ class LivePrefetcher:
             transport is None
             or transport.is_closing()
             or transport.get_write_buffer_size() > SEND_BUFFER_LIMIT
+            or (self.paused_until and self._engine_paused())
         )
         gets, hits = (self.shed_gets, self.shed_hits) if shed else (self.sent_gets, self.sent_hits)
         if self.arm_of is None:
@@ -280,6 +283,13 @@ class LivePrefetcher:
 
     # ------------------------------------------------------------------ the engine's answers
 
+    def _engine_paused(self) -> bool:
+        """Whether the engine said it pauses now (its CPU share spent): batches are shed meanwhile."""
+        if _mono() < self.paused_until:
+            return True
+        self.paused_until = 0.0
+        return False
+
     def on_message(self, message: tuple[str, Any]) -> None:
         kind, payload = message
         if kind == "prefetch":
@@ -292,6 +302,8 @@ class LivePrefetcher:
         elif kind == "rules":
             if self.use_rules:
                 self._rules(payload)
+        elif kind == "pause":  # (the engine keeps to its CPU share: prefetch.cpubudget)
+            self.paused_until = payload
         elif kind == "report":
             self.engine_report = payload
         elif kind == "reset":  # (a shared engine's: a worker's PREDIS AB RESET, for every worker)
@@ -459,6 +471,7 @@ class LivePrefetcher:
             return
         self.proto = None
         self.ready = False
+        self.paused_until = 0.0  # (its successor has not paused)
         if self.closed:
             return
         self.fallbacks[self.killing or "engine_died"] += 1
@@ -574,6 +587,9 @@ class LivePrefetcher:
         out.update(self.engine_report.get("drift", {}))
         for key, value in self.engine_report.get("stages", {}).items():
             out[f"engine_{key}"] = value
+        cpu = self.engine_report.get("cpu", {})
+        out["engine_cpu_seconds"] = float(cpu.get("seconds", 0.0))  # (the running engine's, since its start)
+        out["engine_paused_seconds"] = float(cpu.get("paused_seconds", 0.0))
         for p in (50, 99):  # (the last stage: from the engine's answer to this loop reading it)
             out[f"engine_answer_read_p{p}_us"] = self.answer_read.percentile(p)
         return out

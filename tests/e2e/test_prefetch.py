@@ -106,6 +106,39 @@ def test_ab_arms_split_the_keys_and_their_figures_add_up(
     assert stats(client)["prefetch_engine_answer_read_p99_us"] == 0.0
 
 
+def test_an_engine_held_to_its_cpu_share_pauses_sheds_and_is_never_taken_for_stalled(
+    make_proxy: Any, redis_server: Any, direct: redis.Redis
+) -> None:
+    """``prefetch_engine_cpu``: an engine held to 1% of a core, under more reads than that pays
+    for, pauses (counted in seconds) and says so; the proxy sheds the reads that come meanwhile
+    and serves every read right all along; a pause is not a stall (the engine is never restarted
+    for it)."""
+    keys = [f"cpu:{i}" for i in range(2_000)]
+    direct.mset({key: f"value-{key}" for key in keys})
+    proxy = make_proxy(redis_server.url, prefetch="markov", prefetch_engine_cpu=0.01)
+    prediction = proxy.server.prediction
+    wait_for(lambda: proxy.server.tier.active and prediction.ready, timeout=30)
+    client = proxy.client()
+    # Reads until the engine has paused: Markov's work per read is far over 1% of the time the
+    # proxy takes to serve it, on any machine, so the loop ends long before its bound.
+    for _ in range(100):
+        pipe = client.pipeline(transaction=False)
+        for key in keys:
+            pipe.get(key)
+        assert pipe.execute() == [f"value-{key}".encode() for key in keys]
+        if prediction.figures()["engine_paused_seconds"] > 0 and sum(prediction.shed_gets):
+            break
+    figures = prediction.figures()
+    assert figures["engine_paused_seconds"] > 0, figures
+    # Told of the pause, the proxy shed the reads that came meanwhile itself, unsent.
+    assert sum(prediction.shed_gets) > 0
+    assert figures["engine_cpu_seconds"] > 0
+    wait_for(lambda: prediction.figures()["predict_shed"] > 0, timeout=10)
+    assert stats(client)["prefetch_engine_paused_seconds"] > 0  # (STATS and INFO show it)
+    figures = prediction.figures()
+    assert figures["engine_starts"] == 1 and figures["fallback_engine_stalled"] == 0
+
+
 @pytest.mark.parametrize("fault", ["kill", "stop"])
 def test_a_dead_or_stalled_engine_is_counted_restarted_and_never_stops_the_proxy(
     make_proxy: Any, redis_server: Any, direct: redis.Redis, fault: str

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -102,6 +103,23 @@ def test_what_a_miss_reads_beside_its_key_can_be_switched_off(tmp_path: Path) ->
     assert off.prefetch_rules is False and off.prefetch_hints is True
     with pytest.raises(ConfigError, match="prefetch_rules must be bool"):
         load_settings(env={"PREDIS_PREFETCH_RULES": "sometimes"})
+    # The engine is told, so that it works out neither (prefetch.engine_process's config).
+    told = json.loads(load_settings(toml, env={"PREDIS_PREFETCH": "markov"}).engine_config())
+    assert (told["hints"], told["rules"]) == (True, False)
+
+
+def test_the_engines_cpu_share(tmp_path: Path) -> None:
+    """``prefetch_engine_cpu``: a share of one core in (0, 1], 1 by default (no bound), passed to the
+    engine's process; anything else is a one-line error."""
+    assert load_settings(env={}).prefetch_engine_cpu == 1.0
+    toml = tmp_path / "p.toml"
+    toml.write_text("prefetch = 'markov'\nprefetch-engine-cpu = 0.25\n")
+    settings = load_settings(toml, env={})
+    assert settings.prefetch_engine_cpu == 0.25
+    assert json.loads(settings.engine_config())["cpu_share"] == 0.25
+    for bad in ("0", "1.5", "-1"):
+        with pytest.raises(ConfigError, match="prefetch_engine_cpu must be more than 0 and at most 1"):
+            load_settings(env={"PREDIS_PREFETCH_ENGINE_CPU": bad})
 
 
 def test_admin_address() -> None:

@@ -11,6 +11,7 @@ import pytest
 
 from common.errors import ConfigError
 from prefetch.abtest import MIN_GETS, SequentialTest, chi_square, difference, report
+from prefetch.cpubudget import CpuBudget
 from prefetch.engine import (
     ArmSplit,
     Engine,
@@ -71,6 +72,10 @@ def test_each_arm_prefetches_only_its_own_keys_within_its_budget() -> None:
     engine._hint(0, b"k:7", (b"k:8",))  # (the same keys named again: nothing new to tell)
     engine._hint(0, b"k:7", (b"k:9",))
     assert engine.take_hints() == [(0, b"k:7", (b"k:9",))]
+    # A proxy that applies no hints (prefetch_hints off): none are worked out, the prefetches the same.
+    quiet = Engine([("A", "obl:k=2"), ("B", "obl:k=2")], seed=3, budget=1.0, shadow=50, hints=False)
+    assert quiet.step(records, now=100.0) == out
+    assert quiet.take_hints() == [] and not quiet.hints_sent
 
 
 def test_the_ranker_runs_as_a_live_arm() -> None:
@@ -102,6 +107,50 @@ def test_stale_records_are_observed_but_not_predicted_from() -> None:
     records = [(1, 0, k, 100.0, False) for k in keys(100)]
     assert engine.step(records, now=100.5) == []
     assert engine.figures[0].shed == 100 and engine.figures[0].gets == 100
+
+
+class Batched:
+    """A predictor that works a batch at a time, as the model's arm does: ``prepare`` is given the
+    reads that ``observe`` will then be given one by one (the arm indexes its batch by them)."""
+
+    name = "batched"
+    max_footprint = 0
+
+    def __init__(self) -> None:
+        self.prepared: list[list[str]] = []
+        self.observed: list[str] = []
+
+    def prepare(self, reads: list[tuple[int, str, float, bool]]) -> None:
+        self.prepared.append([key for _, key, _, _ in reads])
+
+    def observe(self, key: str, t: float, hit: bool, client: int = 0) -> None:
+        self.observed.append(key)
+
+    def predict(self, k: int) -> list[tuple[str, float]]:
+        return []
+
+    def footprint(self) -> int:
+        return 0
+
+
+def test_an_engine_held_to_its_cpu_share_counts_stale_records_without_observing_them() -> None:
+    """``observe_stale=False`` (an engine under a CPU share): a stale record is counted in its
+    arm's figures (a GET, a hit or a miss, shed) and reaches no predictor, neither ``prepare`` nor
+    ``observe``, so a batched arm's batch and its reads stay in step."""
+    arm = Batched()
+    engine = Engine([("A", "x")], make=lambda spec, **_: arm, budget=1.0, max_age=0.05)
+    records = [(1, 0, k, 100.0 if i % 3 else 99.0, i % 2 == 0) for i, k in enumerate(keys(30))]
+    engine.step(records, now=100.01, observe_stale=False)
+    fresh = [k.decode() for i, k in enumerate(keys(30)) if i % 3]
+    assert arm.prepared == [fresh] and arm.observed == fresh
+    figures = engine.figures[0]
+    assert (figures.gets, figures.hits, figures.shed) == (30, 15, 10)
+    # By default the same records are all observed (the heuristics are cheap), the stale not predicted from.
+    arm2 = Batched()
+    engine2 = Engine([("A", "x")], make=lambda spec, **_: arm2, budget=1.0, max_age=0.05)
+    engine2.step(records, now=100.01)
+    assert arm2.observed == [k.decode() for k in keys(30)] and len(arm2.prepared[0]) == 30
+    assert (engine2.figures[0].gets, engine2.figures[0].hits, engine2.figures[0].shed) == (30, 15, 10)
 
 
 class Failing:
@@ -261,6 +310,14 @@ def test_a_shaped_arm_teaches_the_template_rules_it_follows() -> None:
     engine.step(visit(10, 11, 12), now=1.0)
     assert engine.take_rules() == [(0, "user:#:profile", "user:#:orders")]
     assert engine.take_rules() == []
+    # A proxy that applies no rules (prefetch_rules off): the engine learns none.
+    ruleless = Engine(
+        [("S", "x"), ("M", "markov")],
+        make=lambda spec, **_: Shaped() if spec == "x" else Markov(),
+        rules=False,
+    )
+    ruleless.step(visit(7, 8, 10, 11, 12), now=1.0)
+    assert ruleless.take_rules() == [] and not ruleless.rule_counts
     # Rules are bounded in all (the proxy keeps what it is taught): none past RULES_MAX.
     import prefetch.engine as engine_module
 
@@ -335,3 +392,31 @@ def test_the_engine_priority_is_set_or_its_refusal_said(priority: str) -> None:
     else:  # (refused: this process may not)
         assert priority == "realtime" and policy == os.SCHED_OTHER
         assert out.stderr.startswith("prediction engine: realtime priority refused ("), out.stderr
+
+
+def test_the_cpu_budget_pauses_the_engine_to_its_share_in_stretches() -> None:
+    """An engine that would run all the time is paused to its share of a core over a long run, in
+    a few long pauses rather than one after every round; at share 1 it is never paused."""
+    for share in (0.1, 0.25, 0.5):
+        budget = CpuBudget(share)
+        wall = cpu = 0.0
+        pauses = []
+        for _ in range(20_000):  # rounds of 1 ms of work each
+            wall += 0.001
+            cpu += 0.001
+            pause = budget.pause_after(wall, cpu)
+            if pause:
+                pauses.append(pause)
+                wall += pause
+        assert cpu / wall == pytest.approx(share, rel=0.05)
+        assert budget.paused == pytest.approx(sum(pauses))
+        assert len(pauses) < 20_000 / 5  # (stretches of several rounds between pauses)
+        assert max(pauses) <= budget.max_pause
+    # Within its share (1 ms of work in 10 ms at 0.25), never paused; at 1, never, whatever it does.
+    light, free = CpuBudget(0.25), CpuBudget(1.0)
+    assert not any(light.pause_after(i * 0.01, i * 0.001) for i in range(1_000))
+    assert not any(free.pause_after(i * 0.001, i * 0.001) for i in range(1_000))
+    assert not free.bounded and light.bounded
+    for bad in (0.0, -0.5, 1.5):
+        with pytest.raises(ValueError, match="share"):
+            CpuBudget(bad)

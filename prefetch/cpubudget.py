@@ -1,0 +1,60 @@
+"""The prediction engine's share of a core (``prefetch_engine_cpu``), kept by pausing it.
+
+On a host whose cores the proxy, Redis and their clients already fill, any other busy process costs
+them throughput, whatever its priority: it runs in the gaps while they wait on each other, and
+each of them then waits for the core at its next wake-up (bench/RESULTS.md, "Why: any process at
+nice 19 costs as much on these two cores"). A share below 1 bounds what the engine takes: after
+each round of batches it is told how long to pause, and while it pauses it reads nothing, so the
+reads sent meanwhile grow old and are shed (by the proxy when its send buffer passes its bound,
+by the engine when it reaches them past ``max_age``), as when the engine falls behind for any
+other reason. Nothing on the request path waits for it.
+
+The engine runs ahead of its share by at most ``burst`` CPU seconds, then pauses until it is back
+within half of that: it works and rests in stretches of a few tens of milliseconds, not a pause
+after every batch, so the processes it shares the cores with are woken into a busy core in a few
+stretches, not at every batch.
+
+Sans-I/O: ``pause_after`` takes the clock readings and returns the pause; the engine's process
+reads its clocks and sleeps.
+"""
+
+from __future__ import annotations
+
+BURST = 0.02  # CPU seconds the engine may run past its share before it pauses
+MAX_PAUSE = 0.5  # at most this long at a time (the proxy's stall check waits 2 s for an answer)
+
+
+class CpuBudget:
+    """``share``: the part of one core the engine may use on average, in (0, 1]; 1 is no bound
+    (one core is all a single-threaded engine takes)."""
+
+    def __init__(self, share: float, burst: float = BURST, max_pause: float = MAX_PAUSE) -> None:
+        if not 0.0 < share <= 1.0:
+            raise ValueError(f"the engine's CPU share must be in (0, 1], got {share}")
+        self.share = share
+        self.burst = burst
+        self.max_pause = max_pause
+        self.credit = burst  # CPU seconds the engine may still use ahead of its share
+        self.wall: float | None = None
+        self.cpu = 0.0
+        self.paused = 0.0  # seconds paused in all (reported)
+
+    @property
+    def bounded(self) -> bool:
+        return self.share < 1.0
+
+    def pause_after(self, wall: float, cpu: float) -> float:
+        """The pause to take now, given the wall clock and the process's CPU time (seconds)."""
+        if not self.bounded:
+            return 0.0
+        if self.wall is None:
+            self.wall, self.cpu = wall, cpu
+            return 0.0
+        earned = self.share * (wall - self.wall)
+        self.credit = min(self.burst, self.credit + earned - (cpu - self.cpu))
+        self.wall, self.cpu = wall, cpu
+        if self.credit >= 0.0:
+            return 0.0
+        pause = min(self.max_pause, (self.burst / 2 - self.credit) / self.share)
+        self.paused += pause
+        return pause
