@@ -92,7 +92,9 @@ class Alerts:
         records, shed = snap.get("prefetch_records"), snap.get("prefetch_predict_shed")
         if records is not None and shed is not None:
             if self._records is not None and records - self._records[0] >= 1_000:
-                share = (shed - self._records[1]) / (records - self._records[0])
+                # (The engine's shed counts come in its reports, a little after the reads they
+                # count: a window can take in an earlier one's, so the share is capped at all.)
+                share = min(1.0, (shed - self._records[1]) / (records - self._records[0]))
                 if self.on("shed_share") and share > t["shed_share"]:
                     breaches[("shed_share", "")] = share
                 self._records = (records, shed)
