@@ -12,7 +12,8 @@ which a miss applies at once, its reads going out beside its own fill. One token
 bounds all of them. Nothing here ever waits for the engine:
 
 * the buffer full, or the socket's send buffer past its bound (the engine behind, stalled or
-  dead): the records are dropped from prediction and counted (``predict_shed``);
+  dead), or the engine pausing to keep to its share of a core (``prefetch_engine_cpu``, which it
+  says): the records are dropped from prediction and counted (``predict_shed``);
 * the engine process dies, or stops answering for ``stall_after`` seconds while records wait: it
   is killed if need be and started again with backoff, and every such fallback is counted by
   reason. While it is down the arms prefetch nothing and the proxy serves as without prediction.
