@@ -14,8 +14,16 @@ within half of that: it works and rests in stretches of a few tens of millisecon
 after every batch, so the processes it shares the cores with are woken into a busy core in a few
 stretches, not at every batch.
 
-Sans-I/O: ``pause_after`` takes the clock readings and returns the pause; the engine's process
-reads its clocks and sleeps.
+An engine that records reads for retraining (``access_log_dir``) never pauses: every read must
+still reach it to be recorded; its share then bounds only its predicting, and what recording
+costs counts against it.
+
+Within a round, the engine works through its reads a chunk at a time and sheds the rest once
+``over`` says its share is spent, so no round runs far past it (a backlog of a megabyte of reads
+would otherwise take seconds, and the proxy would take the engine for stalled).
+
+Sans-I/O: ``over`` and ``pause_after`` take the clock readings and say what to do; the engine's
+process reads its clocks and sleeps.
 """
 
 from __future__ import annotations
@@ -43,17 +51,22 @@ class CpuBudget:
     def bounded(self) -> bool:
         return self.share < 1.0
 
-    def pause_after(self, wall: float, cpu: float) -> float:
-        """The pause to take now, given the wall clock and the process's CPU time (seconds)."""
+    def over(self, wall: float, cpu: float) -> bool:
+        """Whether the engine has spent its share, given the wall clock and the process's CPU
+        time (seconds): what it has not yet worked on this round is shed."""
         if not self.bounded:
-            return 0.0
+            return False
         if self.wall is None:
             self.wall, self.cpu = wall, cpu
-            return 0.0
+            return False
         earned = self.share * (wall - self.wall)
         self.credit = min(self.burst, self.credit + earned - (cpu - self.cpu))
         self.wall, self.cpu = wall, cpu
-        if self.credit >= 0.0:
+        return self.credit < 0.0
+
+    def pause_after(self, wall: float, cpu: float) -> float:
+        """The pause to take now, at the end of a round (the same readings as ``over``)."""
+        if not self.over(wall, cpu):
             return 0.0
         pause = min(self.max_pause, (self.burst / 2 - self.credit) / self.share)
         self.paused += pause

@@ -341,13 +341,14 @@ class Engine:
         max_age = self.max_age
         if all(now - r[3] <= max_age for r in records):
             return records
+        self.shed([r for r in records if now - r[3] > max_age])
+        return [r for r in records if now - r[3] <= max_age]
+
+    def shed(self, records: Sequence[Record]) -> None:
+        """Count ``records`` in their arms' figures (GETs, hits, shed) without observing them: what
+        an engine past its share of a core does with the reads it has no time for."""
         arm_of = self.split.arm_of
-        fresh = []
-        for record in records:
-            stream, db, key, t, hit = record
-            if now - t <= max_age:
-                fresh.append(record)
-                continue
+        for stream, db, key, _, hit in records:
             arm = arm_of(key)
             peer = stream >> PEER_STREAM_SHIFT
             figures = (self.peer_figures.get(peer) or self.figures_of(peer))[arm]
@@ -356,7 +357,6 @@ class Engine:
             if self.budget:  # (as in step: an arm that never prefetches sheds nothing)
                 figures.shed += 1
             self._hold(arm, db, key)  # (it is in the tier now, as after any read)
-        return fresh
 
     def _hint(self, db: int, key: bytes, named: tuple[bytes, ...]) -> None:
         """Note what the arms named after a read of ``key``, to tell the proxy if it changed."""

@@ -45,6 +45,7 @@ from prefetch.cpubudget import CpuBudget
 from prefetch.engine import Engine, Prefetch, Record, peer_db, peer_of_db, peer_of_stream, peer_stream
 
 REPORT_EVERY = 0.2
+CHUNK = 256  # reads stepped between two looks at the CPU share, when the engine is held to one
 _LEN = struct.Struct(">I")
 
 
@@ -248,8 +249,6 @@ class Hub:
             selector.register(self.listener, selectors.EVENT_READ, None)
         if sock is not None:
             self.add(sock)
-        # Held to a share of a core, the engine spends nothing on reads it cannot predict from.
-        observe_stale = not self.cpu.bounded
         # The proxy's batch times are its monotonic clock (the same clock here); the log's are epoch.
         to_epoch = time.time() - time.monotonic()
         last_write = time.monotonic()
@@ -294,7 +293,7 @@ class Hub:
                             pending += expand(t, reads)
                             continue
                         if pending:
-                            out += engine.step(pending, time.monotonic(), observe_stale)
+                            out += self._step(pending)
                             pending = []
                         if kind == "reset":
                             engine.reset()
@@ -306,7 +305,7 @@ class Hub:
                             peer.sizes = payload
                             self._resize()
             if pending:
-                out += engine.step(pending, time.monotonic(), observe_stale)
+                out += self._step(pending)
             changed = engine.tick()
             now = time.monotonic()
             if recorder is not None and now - last_write >= RECORD_EVERY:
@@ -321,15 +320,33 @@ class Hub:
                 done = time.monotonic()
                 for t in started:
                     self.answered.record(done - t)
-            if self.cpu.bounded:
+            # Past its share of a core, the engine pauses, and the proxies shed their reads until
+            # it ends (no batch is built for nothing); what they sent before they knew is shed
+            # here, stale, without being observed. Not while recording: every read must still
+            # come, to be recorded, so the engine never pauses then, and its share bounds only its
+            # predicting (``_step`` sheds the rest; recording's CPU counts against the share).
+            if self.cpu.bounded and recorder is None:
                 pause = self.cpu.pause_after(time.monotonic(), time.process_time())
                 if pause:
-                    # The proxies shed their reads until it ends (no batch is built for nothing);
-                    # what they sent before they knew is shed here, stale, without being observed.
                     message = frame(("pause", time.monotonic() + pause))
                     for peer in list(self.peers.values()):
                         self.send(peer, message)
                     time.sleep(pause)
+
+    def _step(self, records: list[Record]) -> list[Prefetch]:
+        """The engine's step over a round's reads. Held to a share of a core, it spends nothing on
+        reads it cannot predict from (stale ones are counted, not observed), and works a chunk at
+        a time: once its share is spent, the rest of the round is shed."""
+        engine, cpu = self.engine, self.cpu
+        if not cpu.bounded:
+            return engine.step(records, time.monotonic())
+        out: list[Prefetch] = []
+        for at in range(0, len(records), CHUNK):
+            if cpu.over(time.monotonic(), time.process_time()):
+                engine.shed(records[at:])
+                break
+            out += engine.step(records[at : at + CHUNK], time.monotonic(), observe_stale=False)
+        return out
 
     def _accept(self) -> None:
         assert self.listener is not None

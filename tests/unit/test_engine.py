@@ -417,6 +417,10 @@ def test_the_cpu_budget_pauses_the_engine_to_its_share_in_stretches() -> None:
     assert not any(light.pause_after(i * 0.01, i * 0.001) for i in range(1_000))
     assert not any(free.pause_after(i * 0.001, i * 0.001) for i in range(1_000))
     assert not free.bounded and light.bounded
+    # Within a round: over once the share and the burst are spent (the rest of the round is shed).
+    round_ = CpuBudget(0.1)
+    assert not round_.over(0.0, 0.0) and not round_.over(0.01, 0.02)
+    assert round_.over(0.02, 0.03) and not free.over(0.0, 100.0)
     for bad in (0.0, -0.5, 1.5):
         with pytest.raises(ValueError, match="share"):
             CpuBudget(bad)
