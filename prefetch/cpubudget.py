@@ -4,10 +4,10 @@ On a host whose cores the proxy, Redis and their clients already fill, any other
 them throughput, whatever its priority: it runs in the gaps while they wait on each other, and
 each of them then waits for the core at its next wake-up (bench/RESULTS.md, "Why: any process at
 nice 19 costs as much on these two cores"). A share below 1 bounds what the engine takes: after
-each round of batches it is told how long to pause, and while it pauses it reads nothing, so the
-reads sent meanwhile grow old and are shed (by the proxy when its send buffer passes its bound,
-by the engine when it reaches them past ``max_age``), as when the engine falls behind for any
-other reason. Nothing on the request path waits for it.
+each round of batches it is told how long to pause, and it tells its proxies when the pause ends.
+They shed the reads that come meanwhile without sending them, and the reads sent before they knew
+are counted and shed, unobserved, when the engine reaches them: as when the engine falls behind
+for any other reason, nothing on the request path waits for it.
 
 The engine runs ahead of its share by at most ``burst`` CPU seconds, then pauses until it is back
 within half of that: it works and rests in stretches of a few tens of milliseconds, not a pause

@@ -195,12 +195,12 @@ class LivePrefetcher:
         # every read the proxy served: the reads shed here, which the engine never saw...
         n = len(self.arms)
         self.shed_gets, self.shed_hits = [0] * n, [0] * n
-        # Until when (this clock) the engine said it pauses, keeping to its CPU share; 0: it does not.
-        self.paused_until = 0.0
         # ...and those sent to the engine now running: when it dies they are carried (a restarted
         # engine counts from nothing), with its own counts of prefetches, shed and errors.
         self.sent_gets, self.sent_hits = [0] * n, [0] * n
         self.carried: list[dict[str, int]] = [dict.fromkeys(("gets", "hits", *CARRIED), 0) for _ in self.arms]
+        # Until when (this clock) the engine said it pauses, keeping to its CPU share; 0: it does not.
+        self.paused_until = 0.0
 
     # ------------------------------------------------------------------ the request path
 
