@@ -339,10 +339,13 @@ class Engine:
     def _shed_stale(self, records: Sequence[Record], now: float) -> Sequence[Record]:
         """The records still fresh; the others are counted in their arms' figures (and shed)."""
         max_age = self.max_age
-        if all(now - r[3] <= max_age for r in records):
-            return records
-        self.shed([r for r in records if now - r[3] > max_age])
-        return [r for r in records if now - r[3] <= max_age]
+        fresh: list[Record] = []
+        stale: list[Record] = []
+        for record in records:
+            (fresh if now - record[3] <= max_age else stale).append(record)
+        if stale:
+            self.shed(stale)
+        return fresh
 
     def shed(self, records: Sequence[Record]) -> None:
         """Count ``records`` in their arms' figures (GETs, hits, shed) without observing them: what
