@@ -103,24 +103,27 @@ def train_main(argv: list[str]) -> int:
         help="fine-tune this model (directory or registry) on the log instead of training from scratch",
     )
     args = p.parse_args(argv)
-    from accesslog.log import read_log
     from common.errors import ConfigError
-    from ml.registry import ModelError, resolve
-    from ml.training.train import train
 
-    if args.init_from:
-        try:
-            resolve(args.init_from)
-        except ModelError as exc:
-            raise ConfigError(f"--init-from: {exc}") from None
-
+    # (the flags are checked before the training code and torch are imported: a bad one answers at once)
     if args.epochs < 1 or args.batch < 1 or args.length < 2 or not 0 < args.split < 1 or not args.lr > 0:
         raise ConfigError(
             "--epochs and --batch must be at least 1, --length at least 2, --split in (0, 1), --lr positive"
         )
     if args.nproc < 1:
         raise ConfigError(f"--nproc must be at least 1, got {args.nproc}")
+    from ml.registry import ModelError, resolve
+
+    if args.init_from:
+        try:
+            resolve(args.init_from)
+        except ModelError as exc:
+            raise ConfigError(f"--init-from: {exc}") from None
+    from accesslog.log import read_log
+
     log = read_log(args.log)
+    from ml.training.train import train
+
     cfg = train_config(
         args,
         seed=args.seed,
@@ -203,14 +206,16 @@ def retrain_main(argv: list[str]) -> int:
     from pathlib import Path
 
     from common.errors import ConfigError
-    from ml.training.retrain import RetrainConfig, drift_alerts, retrain_once, watch
 
+    # (checked before the training code and torch are imported: a bad flag answers at once)
     if not 0 < args.holdout < 1 or args.min_reads < 2 or args.every_reads < 1 or args.interval <= 0:
         raise ConfigError(
             "--holdout must be in (0, 1), --min-reads at least 2, --every-reads and --interval positive"
         )
     if not Path(args.logs).is_dir():
         raise ConfigError(f"--logs {args.logs}: no such directory")
+    from ml.training.retrain import RetrainConfig, drift_alerts, retrain_once, watch
+
     cfg = RetrainConfig(
         holdout=args.holdout,
         cache=args.cache,

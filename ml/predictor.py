@@ -17,6 +17,10 @@ def load_predictor(model_dir: str, log: Any = None, check_only: bool = False, **
 
     rank = params.pop("rank", None)
     if log is not None:
+        try:  # (a missing or corrupt model is told before torch is imported, as the proxy's check does)
+            check_model(model_dir)
+        except ModelError as exc:
+            raise ConfigError(str(exc)) from None
         from ml.inference.arm import MLPredictor
 
         accepted = set(inspect.signature(MLPredictor).parameters) - {"model_dir", "log"}

@@ -208,9 +208,7 @@ def ab_main(argv: list[str]) -> int:
 
 
 def serve(args: argparse.Namespace) -> int:
-    from proxy.embedded import EmbeddedRedis
     from proxy.log import configure_logging
-    from proxy.server import ProxyServer, new_event_loop
 
     overrides = {
         k: getattr(args, k)
@@ -270,6 +268,10 @@ def serve(args: argparse.Namespace) -> int:
             raise PredisError(str(exc)) from None
     settings = load_settings(args.config, overrides=overrides)
     configure_logging(settings.log_level, settings.log_format)
+    # (imported once the settings are known good: a bad flag or file answers without the wait)
+    from proxy.embedded import EmbeddedRedis
+    from proxy.server import ProxyServer, new_event_loop
+
     if settings.workers > 1 and args.worker_index is None:
         from proxy.workers import supervise
 
