@@ -21,10 +21,10 @@ def main(argv: list[str] | None = None) -> int:
     own.add_argument(
         "--quick",
         action="store_true",
-        help="the same steps at smaller sizes (20,000 benchmark requests, a 15,000-access A/B): what the test runs",
+        help="the same steps at smaller sizes (10,000 benchmark requests, an 8,000-access A/B): what the test runs",
     )
     quick = own.parse_args(argv).quick
-    args = build_parser().parse_args(["--requests", "20000" if quick else "50000", "--repeats", "1"])
+    args = build_parser().parse_args(["--requests", "10000" if quick else "50000", "--repeats", "1"])
     with EmbeddedRedis() as upstream:
         print(f"started redis-server on port {upstream.port}; writing {args.keyspace} keys of 64 bytes")
         populate(upstream.port, args.keyspace)
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         "upstream_errors",
     ):
         print(f"  {key}: {stats[key]}")
-    ab_story(15_000 if quick else 30_000)
+    ab_story(8_000 if quick else 30_000)
     return 0
 
 

@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         from ml.features.offline import features as features_np
         from ml.features.offline import features_torch
 
-        n = 20_000 if quick else 1_000_000
+        n = 8_000 if quick else 1_000_000
         log = generate("gaming", n, seed=1)
         state["log"] = log
         codes, _ = log.key_codes()
@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         if log is None:
             from accesslog.generators import generate
 
-            log = generate("gaming", 20_000 if quick else 1_000_000, seed=1)  # features was not run
+            log = generate("gaming", 8_000 if quick else 1_000_000, seed=1)  # features was not run
         cfg = TrainConfig(
             epochs=1 if quick else 20,
             batch=32,

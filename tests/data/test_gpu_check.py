@@ -46,7 +46,7 @@ def test_gpu_check_dry_run_on_the_cpu_without_the_packages_the_gpu_image_lacks(t
         "max abs difference 0.00e+00",  # torch features equal numpy's
         "us per read",  # incremental inference
         "sequences/s",  # training steps
-        "train() on 20,000 gaming reads",
+        "train() on 8,000 gaming reads",
         "DeviceStore (numpy) gather of 1024",
     ):
         assert figure in report, figure

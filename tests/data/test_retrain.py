@@ -43,7 +43,14 @@ def test_retrain_gate_and_rollback(tmp_path: Path, planted_model: Any, capsys: A
     recorded(logs, planted_log(4000))
     assert len(recorded_log(logs)) == 4000
     train = TrainConfig(
-        max_seconds=120.0, epochs=3, max_keys=64, batch=16, length=32, lr=1e-2, precision="fp32"
+        max_seconds=120.0,
+        epochs=3,
+        max_keys=64,
+        batch=16,
+        length=32,
+        lr=1e-2,
+        precision="fp32",
+        ranker_replays="never",
     )
     quick: dict[str, Any] = {"cache": "4", "train": train}
 
@@ -168,6 +175,7 @@ def test_fine_tuning_starts_from_the_current_model_and_learns_a_new_pattern_soon
         "lr": 1e-2,
         "max_keys": 8,
         "precision": "fp32",
+        "ranker_replays": "never",
     }
     tuned = train(
         new, tmp_path / "tuned", TrainConfig(progress=False, init_from=str(profiles_model), **quick)

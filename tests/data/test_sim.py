@@ -51,10 +51,16 @@ SHARED = [
 ]
 
 
+HEAD = 1_000_000
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(("name", "fmt"), SHARED)
 def test_lru_equals_libcachesim_on_every_shared_trace(traces: Path, name: str, fmt: str) -> None:
     log = read_trace(str(traces / name), fmt)
+    # The first million reads of the longer traces (orm-busy's 5 million took 46 s of the suite's
+    # time at three sizes; a difference in eviction order shows within a million reads as well).
+    log = AccessLog(log.table.slice(0, HEAD), log.meta)
     for share in SHARES:
         assert_lru_matches_libcachesim(log, share)
 

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -69,7 +70,7 @@ def run_predis(*args: str, env: dict[str, str] | None = None) -> subprocess.Comp
 def test_bad_input_exits_with_one_line(tmp_path: Path) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text("port = 'x'\n")
-    for args, env, needle in [
+    cases: list[tuple[tuple[str, ...], dict[str, str] | None, str]] = [
         (("serve", "--config", str(bad)), None, "port must be int"),
         (("serve", "--upstream", "http://nope"), None, "must start with redis://"),
         (("serve", "--log-level", "loud"), None, "log_level must be one of"),
@@ -103,8 +104,11 @@ def test_bad_input_exits_with_one_line(tmp_path: Path) -> None:
         (("retrain", "--logs", "/nonexistent/logs", "--registry", "/tmp/r"), None, "no such directory"),
         (("model", "list", "--registry", "/nonexistent/registry"), None, "no model versions"),
         (("model", "undo", "--registry", "/tmp"), None, "invalid choice: 'undo'"),
-    ]:
-        out = run_predis(*args, env=env)
+    ]
+    # (the commands run a few at a time: each is a Python start-up, most of a second)
+    with ThreadPoolExecutor(4) as pool:
+        runs = list(pool.map(lambda case: run_predis(*case[0], env=case[1]), cases))
+    for (args, _, needle), out in zip(cases, runs, strict=True):
         assert out.returncode == 2, (args, out.stderr)
         lines = out.stderr.strip().splitlines()
         assert len(lines) == 1 and needle in lines[0], (args, out.stderr)

@@ -12,11 +12,12 @@ import pytest
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)  # (a minute or two; past the suite's 120 s on a slow machine)
 @pytest.mark.skipif(shutil.which("redis-benchmark") is None, reason="redis-benchmark is not installed")
 def test_demo_runs_to_its_summary() -> None:
     root = Path(__file__).resolve().parents[2]
     run = subprocess.run(
-        # (--quick: every step of the main job at smaller sizes, about half its time)
+        # (--quick: every step of the main job at smaller sizes, about a third of its time)
         [sys.executable, "-m", "bench.demo", "--quick"],
         cwd=root,
         capture_output=True,

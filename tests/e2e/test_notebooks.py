@@ -17,7 +17,7 @@ NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
 
 @pytest.mark.parametrize("name", sorted(p.name for p in NOTEBOOKS.glob("*.ipynb")))
 def test_notebook_runs_top_to_bottom(name: str, monkeypatch: Any) -> None:
-    monkeypatch.setenv("PREDIS_NOTEBOOK_READS", "12000")
+    monkeypatch.setenv("PREDIS_NOTEBOOK_READS", "6000")
     monkeypatch.setenv("MPLBACKEND", "Agg")
     monkeypatch.delenv("PREDIS_RUN_DIR", raising=False)
     nb = nbformat.read(NOTEBOOKS / name, as_version=4)

@@ -33,6 +33,7 @@ QUICK = {
     "max_keys": 1_024,
     "precision": "fp32",
     "progress": False,
+    "ranker_replays": "never",  # (the loop is what is tested; the ranker as a fallback is in test_model)
 }
 
 

@@ -39,6 +39,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
             patience=12,
             max_keys=64,
             precision="fp32",
+            ranker_replays="never",  # (the ranker as a fallback has tests of its own below)
         ),
     )
     return out, metrics
@@ -603,7 +604,16 @@ def test_successor_head_names_keys_outside_the_vocabulary(tmp_path: Path, precis
     metrics = train(
         log,
         tmp_path,
-        TrainConfig(epochs=6, batch=16, length=32, lr=1e-2, progress=False, max_keys=8, precision=precision),
+        TrainConfig(
+            epochs=6,
+            batch=16,
+            length=32,
+            lr=1e-2,
+            progress=False,
+            max_keys=8,
+            precision=precision,
+            ranker_replays="never",
+        ),
     )
     assert metrics["precision"] == precision
     model = metrics["model"]
@@ -728,7 +738,15 @@ def test_confidence_counts_keys_named_by_template_and_copy(tmp_path: Path) -> No
         log,
         tmp_path,
         TrainConfig(
-            epochs=16, batch=16, length=32, lr=1e-2, progress=False, max_keys=8, precision="fp32", patience=16
+            epochs=16,
+            batch=16,
+            length=32,
+            lr=1e-2,
+            progress=False,
+            max_keys=8,
+            precision="fp32",
+            patience=16,
+            ranker_replays="never",
         ),
     )
     model = metrics["model"]
