@@ -76,6 +76,8 @@ def measure(
     proxy = ProxyProcess(url, flags, cwd=tree)
     spin = subprocess.Popen([sys.executable, "-c", BURNERS[burner]]) if burner else None
     try:
+        if proxy.stats().get("prefetch_engine_up") is not None:  # (prediction is on)
+            proxy.wait_for_engine()  # (its start-up, a model's torch import, is not in the runs)
         redis_benchmark(proxy.port, args.test, args.requests // 10, 50, args.pipeline, 10_000)
         start, kids = cpu_seconds(proxy.proc.pid), children_cpu_seconds(proxy.proc.pid)
         rps = [

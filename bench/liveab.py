@@ -53,6 +53,7 @@ def run_live(
     with EmbeddedRedis() as upstream:
         proxy = ProxyProcess(upstream.url, ["--hot-tier-bytes", str(tier_bytes), "--ab", arms, *proxy_args])
         try:
+            proxy.wait_for_engine()
             cmd = [sys.executable, "-m", "proxy.cli", "replay", path, "--port", str(proxy.port)]
             cmd += ["--rate", str(rate), "--load-values", "--connections", "2000", "--json"]
             if replay_nice:

@@ -139,6 +139,17 @@ class ProxyProcess:
         raw = redis.Redis(port=self.port, protocol=2).execute_command("PREDIS", "STATS", "JSON")
         return json.loads(raw)  # type: ignore[no-any-return]
 
+    def wait_for_engine(self, timeout: float = 180.0) -> None:
+        """Until the prediction engine is up (its arms' predictors built: a model loaded, torch
+        imported). The proxy serves before that and sheds every read meanwhile; a run started at
+        once measured the engine's start-up, several seconds on a busy 2-core machine, and an A/B
+        test of a short replay could end with no arm's figures at all."""
+        deadline = time.monotonic() + timeout
+        while not self.stats().get("prefetch_engine_up"):
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                raise RuntimeError(f"the proxy's prediction engine was not up within {timeout:.0f} s")
+            time.sleep(0.1)
+
     def close(self) -> None:
         self.proc.terminate()
         self.proc.wait(20)
