@@ -113,24 +113,14 @@ def proxy(make_proxy: Any, redis_server: EmbeddedRedis, direct: redis.Redis) -> 
 def planted_model(tmp_path_factory: pytest.TempPathFactory) -> Any:
     """A small model trained on the planted cycle (tests.helpers.CYCLE), for the live engine's tests."""
     pytest.importorskip("torch")
-    from ml.training.train import TrainConfig, train
-    from tests.helpers import planted_log
+    from ml.training.train import train
+    from tests.helpers import planted_log, small_training
 
     out = tmp_path_factory.mktemp("planted-model")
     train(
         planted_log(3000),
         out,
-        TrainConfig(
-            epochs=10,
-            batch=16,
-            length=32,
-            lr=1e-2,
-            progress=False,
-            patience=10,
-            max_keys=64,
-            precision="fp32",
-            ranker_replays="never",  # (the engine's tests need the model, not the ranker's replays)
-        ),
+        small_training(epochs=10, patience=10, max_keys=64),
     )
     return out
 
@@ -140,24 +130,14 @@ def profiles_model(tmp_path_factory: pytest.TempPathFactory) -> Any:
     """A small model trained on tests.helpers.profiles_log: it names the orders key by its template
     filled with the profile's number."""
     pytest.importorskip("torch")
-    from ml.training.train import TrainConfig, train
-    from tests.helpers import profiles_log
+    from ml.training.train import train
+    from tests.helpers import profiles_log, small_training
 
     out = tmp_path_factory.mktemp("profiles-model")
     train(
         profiles_log(),
         out,
-        TrainConfig(
-            epochs=16,
-            batch=16,
-            length=32,
-            lr=1e-2,
-            progress=False,
-            max_keys=8,
-            precision="fp32",
-            patience=16,
-            ranker_replays="never",  # (what these tests ask of it is the model's template guess)
-        ),
+        small_training(epochs=16, patience=16, max_keys=8),
     )
     return out
 

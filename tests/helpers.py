@@ -145,3 +145,20 @@ def phase_keys(phases: int, seed: int = 3) -> list[str]:
                 keys += [f"k:{n}", f"k:{n + 1}"]
                 n = jump[n + 1]
     return keys
+
+
+def small_training(**settings: Any) -> Any:
+    """The training settings of the tests' small models (ml.training.train.TrainConfig): windows of
+    32 reads in batches of 16, a high learning rate, fp32, no progress bar and no ranker replays
+    (the tests of the ranker as a fallback ask for them), with ``settings`` over these."""
+    from ml.training.train import TrainConfig
+
+    base: dict[str, Any] = {
+        "batch": 16,
+        "length": 32,
+        "lr": 1e-2,
+        "progress": False,
+        "precision": "fp32",
+        "ranker_replays": "never",
+    }
+    return TrainConfig(**{**base, **settings})

@@ -12,8 +12,8 @@ pytest.importorskip("torch")
 
 from accesslog.log import write_log  # noqa: E402
 from ml.training.launch import train_processes  # noqa: E402
-from ml.training.train import TrainConfig, train  # noqa: E402
-from tests.helpers import planted_log  # noqa: E402
+from ml.training.train import train  # noqa: E402
+from tests.helpers import planted_log, small_training  # noqa: E402
 
 
 @pytest.mark.timeout(600)  # (a hang guard: two spawned processes import torch on a busy machine)
@@ -21,17 +21,8 @@ def test_two_gloo_processes_train_as_one_process_does(tmp_path: Path) -> None:
     log = planted_log(3000)
     path = tmp_path / "planted.parquet"
     write_log(log, path)
-    cfg = TrainConfig(
-        epochs=3,
-        batch=16,
-        length=32,
-        lr=1e-2,
-        progress=False,
-        patience=10,
-        max_keys=64,
-        precision="fp32",
-        ranker_replays="never",  # (what is compared is the training loop; the replays after it are rank 0's)
-    )
+    # (no ranker replays: what is compared is the training loop; the replays after it are rank 0's)
+    cfg = small_training(epochs=3, patience=10, max_keys=64)
     one = train(log, tmp_path / "one", cfg)
     two = train_processes(2, str(path), str(tmp_path / "two"), cfg)
     assert one["processes"] == 1 and two["processes"] == 2

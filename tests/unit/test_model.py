@@ -20,7 +20,7 @@ from ml.training.data import encode  # noqa: E402
 from ml.training.precision import bf16_failure  # noqa: E402
 from ml.training.train import TrainConfig, train  # noqa: E402
 from ml.vocab import UNK, Vocabulary, fill, template_of  # noqa: E402
-from tests.helpers import CYCLE, phase_keys, planted_log, profiles_log, walk  # noqa: E402
+from tests.helpers import CYCLE, phase_keys, planted_log, profiles_log, small_training, walk  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -30,17 +30,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     metrics = train(
         planted_log(),
         out,
-        TrainConfig(
-            epochs=12,
-            batch=16,
-            length=32,
-            lr=1e-2,
-            progress=False,
-            patience=12,
-            max_keys=64,
-            precision="fp32",
-            ranker_replays="never",  # (the ranker as a fallback has tests of its own below)
-        ),
+        small_training(epochs=12, patience=12, max_keys=64),  # (the ranker's own tests are below)
     )
     return out, metrics
 
@@ -604,16 +594,7 @@ def test_successor_head_names_keys_outside_the_vocabulary(tmp_path: Path, precis
     metrics = train(
         log,
         tmp_path,
-        TrainConfig(
-            epochs=6,
-            batch=16,
-            length=32,
-            lr=1e-2,
-            progress=False,
-            max_keys=8,
-            precision=precision,
-            ranker_replays="never",
-        ),
+        small_training(epochs=6, max_keys=8, precision=precision),
     )
     assert metrics["precision"] == precision
     model = metrics["model"]
@@ -737,17 +718,7 @@ def test_confidence_counts_keys_named_by_template_and_copy(tmp_path: Path) -> No
     metrics = train(
         log,
         tmp_path,
-        TrainConfig(
-            epochs=16,
-            batch=16,
-            length=32,
-            lr=1e-2,
-            progress=False,
-            max_keys=8,
-            precision="fp32",
-            patience=16,
-            ranker_replays="never",
-        ),
+        small_training(epochs=16, max_keys=8, patience=16),
     )
     model = metrics["model"]
     assert model["top1"] > 0.45 and model["model_top1"] > 0.45, model  # every orders read, no profile
