@@ -2,7 +2,7 @@
 
     python -m bench.liveab [--workload web] [--accesses 30000] [--seed 2] [--cache 5%]
         [--arms A=markov,B=none] [--rate 3000] [--repeats 3] [--proxy-args "--workers 2" ...]
-        [--log ACCESS_LOG] [--replay-nice N]
+        [--log ACCESS_LOG] [--replay-nice N] [--replay-client redis-py|hiredis]
 
 Generates the workload (``--seed``), replays it in the simulator (each arm's spec alone, the whole
 cache), then ``--repeats`` times starts Redis and a proxy whose tier holds ``--cache`` of the keys'
@@ -47,6 +47,7 @@ def run_live(
     quiet: bool = False,
     proxy_args: Sequence[str] = (),
     replay_nice: int = 0,
+    replay_client: str = "redis-py",
 ) -> dict[str, Any]:
     """One live run: Redis, a proxy with ``--ab arms``, ``predis replay`` of ``path`` (at
     ``replay_nice``); its result."""
@@ -56,6 +57,7 @@ def run_live(
             proxy.wait_for_engine()
             cmd = [sys.executable, "-m", "proxy.cli", "replay", path, "--port", str(proxy.port)]
             cmd += ["--rate", str(rate), "--load-values", "--connections", "2000", "--json"]
+            cmd += ["--client", replay_client]
             if replay_nice:
                 cmd = ["nice", "-n", str(replay_nice), *cmd]
             out = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=600)
@@ -92,6 +94,12 @@ def main(argv: list[str] | None = None) -> int:
         default=0,
         help="run the replay (the load) at this nice value, so it yields the cores as a client on "
         "another host would",
+    )
+    p.add_argument(
+        "--replay-client",
+        choices=["redis-py", "hiredis"],
+        default="redis-py",
+        help="predis replay's client: redis-py's asyncio client, or the lean one (a third of its CPU)",
     )
     args = p.parse_args(argv)
     from accesslog.generators import generate
@@ -131,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
                     quiet=True,
                     proxy_args=variant.split(),
                     replay_nice=args.replay_nice,
+                    replay_client=args.replay_client,
                 )
                 for arm in result["ab"]["arms"]:
                     live[variant, arm["name"]].append(100 * arm["hit_ratio"])
