@@ -122,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     live: dict[tuple[str, str], list[float]] = {row: [] for row in rows}
     upstream: dict[tuple[str, str], list[float]] = {row: [] for row in rows}
     latency: dict[tuple[str, str], list[tuple[float, float]]] = {row: [] for row in rows}
+    get_latency: dict[tuple[str, str], list[tuple[float, float]]] = {row: [] for row in rows}  # the replay's
     stages: dict[str, dict[str, list[float]]] = {v: {} for v in variants}  # the engine's, per variant
     span = float(log.timestamps()[-1] - log.timestamps()[0])
     delays: list[float] = []  # per repeat: a prefetch's delay after its read, in the log's time
@@ -146,6 +147,9 @@ def main(argv: list[str] | None = None) -> int:
                     upstream[variant, arm["name"]].append(arm.get("upstream_per_get") or 0.0)
                     latency[variant, arm["name"]].append(
                         (arm.get("prediction_p50_us") or 0.0, arm.get("prediction_p99_us") or 0.0)
+                    )
+                    get_latency[variant, arm["name"]].append(
+                        (arm.get("get_p50_us") or 0.0, arm.get("get_p99_us") or 0.0)
                     )
                 for key, value in result["prefetch"].items():
                     if key.startswith("engine_") and key.endswith("_us"):
@@ -178,20 +182,23 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(
         "| proxy flags | arm | spec | live hit %, median (range) | simulator hit % | live - simulator "
-        "| simulator with delay | live - delayed | live upstream reads per GET | prediction latency p50 / p99, ms |"
+        "| simulator with delay | live - delayed | live upstream reads per GET | prediction latency p50 / p99, ms "
+        "| the replay's GET p50 / p99, ms |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     specs = dict(arms)
     for variant, name in rows:
         spec, got = specs[name], live[variant, name]
         median = statistics.median(got)
         p50 = statistics.median(p for p, _ in latency[variant, name])  # (medians over the repeats)
         p99 = statistics.median(p for _, p in latency[variant, name])
+        get50 = statistics.median(p for p, _ in get_latency[variant, name])
+        get99 = statistics.median(p for _, p in get_latency[variant, name])
         print(
             f"| {variant or '(none)'} | {name} | {spec} | {median:.2f} ({min(got):.2f}-{max(got):.2f}) | "
             f"{offline[spec]:.2f} | {median - offline[spec]:+.2f} | {delayed[spec]:.2f} | "
             f"{median - delayed[spec]:+.2f} | {statistics.median(upstream[variant, name]):.3f} | "
-            f"{p50 / 1e3:.2f} / {p99 / 1e3:.2f} |"
+            f"{p50 / 1e3:.2f} / {p99 / 1e3:.2f} | {get50 / 1e3:.2f} / {get99 / 1e3:.2f} |"
         )
     # Where the latency goes: a batch's first read to the engine reading the batch, and to the
     # engine's answer written; then the proxy reading the answer ("answer_read", after whatever its
