@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         "--replay-client",
         choices=["redis-py", "hiredis"],
         default="redis-py",
-        help="predis replay's client: redis-py's asyncio client, or the lean one (a third of its CPU)",
+        help="predis replay's client: redis-py's asyncio client, or the lean one on hiredis",
     )
     args = p.parse_args(argv)
     from accesslog.generators import generate

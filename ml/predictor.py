@@ -13,12 +13,12 @@ LIVE_PARAMS = ("fallback", "min_confidence", "device", "policy", "min_score", "m
 
 def load_predictor(model_dir: str, log: Any = None, check_only: bool = False, **params: Any) -> Any:
     from common.errors import ConfigError
-    from ml.registry import ModelError, check_model
+    from ml.registry import ModelError, check_model, resolve
 
     rank = params.pop("rank", None)
     if log is not None:
-        try:  # (a missing or corrupt model is told before torch is imported, as the proxy's check does)
-            check_model(model_dir)
+        try:  # (a missing model is told before torch is imported; the load checks the rest)
+            resolve(model_dir)
         except ModelError as exc:
             raise ConfigError(str(exc)) from None
         from ml.inference.arm import MLPredictor

@@ -3,8 +3,8 @@
 Each ``client`` stream of the log gets its own connection (redis-py's asyncio client, or with
 ``--client hiredis`` proxy.replayclient's; more streams than ``--connections`` share them
 round-robin), and its requests go in time order at the log's pace, scaled to ``--rate``
-requests/s or as fast as they go (``--max``). GETs are GETs; writes
-(SET, and any other op but DEL) are SETs of a value of the logged size; DELs are DELs.
+requests/s or as fast as they go (``--max``). GETs are GETs; writes (SET, and any other op but
+DEL) are SETs of a value of the logged size; DELs are DELs.
 ``--load-values`` first writes every key the log reads, so that GETs find values. At the end it
 prints its own latency, the proxy's tier figures and, when the proxy runs an A/B test, the test's
 report (reset at the start unless ``--no-reset``, so that it covers this replay only).
@@ -39,9 +39,8 @@ def replay_main(argv: list[str]) -> int:
         "--client",
         choices=["redis-py", "hiredis"],
         default="redis-py",
-        help="redis-py's asyncio client (the default), or a lean one on hiredis (proxy.replayclient: "
-        "about a third of its CPU a request, for rates where redis-py would load the machine more "
-        "than the proxy under test)",
+        help="redis-py's asyncio client (the default), or a lean one on hiredis (proxy.replayclient), "
+        "for rates where redis-py would load the machine more than the proxy under test",
     )
     p.add_argument("--load-values", action="store_true", help="SET every key first")
     p.add_argument("--no-reset", action="store_true", help="keep the A/B figures from before")

@@ -1,10 +1,10 @@
 """A lean asyncio Redis connection for ``predis replay --client hiredis``: commands packed and
 replies parsed by hiredis, one asyncio protocol per connection, nothing else per request.
 
-redis-py's asyncio client (the replay's default) costs 150-250 us of CPU a GET on a 2-core
-machine (its connection pool, retries, timeouts and event hooks, per command); this costs about a
-third of that, which leaves the cores to the proxy under test at rates where redis-py would be the
-bottleneck. It speaks just what the replay sends (GET, SET, DEL, one at a time per stream, several
+redis-py's asyncio client (the replay's default) does much more per command (its connection
+pool, retries, timeouts and event hooks); on a 2-core machine its own queue became most of the
+latency the replay reported (bench/RESULTS.md, "The replay client as the load"). This leaves the
+cores to the proxy under test at rates where redis-py would be the bottleneck. It speaks just what the replay sends (GET, SET, DEL, one at a time per stream, several
 streams may share a connection: replies come back in order), and raises redis-py's exceptions, so
 the replay treats both clients alike.
 """
@@ -64,17 +64,15 @@ class HiredisConnection:
     def __init__(self, host: str, port: int, timeout: float = 30.0) -> None:
         self.host, self.port, self.timeout = host, port, timeout
         self._proto: _Protocol | None = None
-        self._opening: asyncio.Future[_Protocol] | None = None
+        self._opening = asyncio.Lock()  # (streams sharing the connection wait on the one opening)
 
     async def _connection(self) -> _Protocol:
         if self._proto is not None and self._proto.lost is None:
             return self._proto
-        if self._opening is None:  # (streams sharing the connection wait on the one opening)
-            self._opening = asyncio.ensure_future(self._open())
-        try:
-            return await asyncio.shield(self._opening)
-        finally:
-            self._opening = None
+        async with self._opening:
+            if self._proto is None or self._proto.lost is not None:
+                self._proto = await self._open()
+            return self._proto
 
     async def _open(self) -> _Protocol:
         loop = asyncio.get_running_loop()
@@ -84,7 +82,6 @@ class HiredisConnection:
             )
         except (OSError, TimeoutError) as exc:
             raise RedisConnectionError(f"cannot connect to {self.host}:{self.port}: {exc}") from None
-        self._proto = proto
         return proto
 
     async def execute(self, *args: str | bytes) -> Any:

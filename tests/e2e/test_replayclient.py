@@ -43,7 +43,8 @@ def test_errors_and_a_lost_connection_are_redis_pys_exceptions(
             await conn.execute("INCR", "s")
         assert await conn.get("s") == b"text"  # (the connection goes on after an error reply)
         waiting = asyncio.ensure_future(conn.execute("BLPOP", "nothing-here", "0"))
-        await asyncio.sleep(0.2)
+        while not direct.info("clients")["blocked_clients"]:  # (until Redis holds the BLPOP)
+            await asyncio.sleep(0.01)
         direct.execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
         with pytest.raises(RedisConnectionError, match="connection lost"):
             await waiting
