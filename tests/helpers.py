@@ -55,6 +55,16 @@ def split_frames(data: bytes) -> list[bytes]:
     return frames
 
 
+def no_retry() -> dict[str, Any]:
+    """redis-py client settings for a client whose command is meant to fail: redis-py retries a
+    connection error three times with backoff (an AuthenticationError is one), which is 3-5 s of
+    waiting per refusal, the same against Redis as through the proxy."""
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    return {"retry": Retry(NoBackoff(), 0)}
+
+
 def wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> None:
     deadline = time.monotonic() + timeout
     while not condition():

@@ -20,7 +20,7 @@ import redis.asyncio as aioredis
 
 from proxy.embedded import EmbeddedRedis
 from proxy.resp import encode_command
-from tests.helpers import exchange, read_frames, read_until, split_frames, wait_for
+from tests.helpers import exchange, no_retry, read_frames, read_until, split_frames, wait_for
 
 PROTOCOLS = [2, 3]
 
@@ -174,7 +174,7 @@ def test_auth_with_acl_user(proxy: Any, direct: redis.Redis) -> None:
     direct.acl_setuser("app", enabled=True, passwords=["+secret"], keys=["app:*"], commands=["+@all"])
     direct.acl_setuser("default", enabled=True, nopass=False, passwords=["+adminpw"])
     try:
-        anon = proxy.client()
+        anon = proxy.client(**no_retry())
         with pytest.raises(redis.AuthenticationError):
             anon.get("app:x")
         app = proxy.client(username="app", password="secret")
@@ -183,7 +183,7 @@ def test_auth_with_acl_user(proxy: Any, direct: redis.Redis) -> None:
             app.get("other")
         assert app.acl_whoami() == "app"
         with pytest.raises(redis.AuthenticationError):
-            proxy.client(username="app", password="wrong").ping()
+            proxy.client(username="app", password="wrong", **no_retry()).ping()
         r3 = proxy.client(username="app", password="secret", protocol=3)
         assert r3.get("app:x") == b"1"
     finally:

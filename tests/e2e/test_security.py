@@ -24,7 +24,7 @@ from common.errors import ConfigError
 from proxy.config import Settings
 from proxy.embedded import EmbeddedRedis, free_port
 from proxy.resp import encode_command
-from tests.helpers import read_frames, wait_for
+from tests.helpers import no_retry, read_frames, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -43,8 +43,11 @@ def tls_redis(certs: dict[str, str]) -> Any:
         yield server
 
 
-def tls_client(port: int, certs: dict[str, str], cert: bool = True, ca: str = "ca_crt") -> redis.Redis:
+def tls_client(
+    port: int, certs: dict[str, str], cert: bool = True, ca: str = "ca_crt", **kwargs: Any
+) -> redis.Redis:
     extra = {"ssl_certfile": certs["client_crt"], "ssl_keyfile": certs["client_key"]} if cert else {}
+    extra.update(kwargs)
     return redis.Redis(
         port=port, ssl=True, ssl_ca_certs=certs[ca], ssl_cert_reqs="required", socket_timeout=10, **extra
     )
@@ -89,9 +92,9 @@ def test_tls_on_both_sides(make_proxy: Any, tls_redis: Any, certs: dict[str, str
     # A client without a certificate is refused (tls_auth_clients yes); one that does not trust
     # the proxy's CA refuses the proxy.
     with pytest.raises(redis.ConnectionError):
-        tls_client(listen, certs, cert=False).ping()
+        tls_client(listen, certs, cert=False, **no_retry()).ping()
     with pytest.raises(redis.ConnectionError):
-        tls_client(listen, certs, ca="other-ca_crt").ping()
+        tls_client(listen, certs, ca="other-ca_crt", **no_retry()).ping()
 
 
 def test_a_rediss_upstream_is_verified(make_proxy: Any, tls_redis: Any, certs: dict[str, str]) -> None:
@@ -165,7 +168,7 @@ def test_admin_commands_only_for_admin_users(make_proxy: Any, acl_redis: Any) ->
         assert client.execute_command("PREDIS", "AB")  # (reading the figures is for everyone)
     assert ops.execute_command("PREDIS", "AB", "RESET") == b"OK"
     # A failed AUTH as ops does not make a connection ops.
-    bad = redis.Redis(port=proxy.port, username="ops", password="wrong")
+    bad = redis.Redis(port=proxy.port, username="ops", password="wrong", **no_retry())
     with pytest.raises(redis.AuthenticationError):
         bad.ping()
 

@@ -15,7 +15,7 @@ import redis
 
 from prefetch.tier import entry_size
 from proxy.embedded import EmbeddedRedis, free_port
-from tests.helpers import ShiftedClock, read_frames, wait_for
+from tests.helpers import ShiftedClock, no_retry, read_frames, wait_for
 
 
 def tier_of(proxy: Any) -> Any:
@@ -393,7 +393,7 @@ def test_acl_rule_tier_never_widens_rights(tproxy: Any, direct: redis.Redis) -> 
     cache(tproxy, default, "open")
     direct.config_set("requirepass", "pw")
     try:
-        anon = redis.Redis(host=tproxy.host, port=tproxy.port, protocol=2)
+        anon = redis.Redis(host=tproxy.host, port=tproxy.port, protocol=2, **no_retry())
         with pytest.raises(redis.AuthenticationError):
             anon.get("open")
     finally:

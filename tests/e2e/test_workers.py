@@ -22,7 +22,7 @@ import redis
 from accesslog.recorder import read_recorded
 from prefetch.engine import ArmSplit
 from proxy.embedded import free_port
-from tests.helpers import wait_for
+from tests.helpers import no_retry, wait_for
 
 PREDIS = [sys.executable, "-m", "proxy.cli"]
 
@@ -173,7 +173,7 @@ def test_sigterm_stops_every_worker(workers: Workers) -> None:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
     with pytest.raises(redis.ConnectionError):
-        redis.Redis(port=workers.port, socket_connect_timeout=1).ping()
+        redis.Redis(port=workers.port, socket_connect_timeout=1, **no_retry()).ping()
 
 
 # --- one prediction engine for every worker
