@@ -291,29 +291,29 @@ def _set_through(client: redis.Redis, key: str, value: str) -> bool:
 def test_history_while_the_access_log_s_disk_is_full(
     make_proxy: Any, redis_server: Any, tmp_path: Path
 ) -> None:
-    """The recording proxy's access-log directory on a 64 KiB tmpfs the test mounts: the disk fills
+    """The recording proxy's access-log directory on a 16 KiB tmpfs the test mounts: the disk fills
     while the history runs; reads and writes go on without an error or a stale read, the recorder
     counts its failed writes, and records again once the disk has room (remounted larger)."""
     disk = tmp_path / "disk"
     disk.mkdir()
-    sh("mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(disk))
+    sh("mount", "-t", "tmpfs", "-o", "size=16k", "tmpfs", str(disk))
     try:
         proxy = make_proxy(
             redis_server.url,
             prefetch="markov",
             prefetch_engine_priority="normal",
             access_log_dir=str(disk / "log"),
-            access_log_rotate_rows=2_000,
+            access_log_rotate_rows=500,
         )
         wait_for(lambda: proxy.server.tier.active and proxy.server.prediction.ready, timeout=30)
         figures = proxy.server.stats.snapshot
         with Workload(proxy.port, redis_server.port) as load:
             wait_for(lambda: figures().get("prefetch_access_log_write_errors", 0) > 0, timeout=120)
             full_at = load.acked()
-            wait_for(lambda: load.acked() >= full_at + 3_000, timeout=90)  # (served while full)
+            wait_for(lambda: load.acked() >= full_at + 1_500, timeout=90)  # (served while full)
             sh("mount", "-o", "remount,size=64m", str(disk))
             recorded = figures()["prefetch_access_log_recorded"]
-            wait_for(lambda: figures()["prefetch_access_log_recorded"] > recorded + 2_000, timeout=90)
+            wait_for(lambda: figures()["prefetch_access_log_recorded"] > recorded + 1_000, timeout=90)
         ops = load.history.ops
         values = redis.Redis(port=redis_server.port).mget(PROXIED + DIRECT)
         final = {k: (None if v is None else int(v)) for k, v in zip(PROXIED + DIRECT, values, strict=True)}
