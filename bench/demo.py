@@ -21,7 +21,8 @@ def main(argv: list[str] | None = None) -> int:
     own.add_argument(
         "--quick",
         action="store_true",
-        help="the same steps at smaller sizes (10,000 benchmark requests, an 8,000-access A/B): what the test runs",
+        help="the same steps at smaller sizes (10,000 benchmark requests, an 8,000-access A/B, training "
+        "without the learned ranker's replays): what the test runs",
     )
     quick = own.parse_args(argv).quick
     args = build_parser().parse_args(["--requests", "10000" if quick else "50000", "--repeats", "1"])
@@ -62,13 +63,15 @@ def main(argv: list[str] | None = None) -> int:
         "upstream_errors",
     ):
         print(f"  {key}: {stats[key]}")
-    ab_story(8_000 if quick else 30_000)
+    ab_story(8_000 if quick else 30_000, ranker=not quick)
     return 0
 
 
-def ab_story(accesses: int = 30_000, rate: float = 1_500.0) -> None:
+def ab_story(accesses: int = 30_000, rate: float = 1_500.0, ranker: bool = True) -> None:
     """Train a model and pick the best heuristic offline on one seed of a ``web`` workload, then test
-    the model live against that heuristic on another seed (one repeat of ``bench.liveab``)."""
+    the model live against that heuristic on another seed (one repeat of ``bench.liveab``).
+    ``ranker``: training replays the learned ranker as a fallback where its budget allows (off, half
+    of the quick run's training time goes)."""
     import json
     import subprocess
     import tempfile
@@ -87,7 +90,8 @@ def ab_story(accesses: int = 30_000, rate: float = 1_500.0) -> None:
         )
         trained = subprocess.run(
             [sys.executable, "-m", "proxy.cli", "train", f"{tmp}/web-seed1.parquet", "-o", f"{tmp}/model"]
-            + ["--epochs", "3", "--max-seconds", "120", "--quiet"],
+            + ["--epochs", "3", "--max-seconds", "120", "--quiet"]
+            + ([] if ranker else ["--ranker-replays", "never"]),
             capture_output=True,
             text=True,
             check=True,
