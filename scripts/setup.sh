@@ -39,9 +39,8 @@ fi
 stamp=.venv/.predis-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     echo "setup: installing predis and its dependencies into .venv" >&2
-    # (--no-compile: Python compiles each module the first time it is imported, into the venv,
-    # instead of pip compiling all of torch's and the others' up front: about a minute less of set-up
-    # on a 2-core machine, bench/RESULTS.md)
-    .venv/bin/python -m pip install -q --no-compile --disable-pip-version-check -e '.[dev,ml]'
+    # (pip compiles every module as it installs: a minute on a 2-core machine, but these machines
+    # set PYTHONDONTWRITEBYTECODE, so with --no-compile every process would compile torch again)
+    .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[dev,ml]'
     touch "$stamp"
 fi
