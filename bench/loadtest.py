@@ -102,8 +102,12 @@ class ProxyProcess:
         copy_only: bool = False,
         reference: str = "",
         cwd: str | None = None,
+        wrapper: list[str] | None = None,
+        start_within: float = 20.0,
     ) -> None:
-        """``cwd``: the checkout whose code runs (another version's worktree, say); default this one."""
+        """``cwd``: the checkout whose code runs (another version's worktree, say); default this one.
+        ``wrapper``: a command the proxy runs under (valgrind's, say), given ``start_within``
+        seconds to answer a PING."""
         self.port = free_port()
         if copy_only:
             reference = "bench.copyproxy"
@@ -123,8 +127,8 @@ class ProxyProcess:
                 "warning",
                 *(extra or []),
             ]
-        self.proc = subprocess.Popen(cmd, cwd=cwd)
-        deadline = time.monotonic() + 20
+        self.proc = subprocess.Popen([*(wrapper or []), *cmd], cwd=cwd)
+        deadline = time.monotonic() + start_within
         client = redis.Redis(port=self.port, protocol=2)
         while True:
             try:
