@@ -20,7 +20,6 @@ not. A and B alternate and each prints its runs.
 from __future__ import annotations
 
 import argparse
-import os
 import shlex
 import shutil
 import statistics
@@ -64,7 +63,7 @@ def count(upstream: str, flags: list[str], requests: int, warmup: int, workdir: 
     wrapper = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out_file}"]
     proxy = ProxyProcess(upstream, flags, wrapper=wrapper, start_within=300)
     try:
-        if any(f.startswith("--prefetch") or f.startswith("--ab") for f in flags):
+        if any(f.startswith(("--prefetch", "--ab")) for f in flags):
             proxy.wait_for_engine(timeout=600)
         benchmark(proxy.port, warmup)
         pid = str(proxy.proc.pid)
@@ -118,5 +117,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("PYTHONUNBUFFERED", "1")
     sys.exit(main())

@@ -4,9 +4,10 @@ replies parsed by hiredis, one asyncio protocol per connection, nothing else per
 redis-py's asyncio client (the replay's default) does much more per command (its connection
 pool, retries, timeouts and event hooks); on a 2-core machine its own queue became most of the
 latency the replay reported (bench/RESULTS.md, "The replay client as the load"). This leaves the
-cores to the proxy under test at rates where redis-py would be the bottleneck. It speaks just what the replay sends (GET, SET, DEL, one at a time per stream, several
-streams may share a connection: replies come back in order), and raises redis-py's exceptions, so
-the replay treats both clients alike.
+cores to the proxy under test at rates where redis-py would be the bottleneck. It speaks just what
+the replay sends (GET, SET, DEL, one at a time per stream, several streams may share a connection:
+replies come back in order), and raises redis-py's exceptions, so the replay treats both clients
+alike.
 """
 
 from __future__ import annotations
