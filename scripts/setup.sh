@@ -39,8 +39,12 @@ fi
 stamp=.venv/.predis-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     echo "setup: installing predis and its dependencies into .venv" >&2
-    # (pip compiles every module as it installs: a minute on a 2-core machine, but these machines
-    # set PYTHONDONTWRITEBYTECODE, so with --no-compile every process would compile torch again)
-    .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[dev,ml]'
+    # (Not compiled as it installs: pip would compile all 12,700 modules, a minute on a 2-core
+    # machine, where a run imports about 2,000. They are compiled once, when first imported:
+    # scripts/test and scripts/demo let Python write its bytecode cache even where the
+    # environment sets PYTHONDONTWRITEBYTECODE, and torch, imported by every training and model
+    # process, is compiled here.)
+    .venv/bin/python -m pip install -q --disable-pip-version-check --no-compile -e '.[dev,ml]'
+    env -u PYTHONDONTWRITEBYTECODE .venv/bin/python -c 'import torch, numpy, scipy.stats, pyarrow.parquet'
     touch "$stamp"
 fi
