@@ -157,6 +157,21 @@ class TimeBudget:
         self.plan = next((p for p in AFTER_LOOP_PLANS if self.plan_cost(p) <= left), "none")
         return self.plan
 
+    def floors_fit(self, gate_seconds: float, gate_jobs: int, floor_jobs: int) -> bool:
+        """After the gates' replays (``gate_seconds`` for ``gate_jobs`` of them), whether
+        ``floor_jobs`` more of the same kind still fit; if not, the plan becomes "no floors".
+        The plan was chosen on an estimate (GATED_REPLAY_COST times a heuristic's replay, a ratio
+        measured on one machine) that another machine can miss: on an AVX2-only 2-core machine
+        the replays after the loop of a 1,000,000-read `gaming` training took 225 s and the
+        command ran 100 s over its 600. The gates' own replays price the floors' closely."""
+        if not floor_jobs:
+            return True
+        per_round = gate_seconds / max(1, math.ceil(gate_jobs / self.workers))
+        if self.now() + math.ceil(floor_jobs / self.workers) * per_round <= self.max_seconds:
+            return True
+        self.plan = "no floors"
+        return False
+
     def report(self) -> dict[str, Any]:
         """How the time was spent and what the budget cut, for metrics.json and the manifest."""
         total = self.now()

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
@@ -223,6 +225,7 @@ def choose_gate_and_floor(
     candidates_by_share: dict[str, list[str]],
     by_share: dict[float, dict[str, float]],
     plan: str,
+    floors_fit: Callable[[float, int, int], bool] | None = None,
 ) -> dict[str, Any]:
     """The fallback, gate and floor of the ML arm at each cache size, chosen by replaying it on
     the ``n`` reads (validation from ``cut``) over each of the size's fallback candidates
@@ -230,7 +233,9 @@ def choose_gate_and_floor(
     Returns ``fallback_by_share``, ``gate_by_share`` ("off": the fallback alone),
     ``floor_by_share``, the hit ratios of the gates tried over the chosen fallback
     (``gated_hit_ratios``) and over each candidate (``gated_hit_ratios_by_fallback``), and those of
-    the floors (``floored_hit_ratios``). Retraining's promotion gate will reuse this."""
+    the floors (``floored_hit_ratios``). Retraining's promotion gate will reuse this.
+    ``floors_fit(seconds the gates' replays took, their number, the floors' number)``: whether the
+    floors' replays still fit (ml.training.budget.TimeBudget.floors_fit); None: they do."""
     gates = GATES if plan in ("all", "no floors") else GATES[:1] if plan == "one gate" else ()
     # Never worse than the fallback: at each size, replay the gated arm (the model's candidates on
     # the validation reads) beside that fallback; where it hit less, the arm is the fallback alone.
@@ -244,9 +249,11 @@ def choose_gate_and_floor(
         for fallback in candidates_by_share[s]
         for gate in gates
     ]
+    started = time.perf_counter()
     gated_hits = replays_in_parallel(
         _gated_job, gated_jobs, enc=enc, idx=np.arange(n), warmup=cut, cands=cands, conf=conf
     )
+    gates_took = time.perf_counter() - started
     by_fallback: dict[str, dict[str, dict[str, float]]] = {
         s: {f: {} for f in candidates_by_share[s]} for s in shares
     }
@@ -266,6 +273,8 @@ def choose_gate_and_floor(
         if chosen != "off"  # (the fallback alone: no candidates of the model's to hold back)
         for floor in (FLOORS if plan == "all" else ())
     ]
+    if floors_fit is not None and not floors_fit(gates_took, len(gated_jobs), len(floor_jobs)):
+        floor_jobs = []
     floor_hits = replays_in_parallel(
         _gated_job, floor_jobs, enc=enc, idx=np.arange(n), warmup=cut, cands=cands, conf=conf
     )

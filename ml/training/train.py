@@ -310,7 +310,9 @@ def train(
         budget.reprice(_chosen_replay(candidates_by_share, heuristic_replay, ranker_replay))
     # The replays below as far as the budget allows (all; no floors; one gate; none).
     plan = budget.plan_after_loop()
-    chosen = choose_gate_and_floor(enc, n, cut, cands, conf, candidates_by_share, by_share, plan)
+    chosen = choose_gate_and_floor(
+        enc, n, cut, cands, conf, candidates_by_share, by_share, plan, floors_fit=budget.floors_fit
+    )
     budget.lap("gate_floor_replays")
     fallback_by_share, gate_by_share = chosen["fallback_by_share"], chosen["gate_by_share"]
     floor_by_share = chosen["floor_by_share"]

@@ -117,3 +117,19 @@ def test_reprice_sets_what_the_plans_after_the_loop_cost() -> None:
     budget.reprice(20.0)
     assert budget.plan_costs["one gate"] == pytest.approx(10 * before["one gate"])
     assert budget.plan_costs["all"] == pytest.approx(10 * before["all"]) and budget.plan_costs["none"] == 0.0
+
+
+def test_the_floors_are_dropped_when_the_gates_replays_show_they_would_not_fit() -> None:
+    """The plan after the loop rests on an estimate; the gates' replays, once run, price the
+    floors' (the same replays under a floor): 12 gate replays in 6 rounds of 2 workers took 60 s,
+    so the 20 floor replays would take 10 rounds of 10 s."""
+    clock = HandClock()
+    budget = started(1000, 24, clock)
+    clock.t = 1000 + 850  # 150 s left
+    assert budget.plan_after_loop() == "all"
+    assert budget.floors_fit(60.0, 12, 20)  # 100 s: they fit
+    assert budget.report()["replays_after_loop"] == "all"
+    clock.t = 1000 + 920  # 80 s left
+    assert not budget.floors_fit(60.0, 12, 20)
+    assert budget.report()["replays_after_loop"] == "no floors"
+    assert budget.floors_fit(60.0, 12, 0)  # (no floors to replay: nothing to drop)
