@@ -20,10 +20,14 @@ from typing import Any
 
 # The loop gets at least this share of what the first part left, however long the rest would take.
 MIN_LOOP_SHARE = 0.5
-# A replay of the ML arm against one of a heuristic, on the same reads: 1.5x on web and 2.6x on
-# gaming at 1,000,000 reads (bench/HISTORY.md, "The budget": gate and floor replays 39.4 s and
-# 58.3 s for 32 jobs, fallback replays 39.3 s and 33.0 s for 48).
-GATED_REPLAY_COST = 2.6
+# A replay of the ML arm against one of a heuristic, on the same reads (the heuristics' average),
+# at 1,000,000 reads: on dev-b 1.5x on web and 2.6x on gaming (bench/HISTORY.md, "The budget":
+# gate and floor replays 39.4 s and 58.3 s for 32 jobs, fallback replays 39.3 s and 33.0 s for
+# 48); on dev-c (AVX2 only) 4.1x and 4.6x on gaming in two trainings (bench/RESULTS.md, "Training
+# command's budget"). The largest: an estimate too low runs the command over its budget or, since
+# floors_fit, drops the floors (3-4 points of hit ratio at 1% on gaming); one too high ends the
+# loop a little early.
+GATED_REPLAY_COST = 4.6
 # The model's predictions on the validation reads against one validation-loss pass over them
 # (both are forward passes over the same reads; predicting also ranks candidates).
 PREDICT_COST = 2.0
@@ -52,6 +56,7 @@ class TimeBudget:
         self.stopped = False  # the budget ended the loop (inside an epoch or between two)
         self.stopped_mid_epoch = False
         self.plan = "all"
+        self.gate_round_seconds: float | None = None  # one round of the gates' replays, measured
 
     def now(self) -> float:
         """Seconds since the command started."""
@@ -164,9 +169,10 @@ class TimeBudget:
         measured on one machine) that another machine can miss: on an AVX2-only 2-core machine
         the replays after the loop of a 1,000,000-read `gaming` training took 225 s and the
         command ran 100 s over its 600. The gates' own replays price the floors' closely."""
+        per_round = gate_seconds / max(1, math.ceil(gate_jobs / self.workers))
+        self.gate_round_seconds = per_round
         if not floor_jobs:
             return True
-        per_round = gate_seconds / max(1, math.ceil(gate_jobs / self.workers))
         if self.now() + math.ceil(floor_jobs / self.workers) * per_round <= self.max_seconds:
             return True
         self.plan = "no floors"
@@ -187,4 +193,11 @@ class TimeBudget:
             "stopped": self.stopped,
             "stopped_mid_epoch": self.stopped_mid_epoch,
             "replays_after_loop": self.plan,
+            # The ML arm's replay against a heuristic's as this run measured them (GATED_REPLAY_COST
+            # is the estimate): one round of the gates' replays over one of the fallbacks'.
+            "ml_replay_ratio": (
+                round(self.gate_round_seconds / self.replay_seconds, 2)
+                if self.gate_round_seconds is not None and self.replay_seconds
+                else None
+            ),
         }

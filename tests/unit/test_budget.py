@@ -127,8 +127,11 @@ def test_the_floors_are_dropped_when_the_gates_replays_show_they_would_not_fit()
     budget = started(1000, 24, clock)
     clock.t = 1000 + 850  # 150 s left
     assert budget.plan_after_loop() == "all"
+    assert budget.report()["ml_replay_ratio"] is None  # (nothing measured yet)
     assert budget.floors_fit(60.0, 12, 20)  # 100 s: they fit
-    assert budget.report()["replays_after_loop"] == "all"
+    report = budget.report()
+    assert report["replays_after_loop"] == "all"
+    assert report["ml_replay_ratio"] == pytest.approx(10.0)  # 10 s a round against a 1 s replay
     clock.t = 1000 + 920  # 80 s left
     assert not budget.floors_fit(60.0, 12, 20)
     assert budget.report()["replays_after_loop"] == "no floors"

@@ -799,22 +799,22 @@ def replays_cost_a_second(monkeypatch: pytest.MonkeyPatch) -> TickClock:
 def test_time_budget_holds_when_one_epoch_alone_would_exceed_it(
     tmp_path: Path, replays_cost_a_second: TickClock
 ) -> None:
-    """Issue 18: an epoch of 38 steps at a second each, 26 s of replays before the loop and a
-    60 s budget. The loop stops inside its first epoch, the replays after it shrink to what is
+    """Issue 18: an epoch of 38 steps at a second each, 35 s of work before the loop (29 of it
+    replays) and a 70 s budget. The loop stops inside its first epoch, the replays after it shrink to what is
     left, the command ends within the budget, and the manifest says what was cut. (Before, the
     loop was checked between epochs only, and the replays after it never shrank.)"""
     torch.set_num_threads(2)
     cfg = dict(epochs=4, batch=1, length=32, lr=1e-2, progress=False, precision="fp32", patience=4)
     metrics = train(
-        planted_log(1500), tmp_path / "m", TrainConfig(max_seconds=60, **cfg), clock=replays_cost_a_second
+        planted_log(1500), tmp_path / "m", TrainConfig(max_seconds=70, **cfg), clock=replays_cost_a_second
     )
     budget = metrics["time_budget"]
     steps_per_epoch = budget["steps_per_epoch"]
     assert steps_per_epoch > 30  # (one epoch alone would outlast the whole budget's room for it)
     assert len(metrics["history"]) == 1 and 0 < metrics["history"][0]["steps"] < steps_per_epoch
     assert budget["stopped_mid_epoch"] and budget["steps"] == metrics["history"][0]["steps"]
-    assert budget["seconds"] <= 60 and budget["over_by"] == 0, budget
-    assert budget["replays_after_loop"] == "one gate"
+    assert budget["seconds"] <= 70 and budget["over_by"] == 0, budget
+    assert budget["replays_after_loop"] == "one gate", (budget, metrics["seconds"])
     assert all(set(hits) == {"0.5"} for hits in metrics["gated_hit_ratios"].values())
     assert set(metrics["floor_by_share"].values()) == {0.0}  # (no floors tried)
     manifest = json.loads((tmp_path / "m" / "manifest.json").read_text())
