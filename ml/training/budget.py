@@ -32,7 +32,7 @@ GATED_REPLAY_COST = 4.6
 # (both are forward passes over the same reads; predicting also ranks candidates).
 PREDICT_COST = 2.0
 # What the replays after the loop may be cut to, most first.
-AFTER_LOOP_PLANS = ("all", "no floors", "one gate", "none")
+AFTER_LOOP_PLANS = ("all", "no floors", "one gate", "none")  # (and "some floors": floors_that_fit)
 
 
 class TimeBudget:
@@ -159,7 +159,8 @@ class TimeBudget:
     def plan_after_loop(self) -> str:
         """The most replays that fit in what is left (called once the predictions are made). The
         floors are not judged here: "all" when the gates fit, and the gates' replays, once run,
-        say whether the floors' fit too (floors_fit), which an estimate off by the machine cannot."""
+        say how many of the floors' fit too (floors_that_fit), which an estimate off by the machine
+        cannot."""
         left = self.max_seconds - self.now()
         if self.plan_cost("no floors") <= left:
             self.plan = "all"
@@ -167,21 +168,24 @@ class TimeBudget:
             self.plan = next((p for p in AFTER_LOOP_PLANS[2:] if self.plan_cost(p) <= left), "none")
         return self.plan
 
-    def floors_fit(self, gate_seconds: float, gate_jobs: int, floor_jobs: int) -> bool:
-        """After the gates' replays (``gate_seconds`` for ``gate_jobs`` of them), whether
-        ``floor_jobs`` more of the same kind still fit; if not, the plan becomes "no floors".
-        The plan was chosen on an estimate (GATED_REPLAY_COST times a heuristic's replay, a ratio
-        measured on one machine) that another machine can miss: on an AVX2-only 2-core machine
-        the replays after the loop of a 1,000,000-read `gaming` training took 225 s and the
-        command ran 100 s over its 600. The gates' own replays price the floors' closely."""
+    def floors_that_fit(self, gate_seconds: float, gate_jobs: int, floor_jobs: int) -> int:
+        """After the gates' replays (``gate_seconds`` for ``gate_jobs`` of them), how many of
+        ``floor_jobs`` more of the same kind still fit, in whole rounds of the workers: all (the
+        plan stays "all"), some ("some floors") or none ("no floors"). The plan was chosen on an
+        estimate (GATED_REPLAY_COST times a heuristic's replay) that a machine can miss: on an
+        AVX2-only 2-core machine the replays after the loop of a 1,000,000-read `gaming` training
+        took 225 s and the command ran 100 s over its 600. The gates' own replays price the
+        floors' closely."""
         per_round = gate_seconds / max(1, math.ceil(gate_jobs / self.workers))
         self.gate_round_seconds = per_round
         if not floor_jobs:
-            return True
-        if self.now() + math.ceil(floor_jobs / self.workers) * per_round <= self.max_seconds:
-            return True
-        self.plan = "no floors"
-        return False
+            return 0
+        left = self.max_seconds - self.now()
+        rounds = int(left // per_round) if per_round > 0 else math.ceil(floor_jobs / self.workers)
+        fit = max(0, min(floor_jobs, rounds * self.workers))
+        if fit < floor_jobs:
+            self.plan = "some floors" if fit else "no floors"
+        return fit
 
     def report(self) -> dict[str, Any]:
         """How the time was spent and what the budget cut, for metrics.json and the manifest."""

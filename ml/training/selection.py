@@ -204,7 +204,9 @@ GATES = (0.5, MERGE_GATE, DISCOUNT_GATE)
 # on the rest of the trace, where it fell under delta alone; on gaming, 0.5 beat the merge by 0.11
 # at one size and lost to it by 1.76 (bench/HISTORY.md).
 GATE_TIE = 0.001
-FLOORS = (0.1, 0.15, 0.2, 0.25, 0.3)  # score floors tried under the chosen gate (besides none)
+# Score floors tried under the chosen gate (besides none), in the order they are tried when the
+# budget holds only some (TimeBudget.floors_that_fit): the range's ends and middle first.
+FLOORS = (0.1, 0.25, 0.2, 0.15, 0.3)
 
 
 HEURISTIC_SPECS = ("markov", "pg", "obl", "mithril", "delta")  # scored beside the model in its metrics
@@ -225,7 +227,7 @@ def choose_gate_and_floor(
     candidates_by_share: dict[str, list[str]],
     by_share: dict[float, dict[str, float]],
     plan: str,
-    floors_fit: Callable[[float, int, int], bool] | None = None,
+    floors_that_fit: Callable[[float, int, int], int] | None = None,
 ) -> dict[str, Any]:
     """The fallback, gate and floor of the ML arm at each cache size, chosen by replaying it on
     the ``n`` reads (validation from ``cut``) over each of the size's fallback candidates
@@ -234,8 +236,9 @@ def choose_gate_and_floor(
     ``floor_by_share``, the hit ratios of the gates tried over the chosen fallback
     (``gated_hit_ratios``) and over each candidate (``gated_hit_ratios_by_fallback``), and those of
     the floors (``floored_hit_ratios``). Retraining's promotion gate will reuse this.
-    ``floors_fit(seconds the gates' replays took, their number, the floors' number)``: whether the
-    floors' replays still fit (ml.training.budget.TimeBudget.floors_fit); None: they do."""
+    ``floors_that_fit(seconds the gates' replays took, their number, the floors' number)``: how
+    many of the floors' replays still fit (ml.training.budget.TimeBudget.floors_that_fit), taken
+    floor by floor in FLOORS' order over every size; None: all of them."""
     gates = GATES if plan in ("all", "no floors") else GATES[:1] if plan == "one gate" else ()
     # Never worse than the fallback: at each size, replay the gated arm (the model's candidates on
     # the validation reads) beside that fallback; where it hit less, the arm is the fallback alone.
@@ -269,12 +272,12 @@ def choose_gate_and_floor(
     floor_by_share: dict[str, float] = {}
     floor_jobs = [
         (float(s), *fallback_by_share[s].split("@"), float(gate), floor)
+        for floor in (FLOORS if plan == "all" else ())
         for s, chosen in gate_by_share.items()
         if chosen != "off"  # (the fallback alone: no candidates of the model's to hold back)
-        for floor in (FLOORS if plan == "all" else ())
     ]
-    if floors_fit is not None and not floors_fit(gates_took, len(gated_jobs), len(floor_jobs)):
-        floor_jobs = []
+    if floors_that_fit is not None:
+        floor_jobs = floor_jobs[: floors_that_fit(gates_took, len(gated_jobs), len(floor_jobs))]
     floor_hits = replays_in_parallel(
         _gated_job, floor_jobs, enc=enc, idx=np.arange(n), warmup=cut, cands=cands, conf=conf
     )

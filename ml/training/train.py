@@ -311,7 +311,7 @@ def train(
     # The replays below as far as the budget allows (all; no floors; one gate; none).
     plan = budget.plan_after_loop()
     chosen = choose_gate_and_floor(
-        enc, n, cut, cands, conf, candidates_by_share, by_share, plan, floors_fit=budget.floors_fit
+        enc, n, cut, cands, conf, candidates_by_share, by_share, plan, floors_that_fit=budget.floors_that_fit
     )
     budget.lap("gate_floor_replays")
     fallback_by_share, gate_by_share = chosen["fallback_by_share"], chosen["gate_by_share"]

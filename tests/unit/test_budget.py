@@ -35,7 +35,7 @@ def test_replays_after_the_loop_shrink_to_what_is_left() -> None:
     assert budget.plan_cost("all") == pytest.approx((6 + 10) * GATED_REPLAY_COST)
     assert budget.plan_cost("no floors") == pytest.approx(6 * GATED_REPLAY_COST)
     assert budget.plan_cost("one gate") == pytest.approx(2 * GATED_REPLAY_COST)
-    # ("no floors" only once the gates' replays show the floors' would not fit: floors_fit)
+    # ("some floors" or "no floors" only once the gates' replays price the floors: floors_that_fit)
     for left, plan in ((100, "all"), (30, "all"), (10, "one gate"), (3, "none"), (-5, "none")):
         clock.t = 1000 + 1000 - left
         assert budget.plan_after_loop() == plan, left
@@ -120,20 +120,23 @@ def test_reprice_sets_what_the_plans_after_the_loop_cost() -> None:
     assert budget.plan_costs["all"] == pytest.approx(10 * before["all"]) and budget.plan_costs["none"] == 0.0
 
 
-def test_the_floors_are_dropped_when_the_gates_replays_show_they_would_not_fit() -> None:
+def test_the_floors_shrink_to_what_the_gates_replays_show_fits() -> None:
     """The plan after the loop rests on an estimate; the gates' replays, once run, price the
     floors' (the same replays under a floor): 12 gate replays in 6 rounds of 2 workers took 60 s,
-    so the 20 floor replays would take 10 rounds of 10 s."""
+    10 s a round, so the 20 floor replays take 10 rounds, 100 s."""
     clock = HandClock()
     budget = started(1000, 24, clock)
     clock.t = 1000 + 850  # 150 s left
     assert budget.plan_after_loop() == "all"
     assert budget.report()["ml_replay_ratio"] is None  # (nothing measured yet)
-    assert budget.floors_fit(60.0, 12, 20)  # 100 s: they fit
+    assert budget.floors_that_fit(60.0, 12, 20) == 20  # 100 s: all of them
     report = budget.report()
     assert report["replays_after_loop"] == "all"
     assert report["ml_replay_ratio"] == pytest.approx(10.0)  # 10 s a round against a 1 s replay
-    clock.t = 1000 + 920  # 80 s left
-    assert not budget.floors_fit(60.0, 12, 20)
+    clock.t = 1000 + 945  # 55 s left: 5 whole rounds
+    assert budget.floors_that_fit(60.0, 12, 20) == 10
+    assert budget.report()["replays_after_loop"] == "some floors"
+    clock.t = 1000 + 992  # 8 s left: not one round
+    assert budget.floors_that_fit(60.0, 12, 20) == 0
     assert budget.report()["replays_after_loop"] == "no floors"
-    assert budget.floors_fit(60.0, 12, 0)  # (no floors to replay: nothing to drop)
+    assert budget.floors_that_fit(60.0, 12, 0) == 0  # (no floors to replay)
