@@ -165,14 +165,70 @@ def _int_keys(ids: np.ndarray) -> pa.Array:
 # --- readers --------------------------------------------------------------------------------------
 
 
+class _EndOnError(io.RawIOBase):
+    """A file that pyarrow's CSV reader reads from its own I/O thread: a read that fails (a gzip
+    stream cut short, say) ends the stream there instead, and the error is kept for the main
+    thread to raise once the reader has seen the end (``_CsvBatches``). Raised in the I/O thread,
+    the error left that thread reading on while the command printed its one line and exited, and
+    a process that exited during such a read was aborted ("terminate called without an active
+    exception", exit -6 instead of 2: seen once in CI)."""
+
+    def __init__(self, fh: IO[bytes]) -> None:
+        self._fh = fh
+        self.error: BaseException | None = None
+        self.stopped = False  # (the main thread gave up: every later read ends at once)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if self.stopped or self.error is not None:
+            return 0
+        try:
+            data = self._fh.read(len(buffer))
+        except _READ_ERRORS as exc:
+            self.error = exc
+            return 0
+        buffer[: len(data)] = data
+        return len(data)
+
+
+class _CsvBatches:
+    """pyarrow's streaming CSV reader over ``_EndOnError``: its schema, its batches, then the read
+    error the file met, if any."""
+
+    def __init__(self, fh: IO[bytes], **options: Any) -> None:
+        self._source = _EndOnError(fh)
+        try:
+            self._reader = pacsv.open_csv(io.BufferedReader(self._source, buffer_size=1 << 20), **options)
+        except BaseException:
+            self._source.stopped = True
+            self._raise_read_error()
+            raise
+        self.schema = self._reader.schema
+
+    def _raise_read_error(self) -> None:
+        if self._source.error is not None:
+            raise self._source.error
+
+    def __iter__(self) -> Iterator[pa.RecordBatch]:
+        try:
+            yield from self._reader
+        except BaseException:
+            self._source.stopped = True
+            self._raise_read_error()  # (the cause: a cut stream parses as a bad last line)
+            raise
+        self._raise_read_error()
+
+
 def _csv_reader(
     fh: IO[bytes],
     *,
     names: list[str] | None,
     delimiter: str = ",",
     types: dict[str, pa.DataType] | None = None,
-) -> pacsv.CSVStreamingReader:
-    return pacsv.open_csv(
+) -> _CsvBatches:
+    return _CsvBatches(
         fh,
         read_options=pacsv.ReadOptions(
             column_names=names, autogenerate_column_names=False, block_size=8 << 20

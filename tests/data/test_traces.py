@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pytest
 import zstandard
 
@@ -181,3 +182,40 @@ def test_shared_traces_import_with_the_published_counts(
     log = read_trace(str(traces / name), fmt)
     codes, names = log.key_codes()
     assert (len(log), len(names)) == (requests, unique)
+
+
+def test_a_read_error_ends_pyarrows_stream_and_is_raised_in_the_calling_thread() -> None:
+    """pyarrow's CSV reader reads its file from an I/O thread of its own. A read that fails there
+    (a gzip stream cut short) must not leave that thread reading on while the command exits (a
+    process aborted with -6 in CI): the failing read ends the stream, no read follows it, and the
+    error is raised where the batches are read, after the last one."""
+    import io
+
+    from accesslog.traces import _csv_reader
+
+    class CutShort(io.RawIOBase):
+        def __init__(self) -> None:
+            self.data = io.BytesIO(b"1\n2\n3\n")
+            self.failed = False
+            self.reads_after_failing = 0
+
+        def readable(self) -> bool:
+            return True
+
+        def read(self, size: int = -1) -> bytes:
+            if self.failed:
+                self.reads_after_failing += 1
+            chunk = self.data.read(size)
+            if not chunk:
+                self.failed = True
+                raise EOFError("Compressed file ended before the end-of-stream marker was reached")
+            return chunk
+
+    source = CutShort()
+    batches = _csv_reader(source, names=["key"], types={"key": pa.string()})  # type: ignore[arg-type]
+    keys: list[str] = []
+    with pytest.raises(EOFError, match="end-of-stream"):
+        for batch in batches:
+            keys += batch.column("key").to_pylist()
+    assert keys == ["1", "2", "3"]
+    assert source.failed and source.reads_after_failing == 0
