@@ -171,11 +171,8 @@ class TimeBudget:
     def floors_that_fit(self, gate_seconds: float, gate_jobs: int, floor_jobs: int) -> int:
         """After the gates' replays (``gate_seconds`` for ``gate_jobs`` of them), how many of
         ``floor_jobs`` more of the same kind still fit, in whole rounds of the workers: all (the
-        plan stays "all"), some ("some floors") or none ("no floors"). The plan was chosen on an
-        estimate (GATED_REPLAY_COST times a heuristic's replay) that a machine can miss: on an
-        AVX2-only 2-core machine the replays after the loop of a 1,000,000-read `gaming` training
-        took 225 s and the command ran 100 s over its 600. The gates' own replays price the
-        floors' closely."""
+        plan stays "all"), some ("some floors") or none ("no floors"). The gates' own replays
+        price the floors' closely, where GATED_REPLAY_COST is an estimate a machine can miss."""
         per_round = gate_seconds / max(1, math.ceil(gate_jobs / self.workers))
         self.gate_round_seconds = per_round
         if not floor_jobs:
