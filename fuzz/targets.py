@@ -88,14 +88,24 @@ def request_reader(data: bytes) -> None:
 
     got: list[list[bytes]] = []
 
+    def as_redis_reads(raw: bytes) -> list[list[bytes]]:
+        parser = RequestParser(SMALL)  # (Redis's reading: the request_parser target checks it)
+        parser.feed(raw)
+        cmds = [args for args, _, _ in parser.parse()]
+        parser.consume()
+        assert parser.error is None and parser.pending_bytes() == 0, (raw, parser.error)
+        return cmds
+
     def on_commands(cmds: list[list[bytes]], raw: bytes) -> bool:
-        # (The bytes handed on are not checked: an argument sent as a simple string, a big number
-        # or a verbatim string inside a request, with a "$" elsewhere in its read, still passes
-        # hiredis's path as bulk strings; Redis refuses it, and only that connection sees it.)
+        # The bytes handed on are what Redis reads as exactly these commands: an argument sent as
+        # a simple string or a big number, which hiredis reads as a bulk string, must not pass.
+        assert as_redis_reads(raw) == cmds, (raw, cmds)
         got.extend(cmds)
         return False
 
     def on_each(cmds: list[list[bytes]], raws: list[bytes | None]) -> bool:
+        for cmd, raw in zip(cmds, raws, strict=True):  # (None: an inline command, re-encoded)
+            assert raw is None or as_redis_reads(raw) == [cmd], (raw, cmd)
         got.extend(cmds)
         return False
 

@@ -112,8 +112,18 @@ class RequestReader:
             self.reader = hiredis.Reader()
             stream = b"".join(self.tail) + data
             self.tail = []
-            size = self._checked_size(cmds)  # (_plain: no *-1 or *0 among them)
-            if cmds and self.on_commands(cmds, stream[:size]):
+            try:
+                size = self._checked_size(cmds)  # (_plain: no *-1 or *0 among them)
+                exact = not cmds or not _canonical(cmds, stream[:size])
+            except ClientProtocolError:
+                exact = True
+            if exact:
+                # Commands before the error that are not their canonical bytes ("*1\r\n+$4\r\n":
+                # hiredis reads a simple string as an argument; fuzzing found it) would reach
+                # Redis, which refuses them and closes the connection, a shared one too. Our own
+                # parser reads the stream from the last boundary, as Redis does.
+                return self._inline_data(stream)
+            if self.on_commands(cmds, stream[:size]):
                 return stream[size:]
             return self._inline_data(stream[size:])
         return self._frame_requests(cmds, data)
@@ -173,11 +183,7 @@ class RequestReader:
         cut = len(data) - tail_len
         # (One join: a long argument's bytes are copied once here, not twice.)
         raw = b"".join((*tail, data[:cut])) if tail else (data if tail_len == 0 else data[:cut])
-        if (
-            not _headers_in_place(cmds, raw)
-            if len(raw) > _WALK_HEADERS_FROM
-            else raw != b"".join([_pack(tuple(c)) for c in cmds])
-        ):
+        if not _canonical(cmds, raw):
             # Not the commands' canonical encoding, which hiredis reads and Redis refuses: an
             # argument without its "$" header (a simple string, a big number; fuzzing found it),
             # or a length written otherwise ("$04", "$+4", "*01": cut at the canonical sizes, such
@@ -318,6 +324,14 @@ def _streamable(head: bytes, max_bulk_len: int) -> tuple[list[bytes], int] | Non
         args.append(head[start : start + size])
         pos = start + size + 2
     return None
+
+
+def _canonical(cmds: list[Any], raw: bytes) -> bool:
+    """Whether ``raw`` is exactly ``cmds`` canonically encoded (hiredis reads more than Redis: a
+    simple string or a big number where an argument should be, a length written "$04")."""
+    if len(raw) > _WALK_HEADERS_FROM:
+        return _headers_in_place(cmds, raw)
+    return raw == b"".join([_pack(tuple(c)) for c in cmds])
 
 
 def _headers_in_place(cmds: list[Any], raw: bytes) -> bool:
