@@ -68,6 +68,19 @@ BURNERS = {
 }
 
 
+def median_interval(values: list[float], confidence: float = 0.95) -> tuple[float, float] | None:
+    """A distribution-free confidence interval for the median of ``values``: the order statistics
+    x(k) and x(n-k+1) with k the largest rank for which a Binomial(n, 1/2) count falls below k
+    with probability at most (1 - confidence) / 2 (it covers the median at least ``confidence`` of
+    the time, whatever the distribution). None when there are too few values for any such k."""
+    from scipy.stats import binom
+
+    x, n = sorted(values), len(values)
+    # (The interval x(k)..x(n-k+1) misses the median with probability 2 P(B <= k - 1).)
+    k = int((binom.cdf(range(n // 2), n, 0.5) <= (1 - confidence) / 2).sum())
+    return (x[k - 1], x[n - k]) if k else None
+
+
 def measure(
     url: str, flags: list[str], args: argparse.Namespace, tree: str | None = None, burner: str | None = None
 ) -> tuple[list[float], float, float]:
@@ -146,11 +159,18 @@ def main(argv: list[str] | None = None) -> int:
         for i in range(args.repeats)
     ]
     cpu_pairs = [a / b for a, b in zip(results["A"][1], results["B"][1], strict=True)]
-    for what, ratios in (("requests/s", pairs), ("proxy CPU per request", cpu_pairs)):
+    shown = [("requests/s", pairs), ("proxy CPU per request", cpu_pairs)]
+    if all(results["B"][2]) and all(results["A"][2]):  # (both have child processes: engines)
+        shown.append(
+            ("engine CPU per request", [a / b for a, b in zip(results["A"][2], results["B"][2], strict=True)])
+        )
+    for what, ratios in shown:
         ratios.sort()
         quarter = len(ratios) // 4
+        interval = median_interval(ratios)
+        ci = f", 95% interval of the median {interval[0]:.3f}-{interval[1]:.3f}" if interval else ""
         print(
-            f"A/B {what}, per pair: median {statistics.median(ratios):.3f}, middle half "
+            f"A/B {what}, per pair: median {statistics.median(ratios):.3f}{ci}, middle half "
             f"{ratios[quarter]:.3f}-{ratios[-1 - quarter]:.3f}, all {ratios[0]:.3f}-{ratios[-1]:.3f} "
             f"({len(ratios)} pairs)"
         )
