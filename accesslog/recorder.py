@@ -31,7 +31,9 @@ import hashlib
 import os
 import re
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
+from itertools import chain
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +46,7 @@ from accesslog.log import SCHEMA, _meta_bytes, make_table
 SUFFIX = ".parquet"
 PARTIAL = ".partial"
 _RUNS = re.compile(r"\d+|\D+")
+_STREAM, _DB, _KEYS = itemgetter(0), itemgetter(1), itemgetter(2)
 _GOLDEN = 0x9E3779B97F4A7C15
 _MASK = (1 << 64) - 1
 
@@ -107,6 +110,18 @@ class Pseudonymizer:
         return got
 
 
+def _as_text(raw: list[bytes] | list[str]) -> pa.Array:
+    """Keys as a string column: UTF-8 checked in C, and where a key is not UTF-8 (or not bytes),
+    each key decoded with backslash escapes."""
+    try:
+        return pa.array(raw, pa.binary()).cast(pa.string())
+    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError):
+        return pa.array(
+            [k.decode("utf-8", "backslashreplace") if isinstance(k, bytes) else str(k) for k in raw],
+            pa.string(),
+        )
+
+
 class AccessRecorder:
     def __init__(
         self,
@@ -137,9 +152,11 @@ class AccessRecorder:
         self.source = source
         self.clock = clock
         self.kept: dict[int, bool] = {}  # stream -> sampled
-        self.ts: list[float] = []
-        self.keys: list[str] = []
-        self.clients: list[int] = []
+        # The batches that wait for the next write, as they came: (time, their reads, their rows).
+        # Columns are built once a write (``flush``), mostly in C; the engine's loop, which calls
+        # ``add`` for every batch, pays a few list operations a batch.
+        self.batches: list[tuple[float, Sequence[tuple[int, int, Sequence[bytes], bool]], int]] = []
+        self.waiting = 0  # rows in ``batches``
         self.writer: pq.ParquetWriter | None = None
         self.path: Path | None = None
         self.file_rows = 0
@@ -181,24 +198,54 @@ class AccessRecorder:
             kept = self.kept[stream] = draw < self.sample
         return kept
 
-    def add(self, t: float, reads: Iterable[tuple[int, int, Sequence[bytes], bool]]) -> None:
-        """A batch of reads (stream, db, keys, hit) that came at ``t`` (seconds since the epoch)."""
-        keep, pseudonym = self.keeps, self.pseudonym
-        for stream, db, keys, _hit in reads:
-            if not keep(stream):
-                self.sampled_out += len(keys)
-                continue
-            room = self.buffer_rows - len(self.keys)
-            if room < len(keys):
-                self.dropped += len(keys) - max(0, room)
-                keys = keys[: max(0, room)]
-            for raw in keys:
-                key = raw.decode("utf-8", "backslashreplace") if isinstance(raw, bytes) else str(raw)
-                if db:
-                    key = f"db{db}:{key}"
-                self.keys.append(pseudonym(key) if pseudonym is not None else key)
-                self.ts.append(t)
-                self.clients.append(stream)
+    def add(self, t: float, reads: Sequence[tuple[int, int, Sequence[bytes], bool]]) -> None:
+        """A batch of reads (stream, db, keys, hit) that came at ``t`` (seconds since the epoch).
+        The batch is kept as it is until the next write: its caller must not change it."""
+        if self.sample < 1.0:
+            keep, kept = self.keeps, []
+            for read in reads:
+                if keep(read[0]):
+                    kept.append(read)
+                else:
+                    self.sampled_out += len(read[2])
+            reads = kept
+        rows = sum(map(len, map(_KEYS, reads)))
+        room = self.buffer_rows - self.waiting
+        if rows > room:
+            cut = []
+            for stream, db, keys, hit in reads:  # (as many keys as fit, in order)
+                take = max(0, min(len(keys), room))
+                self.dropped += len(keys) - take
+                room -= take
+                if take:
+                    cut.append((stream, db, keys[:take], hit))
+            reads, rows = cut, sum(map(len, map(_KEYS, cut)))
+        if rows:
+            self.batches.append((t, tuple(reads), rows))
+            self.waiting += rows
+
+    def _columns(self) -> tuple[np.ndarray, pa.Array | list[str], np.ndarray]:
+        """The waiting batches as the log's time, key and client columns (one row per key)."""
+        batches = self.batches
+        reads = [read for _, batch, _ in batches for read in batch]
+        n = len(reads)
+        raw = list(chain.from_iterable(map(_KEYS, reads)))
+        ts = np.repeat(np.array([t for t, _, _ in batches], np.float64), [rows for _, _, rows in batches])
+        clients = np.fromiter(map(_STREAM, reads), np.int64, n)
+        per_read = None
+        if len(raw) != n:  # (some read had several keys: an MGET)
+            per_read = np.fromiter(map(len, map(_KEYS, reads)), np.int64, n)
+            clients = np.repeat(clients, per_read)
+        dbs = list(map(_DB, reads)) if any(map(_DB, reads)) else []
+        if not dbs and self.pseudonym is None:
+            return ts, _as_text(raw), clients
+        keys = _as_text(raw).to_pylist()
+        if dbs:
+            prefixes = np.repeat(np.array(dbs, np.int64), per_read).tolist() if per_read is not None else dbs
+            keys = [f"db{db}:{key}" if db else key for db, key in zip(prefixes, keys, strict=True)]
+        if self.pseudonym is not None:
+            keys = list(map(self.pseudonym, keys))
+        return ts, keys, clients
 
     def flush(self) -> None:
         """Write what waits and rotate or trim as the bounds say."""
@@ -207,11 +254,11 @@ class AccessRecorder:
             self.file_rows >= self.rotate_rows or now - self.file_started >= self.rotate_seconds
         ):
             self._close_file()
-        if not self.keys:
+        if not self.waiting:
             return
-        ts, keys, clients = self.ts, self.keys, self.clients
-        self.ts, self.keys, self.clients = [], [], []
-        table = make_table(np.array(ts), keys, "GET", 0, self.source, client=np.array(clients, np.int64))
+        ts, keys, clients = self._columns()
+        self.batches, self.waiting = [], 0
+        table = make_table(ts, keys, "GET", 0, self.source, client=clients)
         at = 0
         while at < table.num_rows:  # (no file holds more than rotate_rows rows)
             if self.writer is None:
@@ -309,7 +356,7 @@ class AccessRecorder:
             "recorded": self.recorded,
             "sampled_out": self.sampled_out,
             "dropped": self.dropped,
-            "waiting": len(self.keys),
+            "waiting": self.waiting,
             "write_errors": self.write_errors,
             "last_error": self.last_error,
             "files": len(files),

@@ -286,7 +286,7 @@ class Hub:
                                 reads = [(peer_stream(p, st), db, k, h) for st, db, k, h in reads]
                             if recorder is not None:
                                 recorder.add(t + to_epoch, reads)
-                                if len(recorder.keys) >= recorder.buffer_rows // 2:
+                                if recorder.waiting >= recorder.buffer_rows // 2:
                                     recorder.flush()  # (under heavy reads, before the buffer fills)
                             if peer.index:
                                 reads = [(st, peer_db(p, db), k, h) for st, db, k, h in reads]
@@ -309,7 +309,7 @@ class Hub:
             changed = engine.tick()
             now = time.monotonic()
             if recorder is not None and now - last_write >= RECORD_EVERY:
-                changed |= bool(recorder.keys)  # (its figures moved: the next report carries them)
+                changed |= bool(recorder.waiting)  # (its figures moved: the next report carries them)
                 recorder.flush()  # (a file past its age is closed even when nothing waits)
                 last_write = now
             if changed:

@@ -62,7 +62,7 @@ def test_rotation_trim_and_whole_files_only(tmp_path: Path) -> None:
 def test_buffer_bound_drops_and_counts(tmp_path: Path) -> None:
     rec = AccessRecorder(tmp_path, buffer_rows=100)
     rec.add(1.0, batch(range(50), 0))  # 150 reads: 100 fit
-    assert rec.dropped == 50 and len(rec.keys) == 100
+    assert rec.dropped == 50 and rec.waiting == 100
     rec.close()
     assert rec.recorded == 100
 
@@ -118,3 +118,22 @@ def test_two_recorders_of_one_process_never_write_over_each_other(tmp_path: Path
         rec.add(1.0, batch(range(10), start))
         rec.close()
     assert len(list(tmp_path.iterdir())) == 2 and len(read_recorded(tmp_path)) == 60
+
+
+def test_every_key_of_a_read_is_a_row_of_its_client_with_its_database_and_escapes(tmp_path: Path) -> None:
+    """The columns are built for a whole write at once: an MGET's keys are rows of its client, in
+    order, at its batch's time; a key of database 3 is recorded as db3:KEY; a key that is not
+    UTF-8 is escaped (the whole write's keys are then decoded one by one, as before)."""
+    rec = AccessRecorder(tmp_path)
+    rec.add(10.0, [(1, 0, [b"a", b"b", b"c"], False), (2, 3, [b"k"], True), (3, 0, [], False)])
+    rec.add(11.0, [(2, 0, [b"\xffbin"], False), (1, 0, ["text"], True)])
+    assert rec.waiting == 6
+    rec.close()
+    table = read_recorded(tmp_path)
+    assert table.column("key").to_pylist() == ["a", "b", "c", "db3:k", "\\xffbin", "text"]
+    assert table.column("client").to_pylist() == [1, 1, 1, 2, 2, 1]
+    assert table.column("ts").to_pylist() == [10.0, 10.0, 10.0, 10.0, 11.0, 11.0]
+    rec = AccessRecorder(tmp_path / "utf8")
+    rec.add(12.0, [(5, 0, ["é".encode(), b"x"], False)])
+    rec.close()
+    assert read_recorded(tmp_path / "utf8").column("key").to_pylist() == ["é", "x"]
