@@ -97,6 +97,9 @@ def conform(table: pa.Table) -> pa.Table:
     missing = [name for name in REQUIRED if name not in table.column_names]
     if missing:
         raise DataError(f"access log lacks the column(s) {', '.join(missing)}")
+    twice = sorted({f.name for f in SCHEMA if table.column_names.count(f.name) > 1})
+    if twice:  # (which of them is meant cannot be told)
+        raise DataError(f"access log has the column(s) {', '.join(twice)} more than once")
     columns = []
     for f in SCHEMA:
         if f.name in table.column_names:

@@ -278,6 +278,9 @@ def read_libcachesim_csv(fh: IO[bytes], opts: ImportOptions, clock: _Clock) -> I
     if key_col is None:
         raise DataError(f"no key column in the CSV header {cols}: expected one of {', '.join(_KEY_NAMES)}")
     time_col, size_col, op_col = _pick(cols, _TIME_NAMES), _pick(cols, _SIZE_NAMES), _pick(cols, _OP_NAMES)
+    for col in (key_col, time_col, size_col, op_col):
+        if col is not None and cols.count(col) > 1:  # (which of them is meant cannot be told)
+            raise DataError(f"the CSV header names the column {col!r} {cols.count(col)} times: {cols}")
     scale = TIME_UNITS[opts.time_unit or "us"]
     for batch in reader:
         n = batch.num_rows

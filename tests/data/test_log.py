@@ -60,6 +60,14 @@ def test_missing_required_column_is_named() -> None:
         conform(table)
 
 
+def test_a_column_given_twice_is_named() -> None:
+    table = pa.table(
+        [[1.0], ["a"], ["b"], ["GET"], [1], ["s"]], names=["ts", "key", "key", "op", "size", "source"]
+    )
+    with pytest.raises(DataError, match="the column.s. key more than once"):
+        conform(table)
+
+
 def test_wrong_column_type_is_named() -> None:
     table = pa.table({"ts": ["yesterday"], "key": ["a"], "op": ["GET"], "size": [1], "source": ["s"]})
     with pytest.raises(DataError, match="column 'ts'"):

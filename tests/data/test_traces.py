@@ -144,6 +144,8 @@ def test_permutation_is_a_seeded_bijection() -> None:
         ("odd.trace", cache2k([0, 1, 2]) + b"\x00\x01", "cache2k", "truncated cache2k trace"),
         ("odd.bin", oracle([(1, 2, 3, 4)]) + b"\x00" * 5, "oracle-general", "truncated oracleGeneral"),
         ("nokey.csv", b"time,op\n1,r\n", "libcachesim-csv", "no key column"),
+        # (fuzzing found it: pyarrow's KeyError, a traceback)
+        ("twice.csv", b"time,id,id\n1,a,b\n", "libcachesim-csv", "names the column 'id' 2 times"),
         ("binary.csv", cache2k(list(range(50))), "twitter", "not a twitter trace"),
         ("text.lis", b"hello world\n", "arc", "not a arc trace"),
         ("empty.trace", b"", "lines", "holds no requests"),
