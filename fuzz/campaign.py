@@ -22,6 +22,7 @@ from fuzz.targets import TARGETS
 
 DONE = re.compile(rb"Done (\d+) runs in (\d+) second")
 COVERAGE = re.compile(rb"cov: (\d+) ft: (\d+) corp: (\d+)")
+STATUS = re.compile(rb"^#(\d+)\s", re.MULTILINE)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,9 +60,12 @@ def main(argv: list[str] | None = None) -> int:
         runs = DONE.findall(done.stderr)
         cov = COVERAGE.findall(done.stderr)
         after = set(root.glob("crash-*")) | set(root.glob("timeout-*")) | set(root.glob("oom-*"))
-        n_runs = int(runs[-1][0]) if runs else 0
+        # (A run stopped by a finding prints no "Done": its last status line says how far it got.)
+        status = STATUS.findall(done.stderr)
+        n_runs = int(runs[-1][0]) if runs else int(status[-1]) if status else 0
         edges, features, corpus = (int(x) for x in cov[-1]) if cov else (0, 0, 0)
-        findings = len(after - before) + (1 if done.returncode and not runs else 0)
+        # Each finding leaves its input; a run that failed and left none is one more.
+        findings = len(after - before) or (1 if done.returncode and not runs else 0)
         print(
             f"| {name} | {seconds:.0f} | {n_runs:,} | {n_runs / max(seconds, 1):,.0f} | {edges} | {features} "
             f"| {corpus} | {findings} |",
