@@ -232,9 +232,9 @@ class AccessRecorder:
         raw = list(chain.from_iterable(map(_KEYS, reads)))
         ts = np.repeat(np.array([t for t, _, _ in batches], np.float64), [rows for _, _, rows in batches])
         clients = np.fromiter(map(_STREAM, reads), np.int64, n)
-        per_read = None
-        if len(raw) != n:  # (some read had several keys: an MGET)
-            per_read = np.fromiter(map(len, map(_KEYS, reads)), np.int64, n)
+        counts = np.fromiter(map(len, map(_KEYS, reads)), np.int64, n)
+        per_read = None if bool(np.all(counts == 1)) else counts  # (None: a key a read, as GETs are)
+        if per_read is not None:  # (an MGET's several keys, or none)
             clients = np.repeat(clients, per_read)
         dbs = list(map(_DB, reads)) if any(map(_DB, reads)) else []
         if not dbs and self.pseudonym is None:

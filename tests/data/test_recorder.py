@@ -134,6 +134,7 @@ def test_every_key_of_a_read_is_a_row_of_its_client_with_its_database_and_escape
     assert table.column("client").to_pylist() == [1, 1, 1, 2, 2, 1]
     assert table.column("ts").to_pylist() == [10.0, 10.0, 10.0, 10.0, 11.0, 11.0]
     rec = AccessRecorder(tmp_path / "utf8")
-    rec.add(12.0, [(5, 0, ["é".encode(), b"x"], False)])
+    rec.add(12.0, [(5, 0, ["é".encode(), b"x"], False), (6, 0, [], False)])  # (two reads, two keys)
     rec.close()
     assert read_recorded(tmp_path / "utf8").column("key").to_pylist() == ["é", "x"]
+    assert read_recorded(tmp_path / "utf8").column("client").to_pylist() == [5, 5]
