@@ -200,7 +200,8 @@ class AccessRecorder:
 
     def add(self, t: float, reads: Sequence[tuple[int, int, Sequence[bytes], bool]]) -> None:
         """A batch of reads (stream, db, keys, hit) that came at ``t`` (seconds since the epoch).
-        The batch is kept as it is until the next write: its caller must not change it."""
+        Its reads are kept (the list copied, their key lists not) until the next write: the
+        caller must not change a read's keys meanwhile."""
         if self.sample < 1.0:
             keep, kept = self.keeps, []
             for read in reads:

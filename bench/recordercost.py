@@ -50,15 +50,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.recordercost", description=__doc__.splitlines()[0])
     parser.add_argument("--batches", type=int, default=400)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--tree", help="also measure this checkout's recorder, in its own process")
-    parser.add_argument(
-        "--json", action="store_true", help=argparse.SUPPRESS
-    )  # (one figure list, for --tree)
+    parser.add_argument("--tree", help="also measure this other checkout's recorder, side by side")
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args(argv)
-    if args.json:
-        print(" ".join(f"{v:.4f}" for v in measure(args.batches, args.repeats)))
-        return 0
     trees = {"this checkout": "", **({args.tree: args.tree} if args.tree else {})}
     got: dict[str, list[float]] = {name: [] for name in trees}
     code = (
